@@ -14,7 +14,10 @@ pub struct Dims {
 impl Dims {
     /// The empty (0-d) shape.
     pub const fn new() -> Dims {
-        Dims { len: 0, d: [0; MAX_DIMS] }
+        Dims {
+            len: 0,
+            d: [0; MAX_DIMS],
+        }
     }
 
     /// Copies `s`; `None` if it has more than [`MAX_DIMS`] entries.
@@ -33,7 +36,10 @@ impl Dims {
         if rank > MAX_DIMS {
             return None;
         }
-        Some(Dims { len: rank as u8, d: [v; MAX_DIMS] })
+        Some(Dims {
+            len: rank as u8,
+            d: [v; MAX_DIMS],
+        })
     }
 
     /// Appends a dimension; `false` when full.

@@ -67,8 +67,8 @@ impl ScalarType {
     pub fn size(self) -> usize {
         use ScalarType::*;
         match self {
-            Byte | Char | Bool | QInt8 | QUInt8 | QUInt4x2 | QUInt2x4 | Float8E5M2 | Float8E4M3FN
-            | Float8E5M2FNUZ | Float8E4M3FNUZ => 1,
+            Byte | Char | Bool | QInt8 | QUInt8 | QUInt4x2 | QUInt2x4 | Float8E5M2
+            | Float8E4M3FN | Float8E5M2FNUZ | Float8E4M3FNUZ => 1,
             Short | Half | BFloat16 | Bits16 | UInt16 => 2,
             Int | Float | QInt32 | UInt32 => 4,
             Long | Double | UInt64 => 8,
@@ -107,13 +107,19 @@ impl ScalarType {
 
     /// Floating point types that kernels compute with.
     pub fn is_float(self) -> bool {
-        matches!(self, ScalarType::Half | ScalarType::Float | ScalarType::Double | ScalarType::BFloat16)
+        matches!(
+            self,
+            ScalarType::Half | ScalarType::Float | ScalarType::Double | ScalarType::BFloat16
+        )
     }
 
     /// Signed or unsigned integer types (not bool, not quantized).
     pub fn is_integral(self) -> bool {
         use ScalarType::*;
-        matches!(self, Byte | Char | Short | Int | Long | UInt16 | UInt32 | UInt64)
+        matches!(
+            self,
+            Byte | Char | Short | Int | Long | UInt16 | UInt32 | UInt64
+        )
     }
 
     /// Types kernels do arithmetic on (the rest are opaque data).
@@ -159,9 +165,17 @@ impl ScalarType {
         let signed = |t: ScalarType| matches!(t, Char | Short | Int | Long);
         let bits = |t: ScalarType| t.size() * 8;
         match (signed(self), signed(other)) {
-            (true, true) | (false, false) => Some(if bits(self) >= bits(other) { self } else { other }),
+            (true, true) | (false, false) => Some(if bits(self) >= bits(other) {
+                self
+            } else {
+                other
+            }),
             _ => {
-                let (s, u) = if signed(self) { (self, other) } else { (other, self) };
+                let (s, u) = if signed(self) {
+                    (self, other)
+                } else {
+                    (other, self)
+                };
                 if u == Byte {
                     // uint8 with a signed type: the smallest signed type holding both.
                     Some(if s == Char { Short } else { s })

@@ -7,7 +7,9 @@ use crate::ScalarType;
 /// The conversions go through `f64` / `i64` so generic kernels can apply PyTorch's
 /// casting rules (float to int truncates toward zero; NaN to int gives 0 here rather
 /// than undefined behaviour).
-pub trait Element: bytemuck::Pod + Copy + PartialOrd + Send + Sync + 'static + core::fmt::Debug {
+pub trait Element:
+    bytemuck::Pod + Copy + PartialOrd + Send + Sync + 'static + core::fmt::Debug
+{
     const DTYPE: ScalarType;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;

@@ -14,13 +14,25 @@ pub enum Error {
     /// A value index in the program points past the value table.
     BadValueIndex { index: usize, len: usize },
     /// An argument is of the wrong kind, e.g. an `Int` where a `Tensor` was expected.
-    ArgKind { arg: usize, expected: &'static str, found: &'static str },
+    ArgKind {
+        arg: usize,
+        expected: &'static str,
+        found: &'static str,
+    },
     /// A tensor argument has a dtype the operation does not accept.
-    Dtype { arg: usize, expected: String, found: ScalarType },
+    Dtype {
+        arg: usize,
+        expected: String,
+        found: ScalarType,
+    },
     /// Shapes that do not fit together (broadcasting, matmul, concatenation...).
     Shape(String),
     /// A tensor cannot take the requested shape.
-    Resize { requested: Dims, current: Dims, why: &'static str },
+    Resize {
+        requested: Dims,
+        current: Dims,
+        why: &'static str,
+    },
     /// An argument value is out of its valid range.
     InvalidArgument(String),
     /// Tensor data is missing (a freed tensor, an unset input).
@@ -49,25 +61,55 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::ArgCount { expected, found } => {
-                write!(f, "expected {expected} arguments, the program passes {found}")
+                write!(
+                    f,
+                    "expected {expected} arguments, the program passes {found}"
+                )
             }
             Error::BadValueIndex { index, len } => {
-                write!(f, "value index {index} is out of range (the method has {len} values)")
+                write!(
+                    f,
+                    "value index {index} is out of range (the method has {len} values)"
+                )
             }
-            Error::ArgKind { arg, expected, found } => {
+            Error::ArgKind {
+                arg,
+                expected,
+                found,
+            } => {
                 write!(f, "argument {arg}: expected {expected}, found {found}")
             }
-            Error::Dtype { arg, expected, found } => {
-                write!(f, "argument {arg}: expected dtype {expected}, found {found}")
+            Error::Dtype {
+                arg,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "argument {arg}: expected dtype {expected}, found {found}"
+                )
             }
             Error::Shape(m) => write!(f, "shape error: {m}"),
-            Error::Resize { requested, current, why } => {
-                write!(f, "cannot resize tensor of shape {current} to {requested}: {why}")
+            Error::Resize {
+                requested,
+                current,
+                why,
+            } => {
+                write!(
+                    f,
+                    "cannot resize tensor of shape {current} to {requested}: {why}"
+                )
             }
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
-            Error::NoData { arg } => write!(f, "argument {arg}: tensor has no data (unset input or freed value)"),
+            Error::NoData { arg } => write!(
+                f,
+                "argument {arg}: tensor has no data (unset input or freed value)"
+            ),
             Error::Overlap { arg } => {
-                write!(f, "argument {arg}: its memory overlaps another operand that is being written")
+                write!(
+                    f,
+                    "argument {arg}: its memory overlaps another operand that is being written"
+                )
             }
             Error::OutOfBounds(m) => write!(f, "memory out of bounds: {m}"),
             Error::NotImplemented(m) => write!(f, "not implemented: {m}"),

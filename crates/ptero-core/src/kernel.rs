@@ -52,7 +52,9 @@ pub fn normalize_dim(dim: i64, rank: usize) -> Result<usize> {
     let r = rank.max(1) as i64;
     let d = if dim < 0 { dim + r } else { dim };
     if d < 0 || d >= r {
-        return Err(Error::invalid(format!("dimension {dim} is out of range for a {rank}-d tensor")));
+        return Err(Error::invalid(format!(
+            "dimension {dim} is out of range for a {rank}-d tensor"
+        )));
     }
     Ok(d as usize)
 }
@@ -89,9 +91,19 @@ impl BorrowSet {
 }
 
 impl<'a> KernelArgs<'a> {
-    pub fn new(values: &'a mut [Value], args: &'a [u32], memory: &'a mut Memory, borrows: &'a mut BorrowSet) -> Self {
+    pub fn new(
+        values: &'a mut [Value],
+        args: &'a [u32],
+        memory: &'a mut Memory,
+        borrows: &'a mut BorrowSet,
+    ) -> Self {
         borrows.0.clear();
-        KernelArgs { values, args, memory, borrows: RefCell::new(&mut borrows.0) }
+        KernelArgs {
+            values,
+            args,
+            memory,
+            borrows: RefCell::new(&mut borrows.0),
+        }
     }
 
     /// Number of arguments (including out-arguments and the trailing return slot).
@@ -106,16 +118,25 @@ impl<'a> KernelArgs<'a> {
     /// Fails unless there are at least `n` arguments.
     pub fn expect_len(&self, n: usize) -> Result<()> {
         if self.args.len() < n {
-            return Err(Error::ArgCount { expected: n, found: self.args.len() });
+            return Err(Error::ArgCount {
+                expected: n,
+                found: self.args.len(),
+            });
         }
         Ok(())
     }
 
     /// Value-table index of argument `i`.
     pub fn value_index(&self, i: usize) -> Result<usize> {
-        let idx = *self.args.get(i).ok_or(Error::ArgCount { expected: i + 1, found: self.args.len() })? as usize;
+        let idx = *self.args.get(i).ok_or(Error::ArgCount {
+            expected: i + 1,
+            found: self.args.len(),
+        })? as usize;
         if idx >= self.values.len() {
-            return Err(Error::BadValueIndex { index: idx, len: self.values.len() });
+            return Err(Error::BadValueIndex {
+                index: idx,
+                len: self.values.len(),
+            });
         }
         Ok(idx)
     }
@@ -126,12 +147,19 @@ impl<'a> KernelArgs<'a> {
     }
 
     fn item(&self, idx: u32) -> Result<&Value> {
-        self.values.get(idx as usize).ok_or(Error::BadValueIndex { index: idx as usize, len: self.values.len() })
+        self.values.get(idx as usize).ok_or(Error::BadValueIndex {
+            index: idx as usize,
+            len: self.values.len(),
+        })
     }
 
     fn kind_err(&self, i: usize, expected: &'static str) -> Error {
         let found = self.value(i).map(|v| v.kind()).unwrap_or("nothing");
-        Error::ArgKind { arg: i, expected, found }
+        Error::ArgKind {
+            arg: i,
+            expected,
+            found,
+        }
     }
 
     pub fn is_none(&self, i: usize) -> Result<bool> {
@@ -219,7 +247,11 @@ impl<'a> KernelArgs<'a> {
 
     pub fn int_list(&self, i: usize) -> Result<IntListRef<'_>> {
         match self.value(i)? {
-            Value::IntList(items) => Ok(IntListRef { items, values: self.values, arg: i }),
+            Value::IntList(items) => Ok(IntListRef {
+                items,
+                values: self.values,
+                arg: i,
+            }),
             _ => Err(self.kind_err(i, "IntList")),
         }
     }
@@ -264,7 +296,13 @@ impl<'a> KernelArgs<'a> {
 
     fn track(&self, l: &Located, mutable: bool, arg: usize) -> Result<()> {
         let Some(buffer) = l.buffer else {
-            return if mutable { Err(Error::invalid(format!("argument {arg} is a read-only constant"))) } else { Ok(()) };
+            return if mutable {
+                Err(Error::invalid(format!(
+                    "argument {arg} is a read-only constant"
+                )))
+            } else {
+                Ok(())
+            };
         };
         if l.start == l.end {
             return Ok(());
@@ -277,7 +315,12 @@ impl<'a> KernelArgs<'a> {
             }
         }
         // The capacity is sized from the program at load, so this normally never grows.
-        borrows.push(Region { buffer, start: l.start, end: l.end, mutable });
+        borrows.push(Region {
+            buffer,
+            start: l.start,
+            end: l.end,
+            mutable,
+        });
         Ok(())
     }
 
@@ -286,10 +329,13 @@ impl<'a> KernelArgs<'a> {
         if nbytes == 0 {
             return Ok(&[]);
         }
-        let l = self.memory.locate(meta.storage, nbytes).map_err(|e| match e {
-            Error::NoData { .. } => Error::NoData { arg },
-            e => e,
-        })?;
+        let l = self
+            .memory
+            .locate(meta.storage, nbytes)
+            .map_err(|e| match e {
+                Error::NoData { .. } => Error::NoData { arg },
+                e => e,
+            })?;
         self.track(&l, false, arg)?;
         // SAFETY: `track` verified that no mutable view overlaps this region, and it stays
         // recorded until `self` is dropped, which outlives the returned borrow of `self`.
@@ -301,10 +347,13 @@ impl<'a> KernelArgs<'a> {
         if nbytes == 0 {
             return Ok(&mut []);
         }
-        let l = self.memory.locate(meta.storage, nbytes).map_err(|e| match e {
-            Error::NoData { .. } => Error::NoData { arg },
-            e => e,
-        })?;
+        let l = self
+            .memory
+            .locate(meta.storage, nbytes)
+            .map_err(|e| match e {
+                Error::NoData { .. } => Error::NoData { arg },
+                e => e,
+            })?;
         self.track(&l, true, arg)?;
         // SAFETY: `track` verified that no other view overlaps this region and recorded it
         // as mutable, so later overlapping requests fail until `self` is dropped.
@@ -314,20 +363,29 @@ impl<'a> KernelArgs<'a> {
     /// Read-only view of tensor argument `i`.
     pub fn tensor(&self, i: usize) -> Result<TensorRef<'_>> {
         let meta = self.meta(i)?;
-        Ok(TensorRef { meta, bytes: self.view(meta, i)? })
+        Ok(TensorRef {
+            meta,
+            bytes: self.view(meta, i)?,
+        })
     }
 
     pub fn opt_tensor(&self, i: usize) -> Result<Option<TensorRef<'_>>> {
         match self.opt_meta(i)? {
             None => Ok(None),
-            Some(meta) => Ok(Some(TensorRef { meta, bytes: self.view(meta, i)? })),
+            Some(meta) => Ok(Some(TensorRef {
+                meta,
+                bytes: self.view(meta, i)?,
+            })),
         }
     }
 
     /// Writable view of tensor argument `i` (an out-argument, or a tensor mutated in place).
     pub fn out(&self, i: usize) -> Result<TensorMut<'_>> {
         let meta = self.meta(i)?;
-        Ok(TensorMut { meta, bytes: self.view_mut(meta, i)? })
+        Ok(TensorMut {
+            meta,
+            bytes: self.view_mut(meta, i)?,
+        })
     }
 
     /// Resizes tensor argument `i` (the out-argument of a kernel, typically).
@@ -335,14 +393,22 @@ impl<'a> KernelArgs<'a> {
         let idx = self.value_index(i)?;
         match &mut self.values[idx] {
             Value::Tensor(t) => t.resize(sizes),
-            v => Err(Error::ArgKind { arg: i, expected: "Tensor", found: v.kind() }),
+            v => Err(Error::ArgKind {
+                arg: i,
+                expected: "Tensor",
+                found: v.kind(),
+            }),
         }
     }
 
     /// Tensor list argument `i`.
     pub fn tensor_list(&self, i: usize) -> Result<TensorListRef<'_, 'a>> {
         match self.value(i)? {
-            Value::TensorList(items) | Value::OptionalTensorList(items) => Ok(TensorListRef { args: self, items, arg: i }),
+            Value::TensorList(items) | Value::OptionalTensorList(items) => Ok(TensorListRef {
+                args: self,
+                items,
+                arg: i,
+            }),
             _ => Err(self.kind_err(i, "TensorList")),
         }
     }
@@ -351,15 +417,25 @@ impl<'a> KernelArgs<'a> {
     pub fn resize_list_item(&mut self, i: usize, k: usize, sizes: &[usize]) -> Result<()> {
         let item = match self.value(i)? {
             Value::TensorList(items) => *items.get(k).ok_or_else(|| {
-                Error::invalid(format!("argument {i}: list item {k} out of range ({} items)", items.len()))
+                Error::invalid(format!(
+                    "argument {i}: list item {k} out of range ({} items)",
+                    items.len()
+                ))
             })?,
             _ => return Err(self.kind_err(i, "TensorList")),
         };
         let len = self.values.len();
         match self.values.get_mut(item as usize) {
             Some(Value::Tensor(t)) => t.resize(sizes),
-            Some(v) => Err(Error::ArgKind { arg: i, expected: "Tensor", found: v.kind() }),
-            None => Err(Error::BadValueIndex { index: item as usize, len }),
+            Some(v) => Err(Error::ArgKind {
+                arg: i,
+                expected: "Tensor",
+                found: v.kind(),
+            }),
+            None => Err(Error::BadValueIndex {
+                index: item as usize,
+                len,
+            }),
         }
     }
 
@@ -391,7 +467,11 @@ impl<'a> KernelArgs<'a> {
                 t.set_storage(src_meta.storage, src_meta.capacity());
                 Ok(())
             }
-            v => Err(Error::ArgKind { arg: out, expected: "Tensor", found: v.kind() }),
+            v => Err(Error::ArgKind {
+                arg: out,
+                expected: "Tensor",
+                found: v.kind(),
+            }),
         }
     }
 
@@ -402,7 +482,9 @@ impl<'a> KernelArgs<'a> {
             return Ok(());
         }
         if matches!(d, Storage::Constant { .. }) {
-            return Err(Error::invalid(format!("argument {dst} is a read-only constant")));
+            return Err(Error::invalid(format!(
+                "argument {dst} is a read-only constant"
+            )));
         }
         self.memory.copy_within(s, d, len)
     }
@@ -426,12 +508,23 @@ impl<'v> IntListRef<'v> {
     /// Item `k`.
     pub fn get(&self, k: usize) -> Result<i64> {
         let idx = *self.items.get(k).ok_or_else(|| {
-            Error::invalid(format!("argument {}: list index {k} out of range ({} items)", self.arg, self.items.len()))
+            Error::invalid(format!(
+                "argument {}: list index {k} out of range ({} items)",
+                self.arg,
+                self.items.len()
+            ))
         })? as usize;
         match self.values.get(idx) {
             Some(Value::Int(v)) => Ok(*v),
-            Some(v) => Err(Error::ArgKind { arg: self.arg, expected: "Int list item", found: v.kind() }),
-            None => Err(Error::BadValueIndex { index: idx, len: self.values.len() }),
+            Some(v) => Err(Error::ArgKind {
+                arg: self.arg,
+                expected: "Int list item",
+                found: v.kind(),
+            }),
+            None => Err(Error::BadValueIndex {
+                index: idx,
+                len: self.values.len(),
+            }),
         }
     }
     /// Items in order.
@@ -444,10 +537,17 @@ impl<'v> IntListRef<'v> {
         for k in 0..self.len() {
             let v = self.get(k)?;
             if v < 0 {
-                return Err(Error::invalid(format!("argument {}: negative size {v}", self.arg)));
+                return Err(Error::invalid(format!(
+                    "argument {}: negative size {v}",
+                    self.arg
+                )));
             }
             if !d.push(v as usize) {
-                return Err(Error::invalid(format!("argument {}: more than {} dims", self.arg, crate::MAX_DIMS)));
+                return Err(Error::invalid(format!(
+                    "argument {}: more than {} dims",
+                    self.arg,
+                    crate::MAX_DIMS
+                )));
             }
         }
         Ok(d)
@@ -470,7 +570,11 @@ impl<'s, 'a> TensorListRef<'s, 'a> {
     }
     fn value(&self, k: usize) -> Result<&'s Value> {
         let idx = *self.items.get(k).ok_or_else(|| {
-            Error::invalid(format!("argument {}: list index {k} out of range ({} items)", self.arg, self.items.len()))
+            Error::invalid(format!(
+                "argument {}: list index {k} out of range ({} items)",
+                self.arg,
+                self.items.len()
+            ))
         })?;
         self.args.item(idx)
     }
@@ -479,26 +583,43 @@ impl<'s, 'a> TensorListRef<'s, 'a> {
         match self.value(k)? {
             Value::Tensor(t) => Ok(Some(t)),
             Value::None => Ok(None),
-            v => Err(Error::ArgKind { arg: self.arg, expected: "Tensor list item", found: v.kind() }),
+            v => Err(Error::ArgKind {
+                arg: self.arg,
+                expected: "Tensor list item",
+                found: v.kind(),
+            }),
         }
     }
     pub fn meta(&self, k: usize) -> Result<&'s TensorMeta> {
-        self.opt_meta(k)?.ok_or(Error::ArgKind { arg: self.arg, expected: "Tensor list item", found: "None" })
+        self.opt_meta(k)?.ok_or(Error::ArgKind {
+            arg: self.arg,
+            expected: "Tensor list item",
+            found: "None",
+        })
     }
     /// Read-only view of item `k`.
     pub fn get(&self, k: usize) -> Result<TensorRef<'s>> {
         let meta = self.meta(k)?;
-        Ok(TensorRef { meta, bytes: self.args.view(meta, self.arg)? })
+        Ok(TensorRef {
+            meta,
+            bytes: self.args.view(meta, self.arg)?,
+        })
     }
     pub fn get_opt(&self, k: usize) -> Result<Option<TensorRef<'s>>> {
         match self.opt_meta(k)? {
             None => Ok(None),
-            Some(meta) => Ok(Some(TensorRef { meta, bytes: self.args.view(meta, self.arg)? })),
+            Some(meta) => Ok(Some(TensorRef {
+                meta,
+                bytes: self.args.view(meta, self.arg)?,
+            })),
         }
     }
     /// Writable view of item `k` (lists used as out-arguments).
     pub fn get_mut(&self, k: usize) -> Result<TensorMut<'s>> {
         let meta = self.meta(k)?;
-        Ok(TensorMut { meta, bytes: self.args.view_mut(meta, self.arg)? })
+        Ok(TensorMut {
+            meta,
+            bytes: self.args.view_mut(meta, self.arg)?,
+        })
     }
 }

@@ -16,6 +16,7 @@ mod element;
 mod error;
 mod kernel;
 mod memory;
+mod registry;
 mod tensor;
 mod value;
 
@@ -23,8 +24,11 @@ pub use dims::{Dims, MAX_DIMS};
 pub use dtype::ScalarType;
 pub use element::Element;
 pub use error::Error;
-pub use kernel::{normalize_dim, BorrowSet, IntListRef, KernelArgs, KernelFn, Scalar, TensorListRef};
+pub use kernel::{
+    normalize_dim, BorrowSet, IntListRef, KernelArgs, KernelFn, Scalar, TensorListRef,
+};
 pub use memory::{AlignedBuf, Memory};
+pub use registry::{KernelEntry, KernelRegistry};
 pub use tensor::{Dynamism, Storage, TensorMeta, TensorMut, TensorRef};
 pub use value::Value;
 

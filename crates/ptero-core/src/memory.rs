@@ -30,7 +30,10 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// `len` zero bytes.
     pub fn zeroed(len: usize) -> AlignedBuf {
-        AlignedBuf { chunks: alloc::vec![Chunk([0; BUFFER_ALIGN]); len.div_ceil(BUFFER_ALIGN)], len }
+        AlignedBuf {
+            chunks: alloc::vec![Chunk([0; BUFFER_ALIGN]); len.div_ceil(BUFFER_ALIGN)],
+            len,
+        }
     }
 
     /// A copy of `bytes`, aligned.
@@ -85,7 +88,11 @@ unsafe impl Sync for Memory {}
 impl Memory {
     /// Memory with no buffers, reading constants from `constants`.
     pub fn new(constants: SharedBytes) -> Memory {
-        Memory { buffers: Vec::new(), bases: Vec::new(), constants }
+        Memory {
+            buffers: Vec::new(),
+            bases: Vec::new(),
+            constants,
+        }
     }
 
     /// Adds a buffer and returns its id.
@@ -121,26 +128,42 @@ impl Memory {
             Storage::None => Err(Error::NoData { arg: usize::MAX }),
             Storage::Constant { offset } => {
                 let c = self.constants();
-                let end = offset.checked_add(nbytes).filter(|&e| e <= c.len()).ok_or_else(|| {
-                    Error::OutOfBounds(alloc::format!(
+                let end = offset
+                    .checked_add(nbytes)
+                    .filter(|&e| e <= c.len())
+                    .ok_or_else(|| {
+                        Error::OutOfBounds(alloc::format!(
                         "constant of {nbytes} bytes at offset {offset} exceeds the {}-byte program",
                         c.len()
                     ))
-                })?;
-                Ok(Located { buffer: None, ptr: c[offset..end].as_ptr() as *mut u8, start: offset, end })
+                    })?;
+                Ok(Located {
+                    buffer: None,
+                    ptr: c[offset..end].as_ptr() as *mut u8,
+                    start: offset,
+                    end,
+                })
             }
             Storage::Buffer { id, offset } => {
                 let &(base, len) = self.bases.get(id as usize).ok_or_else(|| {
                     Error::OutOfBounds(alloc::format!("buffer {id} does not exist"))
                 })?;
-                let end = offset.checked_add(nbytes).filter(|&e| e <= len).ok_or_else(|| {
-                    Error::OutOfBounds(alloc::format!(
-                        "{nbytes} bytes at offset {offset} exceed buffer {id} of {len} bytes"
-                    ))
-                })?;
+                let end = offset
+                    .checked_add(nbytes)
+                    .filter(|&e| e <= len)
+                    .ok_or_else(|| {
+                        Error::OutOfBounds(alloc::format!(
+                            "{nbytes} bytes at offset {offset} exceed buffer {id} of {len} bytes"
+                        ))
+                    })?;
                 // SAFETY: `offset <= end <= len`, the size of the allocation `base` points to.
                 let ptr = unsafe { base.add(offset) };
-                Ok(Located { buffer: Some(id), ptr, start: offset, end })
+                Ok(Located {
+                    buffer: Some(id),
+                    ptr,
+                    start: offset,
+                    end,
+                })
             }
         }
     }
@@ -212,14 +235,25 @@ mod tests {
     fn bounds_are_checked() {
         let mut m = Memory::new(Arc::new(alloc::vec![1u8, 2, 3, 4]));
         let id = m.add_buffer(AlignedBuf::zeroed(16));
-        assert_eq!(m.bytes(Storage::Constant { offset: 1 }, 3).unwrap(), &[2, 3, 4]);
+        assert_eq!(
+            m.bytes(Storage::Constant { offset: 1 }, 3).unwrap(),
+            &[2, 3, 4]
+        );
         assert!(m.bytes(Storage::Constant { offset: 2 }, 3).is_err());
-        assert!(m.bytes(Storage::Constant { offset: usize::MAX }, 3).is_err());
+        assert!(m
+            .bytes(Storage::Constant { offset: usize::MAX }, 3)
+            .is_err());
         m.bytes_mut(Storage::Buffer { id, offset: 8 }, 8).unwrap()[0] = 7;
         assert_eq!(m.bytes(Storage::Buffer { id, offset: 8 }, 1).unwrap(), &[7]);
         assert!(m.bytes(Storage::Buffer { id, offset: 9 }, 8).is_err());
         assert!(m.bytes(Storage::Buffer { id: 5, offset: 0 }, 1).is_err());
         assert!(m.bytes_mut(Storage::Constant { offset: 0 }, 1).is_err());
-        assert_eq!(m.bytes(Storage::Buffer { id, offset: 0 }, 16).unwrap().as_ptr() as usize % BUFFER_ALIGN, 0);
+        assert_eq!(
+            m.bytes(Storage::Buffer { id, offset: 0 }, 16)
+                .unwrap()
+                .as_ptr() as usize
+                % BUFFER_ALIGN,
+            0
+        );
     }
 }

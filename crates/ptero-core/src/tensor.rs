@@ -62,8 +62,12 @@ impl TensorMeta {
         dynamism: Dynamism,
         storage: Storage,
     ) -> Result<TensorMeta> {
-        let sizes = Dims::from_slice(sizes)
-            .ok_or_else(|| Error::shape(alloc::format!("{} dimensions exceed the limit of {MAX_DIMS}", sizes.len())))?;
+        let sizes = Dims::from_slice(sizes).ok_or_else(|| {
+            Error::shape(alloc::format!(
+                "{} dimensions exceed the limit of {MAX_DIMS}",
+                sizes.len()
+            ))
+        })?;
         let mut order = [0u8; MAX_DIMS];
         if dim_order.is_empty() {
             for (i, o) in order.iter_mut().enumerate().take(sizes.len()) {
@@ -81,7 +85,9 @@ impl TensorMeta {
             for &d in dim_order {
                 let d = d as usize;
                 if d >= sizes.len() || seen[d] {
-                    return Err(Error::shape(alloc::format!("dim_order {dim_order:?} is not a permutation")));
+                    return Err(Error::shape(alloc::format!(
+                        "dim_order {dim_order:?} is not a permutation"
+                    )));
                 }
                 seen[d] = true;
             }
@@ -94,7 +100,16 @@ impl TensorMeta {
             .checked_mul(dtype.size())
             .ok_or_else(|| Error::shape(alloc::format!("shape {sizes} has too many bytes")))?;
         let strides = strides_for(&sizes, &order[..sizes.len()]);
-        Ok(TensorMeta { dtype, dynamism, sizes, dim_order: order, strides, numel, capacity, storage })
+        Ok(TensorMeta {
+            dtype,
+            dynamism,
+            sizes,
+            dim_order: order,
+            strides,
+            numel,
+            capacity,
+            storage,
+        })
     }
 
     pub fn sizes(&self) -> &[usize] {
@@ -139,7 +154,10 @@ impl TensorMeta {
 
     /// True when the dim order is `0..rank` (row-major).
     pub fn is_contiguous(&self) -> bool {
-        self.dim_order().iter().enumerate().all(|(i, &d)| i == d as usize)
+        self.dim_order()
+            .iter()
+            .enumerate()
+            .all(|(i, &d)| i == d as usize)
     }
 
     /// Changes the shape, within the rules of the official runtime: same rank, a static
@@ -154,12 +172,23 @@ impl TensorMeta {
             why: "too many dimensions",
         })?;
         if sizes.len() != self.sizes.len() {
-            return Err(Error::Resize { requested, current: self.sizes, why: "the rank cannot change" });
+            return Err(Error::Resize {
+                requested,
+                current: self.sizes,
+                why: "the rank cannot change",
+            });
         }
         if self.dynamism == Dynamism::Static {
-            return Err(Error::Resize { requested, current: self.sizes, why: "the tensor is static" });
+            return Err(Error::Resize {
+                requested,
+                current: self.sizes,
+                why: "the tensor is static",
+            });
         }
-        let numel = requested.numel().filter(|n| n.checked_mul(self.dtype.size()).is_some_and(|b| b <= self.capacity));
+        let numel = requested.numel().filter(|n| {
+            n.checked_mul(self.dtype.size())
+                .is_some_and(|b| b <= self.capacity)
+        });
         let Some(numel) = numel else {
             return Err(Error::Resize {
                 requested,
@@ -199,7 +228,11 @@ pub struct TensorMut<'a> {
 }
 
 fn cast_err(dtype: ScalarType, want: ScalarType) -> Error {
-    Error::Dtype { arg: usize::MAX, expected: alloc::string::ToString::to_string(want.name()), found: dtype }
+    Error::Dtype {
+        arg: usize::MAX,
+        expected: alloc::string::ToString::to_string(want.name()),
+        found: dtype,
+    }
 }
 
 impl<'a> TensorRef<'a> {
@@ -217,8 +250,12 @@ impl<'a> TensorRef<'a> {
         if self.meta.dtype != T::DTYPE {
             return Err(cast_err(self.meta.dtype, T::DTYPE));
         }
-        bytemuck::try_cast_slice(self.bytes)
-            .map_err(|e| Error::OutOfBounds(alloc::format!("tensor data is misaligned for {}: {e:?}", T::DTYPE)))
+        bytemuck::try_cast_slice(self.bytes).map_err(|e| {
+            Error::OutOfBounds(alloc::format!(
+                "tensor data is misaligned for {}: {e:?}",
+                T::DTYPE
+            ))
+        })
     }
     /// Bool tensor data, one byte per element (0 or 1).
     pub fn bools(&self) -> Result<&'a [u8]> {
@@ -244,16 +281,24 @@ impl<'a> TensorMut<'a> {
         if self.meta.dtype != T::DTYPE {
             return Err(cast_err(self.meta.dtype, T::DTYPE));
         }
-        bytemuck::try_cast_slice_mut(self.bytes)
-            .map_err(|e| Error::OutOfBounds(alloc::format!("tensor data is misaligned for {}: {e:?}", T::DTYPE)))
+        bytemuck::try_cast_slice_mut(self.bytes).map_err(|e| {
+            Error::OutOfBounds(alloc::format!(
+                "tensor data is misaligned for {}: {e:?}",
+                T::DTYPE
+            ))
+        })
     }
     /// Consumes the view, returning the elements with the view's lifetime.
     pub fn into_data<T: Element>(self) -> Result<&'a mut [T]> {
         if self.meta.dtype != T::DTYPE {
             return Err(cast_err(self.meta.dtype, T::DTYPE));
         }
-        bytemuck::try_cast_slice_mut(self.bytes)
-            .map_err(|e| Error::OutOfBounds(alloc::format!("tensor data is misaligned for {}: {e:?}", T::DTYPE)))
+        bytemuck::try_cast_slice_mut(self.bytes).map_err(|e| {
+            Error::OutOfBounds(alloc::format!(
+                "tensor data is misaligned for {}: {e:?}",
+                T::DTYPE
+            ))
+        })
     }
     /// Bool tensor data, one byte per element.
     pub fn bools(&mut self) -> Result<&mut [u8]> {
@@ -276,22 +321,50 @@ mod tests {
             (&[], &[], &[]),
         ];
         for (sizes, order, want) in cases {
-            let m = TensorMeta::new(ScalarType::Float, sizes, order, Dynamism::Static, Storage::None).unwrap();
+            let m = TensorMeta::new(
+                ScalarType::Float,
+                sizes,
+                order,
+                Dynamism::Static,
+                Storage::None,
+            )
+            .unwrap();
             assert_eq!(m.strides(), want);
         }
-        assert!(TensorMeta::new(ScalarType::Float, &[2, 3], &[0, 0], Dynamism::Static, Storage::None).is_err());
+        assert!(TensorMeta::new(
+            ScalarType::Float,
+            &[2, 3],
+            &[0, 0],
+            Dynamism::Static,
+            Storage::None
+        )
+        .is_err());
     }
 
     #[test]
     fn resize_rules() {
-        let mut m = TensorMeta::new(ScalarType::Float, &[4, 8], &[], Dynamism::DynamicBound, Storage::None).unwrap();
+        let mut m = TensorMeta::new(
+            ScalarType::Float,
+            &[4, 8],
+            &[],
+            Dynamism::DynamicBound,
+            Storage::None,
+        )
+        .unwrap();
         assert!(m.resize(&[2, 8]).is_ok());
         assert_eq!(m.numel(), 16);
         assert!(m.resize(&[4, 8]).is_ok());
         assert!(m.resize(&[5, 8]).is_err());
         assert!(m.resize(&[32]).is_err());
         assert!(m.resize(&[0, 8]).is_ok());
-        let mut s = TensorMeta::new(ScalarType::Float, &[4], &[], Dynamism::Static, Storage::None).unwrap();
+        let mut s = TensorMeta::new(
+            ScalarType::Float,
+            &[4],
+            &[],
+            Dynamism::Static,
+            Storage::None,
+        )
+        .unwrap();
         assert!(s.resize(&[2]).is_err());
         assert!(s.resize(&[4]).is_ok());
     }

@@ -9,7 +9,10 @@ pub enum FormatError {
     /// The file identifier at offset 4 is not an ExecuTorch program identifier.
     NotAProgram { found: [u8; 4] },
     /// An ExecuTorch program of a format version this reader does not support.
-    IncompatibleVersion { found: String, supported: &'static str },
+    IncompatibleVersion {
+        found: String,
+        supported: &'static str,
+    },
     /// The extended header is malformed.
     BadHeader(String),
     /// The file is shorter than its header says.

@@ -30,7 +30,12 @@ pub enum Identifier {
 pub fn check_identifier(data: &[u8]) -> Result<Identifier, FormatError> {
     let id: [u8; 4] = match data.get(4..8).and_then(|s| s.try_into().ok()) {
         Some(id) => id,
-        None => return Err(FormatError::TooShort { len: data.len(), needed: 8 }),
+        None => {
+            return Err(FormatError::TooShort {
+                len: data.len(),
+                needed: 8,
+            })
+        }
     };
     Ok(if &id == PROGRAM_IDENTIFIER {
         Identifier::Compatible
@@ -74,8 +79,10 @@ impl ExtendedHeader {
         if data.get(8..12) != Some(HEADER_MAGIC.as_slice()) {
             return Ok(None);
         }
-        let len = read_u32(data, 12)
-            .ok_or(FormatError::TooShort { len: data.len(), needed: 16 })?;
+        let len = read_u32(data, 12).ok_or(FormatError::TooShort {
+            len: data.len(),
+            needed: 16,
+        })?;
         if len < MIN_HEADER_LEN {
             return Err(FormatError::BadHeader(format!(
                 "header length {len} is below the minimum of {MIN_HEADER_LEN}"
@@ -83,11 +90,18 @@ impl ExtendedHeader {
         }
         let end = 8usize + len as usize;
         if data.len() < end {
-            return Err(FormatError::TooShort { len: data.len(), needed: end });
+            return Err(FormatError::TooShort {
+                len: data.len(),
+                needed: end,
+            });
         }
         let program_size = read_u64(data, 16).unwrap_or(0);
         let segment_base_offset = read_u64(data, 24).unwrap_or(0);
-        let segment_data_size = if len >= HEADER_LEN { read_u64(data, 32).unwrap_or(0) } else { 0 };
+        let segment_data_size = if len >= HEADER_LEN {
+            read_u64(data, 32).unwrap_or(0)
+        } else {
+            0
+        };
         if program_size < end as u64 {
             return Err(FormatError::BadHeader(format!(
                 "program_size {program_size} is smaller than the header itself ({end} bytes)"
@@ -98,7 +112,11 @@ impl ExtendedHeader {
                 "segment_base_offset {segment_base_offset} lies inside the program ({program_size} bytes)"
             )));
         }
-        Ok(Some(ExtendedHeader { program_size, segment_base_offset, segment_data_size }))
+        Ok(Some(ExtendedHeader {
+            program_size,
+            segment_base_offset,
+            segment_data_size,
+        }))
     }
 
     /// Serializes the header (magic, length and fields) as it appears at byte 8.
@@ -122,7 +140,10 @@ mod tests {
         let cases: [(&[u8], Identifier); 3] = [
             (b"\0\0\0\0ET12", Identifier::Compatible),
             (b"\0\0\0\0ET13", Identifier::Incompatible(*b"ET13")),
-            (b"\0\0\0\0PK\x03\x04", Identifier::NotPresent(*b"PK\x03\x04")),
+            (
+                b"\0\0\0\0PK\x03\x04",
+                Identifier::NotPresent(*b"PK\x03\x04"),
+            ),
         ];
         for (data, want) in cases {
             assert_eq!(check_identifier(data).unwrap(), want);
@@ -132,7 +153,11 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_rejects() {
-        let h = ExtendedHeader { program_size: 200, segment_base_offset: 256, segment_data_size: 64 };
+        let h = ExtendedHeader {
+            program_size: 200,
+            segment_base_offset: 256,
+            segment_data_size: 64,
+        };
         let mut data = alloc::vec![0u8; 8];
         data.extend_from_slice(&h.to_bytes());
         assert_eq!(ExtendedHeader::parse(&data).unwrap(), Some(h));

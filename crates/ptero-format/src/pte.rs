@@ -57,7 +57,10 @@ impl<'a> PteFile<'a> {
                 let seg_end = h.segment_base_offset.saturating_add(h.segment_data_size);
                 let needed = h.program_size.max(seg_end);
                 if needed > data.len() as u64 {
-                    return Err(FormatError::Truncated { needed, len: data.len() });
+                    return Err(FormatError::Truncated {
+                        needed,
+                        len: data.len(),
+                    });
                 }
                 h.program_size as usize
             }
@@ -67,7 +70,9 @@ impl<'a> PteFile<'a> {
         let root_offset = u32::from_le_bytes([fb_bytes[0], fb_bytes[1], fb_bytes[2], fb_bytes[3]]);
         if root_offset as usize >= program_len {
             return Err(FormatError::OutOfRange {
-                what: format!("root table offset {root_offset} is past the program's {program_len} bytes"),
+                what: format!(
+                    "root table offset {root_offset} is past the program's {program_len} bytes"
+                ),
             });
         }
         let opts = flatbuffers::VerifierOptions {
@@ -78,7 +83,12 @@ impl<'a> PteFile<'a> {
         };
         let program = flatbuffers::root_with_opts::<fb::Program>(&opts, fb_bytes)
             .map_err(|e| FormatError::InvalidFlatbuffer(e.to_string()))?;
-        let file = PteFile { data, header, program, program_len };
+        let file = PteFile {
+            data,
+            header,
+            program,
+            program_len,
+        };
         file.check_segments()?;
         Ok(file)
     }
@@ -146,12 +156,19 @@ impl<'a> PteFile<'a> {
 
     /// Names of the methods (execution plans), in file order.
     pub fn method_names(&self) -> impl Iterator<Item = &'a str> {
-        self.program.execution_plan().into_iter().flatten().map(|p| p.name().unwrap_or(""))
+        self.program
+            .execution_plan()
+            .into_iter()
+            .flatten()
+            .map(|p| p.name().unwrap_or(""))
     }
 
     /// Looks up a method's execution plan by name.
     pub fn method(&self, name: &str) -> Option<fb::ExecutionPlan<'a>> {
-        self.program.execution_plan()?.iter().find(|p| p.name() == Some(name))
+        self.program
+            .execution_plan()?
+            .iter()
+            .find(|p| p.name() == Some(name))
     }
 
     /// Number of data segments.
@@ -161,11 +178,16 @@ impl<'a> PteFile<'a> {
 
     /// Absolute byte range of segment `index` in the file.
     pub fn segment_range(&self, index: usize) -> Result<Range<usize>, FormatError> {
-        let segments = self.program.segments().filter(|s| index < s.len()).ok_or_else(|| {
-            FormatError::OutOfRange {
-                what: format!("segment {index} does not exist ({} segments)", self.num_segments()),
-            }
-        })?;
+        let segments = self
+            .program
+            .segments()
+            .filter(|s| index < s.len())
+            .ok_or_else(|| FormatError::OutOfRange {
+                what: format!(
+                    "segment {index} does not exist ({} segments)",
+                    self.num_segments()
+                ),
+            })?;
         let seg = segments.get(index);
         let base = self.header.map_or(0, |h| h.segment_base_offset);
         range_in(base, seg.offset(), seg.size_(), self.data.len()).ok_or_else(|| {
@@ -192,14 +214,15 @@ impl<'a> PteFile<'a> {
         nbytes: usize,
         what: &str,
     ) -> Result<Range<usize>, FormatError> {
-        let offsets = sub.offsets().filter(|o| buffer_idx < o.len()).ok_or_else(|| {
-            FormatError::OutOfRange {
+        let offsets = sub
+            .offsets()
+            .filter(|o| buffer_idx < o.len())
+            .ok_or_else(|| FormatError::OutOfRange {
                 what: format!(
                     "{what} buffer {buffer_idx} does not exist ({} entries)",
                     sub.offsets().map_or(0, |o| o.len())
                 ),
-            }
-        })?;
+            })?;
         let seg = self.segment_range(sub.segment_index() as usize)?;
         let off = offsets.get(buffer_idx);
         range_in(seg.start as u64, off, nbytes as u64, seg.end).ok_or_else(|| {
@@ -216,16 +239,28 @@ impl<'a> PteFile<'a> {
     ///
     /// Reads the constant segment, or the deprecated inline `constant_buffer` table for
     /// programs written before constants moved to a segment.
-    pub fn constant_range(&self, buffer_idx: usize, nbytes: usize) -> Result<Range<usize>, FormatError> {
+    pub fn constant_range(
+        &self,
+        buffer_idx: usize,
+        nbytes: usize,
+    ) -> Result<Range<usize>, FormatError> {
         if let Some(cs) = self.program.constant_segment() {
             if cs.offsets().is_some_and(|o| o.len() > 1) {
                 return self.subsegment_range(cs, buffer_idx, nbytes, "constant");
             }
         }
-        let bufs = self.program.constant_buffer().filter(|b| buffer_idx < b.len()).ok_or_else(|| {
-            FormatError::OutOfRange { what: format!("constant buffer {buffer_idx} does not exist") }
-        })?;
-        let storage = bufs.get(buffer_idx).storage().map(|s| s.bytes()).unwrap_or(&[]);
+        let bufs = self
+            .program
+            .constant_buffer()
+            .filter(|b| buffer_idx < b.len())
+            .ok_or_else(|| FormatError::OutOfRange {
+                what: format!("constant buffer {buffer_idx} does not exist"),
+            })?;
+        let storage = bufs
+            .get(buffer_idx)
+            .storage()
+            .map(|s| s.bytes())
+            .unwrap_or(&[]);
         if storage.len() < nbytes {
             return Err(FormatError::OutOfRange {
                 what: format!(
@@ -240,7 +275,11 @@ impl<'a> PteFile<'a> {
 
     /// Absolute byte range of the initial value of a mutable tensor (`data_buffer_idx`
     /// together with an allocation), stored in the first mutable-data segment.
-    pub fn mutable_init_range(&self, buffer_idx: usize, nbytes: usize) -> Result<Range<usize>, FormatError> {
+    pub fn mutable_init_range(
+        &self,
+        buffer_idx: usize,
+        nbytes: usize,
+    ) -> Result<Range<usize>, FormatError> {
         let sub = self
             .program
             .mutable_data_segments()
@@ -253,17 +292,26 @@ impl<'a> PteFile<'a> {
     }
 
     /// Processed bytes of a delegate (inline, or in a segment).
-    pub fn delegate_data(&self, delegate: &fb::BackendDelegate<'a>) -> Result<&'a [u8], FormatError> {
-        let r = delegate.processed().ok_or_else(|| FormatError::OutOfRange {
-            what: "delegate has no processed data reference".to_string(),
-        })?;
+    pub fn delegate_data(
+        &self,
+        delegate: &fb::BackendDelegate<'a>,
+    ) -> Result<&'a [u8], FormatError> {
+        let r = delegate
+            .processed()
+            .ok_or_else(|| FormatError::OutOfRange {
+                what: "delegate has no processed data reference".to_string(),
+            })?;
         let idx = r.index() as usize;
         match r.location() {
             fb::DataLocation::SEGMENT => self.segment(idx),
             _ => {
-                let inline = self.program.backend_delegate_data().filter(|d| idx < d.len()).ok_or_else(|| {
-                    FormatError::OutOfRange { what: format!("inline delegate data {idx} does not exist") }
-                })?;
+                let inline = self
+                    .program
+                    .backend_delegate_data()
+                    .filter(|d| idx < d.len())
+                    .ok_or_else(|| FormatError::OutOfRange {
+                        what: format!("inline delegate data {idx} does not exist"),
+                    })?;
                 Ok(inline.get(idx).data().map(|d| d.bytes()).unwrap_or(&[]))
             }
         }

@@ -111,7 +111,11 @@ impl MethodSpec {
 
     /// Returns the index of operator `name.overload`, adding it if new.
     pub fn operator(&mut self, name: &str, overload: &str) -> i32 {
-        if let Some(i) = self.operators.iter().position(|(n, o)| n == name && o == overload) {
+        if let Some(i) = self
+            .operators
+            .iter()
+            .position(|(n, o)| n == name && o == overload)
+        {
             return i as i32;
         }
         self.operators.push((name.into(), overload.into()));
@@ -121,7 +125,10 @@ impl MethodSpec {
     /// Appends a kernel call to `name.overload` with the given argument value indices.
     pub fn kernel(&mut self, name: &str, overload: &str, args: &[i32]) {
         let op_index = self.operator(name, overload);
-        self.instructions.push(InstrSpec::Kernel { op_index, args: args.to_vec() });
+        self.instructions.push(InstrSpec::Kernel {
+            op_index,
+            args: args.to_vec(),
+        });
     }
 }
 
@@ -142,7 +149,10 @@ impl ProgramBuilder {
 
     /// Adds a method built by `f`.
     pub fn method(mut self, name: &str, f: impl FnOnce(&mut MethodSpec)) -> ProgramBuilder {
-        let mut m = MethodSpec { name: name.into(), ..Default::default() };
+        let mut m = MethodSpec {
+            name: name.into(),
+            ..Default::default()
+        };
         f(&mut m);
         self.methods.push(m);
         self
@@ -164,7 +174,9 @@ impl ProgramBuilder {
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let mut delegate_segment: Vec<Vec<usize>> = Vec::new();
         let has_constants = self.methods.iter().any(|m| {
-            m.values.iter().any(|v| matches!(v, ValueSpec::Tensor(t) if matches!(t.data, TensorData::Constant(_))))
+            m.values.iter().any(
+                |v| matches!(v, ValueSpec::Tensor(t) if matches!(t.data, TensorData::Constant(_))),
+            )
         });
         if has_constants {
             segments.push(Vec::new());
@@ -183,7 +195,13 @@ impl ProgramBuilder {
             let mut values = Vec::new();
             for v in &m.values {
                 let (ty, val) = write_value(&mut fbb, v, &mut constants, &mut constant_offsets);
-                values.push(fb::EValue::create(&mut fbb, &fb::EValueArgs { val_type: ty, val: Some(val) }));
+                values.push(fb::EValue::create(
+                    &mut fbb,
+                    &fb::EValueArgs {
+                        val_type: ty,
+                        val: Some(val),
+                    },
+                ));
             }
             let values = fbb.create_vector(&values);
             let mut instrs = Vec::new();
@@ -191,48 +209,91 @@ impl ProgramBuilder {
                 let (ty, off) = match ins {
                     InstrSpec::Kernel { op_index, args } => {
                         let args = fbb.create_vector(args);
-                        let k = fb::KernelCall::create(&mut fbb, &fb::KernelCallArgs { op_index: *op_index, args: Some(args) });
+                        let k = fb::KernelCall::create(
+                            &mut fbb,
+                            &fb::KernelCallArgs {
+                                op_index: *op_index,
+                                args: Some(args),
+                            },
+                        );
                         (fb::InstructionArguments::KernelCall, k.as_union_value())
                     }
-                    InstrSpec::Delegate { delegate_index, args } => {
+                    InstrSpec::Delegate {
+                        delegate_index,
+                        args,
+                    } => {
                         let args = fbb.create_vector(args);
                         let d = fb::DelegateCall::create(
                             &mut fbb,
-                            &fb::DelegateCallArgs { delegate_index: *delegate_index, args: Some(args) },
+                            &fb::DelegateCallArgs {
+                                delegate_index: *delegate_index,
+                                args: Some(args),
+                            },
                         );
                         (fb::InstructionArguments::DelegateCall, d.as_union_value())
                     }
                     InstrSpec::Move { from, to } => {
-                        let c = fb::MoveCall::create(&mut fbb, &fb::MoveCallArgs { move_from: *from, move_to: *to });
+                        let c = fb::MoveCall::create(
+                            &mut fbb,
+                            &fb::MoveCallArgs {
+                                move_from: *from,
+                                move_to: *to,
+                            },
+                        );
                         (fb::InstructionArguments::MoveCall, c.as_union_value())
                     }
                     InstrSpec::JumpFalse { cond, destination } => {
                         let c = fb::JumpFalseCall::create(
                             &mut fbb,
-                            &fb::JumpFalseCallArgs { cond_value_index: *cond, destination_instruction: *destination },
+                            &fb::JumpFalseCallArgs {
+                                cond_value_index: *cond,
+                                destination_instruction: *destination,
+                            },
                         );
                         (fb::InstructionArguments::JumpFalseCall, c.as_union_value())
                     }
                     InstrSpec::Free { value } => {
-                        let c = fb::FreeCall::create(&mut fbb, &fb::FreeCallArgs { value_index: *value });
+                        let c = fb::FreeCall::create(
+                            &mut fbb,
+                            &fb::FreeCallArgs {
+                                value_index: *value,
+                            },
+                        );
                         (fb::InstructionArguments::FreeCall, c.as_union_value())
                     }
                 };
-                instrs.push(fb::Instruction::create(&mut fbb, &fb::InstructionArgs { instr_args_type: ty, instr_args: Some(off) }));
+                instrs.push(fb::Instruction::create(
+                    &mut fbb,
+                    &fb::InstructionArgs {
+                        instr_args_type: ty,
+                        instr_args: Some(off),
+                    },
+                ));
             }
             let instrs = fbb.create_vector(&instrs);
             let chain_inputs = fbb.create_vector(&m.inputs);
             let chain_outputs = fbb.create_vector(&m.outputs);
             let chain = fb::Chain::create(
                 &mut fbb,
-                &fb::ChainArgs { inputs: Some(chain_inputs), outputs: Some(chain_outputs), instructions: Some(instrs), stacktrace: None },
+                &fb::ChainArgs {
+                    inputs: Some(chain_inputs),
+                    outputs: Some(chain_outputs),
+                    instructions: Some(instrs),
+                    stacktrace: None,
+                },
             );
             let chains = fbb.create_vector(&[chain]);
             let mut ops = Vec::new();
             for (n, o) in &m.operators {
                 let n = fbb.create_string(n);
                 let o = fbb.create_string(o);
-                ops.push(fb::Operator::create(&mut fbb, &fb::OperatorArgs { name: Some(n), overload: Some(o) }));
+                ops.push(fb::Operator::create(
+                    &mut fbb,
+                    &fb::OperatorArgs {
+                        name: Some(n),
+                        overload: Some(o),
+                    },
+                ));
             }
             let ops = fbb.create_vector(&ops);
             let mut dels = Vec::new();
@@ -249,12 +310,22 @@ impl ProgramBuilder {
                 for (k, v) in &d.compile_specs {
                     let k = fbb.create_string(k);
                     let v = fbb.create_vector(v);
-                    specs.push(fb::CompileSpec::create(&mut fbb, &fb::CompileSpecArgs { key: Some(k), value: Some(v) }));
+                    specs.push(fb::CompileSpec::create(
+                        &mut fbb,
+                        &fb::CompileSpecArgs {
+                            key: Some(k),
+                            value: Some(v),
+                        },
+                    ));
                 }
                 let specs = fbb.create_vector(&specs);
                 dels.push(fb::BackendDelegate::create(
                     &mut fbb,
-                    &fb::BackendDelegateArgs { id: Some(id), processed: Some(processed), compile_specs: Some(specs) },
+                    &fb::BackendDelegateArgs {
+                        id: Some(id),
+                        processed: Some(processed),
+                        compile_specs: Some(specs),
+                    },
                 ));
             }
             let dels = fbb.create_vector(&dels);
@@ -293,14 +364,23 @@ impl ProgramBuilder {
             seg_offsets.push(cursor);
             seg_tables.push(fb::DataSegment::create(
                 &mut fbb,
-                &fb::DataSegmentArgs { offset: cursor as u64, size_: s.len() as u64 },
+                &fb::DataSegmentArgs {
+                    offset: cursor as u64,
+                    size_: s.len() as u64,
+                },
             ));
             cursor += s.len();
         }
         let seg_vec = fbb.create_vector(&seg_tables);
         let constant_segment = if has_constants {
             let offs = fbb.create_vector(&constant_offsets);
-            Some(fb::SubsegmentOffsets::create(&mut fbb, &fb::SubsegmentOffsetsArgs { segment_index: 0, offsets: Some(offs) }))
+            Some(fb::SubsegmentOffsets::create(
+                &mut fbb,
+                &fb::SubsegmentOffsetsArgs {
+                    segment_index: 0,
+                    offsets: Some(offs),
+                },
+            ))
         } else {
             None
         };
@@ -352,43 +432,84 @@ fn write_value<'b>(
     constant_offsets: &mut Vec<u64>,
 ) -> (fb::KernelTypes, WIPOffset<flatbuffers::UnionWIPOffset>) {
     match v {
-        ValueSpec::Null => (fb::KernelTypes::Null, fb::Null::create(fbb, &fb::NullArgs {}).as_union_value()),
-        ValueSpec::Int(i) => (fb::KernelTypes::Int, fb::Int::create(fbb, &fb::IntArgs { int_val: *i }).as_union_value()),
-        ValueSpec::Bool(b) => (fb::KernelTypes::Bool, fb::Bool::create(fbb, &fb::BoolArgs { bool_val: *b }).as_union_value()),
-        ValueSpec::Double(d) => {
-            (fb::KernelTypes::Double, fb::Double::create(fbb, &fb::DoubleArgs { double_val: *d }).as_union_value())
-        }
+        ValueSpec::Null => (
+            fb::KernelTypes::Null,
+            fb::Null::create(fbb, &fb::NullArgs {}).as_union_value(),
+        ),
+        ValueSpec::Int(i) => (
+            fb::KernelTypes::Int,
+            fb::Int::create(fbb, &fb::IntArgs { int_val: *i }).as_union_value(),
+        ),
+        ValueSpec::Bool(b) => (
+            fb::KernelTypes::Bool,
+            fb::Bool::create(fbb, &fb::BoolArgs { bool_val: *b }).as_union_value(),
+        ),
+        ValueSpec::Double(d) => (
+            fb::KernelTypes::Double,
+            fb::Double::create(fbb, &fb::DoubleArgs { double_val: *d }).as_union_value(),
+        ),
         ValueSpec::String(s) => {
             let s = fbb.create_string(s);
-            (fb::KernelTypes::String, fb::String::create(fbb, &fb::StringArgs { string_val: Some(s) }).as_union_value())
+            (
+                fb::KernelTypes::String,
+                fb::String::create(
+                    fbb,
+                    &fb::StringArgs {
+                        string_val: Some(s),
+                    },
+                )
+                .as_union_value(),
+            )
         }
         ValueSpec::IntList(items) => {
             let items = fbb.create_vector(items);
-            (fb::KernelTypes::IntList, fb::IntList::create(fbb, &fb::IntListArgs { items: Some(items) }).as_union_value())
+            (
+                fb::KernelTypes::IntList,
+                fb::IntList::create(fbb, &fb::IntListArgs { items: Some(items) }).as_union_value(),
+            )
         }
         ValueSpec::DoubleList(items) => {
             let items = fbb.create_vector(items);
-            (fb::KernelTypes::DoubleList, fb::DoubleList::create(fbb, &fb::DoubleListArgs { items: Some(items) }).as_union_value())
+            (
+                fb::KernelTypes::DoubleList,
+                fb::DoubleList::create(fbb, &fb::DoubleListArgs { items: Some(items) })
+                    .as_union_value(),
+            )
         }
         ValueSpec::BoolList(items) => {
             let items = fbb.create_vector(items);
-            (fb::KernelTypes::BoolList, fb::BoolList::create(fbb, &fb::BoolListArgs { items: Some(items) }).as_union_value())
+            (
+                fb::KernelTypes::BoolList,
+                fb::BoolList::create(fbb, &fb::BoolListArgs { items: Some(items) })
+                    .as_union_value(),
+            )
         }
         ValueSpec::TensorList(items) => {
             let items = fbb.create_vector(items);
-            (fb::KernelTypes::TensorList, fb::TensorList::create(fbb, &fb::TensorListArgs { items: Some(items) }).as_union_value())
+            (
+                fb::KernelTypes::TensorList,
+                fb::TensorList::create(fbb, &fb::TensorListArgs { items: Some(items) })
+                    .as_union_value(),
+            )
         }
         ValueSpec::OptionalTensorList(items) => {
             let items = fbb.create_vector(items);
             (
                 fb::KernelTypes::OptionalTensorList,
-                fb::OptionalTensorList::create(fbb, &fb::OptionalTensorListArgs { items: Some(items) }).as_union_value(),
+                fb::OptionalTensorList::create(
+                    fbb,
+                    &fb::OptionalTensorListArgs { items: Some(items) },
+                )
+                .as_union_value(),
             )
         }
         ValueSpec::Tensor(t) => {
             let sizes = fbb.create_vector(&t.sizes);
-            let order: Vec<u8> =
-                if t.dim_order.is_empty() { (0..t.sizes.len() as u8).collect() } else { t.dim_order.clone() };
+            let order: Vec<u8> = if t.dim_order.is_empty() {
+                (0..t.sizes.len() as u8).collect()
+            } else {
+                t.dim_order.clone()
+            };
             let dim_order = fbb.create_vector(&order);
             let (data_buffer_idx, allocation_info) = match &t.data {
                 TensorData::None => (0, None),
@@ -452,7 +573,10 @@ mod tests {
                 let x = m.value(ValueSpec::Tensor(TensorSpec::new(
                     fb::ScalarType::FLOAT,
                     &[2],
-                    TensorData::Planned { memory_id: 1, offset: 0 },
+                    TensorData::Planned {
+                        memory_id: 1,
+                        offset: 0,
+                    },
                 )));
                 m.planned_buffers.push(8);
                 m.inputs.push(x);
@@ -472,7 +596,10 @@ mod tests {
 
     #[test]
     fn no_segments_means_no_header() {
-        let bytes = ProgramBuilder::new().method("a", |_| {}).method("b", |_| {}).finish();
+        let bytes = ProgramBuilder::new()
+            .method("a", |_| {})
+            .method("b", |_| {})
+            .finish();
         let pte = PteFile::parse(&bytes).unwrap();
         assert!(pte.header().is_none());
         assert_eq!(pte.method_names().collect::<Vec<_>>(), ["a", "b"]);
@@ -491,12 +618,21 @@ mod tests {
             .finish();
         for cut in 0..bytes.len() {
             let _ = PteFile::parse(&bytes[..cut]);
-            assert!(PteFile::parse(&bytes[..cut]).is_err(), "prefix of {cut} bytes parsed");
+            assert!(
+                PteFile::parse(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes parsed"
+            );
         }
         let mut other = bytes.clone();
         other[4..8].copy_from_slice(b"ET13");
-        assert!(matches!(PteFile::parse(&other), Err(crate::FormatError::IncompatibleVersion { .. })));
+        assert!(matches!(
+            PteFile::parse(&other),
+            Err(crate::FormatError::IncompatibleVersion { .. })
+        ));
         other[4..8].copy_from_slice(b"ZZZZ");
-        assert!(matches!(PteFile::parse(&other), Err(crate::FormatError::NotAProgram { .. })));
+        assert!(matches!(
+            PteFile::parse(&other),
+            Err(crate::FormatError::NotAProgram { .. })
+        ));
     }
 }

@@ -1,0 +1,335 @@
+//! The engine behind elementwise kernels: broadcasting, any dim order, any dtype.
+//!
+//! Operands are loaded into one of three compute kinds (bool, i64, f64) and the result
+//! cast to the out dtype. f64 compute gives the same results as f32 arithmetic for
+//! `+ - * /` (double rounding is exact there) and correctly rounded results for the
+//! transcendental functions. A flat f32 fast path covers the common case.
+
+use ptero_core::{Error, KernelArgs, Result, Scalar, ScalarType, TensorMeta};
+
+use super::{
+    broadcast_shapes, broadcast_strides, for_each_offset, load_bool, load_f64, load_i64,
+    same_layout,
+};
+use super::{store_bool, store_f64, store_i64, ComputeKind};
+
+/// The three forms of an elementwise binary function.
+#[derive(Clone, Copy)]
+pub struct BinaryFns {
+    pub name: &'static str,
+    pub float: fn(f64, f64) -> f64,
+    /// `None`: integer inputs are computed in floating point.
+    pub int: Option<fn(i64, i64) -> Result<i64>>,
+    /// `None`: bool inputs are computed as integers.
+    pub boolean: Option<fn(bool, bool) -> bool>,
+    /// A faster f32 form for the flat path (must match `float`).
+    pub f32: Option<fn(f32, f32) -> f32>,
+}
+
+/// A binary operand: a tensor argument or a scalar.
+#[derive(Clone, Copy)]
+pub enum Operand {
+    Tensor(usize),
+    Scalar(Scalar),
+}
+
+fn operand_dtype(args: &KernelArgs<'_>, o: Operand) -> Result<ScalarType> {
+    match o {
+        Operand::Tensor(i) => Ok(args.meta(i)?.dtype),
+        Operand::Scalar(s) => Ok(s.dtype()),
+    }
+}
+
+/// The dtype PyTorch computes `a op b` in (tensor dtypes win over scalars of the same
+/// category: int tensor + int scalar stays int32, float tensor * 2.0 stays float).
+pub fn result_type(args: &KernelArgs<'_>, a: Operand, b: Operand) -> Result<ScalarType> {
+    let ta = operand_dtype(args, a)?;
+    let tb = operand_dtype(args, b)?;
+    let cat = |t: ScalarType| {
+        if t == ScalarType::Bool {
+            0
+        } else if t.is_integral() {
+            1
+        } else {
+            2
+        }
+    };
+    let dim0 = |o: Operand| -> Result<bool> {
+        Ok(match o {
+            Operand::Scalar(_) => true,
+            Operand::Tensor(i) => args.meta(i)?.dim() == 0,
+        })
+    };
+    let (sa, sb) = (
+        matches!(a, Operand::Scalar(_)),
+        matches!(b, Operand::Scalar(_)),
+    );
+    let pick = |t_tensor: ScalarType, t_scalar: ScalarType| -> ScalarType {
+        if cat(t_scalar) > cat(t_tensor) {
+            // A float scalar with an int tensor gives the default float dtype.
+            if cat(t_scalar) == 2 {
+                ScalarType::Float
+            } else {
+                ScalarType::Long.min(t_scalar)
+            }
+        } else {
+            t_tensor
+        }
+    };
+    if sb && !sa {
+        return Ok(pick(ta, tb));
+    }
+    if sa && !sb {
+        return Ok(pick(tb, ta));
+    }
+    // Zero-dim tensors take part only when they are of a higher category.
+    let (za, zb) = (dim0(a)?, dim0(b)?);
+    if za != zb {
+        let (full, zero) = if zb { (ta, tb) } else { (tb, ta) };
+        if cat(zero) <= cat(full) {
+            return Ok(full);
+        }
+        return full
+            .promote(zero)
+            .ok_or_else(|| Error::invalid(alloc::format!("cannot promote {ta} and {tb}")));
+    }
+    ta.promote(tb)
+        .ok_or_else(|| Error::invalid(alloc::format!("cannot promote {ta} and {tb}")))
+}
+
+/// Computes `out = f(a, b)` elementwise, broadcasting, computing in `kind`.
+///
+/// `out` is resized to the broadcast shape. For comparison ops pass the compute kind of
+/// the inputs' promoted type; for arithmetic ops the out dtype's kind.
+pub fn binary(
+    args: &mut KernelArgs<'_>,
+    a: Operand,
+    b: Operand,
+    out: usize,
+    kind: ComputeKind,
+    fns: &BinaryFns,
+) -> Result<()> {
+    let shape_of = |o: Operand| -> Result<ptero_core::Dims> {
+        match o {
+            Operand::Tensor(i) => Ok(args.meta(i)?.dims()),
+            Operand::Scalar(_) => Ok(ptero_core::Dims::new()),
+        }
+    };
+    let shape = broadcast_shapes(&shape_of(a)?, &shape_of(b)?)?;
+    args.resize(out, &shape)?;
+    let out_dtype = args.meta(out)?.dtype;
+    if !out_dtype.is_numeric() {
+        return Err(Error::Dtype {
+            arg: out,
+            expected: "a numeric dtype".into(),
+            found: out_dtype,
+        });
+    }
+    for o in [a, b] {
+        if let Operand::Tensor(i) = o {
+            let t = args.meta(i)?.dtype;
+            if !t.is_numeric() {
+                return Err(Error::Dtype {
+                    arg: i,
+                    expected: "a numeric dtype".into(),
+                    found: t,
+                });
+            }
+        }
+    }
+
+    // Flat f32 fast path: same shape and layout everywhere, or tensor-scalar.
+    if let (Some(f), ComputeKind::Float, ScalarType::Float) = (fns.f32, kind, out_dtype) {
+        let metas: [Option<&TensorMeta>; 2] = [tensor_meta(args, a)?, tensor_meta(args, b)?];
+        let all_f32 = metas.iter().flatten().all(|m| m.dtype == ScalarType::Float);
+        let om = args.meta(out)?;
+        let mut layout = [om; 3];
+        let mut n = 1;
+        for m in metas.iter().flatten() {
+            layout[n] = m;
+            n += 1;
+        }
+        if all_f32 && same_layout(&shape, &layout[..n]) {
+            let av = load_f32_operand(args, a)?;
+            let bv = load_f32_operand(args, b)?;
+            let mut ov = args.out(out)?;
+            let o = ov.data::<f32>()?;
+            match (av, bv) {
+                (F32::Slice(x), F32::Slice(y)) => o
+                    .iter_mut()
+                    .zip(x.iter().zip(y))
+                    .for_each(|(o, (x, y))| *o = f(*x, *y)),
+                (F32::Slice(x), F32::Scalar(y)) => {
+                    o.iter_mut().zip(x).for_each(|(o, x)| *o = f(*x, y))
+                }
+                (F32::Scalar(x), F32::Slice(y)) => {
+                    o.iter_mut().zip(y).for_each(|(o, y)| *o = f(x, *y))
+                }
+                (F32::Scalar(x), F32::Scalar(y)) => o.iter_mut().for_each(|o| *o = f(x, y)),
+            }
+            return Ok(());
+        }
+    }
+
+    let a_st = operand_strides(args, a, &shape)?;
+    let b_st = operand_strides(args, b, &shape)?;
+    let o_st = args.meta(out)?.dims();
+    let o_strides = args.meta(out)?.strides();
+    let o_st = if o_strides.len() == o_st.len() {
+        ptero_core::Dims::from_slice(o_strides).unwrap_or_default()
+    } else {
+        o_st
+    };
+    let (ab, at) = operand_bytes(args, a)?;
+    let (bb, bt) = operand_bytes(args, b)?;
+    let (sa, sb) = (scalar_of(a), scalar_of(b));
+    let ov = args.out(out)?;
+    let ob = &mut *ov.bytes;
+    let mut err = None;
+    match kind {
+        ComputeKind::Float => {
+            let f = fns.float;
+            for_each_offset(&shape, [&o_st, &a_st, &b_st], |[oo, ao, bo]| {
+                let x = sa.map_or_else(|| load_f64(ab, at, ao), |s| s.to_f64());
+                let y = sb.map_or_else(|| load_f64(bb, bt, bo), |s| s.to_f64());
+                store_f64(ob, out_dtype, oo, f(x, y));
+            });
+        }
+        ComputeKind::Int => match fns.int {
+            Some(f) => {
+                for_each_offset(&shape, [&o_st, &a_st, &b_st], |[oo, ao, bo]| {
+                    let x = sa.map_or_else(|| load_i64(ab, at, ao), |s| s.to_i64());
+                    let y = sb.map_or_else(|| load_i64(bb, bt, bo), |s| s.to_i64());
+                    match f(x, y) {
+                        Ok(v) => store_i64(ob, out_dtype, oo, v),
+                        Err(e) => err = Some(e),
+                    }
+                });
+            }
+            None => {
+                let f = fns.float;
+                for_each_offset(&shape, [&o_st, &a_st, &b_st], |[oo, ao, bo]| {
+                    let x = sa.map_or_else(|| load_f64(ab, at, ao), |s| s.to_f64());
+                    let y = sb.map_or_else(|| load_f64(bb, bt, bo), |s| s.to_f64());
+                    store_f64(ob, out_dtype, oo, f(x, y));
+                });
+            }
+        },
+        ComputeKind::Bool => match (fns.boolean, fns.int) {
+            (Some(f), _) => {
+                for_each_offset(&shape, [&o_st, &a_st, &b_st], |[oo, ao, bo]| {
+                    let x = sa.map_or_else(|| load_bool(ab, at, ao), |s| s.to_f64() != 0.0);
+                    let y = sb.map_or_else(|| load_bool(bb, bt, bo), |s| s.to_f64() != 0.0);
+                    store_bool(ob, out_dtype, oo, f(x, y));
+                });
+            }
+            (None, _) => {
+                return Err(Error::Dtype {
+                    arg: out,
+                    expected: alloc::format!("non-bool for {}", fns.name),
+                    found: ScalarType::Bool,
+                })
+            }
+        },
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn scalar_of(o: Operand) -> Option<Scalar> {
+    match o {
+        Operand::Scalar(s) => Some(s),
+        Operand::Tensor(_) => None,
+    }
+}
+
+fn tensor_meta<'s>(args: &'s KernelArgs<'_>, o: Operand) -> Result<Option<&'s TensorMeta>> {
+    match o {
+        Operand::Tensor(i) => Ok(Some(args.meta(i)?)),
+        Operand::Scalar(_) => Ok(None),
+    }
+}
+
+fn operand_strides(args: &KernelArgs<'_>, o: Operand, shape: &[usize]) -> Result<ptero_core::Dims> {
+    match o {
+        Operand::Tensor(i) => broadcast_strides(args.meta(i)?, shape),
+        Operand::Scalar(_) => Ok(ptero_core::Dims::filled(shape.len(), 0).unwrap_or_default()),
+    }
+}
+
+fn operand_bytes<'s>(args: &'s KernelArgs<'_>, o: Operand) -> Result<(&'s [u8], ScalarType)> {
+    match o {
+        Operand::Tensor(i) => {
+            let t = args.tensor(i)?;
+            Ok((t.bytes, t.dtype()))
+        }
+        Operand::Scalar(s) => Ok((&[], s.dtype())),
+    }
+}
+
+enum F32<'s> {
+    Slice(&'s [f32]),
+    Scalar(f32),
+}
+
+fn load_f32_operand<'s>(args: &'s KernelArgs<'_>, o: Operand) -> Result<F32<'s>> {
+    match o {
+        Operand::Tensor(i) => {
+            let t = args.tensor(i)?;
+            if t.meta.dim() == 0 || t.numel() == 1 && t.meta.dim() == 0 {
+                Ok(F32::Scalar(
+                    t.data::<f32>()?.first().copied().unwrap_or(0.0),
+                ))
+            } else {
+                Ok(F32::Slice(t.data::<f32>()?))
+            }
+        }
+        Operand::Scalar(s) => Ok(F32::Scalar(s.to_f64() as f32)),
+    }
+}
+
+/// Computes `out = f(x)` elementwise for any dtype, in the compute kind of `out`'s dtype
+/// (or of the input when `out` is bool, for predicates like `isnan`).
+pub fn unary_float(
+    args: &mut KernelArgs<'_>,
+    x: usize,
+    out: usize,
+    f: fn(f64) -> f64,
+    f32_fast: Option<fn(f32) -> f32>,
+) -> Result<()> {
+    let shape = args.meta(x)?.dims();
+    args.resize(out, &shape)?;
+    let (xm, om) = (args.meta(x)?, args.meta(out)?);
+    if !xm.dtype.is_numeric() {
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a numeric dtype".into(),
+            found: xm.dtype,
+        });
+    }
+    if let (Some(g), ScalarType::Float, ScalarType::Float) = (f32_fast, xm.dtype, om.dtype) {
+        if same_layout(&shape, &[xm, om]) {
+            let xv = args.tensor(x)?;
+            let xs = xv.data::<f32>()?;
+            let mut ov = args.out(out)?;
+            for (o, v) in ov.data::<f32>()?.iter_mut().zip(xs) {
+                *o = g(*v);
+            }
+            return Ok(());
+        }
+    }
+    let (xs, os) = (
+        ptero_core::Dims::from_slice(xm.strides()).unwrap_or_default(),
+        ptero_core::Dims::from_slice(om.strides()).unwrap_or_default(),
+    );
+    let od = om.dtype;
+    let xv = args.tensor(x)?;
+    let ov = args.out(out)?;
+    let ob = &mut *ov.bytes;
+    for_each_offset(&shape, [&os, &xs], |[oo, xo]| {
+        store_f64(ob, od, oo, f(load_f64(xv.bytes, xv.dtype(), xo)));
+    });
+    Ok(())
+}
