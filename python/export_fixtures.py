@@ -1009,8 +1009,12 @@ def main(argv=None) -> int:
             if name in EXTRA_REGISTRY:
                 out_dir = BIG / name.replace("_full", "")
                 info = build(name, EXTRA_REGISTRY[name], out_dir)
-                # models/big/<model>.pte next to the case directory
-                shutil.copyfile(out_dir / "model.pte", BIG / f"{out_dir.name}.pte")
+                # models/big/<model>.pte; the case directory links to it
+                big_pte = BIG / f"{out_dir.name}.pte"
+                if big_pte.exists() or big_pte.is_symlink():
+                    big_pte.unlink()
+                (out_dir / "model.pte").rename(big_pte)
+                (out_dir / "model.pte").symlink_to(Path("..") / big_pte.name)
             else:
                 info = build(name, FIXTURES_REGISTRY[name], FIXTURES / name)
                 if info["pte_bytes"] > MAX_FIXTURE_PTE:

@@ -10,29 +10,47 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use bytemuck::{Pod, Zeroable};
 
 use crate::{Error, Result, Storage};
 
 /// Alignment of every buffer: a cache line, and enough for any SIMD load.
 pub const BUFFER_ALIGN: usize = 64;
 
-#[derive(Clone, Copy, Pod, Zeroable)]
-#[repr(C, align(64))]
-struct Chunk([u8; BUFFER_ALIGN]);
-
-/// A zero-filled byte buffer aligned to 64 bytes.
+/// A zero-filled byte buffer aligned to [`BUFFER_ALIGN`] bytes.
+///
+/// Allocation is fallible (a corrupt program asking for terabytes gets an error, not an
+/// abort) and lazily zeroed by the allocator, so untouched planned memory costs nothing.
 pub struct AlignedBuf {
-    chunks: Vec<Chunk>,
+    ptr: core::ptr::NonNull<u8>,
     len: usize,
 }
 
+// SAFETY: `AlignedBuf` uniquely owns its allocation, like a `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only give out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
 impl AlignedBuf {
-    /// `len` zero bytes.
+    fn layout(len: usize) -> Option<core::alloc::Layout> {
+        core::alloc::Layout::from_size_align(len.max(1), BUFFER_ALIGN).ok()
+    }
+
+    /// `len` zero bytes, or `None` when the allocation fails.
+    pub fn try_zeroed(len: usize) -> Option<AlignedBuf> {
+        let layout = Self::layout(len)?;
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        Some(AlignedBuf { ptr: core::ptr::NonNull::new(ptr)?, len })
+    }
+
+    /// `len` zero bytes. Aborts on allocation failure, like `Vec`; use
+    /// [`AlignedBuf::try_zeroed`] for sizes that come from untrusted input.
     pub fn zeroed(len: usize) -> AlignedBuf {
-        AlignedBuf {
-            chunks: alloc::vec![Chunk([0; BUFFER_ALIGN]); len.div_ceil(BUFFER_ALIGN)],
-            len,
+        match Self::try_zeroed(len) {
+            Some(b) => b,
+            None => alloc::alloc::handle_alloc_error(
+                Self::layout(len).unwrap_or(core::alloc::Layout::new::<u8>()),
+            ),
         }
     }
 
@@ -52,11 +70,35 @@ impl AlignedBuf {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.chunks)[..self.len]
+        // SAFETY: `ptr` points to an allocation of at least `len` initialized (zeroed) bytes
+        // owned by `self`.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut(&mut self.chunks)[..self.len]
+        // SAFETY: as above, and `&mut self` gives exclusive access.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: allocated in `try_zeroed` with this same layout.
+            unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+impl Clone for AlignedBuf {
+    fn clone(&self) -> Self {
+        AlignedBuf::from_bytes(self.as_slice())
+    }
+}
+
+impl core::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len)
     }
 }
 
