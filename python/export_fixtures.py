@@ -351,7 +351,8 @@ def fx_mobilenet_v2() -> Fixture:
     torch.manual_seed(9)
     m = torchvision.models.mobilenet_v2(weights=None, width_mult=0.25, num_classes=100)
     _calibrate_bn(m, (4, 3, 96, 96), seed=900)
-    return single(m, [(randn(1, 3, 96, 96, seed=910),)], atol=1e-3, rtol=1e-3,
+    # logits are small (|y| < 0.1: random-init classifier), hence atol 1e-5
+    return single(m, [(randn(1, 3, 96, 96, seed=910),)], atol=1e-5, rtol=1e-3,
                   description="torchvision mobilenet_v2(width_mult=0.25, num_classes=100) random init, "
                               "BN stats calibrated on random data, input [1,3,96,96]")
 
@@ -362,7 +363,7 @@ def fx_mobilenet_v2_full() -> Fixture:
     torch.manual_seed(9)
     m = torchvision.models.mobilenet_v2(weights=None)
     _calibrate_bn(m, (2, 3, 224, 224), seed=950)
-    return single(m, [(randn(1, 3, 224, 224, seed=960),)], atol=1e-3, rtol=1e-3,
+    return single(m, [(randn(1, 3, 224, 224, seed=960),)], atol=1e-5, rtol=1e-3,
                   description="torchvision mobilenet_v2() full size random init, input [1,3,224,224] (not committed)")
 
 

@@ -1,0 +1,70 @@
+//! Delegates: subgraphs the exporter handed to a backend (e.g. `XnnpackBackend`).
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use ptero_core::KernelArgs;
+
+/// A compile spec of a delegate: key and opaque bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileSpec {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// What a backend can see while initializing a delegate.
+pub struct BackendInitContext<'a> {
+    pub method_name: &'a str,
+    /// Looks up the program's named data (e.g. XNNPACK weights keyed by hash).
+    pub named_data: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+}
+
+/// An initialized delegate, ready to run.
+pub trait DelegateHandle: Send {
+    /// Runs the delegate; `args` are the DelegateCall's inputs followed by its outputs.
+    fn execute(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()>;
+}
+
+/// A backend that turns processed delegate blobs into runnable handles.
+pub trait Backend: Send + Sync {
+    /// The id the exporter writes (`BackendDelegate.id`).
+    fn name(&self) -> &str;
+    fn is_available(&self) -> bool {
+        true
+    }
+    /// Builds a handle from the delegate's processed bytes; errors are reported with the
+    /// method and backend name.
+    fn init(
+        &self,
+        ctx: &BackendInitContext<'_>,
+        processed: &[u8],
+        compile_specs: &[CompileSpec],
+    ) -> Result<Box<dyn DelegateHandle>, String>;
+}
+
+/// Backends by id.
+#[derive(Clone, Default)]
+pub struct BackendRegistry {
+    backends: BTreeMap<String, Arc<dyn Backend>>,
+}
+
+impl BackendRegistry {
+    pub fn new() -> BackendRegistry {
+        BackendRegistry::default()
+    }
+
+    pub fn register(&mut self, backend: Arc<dyn Backend>) {
+        self.backends.insert(backend.name().into(), backend);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.backends.get(name).filter(|b| b.is_available())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.backends.keys().cloned().collect()
+    }
+}
