@@ -1,7 +1,9 @@
 use alloc::string::String;
 use core::fmt;
 
-use crate::{Dims, ScalarType};
+use alloc::vec::Vec;
+
+use crate::ScalarType;
 
 /// What went wrong inside a kernel or while handling method values.
 ///
@@ -29,8 +31,8 @@ pub enum Error {
     Shape(String),
     /// A tensor cannot take the requested shape.
     Resize {
-        requested: Dims,
-        current: Dims,
+        requested: Vec<usize>,
+        current: Vec<usize>,
         why: &'static str,
     },
     /// An argument value is out of its valid range.
@@ -97,7 +99,7 @@ impl fmt::Display for Error {
             } => {
                 write!(
                     f,
-                    "cannot resize tensor of shape {current} to {requested}: {why}"
+                    "cannot resize tensor of shape {current:?} to {requested:?}: {why}"
                 )
             }
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),

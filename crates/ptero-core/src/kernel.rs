@@ -342,6 +342,9 @@ impl<'a> KernelArgs<'a> {
         Ok(unsafe { l.as_slice() })
     }
 
+    // Views are handed out from `&self` on purpose: the borrow set makes them exclusive at
+    // run time, the way `RefCell` does, so inputs and outputs can be held together.
+    #[allow(clippy::mut_from_ref)]
     fn view_mut(&self, meta: &TensorMeta, arg: usize) -> Result<&mut [u8]> {
         let nbytes = meta.nbytes();
         if nbytes == 0 {

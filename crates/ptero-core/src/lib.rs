@@ -15,9 +15,9 @@ mod dtype;
 mod element;
 mod error;
 mod kernel;
-mod memory;
 #[cfg(feature = "std")]
 mod mapped;
+mod memory;
 mod registry;
 mod tensor;
 mod value;
@@ -29,9 +29,9 @@ pub use error::Error;
 pub use kernel::{
     normalize_dim, BorrowSet, IntListRef, KernelArgs, KernelFn, Scalar, TensorListRef,
 };
-pub use memory::{AlignedBuf, Memory, SharedBytes};
 #[cfg(feature = "std")]
 pub use mapped::MappedFile;
+pub use memory::{AlignedBuf, Memory, SharedBytes};
 pub use registry::{KernelEntry, KernelRegistry};
 pub use tensor::{Dynamism, Storage, TensorMeta, TensorMut, TensorRef};
 pub use value::Value;

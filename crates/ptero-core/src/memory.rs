@@ -10,7 +10,6 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-
 use crate::{Error, Result, Storage};
 
 /// Alignment of every buffer: a cache line, and enough for any SIMD load.
@@ -40,7 +39,10 @@ impl AlignedBuf {
         let layout = Self::layout(len)?;
         // SAFETY: `layout` has a non-zero size.
         let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        Some(AlignedBuf { ptr: core::ptr::NonNull::new(ptr)?, len })
+        Some(AlignedBuf {
+            ptr: core::ptr::NonNull::new(ptr)?,
+            len,
+        })
     }
 
     /// `len` zero bytes. Aborts on allocation failure, like `Vec`; use

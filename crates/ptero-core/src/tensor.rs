@@ -166,35 +166,24 @@ impl TensorMeta {
         if sizes == self.sizes.as_slice() {
             return Ok(());
         }
-        let requested = Dims::from_slice(sizes).ok_or_else(|| Error::Resize {
-            requested: Dims::new(),
-            current: self.sizes,
-            why: "too many dimensions",
-        })?;
+        let err = |why| Error::Resize {
+            requested: sizes.to_vec(),
+            current: self.sizes.to_vec(),
+            why,
+        };
+        let requested = Dims::from_slice(sizes).ok_or_else(|| err("too many dimensions"))?;
         if sizes.len() != self.sizes.len() {
-            return Err(Error::Resize {
-                requested,
-                current: self.sizes,
-                why: "the rank cannot change",
-            });
+            return Err(err("the rank cannot change"));
         }
         if self.dynamism == Dynamism::Static {
-            return Err(Error::Resize {
-                requested,
-                current: self.sizes,
-                why: "the tensor is static",
-            });
+            return Err(err("the tensor is static"));
         }
         let numel = requested.numel().filter(|n| {
             n.checked_mul(self.dtype.size())
                 .is_some_and(|b| b <= self.capacity)
         });
         let Some(numel) = numel else {
-            return Err(Error::Resize {
-                requested,
-                current: self.sizes,
-                why: "the shape exceeds the tensor's planned upper bound",
-            });
+            return Err(err("the shape exceeds the tensor's planned upper bound"));
         };
         self.sizes = requested;
         self.numel = numel;

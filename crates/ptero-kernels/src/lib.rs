@@ -11,6 +11,8 @@
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+// Table-driven tests use tuple rows.
+#![cfg_attr(test, allow(clippy::type_complexity))]
 
 extern crate alloc;
 
@@ -19,6 +21,7 @@ use ptero_core::KernelRegistry;
 pub mod util;
 
 mod binary;
+mod mutation;
 mod prim;
 
 #[doc(hidden)]
@@ -34,5 +37,6 @@ pub fn portable() -> KernelRegistry {
 /// Adds every portable kernel to `reg`.
 pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
+    mutation::register(reg);
     prim::register(reg);
 }

@@ -17,17 +17,27 @@ fn set_scalar(a: &mut KernelArgs<'_>, i: usize, s: Scalar) -> Result<()> {
 }
 
 /// Applies an int form when both operands are ints (bools count as ints), else a double form.
-fn arith(a: &mut KernelArgs<'_>, fi: fn(i64, i64) -> Result<i64>, fd: fn(f64, f64) -> f64) -> Result<()> {
+fn arith(
+    a: &mut KernelArgs<'_>,
+    fi: fn(i64, i64) -> Result<i64>,
+    fd: fn(f64, f64) -> f64,
+) -> Result<()> {
     a.expect_len(3)?;
     let (x, y) = (num(a, 0)?, num(a, 1)?);
     let r = match (x, y) {
-        (Scalar::Double(_), _) | (_, Scalar::Double(_)) => Scalar::Double(fd(x.to_f64(), y.to_f64())),
+        (Scalar::Double(_), _) | (_, Scalar::Double(_)) => {
+            Scalar::Double(fd(x.to_f64(), y.to_f64()))
+        }
         _ => Scalar::Int(fi(x.to_i64(), y.to_i64())?),
     };
     set_scalar(a, 2, r)
 }
 
-fn compare(a: &mut KernelArgs<'_>, f: fn(f64, f64) -> bool, fi: fn(i64, i64) -> bool) -> Result<()> {
+fn compare(
+    a: &mut KernelArgs<'_>,
+    f: fn(f64, f64) -> bool,
+    fi: fn(i64, i64) -> bool,
+) -> Result<()> {
     a.expect_len(3)?;
     let (x, y) = (num(a, 0)?, num(a, 1)?);
     let r = match (x, y) {
@@ -39,15 +49,25 @@ fn compare(a: &mut KernelArgs<'_>, f: fn(f64, f64) -> bool, fi: fn(i64, i64) -> 
 
 fn floordiv_i(x: i64, y: i64) -> Result<i64> {
     if y == 0 {
-        return Err(Error::invalid("integer division by zero in a size expression"));
+        return Err(Error::invalid(
+            "integer division by zero in a size expression",
+        ));
     }
     let q = x.wrapping_div(y);
-    Ok(if x % y != 0 && ((x < 0) != (y < 0)) { q - 1 } else { q })
+    Ok(if x % y != 0 && ((x < 0) != (y < 0)) {
+        q - 1
+    } else {
+        q
+    })
 }
 
 fn floordiv_f(x: f64, y: f64) -> f64 {
     if y == 0.0 {
-        return if x.is_sign_negative() { f64::NEG_INFINITY } else { f64::INFINITY };
+        return if x.is_sign_negative() {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
     }
     let m = libm::fmod(x, y);
     let div = (x - m) / y;
@@ -60,10 +80,16 @@ fn floordiv_f(x: f64, y: f64) -> f64 {
 
 fn mod_i(x: i64, y: i64) -> Result<i64> {
     if y == 0 {
-        return Err(Error::invalid("integer modulo by zero in a size expression"));
+        return Err(Error::invalid(
+            "integer modulo by zero in a size expression",
+        ));
     }
     let m = x.wrapping_rem(y);
-    Ok(if m != 0 && ((y < 0) != (m < 0)) { m + y } else { m })
+    Ok(if m != 0 && ((y < 0) != (m < 0)) {
+        m + y
+    } else {
+        m
+    })
 }
 
 fn mod_f(x: f64, y: f64) -> f64 {
@@ -183,7 +209,11 @@ fn local_scalar_dense(a: &mut KernelArgs<'_>) -> Result<()> {
     } else if d.is_integral() {
         Scalar::Int(crate::util::load_i64(t.bytes, d, 0))
     } else {
-        return Err(Error::Dtype { arg: 0, expected: "a numeric dtype".into(), found: d });
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a numeric dtype".into(),
+            found: d,
+        });
     };
     set_scalar(a, 1, s)
 }
@@ -204,7 +234,9 @@ fn et_view(a: &mut KernelArgs<'_>) -> Result<()> {
         } else if v < 0 {
             return Err(Error::invalid(alloc::format!("et_view: invalid size {v}")));
         } else {
-            known = known.checked_mul(v as usize).ok_or_else(|| Error::invalid("et_view: size overflow"))?;
+            known = known
+                .checked_mul(v as usize)
+                .ok_or_else(|| Error::invalid("et_view: size overflow"))?;
             if !shape.push(v as usize) {
                 return Err(Error::invalid("et_view: too many dimensions"));
             }
@@ -212,7 +244,11 @@ fn et_view(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     if let Some(k) = infer {
         if known == 0 || src.numel() % known != 0 {
-            return Err(Error::shape(alloc::format!("et_view: cannot view {} elements as {:?}", src.numel(), shape)));
+            return Err(Error::shape(alloc::format!(
+                "et_view: cannot view {} elements as {:?}",
+                src.numel(),
+                shape
+            )));
         }
         shape[k] = src.numel() / known;
     }
@@ -226,7 +262,11 @@ fn et_view(a: &mut KernelArgs<'_>) -> Result<()> {
         return Err(Error::invalid("et_view of a non-contiguous dim order"));
     }
     if a.meta(2)?.dtype != src.dtype {
-        return Err(Error::Dtype { arg: 2, expected: src.dtype.name().into(), found: a.meta(2)?.dtype });
+        return Err(Error::Dtype {
+            arg: 2,
+            expected: src.dtype.name().into(),
+            found: a.meta(2)?.dtype,
+        });
     }
     a.alias(2, 0)?;
     a.resize(2, &shape)
@@ -240,10 +280,16 @@ fn et_copy_index(a: &mut KernelArgs<'_>) -> Result<()> {
     let from = *a.meta(1)?;
     let to = *a.meta(0)?;
     if index < 0 {
-        return Err(Error::invalid(alloc::format!("et_copy_index: negative index {index}")));
+        return Err(Error::invalid(alloc::format!(
+            "et_copy_index: negative index {index}"
+        )));
     }
     if from.dtype != to.dtype {
-        return Err(Error::Dtype { arg: 1, expected: to.dtype.name().into(), found: from.dtype });
+        return Err(Error::Dtype {
+            arg: 1,
+            expected: to.dtype.name().into(),
+            found: from.dtype,
+        });
     }
     if to.dim() != from.dim() + 1 || to.sizes()[1..] != *from.sizes() {
         return Err(Error::shape(alloc::format!(
@@ -253,16 +299,23 @@ fn et_copy_index(a: &mut KernelArgs<'_>) -> Result<()> {
         )));
     }
     let mut shape = to.dims();
-    let rows = (index as usize).checked_add(1).ok_or_else(|| Error::invalid("index overflow"))?;
+    let rows = (index as usize)
+        .checked_add(1)
+        .ok_or_else(|| Error::invalid("index overflow"))?;
     if shape[0] < rows {
         shape[0] = rows;
         a.resize(0, &shape)?;
     }
     let row = from.nbytes();
     let src = a.tensor(1)?;
-    let mut dst = a.out(0)?;
-    let start = (index as usize).checked_mul(row).ok_or_else(|| Error::invalid("index overflow"))?;
-    let d = dst.bytes.get_mut(start..start + row).ok_or_else(|| Error::invalid("et_copy_index: index out of range"))?;
+    let dst = a.out(0)?;
+    let start = (index as usize)
+        .checked_mul(row)
+        .ok_or_else(|| Error::invalid("index overflow"))?;
+    let d = dst
+        .bytes
+        .get_mut(start..start + row)
+        .ok_or_else(|| Error::invalid("et_copy_index: index out of range"))?;
     d.copy_from_slice(src.bytes);
     Ok(())
 }
@@ -312,33 +365,89 @@ mod tests {
     #[test]
     fn scalar_ops() {
         let cases = [
-            ("executorch_prim::add.Scalar", Arg::Int(2), Arg::Int(3), Value::Int(5)),
-            ("executorch_prim::floordiv.Scalar", Arg::Int(-7), Arg::Int(2), Value::Int(-4)),
-            ("executorch_prim::mod.Scalar", Arg::Int(-7), Arg::Int(3), Value::Int(2)),
-            ("executorch_prim::truediv.Scalar", Arg::Int(7), Arg::Int(2), Value::Double(3.5)),
-            ("executorch_prim::mul.Scalar", Arg::Int(2), Arg::Double(1.5), Value::Double(3.0)),
-            ("executorch_prim::lt.Scalar", Arg::Int(2), Arg::Int(3), Value::Bool(true)),
+            (
+                "executorch_prim::add.Scalar",
+                Arg::Int(2),
+                Arg::Int(3),
+                Value::Int(5),
+            ),
+            (
+                "executorch_prim::floordiv.Scalar",
+                Arg::Int(-7),
+                Arg::Int(2),
+                Value::Int(-4),
+            ),
+            (
+                "executorch_prim::mod.Scalar",
+                Arg::Int(-7),
+                Arg::Int(3),
+                Value::Int(2),
+            ),
+            (
+                "executorch_prim::truediv.Scalar",
+                Arg::Int(7),
+                Arg::Int(2),
+                Value::Double(3.5),
+            ),
+            (
+                "executorch_prim::mul.Scalar",
+                Arg::Int(2),
+                Arg::Double(1.5),
+                Value::Double(3.0),
+            ),
+            (
+                "executorch_prim::lt.Scalar",
+                Arg::Int(2),
+                Arg::Int(3),
+                Value::Bool(true),
+            ),
         ];
         for (op, x, y, want) in cases {
             let out = run_op(op, vec![x, y, Arg::None]).unwrap();
             assert_eq!(out.values[2], want, "{op}");
         }
-        assert!(run_op("executorch_prim::floordiv.Scalar", vec![Arg::Int(1), Arg::Int(0), Arg::None]).is_err());
+        assert!(run_op(
+            "executorch_prim::floordiv.Scalar",
+            vec![Arg::Int(1), Arg::Int(0), Arg::None]
+        )
+        .is_err());
     }
 
     #[test]
     fn sizes_and_views() {
         let t = OwnedTensor::from_f64(ScalarType::Float, &[2, 3], &[1., 2., 3., 4., 5., 6.]);
-        let out = run_op("aten::sym_size.int", vec![Arg::T(t.clone()), Arg::Int(-1), Arg::None]).unwrap();
+        let out = run_op(
+            "aten::sym_size.int",
+            vec![Arg::T(t.clone()), Arg::Int(-1), Arg::None],
+        )
+        .unwrap();
         assert_eq!(out.values[2], Value::Int(3));
-        assert!(run_op("aten::sym_size.int", vec![Arg::T(t.clone()), Arg::Int(2), Arg::None]).is_err());
+        assert!(run_op(
+            "aten::sym_size.int",
+            vec![Arg::T(t.clone()), Arg::Int(2), Arg::None]
+        )
+        .is_err());
         let out = run_op("aten::sym_numel", vec![Arg::T(t.clone()), Arg::None]).unwrap();
         assert_eq!(out.values[1], Value::Int(6));
-        let out =
-            run_op("executorch_prim::et_view.default", vec![Arg::T(t.clone()), Arg::Ints(vec![3, -1]), Arg::Out(ScalarType::Float, vec![3, 2])])
-                .unwrap();
+        let out = run_op(
+            "executorch_prim::et_view.default",
+            vec![
+                Arg::T(t.clone()),
+                Arg::Ints(vec![3, -1]),
+                Arg::Out(ScalarType::Float, vec![3, 2]),
+            ],
+        )
+        .unwrap();
         assert_eq!(out.tensors[0].sizes, [3, 2]);
         assert_eq!(out.tensors[0].to_f64(), [1., 2., 3., 4., 5., 6.]);
-        assert!(run_op("executorch_prim::et_view.default", vec![Arg::T(t), Arg::Ints(vec![4, -1]), Arg::Out(ScalarType::Float, vec![3, 2])]).is_err());
+        assert!(run_op(
+            "executorch_prim::et_view.default",
+            vec![
+                Arg::T(t),
+                Arg::Ints(vec![4, -1]),
+                Arg::Out(ScalarType::Float, vec![3, 2])
+            ]
+        )
+        .is_err());
     }
 }

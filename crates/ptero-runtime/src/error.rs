@@ -14,19 +14,38 @@ pub enum Error {
     /// The program is structurally invalid (bad indices, impossible tensors...).
     InvalidProgram { method: String, message: String },
     /// No method of that name.
-    MethodNotFound { name: String, available: Vec<String> },
+    MethodNotFound {
+        name: String,
+        available: Vec<String>,
+    },
     /// Operators without a kernel, all of them at once.
-    MissingOperators { method: String, operators: Vec<String> },
+    MissingOperators {
+        method: String,
+        operators: Vec<String>,
+    },
     /// A delegate whose backend is not registered (or not available).
-    UnknownBackend { method: String, backend: String, available: Vec<String> },
+    UnknownBackend {
+        method: String,
+        backend: String,
+        available: Vec<String>,
+    },
     /// A backend failed to initialize its delegate.
-    BackendInit { method: String, backend: String, message: String },
+    BackendInit {
+        method: String,
+        backend: String,
+        message: String,
+    },
     /// An input is missing or does not match the method's signature.
     Input { index: usize, message: String },
     /// An output index is out of range or an output is not what was asked for.
     Output { index: usize, message: String },
     /// An instruction failed.
-    Execution { method: String, instruction: usize, operator: String, source: ptero_core::Error },
+    Execution {
+        method: String,
+        instruction: usize,
+        operator: String,
+        source: ptero_core::Error,
+    },
     /// The instruction budget ran out (a program that loops forever).
     InstructionBudget { method: String, limit: u64 },
     /// Planned memory could not be allocated.

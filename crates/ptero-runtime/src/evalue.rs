@@ -56,23 +56,35 @@ impl Tensor {
     /// A tensor from raw little-endian bytes.
     pub fn from_bytes(dtype: ScalarType, sizes: &[usize], bytes: &[u8]) -> Result<Tensor, Error> {
         let n = numel_of(sizes)?;
-        let want = n.checked_mul(dtype.size()).ok_or_else(|| Error::InvalidArgument("tensor too large".into()))?;
+        let want = n
+            .checked_mul(dtype.size())
+            .ok_or_else(|| Error::InvalidArgument("tensor too large".into()))?;
         if bytes.len() != want {
             return Err(Error::InvalidArgument(format!(
                 "a {dtype} tensor of shape {sizes:?} needs {want} bytes, got {}",
                 bytes.len()
             )));
         }
-        Ok(Tensor { dtype, sizes: sizes.to_vec(), data: AlignedBuf::from_bytes(bytes) })
+        Ok(Tensor {
+            dtype,
+            sizes: sizes.to_vec(),
+            data: AlignedBuf::from_bytes(bytes),
+        })
     }
 
     /// A zero-filled tensor.
     pub fn zeros(dtype: ScalarType, sizes: &[usize]) -> Result<Tensor, Error> {
         let n = numel_of(sizes)?;
-        let bytes = n.checked_mul(dtype.size()).ok_or_else(|| Error::InvalidArgument("tensor too large".into()))?;
+        let bytes = n
+            .checked_mul(dtype.size())
+            .ok_or_else(|| Error::InvalidArgument("tensor too large".into()))?;
         let data = AlignedBuf::try_zeroed(bytes)
             .ok_or_else(|| Error::InvalidArgument(format!("cannot allocate {bytes} bytes")))?;
-        Ok(Tensor { dtype, sizes: sizes.to_vec(), data })
+        Ok(Tensor {
+            dtype,
+            sizes: sizes.to_vec(),
+            data,
+        })
     }
 
     pub fn dtype(&self) -> ScalarType {
@@ -99,7 +111,11 @@ impl Tensor {
     /// The elements as `T` (the dtype must match).
     pub fn as_slice<T: Element>(&self) -> Result<&[T], Error> {
         if self.dtype != T::DTYPE {
-            return Err(Error::InvalidArgument(format!("tensor is {}, not {}", self.dtype, T::DTYPE)));
+            return Err(Error::InvalidArgument(format!(
+                "tensor is {}, not {}",
+                self.dtype,
+                T::DTYPE
+            )));
         }
         bytemuck::try_cast_slice(self.bytes()).map_err(|e| Error::InvalidArgument(format!("{e:?}")))
     }

@@ -4,7 +4,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use ptero_core::{
-    AlignedBuf, BorrowSet, KernelArgs, KernelFn, KernelRegistry, Memory, ScalarType, Storage, TensorMeta, Value,
+    AlignedBuf, BorrowSet, KernelArgs, KernelFn, KernelRegistry, Memory, ScalarType, Storage,
+    TensorMeta, Value,
 };
 use ptero_format::fb;
 
@@ -48,7 +49,9 @@ pub struct Method {
 
 impl core::fmt::Debug for Method {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Method").field("name", &self.meta.name).finish()
+        f.debug_struct("Method")
+            .field("name", &self.meta.name)
+            .finish()
     }
 }
 
@@ -71,12 +74,21 @@ fn tensor_dtypes(values: &[Value], args: &[u32]) -> Vec<ScalarType> {
 }
 
 impl Method {
-    pub(crate) fn load(program: &Program, name: &str, kernels: &KernelRegistry, backends: &BackendRegistry) -> Result<Method, Error> {
+    pub(crate) fn load(
+        program: &Program,
+        name: &str,
+        kernels: &KernelRegistry,
+        backends: &BackendRegistry,
+    ) -> Result<Method, Error> {
         let meta = program.method_meta(name)?.clone();
         let pte = program.pte()?;
         let plan = pte.method(name).ok_or_else(|| Error::MethodNotFound {
             name: name.to_string(),
-            available: program.method_names().iter().map(|s| s.to_string()).collect(),
+            available: program
+                .method_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         })?;
         let planned = planned_sizes(&plan, name)?;
         let parsed = parse_values(&pte, &plan, name, &planned)?;
@@ -85,13 +97,23 @@ impl Method {
 
         let mut memory = Memory::new(program.shared());
         for &size in &planned {
-            let buf = AlignedBuf::try_zeroed(size).ok_or(Error::OutOfMemory { method: name.into(), bytes: size })?;
+            let buf = AlignedBuf::try_zeroed(size).ok_or(Error::OutOfMemory {
+                method: name.into(),
+                bytes: size,
+            })?;
             memory.add_buffer(buf);
         }
         for (idx, range) in &parsed.inits {
-            let Some(Value::Tensor(t)) = values.get(*idx) else { continue };
-            let src = program.bytes().get(range.clone()).ok_or_else(|| invalid(name, "mutable data out of range"))?;
-            let dst = memory.bytes_mut(t.storage, src.len()).map_err(|e| invalid(name, format!("value {idx}: {e}")))?;
+            let Some(Value::Tensor(t)) = values.get(*idx) else {
+                continue;
+            };
+            let src = program
+                .bytes()
+                .get(range.clone())
+                .ok_or_else(|| invalid(name, "mutable data out of range"))?;
+            let dst = memory
+                .bytes_mut(t.storage, src.len())
+                .map_err(|e| invalid(name, format!("value {idx}: {e}")))?;
             dst.copy_from_slice(src);
         }
 
@@ -102,7 +124,10 @@ impl Method {
             if let Some(Value::Tensor(t)) = values.get_mut(i as usize) {
                 if t.storage == Storage::None {
                     let cap = t.capacity();
-                    let buf = AlignedBuf::try_zeroed(cap).ok_or(Error::OutOfMemory { method: name.into(), bytes: cap })?;
+                    let buf = AlignedBuf::try_zeroed(cap).ok_or(Error::OutOfMemory {
+                        method: name.into(),
+                        bytes: cap,
+                    })?;
                     let id = memory.add_buffer(buf);
                     t.set_storage(Storage::Buffer { id, offset: 0 }, cap);
                 }
@@ -124,7 +149,10 @@ impl Method {
         let mut max_views = 8usize;
         let check = |i: i32, what: &str| -> Result<u32, Error> {
             if i < 0 || i as usize >= n {
-                return Err(invalid(name, format!("{what} refers to value {i}, but the method has {n} values")));
+                return Err(invalid(
+                    name,
+                    format!("{what} refers to value {i}, but the method has {n} values"),
+                ));
             }
             Ok(i as u32)
         };
@@ -136,10 +164,18 @@ impl Method {
                 let at = |m: &str| format!("instruction {pc}: {m}");
                 let instr = match ins.instr_args_type() {
                     IA::KernelCall => {
-                        let k = ins.instr_args_as_kernel_call().ok_or_else(|| invalid(name, at("empty kernel call")))?;
+                        let k = ins
+                            .instr_args_as_kernel_call()
+                            .ok_or_else(|| invalid(name, at("empty kernel call")))?;
                         let op = k.op_index();
                         if op < 0 || op as usize >= operators.len() {
-                            return Err(invalid(name, at(&format!("operator index {op} out of range ({} operators)", operators.len()))));
+                            return Err(invalid(
+                                name,
+                                at(&format!(
+                                    "operator index {op} out of range ({} operators)",
+                                    operators.len()
+                                )),
+                            ));
                         }
                         let start = arg_pool.len() as u32;
                         let mut views = 0;
@@ -165,13 +201,24 @@ impl Method {
                                 }
                             }
                         }
-                        Instr::Kernel { op: op as u32, start, len }
+                        Instr::Kernel {
+                            op: op as u32,
+                            start,
+                            len,
+                        }
                     }
                     IA::DelegateCall => {
-                        let d = ins.instr_args_as_delegate_call().ok_or_else(|| invalid(name, at("empty delegate call")))?;
+                        let d = ins
+                            .instr_args_as_delegate_call()
+                            .ok_or_else(|| invalid(name, at("empty delegate call")))?;
                         let di = d.delegate_index();
                         if di < 0 || di as usize >= num_delegates {
-                            return Err(invalid(name, at(&format!("delegate index {di} out of range ({num_delegates} delegates)"))));
+                            return Err(invalid(
+                                name,
+                                at(&format!(
+                                    "delegate index {di} out of range ({num_delegates} delegates)"
+                                )),
+                            ));
                         }
                         let start = arg_pool.len() as u32;
                         for a in d.args().into_iter().flatten() {
@@ -179,32 +226,63 @@ impl Method {
                         }
                         let len = arg_pool.len() as u32 - start;
                         max_views = max_views.max(len as usize);
-                        Instr::Delegate { index: di as u32, start, len }
+                        Instr::Delegate {
+                            index: di as u32,
+                            start,
+                            len,
+                        }
                     }
                     IA::MoveCall => {
-                        let m = ins.instr_args_as_move_call().ok_or_else(|| invalid(name, at("empty move")))?;
-                        Instr::Move { from: check(m.move_from(), &at("move source"))?, to: check(m.move_to(), &at("move target"))? }
+                        let m = ins
+                            .instr_args_as_move_call()
+                            .ok_or_else(|| invalid(name, at("empty move")))?;
+                        Instr::Move {
+                            from: check(m.move_from(), &at("move source"))?,
+                            to: check(m.move_to(), &at("move target"))?,
+                        }
                     }
                     IA::JumpFalseCall => {
-                        let j = ins.instr_args_as_jump_false_call().ok_or_else(|| invalid(name, at("empty jump")))?;
+                        let j = ins
+                            .instr_args_as_jump_false_call()
+                            .ok_or_else(|| invalid(name, at("empty jump")))?;
                         let dest = j.destination_instruction();
                         if dest < 0 || dest as usize > count {
-                            return Err(invalid(name, at(&format!("jump destination {dest} out of range ({count} instructions)"))));
+                            return Err(invalid(
+                                name,
+                                at(&format!(
+                                    "jump destination {dest} out of range ({count} instructions)"
+                                )),
+                            ));
                         }
-                        Instr::JumpFalse { cond: check(j.cond_value_index(), &at("jump condition"))?, dest: dest as u32 }
+                        Instr::JumpFalse {
+                            cond: check(j.cond_value_index(), &at("jump condition"))?,
+                            dest: dest as u32,
+                        }
                     }
                     IA::FreeCall => {
-                        let f = ins.instr_args_as_free_call().ok_or_else(|| invalid(name, at("empty free")))?;
-                        Instr::Free { value: check(f.value_index(), &at("free"))? }
+                        let f = ins
+                            .instr_args_as_free_call()
+                            .ok_or_else(|| invalid(name, at("empty free")))?;
+                        Instr::Free {
+                            value: check(f.value_index(), &at("free"))?,
+                        }
                     }
-                    other => return Err(invalid(name, at(&format!("unknown instruction kind {}", other.0)))),
+                    other => {
+                        return Err(invalid(
+                            name,
+                            at(&format!("unknown instruction kind {}", other.0)),
+                        ))
+                    }
                 };
                 instrs.push(instr);
             }
             chains.push(instrs);
         }
         if !missing.is_empty() {
-            return Err(Error::MissingOperators { method: name.into(), operators: missing });
+            return Err(Error::MissingOperators {
+                method: name.into(),
+                operators: missing,
+            });
         }
 
         let mut delegates: Vec<Box<dyn DelegateHandle>> = Vec::new();
@@ -217,7 +295,9 @@ impl Method {
                 backend: id.clone(),
                 available: backends.names(),
             })?;
-            let processed = pte.delegate_data(&d).map_err(|e| invalid(name, format!("delegate '{id}': {e}")))?;
+            let processed = pte
+                .delegate_data(&d)
+                .map_err(|e| invalid(name, format!("delegate '{id}': {e}")))?;
             let specs: Vec<CompileSpec> = d
                 .compile_specs()
                 .into_iter()
@@ -227,17 +307,26 @@ impl Method {
                     value: s.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
                 })
                 .collect();
-            let ctx = BackendInitContext { method_name: name, named_data: &named };
-            let handle = backend.init(&ctx, processed, &specs).map_err(|message| Error::BackendInit {
-                method: name.into(),
-                backend: id.clone(),
-                message,
-            })?;
+            let ctx = BackendInitContext {
+                method_name: name,
+                named_data: &named,
+            };
+            let handle =
+                backend
+                    .init(&ctx, processed, &specs)
+                    .map_err(|message| Error::BackendInit {
+                        method: name.into(),
+                        backend: id.clone(),
+                        message,
+                    })?;
             delegates.push(handle);
             delegate_names.push(id);
         }
 
-        let input_set = inputs.iter().map(|&i| !matches!(values[i as usize], Value::Tensor(_))).collect();
+        let input_set = inputs
+            .iter()
+            .map(|&i| !matches!(values[i as usize], Value::Tensor(_)))
+            .collect();
         Ok(Method {
             meta,
             values,
@@ -284,10 +373,13 @@ impl Method {
     }
 
     fn input_value(&self, index: usize) -> Result<usize, Error> {
-        self.inputs.get(index).map(|&i| i as usize).ok_or_else(|| Error::Input {
-            index,
-            message: format!("the method has {} inputs", self.inputs.len()),
-        })
+        self.inputs
+            .get(index)
+            .map(|&i| i as usize)
+            .ok_or_else(|| Error::Input {
+                index,
+                message: format!("the method has {} inputs", self.inputs.len()),
+            })
     }
 
     /// Sets input `index`. Tensors are copied into the method's memory (converted to the
@@ -299,7 +391,11 @@ impl Method {
         match (&mut self.values[vi], value) {
             (Value::Tensor(meta), EValue::Tensor(t)) => {
                 if t.dtype() != meta.dtype {
-                    return Err(err(format!("expected a {} tensor, got {}", meta.dtype, t.dtype())));
+                    return Err(err(format!(
+                        "expected a {} tensor, got {}",
+                        meta.dtype,
+                        t.dtype()
+                    )));
                 }
                 if t.sizes().len() != meta.dim() {
                     return Err(err(format!(
@@ -309,17 +405,34 @@ impl Method {
                         t.sizes()
                     )));
                 }
-                let traced = self.meta.inputs.get(index).and_then(|m| m.tensor.as_ref()).map(|ti| ti.sizes.clone()).unwrap_or_default();
+                let traced = self
+                    .meta
+                    .inputs
+                    .get(index)
+                    .and_then(|m| m.tensor.as_ref())
+                    .map(|ti| ti.sizes.clone())
+                    .unwrap_or_default();
                 meta.resize(t.sizes()).map_err(|e| match meta.dynamism {
-                    ptero_core::Dynamism::Static => err(format!("expected shape {traced:?} (static), got {:?}", t.sizes())),
-                    _ => err(format!("shape {:?} does not fit the program's bound {traced:?}: {e}", t.sizes())),
+                    ptero_core::Dynamism::Static => err(format!(
+                        "expected shape {traced:?} (static), got {:?}",
+                        t.sizes()
+                    )),
+                    _ => err(format!(
+                        "shape {:?} does not fit the program's bound {traced:?}: {e}",
+                        t.sizes()
+                    )),
                 })?;
                 let meta: TensorMeta = **meta;
-                write_logical(&mut self.memory, &meta, t.bytes()).map_err(|e| err(e.to_string()))?;
+                write_logical(&mut self.memory, &meta, t.bytes())
+                    .map_err(|e| err(e.to_string()))?;
                 self.input_set[index] = true;
                 Ok(())
             }
-            (Value::Tensor(meta), other) => Err(err(format!("expected a {} tensor, got {}", meta.dtype, other.kind()))),
+            (Value::Tensor(meta), other) => Err(err(format!(
+                "expected a {} tensor, got {}",
+                meta.dtype,
+                other.kind()
+            ))),
             (slot, v) => {
                 let ok = match (&*slot, v) {
                     (Value::Int(a), EValue::Int(b)) => a == b,
@@ -348,7 +461,12 @@ impl Method {
         if values.len() != self.inputs.len() {
             return Err(Error::Input {
                 index: values.len().min(self.inputs.len()),
-                message: format!("method '{}' takes {} inputs, got {}", self.meta.name, self.inputs.len(), values.len()),
+                message: format!(
+                    "method '{}' takes {} inputs, got {}",
+                    self.meta.name,
+                    self.inputs.len(),
+                    values.len()
+                ),
             });
         }
         for (i, v) in values.iter().enumerate() {
@@ -360,7 +478,10 @@ impl Method {
     /// Runs the method once.
     pub fn execute(&mut self) -> Result<(), Error> {
         if let Some(i) = self.input_set.iter().position(|s| !s) {
-            return Err(Error::Input { index: i, message: "not set".into() });
+            return Err(Error::Input {
+                index: i,
+                message: "not set".into(),
+            });
         }
         let mut budget = MAX_INSTRUCTIONS;
         for c in 0..self.chains.len() {
@@ -368,7 +489,10 @@ impl Method {
             let mut pc = 0usize;
             while pc < n {
                 if budget == 0 {
-                    return Err(Error::InstructionBudget { method: self.meta.name.clone(), limit: MAX_INSTRUCTIONS });
+                    return Err(Error::InstructionBudget {
+                        method: self.meta.name.clone(),
+                        limit: MAX_INSTRUCTIONS,
+                    });
                 }
                 budget -= 1;
                 let instr = self.chains[c][pc];
@@ -376,27 +500,46 @@ impl Method {
                 match instr {
                     Instr::Kernel { op, start, len } => {
                         let Some(kernel) = self.kernels[op as usize] else {
-                            return Err(self.exec_err(pc - 1, op, ptero_core::Error::NotImplemented("kernel".into())));
+                            return Err(self.exec_err(
+                                pc - 1,
+                                op,
+                                ptero_core::Error::NotImplemented("kernel".into()),
+                            ));
                         };
                         let args = &self.arg_pool[start as usize..(start + len) as usize];
-                        let mut ka = KernelArgs::new(&mut self.values, args, &mut self.memory, &mut self.borrows);
+                        let mut ka = KernelArgs::new(
+                            &mut self.values,
+                            args,
+                            &mut self.memory,
+                            &mut self.borrows,
+                        );
                         if let Err(e) = kernel(&mut ka) {
                             return Err(self.exec_err(pc - 1, op, e));
                         }
                     }
                     Instr::Delegate { index, start, len } => {
                         let args = &self.arg_pool[start as usize..(start + len) as usize];
-                        let mut ka = KernelArgs::new(&mut self.values, args, &mut self.memory, &mut self.borrows);
+                        let mut ka = KernelArgs::new(
+                            &mut self.values,
+                            args,
+                            &mut self.memory,
+                            &mut self.borrows,
+                        );
                         if let Err(source) = self.delegates[index as usize].execute(&mut ka) {
                             return Err(Error::Execution {
                                 method: self.meta.name.clone(),
                                 instruction: pc - 1,
-                                operator: format!("delegate {}", self.delegate_names[index as usize]),
+                                operator: format!(
+                                    "delegate {}",
+                                    self.delegate_names[index as usize]
+                                ),
                                 source,
                             });
                         }
                     }
-                    Instr::Move { from, to } => move_value(&mut self.values, from as usize, to as usize),
+                    Instr::Move { from, to } => {
+                        move_value(&mut self.values, from as usize, to as usize)
+                    }
                     Instr::JumpFalse { cond, dest } => {
                         let truth = self.truth(cond as usize).map_err(|e| Error::Execution {
                             method: self.meta.name.clone(),
@@ -432,32 +575,47 @@ impl Method {
     fn truth(&self, v: usize) -> Result<bool, ptero_core::Error> {
         match &self.values[v] {
             Value::Bool(b) => Ok(*b),
-            Value::Tensor(t) if t.dtype == ScalarType::Bool => {
-                Ok(self.memory.bytes(t.storage, t.nbytes())?.iter().all(|&b| b != 0))
-            }
-            other => Err(ptero_core::Error::ArgKind { arg: 0, expected: "Bool or bool Tensor", found: other.kind() }),
+            Value::Tensor(t) if t.dtype == ScalarType::Bool => Ok(self
+                .memory
+                .bytes(t.storage, t.nbytes())?
+                .iter()
+                .all(|&b| b != 0)),
+            other => Err(ptero_core::Error::ArgKind {
+                arg: 0,
+                expected: "Bool or bool Tensor",
+                found: other.kind(),
+            }),
         }
     }
 
     fn output_value(&self, index: usize) -> Result<&Value, Error> {
-        self.outputs.get(index).map(|&i| &self.values[i as usize]).ok_or_else(|| Error::Output {
-            index,
-            message: format!("the method has {} outputs", self.outputs.len()),
-        })
+        self.outputs
+            .get(index)
+            .map(|&i| &self.values[i as usize])
+            .ok_or_else(|| Error::Output {
+                index,
+                message: format!("the method has {} outputs", self.outputs.len()),
+            })
     }
 
     /// Metadata of tensor output `index` (its current shape).
     pub fn output_meta(&self, index: usize) -> Result<&TensorMeta, Error> {
         match self.output_value(index)? {
             Value::Tensor(t) => Ok(t),
-            v => Err(Error::Output { index, message: format!("is a {}, not a tensor", v.kind()) }),
+            v => Err(Error::Output {
+                index,
+                message: format!("is a {}, not a tensor", v.kind()),
+            }),
         }
     }
 
     /// Output `index` of the last run, copied out (tensors row-major).
     pub fn output(&self, index: usize) -> Result<EValue, Error> {
         let v = self.output_value(index)?;
-        self.to_evalue(v).map_err(|e| Error::Output { index, message: e.to_string() })
+        self.to_evalue(v).map_err(|e| Error::Output {
+            index,
+            message: e.to_string(),
+        })
     }
 
     /// All outputs of the last run.
@@ -474,7 +632,16 @@ impl Method {
             Value::String(s) => EValue::String(s.to_string()),
             Value::Tensor(t) => EValue::Tensor(self.read_tensor(t)?),
             Value::IntList(items) => EValue::IntList(
-                items.iter().map(|&i| if let Value::Int(x) = self.values[i as usize] { x } else { 0 }).collect(),
+                items
+                    .iter()
+                    .map(|&i| {
+                        if let Value::Int(x) = self.values[i as usize] {
+                            x
+                        } else {
+                            0
+                        }
+                    })
+                    .collect(),
             ),
             Value::DoubleList(d) => EValue::DoubleList(d.clone()),
             Value::BoolList(b) => EValue::BoolList(b.clone()),
@@ -492,7 +659,8 @@ impl Method {
 
     fn read_tensor(&self, t: &TensorMeta) -> Result<Tensor, ptero_core::Error> {
         let bytes = self.memory.bytes(t.storage, t.nbytes())?;
-        let mut out = Tensor::zeros(t.dtype, t.sizes()).map_err(|e| ptero_core::Error::invalid(e.to_string()))?;
+        let mut out = Tensor::zeros(t.dtype, t.sizes())
+            .map_err(|e| ptero_core::Error::invalid(e.to_string()))?;
         if t.is_contiguous() {
             out.bytes_mut().copy_from_slice(bytes);
         } else {
@@ -503,9 +671,17 @@ impl Method {
 }
 
 /// Copies row-major `src` into the tensor's storage, converting to its dim order.
-fn write_logical(memory: &mut Memory, meta: &TensorMeta, src: &[u8]) -> Result<(), ptero_core::Error> {
+fn write_logical(
+    memory: &mut Memory,
+    meta: &TensorMeta,
+    src: &[u8],
+) -> Result<(), ptero_core::Error> {
     if src.len() != meta.nbytes() {
-        return Err(ptero_core::Error::invalid(format!("expected {} bytes, got {}", meta.nbytes(), src.len())));
+        return Err(ptero_core::Error::invalid(format!(
+            "expected {} bytes, got {}",
+            meta.nbytes(),
+            src.len()
+        )));
     }
     let dst = memory.bytes_mut(meta.storage, meta.nbytes())?;
     if meta.is_contiguous() {
@@ -530,8 +706,14 @@ fn permute_bytes(meta: &TensorMeta, a: &[u8], b: &mut [u8], to_storage: bool) {
     let mut linear = 0usize;
     loop {
         let off: usize = (0..rank).map(|d| idx[d] * strides[d]).sum();
-        let (s, d) = if to_storage { (linear, off) } else { (off, linear) };
-        if let (Some(src), Some(dst)) = (a.get(s * es..(s + 1) * es), b.get_mut(d * es..(d + 1) * es)) {
+        let (s, d) = if to_storage {
+            (linear, off)
+        } else {
+            (off, linear)
+        };
+        if let (Some(src), Some(dst)) =
+            (a.get(s * es..(s + 1) * es), b.get_mut(d * es..(d + 1) * es))
+        {
             dst.copy_from_slice(src);
         }
         linear += 1;

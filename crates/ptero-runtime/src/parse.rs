@@ -14,7 +14,10 @@ use crate::method_meta::{IoMeta, MethodMeta, Tag, TensorInfo};
 use crate::Error;
 
 pub(crate) fn invalid(method: &str, message: impl Into<String>) -> Error {
-    Error::InvalidProgram { method: method.into(), message: message.into() }
+    Error::InvalidProgram {
+        method: method.into(),
+        message: message.into(),
+    }
 }
 
 /// A method's values plus the initial contents to copy into planned memory.
@@ -25,14 +28,25 @@ pub(crate) struct ParsedValues {
 }
 
 /// Planned buffer sizes (dropping the format's reserved entry 0).
-pub(crate) fn planned_sizes(plan: &fb::ExecutionPlan<'_>, method: &str) -> Result<Vec<usize>, Error> {
-    let Some(sizes) = plan.non_const_buffer_sizes() else { return Ok(Vec::new()) };
+pub(crate) fn planned_sizes(
+    plan: &fb::ExecutionPlan<'_>,
+    method: &str,
+) -> Result<Vec<usize>, Error> {
+    let Some(sizes) = plan.non_const_buffer_sizes() else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
     for (i, s) in sizes.iter().enumerate().skip(1) {
         if s < 0 {
-            return Err(invalid(method, format!("planned buffer {i} has negative size {s}")));
+            return Err(invalid(
+                method,
+                format!("planned buffer {i} has negative size {s}"),
+            ));
         }
-        out.push(usize::try_from(s).map_err(|_| invalid(method, format!("planned buffer {i} is too large")))?);
+        out.push(
+            usize::try_from(s)
+                .map_err(|_| invalid(method, format!("planned buffer {i} is too large")))?,
+        );
     }
     Ok(out)
 }
@@ -54,25 +68,52 @@ fn parse_tensor(
     inits: &mut Vec<(usize, Range<usize>)>,
 ) -> Result<TensorMeta, Error> {
     let st = t.scalar_type().0;
-    let dtype = ScalarType::from_code(st as i64)
-        .ok_or_else(|| invalid(method, format!("value {idx}: unknown scalar type code {st}")))?;
+    let dtype = ScalarType::from_code(st as i64).ok_or_else(|| {
+        invalid(
+            method,
+            format!("value {idx}: unknown scalar type code {st}"),
+        )
+    })?;
     let mut sizes = Vec::new();
     for s in t.sizes().into_iter().flatten() {
         if s < 0 {
-            return Err(invalid(method, format!("value {idx}: negative tensor size {s}")));
+            return Err(invalid(
+                method,
+                format!("value {idx}: negative tensor size {s}"),
+            ));
         }
         sizes.push(s as usize);
     }
-    let order: Vec<u8> = t.dim_order().map(|d| d.bytes().to_vec()).unwrap_or_default();
+    let order: Vec<u8> = t
+        .dim_order()
+        .map(|d| d.bytes().to_vec())
+        .unwrap_or_default();
     if t.storage_offset() != 0 {
-        return Err(invalid(method, format!("value {idx}: non-zero storage_offset {}", t.storage_offset())));
+        return Err(invalid(
+            method,
+            format!(
+                "value {idx}: non-zero storage_offset {}",
+                t.storage_offset()
+            ),
+        ));
     }
-    let mut meta = TensorMeta::new(dtype, &sizes, &order, dynamism(t.shape_dynamism()), Storage::None)
-        .map_err(|e| invalid(method, format!("value {idx}: {e}")))?;
+    let mut meta = TensorMeta::new(
+        dtype,
+        &sizes,
+        &order,
+        dynamism(t.shape_dynamism()),
+        Storage::None,
+    )
+    .map_err(|e| invalid(method, format!("value {idx}: {e}")))?;
     let nbytes = meta.nbytes();
-    let external = t.extra_tensor_info().is_some_and(|e| e.location() == fb::TensorDataLocation::EXTERNAL);
+    let external = t
+        .extra_tensor_info()
+        .is_some_and(|e| e.location() == fb::TensorDataLocation::EXTERNAL);
     if external {
-        let name = t.extra_tensor_info().and_then(|e| e.fully_qualified_name()).unwrap_or("?");
+        let name = t
+            .extra_tensor_info()
+            .and_then(|e| e.fully_qualified_name())
+            .unwrap_or("?");
         return Err(invalid(
             method,
             format!("value {idx}: tensor '{name}' has its data in an external .ptd file, which this build does not load yet"),
@@ -81,7 +122,9 @@ fn parse_tensor(
     let buffer_idx = t.data_buffer_idx() as usize;
     match t.allocation_info() {
         None if buffer_idx > 0 => {
-            let r = pte.constant_range(buffer_idx, nbytes).map_err(|e| invalid(method, format!("value {idx}: {e}")))?;
+            let r = pte
+                .constant_range(buffer_idx, nbytes)
+                .map_err(|e| invalid(method, format!("value {idx}: {e}")))?;
             meta.set_storage(Storage::Constant { offset: r.start }, nbytes);
         }
         None => {}
@@ -90,7 +133,10 @@ fn parse_tensor(
             if id == 0 || id > planned.len() {
                 return Err(invalid(
                     method,
-                    format!("value {idx}: memory_id {id} does not name one of the {} planned buffers", planned.len()),
+                    format!(
+                        "value {idx}: memory_id {id} does not name one of the {} planned buffers",
+                        planned.len()
+                    ),
                 ));
             }
             let offset = (a.memory_offset_low() as u64) | ((a.memory_offset_high() as u64) << 32);
@@ -104,7 +150,13 @@ fn parse_tensor(
                     ),
                 ));
             }
-            meta.set_storage(Storage::Buffer { id: (id - 1) as u32, offset: offset as usize }, nbytes);
+            meta.set_storage(
+                Storage::Buffer {
+                    id: (id - 1) as u32,
+                    offset: offset as usize,
+                },
+                nbytes,
+            );
             if buffer_idx > 0 {
                 let r = pte
                     .mutable_init_range(buffer_idx, nbytes)
@@ -118,7 +170,10 @@ fn parse_tensor(
 
 fn check_index(i: i64, n: usize, idx: usize, method: &str) -> Result<u32, Error> {
     if i < 0 || i as u64 >= n as u64 {
-        return Err(invalid(method, format!("value {idx}: list item {i} is not a value index (the method has {n})")));
+        return Err(invalid(
+            method,
+            format!("value {idx}: list item {i} is not a value index (the method has {n})"),
+        ));
     }
     Ok(i as u32)
 }
@@ -142,66 +197,120 @@ pub(crate) fn parse_values(
             K::Bool => Value::Bool(ev.val_as_bool().is_some_and(|x| x.bool_val())),
             K::Double => Value::Double(ev.val_as_double().map_or(0.0, |x| x.double_val())),
             K::String => Value::String(
-                ev.val_as_string().and_then(|s| s.string_val()).unwrap_or("").to_string().into_boxed_str(),
+                ev.val_as_string()
+                    .and_then(|s| s.string_val())
+                    .unwrap_or("")
+                    .to_string()
+                    .into_boxed_str(),
             ),
             K::IntList => {
                 let mut items = Vec::new();
-                for i in ev.val_as_int_list().and_then(|l| l.items()).into_iter().flatten() {
+                for i in ev
+                    .val_as_int_list()
+                    .and_then(|l| l.items())
+                    .into_iter()
+                    .flatten()
+                {
                     items.push(check_index(i, n, idx, method)?);
                 }
                 Value::IntList(items)
             }
-            K::DoubleList => {
-                Value::DoubleList(ev.val_as_double_list().and_then(|l| l.items()).into_iter().flatten().collect())
-            }
-            K::BoolList => Value::BoolList(ev.val_as_bool_list().and_then(|l| l.items()).into_iter().flatten().collect()),
+            K::DoubleList => Value::DoubleList(
+                ev.val_as_double_list()
+                    .and_then(|l| l.items())
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            ),
+            K::BoolList => Value::BoolList(
+                ev.val_as_bool_list()
+                    .and_then(|l| l.items())
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            ),
             K::TensorList => {
                 let mut items = Vec::new();
-                for i in ev.val_as_tensor_list().and_then(|l| l.items()).into_iter().flatten() {
+                for i in ev
+                    .val_as_tensor_list()
+                    .and_then(|l| l.items())
+                    .into_iter()
+                    .flatten()
+                {
                     items.push(check_index(i as i64, n, idx, method)?);
                 }
                 Value::TensorList(items)
             }
             K::OptionalTensorList => {
                 let mut items = Vec::new();
-                for i in ev.val_as_optional_tensor_list().and_then(|l| l.items()).into_iter().flatten() {
+                for i in ev
+                    .val_as_optional_tensor_list()
+                    .and_then(|l| l.items())
+                    .into_iter()
+                    .flatten()
+                {
                     items.push(check_index(i as i64, n, idx, method)?);
                 }
                 Value::OptionalTensorList(items)
             }
             K::Tensor => {
-                let t = ev.val_as_tensor().ok_or_else(|| invalid(method, format!("value {idx}: empty tensor")))?;
-                Value::Tensor(Box::new(parse_tensor(pte, t, idx, method, planned, &mut inits)?))
+                let t = ev
+                    .val_as_tensor()
+                    .ok_or_else(|| invalid(method, format!("value {idx}: empty tensor")))?;
+                Value::Tensor(Box::new(parse_tensor(
+                    pte, t, idx, method, planned, &mut inits,
+                )?))
             }
-            other => return Err(invalid(method, format!("value {idx}: unknown value kind {}", other.0))),
+            other => {
+                return Err(invalid(
+                    method,
+                    format!("value {idx}: unknown value kind {}", other.0),
+                ))
+            }
         };
         values.push(v);
     }
     // List items must be of the right kind.
     for (idx, v) in values.iter().enumerate() {
         let bad = match v {
-            Value::IntList(items) => items.iter().find(|&&i| !matches!(values[i as usize], Value::Int(_))),
-            Value::TensorList(items) => items.iter().find(|&&i| !matches!(values[i as usize], Value::Tensor(_))),
-            Value::OptionalTensorList(items) => {
-                items.iter().find(|&&i| !matches!(values[i as usize], Value::Tensor(_) | Value::None))
-            }
+            Value::IntList(items) => items
+                .iter()
+                .find(|&&i| !matches!(values[i as usize], Value::Int(_))),
+            Value::TensorList(items) => items
+                .iter()
+                .find(|&&i| !matches!(values[i as usize], Value::Tensor(_))),
+            Value::OptionalTensorList(items) => items
+                .iter()
+                .find(|&&i| !matches!(values[i as usize], Value::Tensor(_) | Value::None)),
             _ => None,
         };
         if let Some(&i) = bad {
             return Err(invalid(
                 method,
-                format!("value {idx}: {} item {i} is a {}", v.kind(), values[i as usize].kind()),
+                format!(
+                    "value {idx}: {} item {i} is a {}",
+                    v.kind(),
+                    values[i as usize].kind()
+                ),
             ));
         }
     }
     Ok(ParsedValues { values, inits })
 }
 
-pub(crate) fn io_indices(list: Option<flatbuffers::Vector<'_, i32>>, n: usize, method: &str, what: &str) -> Result<Vec<u32>, Error> {
+pub(crate) fn io_indices(
+    list: Option<flatbuffers::Vector<'_, i32>>,
+    n: usize,
+    method: &str,
+    what: &str,
+) -> Result<Vec<u32>, Error> {
     let mut out = Vec::new();
     for i in list.into_iter().flatten() {
         if i < 0 || i as usize >= n {
-            return Err(invalid(method, format!("{what} refers to value {i}, but the method has {n} values")));
+            return Err(invalid(
+                method,
+                format!("{what} refers to value {i}, but the method has {n} values"),
+            ));
         }
         out.push(i as u32);
     }
@@ -234,7 +343,10 @@ fn io_meta(v: &Value) -> IoMeta {
 }
 
 /// Builds the metadata of one method (parsing and checking its values).
-pub(crate) fn method_meta(pte: &PteFile<'_>, plan: &fb::ExecutionPlan<'_>) -> Result<MethodMeta, Error> {
+pub(crate) fn method_meta(
+    pte: &PteFile<'_>,
+    plan: &fb::ExecutionPlan<'_>,
+) -> Result<MethodMeta, Error> {
     let name = plan.name().unwrap_or("").to_string();
     let planned = planned_sizes(plan, &name)?;
     let parsed = parse_values(pte, plan, &name, &planned)?;
@@ -247,12 +359,27 @@ pub(crate) fn method_meta(pte: &PteFile<'_>, plan: &fb::ExecutionPlan<'_>) -> Re
         .flatten()
         .map(|op| operator_name(op.name().unwrap_or(""), op.overload().unwrap_or("")))
         .collect();
-    let backends = plan.delegates().into_iter().flatten().map(|d| d.id().unwrap_or("").to_string()).collect();
-    let num_instructions =
-        plan.chains().into_iter().flatten().map(|c| c.instructions().map_or(0, |i| i.len())).sum();
+    let backends = plan
+        .delegates()
+        .into_iter()
+        .flatten()
+        .map(|d| d.id().unwrap_or("").to_string())
+        .collect();
+    let num_instructions = plan
+        .chains()
+        .into_iter()
+        .flatten()
+        .map(|c| c.instructions().map_or(0, |i| i.len()))
+        .sum();
     Ok(MethodMeta {
-        inputs: inputs.iter().map(|&i| io_meta(&parsed.values[i as usize])).collect(),
-        outputs: outputs.iter().map(|&i| io_meta(&parsed.values[i as usize])).collect(),
+        inputs: inputs
+            .iter()
+            .map(|&i| io_meta(&parsed.values[i as usize]))
+            .collect(),
+        outputs: outputs
+            .iter()
+            .map(|&i| io_meta(&parsed.values[i as usize]))
+            .collect(),
         name,
         planned_buffers: planned,
         operators,

@@ -21,7 +21,10 @@ pub struct Program {
 
 impl core::fmt::Debug for Program {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Program").field("bytes", &self.bytes().len()).field("methods", &self.method_names()).finish()
+        f.debug_struct("Program")
+            .field("bytes", &self.bytes().len())
+            .field("methods", &self.method_names())
+            .finish()
     }
 }
 
@@ -41,7 +44,7 @@ impl Program {
     /// read in place).
     pub fn from_shared(data: SharedBytes) -> Result<Program, Error> {
         let bytes = (*data).as_ref();
-        if bytes.as_ptr() as usize % 16 != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(16) {
             return Program::from_bytes(bytes);
         }
         let pte = PteFile::parse(bytes)?;
@@ -49,17 +52,26 @@ impl Program {
         for plan in pte.program().execution_plan().into_iter().flatten() {
             metas.push(method_meta(&pte, &plan)?);
         }
-        Ok(Program { data, metas: Arc::new(metas) })
+        Ok(Program {
+            data,
+            metas: Arc::new(metas),
+        })
     }
 
     /// Memory-maps and loads a program file.
     #[cfg(feature = "std")]
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Program, Error> {
         let path = path.as_ref();
-        let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), message: e.to_string() };
+        let io = |e: std::io::Error| Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
-            return Err(Error::Io { path: path.display().to_string(), message: "is a directory".into() });
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                message: "is a directory".into(),
+            });
         }
         if meta.len() == 0 {
             // Empty files cannot be mapped; report them as what they are.
@@ -92,10 +104,13 @@ impl Program {
 
     /// Metadata of method `name`.
     pub fn method_meta(&self, name: &str) -> Result<&MethodMeta, Error> {
-        self.metas.iter().find(|m| m.name == name).ok_or_else(|| Error::MethodNotFound {
-            name: name.to_string(),
-            available: self.metas.iter().map(|m| m.name.clone()).collect(),
-        })
+        self.metas
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::MethodNotFound {
+                name: name.to_string(),
+                available: self.metas.iter().map(|m| m.name.clone()).collect(),
+            })
     }
 
     /// Metadata of every method, in file order.
@@ -104,7 +119,12 @@ impl Program {
     }
 
     /// Prepares method `name` for execution.
-    pub fn load_method(&self, name: &str, kernels: &KernelRegistry, backends: &BackendRegistry) -> Result<Method, Error> {
+    pub fn load_method(
+        &self,
+        name: &str,
+        kernels: &KernelRegistry,
+        backends: &BackendRegistry,
+    ) -> Result<Method, Error> {
         self.method_meta(name)?;
         Method::load(self, name, kernels, backends)
     }
@@ -113,4 +133,3 @@ impl Program {
         self.data.clone()
     }
 }
-

@@ -1,0 +1,152 @@
+//! `ptero inspect`: a readable description of a program.
+
+use std::path::Path;
+
+use ptero::{Dynamism, Error, IoMeta, Program};
+
+fn dynamism(d: Dynamism) -> &'static str {
+    match d {
+        Dynamism::Static => "static",
+        Dynamism::DynamicBound => "dynamic (bounded)",
+        Dynamism::DynamicUnbound => "dynamic (unbounded)",
+    }
+}
+
+fn io_line(io: &IoMeta) -> String {
+    match &io.tensor {
+        Some(t) => {
+            let layout = if t
+                .dim_order
+                .iter()
+                .enumerate()
+                .all(|(i, &d)| i == d as usize)
+            {
+                String::new()
+            } else {
+                format!(" dim_order {:?}", t.dim_order)
+            };
+            format!(
+                "{:<9} {:<20} {}{}",
+                t.dtype.name(),
+                format!("{:?}", t.sizes),
+                dynamism(t.dynamism),
+                layout
+            )
+        }
+        None => match &io.value {
+            Some(v) => format!("{} = {v}", io.tag.name()),
+            None => io.tag.name().to_string(),
+        },
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < 3 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn io_json(io: &IoMeta) -> serde_json::Value {
+    match &io.tensor {
+        Some(t) => serde_json::json!({
+            "kind": "Tensor", "dtype": t.dtype.name(), "shape": t.sizes, "dim_order": t.dim_order,
+            "dynamism": dynamism(t.dynamism), "planned": t.planned, "nbytes": t.nbytes,
+        }),
+        None => serde_json::json!({"kind": io.tag.name(), "value": io.value}),
+    }
+}
+
+pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
+    let program = Program::from_file(model)?;
+    let pte = program.pte()?;
+    let file_size = program.bytes().len() as u64;
+    let segments: Vec<(u64, u64)> = pte
+        .program()
+        .segments()
+        .into_iter()
+        .flatten()
+        .map(|s| (s.offset(), s.size_()))
+        .collect();
+    if json {
+        let methods: Vec<_> = program
+            .method_metas()
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "inputs": m.inputs.iter().map(io_json).collect::<Vec<_>>(),
+                    "outputs": m.outputs.iter().map(io_json).collect::<Vec<_>>(),
+                    "operators": m.operators,
+                    "delegates": m.backends,
+                    "instructions": m.num_instructions,
+                    "planned_buffers": m.planned_buffers,
+                    "planned_bytes": m.planned_bytes(),
+                })
+            })
+            .collect();
+        let o = serde_json::json!({
+            "file": model.display().to_string(),
+            "file_size": file_size,
+            "program_size": pte.program_len(),
+            "segments": segments.iter().map(|(o, s)| serde_json::json!({"offset": o, "size": s})).collect::<Vec<_>>(),
+            "methods": methods,
+        });
+        println!("{o}");
+        return Ok(());
+    }
+    println!(
+        "{}  ({}, flatbuffer {}, {} segment(s))",
+        model.display(),
+        human(file_size),
+        human(pte.program_len() as u64),
+        segments.len()
+    );
+    for (i, (off, size)) in segments.iter().enumerate() {
+        println!("  segment {i}: {} at offset {off}", human(*size));
+    }
+    for m in program.method_metas() {
+        println!();
+        println!(
+            "method {}  ({} instructions, {} values)",
+            m.name, m.num_instructions, m.num_values
+        );
+        println!("  inputs:");
+        for (i, io) in m.inputs.iter().enumerate() {
+            println!("    {i:>3}  {}", io_line(io));
+        }
+        println!("  outputs:");
+        for (i, io) in m.outputs.iter().enumerate() {
+            println!("    {i:>3}  {}", io_line(io));
+        }
+        println!(
+            "  planned memory: {} in {} buffer(s) {:?}",
+            human(m.planned_bytes() as u64),
+            m.planned_buffers.len(),
+            m.planned_buffers
+        );
+        if m.backends.is_empty() {
+            println!("  delegates: none");
+        } else {
+            println!("  delegates: {}", m.backends.join(", "));
+        }
+        let kernels = ptero::default_kernels();
+        println!("  operators ({}):", m.operators.len());
+        for op in &m.operators {
+            let mark = if kernels.contains(op) { " " } else { "!" };
+            println!("   {mark} {op}");
+        }
+        if m.operators.iter().any(|op| !kernels.contains(op)) {
+            println!("  (! = no kernel in this build)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! Run PyTorch ExecuTorch (`.pte`) programs in Rust.
+//!
+//! [`Module`] is the easy way in, in the spirit of ExecuTorch's `Module`: load a file,
+//! call `forward`, get tensors back. Methods are loaded lazily on first use and stay
+//! loaded, so state such as a KV cache persists between calls.
+//!
+//! ```no_run
+//! use ptero::{Module, Tensor, EValue};
+//! let mut module = Module::from_file("model.pte")?;
+//! let x = Tensor::from_slice(&[0.5f32; 16], &[4, 4])?;
+//! let outputs = module.forward(&[EValue::Tensor(x)])?;
+//! let y = outputs[0].as_tensor().unwrap();
+//! println!("{:?} {:?}", y.sizes(), y.as_slice::<f32>()?);
+//! # Ok::<(), ptero::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod module;
+#[cfg(feature = "ndarray")]
+mod ndarray_conv;
+pub mod npy;
+#[cfg(feature = "ndarray")]
+pub use ndarray_conv::NdarrayExt;
+
+pub use module::Module;
+pub use ptero_core::{Dynamism, KernelRegistry, ScalarType};
+pub use ptero_runtime::{
+    Backend, BackendRegistry, EValue, Error, IoMeta, Method, MethodMeta, Program, Tag, Tensor,
+    TensorInfo,
+};
+
+/// A registry with every kernel this build has (the portable set).
+pub fn default_kernels() -> KernelRegistry {
+    ptero_kernels::portable()
+}
+
+/// A registry with every backend this build has.
+pub fn default_backends() -> BackendRegistry {
+    BackendRegistry::new()
+}

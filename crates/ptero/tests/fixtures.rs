@@ -1,0 +1,176 @@
+//! Runs every program under `tests/fixtures/` and compares its outputs with the official
+//! ExecuTorch runtime's, recorded by `python/export_fixtures.py`.
+//!
+//! Each fixture directory has `model.pte` and `cases.json`: runs executed in order on one
+//! loaded program (so mutable state carries over), each with input and expected `.npy`
+//! files, and a tolerance `|got - want| <= atol + rtol * |want|`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ptero::{npy, EValue, Module, ScalarType, Tag, Tensor};
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn as_f64(t: &Tensor) -> Vec<f64> {
+    let es = t.dtype().size();
+    t.bytes()
+        .chunks_exact(es)
+        .map(|b| match t.dtype() {
+            ScalarType::Float => f32::from_le_bytes(b.try_into().unwrap()) as f64,
+            ScalarType::Double => f64::from_le_bytes(b.try_into().unwrap()),
+            ScalarType::Half => half::f16::from_le_bytes(b.try_into().unwrap()).to_f64(),
+            ScalarType::BFloat16 => half::bf16::from_le_bytes(b.try_into().unwrap()).to_f64(),
+            ScalarType::Long => i64::from_le_bytes(b.try_into().unwrap()) as f64,
+            ScalarType::Int => i32::from_le_bytes(b.try_into().unwrap()) as f64,
+            ScalarType::Short => i16::from_le_bytes(b.try_into().unwrap()) as f64,
+            ScalarType::Char => b[0] as i8 as f64,
+            ScalarType::Byte | ScalarType::Bool => b[0] as f64,
+            other => panic!("unexpected dtype {other}"),
+        })
+        .collect()
+}
+
+fn to_tensor(v: &EValue) -> Tensor {
+    match v {
+        EValue::Tensor(t) => t.clone(),
+        EValue::Int(i) => Tensor::from_slice(&[*i], &[]).unwrap(),
+        EValue::Double(d) => Tensor::from_slice(&[*d], &[]).unwrap(),
+        EValue::Bool(b) => Tensor::from_bools(&[*b], &[]).unwrap(),
+        other => panic!("unexpected output kind {}", other.kind()),
+    }
+}
+
+/// Runs one fixture; returns a description of every mismatch.
+fn check_fixture(name: &str) -> Vec<String> {
+    let dir = fixtures_dir().join(name);
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let atol = cases["atol"].as_f64().unwrap();
+    let rtol = cases["rtol"].as_f64().unwrap();
+    let mut module = match Module::from_file(dir.join("model.pte")) {
+        Ok(m) => m,
+        Err(e) => return vec![format!("{name}: load: {e}")],
+    };
+    let mut failures = Vec::new();
+    let mut cache: HashMap<String, ()> = HashMap::new();
+    for (r, run) in cases["runs"].as_array().unwrap().iter().enumerate() {
+        let method = run["method"].as_str().unwrap();
+        cache.insert(method.into(), ());
+        let meta = module.method_meta(method).unwrap().clone();
+        let mut inputs = Vec::new();
+        for (i, f) in run["inputs"].as_array().unwrap().iter().enumerate() {
+            let t = npy::read(dir.join(f.as_str().unwrap())).unwrap();
+            let v = match meta.inputs.get(i).map(|io| io.tag) {
+                Some(Tag::Int) => EValue::Int(as_f64(&t)[0] as i64),
+                Some(Tag::Double) => EValue::Double(as_f64(&t)[0]),
+                Some(Tag::Bool) => EValue::Bool(as_f64(&t)[0] != 0.0),
+                _ => EValue::Tensor(t),
+            };
+            inputs.push(v);
+        }
+        let outputs = match module.execute(method, &inputs) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{name} run {r} ({method}): {e}"));
+                continue;
+            }
+        };
+        let expected = run["expected"].as_array().unwrap();
+        if outputs.len() != expected.len() {
+            failures.push(format!(
+                "{name} run {r}: {} outputs, expected {}",
+                outputs.len(),
+                expected.len()
+            ));
+            continue;
+        }
+        for (k, f) in expected.iter().enumerate() {
+            let want = npy::read(dir.join(f.as_str().unwrap())).unwrap();
+            let got = to_tensor(&outputs[k]);
+            if got.dtype() != want.dtype() || got.sizes() != want.sizes() {
+                failures.push(format!(
+                    "{name} run {r} output {k}: got {} {:?}, expected {} {:?}",
+                    got.dtype(),
+                    got.sizes(),
+                    want.dtype(),
+                    want.sizes()
+                ));
+                continue;
+            }
+            let (g, w) = (as_f64(&got), as_f64(&want));
+            let mut worst = (0usize, 0.0f64);
+            let mut bad = 0;
+            for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                let ok =
+                    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+                if !ok {
+                    bad += 1;
+                    if (a - b).abs() > worst.1 || worst.1.is_nan() {
+                        worst = (i, (a - b).abs());
+                    }
+                }
+            }
+            if bad > 0 {
+                failures.push(format!(
+                    "{name} run {r} output {k}: {bad}/{} elements off; worst at {}: got {}, want {}",
+                    g.len(),
+                    worst.0,
+                    g[worst.0],
+                    w[worst.0]
+                ));
+            }
+        }
+    }
+    failures
+}
+
+macro_rules! fixture_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let failures = check_fixture(stringify!($name));
+                assert!(failures.is_empty(), "{}", failures.join("\n"));
+            }
+        )*
+
+        /// Every fixture directory has a test above.
+        #[test]
+        fn all_fixtures_are_tested() {
+            let listed = [$(stringify!($name)),*];
+            for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+                let entry = entry.unwrap();
+                if entry.path().join("cases.json").exists() {
+                    let n = entry.file_name().into_string().unwrap();
+                    assert!(listed.contains(&n.as_str()), "fixture {n} has no test");
+                }
+            }
+        }
+    };
+}
+
+fixture_tests!(
+    mlp,
+    cnn,
+    transformer_encoder,
+    lstm,
+    dynamic_batch,
+    dynamic_seq,
+    mutable_buffer,
+    two_methods,
+    mobilenet_v2,
+    tiny_llama,
+    ops_activation,
+    ops_elementwise,
+    ops_norm,
+    ops_reduce,
+    ops_shape,
+    ops_matmul,
+    ops_conv,
+    ops_int,
+    ops_f64,
+    ops_f16,
+);
