@@ -18,6 +18,7 @@ use ptero_core::KernelRegistry;
 
 pub mod util;
 
+mod activation;
 mod binary;
 mod unary;
 
@@ -35,4 +36,5 @@ pub fn portable() -> KernelRegistry {
 pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
     unary::register(reg);
+    activation::register(reg);
 }
