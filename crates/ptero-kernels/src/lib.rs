@@ -20,9 +20,11 @@ use ptero_core::KernelRegistry;
 
 pub mod util;
 
+mod activation;
 mod binary;
 mod mutation;
 mod prim;
+mod unary;
 
 #[doc(hidden)]
 pub mod testing;
@@ -36,7 +38,9 @@ pub fn portable() -> KernelRegistry {
 
 /// Adds every portable kernel to `reg`.
 pub fn register_all(reg: &mut KernelRegistry) {
+    activation::register(reg);
     binary::register(reg);
     mutation::register(reg);
     prim::register(reg);
+    unary::register(reg);
 }

@@ -4,6 +4,7 @@
 mod elem_io;
 pub mod elementwise;
 mod strided;
+pub mod unary;
 
 pub use elem_io::{load_bool, load_f64, load_i64, store_bool, store_f64, store_i64, ComputeKind};
 pub use strided::{
