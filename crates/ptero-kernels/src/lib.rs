@@ -19,6 +19,7 @@ use ptero_core::KernelRegistry;
 pub mod util;
 
 mod binary;
+mod matmul;
 
 #[doc(hidden)]
 pub mod testing;
@@ -33,4 +34,5 @@ pub fn portable() -> KernelRegistry {
 /// Adds every portable kernel to `reg`.
 pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
+    matmul::register(reg);
 }
