@@ -19,6 +19,7 @@ use ptero_core::KernelRegistry;
 pub mod util;
 
 mod binary;
+mod conv;
 mod matmul;
 
 #[doc(hidden)]
@@ -35,4 +36,5 @@ pub fn portable() -> KernelRegistry {
 pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
     matmul::register(reg);
+    conv::register(reg);
 }
