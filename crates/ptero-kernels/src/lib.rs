@@ -22,6 +22,8 @@ pub mod util;
 
 mod activation;
 mod binary;
+mod conv;
+mod matmul;
 mod mutation;
 mod prim;
 mod unary;
@@ -40,6 +42,8 @@ pub fn portable() -> KernelRegistry {
 pub fn register_all(reg: &mut KernelRegistry) {
     activation::register(reg);
     binary::register(reg);
+    conv::register(reg);
+    matmul::register(reg);
     mutation::register(reg);
     prim::register(reg);
     unary::register(reg);

@@ -1,0 +1,995 @@
+//! Matrix products: mm, bmm, addmm and linear.
+//!
+//! Every op is lowered to one batched plan `C[b] = alpha * A[b] @ B[b] + beta * bias[b]`
+//! over arbitrary element strides, so transposed or channels-last operands need no copy.
+//! f32 has register-blocked kernels for the two layouts that matter (B rows contiguous,
+//! and A/B both contiguous along k, as in `x @ W^T`); other layouts and dtypes use a
+//! strided scalar path. Half and bfloat16 accumulate in f32, integers in wrapping i64.
+
+use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType, TensorMeta};
+
+use crate::util::{broadcast_strides, for_each_offset, load_f64, load_i64, store_f64, store_i64};
+
+/// One matrix inside a batch: element offset and row/column strides.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct View {
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View {
+    #[inline]
+    fn idx(&self, i: usize, j: usize) -> usize {
+        self.off + i * self.rs + j * self.cs
+    }
+}
+
+/// A batched product over tensor arguments.
+struct Plan {
+    batch: Dims,
+    /// Batch strides of A, B, C and the bias (0 where shared / broadcast).
+    bst: [Dims; 4],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: View,
+    bias: View,
+}
+
+impl Plan {
+    /// Folds trailing batch dims into `m` where A, C and bias step uniformly and B is
+    /// shared, so `linear` on `[B, T, in]` runs as one `[B*T, in]` product.
+    fn merge_batch(&mut self) {
+        while let Some(d) = self.batch.len().checked_sub(1) {
+            let [sa, sb, sc, sbias] = [
+                self.bst[0][d],
+                self.bst[1][d],
+                self.bst[2][d],
+                self.bst[3][d],
+            ];
+            let size = self.batch[d];
+            let ok = sb == 0
+                && (self.m == 1 || sa == self.a.rs * self.m)
+                && (self.m == 1 || sc == self.c.rs * self.m)
+                && (self.m == 1 || sbias == self.bias.rs * self.m);
+            if !ok || size == 0 {
+                return;
+            }
+            if self.m == 1 {
+                self.a.rs = sa;
+                self.c.rs = sc;
+                self.bias.rs = sbias;
+            }
+            self.m *= size;
+            self.batch.remove(d);
+            for s in self.bst.iter_mut() {
+                s.remove(d);
+            }
+        }
+    }
+}
+
+/// Scales applied after accumulation: `alpha * acc + beta * bias` (bias ignored when
+/// `beta == 0`, as PyTorch does, so NaNs in it do not propagate).
+#[derive(Clone, Copy)]
+struct Scales {
+    alpha: f64,
+    beta: f64,
+    alpha_i: i64,
+    beta_i: i64,
+}
+
+const ONE: Scales = Scales {
+    alpha: 1.0,
+    beta: 1.0,
+    alpha_i: 1,
+    beta_i: 1,
+};
+
+fn dims_of(s: &[usize]) -> Dims {
+    Dims::from_slice(s).unwrap_or_default()
+}
+
+fn check_same(a: &KernelArgs<'_>, args: &[usize], dtype: ScalarType) -> Result<()> {
+    for &i in args {
+        let t = a.meta(i)?.dtype;
+        if t != dtype {
+            return Err(Error::Dtype {
+                arg: i,
+                expected: alloc::format!("{dtype} (the same dtype as the other operands)"),
+                found: t,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_numeric(arg: usize, t: ScalarType) -> Result<()> {
+    if t == ScalarType::Bool || !t.is_numeric() {
+        return Err(Error::Dtype {
+            arg,
+            expected: "a real numeric dtype (not bool)".into(),
+            found: t,
+        });
+    }
+    Ok(())
+}
+
+fn rank_err(arg: usize, what: &str, m: &TensorMeta) -> Error {
+    Error::shape(alloc::format!(
+        "argument {arg}: expected {what}, found shape {:?}",
+        m.sizes()
+    ))
+}
+
+/// Bias view over the result shape `out` (broadcast), split into batch and matrix parts.
+fn bias_strides(bias: Option<&TensorMeta>, out: &[usize]) -> Result<(Dims, View)> {
+    let r = out.len();
+    let st = match bias {
+        Some(m) => broadcast_strides(m, out)?,
+        None => Dims::filled(r, 0).unwrap_or_default(),
+    };
+    let (rs, cs) = match r {
+        0 => (0, 0),
+        1 => (0, st[0]),
+        _ => (st[r - 2], st[r - 1]),
+    };
+    Ok((dims_of(&st[..r.saturating_sub(2)]), View { off: 0, rs, cs }))
+}
+
+/// Runs `plan` with tensors at args `ai`, `bi`, optional bias `biasi`, out `oi`.
+fn execute(
+    a: &KernelArgs<'_>,
+    plan: &Plan,
+    (ai, bi, biasi, oi): (usize, usize, Option<usize>, usize),
+    sc: Scales,
+) -> Result<()> {
+    let dtype = a.meta(oi)?.dtype;
+    let at = a.tensor(ai)?;
+    let bt = a.tensor(bi)?;
+    let biast = match biasi {
+        Some(i) if sc.beta != 0.0 || dtype.is_integral() && sc.beta_i != 0 => Some(a.tensor(i)?),
+        _ => None,
+    };
+    let mut ot = a.out(oi)?;
+    if plan.m == 0 || plan.n == 0 {
+        return Ok(());
+    }
+    let bst: [&[usize]; 4] = [&plan.bst[0], &plan.bst[1], &plan.bst[2], &plan.bst[3]];
+    let mut res = Ok(());
+    if dtype == ScalarType::Float {
+        let av = data(&at)?;
+        let bv = data(&bt)?;
+        let biasv = match &biast {
+            Some(t) => Some(data(t)?),
+            None => None,
+        };
+        let ov = data_mut(&mut ot)?;
+        for_each_offset(&plan.batch, bst, |[ao, bo, co, biaso]| {
+            if res.is_err() {
+                return;
+            }
+            let epi = Epi32 {
+                alpha: sc.alpha as f32,
+                beta: sc.beta as f32,
+                bias: biasv.map(|s| {
+                    (
+                        s,
+                        View {
+                            off: plan.bias.off + biaso,
+                            ..plan.bias
+                        },
+                    )
+                }),
+            };
+            res = gemm_f32(
+                av,
+                View {
+                    off: plan.a.off + ao,
+                    ..plan.a
+                },
+                bv,
+                View {
+                    off: plan.b.off + bo,
+                    ..plan.b
+                },
+                ov,
+                View {
+                    off: plan.c.off + co,
+                    ..plan.c
+                },
+                (plan.m, plan.n, plan.k),
+                &epi,
+            );
+        });
+        return res;
+    }
+    let (ab, bb, ob) = (at.bytes, bt.bytes, &mut *ot.bytes);
+    let biasb = biast.map(|t| t.bytes);
+    let (m, n, k) = (plan.m, plan.n, plan.k);
+    for_each_offset(&plan.batch, bst, |[ao, bo, co, biaso]| {
+        let av = View {
+            off: plan.a.off + ao,
+            ..plan.a
+        };
+        let bv = View {
+            off: plan.b.off + bo,
+            ..plan.b
+        };
+        let cv = View {
+            off: plan.c.off + co,
+            ..plan.c
+        };
+        let biasv = View {
+            off: plan.bias.off + biaso,
+            ..plan.bias
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let ci = cv.idx(i, j);
+                match dtype {
+                    ScalarType::Double => {
+                        let mut acc = 0.0f64;
+                        for p in 0..k {
+                            acc += load_f64(ab, dtype, av.idx(i, p))
+                                * load_f64(bb, dtype, bv.idx(p, j));
+                        }
+                        let mut v = sc.alpha * acc;
+                        if let Some(bb) = biasb {
+                            v += sc.beta * load_f64(bb, dtype, biasv.idx(i, j));
+                        }
+                        store_f64(ob, dtype, ci, v);
+                    }
+                    ScalarType::Half | ScalarType::BFloat16 => {
+                        let mut acc = 0.0f32;
+                        for p in 0..k {
+                            acc += load_f64(ab, dtype, av.idx(i, p)) as f32
+                                * load_f64(bb, dtype, bv.idx(p, j)) as f32;
+                        }
+                        let mut v = sc.alpha as f32 * acc;
+                        if let Some(bb) = biasb {
+                            v += sc.beta as f32 * load_f64(bb, dtype, biasv.idx(i, j)) as f32;
+                        }
+                        store_f64(ob, dtype, ci, v as f64);
+                    }
+                    _ => {
+                        let mut acc = 0i64;
+                        for p in 0..k {
+                            acc = acc.wrapping_add(
+                                load_i64(ab, dtype, av.idx(i, p)).wrapping_mul(load_i64(
+                                    bb,
+                                    dtype,
+                                    bv.idx(p, j),
+                                )),
+                            );
+                        }
+                        let mut v = sc.alpha_i.wrapping_mul(acc);
+                        if let Some(bb) = biasb {
+                            v = v.wrapping_add(sc.beta_i.wrapping_mul(load_i64(
+                                bb,
+                                dtype,
+                                biasv.idx(i, j),
+                            )));
+                        }
+                        store_i64(ob, dtype, ci, v);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Typed data of a tensor view; empty tensors give an empty slice whatever their
+/// (dangling) pointer's alignment.
+pub(crate) fn data<'s, T: ptero_core::Element>(t: &ptero_core::TensorRef<'s>) -> Result<&'s [T]> {
+    if t.bytes.is_empty() && t.dtype() == T::DTYPE {
+        return Ok(&[]);
+    }
+    t.data::<T>()
+}
+
+/// Mutable counterpart of [`data`].
+pub(crate) fn data_mut<'s, T: ptero_core::Element>(
+    t: &'s mut ptero_core::TensorMut<'_>,
+) -> Result<&'s mut [T]> {
+    if t.bytes.is_empty() && t.dtype() == T::DTYPE {
+        return Ok(&mut []);
+    }
+    t.data::<T>()
+}
+
+struct Epi32<'s> {
+    alpha: f32,
+    beta: f32,
+    bias: Option<(&'s [f32], View)>,
+}
+
+impl Epi32<'_> {
+    #[inline]
+    fn put(&self, c: &mut [f32], cv: View, i: usize, j: usize, acc: f32) {
+        let mut v = if self.alpha == 1.0 {
+            acc
+        } else {
+            self.alpha * acc
+        };
+        if let Some((b, bv)) = self.bias {
+            let x = b.get(bv.idx(i, j)).copied().unwrap_or(0.0);
+            v += if self.beta == 1.0 { x } else { self.beta * x };
+        }
+        if let Some(o) = c.get_mut(cv.idx(i, j)) {
+            *o = v;
+        }
+    }
+}
+
+#[inline]
+fn ld(s: &[f32], i: usize) -> f32 {
+    s.get(i).copied().unwrap_or(0.0)
+}
+
+fn oob() -> Error {
+    Error::OutOfBounds("matrix operand view exceeds its tensor".into())
+}
+
+/// f32 product of one batch entry: `C = epi(A @ B)`, `A` m×k, `B` k×n.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    c: &mut [f32],
+    cv: View,
+    (m, n, k): (usize, usize, usize),
+    epi: &Epi32<'_>,
+) -> Result<()> {
+    if bv.cs == 1 && n >= 8 {
+        return gemm_f32_rows(a, av, b, bv, c, cv, (m, n, k), epi);
+    }
+    if av.cs == 1 && bv.rs == 1 && k >= 8 {
+        return gemm_f32_dots(a, av, b, bv, c, cv, (m, n, k), epi);
+    }
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                acc += ld(a, av.idx(i, p)) * ld(b, bv.idx(p, j));
+            }
+            epi.put(c, cv, i, j, acc);
+        }
+    }
+    Ok(())
+}
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+/// B's rows are contiguous: a 4×8 register tile accumulates rank-1 updates, each B row
+/// chunk feeding 32 multiply-adds.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32_rows(
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    c: &mut [f32],
+    cv: View,
+    (m, n, k): (usize, usize, usize),
+    epi: &Epi32<'_>,
+) -> Result<()> {
+    let mut i = 0;
+    while i < m {
+        let mr = MR.min(m - i);
+        let mut j = 0;
+        while j < n {
+            let nr = NR.min(n - j);
+            let mut acc = [[0.0f32; NR]; MR];
+            if mr == MR && nr == NR {
+                for p in 0..k {
+                    let s = bv.idx(p, j);
+                    let brow: &[f32; NR] = b
+                        .get(s..s + NR)
+                        .and_then(|x| x.try_into().ok())
+                        .ok_or_else(oob)?;
+                    for (r, accr) in acc.iter_mut().enumerate() {
+                        let x = ld(a, av.idx(i + r, p));
+                        for (o, y) in accr.iter_mut().zip(brow) {
+                            *o += x * y;
+                        }
+                    }
+                }
+            } else {
+                for p in 0..k {
+                    for (r, accr) in acc.iter_mut().enumerate().take(mr) {
+                        let x = ld(a, av.idx(i + r, p));
+                        for (l, o) in accr.iter_mut().enumerate().take(nr) {
+                            *o += x * ld(b, bv.idx(p, j + l));
+                        }
+                    }
+                }
+            }
+            for (r, accr) in acc.iter().enumerate().take(mr) {
+                for (l, &v) in accr.iter().enumerate().take(nr) {
+                    epi.put(c, cv, i + r, j + l, v);
+                }
+            }
+            j += NR;
+        }
+        i += MR;
+    }
+    Ok(())
+}
+
+/// A's rows and B's columns are contiguous along k (`x @ W^T`): dot products of one A
+/// row against four B columns at once, in 8 independent lanes so they vectorize.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32_dots(
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    c: &mut [f32],
+    cv: View,
+    (m, n, k): (usize, usize, usize),
+    epi: &Epi32<'_>,
+) -> Result<()> {
+    fn row(s: &[f32], off: usize, k: usize) -> Result<&[f32]> {
+        s.get(off..off + k).ok_or_else(oob)
+    }
+    for i in 0..m {
+        let x = row(a, av.idx(i, 0), k)?;
+        let mut j = 0;
+        while j + 4 <= n {
+            let w = [
+                row(b, bv.idx(0, j), k)?,
+                row(b, bv.idx(0, j + 1), k)?,
+                row(b, bv.idx(0, j + 2), k)?,
+                row(b, bv.idx(0, j + 3), k)?,
+            ];
+            let mut acc = [[0.0f32; 8]; 4];
+            let xc = x.chunks_exact(8);
+            let tail = xc.remainder();
+            for (q, xs) in xc.enumerate() {
+                let base = q * 8;
+                for (accq, wq) in acc.iter_mut().zip(&w) {
+                    if let Some(ws) = wq.get(base..base + 8) {
+                        for l in 0..8 {
+                            accq[l] += xs[l] * ws[l];
+                        }
+                    }
+                }
+            }
+            let t0 = k - tail.len();
+            for (q, (accq, wq)) in acc.iter().zip(&w).enumerate() {
+                let mut s = hsum(accq);
+                for (p, xv) in tail.iter().enumerate() {
+                    s += xv * wq.get(t0 + p).copied().unwrap_or(0.0);
+                }
+                epi.put(c, cv, i, j + q, s);
+            }
+            j += 4;
+        }
+        while j < n {
+            let w = row(b, bv.idx(0, j), k)?;
+            let mut acc = [0.0f32; 8];
+            let xc = x.chunks_exact(8);
+            let tail = xc.remainder();
+            for (xs, ws) in xc.zip(w.chunks_exact(8)) {
+                for l in 0..8 {
+                    acc[l] += xs[l] * ws[l];
+                }
+            }
+            let t0 = k - tail.len();
+            let mut s = hsum(&acc);
+            for (p, xv) in tail.iter().enumerate() {
+                s += xv * w.get(t0 + p).copied().unwrap_or(0.0);
+            }
+            epi.put(c, cv, i, j, s);
+            j += 1;
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn hsum(v: &[f32; 8]) -> f32 {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
+fn view2(m: &TensorMeta) -> View {
+    let st = m.strides();
+    let r = st.len();
+    View {
+        off: 0,
+        rs: st[r - 2],
+        cs: st[r - 1],
+    }
+}
+
+fn mm_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(3)?;
+    let (x, y) = (a.meta(0)?, a.meta(1)?);
+    if x.dim() != 2 {
+        return Err(rank_err(0, "a 2-d matrix", x));
+    }
+    if y.dim() != 2 {
+        return Err(rank_err(1, "a 2-d matrix", y));
+    }
+    let (m, k, n) = (x.sizes()[0], x.sizes()[1], y.sizes()[1]);
+    if y.sizes()[0] != k {
+        return Err(Error::shape(alloc::format!(
+            "mm: cannot multiply {:?} by {:?}",
+            x.sizes(),
+            y.sizes()
+        )));
+    }
+    let dtype = x.dtype;
+    check_numeric(0, dtype)?;
+    check_same(a, &[1, 2], dtype)?;
+    a.resize(2, &[m, n])?;
+    let plan = Plan {
+        batch: Dims::new(),
+        bst: [Dims::new(); 4],
+        m,
+        n,
+        k,
+        a: view2(a.meta(0)?),
+        b: view2(a.meta(1)?),
+        c: view2(a.meta(2)?),
+        bias: View::default(),
+    };
+    execute(a, &plan, (0, 1, None, 2), ONE)
+}
+
+fn bmm_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(3)?;
+    let (x, y) = (a.meta(0)?, a.meta(1)?);
+    if x.dim() != 3 {
+        return Err(rank_err(0, "a 3-d batch of matrices", x));
+    }
+    if y.dim() != 3 {
+        return Err(rank_err(1, "a 3-d batch of matrices", y));
+    }
+    let (bs, m, k) = (x.sizes()[0], x.sizes()[1], x.sizes()[2]);
+    let n = y.sizes()[2];
+    if y.sizes()[0] != bs || y.sizes()[1] != k {
+        return Err(Error::shape(alloc::format!(
+            "bmm: cannot multiply {:?} by {:?}",
+            x.sizes(),
+            y.sizes()
+        )));
+    }
+    let dtype = x.dtype;
+    check_numeric(0, dtype)?;
+    check_same(a, &[1, 2], dtype)?;
+    a.resize(2, &[bs, m, n])?;
+    let st = |i: usize| -> Result<Dims> { Ok(dims_of(&a.meta(i)?.strides()[..1])) };
+    let plan = Plan {
+        batch: dims_of(&[bs]),
+        bst: [st(0)?, st(1)?, st(2)?, dims_of(&[0])],
+        m,
+        n,
+        k,
+        a: view2(a.meta(0)?),
+        b: view2(a.meta(1)?),
+        c: view2(a.meta(2)?),
+        bias: View::default(),
+    };
+    execute(a, &plan, (0, 1, None, 2), ONE)
+}
+
+fn addmm_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(6)?;
+    let (x, y) = (a.meta(1)?, a.meta(2)?);
+    if x.dim() != 2 {
+        return Err(rank_err(1, "a 2-d matrix", x));
+    }
+    if y.dim() != 2 {
+        return Err(rank_err(2, "a 2-d matrix", y));
+    }
+    let (m, k, n) = (x.sizes()[0], x.sizes()[1], y.sizes()[1]);
+    if y.sizes()[0] != k {
+        return Err(Error::shape(alloc::format!(
+            "addmm: cannot multiply {:?} by {:?}",
+            x.sizes(),
+            y.sizes()
+        )));
+    }
+    let dtype = a.meta(0)?.dtype;
+    check_numeric(0, dtype)?;
+    check_same(a, &[1, 2, 5], dtype)?;
+    let (beta, alpha) = (a.scalar(3)?, a.scalar(4)?);
+    if dtype.is_integral()
+        && (matches!(beta, ptero_core::Scalar::Double(_))
+            || matches!(alpha, ptero_core::Scalar::Double(_)))
+    {
+        return Err(Error::invalid(
+            "addmm: alpha and beta must be integers for integral tensors",
+        ));
+    }
+    a.resize(5, &[m, n])?;
+    let (_, bias) = bias_strides(Some(a.meta(0)?), &[m, n])?;
+    let plan = Plan {
+        batch: Dims::new(),
+        bst: [Dims::new(); 4],
+        m,
+        n,
+        k,
+        a: view2(a.meta(1)?),
+        b: view2(a.meta(2)?),
+        c: view2(a.meta(5)?),
+        bias,
+    };
+    let sc = Scales {
+        alpha: alpha.to_f64(),
+        beta: beta.to_f64(),
+        alpha_i: alpha.to_i64(),
+        beta_i: beta.to_i64(),
+    };
+    execute(a, &plan, (1, 2, Some(0), 5), sc)
+}
+
+fn linear_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(4)?;
+    let (x, w) = (a.meta(0)?, a.meta(1)?);
+    if w.dim() != 2 {
+        return Err(rank_err(1, "a 2-d weight [out_features, in_features]", w));
+    }
+    if x.dim() == 0 {
+        return Err(rank_err(0, "an input of at least 1 dimension", x));
+    }
+    let (outf, inf) = (w.sizes()[0], w.sizes()[1]);
+    let r = x.dim();
+    if x.sizes()[r - 1] != inf {
+        return Err(Error::shape(alloc::format!(
+            "linear: input {:?} does not end in in_features {inf} of weight {:?}",
+            x.sizes(),
+            w.sizes()
+        )));
+    }
+    let dtype = x.dtype;
+    check_numeric(0, dtype)?;
+    let has_bias = a.opt_meta(2)?.is_some();
+    check_same(a, &[1, 3], dtype)?;
+    if has_bias {
+        check_same(a, &[2], dtype)?;
+    }
+    let mut shape = x.dims();
+    shape[r - 1] = outf;
+    a.resize(3, &shape)?;
+    let xm = a.meta(0)?;
+    let om = a.meta(3)?;
+    let (xs, os) = (xm.strides(), om.strides());
+    let wm = a.meta(1)?;
+    // y = x W^T: B[k][n] = W[n][k].
+    let b = View {
+        off: 0,
+        rs: wm.strides()[1],
+        cs: wm.strides()[0],
+    };
+    let (bias_b, bias) = bias_strides(a.opt_meta(2)?, &shape)?;
+    let (batch, m, av, cv, bst) = if r == 1 {
+        (
+            Dims::new(),
+            1,
+            View {
+                off: 0,
+                rs: 0,
+                cs: xs[0],
+            },
+            View {
+                off: 0,
+                rs: 0,
+                cs: os[0],
+            },
+            [Dims::new(); 4],
+        )
+    } else {
+        let nb = r - 2;
+        (
+            dims_of(&shape[..nb]),
+            shape[r - 2],
+            View {
+                off: 0,
+                rs: xs[r - 2],
+                cs: xs[r - 1],
+            },
+            View {
+                off: 0,
+                rs: os[r - 2],
+                cs: os[r - 1],
+            },
+            [
+                dims_of(&xs[..nb]),
+                Dims::filled(nb, 0).unwrap_or_default(),
+                dims_of(&os[..nb]),
+                bias_b,
+            ],
+        )
+    };
+    let mut plan = Plan {
+        batch,
+        bst,
+        m,
+        n: outf,
+        k: inf,
+        a: av,
+        b,
+        c: cv,
+        bias,
+    };
+    plan.merge_batch();
+    let bias_arg = if has_bias { Some(2) } else { None };
+    execute(a, &plan, (0, 1, bias_arg, 3), ONE)
+}
+
+pub(crate) fn register(reg: &mut KernelRegistry) {
+    reg.register("aten::mm.out", mm_out);
+    reg.register("aten::bmm.out", bmm_out);
+    reg.register("aten::addmm.out", addmm_out);
+    reg.register("aten::linear.out", linear_out);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use ptero_core::ScalarType::{self, *};
+
+    fn seq(n: usize, scale: f64) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7 + 3) % 11) as f64 * scale - 2.0)
+            .collect()
+    }
+
+    /// Reference: row-major a [m,k] @ b [k,n].
+    fn mm_ref(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn t(dtype: ScalarType, s: &[usize], v: &[f64]) -> OwnedTensor {
+        OwnedTensor::from_f64(dtype, s, v)
+    }
+
+    fn transpose(v: &[f64], r: usize, c: usize) -> Vec<f64> {
+        let mut o = vec![0.0; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                o[j * r + i] = v[i * c + j];
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn mm_sizes_and_dtypes() {
+        // Sizes straddle the 4x8 tile and the 8-lane dot kernels.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 5, 2),
+            (5, 9, 17),
+            (9, 16, 8),
+            (4, 8, 8),
+            (2, 0, 3),
+        ] {
+            let av = seq(m * k, 0.5);
+            let bv = seq(k * n, 0.25);
+            let want = mm_ref(&av, &bv, m, k, n);
+            for dtype in [Float, Double, Long, Half, BFloat16, Int] {
+                let (av, bv, want) = if dtype.is_integral() {
+                    let r = |v: &[f64]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
+                    let (a2, b2) = (r(&av), r(&bv));
+                    let w = mm_ref(&a2, &b2, m, k, n);
+                    (a2, b2, w)
+                } else {
+                    (av.clone(), bv.clone(), want.clone())
+                };
+                let out = run_op(
+                    "aten::mm.out",
+                    vec![
+                        Arg::T(t(dtype, &[m, k], &av)),
+                        Arg::T(t(dtype, &[k, n], &bv)),
+                        Arg::Out(dtype, vec![m, n]),
+                    ],
+                )
+                .unwrap();
+                assert_eq!(out.tensors[0].sizes, [m, n]);
+                let tol = if matches!(dtype, Half | BFloat16) {
+                    0.1
+                } else {
+                    1e-5
+                };
+                assert_close(&out.tensors[0].to_f64(), &want, tol, tol);
+            }
+            // Transposed B (dim order [1, 0]) takes the dot kernel.
+            let bt = t(Float, &[k, n], &bv).with_dim_order(&[1, 0]);
+            let out = run_op(
+                "aten::mm.out",
+                vec![
+                    Arg::T(t(Float, &[m, k], &av)),
+                    Arg::T(bt),
+                    Arg::Out(Float, vec![m, n]),
+                ],
+            )
+            .unwrap();
+            assert_close(&out.tensors[0].to_f64(), &want, 1e-5, 1e-5);
+        }
+    }
+
+    #[test]
+    fn bmm_and_addmm() {
+        let (bs, m, k, n) = (2, 3, 4, 9);
+        let av = seq(bs * m * k, 0.3);
+        let bv = seq(bs * k * n, 0.2);
+        let mut want = Vec::new();
+        for b in 0..bs {
+            want.extend(mm_ref(
+                &av[b * m * k..][..m * k],
+                &bv[b * k * n..][..k * n],
+                m,
+                k,
+                n,
+            ));
+        }
+        let out = run_op(
+            "aten::bmm.out",
+            vec![
+                Arg::T(t(Float, &[bs, m, k], &av)),
+                Arg::T(t(Float, &[bs, k, n], &bv).with_dim_order(&[0, 2, 1])),
+                Arg::Out(Float, vec![bs, m, n]),
+            ],
+        )
+        .unwrap();
+        assert_close(&out.tensors[0].to_f64(), &want, 1e-5, 1e-5);
+
+        // addmm: bias [n] broadcast, beta 0.5, alpha 2.
+        let (a2, b2) = (&av[..m * k], &bv[..k * n]);
+        let bias: Vec<f64> = (0..n).map(|j| j as f64).collect();
+        let p = mm_ref(a2, b2, m, k, n);
+        let want: Vec<f64> = (0..m * n).map(|i| 2.0 * p[i] + 0.5 * bias[i % n]).collect();
+        for dtype in [Float, Double] {
+            let out = run_op(
+                "aten::addmm.out",
+                vec![
+                    Arg::T(t(dtype, &[n], &bias)),
+                    Arg::T(t(dtype, &[m, k], a2)),
+                    Arg::T(t(dtype, &[k, n], b2)),
+                    Arg::Double(0.5),
+                    Arg::Double(2.0),
+                    Arg::Out(dtype, vec![m, n]),
+                ],
+            )
+            .unwrap();
+            assert_close(&out.tensors[0].to_f64(), &want, 1e-5, 1e-5);
+        }
+        // beta = 0 ignores NaN in self.
+        let out = run_op(
+            "aten::addmm.out",
+            vec![
+                Arg::T(t(Float, &[], &[f64::NAN])),
+                Arg::T(t(Float, &[1, 1], &[2.0])),
+                Arg::T(t(Float, &[1, 1], &[3.0])),
+                Arg::Int(0),
+                Arg::Int(1),
+                Arg::Out(Float, vec![1, 1]),
+            ],
+        )
+        .unwrap();
+        assert_close(&out.tensors[0].to_f64(), &[6.0], 0.0, 0.0);
+        // Integer addmm.
+        let out = run_op(
+            "aten::addmm.out",
+            vec![
+                Arg::T(t(Long, &[2, 1], &[1.0, 2.0])),
+                Arg::T(t(Long, &[2, 2], &[1.0, 2.0, 3.0, 4.0])),
+                Arg::T(t(Long, &[2, 2], &[1.0, 0.0, 0.0, 1.0])),
+                Arg::Int(3),
+                Arg::Int(2),
+                Arg::Out(Long, vec![2, 2]),
+            ],
+        )
+        .unwrap();
+        assert_close(&out.tensors[0].to_f64(), &[5.0, 7.0, 12.0, 14.0], 0.0, 0.0);
+    }
+
+    #[test]
+    fn linear_shapes_layouts() {
+        let (inf, outf) = (19, 10);
+        let w = seq(outf * inf, 0.1);
+        let bias = seq(outf, 0.3);
+        let wt = transpose(&w, outf, inf);
+        for lead in [vec![], vec![3], vec![2, 3], vec![0, 3]] {
+            let rows: usize = lead.iter().product();
+            let x = seq(rows * inf, 0.2);
+            let mut want = mm_ref(&x, &wt, rows, inf, outf);
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += bias[i % outf];
+            }
+            let mut xs = lead.clone();
+            xs.push(inf);
+            let mut os = lead.clone();
+            os.push(outf);
+            for worder in [[0u8, 1], [1, 0]] {
+                let out = run_op(
+                    "aten::linear.out",
+                    vec![
+                        Arg::T(t(Float, &xs, &x)),
+                        Arg::T(t(Float, &[outf, inf], &w).with_dim_order(&worder)),
+                        Arg::T(t(Float, &[outf], &bias)),
+                        Arg::Out(Float, os.clone()),
+                    ],
+                )
+                .unwrap();
+                assert_eq!(out.tensors[0].sizes, os);
+                assert_close(&out.tensors[0].to_f64(), &want, 1e-4, 1e-5);
+            }
+        }
+        // No bias, channels-last-like 3-d input (dim order [1, 0, 2]).
+        let x = seq(2 * 3 * inf, 0.2);
+        let want = mm_ref(&x, &wt, 6, inf, outf);
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(t(Float, &[2, 3, inf], &x).with_dim_order(&[1, 0, 2])),
+                Arg::T(t(Float, &[outf, inf], &w)),
+                Arg::None,
+                Arg::Out(Float, vec![2, 3, outf]),
+            ],
+        )
+        .unwrap();
+        assert_close(&out.tensors[0].to_f64(), &want, 1e-4, 1e-5);
+    }
+
+    #[test]
+    fn errors() {
+        let a = t(Float, &[2, 3], &[0.0; 6]);
+        let b = t(Float, &[2, 3], &[0.0; 6]);
+        assert!(run_op(
+            "aten::mm.out",
+            vec![Arg::T(a.clone()), Arg::T(b), Arg::Out(Float, vec![2, 3])]
+        )
+        .is_err());
+        let d = t(Double, &[3, 2], &[0.0; 6]);
+        assert!(run_op(
+            "aten::mm.out",
+            vec![Arg::T(a.clone()), Arg::T(d), Arg::Out(Float, vec![2, 2])]
+        )
+        .is_err());
+        assert!(run_op(
+            "aten::bmm.out",
+            vec![
+                Arg::T(a.clone()),
+                Arg::T(a.clone()),
+                Arg::Out(Float, vec![2, 2])
+            ]
+        )
+        .is_err());
+        assert!(run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(a.clone()),
+                Arg::T(t(Float, &[4, 2], &[0.0; 8])),
+                Arg::None,
+                Arg::Out(Float, vec![2, 4])
+            ]
+        )
+        .is_err());
+        let bo = OwnedTensor::bools(&[1, 1], &[true]);
+        assert!(run_op(
+            "aten::mm.out",
+            vec![Arg::T(bo.clone()), Arg::T(bo), Arg::Out(Bool, vec![1, 1])]
+        )
+        .is_err());
+    }
+}
