@@ -19,6 +19,8 @@ use ptero_core::KernelRegistry;
 pub mod util;
 
 mod binary;
+mod copy;
+mod shape;
 
 #[doc(hidden)]
 pub mod testing;
@@ -33,4 +35,6 @@ pub fn portable() -> KernelRegistry {
 /// Adds every portable kernel to `reg`.
 pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
+    copy::register(reg);
+    shape::register(reg);
 }
