@@ -20,6 +20,7 @@ pub mod util;
 
 mod binary;
 mod copy;
+mod index;
 mod shape;
 
 #[doc(hidden)]
@@ -37,4 +38,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
     copy::register(reg);
     shape::register(reg);
+    index::register(reg);
 }
