@@ -23,9 +23,12 @@ pub mod util;
 mod activation;
 mod binary;
 mod conv;
+mod copy;
+mod index;
 mod matmul;
 mod mutation;
 mod prim;
+mod shape;
 mod unary;
 
 #[doc(hidden)]
@@ -43,8 +46,11 @@ pub fn register_all(reg: &mut KernelRegistry) {
     activation::register(reg);
     binary::register(reg);
     conv::register(reg);
+    copy::register(reg);
+    index::register(reg);
     matmul::register(reg);
     mutation::register(reg);
     prim::register(reg);
+    shape::register(reg);
     unary::register(reg);
 }

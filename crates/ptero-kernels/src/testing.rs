@@ -143,6 +143,9 @@ pub enum Arg {
     OptTensors(Vec<Option<OwnedTensor>>),
     /// A list of outputs (e.g. `split_copy`): dtype and initial shapes.
     OutList(ScalarType, Vec<Vec<usize>>),
+    /// An output with the dtype, initial shape and dim order of the given tensor (e.g. a
+    /// channels-last out).
+    OutLike(OwnedTensor),
 }
 
 /// Output of [`run`]: out tensors (and list items) in argument order, plus scalar results.
@@ -185,6 +188,11 @@ pub fn run(kernel: KernelFn, args: Vec<Arg>) -> Result<Outputs> {
                     &OwnedTensor::zeros(*dtype, sizes),
                     true,
                 );
+                outs.push(i);
+                i
+            }
+            Arg::OutLike(t) => {
+                let i = add_tensor(&mut values, &mut memory, t, true);
                 outs.push(i);
                 i
             }

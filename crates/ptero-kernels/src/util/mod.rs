@@ -1,6 +1,7 @@
 //! Machinery shared by the kernels: broadcasting, strided iteration over any dim order,
 //! dtype-generic element access and type promotion.
 
+pub mod copy;
 mod elem_io;
 pub mod elementwise;
 mod strided;
