@@ -21,6 +21,7 @@ pub mod util;
 mod binary;
 mod copy;
 mod index;
+mod reduce;
 mod shape;
 
 #[doc(hidden)]
@@ -39,4 +40,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     copy::register(reg);
     shape::register(reg);
     index::register(reg);
+    reduce::register(reg);
 }
