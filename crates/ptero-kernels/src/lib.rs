@@ -20,6 +20,7 @@ pub mod util;
 
 mod binary;
 mod copy;
+mod creation;
 mod index;
 mod reduce;
 mod shape;
@@ -41,4 +42,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     shape::register(reg);
     index::register(reg);
     reduce::register(reg);
+    creation::register(reg);
 }
