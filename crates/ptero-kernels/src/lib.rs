@@ -24,10 +24,12 @@ mod activation;
 mod binary;
 mod conv;
 mod copy;
+mod creation;
 mod index;
 mod matmul;
 mod mutation;
 mod prim;
+mod reduce;
 mod shape;
 mod unary;
 
@@ -47,10 +49,12 @@ pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
     conv::register(reg);
     copy::register(reg);
+    creation::register(reg);
     index::register(reg);
     matmul::register(reg);
     mutation::register(reg);
     prim::register(reg);
+    reduce::register(reg);
     shape::register(reg);
     unary::register(reg);
 }
