@@ -20,6 +20,7 @@ pub mod util;
 
 mod activation;
 mod binary;
+mod compare;
 mod unary;
 
 #[doc(hidden)]
@@ -37,4 +38,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
     unary::register(reg);
     activation::register(reg);
+    compare::register(reg);
 }
