@@ -22,6 +22,7 @@ mod activation;
 mod binary;
 mod compare;
 mod unary;
+mod where_op;
 
 #[doc(hidden)]
 pub mod testing;
@@ -39,4 +40,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     unary::register(reg);
     activation::register(reg);
     compare::register(reg);
+    where_op::register(reg);
 }
