@@ -21,6 +21,7 @@ pub mod util;
 mod activation;
 mod binary;
 mod compare;
+mod logical;
 mod unary;
 mod where_op;
 
@@ -41,4 +42,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     activation::register(reg);
     compare::register(reg);
     where_op::register(reg);
+    logical::register(reg);
 }
