@@ -22,16 +22,19 @@ pub mod util;
 
 mod activation;
 mod binary;
+mod compare;
 mod conv;
 mod copy;
 mod creation;
 mod index;
+mod logical;
 mod matmul;
 mod mutation;
 mod prim;
 mod reduce;
 mod shape;
 mod unary;
+mod where_op;
 
 #[doc(hidden)]
 pub mod testing;
@@ -47,14 +50,17 @@ pub fn portable() -> KernelRegistry {
 pub fn register_all(reg: &mut KernelRegistry) {
     activation::register(reg);
     binary::register(reg);
+    compare::register(reg);
     conv::register(reg);
     copy::register(reg);
     creation::register(reg);
     index::register(reg);
+    logical::register(reg);
     matmul::register(reg);
     mutation::register(reg);
     prim::register(reg);
     reduce::register(reg);
     shape::register(reg);
     unary::register(reg);
+    where_op::register(reg);
 }

@@ -1,0 +1,374 @@
+//! Selection by a mask: `where(condition, self, other)` and `masked_fill(self, mask, value)`,
+//! broadcasting every operand.
+
+use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
+
+use crate::util::elementwise::{result_type, Operand};
+use crate::util::unary::{check_can_cast, round_to, store_scalar, strides_of};
+use crate::util::{
+    broadcast_shapes, broadcast_strides, for_each_offset, load_bool, load_f64, load_i64,
+    same_layout, store_bool, store_f64, store_i64, ComputeKind,
+};
+
+/// Copies element `src_i` of `src` to element `dst_i` of `dst` (both of `es` bytes).
+#[inline]
+fn copy_elem(dst: &mut [u8], dst_i: usize, src: &[u8], src_i: usize, es: usize) {
+    let (d, s) = (dst_i * es, src_i * es);
+    if let (Some(d), Some(s)) = (dst.get_mut(d..d + es), src.get(s..s + es)) {
+        d.copy_from_slice(s);
+    }
+}
+
+fn where_self_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(4)?;
+    let cd = a.meta(0)?.dtype;
+    if !matches!(cd, ScalarType::Bool | ScalarType::Byte) {
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "bool (condition)".into(),
+            found: cd,
+        });
+    }
+    let c = result_type(a, Operand::Tensor(1), Operand::Tensor(2))?;
+    let shape = broadcast_shapes(a.meta(0)?.sizes(), a.meta(1)?.sizes())?;
+    let shape = broadcast_shapes(&shape, a.meta(2)?.sizes())?;
+    a.resize(3, &shape)?;
+    let (xd, yd, od) = (a.meta(1)?.dtype, a.meta(2)?.dtype, a.meta(3)?.dtype);
+    check_can_cast(3, c, od)?;
+    let kind = ComputeKind::of(c)?;
+    if shape.contains(&0) {
+        return Ok(());
+    }
+
+    if xd == ScalarType::Float
+        && yd == ScalarType::Float
+        && od == ScalarType::Float
+        && same_layout(&shape, &[a.meta(0)?, a.meta(1)?, a.meta(2)?, a.meta(3)?])
+    {
+        let (cv, xv, yv) = (a.tensor(0)?, a.tensor(1)?, a.tensor(2)?);
+        let (x, y) = (xv.data::<f32>()?, yv.data::<f32>()?);
+        let mut ov = a.out(3)?;
+        let o = ov.data::<f32>()?;
+        for (i, (o, m)) in o.iter_mut().zip(cv.bytes).enumerate() {
+            let src = if *m != 0 { x } else { y };
+            *o = src.get(i).copied().unwrap_or(0.0);
+        }
+        return Ok(());
+    }
+
+    let cs = broadcast_strides(a.meta(0)?, &shape)?;
+    let xs = broadcast_strides(a.meta(1)?, &shape)?;
+    let ys = broadcast_strides(a.meta(2)?, &shape)?;
+    let os = strides_of(a, 3)?;
+    let (cv, xv, yv) = (a.tensor(0)?, a.tensor(1)?, a.tensor(2)?);
+    let (cb, xb, yb) = (cv.bytes, xv.bytes, yv.bytes);
+    let ov = a.out(3)?;
+    let ob = &mut *ov.bytes;
+    let cond = |o: usize| cb.get(o).is_some_and(|b| *b != 0);
+    if xd == od && yd == od {
+        // No conversion: move the element bytes.
+        let es = od.size();
+        for_each_offset(&shape, [&os, &cs, &xs, &ys], |[oo, co, xo, yo]| {
+            if cond(co) {
+                copy_elem(ob, oo, xb, xo, es);
+            } else {
+                copy_elem(ob, oo, yb, yo, es);
+            }
+        });
+        return Ok(());
+    }
+    for_each_offset(&shape, [&os, &cs, &xs, &ys], |[oo, co, xo, yo]| {
+        let (b, t, off) = if cond(co) { (xb, xd, xo) } else { (yb, yd, yo) };
+        match kind {
+            ComputeKind::Float => store_f64(ob, od, oo, round_to(c, load_f64(b, t, off))),
+            ComputeKind::Int => store_i64(ob, od, oo, load_i64(b, t, off)),
+            ComputeKind::Bool => store_bool(ob, od, oo, load_bool(b, t, off)),
+        }
+    });
+    Ok(())
+}
+
+fn masked_fill_scalar_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(4)?;
+    let md = a.meta(1)?.dtype;
+    if md != ScalarType::Bool {
+        return Err(Error::Dtype {
+            arg: 1,
+            expected: "bool (mask)".into(),
+            found: md,
+        });
+    }
+    let xd = a.meta(0)?.dtype;
+    let value = a.scalar(2)?;
+    let shape = broadcast_shapes(a.meta(0)?.sizes(), a.meta(1)?.sizes())?;
+    a.resize(3, &shape)?;
+    let od = a.meta(3)?.dtype;
+    if od != xd {
+        return Err(Error::Dtype {
+            arg: 3,
+            expected: alloc::format!("{xd} (the dtype of self)"),
+            found: od,
+        });
+    }
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    let es = od.size();
+    let mut fill = [0u8; 8];
+    store_scalar(&mut fill, od, 0, value);
+    let xs = broadcast_strides(a.meta(0)?, &shape)?;
+    let ms = broadcast_strides(a.meta(1)?, &shape)?;
+    let os = strides_of(a, 3)?;
+    let (xv, mv) = (a.tensor(0)?, a.tensor(1)?);
+    let (xb, mb) = (xv.bytes, mv.bytes);
+    let ov = a.out(3)?;
+    let ob = &mut *ov.bytes;
+    for_each_offset(&shape, [&os, &xs, &ms], |[oo, xo, mo]| {
+        if mb.get(mo).is_some_and(|b| *b != 0) {
+            copy_elem(ob, oo, &fill, 0, es);
+        } else {
+            copy_elem(ob, oo, xb, xo, es);
+        }
+    });
+    Ok(())
+}
+
+pub(crate) fn register(reg: &mut KernelRegistry) {
+    reg.register("aten::where.self_out", where_self_out);
+    reg.register("aten::masked_fill.Scalar_out", masked_fill_scalar_out);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use ptero_core::ScalarType::{self, *};
+
+    fn t(dt: ScalarType, s: &[usize], v: &[f64]) -> Arg {
+        Arg::T(OwnedTensor::from_f64(dt, s, v))
+    }
+    fn b(s: &[usize], v: &[bool]) -> Arg {
+        Arg::T(OwnedTensor::bools(s, v))
+    }
+
+    #[test]
+    fn table() {
+        type Case = (&'static str, Vec<Arg>, Vec<usize>, ScalarType, Vec<f64>);
+        let cases: Vec<Case> = vec![
+            (
+                "aten::where.self_out",
+                vec![
+                    b(&[3], &[true, false, true]),
+                    t(Float, &[3], &[1., 2., 3.]),
+                    t(Float, &[3], &[-1., -2., -3.]),
+                    Arg::Out(Float, vec![3]),
+                ],
+                vec![3],
+                Float,
+                vec![1., -2., 3.],
+            ),
+            // Three-way broadcast.
+            (
+                "aten::where.self_out",
+                vec![
+                    b(&[2, 1], &[true, false]),
+                    t(Float, &[3], &[1., 2., 3.]),
+                    t(Float, &[], &[0.]),
+                    Arg::Out(Float, vec![2, 3]),
+                ],
+                vec![2, 3],
+                Float,
+                vec![1., 2., 3., 0., 0., 0.],
+            ),
+            // Mixed dtypes promote: int32 and float64 give float64.
+            (
+                "aten::where.self_out",
+                vec![
+                    b(&[2], &[true, false]),
+                    t(Int, &[2], &[7., 8.]),
+                    t(Double, &[2], &[0.5, 1.5]),
+                    Arg::Out(Double, vec![2]),
+                ],
+                vec![2],
+                Double,
+                vec![7., 1.5],
+            ),
+            (
+                "aten::where.self_out",
+                vec![
+                    t(Byte, &[2], &[0., 3.]),
+                    t(Long, &[2], &[7., 8.]),
+                    t(Long, &[2], &[1., 2.]),
+                    Arg::Out(Long, vec![2]),
+                ],
+                vec![2],
+                Long,
+                vec![1., 8.],
+            ),
+            (
+                "aten::where.self_out",
+                vec![
+                    b(&[], &[false]),
+                    t(Half, &[], &[1.]),
+                    t(Half, &[], &[2.]),
+                    Arg::Out(Half, vec![]),
+                ],
+                vec![],
+                Half,
+                vec![2.],
+            ),
+            (
+                "aten::where.self_out",
+                vec![
+                    b(&[0], &[]),
+                    t(Float, &[1], &[1.]),
+                    t(Float, &[1], &[2.]),
+                    Arg::Out(Float, vec![0]),
+                ],
+                vec![0],
+                Float,
+                vec![],
+            ),
+            (
+                "aten::masked_fill.Scalar_out",
+                vec![
+                    t(Float, &[2, 2], &[1., 2., 3., 4.]),
+                    b(&[2], &[false, true]),
+                    Arg::Double(-1.5),
+                    Arg::Out(Float, vec![2, 2]),
+                ],
+                vec![2, 2],
+                Float,
+                vec![1., -1.5, 3., -1.5],
+            ),
+            (
+                "aten::masked_fill.Scalar_out",
+                vec![
+                    t(Long, &[3], &[1., 2., 3.]),
+                    b(&[3], &[true, false, true]),
+                    Arg::Int(-9),
+                    Arg::Out(Long, vec![3]),
+                ],
+                vec![3],
+                Long,
+                vec![-9., 2., -9.],
+            ),
+            (
+                "aten::masked_fill.Scalar_out",
+                vec![
+                    t(Bool, &[2], &[0., 0.]),
+                    b(&[2], &[true, false]),
+                    Arg::Bool(true),
+                    Arg::Out(Bool, vec![2]),
+                ],
+                vec![2],
+                Bool,
+                vec![1., 0.],
+            ),
+            // A mask of higher rank broadcasts self.
+            (
+                "aten::masked_fill.Scalar_out",
+                vec![
+                    t(Float, &[2], &[1., 2.]),
+                    b(&[2, 1], &[true, false]),
+                    Arg::Int(0),
+                    Arg::Out(Float, vec![2, 2]),
+                ],
+                vec![2, 2],
+                Float,
+                vec![0., 0., 1., 2.],
+            ),
+        ];
+        for (op, args, shape, dt, want) in cases {
+            let out = run_op(op, args).unwrap_or_else(|e| panic!("{op}: {e}"));
+            assert_eq!(out.tensors[0].sizes, shape, "{op}");
+            assert_eq!(out.tensors[0].dtype, dt, "{op}");
+            assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+        }
+    }
+
+    #[test]
+    fn channels_last() {
+        let vals: Vec<f64> = (0..12).map(|x| x as f64).collect();
+        let x = OwnedTensor::from_f64(Float, &[1, 3, 2, 2], &vals);
+        let mask: Vec<bool> = (0..12).map(|i| i % 3 == 0).collect();
+        let m = OwnedTensor::bools(&[1, 3, 2, 2], &mask);
+        let want: Vec<f64> = vals
+            .iter()
+            .zip(&mask)
+            .map(|(v, m)| if *m { *v } else { -v })
+            .collect();
+        let neg: Vec<f64> = vals.iter().map(|v| -v).collect();
+        let y = OwnedTensor::from_f64(Float, &[1, 3, 2, 2], &neg);
+        for order in [[0u8, 1, 2, 3], [0, 2, 3, 1]] {
+            let out = run_op(
+                "aten::where.self_out",
+                vec![
+                    Arg::T(m.with_dim_order(&order)),
+                    Arg::T(x.with_dim_order(&order)),
+                    Arg::T(y.clone()),
+                    Arg::Out(Float, vec![1, 3, 2, 2]),
+                ],
+            )
+            .unwrap();
+            assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+            let out = run_op(
+                "aten::masked_fill.Scalar_out",
+                vec![
+                    Arg::T(x.with_dim_order(&order)),
+                    Arg::T(m.with_dim_order(&order)),
+                    Arg::Int(100),
+                    Arg::Out(Float, vec![1, 3, 2, 2]),
+                ],
+            )
+            .unwrap();
+            let want: Vec<f64> = vals
+                .iter()
+                .zip(&mask)
+                .map(|(v, m)| if *m { 100.0 } else { *v })
+                .collect();
+            assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let f = || t(Float, &[2], &[1., 2.]);
+        let cases: Vec<(&str, Vec<Arg>)> = vec![
+            (
+                "aten::where.self_out",
+                vec![f(), f(), f(), Arg::Out(Float, vec![2])],
+            ),
+            (
+                "aten::where.self_out",
+                vec![
+                    b(&[3], &[true, true, false]),
+                    f(),
+                    f(),
+                    Arg::Out(Float, vec![2]),
+                ],
+            ),
+            (
+                "aten::where.self_out",
+                vec![b(&[2], &[true, false]), f(), f(), Arg::Out(Long, vec![2])],
+            ),
+            (
+                "aten::masked_fill.Scalar_out",
+                vec![f(), f(), Arg::Int(0), Arg::Out(Float, vec![2])],
+            ),
+            (
+                "aten::masked_fill.Scalar_out",
+                vec![
+                    f(),
+                    b(&[2], &[true, false]),
+                    Arg::Int(0),
+                    Arg::Out(Double, vec![2]),
+                ],
+            ),
+        ];
+        for (op, args) in cases {
+            assert!(run_op(op, args).is_err(), "{op} should fail");
+        }
+    }
+}
