@@ -239,6 +239,9 @@ impl<'a> TensorRef<'a> {
         if self.meta.dtype != T::DTYPE {
             return Err(cast_err(self.meta.dtype, T::DTYPE));
         }
+        if self.bytes.is_empty() {
+            return Ok(&[]);
+        }
         bytemuck::try_cast_slice(self.bytes).map_err(|e| {
             Error::OutOfBounds(alloc::format!(
                 "tensor data is misaligned for {}: {e:?}",
@@ -270,6 +273,9 @@ impl<'a> TensorMut<'a> {
         if self.meta.dtype != T::DTYPE {
             return Err(cast_err(self.meta.dtype, T::DTYPE));
         }
+        if self.bytes.is_empty() {
+            return Ok(&mut []);
+        }
         bytemuck::try_cast_slice_mut(self.bytes).map_err(|e| {
             Error::OutOfBounds(alloc::format!(
                 "tensor data is misaligned for {}: {e:?}",
@@ -281,6 +287,9 @@ impl<'a> TensorMut<'a> {
     pub fn into_data<T: Element>(self) -> Result<&'a mut [T]> {
         if self.meta.dtype != T::DTYPE {
             return Err(cast_err(self.meta.dtype, T::DTYPE));
+        }
+        if self.bytes.is_empty() {
+            return Ok(&mut []);
         }
         bytemuck::try_cast_slice_mut(self.bytes).map_err(|e| {
             Error::OutOfBounds(alloc::format!(
