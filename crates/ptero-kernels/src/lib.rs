@@ -21,6 +21,7 @@ pub mod util;
 mod binary;
 mod conv;
 mod matmul;
+mod norm;
 
 #[doc(hidden)]
 pub mod testing;
@@ -37,4 +38,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     binary::register(reg);
     matmul::register(reg);
     conv::register(reg);
+    norm::register(reg);
 }
