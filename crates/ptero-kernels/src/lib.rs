@@ -22,6 +22,7 @@ mod binary;
 mod conv;
 mod matmul;
 mod norm;
+mod softmax;
 
 #[doc(hidden)]
 pub mod testing;
@@ -39,4 +40,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     matmul::register(reg);
     conv::register(reg);
     norm::register(reg);
+    softmax::register(reg);
 }
