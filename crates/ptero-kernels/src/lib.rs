@@ -22,6 +22,7 @@ mod binary;
 mod conv;
 mod matmul;
 mod norm;
+mod pool;
 mod softmax;
 
 #[doc(hidden)]
@@ -41,4 +42,5 @@ pub fn register_all(reg: &mut KernelRegistry) {
     conv::register(reg);
     norm::register(reg);
     softmax::register(reg);
+    pool::register(reg);
 }
