@@ -30,9 +30,12 @@ mod index;
 mod logical;
 mod matmul;
 mod mutation;
+mod norm;
+mod pool;
 mod prim;
 mod reduce;
 mod shape;
+mod softmax;
 mod unary;
 mod where_op;
 
@@ -58,9 +61,12 @@ pub fn register_all(reg: &mut KernelRegistry) {
     logical::register(reg);
     matmul::register(reg);
     mutation::register(reg);
+    norm::register(reg);
+    pool::register(reg);
     prim::register(reg);
     reduce::register(reg);
     shape::register(reg);
+    softmax::register(reg);
     unary::register(reg);
     where_op::register(reg);
 }

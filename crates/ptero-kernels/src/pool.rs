@@ -1,0 +1,596 @@
+//! 2-d pooling: max pooling with indices, average pooling and adaptive average pooling,
+//! on `[C, H, W]` or `[N, C, H, W]` inputs in any dim order.
+//!
+//! Window arithmetic follows ATen's `pooling_output_shape` (ceil mode drops a last
+//! window that would start in the right padding) and its kernels' index conventions
+//! (max pool indices are `h * W + w` within each plane; NaN wins a max).
+
+use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
+
+use crate::util::{load_f64, load_i64, store_f64, store_i64};
+
+/// A 3-d/4-d tensor as `[N, C, H, W]` sizes and strides.
+fn nchw(sizes: &[usize], strides: &[usize]) -> ([usize; 4], [usize; 4]) {
+    if sizes.len() == 3 {
+        (
+            [1, sizes[0], sizes[1], sizes[2]],
+            [0, strides[0], strides[1], strides[2]],
+        )
+    } else {
+        (
+            [sizes[0], sizes[1], sizes[2], sizes[3]],
+            [strides[0], strides[1], strides[2], strides[3]],
+        )
+    }
+}
+
+fn check_input(a: &KernelArgs<'_>, what: &str) -> Result<()> {
+    let m = a.meta(0)?;
+    let ok = (m.dim() == 3 || m.dim() == 4) && m.sizes()[m.dim() - 2..].iter().all(|&s| s > 0);
+    let batch_ok = m.sizes()[..m.dim().saturating_sub(2)]
+        .iter()
+        .skip(if m.dim() == 4 { 1 } else { 0 })
+        .all(|&s| s > 0);
+    if !ok || !batch_ok {
+        return Err(Error::shape(alloc::format!(
+            "{what}: expected a 3-d or 4-d input with non-empty C, H, W, found {:?}",
+            m.sizes()
+        )));
+    }
+    if !m.dtype.is_numeric() || m.dtype == ScalarType::Bool {
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a real numeric dtype".into(),
+            found: m.dtype,
+        });
+    }
+    Ok(())
+}
+
+/// A list of one value (both dims) or two; `empty` is used for an empty list.
+fn pair(a: &KernelArgs<'_>, i: usize, empty: Option<[i64; 2]>, name: &str) -> Result<[i64; 2]> {
+    let l = a.int_list(i)?;
+    match l.len() {
+        0 => empty.ok_or_else(|| Error::invalid(alloc::format!("{name} must not be empty"))),
+        1 => Ok([l.get(0)?, l.get(0)?]),
+        2 => Ok([l.get(0)?, l.get(1)?]),
+        n => Err(Error::invalid(alloc::format!(
+            "{name} must have 1 or 2 entries, found {n}"
+        ))),
+    }
+}
+
+/// ATen's `pooling_output_shape`.
+fn out_len(inp: usize, k: usize, p: usize, s: usize, d: usize, ceil: bool) -> Result<usize> {
+    let (inp, k, p, s, d) = (inp as i64, k as i64, p as i64, s as i64, d as i64);
+    let num = inp + 2 * p - d * (k - 1) - 1 + if ceil { s - 1 } else { 0 };
+    let mut o = num.div_euclid(s) + 1;
+    if ceil && (o - 1) * s >= inp + p {
+        o -= 1;
+    }
+    if o < 1 {
+        return Err(Error::shape(alloc::format!(
+            "pooling: input size {inp} with kernel {k}, stride {s}, padding {p}, dilation {d} gives output size {o}"
+        )));
+    }
+    Ok(o as usize)
+}
+
+struct Win {
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 2],
+    d: [usize; 2],
+}
+
+fn window(a: &KernelArgs<'_>, ki: usize, si: usize, pi: usize, di: Option<usize>) -> Result<Win> {
+    let k = pair(a, ki, None, "kernel_size")?;
+    let s = pair(a, si, Some(k), "stride")?;
+    let p = pair(a, pi, None, "padding")?;
+    let d = match di {
+        Some(i) => pair(a, i, None, "dilation")?,
+        None => [1, 1],
+    };
+    for q in 0..2 {
+        if k[q] <= 0 || s[q] <= 0 || d[q] <= 0 || p[q] < 0 {
+            return Err(Error::invalid(alloc::format!(
+                "pooling: kernel {k:?}, stride {s:?} and dilation {d:?} must be positive, padding {p:?} non-negative"
+            )));
+        }
+        if p[q] > k[q] / 2 {
+            return Err(Error::invalid(alloc::format!(
+                "pooling: padding {p:?} must be at most half the kernel size {k:?}"
+            )));
+        }
+    }
+    let u = |v: [i64; 2]| [v[0] as usize, v[1] as usize];
+    Ok(Win {
+        k: u(k),
+        s: u(s),
+        p: u(p),
+        d: u(d),
+    })
+}
+
+fn out_shape(rank: usize, n: usize, c: usize, oh: usize, ow: usize) -> alloc::vec::Vec<usize> {
+    if rank == 3 {
+        alloc::vec![c, oh, ow]
+    } else {
+        alloc::vec![n, c, oh, ow]
+    }
+}
+
+fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(8)?;
+    check_input(a, "max_pool2d")?;
+    let w = window(a, 1, 2, 3, Some(4))?;
+    let ceil = a.bool(5)?;
+    let xm = a.meta(0)?;
+    let dtype = xm.dtype;
+    let rank = xm.dim();
+    let ([n, c, h, wd], xst) = nchw(xm.sizes(), xm.strides());
+    let oh = out_len(h, w.k[0], w.p[0], w.s[0], w.d[0], ceil)?;
+    let ow = out_len(wd, w.k[1], w.p[1], w.s[1], w.d[1], ceil)?;
+    if a.meta(6)?.dtype != dtype {
+        return Err(Error::Dtype {
+            arg: 6,
+            expected: alloc::string::ToString::to_string(dtype.name()),
+            found: a.meta(6)?.dtype,
+        });
+    }
+    if a.meta(7)?.dtype != ScalarType::Long {
+        return Err(Error::Dtype {
+            arg: 7,
+            expected: "int64 indices".into(),
+            found: a.meta(7)?.dtype,
+        });
+    }
+    let shape = out_shape(rank, n, c, oh, ow);
+    a.resize(6, &shape)?;
+    a.resize(7, &shape)?;
+    let (_, ost) = nchw(&shape, a.meta(6)?.strides());
+    let (_, ist) = nchw(&shape, a.meta(7)?.strides());
+    let xt = a.tensor(0)?;
+    let ot = a.out(6)?;
+    let it = a.out(7)?;
+    let is_float = dtype.is_float();
+    for ni in 0..n {
+        for ci in 0..c {
+            let xb = ni * xst[0] + ci * xst[1];
+            for oy in 0..oh {
+                let mut y0 = (oy * w.s[0]) as isize - w.p[0] as isize;
+                let y1 = (y0 + ((w.k[0] - 1) * w.d[0]) as isize + 1).min(h as isize);
+                while y0 < 0 {
+                    y0 += w.d[0] as isize;
+                }
+                for ox in 0..ow {
+                    let mut x0 = (ox * w.s[1]) as isize - w.p[1] as isize;
+                    let x1 = (x0 + ((w.k[1] - 1) * w.d[1]) as isize + 1).min(wd as isize);
+                    while x0 < 0 {
+                        x0 += w.d[1] as isize;
+                    }
+                    let mut best_i = y0 * wd as isize + x0;
+                    let mut best_f = f64::NEG_INFINITY;
+                    let mut best_n = i64::MIN;
+                    let mut y = y0;
+                    while y < y1 {
+                        let mut x = x0;
+                        while x < x1 {
+                            let off = xb + y as usize * xst[2] + x as usize * xst[3];
+                            if is_float {
+                                let v = load_f64(xt.bytes, dtype, off);
+                                if v > best_f || v.is_nan() {
+                                    best_f = v;
+                                    best_i = y * wd as isize + x;
+                                    if v.is_nan() {
+                                        break;
+                                    }
+                                }
+                            } else {
+                                let v = load_i64(xt.bytes, dtype, off);
+                                if v > best_n || (y == y0 && x == x0) {
+                                    best_n = v;
+                                    best_i = y * wd as isize + x;
+                                }
+                            }
+                            x += w.d[1] as isize;
+                        }
+                        if is_float && best_f.is_nan() {
+                            break;
+                        }
+                        y += w.d[0] as isize;
+                    }
+                    let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
+                    if is_float {
+                        store_f64(&mut *ot.bytes, dtype, oo, best_f);
+                    } else {
+                        store_i64(&mut *ot.bytes, dtype, oo, best_n);
+                    }
+                    let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
+                    store_i64(&mut *it.bytes, ScalarType::Long, io, best_i as i64);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(8)?;
+    check_input(a, "avg_pool2d")?;
+    let w = window(a, 1, 2, 3, None)?;
+    let ceil = a.bool(4)?;
+    let include_pad = a.bool(5)?;
+    let divisor = a.opt_int(6)?;
+    if divisor == Some(0) {
+        return Err(Error::invalid("avg_pool2d: divisor_override must not be 0"));
+    }
+    let xm = a.meta(0)?;
+    let dtype = xm.dtype;
+    if a.meta(7)?.dtype != dtype {
+        return Err(Error::Dtype {
+            arg: 7,
+            expected: alloc::string::ToString::to_string(dtype.name()),
+            found: a.meta(7)?.dtype,
+        });
+    }
+    let rank = xm.dim();
+    let ([n, c, h, wd], xst) = nchw(xm.sizes(), xm.strides());
+    let oh = out_len(h, w.k[0], w.p[0], w.s[0], 1, ceil)?;
+    let ow = out_len(wd, w.k[1], w.p[1], w.s[1], 1, ceil)?;
+    let shape = out_shape(rank, n, c, oh, ow);
+    a.resize(7, &shape)?;
+    let (_, ost) = nchw(&shape, a.meta(7)?.strides());
+    let xt = a.tensor(0)?;
+    let ot = a.out(7)?;
+    let is_float = dtype.is_float();
+    let (hp, wp) = ((h + w.p[0]) as isize, (wd + w.p[1]) as isize);
+    for ni in 0..n {
+        for ci in 0..c {
+            let xb = ni * xst[0] + ci * xst[1];
+            for oy in 0..oh {
+                let ys = (oy * w.s[0]) as isize - w.p[0] as isize;
+                let ye = (ys + w.k[0] as isize).min(hp);
+                for ox in 0..ow {
+                    let xs = (ox * w.s[1]) as isize - w.p[1] as isize;
+                    let xe = (xs + w.k[1] as isize).min(wp);
+                    let pool = (ye - ys) * (xe - xs);
+                    let (y0, y1) = (ys.max(0) as usize, (ye.min(h as isize)).max(0) as usize);
+                    let (x0, x1) = (xs.max(0) as usize, (xe.min(wd as isize)).max(0) as usize);
+                    let factor = match divisor {
+                        Some(d) => d,
+                        None if include_pad => pool as i64,
+                        None => ((y1.saturating_sub(y0)) * (x1.saturating_sub(x0))) as i64,
+                    };
+                    let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
+                    if is_float {
+                        let mut sum = 0.0;
+                        for y in y0..y1 {
+                            for x in x0..x1 {
+                                sum += load_f64(xt.bytes, dtype, xb + y * xst[2] + x * xst[3]);
+                            }
+                        }
+                        store_f64(&mut *ot.bytes, dtype, oo, sum / factor as f64);
+                    } else {
+                        let mut sum = 0i64;
+                        for y in y0..y1 {
+                            for x in x0..x1 {
+                                sum = sum.wrapping_add(load_i64(
+                                    xt.bytes,
+                                    dtype,
+                                    xb + y * xst[2] + x * xst[3],
+                                ));
+                            }
+                        }
+                        let v = if factor == 0 { 0 } else { sum / factor };
+                        store_i64(&mut *ot.bytes, dtype, oo, v);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn adaptive_avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(3)?;
+    check_input(a, "adaptive_avg_pool2d")?;
+    let os = pair(a, 1, None, "output_size")?;
+    if os[0] < 0 || os[1] < 0 {
+        return Err(Error::invalid(alloc::format!(
+            "adaptive_avg_pool2d: negative output size {os:?}"
+        )));
+    }
+    let (oh, ow) = (os[0] as usize, os[1] as usize);
+    let xm = a.meta(0)?;
+    let dtype = xm.dtype;
+    if !dtype.is_float() {
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a floating dtype".into(),
+            found: dtype,
+        });
+    }
+    if a.meta(2)?.dtype != dtype {
+        return Err(Error::Dtype {
+            arg: 2,
+            expected: alloc::string::ToString::to_string(dtype.name()),
+            found: a.meta(2)?.dtype,
+        });
+    }
+    let rank = xm.dim();
+    let ([n, c, h, wd], xst) = nchw(xm.sizes(), xm.strides());
+    let shape = out_shape(rank, n, c, oh, ow);
+    a.resize(2, &shape)?;
+    let (_, ost) = nchw(&shape, a.meta(2)?.strides());
+    let xt = a.tensor(0)?;
+    let ot = a.out(2)?;
+    let start = |o: usize, out: usize, inp: usize| (o * inp) / out;
+    let end = |o: usize, out: usize, inp: usize| ((o + 1) * inp).div_ceil(out);
+    for ni in 0..n {
+        for ci in 0..c {
+            let xb = ni * xst[0] + ci * xst[1];
+            for oy in 0..oh {
+                let (y0, y1) = (start(oy, oh, h), end(oy, oh, h));
+                for ox in 0..ow {
+                    let (x0, x1) = (start(ox, ow, wd), end(ox, ow, wd));
+                    let mut sum = 0.0;
+                    for y in y0..y1 {
+                        for x in x0..x1 {
+                            sum += load_f64(xt.bytes, dtype, xb + y * xst[2] + x * xst[3]);
+                        }
+                    }
+                    let cnt = ((y1 - y0) * (x1 - x0)) as f64;
+                    let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
+                    store_f64(&mut *ot.bytes, dtype, oo, sum / cnt);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn register(reg: &mut KernelRegistry) {
+    reg.register("aten::max_pool2d_with_indices.out", max_pool_out);
+    reg.register("aten::avg_pool2d.out", avg_pool_out);
+    reg.register("aten::_adaptive_avg_pool2d.out", adaptive_avg_pool_out);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use ptero_core::ScalarType::*;
+
+    fn grid() -> Vec<f64> {
+        // 1x1x4x5, distinct values.
+        (0..20).map(|i| ((i * 7) % 20) as f64).collect()
+    }
+
+    #[test]
+    fn max_pool() {
+        let x = grid();
+        // x rows: [0 7 14 1 8] [15 2 9 16 3] [10 17 4 11 18] [5 12 19 6 13]
+        let cases: [(
+            Vec<i64>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<i64>,
+            bool,
+            Vec<usize>,
+            Vec<f64>,
+            Vec<f64>,
+        ); 3] = [
+            (
+                vec![2],
+                vec![],
+                vec![0],
+                vec![1],
+                false,
+                vec![1, 1, 2, 2],
+                vec![15., 16., 17., 19.],
+                vec![5., 8., 11., 17.],
+            ),
+            (
+                vec![2],
+                vec![2],
+                vec![0],
+                vec![1],
+                true,
+                vec![1, 1, 2, 3],
+                vec![15., 16., 8., 17., 19., 18.],
+                vec![5., 8., 4., 11., 17., 14.],
+            ),
+            (
+                vec![3, 3],
+                vec![2],
+                vec![1],
+                vec![1],
+                false,
+                vec![1, 1, 2, 3],
+                vec![15., 16., 16., 17., 19., 18.],
+                vec![5., 8., 8., 11., 17., 14.],
+            ),
+        ];
+        for (k, s, p, d, ceil, shape, want, idx) in cases {
+            for order in [[0u8, 1, 2, 3], [0, 2, 3, 1]] {
+                for dtype in [Float, Double, Long] {
+                    let out = run_op(
+                        "aten::max_pool2d_with_indices.out",
+                        vec![
+                            Arg::T(
+                                OwnedTensor::from_f64(dtype, &[1, 1, 4, 5], &x)
+                                    .with_dim_order(&order),
+                            ),
+                            Arg::Ints(k.clone()),
+                            Arg::Ints(s.clone()),
+                            Arg::Ints(p.clone()),
+                            Arg::Ints(d.clone()),
+                            Arg::Bool(ceil),
+                            Arg::Out(dtype, shape.clone()),
+                            Arg::Out(Long, shape.clone()),
+                        ],
+                    )
+                    .unwrap();
+                    assert_eq!(out.tensors[0].sizes, shape);
+                    assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+                    assert_close(&out.tensors[1].to_f64(), &idx, 0.0, 0.0);
+                }
+            }
+        }
+        // Dilation 2, 3-d input, NaN wins.
+        let mut xn = x.clone();
+        xn[2] = f64::NAN;
+        let out = run_op(
+            "aten::max_pool2d_with_indices.out",
+            vec![
+                Arg::T(OwnedTensor::from_f64(Float, &[1, 4, 5], &xn)),
+                Arg::Ints(vec![2]),
+                Arg::Ints(vec![1]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![2]),
+                Arg::Bool(false),
+                Arg::Out(Float, vec![1, 2, 3]),
+                Arg::Out(Long, vec![1, 2, 3]),
+            ],
+        )
+        .unwrap();
+        assert_close(
+            &out.tensors[0].to_f64(),
+            &[f64::NAN, 17., f64::NAN, 19., 16., 19.],
+            0.0,
+            0.0,
+        );
+        assert_close(
+            &out.tensors[1].to_f64(),
+            &[2., 11., 2., 17., 8., 17.],
+            0.0,
+            0.0,
+        );
+        // Kernel larger than padded input; padding above half the kernel.
+        for (k, p) in [(vec![6], vec![0]), (vec![2], vec![2])] {
+            assert!(run_op(
+                "aten::max_pool2d_with_indices.out",
+                vec![
+                    Arg::T(OwnedTensor::from_f64(Float, &[1, 4, 5], &x)),
+                    Arg::Ints(k),
+                    Arg::Ints(vec![1]),
+                    Arg::Ints(p),
+                    Arg::Ints(vec![1]),
+                    Arg::Bool(false),
+                    Arg::Out(Float, vec![1, 1, 1]),
+                    Arg::Out(Long, vec![1, 1, 1]),
+                ],
+            )
+            .is_err());
+        }
+    }
+
+    #[test]
+    fn avg_pool() {
+        let x: Vec<f64> = (0..16).map(|i| i as f64).collect(); // 4x4
+        let go =
+            |k: i64, s: i64, p: i64, ceil: bool, inc: bool, div: Option<i64>, shape: Vec<usize>| {
+                run_op(
+                    "aten::avg_pool2d.out",
+                    vec![
+                        Arg::T(
+                            OwnedTensor::from_f64(Float, &[1, 1, 4, 4], &x)
+                                .with_dim_order(&[0, 2, 3, 1]),
+                        ),
+                        Arg::Ints(vec![k]),
+                        Arg::Ints(vec![s]),
+                        Arg::Ints(vec![p]),
+                        Arg::Bool(ceil),
+                        Arg::Bool(inc),
+                        div.map_or(Arg::None, Arg::Int),
+                        Arg::Out(Float, shape),
+                    ],
+                )
+                .unwrap()
+                .tensors[0]
+                    .to_f64()
+            };
+        assert_close(
+            &go(2, 2, 0, false, true, None, vec![1, 1, 2, 2]),
+            &[2.5, 4.5, 10.5, 12.5],
+            1e-6,
+            0.0,
+        );
+        // Padding 1, kernel 3, stride 2: corners average 4 valid of 9.
+        let inc = go(3, 2, 1, false, true, None, vec![1, 1, 2, 2]);
+        let exc = go(3, 2, 1, false, false, None, vec![1, 1, 2, 2]);
+        assert_close(&inc, &[10.0 / 9.0, 24.0 / 9.0, 51.0 / 9.0, 10.0], 1e-6, 0.0);
+        assert_close(&exc, &[2.5, 4.0, 8.5, 10.0], 1e-6, 0.0);
+        assert_close(
+            &go(2, 2, 0, false, true, Some(1), vec![1, 1, 2, 2]),
+            &[10., 18., 42., 50.],
+            1e-6,
+            0.0,
+        );
+        // Ceil mode with a partial last window (kernel 3 stride 2 on 4: 2 windows).
+        let c = go(3, 2, 0, true, true, None, vec![1, 1, 2, 2]);
+        assert_close(&c, &[5.0, 6.5, 11.0, 12.5], 1e-6, 0.0);
+    }
+
+    #[test]
+    fn adaptive_avg_pool() {
+        let x: Vec<f64> = (0..15).map(|i| i as f64).collect(); // 3x5
+        let out = run_op(
+            "aten::_adaptive_avg_pool2d.out",
+            vec![
+                Arg::T(OwnedTensor::from_f64(Double, &[1, 3, 5], &x)),
+                Arg::Ints(vec![2, 3]),
+                Arg::Out(Double, vec![1, 2, 3]),
+            ],
+        )
+        .unwrap();
+        // Rows [0,2) and [1,3); cols [0,2), [1,4), [3,5).
+        let avg = |ys: core::ops::Range<usize>, xs: core::ops::Range<usize>| {
+            let mut s = 0.0;
+            let mut n = 0.0;
+            for y in ys {
+                for xx in xs.clone() {
+                    s += x[y * 5 + xx];
+                    n += 1.0;
+                }
+            }
+            s / n
+        };
+        let want = vec![
+            avg(0..2, 0..2),
+            avg(0..2, 1..4),
+            avg(0..2, 3..5),
+            avg(1..3, 0..2),
+            avg(1..3, 1..4),
+            avg(1..3, 3..5),
+        ];
+        assert_close(&out.tensors[0].to_f64(), &want, 1e-12, 0.0);
+        // Global pooling of a channels-last batch.
+        let x2: Vec<f64> = (0..2 * 3 * 2 * 2).map(|i| i as f64).collect();
+        let out = run_op(
+            "aten::_adaptive_avg_pool2d.out",
+            vec![
+                Arg::T(
+                    OwnedTensor::from_f64(Float, &[2, 3, 2, 2], &x2).with_dim_order(&[0, 2, 3, 1]),
+                ),
+                Arg::Ints(vec![1, 1]),
+                Arg::Out(Float, vec![2, 3, 1, 1]),
+            ],
+        )
+        .unwrap();
+        let want: Vec<f64> = (0..6).map(|p| (p * 4) as f64 + 1.5).collect();
+        assert_close(&out.tensors[0].to_f64(), &want, 1e-6, 0.0);
+        // Empty spatial input is an error.
+        assert!(run_op(
+            "aten::_adaptive_avg_pool2d.out",
+            vec![
+                Arg::T(OwnedTensor::from_f64(Float, &[1, 0, 2], &[])),
+                Arg::Ints(vec![1, 1]),
+                Arg::Out(Float, vec![1, 1, 1]),
+            ],
+        )
+        .is_err());
+    }
+}
