@@ -14,6 +14,9 @@ use crate::{Error, Memory, Result, ScalarType, Storage, TensorMeta, TensorMut, T
 /// format appends one extra slot for the return value, which kernels ignore.
 pub type KernelFn = fn(&mut KernelArgs<'_>) -> Result<()>;
 
+/// Item of an `OptionalTensorList` that is `None` (the format writes -1).
+pub const NONE_INDEX: u32 = u32::MAX;
+
 /// A number argument (`Scalar` in the ATen schema).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scalar {
@@ -579,6 +582,9 @@ impl<'s, 'a> TensorListRef<'s, 'a> {
                 self.items.len()
             ))
         })?;
+        if idx == NONE_INDEX {
+            return Ok(&Value::None);
+        }
         self.args.item(idx)
     }
     /// Metadata of item `k`, `None` for a `None` item of an optional list.

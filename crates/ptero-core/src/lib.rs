@@ -27,7 +27,7 @@ pub use dtype::ScalarType;
 pub use element::Element;
 pub use error::Error;
 pub use kernel::{
-    normalize_dim, BorrowSet, IntListRef, KernelArgs, KernelFn, Scalar, TensorListRef,
+    normalize_dim, BorrowSet, IntListRef, KernelArgs, KernelFn, Scalar, TensorListRef, NONE_INDEX,
 };
 #[cfg(feature = "std")]
 pub use mapped::MappedFile;

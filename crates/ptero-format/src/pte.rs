@@ -96,7 +96,8 @@ impl<'a> PteFile<'a> {
     fn check_segments(&self) -> Result<(), FormatError> {
         let segments = self.program.segments();
         let n = segments.map_or(0, |s| s.len());
-        if n > 0 && self.header.is_none() {
+        let nonempty = segments.into_iter().flatten().any(|s| s.size_() > 0);
+        if nonempty && self.header.is_none() {
             return Err(FormatError::OutOfRange {
                 what: format!("program lists {n} data segments but has no extended header"),
             });

@@ -648,7 +648,7 @@ impl Method {
             Value::TensorList(items) | Value::OptionalTensorList(items) => {
                 let mut ts = Vec::new();
                 for &i in items {
-                    if let Value::Tensor(t) = &self.values[i as usize] {
+                    if let Some(Value::Tensor(t)) = self.values.get(i as usize) {
                         ts.push(self.read_tensor(t)?);
                     }
                 }

@@ -249,7 +249,12 @@ pub(crate) fn parse_values(
                     .into_iter()
                     .flatten()
                 {
-                    items.push(check_index(i as i64, n, idx, method)?);
+                    // The exporter writes -1 for a `None` entry.
+                    items.push(if i == -1 {
+                        ptero_core::NONE_INDEX
+                    } else {
+                        check_index(i as i64, n, idx, method)?
+                    });
                 }
                 Value::OptionalTensorList(items)
             }
@@ -279,9 +284,10 @@ pub(crate) fn parse_values(
             Value::TensorList(items) => items
                 .iter()
                 .find(|&&i| !matches!(values[i as usize], Value::Tensor(_))),
-            Value::OptionalTensorList(items) => items
-                .iter()
-                .find(|&&i| !matches!(values[i as usize], Value::Tensor(_) | Value::None)),
+            Value::OptionalTensorList(items) => items.iter().find(|&&i| {
+                i != ptero_core::NONE_INDEX
+                    && !matches!(values[i as usize], Value::Tensor(_) | Value::None)
+            }),
             _ => None,
         };
         if let Some(&i) = bad {
