@@ -31,6 +31,7 @@ mod logical;
 mod matmul;
 mod mutation;
 mod norm;
+mod pad;
 mod pool;
 mod prim;
 mod reduce;
@@ -62,6 +63,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     matmul::register(reg);
     mutation::register(reg);
     norm::register(reg);
+    pad::register(reg);
     pool::register(reg);
     prim::register(reg);
     reduce::register(reg);

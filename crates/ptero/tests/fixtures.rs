@@ -181,7 +181,8 @@ fixture_tests!(
         ops_int,
         ops_f64,
         ops_f16,
+        ops_shape,
     ],
-    // ops_conv needs upsample_{nearest,bilinear}2d; ops_shape needs constant_pad_nd.
-    pending: [ops_conv, ops_shape],
+    // ops_conv needs upsample_{nearest,bilinear}2d.
+    pending: [ops_conv],
 );
