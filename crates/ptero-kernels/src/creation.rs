@@ -145,9 +145,9 @@ fn arange(
     // PyTorch computes the length in double; integer outputs with integer bounds use the
     // exact integer difference.
     let len = if od.is_integral() && all_int {
-        ((end.to_i64() as f64 - start.to_i64() as f64) / step.to_i64() as f64).ceil()
+        libm::ceil((end.to_i64() as f64 - start.to_i64() as f64) / step.to_i64() as f64)
     } else {
-        ((e - s) / st).ceil()
+        libm::ceil((e - s) / st)
     };
     if !(0.0..=(usize::MAX as f64)).contains(&len) {
         return Err(Error::invalid(alloc::format!(

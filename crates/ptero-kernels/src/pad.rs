@@ -45,7 +45,7 @@ fn constant_pad_nd(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let o_strides = Dims::from_slice(a.meta(3)?.strides()).unwrap_or_default();
     let xv = a.tensor(0)?;
-    let mut ov = a.out(3)?;
+    let ov = a.out(3)?;
     let ob = &mut *ov.bytes;
     let int = !od.is_float();
     let (vf, vi) = (value.to_f64(), value.to_i64());
