@@ -139,6 +139,11 @@ impl TensorMeta {
         &self.strides
     }
 
+    /// The strides as an inline list (for iterators that take `Dims`).
+    pub fn stride_dims(&self) -> Dims {
+        self.strides
+    }
+
     pub fn numel(&self) -> usize {
         self.numel
     }

@@ -10,8 +10,7 @@ use ptero_core::{ScalarType, TensorMeta};
 
 use crate::util::elementwise::{result_type, Operand};
 use crate::util::unary::{
-    cast_scalar, check_can_cast, float_result, promote_with_scalar, round_to, strides_of, unary,
-    UnaryOp,
+    cast_scalar, check_can_cast, float_result, promote_with_scalar, round_to, unary, UnaryOp,
 };
 use crate::util::{
     broadcast_shapes, broadcast_strides, for_each_offset, load_f64, load_i64, store_f64, store_i64,
@@ -457,7 +456,7 @@ fn glu_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let half = shape[dim] / 2;
     shape[dim] = half;
-    let xs = strides_of(a, 0)?;
+    let xs = a.meta(0)?.stride_dims();
     a.resize(2, &shape)?;
     let od = a.meta(2)?.dtype;
     if !od.is_float() {
@@ -470,7 +469,7 @@ fn glu_out(a: &mut KernelArgs<'_>) -> Result<()> {
     if shape.contains(&0) {
         return Ok(());
     }
-    let os = strides_of(a, 2)?;
+    let os = a.meta(2)?.stride_dims();
     let second = half * xs[dim];
     let xv = a.tensor(0)?;
     let ov = a.out(2)?;
@@ -526,7 +525,7 @@ fn clamp_tensor_out(a: &mut KernelArgs<'_>) -> Result<()> {
         }
     };
     let (xs, ls, hs) = (st(0, true)?, st(1, has_lo)?, st(2, has_hi)?);
-    let os = strides_of(a, 3)?;
+    let os = a.meta(3)?.stride_dims();
     let xv = a.tensor(0)?;
     let lv = a.opt_tensor(1)?;
     let hv = a.opt_tensor(2)?;

@@ -318,7 +318,7 @@ fn alpha_tensor(
         Operand::Scalar(_) => ptero_core::Dims::filled(shape.len(), 0).unwrap_or_default(),
     };
     let b_st = broadcast_strides(args.meta(bi)?, &shape)?;
-    let o_st = ptero_core::Dims::from_slice(args.meta(out)?.strides()).unwrap_or_default();
+    let o_st = args.meta(out)?.stride_dims();
     let od = args.meta(out)?.dtype;
     let (ab, at, asc) = match a {
         Operand::Tensor(i) => {

@@ -9,7 +9,6 @@
 
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
-use crate::matmul::{data, data_mut};
 use crate::util::{load_f64, store_f64};
 
 /// Geometry of one convolution, always as 2-d (`h == 1` for 1-d).
@@ -235,10 +234,10 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     if dtype == ScalarType::Float {
         let b = match &bt {
-            Some(t) => Some(data::<f32>(t)?),
+            Some(t) => Some(t.data::<f32>()?),
             None => None,
         };
-        conv_f32(&g, data(&xt)?, data(&wt)?, b, data_mut(&mut ot)?);
+        conv_f32(&g, xt.data()?, wt.data()?, b, ot.data()?);
     } else {
         conv_generic(
             &g,

@@ -12,7 +12,7 @@ use ptero_core::{
 };
 
 use crate::shape::slice_bounds;
-use crate::util::copy::{copy_cast, strides_of, ElemCopy, Strided};
+use crate::util::copy::{copy_cast, ElemCopy, Strided};
 use crate::util::{
     broadcast_shapes, broadcast_strides, for_each_index, load_f64, load_i64, store_f64, store_i64,
     ComputeKind,
@@ -47,7 +47,7 @@ fn wrap(v: i64, size: usize, what: &str) -> Result<usize> {
 /// copy of `self` use this on their single mutable view of `out` (a second mutable view
 /// of the same tensor would be refused as overlapping).
 fn copy_whole(o: &mut TensorMut<'_>, s: &TensorRef<'_>) -> Result<()> {
-    let (ost, sst) = (strides_of(o.meta), strides_of(s.meta));
+    let (ost, sst) = (o.meta.stride_dims(), s.meta.stride_dims());
     copy_cast(
         o.bytes,
         o.meta.dtype,
@@ -119,7 +119,7 @@ fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Pl
                 }
                 // nonzero() of the mask, one coordinate list per mask dim.
                 let t = list.get(k)?;
-                let ist = strides_of(im);
+                let ist = im.stride_dims();
                 let mut coords: Vec<Vec<i64>> = (0..im.dim()).map(|_| Vec::new()).collect();
                 let mut count = 0usize;
                 for_each_index(im.sizes(), |idx| {
@@ -253,12 +253,12 @@ fn walk_plan(
         views.push(match ix.src {
             Source::Item(k) => {
                 let t = list.get(k)?;
-                Some((t.bytes, t.meta.dtype, strides_of(t.meta)))
+                Some((t.bytes, t.meta.dtype, t.meta.stride_dims()))
             }
             Source::Owned(_) => None,
         });
     }
-    let sst = strides_of(self_meta);
+    let sst = self_meta.stride_dims();
     let sizes = self_meta.sizes();
     let mut err: Option<Error> = None;
     for_each_index(&plan.shape, |ridx| {
@@ -312,7 +312,7 @@ fn index_tensor_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let sm = *a.meta(0)?;
     let s = a.tensor(0)?;
     let o = a.out(2)?;
-    let ost = strides_of(o.meta);
+    let ost = o.meta.stride_dims();
     let ec = ElemCopy::new(o.meta.dtype, sm.dtype)?;
     let ob = o.bytes;
     walk_plan(a, &plan, &sm, 1, |ridx, so| {
@@ -386,15 +386,15 @@ fn index_select_out(a: &mut KernelArgs<'_>) -> Result<()> {
     } else {
         let s = shape[dim];
         shape[dim] = n;
-        (s, strides_of(&sm))
+        (s, sm.stride_dims())
     };
     a.resize(3, &shape)?;
     let idx = a.tensor(2)?;
-    let ist = strides_of(&im);
+    let ist = im.stride_dims();
     let istep = ist.first().copied().unwrap_or(0);
     let s = a.tensor(0)?;
     let o = a.out(3)?;
-    let ost = strides_of(o.meta);
+    let ost = o.meta.stride_dims();
     let od = o.meta.dtype;
     // One strided copy of the selected slice per index.
     let (mut slice_shape, mut s_sl, mut o_sl) = (shape, sst, ost);
@@ -478,12 +478,12 @@ fn gather_out(a: &mut KernelArgs<'_>) -> Result<()> {
     check_gather_shapes(&sm, &im, None, dim)?;
     let shape = im.dims();
     a.resize(4, &shape)?;
-    let (sst, ist) = (strides_of(&sm), strides_of(&im));
+    let (sst, ist) = (sm.stride_dims(), im.stride_dims());
     let size = if sm.dim() == 0 { 1 } else { sm.sizes()[dim] };
     let s = a.tensor(0)?;
     let idx = a.tensor(2)?;
     let o = a.out(4)?;
-    let ost = strides_of(o.meta);
+    let ost = o.meta.stride_dims();
     let ec = ElemCopy::new(o.meta.dtype, sm.dtype)?;
     let ob = o.bytes;
     let mut err = None;
@@ -529,8 +529,11 @@ fn scatter_impl(a: &mut KernelArgs<'_>, src: ScatterSrc, add: bool, out: usize) 
     let shape = sm.dims();
     a.resize(out, &shape)?;
     let om = *a.meta(out)?;
-    let (ost, ist) = (strides_of(&om), strides_of(&im));
-    let srcst = src_meta.as_ref().map(strides_of).unwrap_or_default();
+    let (ost, ist) = (om.stride_dims(), im.stride_dims());
+    let srcst = src_meta
+        .as_ref()
+        .map(|m| m.stride_dims())
+        .unwrap_or_default();
     let size = if sm.dim() == 0 { 1 } else { sm.sizes()[dim] };
     let idx = a.tensor(2)?;
     let src_view = match src {
@@ -635,9 +638,9 @@ fn embedding_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let w = a.tensor(0)?;
     let idx = a.tensor(1)?;
     let o = a.out(5)?;
-    let ost = strides_of(o.meta);
+    let ost = o.meta.stride_dims();
     let od = o.meta.dtype;
-    let ist = strides_of(&im);
+    let ist = im.stride_dims();
     let wst = wm.strides();
     let (w_row, w_col) = (wst[0], wst[1]);
     let o_col = ost.last().copied().unwrap_or(1);
@@ -696,7 +699,7 @@ fn scatter_view(
     let s = a.tensor(src)?;
     let mut o = a.out(out)?;
     copy_whole(&mut o, &a.tensor(0)?)?;
-    let sst = strides_of(&sm);
+    let sst = sm.stride_dims();
     copy_cast(
         o.bytes,
         om.dtype,
@@ -721,7 +724,7 @@ fn select_scatter_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let index = a.int(3)?;
     scatter_view(a, 1, 4, |om| {
         let i = wrap(index, om.sizes()[dim], "select_scatter")?;
-        let (mut shape, mut st) = (om.dims(), strides_of(om));
+        let (mut shape, mut st) = (om.dims(), om.stride_dims());
         let off = i * st[dim];
         shape.remove(dim);
         st.remove(dim);
@@ -742,7 +745,7 @@ fn slice_scatter_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (start, end, step) = (a.opt_int(3)?, a.opt_int(4)?, a.int(5)?);
     scatter_view(a, 1, 6, |om| {
         let (s, len, step) = slice_bounds(om.sizes()[dim], start, end, step)?;
-        let (mut shape, mut st) = (om.dims(), strides_of(om));
+        let (mut shape, mut st) = (om.dims(), om.stride_dims());
         let off = s * st[dim];
         shape[dim] = len;
         st[dim] *= step;

@@ -161,13 +161,13 @@ fn execute(
     let bst: [&[usize]; 4] = [&plan.bst[0], &plan.bst[1], &plan.bst[2], &plan.bst[3]];
     let mut res = Ok(());
     if dtype == ScalarType::Float {
-        let av = data(&at)?;
-        let bv = data(&bt)?;
+        let av = at.data()?;
+        let bv = bt.data()?;
         let biasv = match &biast {
-            Some(t) => Some(data(t)?),
+            Some(t) => Some(t.data()?),
             None => None,
         };
-        let ov = data_mut(&mut ot)?;
+        let ov = ot.data()?;
         for_each_offset(&plan.batch, bst, |[ao, bo, co, biaso]| {
             if res.is_err() {
                 return;
@@ -281,25 +281,6 @@ fn execute(
         }
     });
     Ok(())
-}
-
-/// Typed data of a tensor view; empty tensors give an empty slice whatever their
-/// (dangling) pointer's alignment.
-pub(crate) fn data<'s, T: ptero_core::Element>(t: &ptero_core::TensorRef<'s>) -> Result<&'s [T]> {
-    if t.bytes.is_empty() && t.dtype() == T::DTYPE {
-        return Ok(&[]);
-    }
-    t.data::<T>()
-}
-
-/// Mutable counterpart of [`data`].
-pub(crate) fn data_mut<'s, T: ptero_core::Element>(
-    t: &'s mut ptero_core::TensorMut<'_>,
-) -> Result<&'s mut [T]> {
-    if t.bytes.is_empty() && t.dtype() == T::DTYPE {
-        return Ok(&mut []);
-    }
-    t.data::<T>()
 }
 
 struct Epi32<'s> {

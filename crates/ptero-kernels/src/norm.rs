@@ -7,7 +7,6 @@
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType, Storage};
 
-use crate::matmul::{data, data_mut};
 use crate::util::{broadcast_strides, for_each_offset, load_f64, store_f64};
 
 fn check_float(a: &KernelArgs<'_>, arg: usize, dtype: Option<ScalarType>) -> Result<ScalarType> {
@@ -130,7 +129,7 @@ fn bn_apply(a: &KernelArgs<'_>, bn: &Bn, stat: &dyn Fn(usize) -> (f64, f64)) -> 
             _ => 0.0,
         };
         if contiguous && dtype == ScalarType::Float {
-            let (x, o) = (data::<f32>(&xt)?, data_mut::<f32>(&mut ot)?);
+            let (x, o) = (xt.data::<f32>()?, ot.data::<f32>()?);
             let (mean, invstd, w, b) = (mean as f32, invstd as f32, w as f32, b as f32);
             for n in 0..shape[0] {
                 let s = (n * c + ch) * inner;
@@ -395,10 +394,10 @@ fn layer_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (ostr_x, ostr_o) = (&xst[..lead], &ost[..lead]);
     let (istr_x, istr_o) = (&xst[lead..], &ost[lead..]);
     if rows_contig && dtype == ScalarType::Float && m > 0 {
-        let x = data::<f32>(&xt)?;
-        let o = data_mut::<f32>(&mut ot)?;
-        let w = wt.as_ref().map(data::<f32>).transpose()?;
-        let b = bt.as_ref().map(data::<f32>).transpose()?;
+        let x = xt.data::<f32>()?;
+        let o = ot.data::<f32>()?;
+        let w = wt.as_ref().map(|t| t.data::<f32>()).transpose()?;
+        let b = bt.as_ref().map(|t| t.data::<f32>()).transpose()?;
         for (stat_i, (xr, or)) in x.chunks_exact(m).zip(o.chunks_exact_mut(m)).enumerate() {
             let mut sum = 0.0f64;
             for &v in xr {

@@ -1,6 +1,6 @@
 //! Padding: `constant_pad_nd` (negative pads crop).
 
-use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result};
+use ptero_core::{Error, KernelArgs, KernelRegistry, Result};
 
 use crate::util::{for_each_index, load_f64, load_i64, store_f64, store_i64};
 
@@ -43,7 +43,7 @@ fn constant_pad_nd(a: &mut KernelArgs<'_>) -> Result<()> {
             found: od,
         });
     }
-    let o_strides = Dims::from_slice(a.meta(3)?.strides()).unwrap_or_default();
+    let o_strides = a.meta(3)?.stride_dims();
     let xv = a.tensor(0)?;
     let ov = a.out(3)?;
     let ob = &mut *ov.bytes;

@@ -12,7 +12,7 @@ use ptero_core::{
     normalize_dim, Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType, TensorMeta,
 };
 
-use crate::util::copy::{strides_of, ElemCopy};
+use crate::util::copy::ElemCopy;
 use crate::util::{
     contiguous_strides, for_each_offset, load_bool, load_f64, load_i64, store_bool, store_f64,
     store_i64, ComputeKind,
@@ -102,7 +102,7 @@ impl Plan {
     /// Strides of an out tensor (already resized to `out_shape`) over the kept dims.
     fn kept_out(&self, om: &TensorMeta) -> Dims {
         if !self.keepdim {
-            return strides_of(om);
+            return om.stride_dims();
         }
         let mut st = Dims::new();
         for (d, &s) in om.strides().iter().enumerate() {
@@ -597,7 +597,7 @@ fn any_dims_out(a: &mut KernelArgs<'_>) -> Result<()> {
 
 /// Input and out dims split into "all but `dim`" and `dim` itself.
 fn lanes_along(m: &TensorMeta, dim: usize) -> (Dims, Dims) {
-    let (mut shape, mut st) = (m.dims(), strides_of(m));
+    let (mut shape, mut st) = (m.dims(), m.stride_dims());
     if m.dim() > 0 {
         shape.remove(dim);
         st.remove(dim);

@@ -8,7 +8,7 @@
 
 use ptero_core::{normalize_dim, Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
-use crate::util::copy::{copy_cast, copy_reshape, copy_view_to_out, strides_of, ElemCopy, Strided};
+use crate::util::copy::{copy_cast, copy_reshape, copy_view_to_out, ElemCopy, Strided};
 use crate::util::{for_each_index, store_i64};
 
 fn to_usize(v: i64, what: &str) -> Result<usize> {
@@ -121,7 +121,7 @@ fn permute_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
 
 fn transpose_view(a: &KernelArgs<'_>, d0: i64, d1: i64) -> Result<(Dims, Dims)> {
     let m = a.meta(0)?;
-    let (mut shape, mut st) = (m.dims(), strides_of(m));
+    let (mut shape, mut st) = (m.dims(), m.stride_dims());
     let rank = m.dim();
     let (d0, d1) = (normalize_dim(d0, rank)?, normalize_dim(d1, rank)?);
     if rank > 0 {
@@ -272,7 +272,7 @@ fn slice_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let d = normalize_dim(a.int(1)?, m.dim())?;
     let (s, len, step) = slice_bounds(m.sizes()[d], a.opt_int(2)?, a.opt_int(3)?, a.int(4)?)?;
-    let (mut shape, mut st) = (m.dims(), strides_of(m));
+    let (mut shape, mut st) = (m.dims(), m.stride_dims());
     let off = s * st[d];
     shape[d] = len;
     st[d] *= step;
@@ -301,7 +301,7 @@ fn select_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let d = normalize_dim(a.int(1)?, m.dim())?;
     let i = check_index(a.int(2)?, m.sizes()[d], "select")?;
-    let (mut shape, mut st) = (m.dims(), strides_of(m));
+    let (mut shape, mut st) = (m.dims(), m.stride_dims());
     let off = i * st[d];
     shape.remove(d);
     st.remove(d);
@@ -331,7 +331,7 @@ fn narrow_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
             "narrow: start {start} + length {len} exceeds dimension size {size}"
         )));
     }
-    let (mut shape, st) = (m.dims(), strides_of(m));
+    let (mut shape, st) = (m.dims(), m.stride_dims());
     let off = start as usize * st[d];
     shape[d] = len as usize;
     view_into(a, 0, &shape, &st, off, 4)
@@ -351,7 +351,7 @@ fn unfold_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
         )));
     }
     let step = step as usize;
-    let (mut shape, mut st) = (m.dims(), strides_of(m));
+    let (mut shape, mut st) = (m.dims(), m.stride_dims());
     let (dsize, dstride) = if rank == 0 { (1, 0) } else { (shape[d], st[d]) };
     if size > dsize {
         return Err(Error::invalid(alloc::format!(
@@ -521,7 +521,7 @@ fn cat_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.resize(2, &shape)?;
     let list = a.tensor_list(0)?;
     let o = a.out(2)?;
-    let ost = strides_of(o.meta);
+    let ost = o.meta.stride_dims();
     let od = o.meta.dtype;
     let obytes = o.bytes;
     let mut at = 0usize;
@@ -531,7 +531,7 @@ fn cat_out(a: &mut KernelArgs<'_>) -> Result<()> {
             continue;
         }
         let t = list.get(k)?;
-        let sst = strides_of(m);
+        let sst = m.stride_dims();
         copy_cast(
             obytes,
             od,
@@ -571,13 +571,13 @@ fn stack_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.resize(2, &shape)?;
     let list = a.tensor_list(0)?;
     let o = a.out(2)?;
-    let mut ost = strides_of(o.meta);
+    let mut ost = o.meta.stride_dims();
     let step = ost.remove(dim).unwrap_or(0);
     let od = o.meta.dtype;
     let obytes = o.bytes;
     for k in 0..list.len() {
         let t = list.get(k)?;
-        let sst = strides_of(t.meta);
+        let sst = t.meta.stride_dims();
         copy_cast(
             obytes,
             od,
@@ -608,7 +608,7 @@ fn split_into(
             sizes.len()
         )));
     }
-    let sst_full = strides_of(&m);
+    let sst_full = m.stride_dims();
     let mut at = 0usize;
     for (k, &len) in sizes.iter().enumerate() {
         let (mut shape, mut sst) = (m.dims(), sst_full);
@@ -621,7 +621,7 @@ fn split_into(
         let list = a.tensor_list(out)?;
         let o = list.get_mut(k)?;
         let s = a.tensor(0)?;
-        let ost = strides_of(o.meta);
+        let ost = o.meta.stride_dims();
         copy_cast(
             o.bytes,
             o.meta.dtype,
@@ -743,7 +743,7 @@ fn repeat_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.resize(2, &shape)?;
     let s = a.tensor(0)?;
     let o = a.out(2)?;
-    let ost = strides_of(o.meta);
+    let ost = o.meta.stride_dims();
     let od = o.meta.dtype;
     let ob = o.bytes;
     let mut res = Ok(());
@@ -781,7 +781,7 @@ fn gather_map(
     a.resize(out, shape)?;
     let s = a.tensor(0)?;
     let o = a.out(out)?;
-    let (sst, ost) = (strides_of(s.meta), strides_of(o.meta));
+    let (sst, ost) = (s.meta.stride_dims(), o.meta.stride_dims());
     let ec = ElemCopy::new(o.meta.dtype, s.meta.dtype)?;
     let mut sidx = [0usize; ptero_core::MAX_DIMS];
     let rank = s.meta.dim();
@@ -892,7 +892,7 @@ fn tril_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.resize(2, &shape)?;
     let s = a.tensor(0)?;
     let o = a.out(2)?;
-    let (sst, ost) = (strides_of(s.meta), strides_of(o.meta));
+    let (sst, ost) = (s.meta.stride_dims(), o.meta.stride_dims());
     let od = o.meta.dtype;
     let ec = ElemCopy::new(od, s.meta.dtype)?;
     let ob = o.bytes;

@@ -2,9 +2,8 @@
 //! subtracted first). NaN anywhere in a row, or a row whose maximum is infinite, gives
 //! NaN as in PyTorch.
 
-use ptero_core::{normalize_dim, Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType};
+use ptero_core::{normalize_dim, Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
-use crate::matmul::{data, data_mut};
 use crate::util::{for_each_offset, load_f64, store_f64};
 
 fn nan_max(a: f64, b: f64) -> f64 {
@@ -70,16 +69,16 @@ fn run(a: &mut KernelArgs<'_>, log: bool) -> Result<()> {
         && om.is_contiguous();
     let mut outer = shape;
     outer[dim] = 1;
-    let xst = Dims::from_slice(xm.strides()).unwrap_or_default();
-    let ost = Dims::from_slice(om.strides()).unwrap_or_default();
+    let xst = xm.stride_dims();
+    let ost = om.stride_dims();
     let xt = a.tensor(0)?;
     let mut ot = a.out(3)?;
     if len == 0 || shape.contains(&0) {
         return Ok(());
     }
     if fast {
-        let x = data::<f32>(&xt)?;
-        let o = data_mut::<f32>(&mut ot)?;
+        let x = xt.data::<f32>()?;
+        let o = ot.data::<f32>()?;
         for (xr, or) in x.chunks_exact(len).zip(o.chunks_exact_mut(len)) {
             let mut m = f32::NEG_INFINITY;
             for &v in xr {

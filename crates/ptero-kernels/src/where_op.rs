@@ -4,7 +4,7 @@
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
 use crate::util::elementwise::{result_type, Operand};
-use crate::util::unary::{check_can_cast, round_to, store_scalar, strides_of};
+use crate::util::unary::{check_can_cast, round_to, store_scalar};
 use crate::util::{
     broadcast_shapes, broadcast_strides, for_each_offset, load_bool, load_f64, load_i64,
     same_layout, store_bool, store_f64, store_i64, ComputeKind,
@@ -59,7 +59,7 @@ fn where_self_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let cs = broadcast_strides(a.meta(0)?, &shape)?;
     let xs = broadcast_strides(a.meta(1)?, &shape)?;
     let ys = broadcast_strides(a.meta(2)?, &shape)?;
-    let os = strides_of(a, 3)?;
+    let os = a.meta(3)?.stride_dims();
     let (cv, xv, yv) = (a.tensor(0)?, a.tensor(1)?, a.tensor(2)?);
     let (cb, xb, yb) = (cv.bytes, xv.bytes, yv.bytes);
     let ov = a.out(3)?;
@@ -118,7 +118,7 @@ fn masked_fill_scalar_out(a: &mut KernelArgs<'_>) -> Result<()> {
     store_scalar(&mut fill, od, 0, value);
     let xs = broadcast_strides(a.meta(0)?, &shape)?;
     let ms = broadcast_strides(a.meta(1)?, &shape)?;
-    let os = strides_of(a, 3)?;
+    let os = a.meta(3)?.stride_dims();
     let (xv, mv) = (a.tensor(0)?, a.tensor(1)?);
     let (xb, mb) = (xv.bytes, mv.bytes);
     let ov = a.out(3)?;

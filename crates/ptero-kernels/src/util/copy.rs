@@ -365,7 +365,7 @@ impl ElemCopy {
 
 /// Strides of a tensor as an inline list.
 pub fn strides_of(m: &TensorMeta) -> Dims {
-    Dims::from_slice(m.strides()).unwrap_or_default()
+    m.stride_dims()
 }
 
 /// Copies a strided view of tensor argument `src` (covering `shape`, which `out` has
@@ -386,7 +386,7 @@ pub fn copy_view_to_out(
     }
     let s = a.tensor(src)?;
     let o = a.out(out)?;
-    let ostr = Dims::from_slice(o.meta.strides()).unwrap_or_default();
+    let ostr = o.meta.stride_dims();
     copy_cast(
         o.bytes,
         o.meta.dtype,
@@ -402,7 +402,7 @@ pub fn copy_view_to_out(
 /// orders, any dtypes). `out` must already have `src`'s shape.
 pub fn copy_tensor(a: &KernelArgs<'_>, src: usize, out: usize) -> Result<()> {
     let sm = a.meta(src)?;
-    let st = Dims::from_slice(sm.strides()).unwrap_or_default();
+    let st = sm.stride_dims();
     let shape = sm.dims();
     copy_view_to_out(a, src, Strided::new(&st, 0), &shape, out)
 }
@@ -420,7 +420,7 @@ impl Offsets {
     fn new(m: &TensorMeta) -> Offsets {
         Offsets {
             shape: m.dims(),
-            strides: Dims::from_slice(m.strides()).unwrap_or_default(),
+            strides: m.stride_dims(),
             idx: [0; ptero_core::MAX_DIMS],
             cur: 0,
             left: m.numel(),
@@ -471,7 +471,7 @@ pub fn copy_reshape(a: &KernelArgs<'_>, src: usize, out: usize) -> Result<()> {
     if om.is_contiguous() {
         // Walk the source's shape; the out's flat order matches the source's logical order.
         let shape = sm.dims();
-        let sst = Dims::from_slice(sm.strides()).unwrap_or_default();
+        let sst = sm.stride_dims();
         let ost = contiguous_strides(&shape);
         let s = a.tensor(src)?;
         let o = a.out(out)?;

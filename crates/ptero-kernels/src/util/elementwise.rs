@@ -320,10 +320,7 @@ pub fn unary_float(
             return Ok(());
         }
     }
-    let (xs, os) = (
-        ptero_core::Dims::from_slice(xm.strides()).unwrap_or_default(),
-        ptero_core::Dims::from_slice(om.strides()).unwrap_or_default(),
-    );
+    let (xs, os) = (xm.stride_dims(), om.stride_dims());
     let od = om.dtype;
     let xv = args.tensor(x)?;
     let ov = args.out(out)?;

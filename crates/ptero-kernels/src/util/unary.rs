@@ -6,7 +6,7 @@
 //! are structs implementing the trait, so the loops are monomorphised and inlined.
 
 use half::{bf16, f16};
-use ptero_core::{Dims, Error, KernelArgs, Result, Scalar, ScalarType};
+use ptero_core::{Error, KernelArgs, Result, Scalar, ScalarType};
 
 use super::{
     for_each_offset, load_bool, load_f64, load_i64, same_layout, store_bool, store_f64, store_i64,
@@ -99,11 +99,6 @@ pub fn store_scalar(bytes: &mut [u8], dtype: ScalarType, i: usize, s: Scalar) {
         Scalar::Double(v) => store_f64(bytes, dtype, i, v),
         Scalar::Bool(v) => store_bool(bytes, dtype, i, v),
     }
-}
-
-/// Storage strides of tensor argument `i` (its own shape).
-pub fn strides_of(args: &KernelArgs<'_>, i: usize) -> Result<Dims> {
-    Dims::from_slice(args.meta(i)?.strides()).ok_or_else(|| Error::shape("too many dimensions"))
 }
 
 /// One elementwise function of one argument.
@@ -256,7 +251,7 @@ pub fn unary<O: UnaryOp>(
         return Ok(());
     }
 
-    let (xs, os) = (strides_of(args, x)?, strides_of(args, out)?);
+    let (xs, os) = (args.meta(x)?.stride_dims(), args.meta(out)?.stride_dims());
     let xv = args.tensor(x)?;
     let ov = args.out(out)?;
     let (xb, ob) = (xv.bytes, &mut *ov.bytes);
@@ -326,7 +321,7 @@ pub fn unary_pred(
         }
         return Ok(());
     }
-    let (xs, os) = (strides_of(args, x)?, strides_of(args, out)?);
+    let (xs, os) = (args.meta(x)?.stride_dims(), args.meta(out)?.stride_dims());
     let xv = args.tensor(x)?;
     let ov = args.out(out)?;
     let (xb, ob) = (xv.bytes, &mut *ov.bytes);
