@@ -113,6 +113,7 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
     for (i, (off, size)) in segments.iter().enumerate() {
         println!("  segment {i}: {} at offset {off}", human(*size));
     }
+    let kernels = ptero::default_kernels();
     for m in program.method_metas() {
         println!();
         println!(
@@ -138,7 +139,6 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
         } else {
             println!("  delegates: {}", m.backends.join(", "));
         }
-        let kernels = ptero::default_kernels();
         println!("  operators ({}):", m.operators.len());
         for op in &m.operators {
             let mark = if kernels.contains(op) { " " } else { "!" };

@@ -516,7 +516,6 @@ fn atan2_out(a: &mut KernelArgs<'_>) -> Result<()> {
 }
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
-    let _ = ScalarType::Float;
     reg.register("aten::add.out", add_out);
     reg.register("aten::add.Scalar_out", add_scalar_out);
     reg.register("aten::sub.out", sub_out);

@@ -2,7 +2,7 @@
 //! `executorch_prim::*`), and the view/copy helpers of the memory planner
 //! (`et_view`, `et_copy_index`). These work on `Int`/`Double`/`Bool` values, not tensors.
 
-use ptero_core::{Error, KernelArgs, KernelRegistry, Result, Scalar, Value};
+use ptero_core::{Error, KernelArgs, KernelRegistry, Result, Scalar};
 
 fn num(a: &KernelArgs<'_>, i: usize) -> Result<Scalar> {
     a.scalar(i)
@@ -321,7 +321,6 @@ fn et_copy_index(a: &mut KernelArgs<'_>) -> Result<()> {
 }
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
-    let _ = Value::None;
     reg.register("aten::sym_size.int", sym_size);
     reg.register("aten::sym_numel", sym_numel);
     reg.register("aten::sym_stride.int", sym_stride);

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ptero::{EValue, Program, ScalarType, Tag, Tensor};
+use ptero::{EValue, Program, Tag, Tensor};
 
 const FIXTURES: &[&str] = &[
     "mlp",
@@ -162,5 +162,4 @@ fn clear_errors_for_bad_files() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.pte"), "{e}");
-    let _ = ScalarType::Float;
 }

@@ -278,7 +278,7 @@ fn load_f32_operand<'s>(args: &'s KernelArgs<'_>, o: Operand) -> Result<F32<'s>>
     match o {
         Operand::Tensor(i) => {
             let t = args.tensor(i)?;
-            if t.meta.dim() == 0 || t.numel() == 1 && t.meta.dim() == 0 {
+            if t.meta.dim() == 0 {
                 Ok(F32::Scalar(
                     t.data::<f32>()?.first().copied().unwrap_or(0.0),
                 ))
