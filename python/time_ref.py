@@ -55,11 +55,12 @@ def main(argv=None) -> int:
     import torch
     from executorch.runtime import Runtime
 
-    dtypes = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64,
-              torch.int32: np.int32, torch.bool: np.bool_, torch.float16: np.float16}
+    # ExecuTorch scalar type codes (scalar_type.fbs) to NumPy.
+    dtypes = {6: np.float32, 7: np.float64, 4: np.int64, 3: np.int32, 11: np.bool_, 5: np.float16,
+              0: np.uint8, 1: np.int8, 2: np.int16}
     runtime = Runtime.get()
-    data = Path(args.model).read_bytes()
     rss0 = rss_mb()
+    data = Path(args.model).read_bytes()
     t0 = time.perf_counter()
     program = runtime.load_program(data)
     method = program.load_method(args.method)
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         inputs = []
         for i in range(meta.num_inputs()):
             tm = meta.input_tensor_meta(i)
-            inputs.append(torch.from_numpy(pattern(tuple(tm.sizes()), dtypes.get(tm.dtype(), np.float32))))
+            inputs.append(torch.from_numpy(pattern(tuple(tm.sizes()), dtypes.get(int(tm.dtype()), np.float32))))
     for _ in range(args.warmup):
         method.execute(inputs)
     times = []

@@ -20,6 +20,9 @@ pub const BUFFER_ALIGN: usize = 64;
 /// Allocation is fallible (a corrupt program asking for terabytes gets an error, not an
 /// abort) and lazily zeroed by the allocator, so untouched planned memory costs nothing.
 pub struct AlignedBuf {
+    /// Start of the allocation (what `dealloc` takes).
+    base: core::ptr::NonNull<u8>,
+    /// `base` rounded up to `BUFFER_ALIGN`.
     ptr: core::ptr::NonNull<u8>,
     len: usize,
 }
@@ -30,19 +33,22 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
+    /// The allocator only zeroes lazily (calloc, fresh pages) for small alignments, so
+    /// allocate with 16 and over-allocate to round the start up to `BUFFER_ALIGN` ourselves.
     fn layout(len: usize) -> Option<core::alloc::Layout> {
-        core::alloc::Layout::from_size_align(len.max(1), BUFFER_ALIGN).ok()
+        core::alloc::Layout::from_size_align(len.checked_add(BUFFER_ALIGN)?, 16).ok()
     }
 
     /// `len` zero bytes, or `None` when the allocation fails.
     pub fn try_zeroed(len: usize) -> Option<AlignedBuf> {
         let layout = Self::layout(len)?;
         // SAFETY: `layout` has a non-zero size.
-        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        Some(AlignedBuf {
-            ptr: core::ptr::NonNull::new(ptr)?,
-            len,
-        })
+        let base = core::ptr::NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+        let pad = (BUFFER_ALIGN - base.as_ptr() as usize % BUFFER_ALIGN) % BUFFER_ALIGN;
+        // SAFETY: `pad < BUFFER_ALIGN` and the allocation holds `len + BUFFER_ALIGN` bytes,
+        // so `base + pad .. base + pad + len` is inside it.
+        let ptr = unsafe { base.add(pad) };
+        Some(AlignedBuf { base, ptr, len })
     }
 
     /// `len` zero bytes. Aborts on allocation failure, like `Vec`; use
@@ -86,8 +92,8 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if let Some(layout) = Self::layout(self.len) {
-            // SAFETY: allocated in `try_zeroed` with this same layout.
-            unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), layout) };
+            // SAFETY: `base` was allocated in `try_zeroed` with this same layout.
+            unsafe { alloc::alloc::dealloc(self.base.as_ptr(), layout) };
         }
     }
 }
