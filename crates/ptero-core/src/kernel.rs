@@ -131,7 +131,7 @@ impl<'a> KernelArgs<'a> {
 
     /// Value-table index of argument `i`.
     pub fn value_index(&self, i: usize) -> Result<usize> {
-        let idx = *self.args.get(i).ok_or(Error::ArgCount {
+        let idx = *self.args.get(i).ok_or_else(|| Error::ArgCount {
             expected: i + 1,
             found: self.args.len(),
         })? as usize;
@@ -150,10 +150,12 @@ impl<'a> KernelArgs<'a> {
     }
 
     fn item(&self, idx: u32) -> Result<&Value> {
-        self.values.get(idx as usize).ok_or(Error::BadValueIndex {
-            index: idx as usize,
-            len: self.values.len(),
-        })
+        self.values
+            .get(idx as usize)
+            .ok_or_else(|| Error::BadValueIndex {
+                index: idx as usize,
+                len: self.values.len(),
+            })
     }
 
     fn kind_err(&self, i: usize, expected: &'static str) -> Error {
@@ -600,7 +602,7 @@ impl<'s, 'a> TensorListRef<'s, 'a> {
         }
     }
     pub fn meta(&self, k: usize) -> Result<&'s TensorMeta> {
-        self.opt_meta(k)?.ok_or(Error::ArgKind {
+        self.opt_meta(k)?.ok_or_else(|| Error::ArgKind {
             arg: self.arg,
             expected: "Tensor list item",
             found: "None",

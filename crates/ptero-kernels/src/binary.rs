@@ -720,6 +720,51 @@ mod tests {
         .unwrap();
         let want: alloc::vec::Vec<f64> = (0..12).map(|x| (x * x) as f64).collect();
         assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+        // Broadcast column against row, one operand channels-last: the f32 row path.
+        let col = OwnedTensor::from_f64(Float, &[2, 1], &[10., 20.]);
+        let row = OwnedTensor::from_f64(Float, &[1, 3], &[1., 2., 3.]);
+        let out = run_op(
+            "aten::sub.out",
+            vec![
+                Arg::T(col),
+                Arg::T(row),
+                Arg::Int(1),
+                Arg::Out(Float, vec![2, 3]),
+            ],
+        )
+        .unwrap();
+        assert_close(
+            &out.tensors[0].to_f64(),
+            &[9., 8., 7., 19., 18., 17.],
+            0.0,
+            0.0,
+        );
+        let bias = OwnedTensor::from_f64(Float, &[3, 1, 1], &[1., 2., 3.]);
+        let out = run_op(
+            "aten::add.out",
+            vec![
+                Arg::T(b.clone()),
+                Arg::T(bias),
+                Arg::Int(1),
+                Arg::Out(Float, vec![1, 2, 2, 3]),
+            ],
+        );
+        assert!(out.is_err(), "[1,2,2,3] + [3,1,1] does not broadcast");
+        let bias = OwnedTensor::from_f64(Float, &[2, 1, 1], &[100., 200.]);
+        let out = run_op(
+            "aten::add.out",
+            vec![
+                Arg::T(b),
+                Arg::T(bias),
+                Arg::Int(1),
+                Arg::Out(Float, vec![1, 2, 2, 3]),
+            ],
+        )
+        .unwrap();
+        let want: alloc::vec::Vec<f64> = (0..12)
+            .map(|x| x as f64 + if x < 6 { 100. } else { 200. })
+            .collect();
+        assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
         let h = OwnedTensor::from_f64(Half, &[2], &[1.5, 2.0]);
         let out = run_op(
             "aten::add.out",

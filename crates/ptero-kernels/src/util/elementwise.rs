@@ -173,13 +173,19 @@ pub fn binary(
 
     let a_st = operand_strides(args, a, &shape)?;
     let b_st = operand_strides(args, b, &shape)?;
-    let o_st = args.meta(out)?.dims();
-    let o_strides = args.meta(out)?.strides();
-    let o_st = if o_strides.len() == o_st.len() {
-        ptero_core::Dims::from_slice(o_strides).unwrap_or_default()
-    } else {
-        o_st
-    };
+    let o_st = args.meta(out)?.stride_dims();
+    if let (Some(f), ComputeKind::Float, ScalarType::Float) = (fns.f32, kind, out_dtype) {
+        let f32_operand = |o: Operand| match o {
+            Operand::Tensor(i) => args
+                .meta(i)
+                .map(|m| m.dtype == ScalarType::Float)
+                .unwrap_or(false),
+            Operand::Scalar(_) => true,
+        };
+        if f32_operand(a) && f32_operand(b) {
+            return binary_rows_f32(args, a, b, out, &shape, [&o_st, &a_st, &b_st], f);
+        }
+    }
     let (ab, at) = operand_bytes(args, a)?;
     let (bb, bt) = operand_bytes(args, b)?;
     let (sa, sb) = (scalar_of(a), scalar_of(b));
@@ -329,4 +335,87 @@ pub fn unary_float(
         store_f64(ob, od, oo, f(load_f64(xv.bytes, xv.dtype(), xo)));
     });
     Ok(())
+}
+
+/// Broadcasting f32 path: walks innermost rows so the common cases (both operands
+/// contiguous along the row, or one of them constant along it, as with a bias) run as
+/// tight loops over slices.
+fn binary_rows_f32(
+    args: &KernelArgs<'_>,
+    a: Operand,
+    b: Operand,
+    out: usize,
+    shape: &[usize],
+    strides: [&[usize]; 3],
+    f: fn(f32, f32) -> f32,
+) -> Result<()> {
+    let scalar_buf = |o: Operand| -> [f32; 1] {
+        match o {
+            Operand::Scalar(s) => [s.to_f64() as f32],
+            Operand::Tensor(_) => [0.0],
+        }
+    };
+    let (abuf, bbuf) = (scalar_buf(a), scalar_buf(b));
+    let at;
+    let bt;
+    let x: &[f32] = match a {
+        Operand::Tensor(i) => {
+            at = args.tensor(i)?;
+            at.data::<f32>()?
+        }
+        Operand::Scalar(_) => &abuf,
+    };
+    let y: &[f32] = match b {
+        Operand::Tensor(i) => {
+            bt = args.tensor(i)?;
+            bt.data::<f32>()?
+        }
+        Operand::Scalar(_) => &bbuf,
+    };
+    let ov = args.out(out)?;
+    let o = ov.into_data::<f32>()?;
+    let mut ok = true;
+    super::for_each_row(shape, strides, |[oo, ao, bo], n, [so, sa, sb]| {
+        let span =
+            |start: usize, stride: usize| start.checked_add(n.saturating_sub(1) * stride + 1);
+        let (Some(oe), Some(ae), Some(be)) = (span(oo, so), span(ao, sa), span(bo, sb)) else {
+            ok = false;
+            return;
+        };
+        if oe > o.len() || ae > x.len() || be > y.len() {
+            ok = false;
+            return;
+        }
+        match (so, sa, sb) {
+            (1, 1, 1) => {
+                for ((d, p), q) in o[oo..oe].iter_mut().zip(&x[ao..ae]).zip(&y[bo..be]) {
+                    *d = f(*p, *q);
+                }
+            }
+            (1, 1, 0) => {
+                let q = y[bo];
+                for (d, p) in o[oo..oe].iter_mut().zip(&x[ao..ae]) {
+                    *d = f(*p, q);
+                }
+            }
+            (1, 0, 1) => {
+                let p = x[ao];
+                for (d, q) in o[oo..oe].iter_mut().zip(&y[bo..be]) {
+                    *d = f(p, *q);
+                }
+            }
+            _ => {
+                for i in 0..n {
+                    o[oo + i * so] = f(x[ao + i * sa], y[bo + i * sb]);
+                }
+            }
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::OutOfBounds(
+            "elementwise operand smaller than its shape".into(),
+        ))
+    }
 }

@@ -10,7 +10,7 @@ pub mod unary;
 pub use elem_io::{load_bool, load_f64, load_i64, store_bool, store_f64, store_i64, ComputeKind};
 pub use strided::{
     broadcast_shapes, broadcast_strides, contiguous_strides, for_each_index, for_each_offset,
-    same_layout,
+    for_each_row, same_layout,
 };
 
 use ptero_core::{Error, Result, ScalarType};

@@ -124,6 +124,32 @@ pub fn for_each_offset<const N: usize>(
     }
 }
 
+/// Like [`for_each_offset`], but calls `f` once per innermost row with the offsets at the
+/// row's start, the row length and the operands' strides along the row, so callers can
+/// run tight loops (and vectorize) over rows.
+pub fn for_each_row<const N: usize>(
+    shape: &[usize],
+    strides: [&[usize]; N],
+    mut f: impl FnMut([usize; N], usize, [usize; N]),
+) {
+    let rank = shape.len();
+    if rank == 0 {
+        f([0; N], 1, [0; N]);
+        return;
+    }
+    let inner = shape[rank - 1];
+    let inner_st: [usize; N] = core::array::from_fn(|k| strides[k][rank - 1]);
+    for_each_offset(
+        &shape[..rank - 1],
+        core::array::from_fn(|k| &strides[k][..rank - 1]),
+        |base| {
+            if inner > 0 {
+                f(base, inner, inner_st)
+            }
+        },
+    );
+}
+
 /// Calls `f` with every multi-index of `shape` in row-major order.
 pub fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
     if shape.contains(&0) {
@@ -165,6 +191,20 @@ mod tests {
         for (a, b, want) in cases {
             assert_eq!(broadcast_shapes(a, b).ok().as_deref(), want);
         }
+    }
+
+    #[test]
+    fn rows_cover_every_element_once() {
+        let mut seen = Vec::new();
+        for_each_row(&[2, 3], [&[3, 1], &[0, 1]], |[o, b], n, [so, sb]| {
+            seen.push((o, b, n, so, sb))
+        });
+        assert_eq!(seen, [(0, 0, 3, 1, 1), (3, 0, 3, 1, 1)]);
+        let mut n0 = 0;
+        for_each_row(&[], [&[]], |_, n, _| n0 += n);
+        assert_eq!(n0, 1);
+        for_each_row(&[2, 0], [&[0, 1]], |_, n, _| n0 += n);
+        assert_eq!(n0, 1);
     }
 
     #[test]
