@@ -150,12 +150,10 @@ impl<'a> KernelArgs<'a> {
     }
 
     fn item(&self, idx: u32) -> Result<&Value> {
-        self.values
-            .get(idx as usize)
-            .ok_or_else(|| Error::BadValueIndex {
-                index: idx as usize,
-                len: self.values.len(),
-            })
+        self.values.get(idx as usize).ok_or(Error::BadValueIndex {
+            index: idx as usize,
+            len: self.values.len(),
+        })
     }
 
     fn kind_err(&self, i: usize, expected: &'static str) -> Error {
@@ -602,7 +600,7 @@ impl<'s, 'a> TensorListRef<'s, 'a> {
         }
     }
     pub fn meta(&self, k: usize) -> Result<&'s TensorMeta> {
-        self.opt_meta(k)?.ok_or_else(|| Error::ArgKind {
+        self.opt_meta(k)?.ok_or(Error::ArgKind {
             arg: self.arg,
             expected: "Tensor list item",
             found: "None",
