@@ -8,7 +8,9 @@
 use half::{bf16, f16};
 use ptero_core::{Dims, Error, KernelArgs, Result, ScalarType, TensorMeta};
 
-use super::{contiguous_strides, for_each_offset, load_f64, load_i64, store_f64, store_i64};
+use super::{
+    contiguous_strides, for_each_offset, for_each_row, load_f64, load_i64, store_f64, store_i64,
+};
 
 /// A strided window on tensor bytes: element `idx` lives at `offset + sum(idx * strides)`.
 #[derive(Clone, Copy, Debug)]
@@ -123,8 +125,16 @@ macro_rules! typed_move {
             bytemuck::try_cast_slice::<u8, $t>($src),
         ) {
             (Ok(d), Ok(s)) => {
-                for_each_offset($sh, [$ds, $ss], |[o, i]| {
-                    d[o + $doff] = s[i + $soff];
+                // Bounds were checked by `check_bounds`; rows make the inner loop tight.
+                for_each_row($sh, [$ds, $ss], |[o, i], n, [so, si]| {
+                    let (o, i) = (o + $doff, i + $soff);
+                    if so == 1 && si == 1 {
+                        d[o..o + n].copy_from_slice(&s[i..i + n]);
+                    } else {
+                        for k in 0..n {
+                            d[o + k * so] = s[i + k * si];
+                        }
+                    }
                 });
                 true
             }
