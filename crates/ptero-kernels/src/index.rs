@@ -13,6 +13,7 @@ use ptero_core::{
 
 use crate::shape::slice_bounds;
 use crate::util::copy::{copy_cast, ElemCopy, Strided};
+use crate::util::inline_vec::InlineVec;
 use crate::util::{
     broadcast_shapes, broadcast_strides, for_each_index, load_f64, load_i64, store_f64, store_i64,
     ComputeKind,
@@ -68,13 +69,18 @@ fn elem_offset(idx: &[usize], strides: &[usize]) -> usize {
 // ---------------------------------------------------------------------------------------
 
 /// Where an indexed dim gets its index values.
+#[derive(Default)]
 enum Source {
     /// Item `k` of the indices list (an int tensor).
     Item(usize),
+    /// Not yet set (unused inline slot).
+    #[default]
+    Unset,
     /// Coordinates of a bool mask's true elements (scratch memory: the mask's nonzero()).
     Owned(Vec<i64>),
 }
 
+#[derive(Default)]
 struct Indexed {
     self_dim: usize,
     shape: Dims,
@@ -93,14 +99,14 @@ struct Plan {
     /// For each dim of self: the result position holding its coordinate, for dims not
     /// indexed (`usize::MAX` for indexed ones).
     pos: [usize; ptero_core::MAX_DIMS],
-    indexed: Vec<Indexed>,
+    indexed: InlineVec<Indexed, { ptero_core::MAX_DIMS }>,
 }
 
 fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Plan> {
     let m = a.meta(self_arg)?;
     let rank = m.dim();
     let list = a.tensor_list(list_arg)?;
-    let mut indexed: Vec<Indexed> = Vec::new();
+    let mut indexed: InlineVec<Indexed, { ptero_core::MAX_DIMS }> = InlineVec::new();
     let mut d = 0usize;
     for k in 0..list.len() {
         let Some(im) = list.opt_meta(k)? else {
@@ -140,7 +146,7 @@ fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Pl
                         shape: Dims::from_slice(&[count]).unwrap_or_default(),
                         src: Source::Owned(c),
                         bstrides: Dims::new(),
-                    });
+                    })?;
                 }
                 d += md;
             }
@@ -156,7 +162,7 @@ fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Pl
                     shape: im.dims(),
                     src: Source::Item(k),
                     bstrides: Dims::new(),
-                });
+                })?;
                 d += 1;
             }
         }
@@ -167,7 +173,7 @@ fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Pl
         )));
     }
     let mut b = Dims::new();
-    for ix in &indexed {
+    for ix in indexed.iter() {
         b = broadcast_shapes(&b, &ix.shape)?;
     }
     for ix in indexed.iter_mut() {
@@ -182,7 +188,7 @@ fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Pl
         ix.bstrides = st;
     }
     let mut is_indexed = [false; ptero_core::MAX_DIMS];
-    for ix in &indexed {
+    for ix in indexed.iter() {
         is_indexed[ix.self_dim] = true;
     }
     let first = indexed.iter().map(|i| i.self_dim).min().unwrap_or(0);
@@ -248,15 +254,16 @@ fn walk_plan(
 ) -> Result<()> {
     let list = a.tensor_list(list_arg)?;
     // Per indexed dim: (bytes, dtype, strides of the index tensor over its own shape).
-    let mut views: Vec<Option<(&[u8], ScalarType, Dims)>> = Vec::with_capacity(plan.indexed.len());
-    for ix in &plan.indexed {
-        views.push(match ix.src {
+    let mut views: [Option<(&[u8], ScalarType, Dims)>; ptero_core::MAX_DIMS] =
+        [None; ptero_core::MAX_DIMS];
+    for (view, ix) in views.iter_mut().zip(plan.indexed.iter()) {
+        *view = match ix.src {
             Source::Item(k) => {
                 let t = list.get(k)?;
                 Some((t.bytes, t.meta.dtype, t.meta.stride_dims()))
             }
-            Source::Owned(_) => None,
-        });
+            Source::Owned(_) | Source::Unset => None,
+        };
     }
     let sst = self_meta.stride_dims();
     let sizes = self_meta.sizes();

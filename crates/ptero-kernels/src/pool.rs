@@ -112,12 +112,13 @@ fn window(a: &KernelArgs<'_>, ki: usize, si: usize, pi: usize, di: Option<usize>
     })
 }
 
-fn out_shape(rank: usize, n: usize, c: usize, oh: usize, ow: usize) -> alloc::vec::Vec<usize> {
-    if rank == 3 {
-        alloc::vec![c, oh, ow]
+fn out_shape(rank: usize, n: usize, c: usize, oh: usize, ow: usize) -> ptero_core::Dims {
+    let dims: &[usize] = if rank == 3 {
+        &[c, oh, ow]
     } else {
-        alloc::vec![n, c, oh, ow]
-    }
+        &[n, c, oh, ow]
+    };
+    ptero_core::Dims::from_slice(dims).unwrap_or_default()
 }
 
 fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {

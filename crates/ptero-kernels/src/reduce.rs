@@ -353,8 +353,12 @@ fn extreme_into(
     max: bool,
     what: &str,
 ) -> Result<()> {
-    let outs: Vec<usize> = vals.iter().chain(idx.iter()).copied().collect();
-    let plan = resize_plan(a, 0, mask, keepdim, &outs)?;
+    let (mut outs, mut n_outs) = ([0usize; 2], 0);
+    for &o in vals.iter().chain(idx.iter()) {
+        outs[n_outs] = o;
+        n_outs += 1;
+    }
+    let plan = resize_plan(a, 0, mask, keepdim, &outs[..n_outs])?;
     if plan.n == 0 {
         return Err(empty_reduction(what));
     }

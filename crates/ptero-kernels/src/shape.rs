@@ -593,24 +593,58 @@ fn stack_out(a: &mut KernelArgs<'_>) -> Result<()> {
 
 /// Copies consecutive chunks of `self` along `dim` into the items of out-list `out`;
 /// `keep_dim = false` removes the dim (unbind, chunks of size 1).
+/// The chunk lengths of a split, computed on the fly so splitting never allocates.
+#[derive(Clone, Copy)]
+enum Chunks {
+    /// `count` chunks of `split`, the last one shorter to end at `size`.
+    Even {
+        split: usize,
+        size: usize,
+        count: usize,
+    },
+    /// Lengths from int-list argument `arg`.
+    List { arg: usize, count: usize },
+    /// `count` chunks of length 1.
+    Ones { count: usize },
+}
+
+impl Chunks {
+    fn count(self) -> usize {
+        match self {
+            Chunks::Even { count, .. } | Chunks::List { count, .. } | Chunks::Ones { count } => {
+                count
+            }
+        }
+    }
+
+    fn len(self, a: &KernelArgs<'_>, k: usize) -> Result<usize> {
+        Ok(match self {
+            Chunks::Even { split, size, .. } => split.min(size - (k * split).min(size)),
+            Chunks::List { arg, .. } => to_usize(a.int_list(arg)?.get(k)?, "split size")?,
+            Chunks::Ones { .. } => 1,
+        })
+    }
+}
+
 fn split_into(
     a: &mut KernelArgs<'_>,
     dim: usize,
-    sizes: &[usize],
+    chunks: Chunks,
     out: usize,
     keep_dim: bool,
 ) -> Result<()> {
     let m = *a.meta(0)?;
     let n = a.tensor_list(out)?.len();
-    if n != sizes.len() {
+    if n != chunks.count() {
         return Err(Error::invalid(alloc::format!(
             "expected an out list of {} tensors, got {n}",
-            sizes.len()
+            chunks.count()
         )));
     }
     let sst_full = m.stride_dims();
     let mut at = 0usize;
-    for (k, &len) in sizes.iter().enumerate() {
+    for k in 0..n {
+        let len = chunks.len(a, k)?;
         let (mut shape, mut sst) = (m.dims(), sst_full);
         shape[dim] = len;
         if !keep_dim {
@@ -658,11 +692,17 @@ fn split_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     } else {
         size.div_ceil(split).max(1)
     };
-    let mut sizes = alloc::vec::Vec::with_capacity(chunks); // scratch: one entry per chunk
-    for k in 0..chunks {
-        sizes.push(split.min(size - (k * split).min(size)));
-    }
-    split_into(a, dim, &sizes, 3, true)
+    split_into(
+        a,
+        dim,
+        Chunks::Even {
+            split,
+            size,
+            count: chunks,
+        },
+        3,
+        true,
+    )
 }
 
 /// `self, split_sizes[], dim=0, *, out[]`
@@ -676,20 +716,18 @@ fn split_with_sizes_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let dim = normalize_dim(a.int(2)?, m.dim())?;
     let list = a.int_list(1)?;
-    let mut sizes = alloc::vec::Vec::with_capacity(list.len()); // scratch: one per chunk
     let mut sum = 0usize;
     for k in 0..list.len() {
-        let v = to_usize(list.get(k)?, "split size")?;
-        sum = sum.saturating_add(v);
-        sizes.push(v);
+        sum = sum.saturating_add(to_usize(list.get(k)?, "split size")?);
     }
+    let count = list.len();
     if sum != m.sizes()[dim] {
         return Err(Error::invalid(alloc::format!(
             "split sizes add up to {sum}, dimension {dim} has size {}",
             m.sizes()[dim]
         )));
     }
-    split_into(a, dim, &sizes, 3, true)
+    split_into(a, dim, Chunks::List { arg: 1, count }, 3, true)
 }
 
 /// `self, dim=0, *, out[]`
@@ -702,8 +740,8 @@ fn unbind_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
         ));
     }
     let dim = normalize_dim(a.int(1)?, m.dim())?;
-    let sizes = alloc::vec![1usize; m.sizes()[dim]]; // scratch: one per slice
-    split_into(a, dim, &sizes, 2, false)
+    let count = m.sizes()[dim];
+    split_into(a, dim, Chunks::Ones { count }, 2, false)
 }
 
 // ---------------------------------------------------------------------------------------

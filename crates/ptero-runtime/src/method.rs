@@ -405,13 +405,12 @@ impl Method {
                         t.sizes()
                     )));
                 }
-                let traced = self
+                let traced: &[usize] = self
                     .meta
                     .inputs
                     .get(index)
                     .and_then(|m| m.tensor.as_ref())
-                    .map(|ti| ti.sizes.clone())
-                    .unwrap_or_default();
+                    .map_or(&[], |ti| &ti.sizes);
                 meta.resize(t.sizes()).map_err(|e| match meta.dynamism {
                     ptero_core::Dynamism::Static => err(format!(
                         "expected shape {traced:?} (static), got {:?}",
