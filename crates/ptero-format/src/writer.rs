@@ -2,8 +2,9 @@
 //! and by future compilers of ours to emit them.
 //!
 //! The layout matches the official exporter: constants go to one 16-byte-aligned constant
-//! segment, delegate blobs to their own segments, every segment starts on a 128-byte
-//! boundary, and the `eh00` header is written only when there are segments.
+//! segment, initial values of mutable tensors to one mutable-data segment, then delegate
+//! blobs and named data get a segment each; every segment starts on a 128-byte boundary,
+//! and the `eh00` header is written only when there are segments.
 
 use alloc::string::String;
 use alloc::vec;
@@ -26,6 +27,13 @@ pub enum TensorData {
     Constant(Vec<u8>),
     /// Memory-planned: `memory_id` is 1-based, as in the official format.
     Planned { memory_id: u32, offset: u64 },
+    /// Memory-planned with an initial value (trainable weights, initialized buffers),
+    /// stored in the mutable-data segment and copied in when the method loads.
+    PlannedInit {
+        memory_id: u32,
+        offset: u64,
+        init: Vec<u8>,
+    },
 }
 
 /// A tensor value.
@@ -136,6 +144,7 @@ impl MethodSpec {
 #[derive(Debug, Clone, Default)]
 pub struct ProgramBuilder {
     methods: Vec<MethodSpec>,
+    named_data: Vec<(String, Vec<u8>)>,
 }
 
 fn align(n: usize, a: usize) -> usize {
@@ -158,6 +167,12 @@ impl ProgramBuilder {
         self
     }
 
+    /// Adds a named-data blob (each gets its own segment, as the exporter does).
+    pub fn named_data(mut self, key: &str, bytes: &[u8]) -> ProgramBuilder {
+        self.named_data.push((key.into(), bytes.to_vec()));
+        self
+    }
+
     /// Adds a method given whole.
     pub fn push(mut self, m: MethodSpec) -> ProgramBuilder {
         self.methods.push(m);
@@ -167,9 +182,12 @@ impl ProgramBuilder {
     /// Serializes the program to `.pte` bytes.
     pub fn finish(&self) -> Vec<u8> {
         let mut fbb = FlatBufferBuilder::with_capacity(4096);
-        // Constant segment: entry 0 is the reserved placeholder.
-        let mut constants: Vec<u8> = Vec::new();
-        let mut constant_offsets: Vec<u64> = vec![0];
+        let mut pools = Pools {
+            constants: Vec::new(),
+            constant_offsets: vec![0],
+            mutable: Vec::new(),
+            mutable_offsets: vec![0],
+        };
         // Segment payloads, in order: constants first (if any), then delegates.
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let mut delegate_segment: Vec<Vec<usize>> = Vec::new();
@@ -178,7 +196,16 @@ impl ProgramBuilder {
                 |v| matches!(v, ValueSpec::Tensor(t) if matches!(t.data, TensorData::Constant(_))),
             )
         });
+        let has_mutable = self.methods.iter().any(|m| {
+            m.values.iter().any(
+                |v| matches!(v, ValueSpec::Tensor(t) if matches!(t.data, TensorData::PlannedInit { .. })),
+            )
+        });
         if has_constants {
+            segments.push(Vec::new());
+        }
+        let mutable_segment = segments.len();
+        if has_mutable {
             segments.push(Vec::new());
         }
         for m in &self.methods {
@@ -194,7 +221,7 @@ impl ProgramBuilder {
         for (mi, m) in self.methods.iter().enumerate() {
             let mut values = Vec::new();
             for v in &m.values {
-                let (ty, val) = write_value(&mut fbb, v, &mut constants, &mut constant_offsets);
+                let (ty, val) = write_value(&mut fbb, v, &mut pools);
                 values.push(fb::EValue::create(
                     &mut fbb,
                     &fb::EValueArgs {
@@ -352,7 +379,14 @@ impl ProgramBuilder {
             ));
         }
         if has_constants {
-            segments[0] = constants;
+            segments[0] = core::mem::take(&mut pools.constants);
+        }
+        if has_mutable {
+            segments[mutable_segment] = core::mem::take(&mut pools.mutable);
+        }
+        let named_first = segments.len();
+        for (_, blob) in &self.named_data {
+            segments.push(blob.clone());
         }
         let plans = fbb.create_vector(&plans);
         // Segment offsets are relative to the segment base.
@@ -373,7 +407,7 @@ impl ProgramBuilder {
         }
         let seg_vec = fbb.create_vector(&seg_tables);
         let constant_segment = if has_constants {
-            let offs = fbb.create_vector(&constant_offsets);
+            let offs = fbb.create_vector(&pools.constant_offsets);
             Some(fb::SubsegmentOffsets::create(
                 &mut fbb,
                 &fb::SubsegmentOffsetsArgs {
@@ -384,6 +418,35 @@ impl ProgramBuilder {
         } else {
             None
         };
+        let mutable_data_segments = if has_mutable {
+            let offs = fbb.create_vector(&pools.mutable_offsets);
+            let sub = fb::SubsegmentOffsets::create(
+                &mut fbb,
+                &fb::SubsegmentOffsetsArgs {
+                    segment_index: mutable_segment as u32,
+                    offsets: Some(offs),
+                },
+            );
+            Some(fbb.create_vector(&[sub]))
+        } else {
+            None
+        };
+        let mut named = Vec::new();
+        for (i, (key, _)) in self.named_data.iter().enumerate() {
+            let key = fbb.create_string(key);
+            named.push(fb::NamedData::create(
+                &mut fbb,
+                &fb::NamedDataArgs {
+                    key: Some(key),
+                    segment_index: (named_first + i) as u32,
+                },
+            ));
+        }
+        let named_data = if named.is_empty() {
+            None
+        } else {
+            Some(fbb.create_vector(&named))
+        };
         let root = fb::Program::create(
             &mut fbb,
             &fb::ProgramArgs {
@@ -393,8 +456,8 @@ impl ProgramBuilder {
                 backend_delegate_data: None,
                 segments: Some(seg_vec),
                 constant_segment,
-                mutable_data_segments: None,
-                named_data: None,
+                mutable_data_segments,
+                named_data,
             },
         );
         fb::finish_program_buffer(&mut fbb, root);
@@ -425,11 +488,27 @@ impl ProgramBuilder {
     }
 }
 
+/// Constant and mutable-initial-value bytes, packed 16-byte aligned; offset entry 0 is
+/// the format's reserved placeholder.
+struct Pools {
+    constants: Vec<u8>,
+    constant_offsets: Vec<u64>,
+    mutable: Vec<u8>,
+    mutable_offsets: Vec<u64>,
+}
+
+fn pack(pool: &mut Vec<u8>, offsets: &mut Vec<u64>, bytes: &[u8]) -> u32 {
+    let start = align(pool.len(), CONSTANT_ALIGN);
+    pool.resize(start, 0);
+    pool.extend_from_slice(bytes);
+    offsets.push(start as u64);
+    (offsets.len() - 1) as u32
+}
+
 fn write_value<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     v: &ValueSpec,
-    constants: &mut Vec<u8>,
-    constant_offsets: &mut Vec<u64>,
+    pools: &mut Pools,
 ) -> (fb::KernelTypes, WIPOffset<flatbuffers::UnionWIPOffset>) {
     match v {
         ValueSpec::Null => (
@@ -513,23 +592,20 @@ fn write_value<'b>(
             let dim_order = fbb.create_vector(&order);
             let (data_buffer_idx, allocation_info) = match &t.data {
                 TensorData::None => (0, None),
-                TensorData::Constant(bytes) => {
-                    let start = align(constants.len(), CONSTANT_ALIGN);
-                    constants.resize(start, 0);
-                    constants.extend_from_slice(bytes);
-                    constant_offsets.push(start as u64);
-                    ((constant_offsets.len() - 1) as u32, None)
-                }
+                TensorData::Constant(bytes) => (
+                    pack(&mut pools.constants, &mut pools.constant_offsets, bytes),
+                    None,
+                ),
                 TensorData::Planned { memory_id, offset } => {
-                    let a = fb::AllocationDetails::create(
-                        fbb,
-                        &fb::AllocationDetailsArgs {
-                            memory_id: *memory_id,
-                            memory_offset_low: *offset as u32,
-                            memory_offset_high: (*offset >> 32) as u32,
-                        },
-                    );
-                    (0, Some(a))
+                    (0, Some(allocation(fbb, *memory_id, *offset)))
+                }
+                TensorData::PlannedInit {
+                    memory_id,
+                    offset,
+                    init,
+                } => {
+                    let idx = pack(&mut pools.mutable, &mut pools.mutable_offsets, init);
+                    (idx, Some(allocation(fbb, *memory_id, *offset)))
                 }
             };
             let t = fb::Tensor::create(
@@ -550,6 +626,21 @@ fn write_value<'b>(
             (fb::KernelTypes::Tensor, t.as_union_value())
         }
     }
+}
+
+fn allocation<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    memory_id: u32,
+    offset: u64,
+) -> WIPOffset<fb::AllocationDetails<'b>> {
+    fb::AllocationDetails::create(
+        fbb,
+        &fb::AllocationDetailsArgs {
+            memory_id,
+            memory_offset_low: offset as u32,
+            memory_offset_high: (offset >> 32) as u32,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -592,6 +683,32 @@ mod tests {
         assert!(pte.constant_range(2, 1).is_err());
         let plan = pte.method("forward").unwrap();
         assert_eq!(plan.values().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn mutable_init_and_named_data() {
+        let bytes = ProgramBuilder::new()
+            .named_data("weights", &[9, 8, 7])
+            .method("forward", |m| {
+                m.value(ValueSpec::Tensor(TensorSpec::new(
+                    fb::ScalarType::FLOAT,
+                    &[2],
+                    TensorData::PlannedInit {
+                        memory_id: 1,
+                        offset: 0,
+                        init: f32_bytes(&[5.0, 6.0]),
+                    },
+                )));
+                m.planned_buffers.push(8);
+            })
+            .finish();
+        let pte = PteFile::parse(&bytes).unwrap();
+        let r = pte.mutable_init_range(1, 8).unwrap();
+        assert_eq!(&bytes[r], &f32_bytes(&[5.0, 6.0])[..]);
+        assert!(pte.mutable_init_range(1, 9).is_err());
+        assert!(pte.mutable_init_range(2, 1).is_err());
+        assert_eq!(pte.named_data("weights"), Some(&[9u8, 8, 7][..]));
+        assert_eq!(pte.named_data("other"), None);
     }
 
     #[test]

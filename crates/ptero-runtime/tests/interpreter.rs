@@ -415,3 +415,64 @@ fn unknown_methods_list_the_available_ones() {
         "no method named 'decode'; the program has: forward, encode"
     );
 }
+
+#[test]
+fn mutable_buffers_start_from_their_initial_value_and_persist() {
+    // acc (initialized [1, 2]) += x on every call: tmp = acc + x; copy_(acc, tmp); return acc.
+    let bytes = ProgramBuilder::new()
+        .method("forward", |m| {
+            let init: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+            let acc = m.value(ValueSpec::Tensor(TensorSpec::new(
+                FbType::FLOAT,
+                &[2],
+                TensorData::PlannedInit {
+                    memory_id: 1,
+                    offset: 0,
+                    init,
+                },
+            )));
+            let x = planned(m, &[2], 16);
+            let tmp = planned(m, &[2], 32);
+            let one = m.value(ValueSpec::Int(1));
+            let no = m.value(ValueSpec::Bool(false));
+            m.planned_buffers.push(48);
+            m.inputs = vec![x];
+            m.outputs = vec![acc];
+            m.kernel("aten::add", "out", &[acc, x, one, tmp, tmp]);
+            m.kernel("aten::copy_", "", &[acc, tmp, no, acc]);
+        })
+        .finish();
+    let program = Program::from_bytes(&bytes).unwrap();
+    let mut m = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap();
+    for want in [[1.5f32, 2.5], [2.0, 3.0], [2.5, 3.5]] {
+        m.set_inputs(&[f32s(&[0.5, 0.5], &[2])]).unwrap();
+        m.execute().unwrap();
+        assert_eq!(
+            m.output(0)
+                .unwrap()
+                .into_tensor()
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap(),
+            want
+        );
+    }
+    // A second load starts again from the initial value.
+    let mut fresh = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap();
+    fresh.set_inputs(&[f32s(&[0.0, 0.0], &[2])]).unwrap();
+    fresh.execute().unwrap();
+    assert_eq!(
+        fresh
+            .output(0)
+            .unwrap()
+            .into_tensor()
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        [1.0, 2.0]
+    );
+}
