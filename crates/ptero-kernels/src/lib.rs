@@ -38,6 +38,7 @@ mod reduce;
 mod shape;
 mod softmax;
 mod unary;
+mod upsample;
 mod where_op;
 
 #[doc(hidden)]
@@ -70,5 +71,6 @@ pub fn register_all(reg: &mut KernelRegistry) {
     shape::register(reg);
     softmax::register(reg);
     unary::register(reg);
+    upsample::register(reg);
     where_op::register(reg);
 }
