@@ -28,6 +28,7 @@ mod copy;
 mod creation;
 mod index;
 mod logical;
+mod masked;
 mod matmul;
 mod mutation;
 mod norm;
@@ -61,6 +62,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     creation::register(reg);
     index::register(reg);
     logical::register(reg);
+    masked::register(reg);
     matmul::register(reg);
     mutation::register(reg);
     norm::register(reg);
