@@ -35,6 +35,7 @@ mod norm;
 mod pad;
 mod pool;
 mod prim;
+mod random;
 mod reduce;
 mod shape;
 mod softmax;
@@ -69,6 +70,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     pad::register(reg);
     pool::register(reg);
     prim::register(reg);
+    random::register(reg);
     reduce::register(reg);
     shape::register(reg);
     softmax::register(reg);
