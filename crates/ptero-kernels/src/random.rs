@@ -13,7 +13,7 @@ use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 use crate::util::unary::round_to;
 use crate::util::{for_each_offset, load_f64, store_bool, store_f64, FLOAT};
 
-static STATE: AtomicU64 = AtomicU64::new(0x5EED_0F_D1CE);
+static STATE: AtomicU64 = AtomicU64::new(0x5EED_0FD1_CE00);
 
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
