@@ -26,6 +26,7 @@ mod compare;
 mod conv;
 mod copy;
 mod creation;
+mod distance;
 mod index;
 mod logical;
 mod masked;
@@ -61,6 +62,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     conv::register(reg);
     copy::register(reg);
     creation::register(reg);
+    distance::register(reg);
     index::register(reg);
     logical::register(reg);
     masked::register(reg);
