@@ -27,6 +27,7 @@ mod conv;
 mod copy;
 mod creation;
 mod distance;
+mod grid_sample;
 mod index;
 mod logical;
 mod masked;
@@ -63,6 +64,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     copy::register(reg);
     creation::register(reg);
     distance::register(reg);
+    grid_sample::register(reg);
     index::register(reg);
     logical::register(reg);
     masked::register(reg);
