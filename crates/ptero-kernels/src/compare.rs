@@ -1,4 +1,4 @@
-//! Comparisons: eq, ne, lt, le, gt, ge, in `Tensor` and `Scalar` forms.
+//! Comparisons: eq, ne, lt, le, gt, ge, in `Tensor` and `Scalar` forms, and `allclose`.
 //!
 //! Operands are compared in their promoted dtype, as PyTorch does: each value is first
 //! rounded to that dtype (`f32_tensor == 0.1` compares against `0.1f32`, an int64 tensor
@@ -6,12 +6,12 @@
 //! The out is normally bool but may be any numeric dtype (it receives 0 or 1).
 
 use half::{bf16, f16};
-use ptero_core::{KernelArgs, KernelRegistry, Result, ScalarType};
+use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType, Value};
 
 use crate::util::elementwise::{binary, result_type, BinaryFns, Operand};
-use crate::util::same_layout;
 use crate::util::unary::cast_scalar;
 use crate::util::ComputeKind;
+use crate::util::{for_each_offset, load_f64, load_i64, same_layout, store_bool};
 
 const EQ: u8 = 0;
 const NE: u8 = 1;
@@ -184,7 +184,90 @@ kernels! {
     ge_tensor, ge_scalar, GE;
 }
 
+/// PyTorch's `allclose`: `self` and `other` (same shape and dtype) are close when every
+/// pair is equal, or both NaN with `equal_nan`, or differs by a finite amount at most
+/// `atol + rtol * |other|`. Integer and bool tensors compare exactly.
+fn all_close(a: &KernelArgs<'_>, rtol: f64, atol: f64, equal_nan: bool) -> Result<bool> {
+    let (sm, om) = (*a.meta(0)?, *a.meta(1)?);
+    if sm.dtype != om.dtype {
+        return Err(Error::Dtype {
+            arg: 1,
+            expected: sm.dtype.name().into(),
+            found: om.dtype,
+        });
+    }
+    if sm.sizes() != om.sizes() {
+        return Err(Error::shape(alloc::format!(
+            "allclose: shapes {:?} and {:?} differ",
+            sm.sizes(),
+            om.sizes()
+        )));
+    }
+    if !sm.dtype.is_numeric() {
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a numeric or bool dtype".into(),
+            found: sm.dtype,
+        });
+    }
+    let (x, y) = (a.tensor(0)?, a.tensor(1)?);
+    let dt = sm.dtype;
+    let float = dt.is_float();
+    let mut close = true;
+    for_each_offset(sm.sizes(), [sm.strides(), om.strides()], |[i, j]| {
+        if !close {
+            return;
+        }
+        close = if float {
+            let (p, q) = (load_f64(x.bytes, dt, i), load_f64(y.bytes, dt, j));
+            p == q
+                || (equal_nan && p.is_nan() && q.is_nan())
+                || ((p - q).is_finite() && libm::fabs(p - q) <= atol + rtol * libm::fabs(q))
+        } else {
+            load_i64(x.bytes, dt, i) == load_i64(y.bytes, dt, j)
+        };
+    });
+    Ok(close)
+}
+
+/// `allclose.out(self, other, rtol=1e-05, atol=1e-08, equal_nan=False, dummy_param=False,
+/// *, out)`: out is a one-element bool tensor.
+fn allclose_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(7)?;
+    allclose_into(a, 6)
+}
+
+/// `allclose.Tensor(self, other, rtol, atol, equal_nan, dummy_param) -> Tensor`: the
+/// result goes to the return slot.
+fn allclose_tensor(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(7)?;
+    if !matches!(a.value(6)?, Value::Tensor(_)) {
+        return Err(Error::invalid(
+            "allclose.Tensor: the return slot must be a tensor",
+        ));
+    }
+    allclose_into(a, 6)
+}
+
+fn allclose_into(a: &mut KernelArgs<'_>, out: usize) -> Result<()> {
+    let (rtol, atol, equal_nan) = (a.double(2)?, a.double(3)?, a.bool(4)?);
+    let om = *a.meta(out)?;
+    if om.dtype != ScalarType::Bool || om.numel() != 1 {
+        return Err(Error::invalid(alloc::format!(
+            "allclose: out must be a one-element bool tensor, found {} of shape {:?}",
+            om.dtype,
+            om.sizes()
+        )));
+    }
+    let close = all_close(a, rtol, atol, equal_nan)?;
+    let o = a.out(out)?;
+    store_bool(o.bytes, ScalarType::Bool, 0, close);
+    Ok(())
+}
+
 pub(crate) fn register(reg: &mut KernelRegistry) {
+    reg.register("aten::allclose.out", allclose_out);
+    reg.register("aten::allclose.Tensor", allclose_tensor);
     let ops: &[(&str, ptero_core::KernelFn)] = &[
         ("aten::eq.Tensor_out", eq_tensor),
         ("aten::eq.Scalar_out", eq_scalar),
@@ -421,5 +504,83 @@ mod tests {
             ]
         )
         .is_err());
+    }
+
+    #[test]
+    fn allclose() {
+        let run = |x: &[f64], y: &[f64], dt: ScalarType, rtol: f64, atol: f64, nan: bool| {
+            let n = x.len();
+            let out = run_op(
+                "aten::allclose.out",
+                vec![
+                    t(dt, &[n], x),
+                    t(dt, &[n], y),
+                    Arg::Double(rtol),
+                    Arg::Double(atol),
+                    Arg::Bool(nan),
+                    Arg::Bool(false),
+                    Arg::Out(Bool, vec![1]),
+                ],
+            )
+            .unwrap();
+            out.tensors[0].to_f64()[0] == 1.0
+        };
+        let inf = f64::INFINITY;
+        let nan = f64::NAN;
+        assert!(run(
+            &[1.0, 2.0],
+            &[1.0, 2.0 + 1e-6],
+            Float,
+            1e-5,
+            1e-8,
+            false
+        ));
+        assert!(!run(&[1.0, 2.0], &[1.0, 2.1], Float, 1e-5, 1e-8, false));
+        assert!(run(&[inf, 1.0], &[inf, 1.0], Double, 1e-5, 1e-8, false));
+        assert!(!run(&[inf], &[-inf], Double, 1e-5, 1e-8, false));
+        assert!(!run(&[nan], &[nan], Float, 1e-5, 1e-8, false));
+        assert!(run(&[nan], &[nan], Float, 1e-5, 1e-8, true));
+        assert!(!run(&[1.0], &[2.0], Long, 10.0, 10.0, false));
+        assert!(run(&[], &[], Float, 0.0, 0.0, false));
+        // Different dim orders compare logically; the return-slot form.
+        let x = OwnedTensor::from_f64(Float, &[1, 2, 1, 2], &[1., 2., 3., 4.]);
+        let y = x.with_dim_order(&[0, 2, 3, 1]);
+        let out = run_op(
+            "aten::allclose.Tensor",
+            vec![
+                Arg::T(x.clone()),
+                Arg::T(y),
+                Arg::Double(0.0),
+                Arg::Double(0.0),
+                Arg::Bool(false),
+                Arg::Bool(false),
+                Arg::Out(Bool, vec![]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [1.0]);
+        // Shape or dtype mismatch, non-bool out.
+        for (o, other) in [
+            (Arg::Out(Bool, vec![1]), t(Float, &[4], &[1., 2., 3., 4.])),
+            (
+                Arg::Out(Bool, vec![1]),
+                t(Double, &[1, 2, 1, 2], &[1., 2., 3., 4.]),
+            ),
+            (Arg::Out(Float, vec![1]), Arg::T(x.clone())),
+        ] {
+            assert!(run_op(
+                "aten::allclose.out",
+                vec![
+                    Arg::T(x.clone()),
+                    other,
+                    Arg::Double(0.0),
+                    Arg::Double(0.0),
+                    Arg::Bool(false),
+                    Arg::Bool(false),
+                    o
+                ]
+            )
+            .is_err());
+        }
     }
 }

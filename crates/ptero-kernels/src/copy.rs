@@ -1,5 +1,8 @@
 //! Copies that change dtype or layout: clone, `_to_copy`, `copy`, the dim-order ops and
-//! the view-like `alias_copy`/`detach_copy`/`lift_fresh_copy`.
+//! the view-like `alias_copy`/`detach_copy`/`lift_fresh_copy`, the device copies
+//! `et_copy::_h2d_copy`/`_d2h_copy` (plain copies: this runtime has only host memory),
+//! `_conj_physical` (a copy for real tensors) and `view_as_real_copy` (complex tensors are
+//! not representable, so it always fails).
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result};
 
@@ -81,7 +84,47 @@ fn empty_dim_order_out(a: &mut KernelArgs<'_>) -> Result<()> {
     check_dim_order(a, 1, 2)
 }
 
+/// `self, *, out`: host and device memory are the same here, so the copy keeps dtype and
+/// values exactly (out must have self's dtype, as ExecuTorch requires).
+fn device_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(2)?;
+    let (sd, od) = (a.meta(0)?.dtype, a.meta(1)?.dtype);
+    if sd != od {
+        return Err(Error::Dtype {
+            arg: 1,
+            expected: sd.name().into(),
+            found: od,
+        });
+    }
+    same_shape_copy(a, 0, 1)
+}
+
+/// `self, *, out`: the conjugate of a real tensor is itself.
+fn conj_physical_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(2)?;
+    let sd = a.meta(0)?.dtype;
+    if !sd.is_numeric() {
+        return Err(Error::NotImplemented(alloc::format!(
+            "_conj_physical of a {sd} tensor (only real dtypes are supported)"
+        )));
+    }
+    same_shape_copy(a, 0, 1)
+}
+
+/// `self, *, out`: needs a complex input, which the tensor format here cannot hold.
+fn view_as_real_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(2)?;
+    Err(Error::NotImplemented(alloc::format!(
+        "view_as_real_copy needs a complex tensor; complex dtypes are not supported (input is {})",
+        a.meta(0)?.dtype
+    )))
+}
+
 pub(crate) fn register(reg: &mut KernelRegistry) {
+    reg.register("et_copy::_h2d_copy.out", device_copy_out);
+    reg.register("et_copy::_d2h_copy.out", device_copy_out);
+    reg.register("aten::_conj_physical.out", conj_physical_out);
+    reg.register("aten::view_as_real_copy.out", view_as_real_copy_out);
     reg.register("aten::clone.out", clone_out);
     reg.register("aten::_to_copy.out", to_copy_out);
     reg.register("aten::copy.out", copy_out);
@@ -288,6 +331,40 @@ mod tests {
                 Arg::Bool(false),
                 Arg::Out(Float, vec![2, 2])
             ]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn device_and_conj_copies() {
+        let x = OwnedTensor::from_f64(Float, &[1, 2, 1, 2], &[1., 2., 3., 4.])
+            .with_dim_order(&[0, 2, 3, 1]);
+        for name in [
+            "et_copy::_h2d_copy.out",
+            "et_copy::_d2h_copy.out",
+            "aten::_conj_physical.out",
+        ] {
+            let out = run_op(
+                name,
+                vec![Arg::T(x.clone()), Arg::Out(Float, vec![1, 2, 1, 2])],
+            )
+            .unwrap();
+            assert_eq!(out.tensors[0].to_f64(), [1., 2., 3., 4.], "{name}");
+            let e = OwnedTensor::zeros(Int, &[0, 3]);
+            let out = run_op(name, vec![Arg::T(e), Arg::Out(Int, vec![0, 3])]).unwrap();
+            assert_eq!(out.tensors[0].sizes, [0, 3]);
+            let z = OwnedTensor::from_f64(Long, &[], &[7.]);
+            let out = run_op(name, vec![Arg::T(z), Arg::Out(Long, vec![])]).unwrap();
+            assert_eq!(out.tensors[0].to_f64(), [7.]);
+        }
+        assert!(run_op(
+            "et_copy::_h2d_copy.out",
+            vec![Arg::T(x.clone()), Arg::Out(Double, vec![1, 2, 1, 2])]
+        )
+        .is_err());
+        assert!(run_op(
+            "aten::view_as_real_copy.out",
+            vec![Arg::T(x), Arg::Out(Float, vec![1, 2, 1, 2, 2])]
         )
         .is_err());
     }

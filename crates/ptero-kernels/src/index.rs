@@ -1,4 +1,4 @@
-//! Indexing: advanced indexing (`index.Tensor`, `index_put`), `index_select`, `gather`,
+//! Indexing: advanced indexing (`index.Tensor`, `index_put`, `index_put_`), `index_select`, `gather`,
 //! `scatter`/`scatter_add`, `embedding`, `select_scatter` and `slice_scatter`.
 //!
 //! Index values come from tensors, so every one is range-checked (negative values wrap
@@ -334,6 +334,36 @@ fn index_put_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let plan = build_plan(a, 0, 1)?;
     let shape = a.meta(0)?.dims();
     a.resize(4, &shape)?;
+    put_values(a, &plan, 4, accumulate, true)
+}
+
+/// `index_put_(self, indices: Tensor?[], values, accumulate=False) -> self`: in place.
+fn index_put_inplace(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(4)?;
+    let accumulate = a.bool(3)?;
+    let plan = build_plan(a, 0, 1)?;
+    put_values(a, &plan, 0, accumulate, false)?;
+    // The return slot, when it is a separate tensor value, refers to `self`.
+    if a.len() > 4
+        && matches!(a.value(4)?, ptero_core::Value::Tensor(_))
+        && a.value_index(4)? != a.value_index(0)?
+    {
+        let shape = a.meta(0)?.dims();
+        a.alias(4, 0)?;
+        a.resize(4, &shape)?;
+    }
+    Ok(())
+}
+
+/// Writes (or adds) `values` (arg 2) at `self[indices]` of tensor `target`, which has
+/// `self`'s shape; `copy_self` first fills `target` with `self`.
+fn put_values(
+    a: &KernelArgs<'_>,
+    plan: &Plan,
+    target: usize,
+    accumulate: bool,
+    copy_self: bool,
+) -> Result<()> {
     let vm = *a.meta(2)?;
     let vst = broadcast_strides(&vm, &plan.shape).map_err(|_| {
         Error::shape(alloc::format!(
@@ -342,16 +372,18 @@ fn index_put_out(a: &mut KernelArgs<'_>) -> Result<()> {
             plan.shape
         ))
     })?;
-    // Writes go to `out`, whose offsets follow its own dim order: walk with out's meta.
-    let om = *a.meta(4)?;
+    // Writes go to `target`, whose offsets follow its own dim order: walk with its meta.
+    let om = *a.meta(target)?;
     let v = a.tensor(2)?;
-    let mut o = a.out(4)?;
-    copy_whole(&mut o, &a.tensor(0)?)?;
+    let mut o = a.out(target)?;
+    if copy_self {
+        copy_whole(&mut o, &a.tensor(0)?)?;
+    }
     let od = om.dtype;
     let ob = o.bytes;
     if accumulate {
         let kind = ComputeKind::of(od)?;
-        walk_plan(a, &plan, &om, 1, |ridx, oo| {
+        walk_plan(a, plan, &om, 1, |ridx, oo| {
             let vo = elem_offset(ridx, &vst);
             match kind {
                 ComputeKind::Float => {
@@ -366,7 +398,7 @@ fn index_put_out(a: &mut KernelArgs<'_>) -> Result<()> {
         })
     } else {
         let ec = ElemCopy::new(od, vm.dtype)?;
-        walk_plan(a, &plan, &om, 1, |ridx, oo| {
+        walk_plan(a, plan, &om, 1, |ridx, oo| {
             ec.copy(ob, oo, v.bytes, elem_offset(ridx, &vst));
         })
     }
@@ -763,6 +795,7 @@ fn slice_scatter_out(a: &mut KernelArgs<'_>) -> Result<()> {
 pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register("aten::index.Tensor_out", index_tensor_out);
     reg.register("aten::index_put.out", index_put_out);
+    reg.register("aten::index_put_", index_put_inplace);
     reg.register("aten::index_select.out", index_select_out);
     reg.register("aten::gather.out", gather_out);
     reg.register("aten::scatter.src_out", scatter_src_out);
@@ -1120,5 +1153,75 @@ mod tests {
         for (op, args) in bad {
             assert!(run_op(op, args).is_err(), "{op} should fail");
         }
+    }
+
+    #[test]
+    fn index_put_in_place() {
+        // self is the writable Out arg (zeros [2, 3]): x[[1, 0], [2, -1]] = [5, 7].
+        let idx0 = long(&[2], &[1., 0.]);
+        let idx1 = long(&[2], &[2., -1.]);
+        for (acc, want) in [
+            (false, [0., 0., 7., 0., 0., 5.]),
+            (true, [0., 0., 7., 0., 0., 5.]),
+        ] {
+            let out = run_op(
+                "aten::index_put_",
+                vec![
+                    Arg::Out(Float, vec![2, 3]),
+                    Arg::OptTensors(vec![Some(idx0.clone()), Some(idx1.clone())]),
+                    t(OwnedTensor::from_f64(Float, &[2], &[5., 7.])),
+                    Arg::Bool(acc),
+                ],
+            )
+            .unwrap();
+            assert_eq!(out.tensors[0].to_f64(), want);
+        }
+        // Accumulate with repeated indices adds each.
+        let out = run_op(
+            "aten::index_put_",
+            vec![
+                Arg::Out(Long, vec![3]),
+                Arg::OptTensors(vec![Some(long(&[3], &[1., 1., 2.]))]),
+                t(long(&[], &[4.])),
+                Arg::Bool(true),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [0., 8., 4.]);
+        // Channels-last self, empty index, out-of-range index.
+        let out = run_op(
+            "aten::index_put_",
+            vec![
+                Arg::OutLike(
+                    OwnedTensor::zeros(Float, &[1, 2, 1, 2]).with_dim_order(&[0, 2, 3, 1]),
+                ),
+                Arg::OptTensors(vec![None, Some(long(&[1], &[1.]))]),
+                t(OwnedTensor::from_f64(Float, &[1], &[3.])),
+                Arg::Bool(false),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [0., 0., 3., 3.]);
+        let out = run_op(
+            "aten::index_put_",
+            vec![
+                Arg::Out(Float, vec![3]),
+                Arg::OptTensors(vec![Some(long(&[0], &[]))]),
+                t(OwnedTensor::from_f64(Float, &[1], &[3.])),
+                Arg::Bool(false),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [0., 0., 0.]);
+        assert!(run_op(
+            "aten::index_put_",
+            vec![
+                Arg::Out(Float, vec![3]),
+                Arg::OptTensors(vec![Some(long(&[1], &[3.]))]),
+                t(OwnedTensor::from_f64(Float, &[1], &[3.])),
+                Arg::Bool(false),
+            ],
+        )
+        .is_err());
     }
 }

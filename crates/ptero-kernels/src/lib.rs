@@ -26,18 +26,23 @@ mod compare;
 mod conv;
 mod copy;
 mod creation;
+mod distance;
+mod grid_sample;
 mod index;
 mod logical;
+mod masked;
 mod matmul;
 mod mutation;
 mod norm;
 mod pad;
 mod pool;
 mod prim;
+mod random;
 mod reduce;
 mod shape;
 mod softmax;
 mod unary;
+mod upsample;
 mod where_op;
 
 #[doc(hidden)]
@@ -58,17 +63,22 @@ pub fn register_all(reg: &mut KernelRegistry) {
     conv::register(reg);
     copy::register(reg);
     creation::register(reg);
+    distance::register(reg);
+    grid_sample::register(reg);
     index::register(reg);
     logical::register(reg);
+    masked::register(reg);
     matmul::register(reg);
     mutation::register(reg);
     norm::register(reg);
     pad::register(reg);
     pool::register(reg);
     prim::register(reg);
+    random::register(reg);
     reduce::register(reg);
     shape::register(reg);
     softmax::register(reg);
     unary::register(reg);
+    upsample::register(reg);
     where_op::register(reg);
 }

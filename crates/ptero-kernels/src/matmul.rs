@@ -617,13 +617,24 @@ fn addmm_out(a: &mut KernelArgs<'_>) -> Result<()> {
 fn linear_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(4)?;
     let (x, w) = (a.meta(0)?, a.meta(1)?);
-    if w.dim() != 2 {
-        return Err(rank_err(1, "a 2-d weight [out_features, in_features]", w));
+    if w.dim() != 2 && w.dim() != 1 {
+        return Err(rank_err(
+            1,
+            "a 2-d weight [out_features, in_features] or a 1-d weight [in_features]",
+            w,
+        ));
     }
     if x.dim() == 0 {
         return Err(rank_err(0, "an input of at least 1 dimension", x));
     }
-    let (outf, inf) = (w.sizes()[0], w.sizes()[1]);
+    // A 1-d weight is a dot product over the last dim: computed as a [1, in] weight whose
+    // size-1 output dim is dropped from out.
+    let vec_w = w.dim() == 1;
+    let (outf, inf) = if vec_w {
+        (1, w.sizes()[0])
+    } else {
+        (w.sizes()[0], w.sizes()[1])
+    };
     let r = x.dim();
     if x.sizes()[r - 1] != inf {
         return Err(Error::shape(alloc::format!(
@@ -641,18 +652,50 @@ fn linear_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let mut shape = x.dims();
     shape[r - 1] = outf;
-    a.resize(3, &shape)?;
+    let mut out_shape = shape;
+    if vec_w {
+        out_shape.remove(r - 1);
+    }
+    a.resize(3, &out_shape)?;
     let xm = a.meta(0)?;
     let om = a.meta(3)?;
-    let (xs, os) = (xm.strides(), om.strides());
+    let xs = xm.strides();
+    // Out strides over `shape` (the dropped size-1 dim gets stride 0).
+    let mut os = om.stride_dims();
+    if vec_w {
+        os.push(0);
+    }
     let wm = a.meta(1)?;
     // y = x W^T: B[k][n] = W[n][k].
-    let b = View {
-        off: 0,
-        rs: wm.strides()[1],
-        cs: wm.strides()[0],
+    let b = if vec_w {
+        View {
+            off: 0,
+            rs: wm.strides()[0],
+            cs: 0,
+        }
+    } else {
+        View {
+            off: 0,
+            rs: wm.strides()[1],
+            cs: wm.strides()[0],
+        }
     };
-    let (bias_b, bias) = bias_strides(a.opt_meta(2)?, &shape)?;
+    let (bias_b, bias) = if vec_w {
+        // The bias broadcasts against the real out shape; extend with the size-1 dim.
+        let mut st = match a.opt_meta(2)? {
+            Some(m) => broadcast_strides(m, &out_shape)?,
+            None => Dims::filled(out_shape.len(), 0).unwrap_or_default(),
+        };
+        st.push(0);
+        let (rs, cs) = if r == 1 {
+            (0, 0)
+        } else {
+            (st[r - 2], st[r - 1])
+        };
+        (dims_of(&st[..r.saturating_sub(2)]), View { off: 0, rs, cs })
+    } else {
+        bias_strides(a.opt_meta(2)?, &shape)?
+    };
     let (batch, m, av, cv, bst) = if r == 1 {
         (
             Dims::new(),
@@ -970,6 +1013,82 @@ mod tests {
         assert!(run_op(
             "aten::mm.out",
             vec![Arg::T(bo.clone()), Arg::T(bo), Arg::Out(Bool, vec![1, 1])]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn linear_vector_weight() {
+        let x = OwnedTensor::from_f64(Float, &[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let w = OwnedTensor::from_f64(Float, &[3], &[1., 0., -1.]);
+        let b = OwnedTensor::from_f64(Float, &[], &[10.]);
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(x.clone()),
+                Arg::T(w.clone()),
+                Arg::None,
+                Arg::Out(Float, vec![2]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [2]);
+        assert_eq!(out.tensors[0].to_f64(), [-2., -2.]);
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(x.with_dim_order(&[1, 0])),
+                Arg::T(w.clone()),
+                Arg::T(b.clone()),
+                Arg::Out(Float, vec![2]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [8., 8.]);
+        // 1-d input gives a 0-d result; batched 3-d input; int dtype.
+        let x1 = OwnedTensor::from_f64(Float, &[3], &[1., 2., 4.]);
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(x1),
+                Arg::T(w.clone()),
+                Arg::T(b),
+                Arg::Out(Float, vec![]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, Vec::<usize>::new());
+        assert_eq!(out.tensors[0].to_f64(), [7.]);
+        let x3 = OwnedTensor::from_f64(Long, &[2, 1, 2], &[1., 2., 3., 4.]);
+        let w2 = OwnedTensor::from_f64(Long, &[2], &[2., 1.]);
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(x3),
+                Arg::T(w2),
+                Arg::None,
+                Arg::Out(Long, vec![2, 1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [4., 10.]);
+        // Empty input rows and a mismatched length.
+        let e = OwnedTensor::zeros(Float, &[0, 3]);
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(e),
+                Arg::T(w.clone()),
+                Arg::None,
+                Arg::Out(Float, vec![0]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [0]);
+        let w4 = OwnedTensor::from_f64(Float, &[4], &[1.; 4]);
+        assert!(run_op(
+            "aten::linear.out",
+            vec![Arg::T(x), Arg::T(w4), Arg::None, Arg::Out(Float, vec![2])]
         )
         .is_err());
     }

@@ -1,4 +1,5 @@
-//! 2-d pooling: max pooling with indices, average pooling and adaptive average pooling,
+//! 2-d pooling: max pooling with indices (and its backward), average pooling and adaptive
+//! average pooling,
 //! on `[C, H, W]` or `[N, C, H, W]` inputs in any dim order.
 //!
 //! Window arithmetic follows ATen's `pooling_output_shape` (ceil mode drops a last
@@ -351,7 +352,102 @@ fn adaptive_avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     Ok(())
 }
 
+/// `max_pool2d_with_indices_backward.grad_input(grad_output, self, kernel_size, stride,
+/// padding, dilation, ceil_mode, indices, *, grad_input)`: each output gradient is added
+/// to the input position its index names (`h * W + w` within its plane).
+fn max_pool_backward(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(9)?;
+    check_input(a, "max_pool2d_with_indices_backward")?;
+    let w = window(a, 2, 3, 4, Some(5))?;
+    let ceil = a.bool(6)?;
+    let (gm, xm, im) = (*a.meta(0)?, *a.meta(1)?, *a.meta(7)?);
+    let dtype = xm.dtype;
+    if !dtype.is_float() {
+        return Err(Error::Dtype {
+            arg: 1,
+            expected: "a floating dtype".into(),
+            found: dtype,
+        });
+    }
+    for (arg, t) in [(0, gm.dtype), (8, a.meta(8)?.dtype)] {
+        if t != dtype {
+            return Err(Error::Dtype {
+                arg,
+                expected: dtype.name().into(),
+                found: t,
+            });
+        }
+    }
+    if im.dtype != ScalarType::Long {
+        return Err(Error::Dtype {
+            arg: 7,
+            expected: "int64 indices".into(),
+            found: im.dtype,
+        });
+    }
+    let rank = xm.dim();
+    let ([n, c, h, wd], _) = nchw(xm.sizes(), xm.strides());
+    let oh = out_len(h, w.k[0], w.p[0], w.s[0], w.d[0], ceil)?;
+    let ow = out_len(wd, w.k[1], w.p[1], w.s[1], w.d[1], ceil)?;
+    let shape = out_shape(rank, n, c, oh, ow);
+    if gm.sizes() != shape.as_slice() || im.sizes() != shape.as_slice() {
+        return Err(Error::shape(alloc::format!(
+            "max_pool2d_with_indices_backward: grad_output {:?} and indices {:?} must have the pooled shape {shape:?}",
+            gm.sizes(),
+            im.sizes()
+        )));
+    }
+    a.resize(8, xm.sizes())?;
+    let (_, ost) = nchw(xm.sizes(), a.meta(8)?.strides());
+    let (_, gst) = nchw(gm.sizes(), gm.strides());
+    let (_, ist) = nchw(im.sizes(), im.strides());
+    let g = a.tensor(0)?;
+    let it = a.tensor(7)?;
+    let o = a.out(8)?;
+    let ob = &mut *o.bytes;
+    // Zero the planes first (only the indexed positions receive gradient).
+    for ni in 0..n {
+        for ci in 0..c {
+            for y in 0..h {
+                for x in 0..wd {
+                    store_f64(
+                        ob,
+                        dtype,
+                        ni * ost[0] + ci * ost[1] + y * ost[2] + x * ost[3],
+                        0.0,
+                    );
+                }
+            }
+        }
+    }
+    for ni in 0..n {
+        for ci in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
+                    let idx = load_i64(it.bytes, ScalarType::Long, io);
+                    if idx < 0 || idx >= (h * wd) as i64 {
+                        return Err(Error::invalid(alloc::format!(
+                            "max_pool2d_with_indices_backward: index {idx} is outside the {h}x{wd} plane"
+                        )));
+                    }
+                    let (y, x) = (idx as usize / wd, idx as usize % wd);
+                    let oo = ni * ost[0] + ci * ost[1] + y * ost[2] + x * ost[3];
+                    let go = ni * gst[0] + ci * gst[1] + oy * gst[2] + ox * gst[3];
+                    let v = load_f64(ob, dtype, oo) + load_f64(g.bytes, dtype, go);
+                    store_f64(ob, dtype, oo, v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn register(reg: &mut KernelRegistry) {
+    reg.register(
+        "aten::max_pool2d_with_indices_backward.grad_input",
+        max_pool_backward,
+    );
     reg.register("aten::max_pool2d_with_indices.out", max_pool_out);
     reg.register("aten::avg_pool2d.out", avg_pool_out);
     reg.register("aten::_adaptive_avg_pool2d.out", adaptive_avg_pool_out);
@@ -593,5 +689,108 @@ mod tests {
             ],
         )
         .is_err());
+    }
+
+    #[test]
+    fn max_pool_backward() {
+        let name = "aten::max_pool2d_with_indices_backward.grad_input";
+        // 1x1x3x3 input, kernel 2, stride 1: 2x2 outputs; two windows pick index 4.
+        let x = OwnedTensor::from_f64(Float, &[1, 1, 3, 3], &[0., 0., 0., 0., 9., 0., 0., 0., 8.]);
+        let g = OwnedTensor::from_f64(Float, &[1, 1, 2, 2], &[1., 2., 3., 4.]);
+        let idx = OwnedTensor::from_f64(Long, &[1, 1, 2, 2], &[4., 4., 4., 8.]);
+        let args = |x: OwnedTensor, g: OwnedTensor, idx: OwnedTensor, out: Arg| {
+            vec![
+                Arg::T(g),
+                Arg::T(x),
+                Arg::Ints(vec![2, 2]),
+                Arg::Ints(vec![1, 1]),
+                Arg::Ints(vec![0, 0]),
+                Arg::Ints(vec![1, 1]),
+                Arg::Bool(false),
+                Arg::T(idx),
+                out,
+            ]
+        };
+        let want = [0., 0., 0., 0., 6., 0., 0., 0., 4.];
+        let out = run_op(
+            name,
+            args(
+                x.clone(),
+                g.clone(),
+                idx.clone(),
+                Arg::Out(Float, vec![1, 1, 3, 3]),
+            ),
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), want);
+        // Channels-last everything (C = 1 still exercises the strided path) and double.
+        let order = [0u8, 2, 3, 1];
+        let out = run_op(
+            name,
+            args(
+                x.with_dim_order(&order),
+                g.with_dim_order(&order),
+                idx.with_dim_order(&order),
+                Arg::OutLike(OwnedTensor::zeros(Float, &[1, 1, 3, 3]).with_dim_order(&order)),
+            ),
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), want);
+        // Consistent with the forward pass on a 2-channel input.
+        let v: Vec<f64> = (0..32).map(|i| ((i * 7) % 13) as f64).collect();
+        let x2 = OwnedTensor::from_f64(Double, &[2, 4, 4], &v);
+        let fwd = run_op(
+            "aten::max_pool2d_with_indices.out",
+            vec![
+                Arg::T(x2.clone()),
+                Arg::Ints(vec![2]),
+                Arg::Ints(vec![2]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Bool(false),
+                Arg::Out(Double, vec![2, 2, 2]),
+                Arg::Out(Long, vec![2, 2, 2]),
+            ],
+        )
+        .unwrap();
+        let ones = OwnedTensor::from_f64(Double, &[2, 2, 2], &[1.; 8]);
+        let out = run_op(
+            name,
+            vec![
+                Arg::T(ones),
+                Arg::T(x2),
+                Arg::Ints(vec![2]),
+                Arg::Ints(vec![2]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Bool(false),
+                Arg::T(fwd.tensors[1].clone()),
+                Arg::Out(Double, vec![2, 4, 4]),
+            ],
+        )
+        .unwrap();
+        let gi = out.tensors[0].to_f64();
+        assert_eq!(gi.iter().sum::<f64>(), 8.0);
+        for (p, &gv) in gi.iter().enumerate() {
+            if gv == 1.0 {
+                // The chosen element is the max of its 2x2 window.
+                let (c, y, x) = (p / 16, (p % 16) / 4, p % 4);
+                let (y0, x0) = (y / 2 * 2, x / 2 * 2);
+                let m = (0..4)
+                    .map(|k| v[c * 16 + (y0 + k / 2) * 4 + x0 + k % 2])
+                    .fold(f64::MIN, f64::max);
+                assert_eq!(v[p], m);
+            }
+        }
+        // Bad index; wrong grad_output shape.
+        let bad = OwnedTensor::from_f64(Long, &[1, 1, 2, 2], &[4., 4., 4., 9.]);
+        assert!(run_op(
+            name,
+            args(x.clone(), g.clone(), bad, Arg::Out(Float, vec![1, 1, 3, 3]))
+        )
+        .is_err());
+        let g3 = OwnedTensor::from_f64(Float, &[1, 1, 1, 2], &[1., 2.]);
+        let i3 = OwnedTensor::from_f64(Long, &[1, 1, 1, 2], &[0., 0.]);
+        assert!(run_op(name, args(x, g3, i3, Arg::Out(Float, vec![1, 1, 3, 3]))).is_err());
     }
 }

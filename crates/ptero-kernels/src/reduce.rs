@@ -1,4 +1,4 @@
-//! Reductions: sum, mean, amax/amin, var, argmax/argmin, max/min (dim and full), prod,
+//! Reductions: sum, mean, amax/amin, var, var_mean, argmax/argmin, max/min (dim and full), prod,
 //! any, plus the scans cumsum and topk.
 //!
 //! A reduction splits the input's dims into kept dims (one output element each) and
@@ -500,30 +500,53 @@ fn variance(
     keepdim: bool,
     correction: f64,
     out: usize,
+    mean_out: Option<usize>,
 ) -> Result<()> {
-    let plan = resize_plan(a, 0, mask, keepdim, &[out])?;
-    let om = *a.meta(out)?;
-    if !om.dtype.is_float() {
-        return Err(Error::Dtype {
-            arg: out,
-            expected: "a floating dtype (var)".into(),
-            found: om.dtype,
-        });
+    let outs: &[usize] = match mean_out {
+        Some(m) => &[out, m],
+        None => &[out],
+    };
+    let plan = resize_plan(a, 0, mask, keepdim, outs)?;
+    for &o in outs {
+        let t = a.meta(o)?.dtype;
+        if !t.is_float() {
+            return Err(Error::Dtype {
+                arg: o,
+                expected: "a floating dtype (var)".into(),
+                found: t,
+            });
+        }
     }
+    let om = *a.meta(out)?;
     let ost = plan.kept_out(&om);
     let x = a.tensor(0)?;
     let xd = x.meta.dtype;
     let o = a.out(out)?;
     let n = plan.n as f64;
     let denom = (n - correction).max(0.0);
-    plan.each([ost.as_slice()], |base, [oo]| {
+    let lane = |base: usize| {
         let mut sum = 0.0;
         plan.lane_f64(x.bytes, xd, base, |v| sum += v);
         let mean = sum / n;
         let mut ss = 0.0;
         plan.lane_f64(x.bytes, xd, base, |v| ss += (v - mean) * (v - mean));
-        store_f64(o.bytes, om.dtype, oo, ss / denom);
-    });
+        (ss / denom, mean)
+    };
+    match mean_out {
+        None => plan.each([ost.as_slice()], |base, [oo]| {
+            store_f64(o.bytes, om.dtype, oo, lane(base).0);
+        }),
+        Some(mo) => {
+            let mm = *a.meta(mo)?;
+            let mst = plan.kept_out(&mm);
+            let m = a.out(mo)?;
+            plan.each([ost.as_slice(), mst.as_slice()], |base, [oo, mo]| {
+                let (v, mean) = lane(base);
+                store_f64(o.bytes, om.dtype, oo, v);
+                store_f64(m.bytes, mm.dtype, mo, mean);
+            });
+        }
+    }
     Ok(())
 }
 
@@ -533,7 +556,17 @@ fn var_correction_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let mask = dim_mask(a, 1, a.meta(0)?.dim())?;
     let correction = a.opt_scalar(2)?.map_or(1.0, |s| s.to_f64());
     let keepdim = a.bool(3)?;
-    variance(a, mask, keepdim, correction, 4)
+    variance(a, mask, keepdim, correction, 4, None)
+}
+
+/// `var_mean.correction_out(self, dim[]?, *, correction=None, keepdim=False, out0, out1)`:
+/// `(var, mean)`.
+fn var_mean_correction_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(6)?;
+    let mask = dim_mask(a, 1, a.meta(0)?.dim())?;
+    let correction = a.opt_scalar(2)?.map_or(1.0, |s| s.to_f64());
+    let keepdim = a.bool(3)?;
+    variance(a, mask, keepdim, correction, 4, Some(5))
 }
 
 /// `self, dim[]?, unbiased=True, keepdim=False, *, out`
@@ -542,7 +575,7 @@ fn var_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let mask = dim_mask(a, 1, a.meta(0)?.dim())?;
     let correction = if a.bool(2)? { 1.0 } else { 0.0 };
     let keepdim = a.bool(3)?;
-    variance(a, mask, keepdim, correction, 4)
+    variance(a, mask, keepdim, correction, 4, None)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -751,6 +784,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register("aten::min.unary_out", min_unary_out);
     reg.register("aten::var.correction_out", var_correction_out);
     reg.register("aten::var.out", var_out);
+    reg.register("aten::var_mean.correction_out", var_mean_correction_out);
     reg.register("aten::any.out", any_dim_out);
     reg.register("aten::any.all_out", any_all_out);
     reg.register("aten::any.dims_out", any_dims_out);
@@ -1291,5 +1325,98 @@ mod tests {
         for (op, args) in bad {
             assert!(run_op(op, args).is_err(), "{op} should fail");
         }
+    }
+
+    #[test]
+    fn var_mean() {
+        let name = "aten::var_mean.correction_out";
+        let x = OwnedTensor::from_f64(Float, &[2, 3], &[1., 2., 3., 4., 6., 8.]);
+        let cases: [(Arg, Arg, bool, &[usize], Vec<f64>, Vec<f64>); 3] = [
+            (
+                Arg::Ints(vec![1]),
+                Arg::None,
+                false,
+                &[2],
+                vec![1., 4.],
+                vec![2., 6.],
+            ),
+            (
+                Arg::Ints(vec![-1]),
+                Arg::Int(0),
+                true,
+                &[2, 1],
+                vec![2. / 3., 8. / 3.],
+                vec![2., 6.],
+            ),
+            (
+                Arg::Ints(vec![0]),
+                Arg::Double(1.0),
+                false,
+                &[3],
+                vec![4.5, 8., 12.5],
+                vec![2.5, 4., 5.5],
+            ),
+        ];
+        for (dims, corr, keep, shape, var, mean) in cases {
+            let out = run_op(
+                name,
+                vec![
+                    Arg::T(x.clone()),
+                    dims,
+                    corr,
+                    Arg::Bool(keep),
+                    Arg::Out(Float, shape.to_vec()),
+                    Arg::Out(Float, shape.to_vec()),
+                ],
+            )
+            .unwrap();
+            assert_eq!(out.tensors[0].sizes, shape);
+            assert_close(&out.tensors[0].to_f64(), &var, 1e-6, 1e-6);
+            assert_close(&out.tensors[1].to_f64(), &mean, 1e-6, 1e-6);
+        }
+        // Channels-last, all dims; empty lane gives NaN; int out is an error.
+        let cl = OwnedTensor::from_f64(Double, &[1, 2, 1, 2], &[1., 2., 3., 4.])
+            .with_dim_order(&[0, 2, 3, 1]);
+        let out = run_op(
+            name,
+            vec![
+                Arg::T(cl),
+                Arg::None,
+                Arg::None,
+                Arg::Bool(false),
+                Arg::Out(Double, vec![]),
+                Arg::Out(Double, vec![]),
+            ],
+        )
+        .unwrap();
+        assert_close(&out.tensors[0].to_f64(), &[5. / 3.], 1e-12, 0.0);
+        assert_close(&out.tensors[1].to_f64(), &[2.5], 1e-12, 0.0);
+        let e = OwnedTensor::zeros(Float, &[0, 2]);
+        let out = run_op(
+            name,
+            vec![
+                Arg::T(e),
+                Arg::Ints(vec![0]),
+                Arg::None,
+                Arg::Bool(false),
+                Arg::Out(Float, vec![2]),
+                Arg::Out(Float, vec![2]),
+            ],
+        )
+        .unwrap();
+        assert!(out.tensors[0].to_f64().iter().all(|v| v.is_nan()));
+        assert!(out.tensors[1].to_f64().iter().all(|v| v.is_nan()));
+        assert!(run_op(
+            name,
+            vec![
+                Arg::T(x),
+                Arg::None,
+                Arg::None,
+                Arg::Bool(false),
+                Arg::Out(Float, vec![]),
+                Arg::Out(Long, vec![])
+            ],
+        )
+        .is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Shape and layout ops that materialise a view: view/permute/transpose/expand/squeeze/
 //! unsqueeze/slice/select/narrow/unfold/as_strided/diagonal, concatenation (cat, stack),
-//! splitting (split, split_with_sizes, unbind) and data rearrangements (repeat, flip,
+//! splitting (split, split_with_sizes, unbind) and data rearrangements (repeat,
+//! repeat_interleave, flip,
 //! roll, tril, pixel_shuffle/unshuffle).
 //!
 //! Most are "describe the view as strides, then one strided copy" through
@@ -9,7 +10,7 @@
 use ptero_core::{normalize_dim, Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
 use crate::util::copy::{copy_cast, copy_reshape, copy_view_to_out, ElemCopy, Strided};
-use crate::util::{for_each_index, store_i64};
+use crate::util::{for_each_index, for_each_offset, load_i64, store_i64};
 
 fn to_usize(v: i64, what: &str) -> Result<usize> {
     usize::try_from(v).map_err(|_| Error::invalid(alloc::format!("{what} must be >= 0, got {v}")))
@@ -808,6 +809,74 @@ fn repeat_out(a: &mut KernelArgs<'_>) -> Result<()> {
     res
 }
 
+/// `repeat_interleave.Tensor(repeats, *, output_size=None, out)`: `i` repeated
+/// `repeats[i]` times, for a 1-d int32/int64 `repeats`; out has `repeats`' dtype.
+fn repeat_interleave_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(3)?;
+    let m = *a.meta(0)?;
+    if !matches!(m.dtype, ScalarType::Int | ScalarType::Long) {
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "int32 or int64 repeats".into(),
+            found: m.dtype,
+        });
+    }
+    if m.dim() != 1 {
+        return Err(Error::shape(alloc::format!(
+            "repeat_interleave: repeats must be 1-d, found shape {:?}",
+            m.sizes()
+        )));
+    }
+    if a.meta(2)?.dtype != m.dtype {
+        return Err(Error::Dtype {
+            arg: 2,
+            expected: m.dtype.name().into(),
+            found: a.meta(2)?.dtype,
+        });
+    }
+    let mut total = 0usize;
+    {
+        let r = a.tensor(0)?;
+        let mut bad = None;
+        for_each_offset(m.sizes(), [m.strides()], |[o]| {
+            let v = load_i64(r.bytes, m.dtype, o);
+            if v < 0 {
+                bad = Some(v);
+            } else {
+                total = total.saturating_add(v as usize);
+            }
+        });
+        if let Some(v) = bad {
+            return Err(Error::invalid(alloc::format!(
+                "repeat_interleave: repeats must be non-negative, found {v}"
+            )));
+        }
+    }
+    if let Some(n) = a.opt_int(1)? {
+        if n != total as i64 {
+            return Err(Error::invalid(alloc::format!(
+                "repeat_interleave: output_size {n} does not match the sum of repeats {total}"
+            )));
+        }
+    }
+    a.resize(2, &[total])?;
+    let ost = a.meta(2)?.strides().first().copied().unwrap_or(1);
+    let r = a.tensor(0)?;
+    let o = a.out(2)?;
+    let ob = &mut *o.bytes;
+    let mut k = 0usize;
+    let mut i = 0i64;
+    for_each_offset(m.sizes(), [m.strides()], |[off]| {
+        let n = load_i64(r.bytes, m.dtype, off).max(0) as usize;
+        for _ in 0..n {
+            store_i64(ob, m.dtype, k * ost, i);
+            k += 1;
+        }
+        i += 1;
+    });
+    Ok(())
+}
+
 /// Copies element by element with a per-index source mapping (`map(out_index, src_index)`
 /// fills the source's logical index).
 fn gather_map(
@@ -1102,6 +1171,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register("aten::split_with_sizes_copy.out", split_with_sizes_copy_out);
     reg.register("aten::unbind_copy.int_out", unbind_copy_out);
     reg.register("aten::repeat.out", repeat_out);
+    reg.register("aten::repeat_interleave.Tensor_out", repeat_interleave_out);
     reg.register("aten::flip.out", flip_out);
     reg.register("aten::roll.out", roll_out);
     reg.register("aten::tril.out", tril_out);
@@ -1551,6 +1621,30 @@ mod tests {
         ];
         for (op, args) in bad {
             assert!(run_op(op, args).is_err(), "{op} should fail");
+        }
+    }
+
+    #[test]
+    fn repeat_interleave() {
+        let name = "aten::repeat_interleave.Tensor_out";
+        let r = OwnedTensor::from_f64(Long, &[3], &[2., 0., 3.]);
+        for size in [Arg::None, Arg::Int(5)] {
+            let out = run_op(name, vec![Arg::T(r.clone()), size, Arg::Out(Long, vec![5])]).unwrap();
+            assert_eq!(out.tensors[0].to_f64(), [0., 0., 2., 2., 2.]);
+        }
+        let r32 = OwnedTensor::from_f64(Int, &[2], &[1., 1.]);
+        let out = run_op(name, vec![Arg::T(r32), Arg::None, Arg::Out(Int, vec![2])]).unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [0., 1.]);
+        let e = OwnedTensor::from_f64(Long, &[0], &[]);
+        let out = run_op(name, vec![Arg::T(e), Arg::None, Arg::Out(Long, vec![1])]).unwrap();
+        assert_eq!(out.tensors[0].sizes, [0]);
+        for (rep, size) in [
+            (OwnedTensor::from_f64(Long, &[2], &[1., -1.]), Arg::None),
+            (OwnedTensor::from_f64(Long, &[2], &[1., 1.]), Arg::Int(3)),
+            (OwnedTensor::from_f64(Float, &[2], &[1., 1.]), Arg::None),
+            (OwnedTensor::from_f64(Long, &[1, 2], &[1., 1.]), Arg::None),
+        ] {
+            assert!(run_op(name, vec![Arg::T(rep), size, Arg::Out(Long, vec![4])]).is_err());
         }
     }
 }
