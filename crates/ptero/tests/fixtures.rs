@@ -182,7 +182,7 @@ fixture_tests!(
         ops_f64,
         ops_f16,
         ops_shape,
+        ops_conv,
     ],
-    // ops_conv needs upsample_{nearest,bilinear}2d.
-    pending: [ops_conv],
+    pending: [],
 );
