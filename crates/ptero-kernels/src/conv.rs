@@ -1,5 +1,6 @@
 //! Convolution (`aten::convolution.out`): 1-d and 2-d, strided, padded, dilated,
-//! grouped (depthwise included) and transposed, over any dim order.
+//! grouped (depthwise included) and transposed, over any dim order; and its backward
+//! (`convolution_backward.out`, non-transposed 1-d and 2-d).
 //!
 //! 1-d convolutions run as 2-d ones with a unit height. The f32 path is direct, with no
 //! scratch: for each (output channel, input channel, kernel tap) it adds one weighted
@@ -450,8 +451,218 @@ fn conv_generic(g: &Geo, dtype: ScalarType, x: &[u8], w: &[u8], b: Option<&[u8]>
     }
 }
 
+/// `convolution_backward.out(grad_output, input, weight, bias_sizes: int[]?, stride,
+/// padding, dilation, transposed, output_padding, groups, output_mask: bool[3], *, out0,
+/// out1, out2)`: `(grad_input, grad_weight, grad_bias)`, each computed only when its
+/// mask entry is set (other outs are left untouched, as in ExecuTorch). Non-transposed
+/// 1-d and 2-d convolutions; gradients accumulate in f64.
+fn conv_backward_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(14)?;
+    let (gm, xm, wm) = (*a.meta(0)?, *a.meta(1)?, *a.meta(2)?);
+    let rank = xm.dim();
+    if (rank != 3 && rank != 4) || wm.dim() != rank || gm.dim() != rank {
+        return Err(Error::shape(alloc::format!(
+            "convolution_backward: expected 3-d or 4-d grad_output, input and weight of one rank, found {:?}, {:?}, {:?}",
+            gm.sizes(),
+            xm.sizes(),
+            wm.sizes()
+        )));
+    }
+    if a.bool(7)? {
+        return Err(Error::NotImplemented(
+            "convolution_backward of a transposed convolution".into(),
+        ));
+    }
+    let dtype = xm.dtype;
+    if !dtype.is_float() {
+        return Err(Error::Dtype {
+            arg: 1,
+            expected: "a floating dtype".into(),
+            found: dtype,
+        });
+    }
+    let mask = a.bool_list(10)?;
+    if mask.len() != 3 {
+        return Err(Error::invalid(alloc::format!(
+            "convolution_backward: output_mask must have 3 entries, found {}",
+            mask.len()
+        )));
+    }
+    let mask = [mask[0], mask[1], mask[2]];
+    let mut check = alloc::vec![0usize, 2];
+    for (k, &m) in mask.iter().enumerate() {
+        if m {
+            check.push(11 + k);
+        }
+    }
+    for i in check {
+        let t = a.meta(i)?.dtype;
+        if t != dtype {
+            return Err(Error::Dtype {
+                arg: i,
+                expected: dtype.name().into(),
+                found: t,
+            });
+        }
+    }
+    let nsp = rank - 2;
+    let s = spatial(a, 4, nsp, "stride")?;
+    let p = spatial(a, 5, nsp, "padding")?;
+    let d = spatial(a, 6, nsp, "dilation")?;
+    let groups = a.int(9)?;
+    let (s, p, d) = if nsp == 1 {
+        ([1, s[1]], [0, p[1]], [1, d[1]])
+    } else {
+        (s, p, d)
+    };
+    if groups <= 0 || (0..2).any(|q| s[q] <= 0 || d[q] <= 0 || p[q] < 0) {
+        return Err(Error::invalid(alloc::format!(
+            "convolution_backward: groups {groups}, stride {s:?} and dilation {d:?} must be positive, padding {p:?} non-negative"
+        )));
+    }
+    let groups = groups as usize;
+    let (xs, xst) = as4(xm.sizes(), xm.strides());
+    let (ws, wst) = as4(wm.sizes(), wm.strides());
+    let (gs, gst) = as4(gm.sizes(), gm.strides());
+    let (n, cin, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
+    let (cout, kh, kw) = (ws[0], ws[2], ws[3]);
+    if cin % groups != 0 || cout % groups != 0 || ws[1] * groups != cin {
+        return Err(Error::shape(alloc::format!(
+            "convolution_backward: weight {:?} does not fit input channels {cin} with {groups} groups",
+            wm.sizes()
+        )));
+    }
+    let u = |v: i64| v as usize;
+    let (s, p, d) = ([u(s[0]), u(s[1])], [u(p[0]), u(p[1])], [u(d[0]), u(d[1])]);
+    let out_len = |q: usize, inp: usize, k: usize| {
+        (inp + 2 * p[q])
+            .checked_sub(d[q] * (k.max(1) - 1) + 1)
+            .map(|v| v / s[q] + 1)
+    };
+    let (oh, ow) = (out_len(0, ih, kh), out_len(1, iw, kw));
+    if oh != Some(gs[2]) || ow != Some(gs[3]) || gs[0] != n || gs[1] != cout {
+        return Err(Error::shape(alloc::format!(
+            "convolution_backward: grad_output {:?} does not match the convolution of {:?} by {:?}",
+            gm.sizes(),
+            xm.sizes(),
+            wm.sizes()
+        )));
+    }
+    let (oh, ow) = (gs[2], gs[3]);
+    if mask[0] {
+        a.resize(11, xm.sizes())?;
+    }
+    if mask[1] {
+        a.resize(12, wm.sizes())?;
+    }
+    if mask[2] {
+        if let Some(bs) = a.opt_int_list(3)? {
+            let bs = bs.to_dims()?;
+            if bs.numel() != Some(cout) {
+                return Err(Error::shape(alloc::format!(
+                    "convolution_backward: bias_sizes {bs} must hold {cout} elements"
+                )));
+            }
+            a.resize(13, &bs)?;
+        } else if a.meta(13)?.numel() != cout {
+            return Err(Error::shape(alloc::format!(
+                "convolution_backward: grad_bias must hold {cout} elements"
+            )));
+        }
+    }
+    // Scratch: f64 accumulators for the requested gradients (input- and weight-sized).
+    let mut gx = alloc::vec![0f64; if mask[0] { n * cin * ih * iw } else { 0 }];
+    let mut gw = alloc::vec![0f64; if mask[1] { cout * ws[1] * kh * kw } else { 0 }];
+    let mut gb = alloc::vec![0f64; if mask[2] { cout } else { 0 }];
+    {
+        let gt = a.tensor(0)?;
+        let xt = a.tensor(1)?;
+        let wt = a.tensor(2)?;
+        let (cin_g, cout_g) = (cin / groups, cout / groups);
+        for ni in 0..n {
+            for co in 0..cout {
+                let gi = co / cout_g;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let go = load_f64(
+                            gt.bytes,
+                            dtype,
+                            ni * gst[0] + co * gst[1] + oy * gst[2] + ox * gst[3],
+                        );
+                        if let Some(b) = gb.get_mut(co) {
+                            *b += go;
+                        }
+                        if !(mask[0] || mask[1]) {
+                            continue;
+                        }
+                        for cl in 0..cin_g {
+                            let ci = gi * cin_g + cl;
+                            for ky in 0..kh {
+                                let iy = (oy * s[0] + ky * d[0]) as isize - p[0] as isize;
+                                if iy < 0 || iy >= ih as isize {
+                                    continue;
+                                }
+                                for kx in 0..kw {
+                                    let ix = (ox * s[1] + kx * d[1]) as isize - p[1] as isize;
+                                    if ix < 0 || ix >= iw as isize {
+                                        continue;
+                                    }
+                                    let (iy, ix) = (iy as usize, ix as usize);
+                                    let widx = ((co * cin_g + cl) * kh + ky) * kw + kx;
+                                    if mask[0] {
+                                        let wv = load_f64(
+                                            wt.bytes,
+                                            dtype,
+                                            co * wst[0] + cl * wst[1] + ky * wst[2] + kx * wst[3],
+                                        );
+                                        if let Some(v) =
+                                            gx.get_mut(((ni * cin + ci) * ih + iy) * iw + ix)
+                                        {
+                                            *v += go * wv;
+                                        }
+                                    }
+                                    if mask[1] {
+                                        let xv = load_f64(
+                                            xt.bytes,
+                                            dtype,
+                                            ni * xst[0] + ci * xst[1] + iy * xst[2] + ix * xst[3],
+                                        );
+                                        if let Some(v) = gw.get_mut(widx) {
+                                            *v += go * xv;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Write the row-major accumulators through each out's own strides.
+    let store = |a: &KernelArgs<'_>, arg: usize, vals: &[f64]| -> Result<()> {
+        let m = *a.meta(arg)?;
+        let o = a.out(arg)?;
+        let mut k = 0usize;
+        crate::util::for_each_offset(m.sizes(), [m.strides()], |[off]| {
+            if let Some(&v) = vals.get(k) {
+                store_f64(o.bytes, dtype, off, v);
+            }
+            k += 1;
+        });
+        Ok(())
+    };
+    for (k, vals) in [(0usize, &gx), (1, &gw), (2, &gb)] {
+        if mask[k] {
+            store(a, 11 + k, vals)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register("aten::convolution.out", conv_out);
+    reg.register("aten::convolution_backward.out", conv_backward_out);
 }
 
 #[cfg(test)]
@@ -778,5 +989,141 @@ mod tests {
         assert!(go(w3.clone(), 2, Float).is_err());
         assert!(go(w3.clone(), 1, Double).is_err());
         assert!(go(w3, 1, Float).is_ok());
+    }
+
+    /// Plain forward 2-d convolution on row-major data (unit dilation).
+    fn conv_ref(
+        x: &[f64],
+        w: &[f64],
+        xs: [usize; 4],
+        ws: [usize; 4],
+        s: usize,
+        p: usize,
+        g: usize,
+    ) -> (Vec<f64>, [usize; 2]) {
+        let (n, cin, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
+        let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+        let oh = (ih + 2 * p - kh) / s + 1;
+        let ow = (iw + 2 * p - kw) / s + 1;
+        let mut o = vec![0.0; n * cout * oh * ow];
+        for ni in 0..n {
+            for co in 0..cout {
+                let gi = co / (cout / g);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0.0;
+                        for cl in 0..cin_g {
+                            let ci = gi * cin_g + cl;
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s + ky) as isize - p as isize;
+                                    let ix = (ox * s + kx) as isize - p as isize;
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < ih
+                                        && (ix as usize) < iw
+                                    {
+                                        acc += x[((ni * cin + ci) * ih + iy as usize) * iw
+                                            + ix as usize]
+                                            * w[((co * cin_g + cl) * kh + ky) * kw + kx];
+                                    }
+                                }
+                            }
+                        }
+                        o[((ni * cout + co) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        (o, [oh, ow])
+    }
+
+    #[test]
+    fn convolution_backward() {
+        let (xs, ws, st, pd, g) = ([2usize, 4, 5, 4], [6usize, 2, 3, 2], 2usize, 1usize, 2usize);
+        let xv: Vec<f64> = (0..160)
+            .map(|i| ((i * 7) % 11) as f64 * 0.25 - 1.0)
+            .collect();
+        let wv: Vec<f64> = (0..72).map(|i| ((i * 5) % 9) as f64 * 0.5 - 2.0).collect();
+        let (_, [oh, ow]) = conv_ref(&xv, &wv, xs, ws, st, pd, g);
+        let gv: Vec<f64> = (0..2 * 6 * oh * ow)
+            .map(|i| ((i * 3) % 7) as f64 - 3.0)
+            .collect();
+        // The conv is bilinear: grad_x[i] = <g, conv(e_i, w)>, grad_w[j] = <g, conv(x, e_j)>.
+        let dot = |o: &[f64]| o.iter().zip(&gv).map(|(a, b)| a * b).sum::<f64>();
+        let unit = |n: usize, i: usize| (0..n).map(|k| (k == i) as u8 as f64).collect::<Vec<_>>();
+        let want_x: Vec<f64> = (0..160)
+            .map(|i| dot(&conv_ref(&unit(160, i), &wv, xs, ws, st, pd, g).0))
+            .collect();
+        let want_w: Vec<f64> = (0..72)
+            .map(|j| dot(&conv_ref(&xv, &unit(72, j), xs, ws, st, pd, g).0))
+            .collect();
+        let want_b: Vec<f64> = (0..6)
+            .map(|c| {
+                (0..2)
+                    .map(|n| {
+                        (0..oh * ow)
+                            .map(|k| gv[(n * 6 + c) * oh * ow + k])
+                            .sum::<f64>()
+                    })
+                    .sum()
+            })
+            .collect();
+        for (order, dt) in [([0u8, 1, 2, 3], Double), ([0, 2, 3, 1], Float)] {
+            let t =
+                |v: &[f64], sz: &[usize]| OwnedTensor::from_f64(dt, sz, v).with_dim_order(&order);
+            let out = run_op(
+                "aten::convolution_backward.out",
+                vec![
+                    Arg::T(t(&gv, &[2, 6, oh, ow])),
+                    Arg::T(t(&xv, &xs)),
+                    Arg::T(t(&wv, &ws)),
+                    Arg::Ints(vec![6]),
+                    Arg::Ints(vec![st as i64]),
+                    Arg::Ints(vec![pd as i64]),
+                    Arg::Ints(vec![1]),
+                    Arg::Bool(false),
+                    Arg::Ints(vec![0]),
+                    Arg::Int(g as i64),
+                    Arg::Bools(vec![true, true, true]),
+                    Arg::OutLike(OwnedTensor::zeros(dt, &xs).with_dim_order(&order)),
+                    Arg::Out(dt, ws.to_vec()),
+                    Arg::Out(dt, vec![6]),
+                ],
+            )
+            .unwrap();
+            assert_close(&out.tensors[0].to_f64(), &want_x, 1e-4, 1e-5);
+            assert_close(&out.tensors[1].to_f64(), &want_w, 1e-4, 1e-5);
+            assert_close(&out.tensors[2].to_f64(), &want_b, 1e-4, 1e-5);
+        }
+        // Only the weight gradient; 1-d; transposed and mismatched grad_output fail.
+        let x1 = OwnedTensor::from_f64(Float, &[1, 1, 3], &[1., 2., 3.]);
+        let w1 = OwnedTensor::from_f64(Float, &[1, 1, 2], &[1., -1.]);
+        let g1 = OwnedTensor::from_f64(Float, &[1, 1, 2], &[1., 10.]);
+        let args = |g1: OwnedTensor, transposed: bool| {
+            vec![
+                Arg::T(g1),
+                Arg::T(x1.clone()),
+                Arg::T(w1.clone()),
+                Arg::None,
+                Arg::Ints(vec![1]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Bool(transposed),
+                Arg::Ints(vec![0]),
+                Arg::Int(1),
+                Arg::Bools(vec![false, true, false]),
+                Arg::Out(Float, vec![1, 1, 3]),
+                Arg::Out(Float, vec![1, 1, 2]),
+                Arg::Out(Float, vec![1]),
+            ]
+        };
+        let out = run_op("aten::convolution_backward.out", args(g1.clone(), false)).unwrap();
+        // grad_w[k] = sum_o g[o] * x[o + k] = [1*1 + 10*2, 1*2 + 10*3].
+        assert_eq!(out.tensors[1].to_f64(), [21., 32.]);
+        assert_eq!(out.tensors[0].to_f64(), [0., 0., 0.]);
+        assert!(run_op("aten::convolution_backward.out", args(g1, true)).is_err());
+        let bad = OwnedTensor::from_f64(Float, &[1, 1, 3], &[1., 1., 1.]);
+        assert!(run_op("aten::convolution_backward.out", args(bad, false)).is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! Upsampling: nearest, nearest-exact, (bi)linear and anti-aliased bilinear, on `[N, C, W]`
-//! (1-d) or `[N, C, H, W]` (2-d) inputs in any dim order.
+//! (1-d) or `[N, C, H, W]` (2-d) inputs in any dim order, in the `vec` overloads
+//! (`output_size` or `scale_factors`) and the fixed-size ones (`output_size` plus optional
+//! per-dim scales).
 //!
 //! Source indices and weights follow ATen's `UpSample.h` exactly, including its float32
 //! arithmetic for non-double inputs (nearest uses `floorf(dst * scale)`, linear uses
@@ -342,6 +344,44 @@ fn run(
         }
     };
 
+    if dtype == ScalarType::Float && xm.is_contiguous() && om.is_contiguous() {
+        // Contiguous NCHW fast path: whole planes and rows as slices.
+        let xd = x.data::<f32>()?;
+        let od = o.data::<f32>()?;
+        // Scratch: the weights as f32, once per axis.
+        let wh: Vec<f32> = ax_h.w.iter().map(|&w| w as f32).collect();
+        let ww: Vec<f32> = ax_w.w.iter().map(|&w| w as f32).collect();
+        let (th, tw) = (ax_h.taps, ax_w.taps);
+        for (xp, op) in xd.chunks_exact(ih * iw).zip(od.chunks_exact_mut(oh * ow)) {
+            let row = |y: usize| xp.get(y * iw..(y + 1) * iw).unwrap_or(&[]);
+            for (oy, orow) in op.chunks_exact_mut(ow).enumerate() {
+                let hi = &ax_h.idx[oy * th..(oy + 1) * th];
+                if nearest {
+                    let r = row(hi[0]);
+                    for (v, &xi) in orow.iter_mut().zip(&ax_w.idx) {
+                        *v = r.get(xi).copied().unwrap_or(0.0);
+                    }
+                    continue;
+                }
+                let hw = &wh[oy * th..(oy + 1) * th];
+                for (ox, v) in orow.iter_mut().enumerate() {
+                    let wi = &ax_w.idx[ox * tw..(ox + 1) * tw];
+                    let wx = &ww[ox * tw..(ox + 1) * tw];
+                    let mut acc = 0f32;
+                    for (&yi, &yw) in hi.iter().zip(hw) {
+                        let r = row(yi);
+                        let mut t = 0f32;
+                        for (&xi, &xw) in wi.iter().zip(wx) {
+                            t += r.get(xi).copied().unwrap_or(0.0) * xw;
+                        }
+                        acc += t * yw;
+                    }
+                    *v = acc;
+                }
+            }
+        }
+        return Ok(());
+    }
     if nearest {
         let ec = ElemCopy::new(dtype, dtype)?;
         let ob = &mut *o.bytes;
@@ -444,33 +484,55 @@ fn linear1d_vec(a: &mut KernelArgs<'_>) -> Result<()> {
     run(a, 4, 1, o, s, Mode::Linear { align_corners })
 }
 
+/// An `output_size: int[k]` argument (the non-`vec` overloads).
+fn fixed_sizes(a: &KernelArgs<'_>, arg: usize, k: usize, what: &str) -> Result<[usize; 2]> {
+    let l = a.int_list(arg)?;
+    if l.len() != k {
+        return Err(Error::invalid(alloc::format!(
+            "{what}: output_size must have {k} entries, found {}",
+            l.len()
+        )));
+    }
+    let mut out = [1usize; 2];
+    for (d, o) in out.iter_mut().enumerate().take(k) {
+        let v = l.get(d)?;
+        if v <= 0 {
+            return Err(Error::invalid(alloc::format!(
+                "{what}: output sizes must be positive, found {v}"
+            )));
+        }
+        *o = v as usize;
+    }
+    Ok(out)
+}
+
 /// `self, output_size: int[2], align_corners, scales_h: float?, scales_w: float?, *, out`
 fn bilinear2d_aa(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(6)?;
     check_io(a, 5, 2, true, "_upsample_bilinear2d_aa")?;
     let align_corners = a.bool(2)?;
-    let l = a.int_list(1)?;
-    if l.len() != 2 {
-        return Err(Error::invalid(alloc::format!(
-            "_upsample_bilinear2d_aa: output_size must have 2 entries, found {}",
-            l.len()
-        )));
-    }
-    let (h, w) = (l.get(0)?, l.get(1)?);
-    if h <= 0 || w <= 0 {
-        return Err(Error::invalid(alloc::format!(
-            "_upsample_bilinear2d_aa: output sizes must be positive, found [{h}, {w}]"
-        )));
-    }
+    let o = fixed_sizes(a, 1, 2, "_upsample_bilinear2d_aa")?;
     let scales = [a.opt_double(3)?, a.opt_double(4)?];
-    run(
-        a,
-        5,
-        2,
-        [h as usize, w as usize],
-        scales,
-        Mode::LinearAa { align_corners },
-    )
+    run(a, 5, 2, o, scales, Mode::LinearAa { align_corners })
+}
+
+/// `self, output_size: int[2], align_corners, scales_h: float?, scales_w: float?, *, out`
+fn bilinear2d(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(6)?;
+    check_io(a, 5, 2, true, "upsample_bilinear2d")?;
+    let align_corners = a.bool(2)?;
+    let o = fixed_sizes(a, 1, 2, "upsample_bilinear2d")?;
+    let scales = [a.opt_double(3)?, a.opt_double(4)?];
+    run(a, 5, 2, o, scales, Mode::Linear { align_corners })
+}
+
+/// `self, output_size: int[2], scales_h: float?, scales_w: float?, *, out`
+fn nearest2d(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(5)?;
+    check_io(a, 4, 2, false, "upsample_nearest2d")?;
+    let o = fixed_sizes(a, 1, 2, "upsample_nearest2d")?;
+    let scales = [a.opt_double(2)?, a.opt_double(3)?];
+    run(a, 4, 2, o, scales, Mode::Nearest)
 }
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
@@ -483,6 +545,8 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register("aten::upsample_bilinear2d.vec_out", bilinear2d_vec);
     reg.register("aten::upsample_linear1d.vec_out", linear1d_vec);
     reg.register("aten::_upsample_bilinear2d_aa.out", bilinear2d_aa);
+    reg.register("aten::upsample_bilinear2d.out", bilinear2d);
+    reg.register("aten::upsample_nearest2d.out", nearest2d);
 }
 
 #[cfg(test)]
@@ -811,6 +875,74 @@ mod tests {
                 Arg::None,
                 Arg::None,
                 Arg::Out(Float, vec![1, 1, 2, 2]),
+            ],
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn fixed_size_overloads() {
+        let xv = seq(2 * 3 * 4);
+        let x = OwnedTensor::from_f64(Float, &[1, 2, 3, 4], &xv);
+        // Sizes alone match the vec overload; a given scale replaces in/out.
+        for (scales, vec_scales) in [
+            ([Arg::None, Arg::None], Arg::None),
+            (
+                [Arg::Double(2.0), Arg::Double(1.5)],
+                Arg::Doubles(vec![2.0, 1.5]),
+            ),
+        ] {
+            let want = run_op(
+                "aten::upsample_bilinear2d.vec_out",
+                vec![
+                    Arg::T(x.clone()),
+                    if matches!(vec_scales, Arg::None) {
+                        Arg::Ints(vec![6, 6])
+                    } else {
+                        Arg::None
+                    },
+                    Arg::Bool(false),
+                    vec_scales.clone(),
+                    Arg::Out(Float, vec![1, 2, 6, 6]),
+                ],
+            )
+            .unwrap();
+            let [sh, sw] = scales.clone();
+            let got = run_op(
+                "aten::upsample_bilinear2d.out",
+                vec![
+                    Arg::T(x.clone()),
+                    Arg::Ints(vec![6, 6]),
+                    Arg::Bool(false),
+                    sh,
+                    sw,
+                    Arg::Out(Float, vec![1, 2, 6, 6]),
+                ],
+            )
+            .unwrap();
+            assert_eq!(got.tensors[0].to_f64(), want.tensors[0].to_f64());
+            let [sh, sw] = scales;
+            let got = run_op(
+                "aten::upsample_nearest2d.out",
+                vec![
+                    Arg::T(x.clone()),
+                    Arg::Ints(vec![6, 6]),
+                    sh,
+                    sw,
+                    Arg::Out(Float, vec![1, 2, 6, 6]),
+                ],
+            )
+            .unwrap();
+            assert_eq!(got.tensors[0].sizes, [1, 2, 6, 6]);
+        }
+        assert!(run_op(
+            "aten::upsample_nearest2d.out",
+            vec![
+                Arg::T(x),
+                Arg::Ints(vec![6]),
+                Arg::None,
+                Arg::None,
+                Arg::Out(Float, vec![1, 2, 6, 6])
             ],
         )
         .is_err());
