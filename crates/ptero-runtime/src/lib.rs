@@ -26,6 +26,7 @@ mod evalue;
 mod method;
 mod method_meta;
 mod parse;
+mod plan;
 mod program;
 
 pub use backend::{Backend, BackendInitContext, BackendRegistry, CompileSpec, DelegateHandle};

@@ -7,22 +7,15 @@ use ptero_core::{
     AlignedBuf, BorrowSet, KernelArgs, KernelFn, KernelRegistry, Memory, ScalarType, Storage,
     TensorMeta, Value,
 };
-use ptero_format::fb;
 
-use crate::backend::{BackendInitContext, CompileSpec, DelegateHandle};
+use alloc::sync::Arc;
+
+use crate::backend::{BackendInitContext, DelegateHandle};
 use crate::evalue::{EValue, Tensor};
 use crate::method_meta::MethodMeta;
-use crate::parse::{invalid, io_indices, operator_name, parse_values, planned_sizes};
+use crate::parse::invalid;
+use crate::plan::{Instr, MethodPlan};
 use crate::{BackendRegistry, Error, Program, MAX_INSTRUCTIONS};
-
-#[derive(Debug, Clone, Copy)]
-enum Instr {
-    Kernel { op: u32, start: u32, len: u32 },
-    Delegate { index: u32, start: u32, len: u32 },
-    Move { from: u32, to: u32 },
-    JumpFalse { cond: u32, dest: u32 },
-    Free { value: u32 },
-}
 
 /// A method ready to run: values, planned memory, resolved kernels and delegates.
 ///
@@ -33,15 +26,11 @@ pub struct Method {
     meta: MethodMeta,
     values: Vec<Value>,
     memory: Memory,
-    chains: Vec<Vec<Instr>>,
-    arg_pool: Vec<u32>,
+    /// Instructions, argument lists and I/O indices, shared with the program.
+    plan: Arc<MethodPlan>,
     kernels: Vec<Option<KernelFn>>,
-    operators: Vec<String>,
     delegates: Vec<Box<dyn DelegateHandle>>,
-    delegate_names: Vec<String>,
-    inputs: Vec<u32>,
-    outputs: Vec<u32>,
-    /// Primitive inputs' traced values, which callers must pass unchanged.
+    /// Which inputs have been given (primitive inputs count as set).
     input_set: Vec<bool>,
     borrows: BorrowSet,
     executions: u64,
@@ -80,30 +69,19 @@ impl Method {
         kernels: &KernelRegistry,
         backends: &BackendRegistry,
     ) -> Result<Method, Error> {
-        let meta = program.method_meta(name)?.clone();
-        let pte = program.pte()?;
-        let plan = pte.method(name).ok_or_else(|| Error::MethodNotFound {
-            name: name.to_string(),
-            available: program
-                .method_names()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        })?;
-        let planned = planned_sizes(&plan, name)?;
-        let parsed = parse_values(&pte, &plan, name, &planned)?;
-        let mut values = parsed.values;
-        let n = values.len();
+        let (meta, plan) = program.plan(name)?;
+        let meta = meta.clone();
+        let mut values = plan.values.clone();
 
         let mut memory = Memory::new(program.shared());
-        for &size in &planned {
+        for &size in &plan.planned {
             let buf = AlignedBuf::try_zeroed(size).ok_or(Error::OutOfMemory {
                 method: name.into(),
                 bytes: size,
             })?;
             memory.add_buffer(buf);
         }
-        for (idx, range) in &parsed.inits {
+        for (idx, range) in &plan.inits {
             let Some(Value::Tensor(t)) = values.get(*idx) else {
                 continue;
             };
@@ -116,11 +94,8 @@ impl Method {
                 .map_err(|e| invalid(name, format!("value {idx}: {e}")))?;
             dst.copy_from_slice(src);
         }
-
-        let inputs = io_indices(plan.inputs(), n, name, "an input")?;
-        let outputs = io_indices(plan.outputs(), n, name, "an output")?;
         // Unplanned input and output tensors get buffers of their own, sized to their bound.
-        for &i in inputs.iter().chain(&outputs) {
+        for &i in plan.inputs.iter().chain(&plan.outputs) {
             if let Some(Value::Tensor(t)) = values.get_mut(i as usize) {
                 if t.storage == Storage::None {
                     let cap = t.capacity();
@@ -134,149 +109,20 @@ impl Method {
             }
         }
 
-        let operators: Vec<String> = plan
-            .operators()
-            .into_iter()
-            .flatten()
-            .map(|op| operator_name(op.name().unwrap_or(""), op.overload().unwrap_or("")))
-            .collect();
-        let num_delegates = plan.delegates().map_or(0, |d| d.len());
-
-        let mut chains = Vec::new();
-        let mut arg_pool: Vec<u32> = Vec::new();
-        let mut kernel_for_op: Vec<Option<KernelFn>> = alloc::vec![None; operators.len()];
+        // Resolve each operator once, keyed by the dtypes of its first call's tensors.
+        let mut kernel_for_op: Vec<Option<KernelFn>> = alloc::vec![None; plan.operators.len()];
         let mut missing: Vec<String> = Vec::new();
-        let mut max_views = 8usize;
-        let check = |i: i32, what: &str| -> Result<u32, Error> {
-            if i < 0 || i as usize >= n {
-                return Err(invalid(
-                    name,
-                    format!("{what} refers to value {i}, but the method has {n} values"),
-                ));
+        for (op, (opname, first)) in plan.operators.iter().zip(&plan.op_first_call).enumerate() {
+            let Some((start, len)) = *first else { continue };
+            let dtypes = tensor_dtypes(
+                &values,
+                &plan.arg_pool[start as usize..(start + len) as usize],
+            );
+            match kernels.lookup(opname, &dtypes) {
+                Some(f) => kernel_for_op[op] = Some(f),
+                None if !missing.contains(opname) => missing.push(opname.clone()),
+                None => {}
             }
-            Ok(i as u32)
-        };
-        for chain in plan.chains().into_iter().flatten() {
-            let mut instrs = Vec::new();
-            let count = chain.instructions().map_or(0, |v| v.len());
-            for (pc, ins) in chain.instructions().into_iter().flatten().enumerate() {
-                use fb::InstructionArguments as IA;
-                let at = |m: &str| format!("instruction {pc}: {m}");
-                let instr = match ins.instr_args_type() {
-                    IA::KernelCall => {
-                        let k = ins
-                            .instr_args_as_kernel_call()
-                            .ok_or_else(|| invalid(name, at("empty kernel call")))?;
-                        let op = k.op_index();
-                        if op < 0 || op as usize >= operators.len() {
-                            return Err(invalid(
-                                name,
-                                at(&format!(
-                                    "operator index {op} out of range ({} operators)",
-                                    operators.len()
-                                )),
-                            ));
-                        }
-                        let start = arg_pool.len() as u32;
-                        let mut views = 0;
-                        for a in k.args().into_iter().flatten() {
-                            let v = check(a, &at("an argument"))?;
-                            views += match &values[v as usize] {
-                                Value::TensorList(l) | Value::OptionalTensorList(l) => l.len(),
-                                _ => 1,
-                            };
-                            arg_pool.push(v);
-                        }
-                        max_views = max_views.max(views);
-                        let len = arg_pool.len() as u32 - start;
-                        let opname = &operators[op as usize];
-                        if kernel_for_op[op as usize].is_none() {
-                            let dtypes = tensor_dtypes(&values, &arg_pool[start as usize..]);
-                            match kernels.lookup(opname, &dtypes) {
-                                Some(f) => kernel_for_op[op as usize] = Some(f),
-                                None => {
-                                    if !missing.contains(opname) {
-                                        missing.push(opname.clone());
-                                    }
-                                }
-                            }
-                        }
-                        Instr::Kernel {
-                            op: op as u32,
-                            start,
-                            len,
-                        }
-                    }
-                    IA::DelegateCall => {
-                        let d = ins
-                            .instr_args_as_delegate_call()
-                            .ok_or_else(|| invalid(name, at("empty delegate call")))?;
-                        let di = d.delegate_index();
-                        if di < 0 || di as usize >= num_delegates {
-                            return Err(invalid(
-                                name,
-                                at(&format!(
-                                    "delegate index {di} out of range ({num_delegates} delegates)"
-                                )),
-                            ));
-                        }
-                        let start = arg_pool.len() as u32;
-                        for a in d.args().into_iter().flatten() {
-                            arg_pool.push(check(a, &at("a delegate argument"))?);
-                        }
-                        let len = arg_pool.len() as u32 - start;
-                        max_views = max_views.max(len as usize);
-                        Instr::Delegate {
-                            index: di as u32,
-                            start,
-                            len,
-                        }
-                    }
-                    IA::MoveCall => {
-                        let m = ins
-                            .instr_args_as_move_call()
-                            .ok_or_else(|| invalid(name, at("empty move")))?;
-                        Instr::Move {
-                            from: check(m.move_from(), &at("move source"))?,
-                            to: check(m.move_to(), &at("move target"))?,
-                        }
-                    }
-                    IA::JumpFalseCall => {
-                        let j = ins
-                            .instr_args_as_jump_false_call()
-                            .ok_or_else(|| invalid(name, at("empty jump")))?;
-                        let dest = j.destination_instruction();
-                        if dest < 0 || dest as usize > count {
-                            return Err(invalid(
-                                name,
-                                at(&format!(
-                                    "jump destination {dest} out of range ({count} instructions)"
-                                )),
-                            ));
-                        }
-                        Instr::JumpFalse {
-                            cond: check(j.cond_value_index(), &at("jump condition"))?,
-                            dest: dest as u32,
-                        }
-                    }
-                    IA::FreeCall => {
-                        let f = ins
-                            .instr_args_as_free_call()
-                            .ok_or_else(|| invalid(name, at("empty free")))?;
-                        Instr::Free {
-                            value: check(f.value_index(), &at("free"))?,
-                        }
-                    }
-                    other => {
-                        return Err(invalid(
-                            name,
-                            at(&format!("unknown instruction kind {}", other.0)),
-                        ))
-                    }
-                };
-                instrs.push(instr);
-            }
-            chains.push(instrs);
         }
         if !missing.is_empty() {
             return Err(Error::MissingOperators {
@@ -286,44 +132,33 @@ impl Method {
         }
 
         let mut delegates: Vec<Box<dyn DelegateHandle>> = Vec::new();
-        let mut delegate_names = Vec::new();
-        let named = |key: &str| pte.named_data(key);
-        for d in plan.delegates().into_iter().flatten() {
-            let id = d.id().unwrap_or("").to_string();
-            let backend = backends.get(&id).ok_or_else(|| Error::UnknownBackend {
+        let named = |key: &str| program.named_data(key);
+        for d in &plan.delegates {
+            let backend = backends.get(&d.id).ok_or_else(|| Error::UnknownBackend {
                 method: name.into(),
-                backend: id.clone(),
+                backend: d.id.clone(),
                 available: backends.names(),
             })?;
-            let processed = pte
-                .delegate_data(&d)
-                .map_err(|e| invalid(name, format!("delegate '{id}': {e}")))?;
-            let specs: Vec<CompileSpec> = d
-                .compile_specs()
-                .into_iter()
-                .flatten()
-                .map(|s| CompileSpec {
-                    key: s.key().unwrap_or("").to_string(),
-                    value: s.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
-                })
-                .collect();
+            let processed = program
+                .bytes()
+                .get(d.processed.clone())
+                .ok_or_else(|| invalid(name, format!("delegate '{}': data out of range", d.id)))?;
             let ctx = BackendInitContext {
                 method_name: name,
                 named_data: &named,
             };
-            let handle =
-                backend
-                    .init(&ctx, processed, &specs)
-                    .map_err(|message| Error::BackendInit {
-                        method: name.into(),
-                        backend: id.clone(),
-                        message,
-                    })?;
+            let handle = backend
+                .init(&ctx, processed, &d.compile_specs)
+                .map_err(|message| Error::BackendInit {
+                    method: name.into(),
+                    backend: d.id.clone(),
+                    message,
+                })?;
             delegates.push(handle);
-            delegate_names.push(id);
         }
 
-        let input_set = inputs
+        let input_set = plan
+            .inputs
             .iter()
             .map(|&i| !matches!(values[i as usize], Value::Tensor(_)))
             .collect();
@@ -331,16 +166,11 @@ impl Method {
             meta,
             values,
             memory,
-            chains,
-            arg_pool,
+            plan: plan.clone(),
             kernels: kernel_for_op,
-            operators,
             delegates,
-            delegate_names,
-            inputs,
-            outputs,
             input_set,
-            borrows: BorrowSet::with_capacity(max_views * 2),
+            borrows: BorrowSet::with_capacity(plan.max_views * 2),
             executions: 0,
         })
     }
@@ -355,11 +185,11 @@ impl Method {
     }
 
     pub fn num_inputs(&self) -> usize {
-        self.inputs.len()
+        self.plan.inputs.len()
     }
 
     pub fn num_outputs(&self) -> usize {
-        self.outputs.len()
+        self.plan.outputs.len()
     }
 
     /// Bytes of memory the method owns (planned arenas plus I/O buffers).
@@ -373,12 +203,13 @@ impl Method {
     }
 
     fn input_value(&self, index: usize) -> Result<usize, Error> {
-        self.inputs
+        self.plan
+            .inputs
             .get(index)
             .map(|&i| i as usize)
             .ok_or_else(|| Error::Input {
                 index,
-                message: format!("the method has {} inputs", self.inputs.len()),
+                message: format!("the method has {} inputs", self.plan.inputs.len()),
             })
     }
 
@@ -457,13 +288,13 @@ impl Method {
 
     /// Sets all inputs in order.
     pub fn set_inputs(&mut self, values: &[EValue]) -> Result<(), Error> {
-        if values.len() != self.inputs.len() {
+        if values.len() != self.plan.inputs.len() {
             return Err(Error::Input {
-                index: values.len().min(self.inputs.len()),
+                index: values.len().min(self.plan.inputs.len()),
                 message: format!(
                     "method '{}' takes {} inputs, got {}",
                     self.meta.name,
-                    self.inputs.len(),
+                    self.plan.inputs.len(),
                     values.len()
                 ),
             });
@@ -483,8 +314,8 @@ impl Method {
             });
         }
         let mut budget = MAX_INSTRUCTIONS;
-        for c in 0..self.chains.len() {
-            let n = self.chains[c].len();
+        for c in 0..self.plan.chains.len() {
+            let n = self.plan.chains[c].len();
             let mut pc = 0usize;
             while pc < n {
                 if budget == 0 {
@@ -494,7 +325,7 @@ impl Method {
                     });
                 }
                 budget -= 1;
-                let instr = self.chains[c][pc];
+                let instr = self.plan.chains[c][pc];
                 pc += 1;
                 match instr {
                     Instr::Kernel { op, start, len } => {
@@ -505,7 +336,7 @@ impl Method {
                                 ptero_core::Error::NotImplemented("kernel".into()),
                             ));
                         };
-                        let args = &self.arg_pool[start as usize..(start + len) as usize];
+                        let args = &self.plan.arg_pool[start as usize..(start + len) as usize];
                         let mut ka = KernelArgs::new(
                             &mut self.values,
                             args,
@@ -517,7 +348,7 @@ impl Method {
                         }
                     }
                     Instr::Delegate { index, start, len } => {
-                        let args = &self.arg_pool[start as usize..(start + len) as usize];
+                        let args = &self.plan.arg_pool[start as usize..(start + len) as usize];
                         let mut ka = KernelArgs::new(
                             &mut self.values,
                             args,
@@ -530,7 +361,7 @@ impl Method {
                                 instruction: pc - 1,
                                 operator: format!(
                                     "delegate {}",
-                                    self.delegate_names[index as usize]
+                                    self.plan.delegates[index as usize].id
                                 ),
                                 source,
                             });
@@ -566,7 +397,12 @@ impl Method {
         Error::Execution {
             method: self.meta.name.clone(),
             instruction,
-            operator: self.operators.get(op as usize).cloned().unwrap_or_default(),
+            operator: self
+                .plan
+                .operators
+                .get(op as usize)
+                .cloned()
+                .unwrap_or_default(),
             source,
         }
     }
@@ -588,12 +424,13 @@ impl Method {
     }
 
     fn output_value(&self, index: usize) -> Result<&Value, Error> {
-        self.outputs
+        self.plan
+            .outputs
             .get(index)
             .map(|&i| &self.values[i as usize])
             .ok_or_else(|| Error::Output {
                 index,
-                message: format!("the method has {} outputs", self.outputs.len()),
+                message: format!("the method has {} outputs", self.plan.outputs.len()),
             })
     }
 
@@ -619,7 +456,9 @@ impl Method {
 
     /// All outputs of the last run.
     pub fn outputs(&self) -> Result<Vec<EValue>, Error> {
-        (0..self.outputs.len()).map(|i| self.output(i)).collect()
+        (0..self.plan.outputs.len())
+            .map(|i| self.output(i))
+            .collect()
     }
 
     fn to_evalue(&self, v: &Value) -> Result<EValue, ptero_core::Error> {

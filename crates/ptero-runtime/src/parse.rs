@@ -349,16 +349,37 @@ fn io_meta(v: &Value) -> IoMeta {
 }
 
 /// Builds the metadata of one method (parsing and checking its values).
-pub(crate) fn method_meta(
+/// What the program says about one method before any instruction is looked at: values,
+/// I/O indices and planned memory. Errors here make the whole program unreadable.
+pub(crate) struct MethodHead {
+    pub planned: Vec<usize>,
+    pub values: ParsedValues,
+    pub inputs: Vec<u32>,
+    pub outputs: Vec<u32>,
+}
+
+pub(crate) fn method_head(
     pte: &PteFile<'_>,
     plan: &fb::ExecutionPlan<'_>,
-) -> Result<MethodMeta, Error> {
+) -> Result<MethodHead, Error> {
+    let name = plan.name().unwrap_or("");
+    let planned = planned_sizes(plan, name)?;
+    let values = parse_values(pte, plan, name, &planned)?;
+    let n = values.values.len();
+    let inputs = io_indices(plan.inputs(), n, name, "an input")?;
+    let outputs = io_indices(plan.outputs(), n, name, "an output")?;
+    Ok(MethodHead {
+        planned,
+        values,
+        inputs,
+        outputs,
+    })
+}
+
+/// The metadata of a method.
+pub(crate) fn method_meta(plan: &fb::ExecutionPlan<'_>, head: &MethodHead) -> MethodMeta {
     let name = plan.name().unwrap_or("").to_string();
-    let planned = planned_sizes(plan, &name)?;
-    let parsed = parse_values(pte, plan, &name, &planned)?;
-    let n = parsed.values.len();
-    let inputs = io_indices(plan.inputs(), n, &name, "an input")?;
-    let outputs = io_indices(plan.outputs(), n, &name, "an output")?;
+    let values = &head.values.values;
     let operators = plan
         .operators()
         .into_iter()
@@ -377,22 +398,24 @@ pub(crate) fn method_meta(
         .flatten()
         .map(|c| c.instructions().map_or(0, |i| i.len()))
         .sum();
-    Ok(MethodMeta {
-        inputs: inputs
+    MethodMeta {
+        inputs: head
+            .inputs
             .iter()
-            .map(|&i| io_meta(&parsed.values[i as usize]))
+            .map(|&i| io_meta(&values[i as usize]))
             .collect(),
-        outputs: outputs
+        outputs: head
+            .outputs
             .iter()
-            .map(|&i| io_meta(&parsed.values[i as usize]))
+            .map(|&i| io_meta(&values[i as usize]))
             .collect(),
         name,
-        planned_buffers: planned,
+        planned_buffers: head.planned.clone(),
         operators,
         backends,
         num_instructions,
-        num_values: n,
-    })
+        num_values: values.len(),
+    }
 }
 
 /// The registry name of an operator: `name.overload`, or `name` without an overload.

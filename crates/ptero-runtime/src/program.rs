@@ -5,8 +5,11 @@ use alloc::vec::Vec;
 use ptero_core::{AlignedBuf, KernelRegistry, SharedBytes};
 use ptero_format::PteFile;
 
+use core::ops::Range;
+
 use crate::method_meta::MethodMeta;
-use crate::parse::method_meta;
+use crate::parse::{method_head, method_meta};
+use crate::plan::{parse_plan, MethodPlan};
 use crate::{BackendRegistry, Error, Method};
 
 /// A loaded `.pte` program: its bytes and the metadata of its methods.
@@ -17,6 +20,11 @@ use crate::{BackendRegistry, Error, Method};
 pub struct Program {
     data: SharedBytes,
     metas: Arc<Vec<MethodMeta>>,
+    /// Parsed once when the program is read. A method whose instructions are invalid
+    /// keeps its error here, so the rest of the program stays usable.
+    plans: Arc<Vec<Result<Arc<MethodPlan>, Error>>>,
+    /// Named data (e.g. delegate weights): key and byte range in the file.
+    named: Arc<Vec<(String, Range<usize>)>>,
 }
 
 impl core::fmt::Debug for Program {
@@ -49,12 +57,23 @@ impl Program {
         }
         let pte = PteFile::parse(bytes)?;
         let mut metas = Vec::new();
+        let mut plans = Vec::new();
         for plan in pte.program().execution_plan().into_iter().flatten() {
-            metas.push(method_meta(&pte, &plan)?);
+            let head = method_head(&pte, &plan)?;
+            metas.push(method_meta(&plan, &head));
+            plans.push(parse_plan(&pte, &plan, head).map(Arc::new));
+        }
+        let mut named = Vec::new();
+        for d in pte.program().named_data().into_iter().flatten() {
+            if let Ok(r) = pte.segment_range(d.segment_index() as usize) {
+                named.push((d.key().unwrap_or("").to_string(), r));
+            }
         }
         Ok(Program {
             data,
             metas: Arc::new(metas),
+            plans: Arc::new(plans),
+            named: Arc::new(named),
         })
     }
 
@@ -127,6 +146,28 @@ impl Program {
     ) -> Result<Method, Error> {
         self.method_meta(name)?;
         Method::load(self, name, kernels, backends)
+    }
+
+    /// Metadata and parsed plan of method `name`.
+    pub(crate) fn plan(&self, name: &str) -> Result<(&MethodMeta, &Arc<MethodPlan>), Error> {
+        let i = self
+            .metas
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| Error::MethodNotFound {
+                name: name.to_string(),
+                available: self.metas.iter().map(|m| m.name.clone()).collect(),
+            })?;
+        match &self.plans[i] {
+            Ok(p) => Ok((&self.metas[i], p)),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Bytes stored under `key` in the program's named data.
+    pub fn named_data(&self, key: &str) -> Option<&[u8]> {
+        let (_, r) = self.named.iter().find(|(k, _)| k == key)?;
+        self.bytes().get(r.clone())
     }
 
     pub(crate) fn shared(&self) -> SharedBytes {
