@@ -173,12 +173,34 @@ const FMOD: BinaryFns = BinaryFns {
     boolean: None,
     f32: None,
 };
+/// f32 power with PyTorch's special cases for common scalar exponents (x*x, x*x*x,
+/// sqrt...), which are both faster and what PyTorch computes for them.
+fn pow_f32(a: f32, b: f32) -> f32 {
+    if b == 2.0 {
+        a * a
+    } else if b == 3.0 {
+        a * a * a
+    } else if b == 0.5 {
+        libm::sqrtf(a)
+    } else if b == -0.5 {
+        1.0 / libm::sqrtf(a)
+    } else if b == -1.0 {
+        1.0 / a
+    } else if b == -2.0 {
+        1.0 / (a * a)
+    } else if b == 1.0 {
+        a
+    } else {
+        libm::powf(a, b)
+    }
+}
+
 const POW: BinaryFns = BinaryFns {
     name: "pow",
     float: libm::pow,
     int: Some(pow_i),
     boolean: Some(|a, b| a || !b),
-    f32: None,
+    f32: Some(pow_f32),
 };
 const MAXIMUM: BinaryFns = BinaryFns {
     name: "maximum",
@@ -654,6 +676,36 @@ mod tests {
                 vec![f(&[2], &[2., 3.]), Arg::Int(2), Arg::Out(Float, vec![2])],
                 &[2],
                 vec![4., 9.],
+            ),
+            (
+                "aten::pow.Tensor_Scalar_out",
+                vec![
+                    f(&[3], &[2., -3., 4.]),
+                    Arg::Double(3.0),
+                    Arg::Out(Float, vec![3]),
+                ],
+                &[3],
+                vec![8., -27., 64.],
+            ),
+            (
+                "aten::pow.Tensor_Scalar_out",
+                vec![
+                    f(&[2], &[4., 0.25]),
+                    Arg::Double(-0.5),
+                    Arg::Out(Float, vec![2]),
+                ],
+                &[2],
+                vec![0.5, 2.],
+            ),
+            (
+                "aten::pow.Tensor_Scalar_out",
+                vec![
+                    f(&[2], &[2., 9.]),
+                    Arg::Double(1.5),
+                    Arg::Out(Float, vec![2]),
+                ],
+                &[2],
+                vec![2f64.powf(1.5), 27.],
             ),
             (
                 "aten::pow.Tensor_Scalar_out",
