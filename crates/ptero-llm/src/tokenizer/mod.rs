@@ -1,0 +1,69 @@
+//! Tokenizers, chosen by file content like ExecuTorch's `load_tokenizer`: Hugging Face
+//! `tokenizer.json`, Llama 3 tiktoken `tokenizer.model`, Llama 2 SentencePiece
+//! `tokenizer.model`.
+
+mod hf;
+mod sentencepiece;
+mod tiktoken;
+
+use std::path::Path;
+
+pub use hf::HfTokenizer;
+pub use sentencepiece::SentencePieceTokenizer;
+pub use tiktoken::TiktokenTokenizer;
+
+use crate::{Error, Result};
+
+/// Text to token ids and back.
+pub trait Tokenizer: Send {
+    /// Encodes `text`; special-token strings in it (e.g. `<|im_start|>`) map to their ids.
+    /// A BOS token is prepended when `bos` is set and the tokenizer has one.
+    fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>>;
+    /// Decodes ids to text (invalid UTF-8 sequences become U+FFFD).
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+    fn vocab_size(&self) -> usize;
+    fn bos_id(&self) -> Option<u32>;
+    fn eos_id(&self) -> Option<u32>;
+    /// The id of a token given by its text, e.g. `"<|eot_id|>"`.
+    fn token_to_id(&self, token: &str) -> Option<u32>;
+    /// The text of a token, e.g. for a template's `bos_token`.
+    fn id_to_token(&self, id: u32) -> Option<String>;
+    /// A Jinja chat template shipped with the tokenizer.
+    fn chat_template(&self) -> Option<&str> {
+        None
+    }
+    /// Which kind of file this came from, for messages.
+    fn kind(&self) -> &'static str;
+}
+
+/// Loads a tokenizer, recognising the format from the file's content.
+pub fn load(path: impl AsRef<Path>) -> Result<Box<dyn Tokenizer>> {
+    let path = path.as_ref();
+    let err = |message: String| Error::Tokenizer {
+        path: path.display().to_string(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    if bytes.get(start) == Some(&b'{') {
+        return Ok(Box::new(
+            HfTokenizer::from_bytes(&bytes, path).map_err(|e| err(e.to_string()))?,
+        ));
+    }
+    if TiktokenTokenizer::looks_like(&bytes) {
+        return Ok(Box::new(
+            TiktokenTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?,
+        ));
+    }
+    if SentencePieceTokenizer::looks_like(&bytes) {
+        return Ok(Box::new(
+            SentencePieceTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?,
+        ));
+    }
+    Err(err(
+        "unrecognised format: expected a Hugging Face tokenizer.json, a Llama 3 tiktoken tokenizer.model or a Llama 2 SentencePiece tokenizer.model".into(),
+    ))
+}
