@@ -59,6 +59,9 @@ PARAMS = {
 BOS, EOS = 1, 2
 MAX_SEQ, MAX_CTX = 32, 128
 PROMPT = [BOS, 17, 345, 90, 211, 5, 402, 77, 130, 256, 499, 3]  # 12 ids
+# Extra case for the dynamic program: longest allowed prefill (tokens dim upper bound = max_seq_len-1).
+LONG_PROMPT = [BOS] + [(37 * i + 11) % 512 for i in range(1, MAX_SEQ - 1)]  # 31 ids
+LONG_NEW = 16
 MAX_NEW = 64
 SEED = 1234
 
@@ -306,6 +309,18 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001
             checks["official_runtime_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             rt_consts = None
+        extra_cases = []
+        if dynamic and not xnn:
+            l_ids, l_margins, _ = greedy_generate(ref_model, LONG_PROMPT, LONG_NEW)
+            case = {"prompt_ids": LONG_PROMPT, "max_new_tokens": LONG_NEW, "greedy_ids": l_ids,
+                    "min_top1_top2_margin": min(l_margins)}
+            case["executorch_eager_transformer_matches"] = et_eager_generate(ckpt, params, True, LONG_PROMPT, LONG_NEW) == l_ids
+            try:
+                case["official_runtime_matches"] = runtime_generate(pte, True, LONG_PROMPT, LONG_NEW)[0] == l_ids
+            except Exception as e:  # noqa: BLE001
+                case["official_runtime_error"] = str(e)[:300]
+            extra_cases.append(case)
+            checks["extra_cases_ok"] = all(c.get("official_runtime_matches") and c["executorch_eager_transformer_matches"] for c in extra_cases)
         print(name, json.dumps(checks))
         if ids != et_ids:
             print("ref ids", ids, "\net ids ", et_ids)
@@ -333,6 +348,7 @@ def main(argv=None) -> int:
             "first_logits_top5_values": [round(float(x), 5) for x in torch.topk(first_logits, 5).values],
             "first_logits_fp64_sum": float(first64.sum()),
             "min_top1_top2_margin": min(margins),
+            "extra_cases": extra_cases,
             "constant_methods": consts,
             "runtime_constant_methods": rt_consts,
             "forward_io": fwd_io,
@@ -347,11 +363,15 @@ def main(argv=None) -> int:
                 "input_pos int64 [1]) -> logits fp32 [1,vocab] for the last position; KV caches are "
                 "mutable buffers updated in place by llama::update_cache / custom_sdpa. Greedy = "
                 "argmax of returned logits, no EOS stopping (generate exactly max_new_tokens; the "
-                "first generated id comes from the prefill logits). Expected ids computed by "
+                "first generated id comes from the prefill logits; ids 0/2 may appear, random model). "
+                "prefill_logits.npy = logits [1,vocab] returned by the prefill (last prompt token) in the "
+                "official runtime (eager if the runtime failed). Expected ids computed by "
                 "python/llm_eager.py (independent eager implementation); see 'validation' for "
                 "agreement with ExecuTorch's eager Transformer and the official runtime."
             ),
         }
+        import numpy as np
+        np.save(vdir / "prefill_logits.npy", (rt_first if rt_consts is not None else first_logits).reshape(1, -1).numpy().astype(np.float32))
         (vdir / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
         print(f"wrote {vdir/'expected.json'}")
     print(json.dumps(results, indent=1))

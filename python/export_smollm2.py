@@ -94,6 +94,15 @@ def convert_hf_to_meta(hf_sd, cfg):
     return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
 
 
+def add_chat_template(out: Path, template: str) -> None:
+    """transformers 5 writes the template to chat_template.jinja; also embed it in
+    tokenizer_config.json (the classic location other tools look for)."""
+    p = out / "tokenizer_config.json"
+    cfg = json.loads(p.read_text())
+    cfg["chat_template"] = template
+    p.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-seq", type=int, default=128)
@@ -117,7 +126,8 @@ def main(argv=None) -> int:
     cfg = hf.config
     print(f"loaded HF model in {time.time()-t0:.1f}s: {type(hf).__name__}", flush=True)
     print(cfg)
-    tok.save_pretrained(str(OUT))  # tokenizer.json, tokenizer_config.json (chat template)
+    tok.save_pretrained(str(OUT))  # tokenizer.json, tokenizer_config.json, chat_template.jinja
+    add_chat_template(OUT, tok.chat_template)
 
     msgs = [{"role": "user", "content": QUESTION}]
     prompt_text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -179,6 +189,7 @@ def main(argv=None) -> int:
     report["meta_eager_greedy_ids"] = ids
     report["meta_eager_matches_hf"] = ids == hf_new[: len(ids)]
     report["prompt_ids"] = prompt_ids
+    report["prompt_text"] = prompt_text
     report["params"] = params
     report["bos_id"] = im_start
     report["eos_ids"] = [im_end, eot]

@@ -445,6 +445,26 @@ impl Method {
         }
     }
 
+    /// The data of tensor output `index` in place, without a copy (row-major tensors only).
+    pub fn output_data<T: ptero_core::Element>(&self, index: usize) -> Result<&[T], Error> {
+        let t = self.output_meta(index)?;
+        let err = |message: String| Error::Output { index, message };
+        if t.dtype != T::DTYPE {
+            return Err(err(format!("is a {} tensor, not {}", t.dtype, T::DTYPE)));
+        }
+        if !t.is_contiguous() {
+            return Err(err("is not row-major; use `output`".into()));
+        }
+        let bytes = self
+            .memory
+            .bytes(t.storage, t.nbytes())
+            .map_err(|e| err(e.to_string()))?;
+        if bytes.is_empty() {
+            return Ok(&[]);
+        }
+        bytemuck::try_cast_slice(bytes).map_err(|e| err(format!("{e:?}")))
+    }
+
     /// Output `index` of the last run, copied out (tensors row-major).
     pub fn output(&self, index: usize) -> Result<EValue, Error> {
         let v = self.output_value(index)?;

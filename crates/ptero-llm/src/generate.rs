@@ -1,0 +1,471 @@
+//! The generation loop: prefill the prompt in chunks, then decode token by token with the
+//! KV cache kept in the program's mutable buffers.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ptero::{EValue, Method, Program, ScalarType, Tag, Tensor};
+
+use crate::chat::{ChatTemplate, Message};
+use crate::metadata::LlmMetadata;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::stream::TextStream;
+use crate::tokenizer::{self, Tokenizer};
+use crate::{Error, Result};
+
+/// Settings of one generation.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationConfig {
+    /// Stop after this many new tokens (default: until the context is full).
+    pub max_new_tokens: Option<usize>,
+    pub sampler: SamplerConfig,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The KV cache (context) is full.
+    Context,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::Context => "context",
+        }
+    }
+}
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// From the call to the first generated token.
+    pub ttft_ms: f64,
+    pub prefill_ms: f64,
+    /// Time for the tokens after the first.
+    pub decode_ms: f64,
+}
+
+impl Stats {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        if self.prefill_ms > 0.0 {
+            self.prompt_tokens as f64 / (self.prefill_ms / 1e3)
+        } else {
+            0.0
+        }
+    }
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let n = self.generated_tokens.saturating_sub(1);
+        if self.decode_ms > 0.0 && n > 0 {
+            n as f64 / (self.decode_ms / 1e3)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated ids (an end-of-sequence token that stopped generation included).
+    pub ids: Vec<u32>,
+    /// Generated text (without the end-of-sequence token); empty without a tokenizer.
+    pub text: String,
+    pub stop: StopReason,
+    pub stats: Stats,
+}
+
+/// Generates text with a Llama-family program.
+///
+/// ```no_run
+/// use ptero_llm::{GenerationConfig, TextGenerator};
+/// let mut gen = TextGenerator::load("model.pte", Some("tokenizer.json"))?;
+/// let out = gen.generate("Once upon a time", &GenerationConfig::default(), |piece| print!("{piece}"))?;
+/// println!("\n[{} tokens, stopped on {}]", out.ids.len(), out.stop.as_str());
+/// # Ok::<(), ptero_llm::Error>(())
+/// ```
+pub struct TextGenerator {
+    method: Method,
+    tokenizer: Option<Box<dyn Tokenizer>>,
+    metadata: LlmMetadata,
+    /// Tokens in the KV cache.
+    pos: usize,
+    /// Input 1 takes one position per token (`cache_positions`) rather than the start.
+    positions_input: bool,
+    has_pos_input: bool,
+    eos: Vec<u32>,
+    logits: Vec<f32>,
+    /// Without a KV cache every step re-reads the whole sequence.
+    history: Vec<u32>,
+    chat: Option<ChatState>,
+    load_ms: f64,
+}
+
+struct ChatState {
+    template: ChatTemplate,
+    messages: Vec<Message>,
+    /// The text whose tokens are in the KV cache.
+    rendered: String,
+}
+
+impl TextGenerator {
+    /// Loads a program (method `forward`) and, optionally, a tokenizer file.
+    pub fn load(
+        model: impl AsRef<Path>,
+        tokenizer: Option<impl AsRef<Path>>,
+    ) -> Result<TextGenerator> {
+        let t0 = Instant::now();
+        let program = Program::from_file(model)?;
+        let tokenizer = tokenizer.map(tokenizer::load).transpose()?;
+        let mut g = TextGenerator::from_program(&program, tokenizer)?;
+        g.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(g)
+    }
+
+    /// Builds a generator over a loaded program.
+    pub fn from_program(
+        program: &Program,
+        tokenizer: Option<Box<dyn Tokenizer>>,
+    ) -> Result<TextGenerator> {
+        let metadata = LlmMetadata::read(program)?;
+        let meta = program.method_meta("forward")?.clone();
+        let tensor_in = |i: usize| {
+            meta.inputs
+                .get(i)
+                .filter(|io| io.tag == Tag::Tensor)
+                .and_then(|io| io.tensor.clone())
+        };
+        let tokens = tensor_in(0)
+            .ok_or_else(|| Error::Model("input 0 of 'forward' is not a tensor".into()))?;
+        if tokens.dtype != ScalarType::Long || tokens.sizes.len() != 2 {
+            return Err(Error::Model(format!(
+                "input 0 of 'forward' should be int64 token ids [1, seq], found {} {:?}",
+                tokens.dtype, tokens.sizes
+            )));
+        }
+        let pos_in = tensor_in(1);
+        if let Some(p) = &pos_in {
+            if p.dtype != ScalarType::Long || p.sizes.len() != 1 {
+                return Err(Error::Model(format!(
+                    "input 1 of 'forward' should be int64 positions [1] or [seq], found {} {:?}",
+                    p.dtype, p.sizes
+                )));
+            }
+        }
+        let method = program.load_method(
+            "forward",
+            &ptero::default_kernels(),
+            &ptero::default_backends(),
+        )?;
+        let mut eos = metadata.eos_ids.clone();
+        if eos.is_empty() {
+            eos.extend(tokenizer.as_ref().and_then(|t| t.eos_id()));
+        }
+        let chat = tokenizer
+            .as_deref()
+            .and_then(ChatTemplate::for_tokenizer)
+            .map(|template| ChatState {
+                template,
+                messages: Vec::new(),
+                rendered: String::new(),
+            });
+        Ok(TextGenerator {
+            method,
+            tokenizer,
+            positions_input: pos_in.as_ref().is_some_and(|p| p.sizes[0] > 1),
+            has_pos_input: pos_in.is_some(),
+            metadata,
+            pos: 0,
+            eos,
+            logits: Vec::new(),
+            history: Vec::new(),
+            chat,
+            load_ms: 0.0,
+        })
+    }
+
+    pub fn metadata(&self) -> &LlmMetadata {
+        &self.metadata
+    }
+
+    pub fn tokenizer(&self) -> Option<&dyn Tokenizer> {
+        self.tokenizer.as_deref()
+    }
+
+    /// Milliseconds spent in [`TextGenerator::load`].
+    pub fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Where the chat template comes from, if chatting is possible.
+    pub fn chat_format(&self) -> Option<&'static str> {
+        self.chat.as_ref().map(|c| c.template.origin)
+    }
+
+    /// Forgets the conversation: the next prompt starts at position 0.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.history.clear();
+        if let Some(c) = &mut self.chat {
+            c.messages.clear();
+            c.rendered.clear();
+        }
+    }
+
+    /// Runs `forward` on `tokens` starting at position `start`; leaves the last
+    /// position's logits in `self.logits`.
+    fn forward(&mut self, tokens: &[u32], start: usize) -> Result<()> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        self.method.set_input(
+            0,
+            &EValue::Tensor(Tensor::from_slice(&ids, &[1, ids.len()])?),
+        )?;
+        if self.has_pos_input {
+            let pos: Vec<i64> = if self.positions_input {
+                (start..start + tokens.len()).map(|p| p as i64).collect()
+            } else {
+                vec![start as i64]
+            };
+            self.method
+                .set_input(1, &EValue::Tensor(Tensor::from_slice(&pos, &[pos.len()])?))?;
+        }
+        self.method.execute()?;
+        let meta = self.method.output_meta(0)?;
+        let vocab = *meta
+            .sizes()
+            .last()
+            .ok_or_else(|| Error::Model("logits output is 0-d".into()))?;
+        if vocab == 0 {
+            return Err(Error::Model("logits have no vocabulary dimension".into()));
+        }
+        self.logits.clear();
+        if meta.dtype == ScalarType::Float {
+            let all = self.method.output_data::<f32>(0)?;
+            let last = all
+                .len()
+                .checked_sub(vocab)
+                .ok_or_else(|| Error::Model("logits too small".into()))?;
+            self.logits.extend_from_slice(&all[last..]);
+        } else {
+            // Half/bfloat16 programs: convert the last row.
+            let t = self
+                .method
+                .output(0)?
+                .into_tensor()
+                .ok_or_else(|| Error::Model("logits are not a tensor".into()))?;
+            let es = t.dtype().size();
+            let start = t.bytes().len().saturating_sub(vocab * es);
+            for c in t.bytes()[start..].chunks_exact(es) {
+                self.logits.push(match t.dtype() {
+                    ScalarType::Half => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    ScalarType::BFloat16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    ScalarType::Double => f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32,
+                    d => {
+                        return Err(Error::Model(format!(
+                            "logits of dtype {d} are not supported"
+                        )))
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds `ids` into the model (the KV cache), in chunks of `max_seq_len` when the
+    /// sequence length is dynamic and one token at a time otherwise.
+    fn prefill(&mut self, ids: &[u32]) -> Result<()> {
+        let ctx = self.metadata.max_context_len;
+        if self.pos + ids.len() > ctx {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt needs {} tokens but only {} of the model's {ctx}-token context are left",
+                ids.len(),
+                ctx - self.pos.min(ctx)
+            )));
+        }
+        if !self.metadata.use_kv_cache {
+            self.history.extend_from_slice(ids);
+            let window = self.history.len().saturating_sub(self.metadata.max_seq_len);
+            let seq = self.history[window..].to_vec();
+            self.forward(&seq, 0)?;
+            self.pos = self.history.len();
+            return Ok(());
+        }
+        let chunk = if self.metadata.enable_dynamic_shape {
+            self.metadata.max_seq_len.max(1)
+        } else {
+            1
+        };
+        for part in ids.chunks(chunk) {
+            self.forward(part, self.pos)?;
+            self.pos += part.len();
+        }
+        Ok(())
+    }
+
+    /// Generates from token ids (no tokenizer needed). `on_token` gets each id and its text
+    /// (empty without a tokenizer, or while a character is incomplete).
+    pub fn generate_ids(
+        &mut self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(u32, &str),
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty".into()));
+        }
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| self.metadata.vocab_size.is_some_and(|v| t as usize >= v))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "prompt id {bad} is outside the model's vocabulary of {}",
+                self.metadata.vocab_size.unwrap_or(0)
+            )));
+        }
+        let t0 = Instant::now();
+        self.prefill(prompt)?;
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut stats = Stats {
+            prompt_tokens: prompt.len(),
+            prefill_ms,
+            ..Default::default()
+        };
+        let mut sampler = Sampler::new(config.sampler);
+        let mut stream = TextStream::new(prompt.last().copied());
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        let ctx = self.metadata.max_context_len;
+        let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
+        let mut decode_start = None;
+        let stop = loop {
+            if ids.len() >= max_new {
+                break StopReason::MaxTokens;
+            }
+            let token = sampler.sample(&self.logits);
+            ids.push(token);
+            if ids.len() == 1 {
+                stats.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+                decode_start = Some(Instant::now());
+            }
+            let is_eos = self.eos.contains(&token);
+            if is_eos && !config.ignore_eos {
+                on_token(token, "");
+                break StopReason::Eos;
+            }
+            let piece = match &self.tokenizer {
+                Some(t) if !is_eos => stream.push(t.as_ref(), token)?.unwrap_or_default(),
+                _ => String::new(),
+            };
+            text.push_str(&piece);
+            on_token(token, &piece);
+            if ids.len() >= max_new {
+                break StopReason::MaxTokens;
+            }
+            if self.pos >= ctx {
+                break StopReason::Context;
+            }
+            self.prefill(&[token])?;
+        };
+        if let Some(t) = &self.tokenizer {
+            if let Some(rest) = stream.finish(t.as_ref())? {
+                text.push_str(&rest);
+                on_token(u32::MAX, &rest);
+            }
+        }
+        stats.generated_tokens = ids.len();
+        stats.decode_ms = decode_start.map_or(0.0, |d| d.elapsed().as_secs_f64() * 1e3);
+        Ok(Generation {
+            ids,
+            text,
+            stop,
+            stats,
+        })
+    }
+
+    fn tokenizer_or_err(&self) -> Result<&dyn Tokenizer> {
+        self.tokenizer.as_deref().ok_or_else(|| {
+            Error::InvalidArgument("a text prompt needs a tokenizer (--tokenizer FILE)".into())
+        })
+    }
+
+    /// Generates a continuation of `prompt` (the tokenizer's usual special tokens, such as
+    /// BOS, are added), streaming text pieces to `on_piece`.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        config: &GenerationConfig,
+        mut on_piece: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let ids = self.tokenizer_or_err()?.encode(prompt, true)?;
+        self.generate_ids(&ids, config, |_, p| {
+            if !p.is_empty() {
+                on_piece(p)
+            }
+        })
+    }
+
+    /// One chat turn: `message` from the user, answered by the model. Earlier turns stay in
+    /// the KV cache; only the new part of the rendered conversation is fed.
+    pub fn chat(
+        &mut self,
+        message: &str,
+        config: &GenerationConfig,
+        mut on_piece: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let tokenizer = self
+            .tokenizer
+            .as_deref()
+            .ok_or_else(|| Error::InvalidArgument("chat needs a tokenizer".into()))?;
+        let chat = self.chat.as_mut().ok_or_else(|| {
+            Error::Template(
+                "the tokenizer has no chat template and no known chat format (Llama 3, ChatML)"
+                    .into(),
+            )
+        })?;
+        chat.messages.push(Message::new("user", message));
+        let full = chat.template.render(&chat.messages, true)?;
+        let delta = match full.strip_prefix(chat.rendered.as_str()) {
+            Some(d) if self.pos > 0 => d.to_string(),
+            _ => {
+                // First turn, or the template rewrote history: start the cache over.
+                self.pos = 0;
+                full.clone()
+            }
+        };
+        let ids = tokenizer.encode(&delta, false)?;
+        let result = self.generate_ids(&ids, config, |_, p| {
+            if !p.is_empty() {
+                on_piece(p)
+            }
+        });
+        let chat = self
+            .chat
+            .as_mut()
+            .ok_or_else(|| Error::Template("chat state lost".into()))?;
+        match &result {
+            Ok(g) => {
+                chat.rendered = format!("{full}{}", g.text);
+                chat.messages.push(Message::new("assistant", &g.text));
+            }
+            Err(_) => {
+                chat.messages.pop();
+            }
+        }
+        result
+    }
+}
