@@ -205,6 +205,14 @@ def runtime_generate(pte: Path, dynamic: bool, prompt, max_new):
     return out, consts, first_logits
 
 
+def _dtype_name(d) -> str:
+    from executorch.exir.schema import ScalarType
+    try:
+        return ScalarType(int(str(d))).name
+    except (ValueError, TypeError):
+        return getattr(d, "name", str(d))
+
+
 def signature(pte: Path):
     from executorch.runtime import Runtime
 
@@ -214,10 +222,10 @@ def signature(pte: Path):
     sig = {"inputs": [], "outputs": []}
     for i in range(meta.num_inputs()):
         t = meta.input_tensor_meta(i)
-        sig["inputs"].append({"dtype": getattr(t.dtype(), "name", str(t.dtype())), "sizes": list(t.sizes())})
+        sig["inputs"].append({"dtype": _dtype_name(t.dtype()), "sizes": list(t.sizes())})
     for i in range(meta.num_outputs()):
         t = meta.output_tensor_meta(i)
-        sig["outputs"].append({"dtype": getattr(t.dtype(), "name", str(t.dtype())), "sizes": list(t.sizes())})
+        sig["outputs"].append({"dtype": _dtype_name(t.dtype()), "sizes": list(t.sizes())})
     return sig
 
 

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use ptero::{npy, EValue, Error, Method, MethodMeta, Program, ScalarType, Tag, Tensor};
 
 mod inspect;
+mod llm;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,43 @@ enum Command {
     Inspect {
         model: PathBuf,
         /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text with a Llama-family program (from the official export_llm), or chat.
+    Llm {
+        model: PathBuf,
+        /// tokenizer.json (Hugging Face), or tokenizer.model (Llama 3 tiktoken, Llama 2 SentencePiece).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// The prompt text. Without --prompt or --prompt-ids, chat interactively.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// The prompt as token ids, e.g. 1,2,3 (no tokenizer needed).
+        #[arg(long, value_delimiter = ',')]
+        prompt_ids: Option<Vec<u32>>,
+        /// Wrap the prompt in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Stop after this many new tokens (default: when the context is full).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Continue past end-of-sequence tokens.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Print load time, time to first token, tokens/s and peak memory (to stderr).
+        #[arg(long)]
+        stats: bool,
+        /// Print one JSON object: ids, text, stop, stats.
         #[arg(long)]
         json: bool,
     },
@@ -87,6 +125,35 @@ fn main() -> ExitCode {
             iterations,
         ),
         Command::Inspect { model, json } => inspect::inspect(&model, json),
+        Command::Llm {
+            model,
+            tokenizer,
+            prompt,
+            prompt_ids,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            stats,
+            json,
+        } => llm::llm(&llm::LlmArgs {
+            model: &model,
+            tokenizer: tokenizer.as_deref(),
+            prompt: prompt.as_deref(),
+            prompt_ids: prompt_ids.as_deref(),
+            chat,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            stats,
+            json,
+        }),
         Command::Bench {
             model,
             method,
@@ -351,7 +418,7 @@ fn leading_values(t: &Tensor, n: usize) -> Vec<String> {
 }
 
 /// Peak resident memory of this process in MiB (Linux; 0 elsewhere).
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -1,0 +1,211 @@
+//! `ptero llm`: generate text or chat with a Llama-family program.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use ptero_llm::{Generation, GenerationConfig, SamplerConfig, TextGenerator};
+
+use crate::peak_rss_mb;
+
+/// Options of `ptero llm`.
+pub struct LlmArgs<'a> {
+    pub model: &'a Path,
+    pub tokenizer: Option<&'a Path>,
+    pub prompt: Option<&'a str>,
+    pub prompt_ids: Option<&'a [u32]>,
+    pub chat: bool,
+    pub max_new_tokens: Option<usize>,
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: u64,
+    pub ignore_eos: bool,
+    pub stats: bool,
+    pub json: bool,
+}
+
+fn fail(msg: impl Into<String>) -> ptero::Error {
+    ptero::Error::InvalidArgument(msg.into())
+}
+
+fn llm_err(e: ptero_llm::Error) -> ptero::Error {
+    match e {
+        ptero_llm::Error::Runtime(e) => e,
+        e => fail(e.to_string()),
+    }
+}
+
+fn report(g: &Generation, load_ms: f64) {
+    let s = &g.stats;
+    eprintln!();
+    eprintln!("load            {load_ms:>9.1} ms");
+    eprintln!("first token     {:>9.1} ms", s.ttft_ms);
+    eprintln!(
+        "prefill         {:>9.1} tokens/s ({} tokens)",
+        s.prefill_tokens_per_s(),
+        s.prompt_tokens
+    );
+    eprintln!(
+        "decode          {:>9.1} tokens/s ({} tokens)",
+        s.decode_tokens_per_s(),
+        s.generated_tokens
+    );
+    eprintln!("peak memory     {:>9.1} MiB", peak_rss_mb());
+    eprintln!(
+        "stopped         {}",
+        match g.stop {
+            ptero_llm::StopReason::Eos => "end-of-sequence token",
+            ptero_llm::StopReason::MaxTokens => "--max-new-tokens reached",
+            ptero_llm::StopReason::Context => "context full",
+        }
+    );
+}
+
+pub fn llm(a: &LlmArgs<'_>) -> Result<(), ptero::Error> {
+    if a.prompt.is_some() && a.prompt_ids.is_some() {
+        return Err(fail("give either --prompt or --prompt-ids, not both"));
+    }
+    if a.chat && a.prompt_ids.is_some() {
+        return Err(fail("--chat takes a text --prompt, not --prompt-ids"));
+    }
+    if a.tokenizer.is_none() && a.prompt_ids.is_none() {
+        return Err(fail(
+            "text prompts and chat need --tokenizer FILE (or give --prompt-ids 1,2,3)",
+        ));
+    }
+    if !(a.temperature >= 0.0) {
+        return Err(fail(format!(
+            "--temperature must be >= 0, got {}",
+            a.temperature
+        )));
+    }
+    if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return Err(fail(format!("--top-p must be in (0, 1], got {p}")));
+    }
+    let mut gen = TextGenerator::load(a.model, a.tokenizer).map_err(llm_err)?;
+    let config = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        ignore_eos: a.ignore_eos,
+    };
+    let stream = !a.json;
+    let mut out = std::io::stdout();
+    let mut print = |piece: &str| {
+        if stream {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let g = if let Some(ids) = a.prompt_ids {
+        gen.generate_ids(ids, &config, |_, p| print(p))
+            .map_err(llm_err)?
+    } else if let Some(prompt) = a.prompt {
+        if a.chat {
+            gen.chat(prompt, &config, &mut print).map_err(llm_err)?
+        } else {
+            gen.generate(prompt, &config, &mut print).map_err(llm_err)?
+        }
+    } else if std::io::stdin().is_terminal() && !a.json {
+        return interactive(&mut gen, &config, a.stats);
+    } else {
+        let mut prompt = String::new();
+        for line in std::io::stdin().lock().lines() {
+            prompt.push_str(&line.map_err(|e| fail(e.to_string()))?);
+            prompt.push('\n');
+        }
+        let prompt = prompt.trim_end();
+        if a.chat {
+            gen.chat(prompt, &config, &mut print).map_err(llm_err)?
+        } else {
+            gen.generate(prompt, &config, &mut print).map_err(llm_err)?
+        }
+    };
+    if a.json {
+        let o = serde_json::json!({
+            "ids": g.ids,
+            "text": g.text,
+            "stop": g.stop.as_str(),
+            "stats": {
+                "load_ms": gen.load_ms(),
+                "ttft_ms": g.stats.ttft_ms,
+                "prefill_tokens_per_s": g.stats.prefill_tokens_per_s(),
+                "decode_tokens_per_s": g.stats.decode_tokens_per_s(),
+                "peak_rss_mb": peak_rss_mb(),
+                "prompt_tokens": g.stats.prompt_tokens,
+                "generated_tokens": g.stats.generated_tokens,
+            },
+        });
+        println!("{o}");
+    } else {
+        println!();
+    }
+    if a.stats {
+        report(&g, gen.load_ms());
+    }
+    Ok(())
+}
+
+/// A chat in the terminal: each answer streams as it is generated; history stays in the
+/// KV cache. `/reset` starts over, `/exit` (or Ctrl-D) quits.
+fn interactive(
+    gen: &mut TextGenerator,
+    config: &GenerationConfig,
+    stats: bool,
+) -> Result<(), ptero::Error> {
+    let format = gen.chat_format().ok_or_else(|| {
+        fail("interactive chat needs a chat template: the tokenizer has none and is neither Llama 3 nor ChatML")
+    })?;
+    eprintln!(
+        "Chatting with {} ({format}, {} tokens of context). /reset starts over, /exit quits.",
+        "the model",
+        gen.metadata().max_context_len
+    );
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    loop {
+        eprint!("\n> ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| fail(e.to_string()))?
+            == 0
+        {
+            eprintln!();
+            return Ok(());
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                gen.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        let result = gen.chat(line, config, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        });
+        println!();
+        match result {
+            Ok(g) => {
+                if g.stop == ptero_llm::StopReason::Context {
+                    eprintln!("(the context is full: /reset to continue)");
+                }
+                if stats {
+                    report(&g, gen.load_ms());
+                }
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+}
