@@ -29,6 +29,7 @@ mod creation;
 mod distance;
 mod grid_sample;
 mod index;
+mod llm;
 mod logical;
 mod masked;
 mod matmul;
@@ -66,6 +67,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     distance::register(reg);
     grid_sample::register(reg);
     index::register(reg);
+    llm::register(reg);
     logical::register(reg);
     masked::register(reg);
     matmul::register(reg);
