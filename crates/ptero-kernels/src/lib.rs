@@ -38,6 +38,7 @@ mod norm;
 mod pad;
 mod pool;
 mod prim;
+mod quantized;
 mod random;
 mod reduce;
 mod shape;
@@ -76,6 +77,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     pad::register(reg);
     pool::register(reg);
     prim::register(reg);
+    quantized::register(reg);
     random::register(reg);
     reduce::register(reg);
     shape::register(reg);
