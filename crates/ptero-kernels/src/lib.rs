@@ -28,6 +28,7 @@ mod copy;
 mod creation;
 mod distance;
 mod grid_sample;
+mod hadamard;
 mod index;
 mod llm;
 mod logical;
@@ -67,6 +68,7 @@ pub fn register_all(reg: &mut KernelRegistry) {
     creation::register(reg);
     distance::register(reg);
     grid_sample::register(reg);
+    hadamard::register(reg);
     index::register(reg);
     llm::register(reg);
     logical::register(reg);
