@@ -100,10 +100,10 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
             "segments": segments.iter().map(|(o, s)| serde_json::json!({"offset": o, "size": s})).collect::<Vec<_>>(),
             "methods": methods,
         });
-        println!("{o}");
+        outln!("{o}");
         return Ok(());
     }
-    println!(
+    outln!(
         "{}  ({}, flatbuffer {}, {} segment(s))",
         model.display(),
         human(file_size),
@@ -111,41 +111,43 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
         segments.len()
     );
     for (i, (off, size)) in segments.iter().enumerate() {
-        println!("  segment {i}: {} at offset {off}", human(*size));
+        outln!("  segment {i}: {} at offset {off}", human(*size));
     }
     let kernels = ptero::default_kernels();
     for m in program.method_metas() {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "method {}  ({} instructions, {} values)",
-            m.name, m.num_instructions, m.num_values
+            m.name,
+            m.num_instructions,
+            m.num_values
         );
-        println!("  inputs:");
+        outln!("  inputs:");
         for (i, io) in m.inputs.iter().enumerate() {
-            println!("    {i:>3}  {}", io_line(io));
+            outln!("    {i:>3}  {}", io_line(io));
         }
-        println!("  outputs:");
+        outln!("  outputs:");
         for (i, io) in m.outputs.iter().enumerate() {
-            println!("    {i:>3}  {}", io_line(io));
+            outln!("    {i:>3}  {}", io_line(io));
         }
-        println!(
+        outln!(
             "  planned memory: {} in {} buffer(s) {:?}",
             human(m.planned_bytes() as u64),
             m.planned_buffers.len(),
             m.planned_buffers
         );
         if m.backends.is_empty() {
-            println!("  delegates: none");
+            outln!("  delegates: none");
         } else {
-            println!("  delegates: {}", m.backends.join(", "));
+            outln!("  delegates: {}", m.backends.join(", "));
         }
-        println!("  operators ({}):", m.operators.len());
+        outln!("  operators ({}):", m.operators.len());
         for op in &m.operators {
             let mark = if kernels.contains(op) { " " } else { "!" };
-            println!("   {mark} {op}");
+            outln!("   {mark} {op}");
         }
         if m.operators.iter().any(|op| !kernels.contains(op)) {
-            println!("  (! = no kernel in this build)");
+            outln!("  (! = no kernel in this build)");
         }
     }
     Ok(())

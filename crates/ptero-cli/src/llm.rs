@@ -140,9 +140,9 @@ pub fn llm(a: &LlmArgs<'_>) -> Result<(), ptero::Error> {
                 "generated_tokens": g.stats.generated_tokens,
             },
         });
-        println!("{o}");
+        outln!("{o}");
     } else {
-        println!();
+        outln!();
     }
     if a.stats {
         report(&g, gen.load_ms());
@@ -195,7 +195,7 @@ fn interactive(
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         });
-        println!();
+        outln!();
         match result {
             Ok(g) => {
                 if g.stop == ptero_llm::StopReason::Context {

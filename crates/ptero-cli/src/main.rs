@@ -8,6 +8,16 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use ptero::{npy, EValue, Error, Method, MethodMeta, Program, ScalarType, Tag, Tensor};
 
+/// `println!` that exits quietly when stdout is closed (e.g. piped into `head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod inspect;
 mod llm;
 
@@ -371,7 +381,7 @@ fn run(
         }
         None => {
             for (i, o) in outputs.iter().enumerate() {
-                println!("output {i}: {}", describe(o));
+                outln!("output {i}: {}", describe(o));
             }
         }
     }
@@ -476,21 +486,21 @@ fn bench(
             "threads": threads,
             "peak_rss_mb": rss,
         });
-        println!("{o}");
+        outln!("{o}");
     } else {
-        println!("model       {}", model.display());
-        println!(
+        outln!("model       {}", model.display());
+        outln!(
             "method      {} ({} iterations after {} warm-up, {} thread)",
             m.name(),
             times.len(),
             warmup,
             threads
         );
-        println!("load        {load_ms:>10.3} ms");
-        println!("latency min {min:>10.3} ms");
-        println!("     median {median:>10.3} ms");
-        println!("        p90 {p90:>10.3} ms");
-        println!("peak RSS    {rss:>10.1} MiB");
+        outln!("load        {load_ms:>10.3} ms");
+        outln!("latency min {min:>10.3} ms");
+        outln!("     median {median:>10.3} ms");
+        outln!("        p90 {p90:>10.3} ms");
+        outln!("peak RSS    {rss:>10.1} MiB");
     }
     Ok(())
 }
