@@ -73,7 +73,7 @@ pub fn llm(a: &LlmArgs<'_>) -> Result<(), ptero::Error> {
             "text prompts and chat need --tokenizer FILE (or give --prompt-ids 1,2,3)",
         ));
     }
-    if !(a.temperature >= 0.0) {
+    if a.temperature.is_nan() || a.temperature < 0.0 {
         return Err(fail(format!(
             "--temperature must be >= 0, got {}",
             a.temperature
@@ -161,8 +161,7 @@ fn interactive(
         fail("interactive chat needs a chat template: the tokenizer has none and is neither Llama 3 nor ChatML")
     })?;
     eprintln!(
-        "Chatting with {} ({format}, {} tokens of context). /reset starts over, /exit quits.",
-        "the model",
+        "Chatting ({format}, {} tokens of context). /reset starts over, /exit quits.",
         gen.metadata().max_context_len
     );
     let stdin = std::io::stdin();
