@@ -1,0 +1,226 @@
+//! The `ptero` command's contract: commands, flags, files and JSON keys that scripts rely on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(p)
+}
+
+fn ptero(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ptero"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ptero-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn run_writes_npy_outputs_matching_the_reference() {
+    let dir = tmpdir("run");
+    let model = fixture("mlp/model.pte");
+    let input = fixture("mlp/run0_in0.npy");
+    let (ok, _, err) = ptero(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let got = ptero::npy::read(dir.join("output_0.npy")).unwrap();
+    let want = ptero::npy::read(fixture("mlp/run0_out0.npy")).unwrap();
+    assert_eq!(got.sizes(), want.sizes());
+    for (a, b) in got
+        .as_slice::<f32>()
+        .unwrap()
+        .iter()
+        .zip(want.as_slice::<f32>().unwrap())
+    {
+        assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn run_without_inputs_says_so_and_prints_outputs() {
+    let (ok, out, err) = ptero(&["run", fixture("cnn/model.pte").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("no --input given"), "{err}");
+    assert!(out.starts_with("output 0: float32 ["), "{out}");
+}
+
+#[test]
+fn scalar_outputs_are_0d_arrays_and_state_carries_over_iterations() {
+    let dir = tmpdir("scalar");
+    let (ok, _, err) = ptero(&[
+        "run",
+        fixture("two_methods/model.pte").to_str().unwrap(),
+        "--method",
+        "num_classes",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let t = ptero::npy::read(dir.join("output_0.npy")).unwrap();
+    assert!(t.sizes().is_empty());
+    assert_eq!(t.as_slice::<i64>().unwrap(), &[4]);
+    // mutable_buffer: the buffer carries over between iterations of one run, so two
+    // iterations give a different output than one, and each run starts afresh.
+    let run = |iterations: &str| {
+        let dir = tmpdir(&format!("state{iterations}"));
+        let (ok, _, err) = ptero(&[
+            "run",
+            fixture("mutable_buffer/model.pte").to_str().unwrap(),
+            "--input",
+            fixture("mutable_buffer/run0_in0.npy").to_str().unwrap(),
+            "--iterations",
+            iterations,
+            "--output-dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        ptero::npy::read(dir.join("output_0.npy")).unwrap()
+    };
+    let (one, two, one_again) = (run("1"), run("2"), run("1"));
+    assert_ne!(one, two);
+    assert_eq!(one, one_again);
+    let want = ptero::npy::read(fixture("mutable_buffer/run0_out0.npy")).unwrap();
+    assert_eq!(one.sizes(), want.sizes());
+}
+
+#[test]
+fn bench_json_has_the_contract_keys() {
+    let (ok, out, err) = ptero(&[
+        "bench",
+        fixture("mlp/model.pte").to_str().unwrap(),
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in ["load_ms", "median_ms", "min_ms", "p90_ms", "peak_rss_mb"] {
+        assert!(v[k].as_f64().is_some(), "missing {k} in {out}");
+    }
+    assert!(v["min_ms"].as_f64() <= v["median_ms"].as_f64());
+}
+
+#[test]
+fn inspect_lists_methods_ops_and_memory() {
+    let (ok, out, err) = ptero(&["inspect", fixture("cnn/model.pte").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for want in [
+        "method forward",
+        "float32",
+        "aten::convolution.out",
+        "planned memory",
+        "segment 0",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in\n{out}");
+    }
+    let (ok, out, _) = ptero(&[
+        "inspect",
+        fixture("two_methods/model.pte").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["methods"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_failure_status() {
+    let dir = tmpdir("errors");
+    let bad = dir.join("bad.pte");
+    std::fs::write(&bad, b"definitely not a program").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["run".into(), dir.join("missing.pte").display().to_string()],
+            "cannot read",
+        ),
+        (
+            vec!["run".into(), bad.display().to_string()],
+            "not an ExecuTorch .pte program",
+        ),
+        (
+            vec![
+                "run".into(),
+                fixture("mlp/model.pte").display().to_string(),
+                "--method".into(),
+                "nope".into(),
+            ],
+            "no method named 'nope'",
+        ),
+        (
+            vec![
+                "run".into(),
+                fixture("mlp/model.pte").display().to_string(),
+                "--input".into(),
+                fixture("ops_int/run0_in0.npy").display().to_string(),
+            ],
+            "input 0",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = ptero(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{args:?}: '{err}' lacks '{want}'"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn llm_json_contract_and_greedy_ids() {
+    let model = fixture("llm/tiny/model.pte");
+    let (ok, out, err) = ptero(&[
+        "llm",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        "1,17,345,90,211,5,402,77,130,256,499,3",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let ids: Vec<u64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [494, 195, 3, 487, 39, 449, 239, 263]);
+    assert_eq!(v["stop"], "max_tokens");
+    assert!(v["text"].is_string());
+    for k in [
+        "load_ms",
+        "ttft_ms",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "peak_rss_mb",
+    ] {
+        assert!(v["stats"][k].as_f64().is_some(), "missing stats.{k}");
+    }
+    let (ok, _, err) = ptero(&["llm", model.to_str().unwrap(), "--prompt", "hello"]);
+    assert!(!ok && err.contains("--tokenizer"), "{err}");
+}
