@@ -421,41 +421,51 @@ fn gemm_f32_dots(
     fn row(s: &[f32], off: usize, k: usize) -> Result<&[f32]> {
         s.get(off..off + k).ok_or_else(oob)
     }
-    for i in 0..m {
-        let x = row(a, av.idx(i, 0), k)?;
-        let mut j = 0;
-        while j + 4 <= n {
-            let w = [
-                row(b, bv.idx(0, j), k)?,
-                row(b, bv.idx(0, j + 1), k)?,
-                row(b, bv.idx(0, j + 2), k)?,
-                row(b, bv.idx(0, j + 3), k)?,
-            ];
-            let mut acc = [[0.0f32; 8]; 4];
-            let xc = x.chunks_exact(8);
-            let tail = xc.remainder();
-            for (q, xs) in xc.enumerate() {
-                let base = q * 8;
-                for (accq, wq) in acc.iter_mut().zip(&w) {
-                    if let Some(ws) = wq.get(base..base + 8) {
-                        for l in 0..8 {
-                            accq[l] += xs[l] * ws[l];
-                        }
+    // Blocks of four B columns (weight rows) stay in L1 while every A row passes over
+    // them, so B is read from memory once however many rows A has (prefill).
+    let dot4 = |x: &[f32], w: &[&[f32]; 4]| -> [f32; 4] {
+        let mut acc = [[0.0f32; 8]; 4];
+        let xc = x.chunks_exact(8);
+        let tail = xc.remainder();
+        for (q, xs) in xc.enumerate() {
+            let base = q * 8;
+            for (accq, wq) in acc.iter_mut().zip(w) {
+                if let Some(ws) = wq.get(base..base + 8) {
+                    for l in 0..8 {
+                        accq[l] += xs[l] * ws[l];
                     }
                 }
             }
-            let t0 = k - tail.len();
-            for (q, (accq, wq)) in acc.iter().zip(&w).enumerate() {
-                let mut s = hsum(accq);
-                for (p, xv) in tail.iter().enumerate() {
-                    s += xv * wq.get(t0 + p).copied().unwrap_or(0.0);
-                }
+        }
+        let t0 = k - tail.len();
+        core::array::from_fn(|q| {
+            let mut s = hsum(&acc[q]);
+            for (p, xv) in tail.iter().enumerate() {
+                s += xv * w[q].get(t0 + p).copied().unwrap_or(0.0);
+            }
+            s
+        })
+    };
+    let mut j = 0;
+    while j + 4 <= n {
+        let w = [
+            row(b, bv.idx(0, j), k)?,
+            row(b, bv.idx(0, j + 1), k)?,
+            row(b, bv.idx(0, j + 2), k)?,
+            row(b, bv.idx(0, j + 3), k)?,
+        ];
+        for i in 0..m {
+            let x = row(a, av.idx(i, 0), k)?;
+            for (q, s) in dot4(x, &w).into_iter().enumerate() {
                 epi.put(c, cv, i, j + q, s);
             }
-            j += 4;
         }
-        while j < n {
-            let w = row(b, bv.idx(0, j), k)?;
+        j += 4;
+    }
+    while j < n {
+        let w = row(b, bv.idx(0, j), k)?;
+        for i in 0..m {
+            let x = row(a, av.idx(i, 0), k)?;
             let mut acc = [0.0f32; 8];
             let xc = x.chunks_exact(8);
             let tail = xc.remainder();
@@ -470,8 +480,8 @@ fn gemm_f32_dots(
                 s += xv * w.get(t0 + p).copied().unwrap_or(0.0);
             }
             epi.put(c, cv, i, j, s);
-            j += 1;
         }
+        j += 1;
     }
     Ok(())
 }
