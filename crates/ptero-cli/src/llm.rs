@@ -1,27 +1,49 @@
 //! `ptero llm`: generate text or chat with a Llama-family program.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::PathBuf;
 
 use ptero_llm::{Generation, GenerationConfig, SamplerConfig, TextGenerator};
 
 use crate::peak_rss_mb;
 
 /// Options of `ptero llm`.
-pub struct LlmArgs<'a> {
-    pub model: &'a Path,
-    pub tokenizer: Option<&'a Path>,
-    pub prompt: Option<&'a str>,
-    pub prompt_ids: Option<&'a [u32]>,
-    pub chat: bool,
-    pub max_new_tokens: Option<usize>,
-    pub temperature: f32,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f32>,
-    pub seed: u64,
-    pub ignore_eos: bool,
-    pub stats: bool,
-    pub json: bool,
+#[derive(clap::Args)]
+pub struct LlmArgs {
+    model: PathBuf,
+    /// tokenizer.json (Hugging Face), or tokenizer.model (Llama 3 tiktoken, Llama 2 SentencePiece).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The prompt text. Without --prompt or --prompt-ids, chat interactively.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The prompt as token ids, e.g. 1,2,3 (no tokenizer needed).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Stop after this many new tokens (default: when the context is full).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print load time, time to first token, tokens/s and peak memory (to stderr).
+    #[arg(long)]
+    stats: bool,
+    /// Print one JSON object: ids, text, stop, stats.
+    #[arg(long)]
+    json: bool,
 }
 
 fn fail(msg: impl Into<String>) -> ptero::Error {
@@ -61,7 +83,7 @@ fn report(g: &Generation, load_ms: f64) {
     );
 }
 
-pub fn llm(a: &LlmArgs<'_>) -> Result<(), ptero::Error> {
+pub fn llm(a: &LlmArgs) -> Result<(), ptero::Error> {
     if a.prompt.is_some() && a.prompt_ids.is_some() {
         return Err(fail("give either --prompt or --prompt-ids, not both"));
     }
@@ -82,7 +104,7 @@ pub fn llm(a: &LlmArgs<'_>) -> Result<(), ptero::Error> {
     if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(fail(format!("--top-p must be in (0, 1], got {p}")));
     }
-    let mut gen = TextGenerator::load(a.model, a.tokenizer).map_err(llm_err)?;
+    let mut gen = TextGenerator::load(&a.model, a.tokenizer.as_ref()).map_err(llm_err)?;
     let config = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         sampler: SamplerConfig {
@@ -101,10 +123,10 @@ pub fn llm(a: &LlmArgs<'_>) -> Result<(), ptero::Error> {
             let _ = out.flush();
         }
     };
-    let g = if let Some(ids) = a.prompt_ids {
+    let g = if let Some(ids) = a.prompt_ids.as_deref() {
         gen.generate_ids(ids, &config, |_, p| print(p))
             .map_err(llm_err)?
-    } else if let Some(prompt) = a.prompt {
+    } else if let Some(prompt) = a.prompt.as_deref() {
         if a.chat {
             gen.chat(prompt, &config, &mut print).map_err(llm_err)?
         } else {

@@ -60,42 +60,7 @@ enum Command {
         json: bool,
     },
     /// Generate text with a Llama-family program (from the official export_llm), or chat.
-    Llm {
-        model: PathBuf,
-        /// tokenizer.json (Hugging Face), or tokenizer.model (Llama 3 tiktoken, Llama 2 SentencePiece).
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        /// The prompt text. Without --prompt or --prompt-ids, chat interactively.
-        #[arg(long)]
-        prompt: Option<String>,
-        /// The prompt as token ids, e.g. 1,2,3 (no tokenizer needed).
-        #[arg(long, value_delimiter = ',')]
-        prompt_ids: Option<Vec<u32>>,
-        /// Wrap the prompt in the model's chat template.
-        #[arg(long)]
-        chat: bool,
-        /// Stop after this many new tokens (default: when the context is full).
-        #[arg(long)]
-        max_new_tokens: Option<usize>,
-        /// 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long)]
-        top_k: Option<usize>,
-        #[arg(long)]
-        top_p: Option<f32>,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Continue past end-of-sequence tokens.
-        #[arg(long)]
-        ignore_eos: bool,
-        /// Print load time, time to first token, tokens/s and peak memory (to stderr).
-        #[arg(long)]
-        stats: bool,
-        /// Print one JSON object: ids, text, stop, stats.
-        #[arg(long)]
-        json: bool,
-    },
+    Llm(llm::LlmArgs),
     /// Measure load time, latency and peak memory.
     Bench {
         model: PathBuf,
@@ -135,35 +100,7 @@ fn main() -> ExitCode {
             iterations,
         ),
         Command::Inspect { model, json } => inspect::inspect(&model, json),
-        Command::Llm {
-            model,
-            tokenizer,
-            prompt,
-            prompt_ids,
-            chat,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            ignore_eos,
-            stats,
-            json,
-        } => llm::llm(&llm::LlmArgs {
-            model: &model,
-            tokenizer: tokenizer.as_deref(),
-            prompt: prompt.as_deref(),
-            prompt_ids: prompt_ids.as_deref(),
-            chat,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            ignore_eos,
-            stats,
-            json,
-        }),
+        Command::Llm(args) => llm::llm(&args),
         Command::Bench {
             model,
             method,
