@@ -1,8 +1,42 @@
 //! `ptero inspect`: a readable description of a program.
 
+use std::borrow::Cow;
 use std::path::Path;
 
-use ptero::{Dynamism, Error, IoMeta, Program};
+use ptero::{Dynamism, Error, IoMeta, MethodMeta};
+
+use crate::LoadArgs;
+
+/// A name from the file, printable on one line: empty names are shown as such, and
+/// control characters (newlines, terminal escapes) are escaped.
+fn label(name: &str) -> Cow<'_, str> {
+    if name.is_empty() {
+        Cow::Borrowed("'' (unnamed)")
+    } else if name.chars().any(char::is_control) {
+        Cow::Owned(format!("{name:?}"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Planned buffers, summed without overflow (their sizes come from the file).
+fn planned_bytes(m: &MethodMeta) -> u64 {
+    m.planned_buffers
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b as u64))
+}
+
+/// Input and output tensors outside planned memory: the runtime gives each a buffer of
+/// its own, sized to its bound, when the method loads.
+fn unplanned_io(m: &MethodMeta) -> (usize, u64) {
+    m.inputs
+        .iter()
+        .chain(&m.outputs)
+        .filter_map(|io| io.tensor.as_ref().filter(|t| !t.planned))
+        .fold((0, 0u64), |(n, b), t| {
+            (n + 1, b.saturating_add(t.nbytes as u64))
+        })
+}
 
 fn dynamism(d: Dynamism) -> &'static str {
     match d {
@@ -25,16 +59,25 @@ fn io_line(io: &IoMeta) -> String {
             } else {
                 format!(" dim_order {:?}", t.dim_order)
             };
+            let memory = if t.planned {
+                String::new()
+            } else {
+                format!(
+                    ", not planned ({} allocated at load)",
+                    human(t.nbytes as u64)
+                )
+            };
             format!(
-                "{:<9} {:<20} {}{}",
+                "{:<9} {:<20} {}{}{}",
                 t.dtype.name(),
                 format!("{:?}", t.sizes),
                 dynamism(t.dynamism),
-                layout
+                layout,
+                memory
             )
         }
         None => match &io.value {
-            Some(v) => format!("{} = {v}", io.tag.name()),
+            Some(v) => format!("{} = {}", io.tag.name(), label(v)),
             None => io.tag.name().to_string(),
         },
     }
@@ -65,8 +108,8 @@ fn io_json(io: &IoMeta) -> serde_json::Value {
     }
 }
 
-pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
-    let program = Program::from_file(model)?;
+pub fn inspect(model: &Path, json: bool, load: &LoadArgs) -> Result<(), Error> {
+    let program = load.open(model)?;
     let pte = program.pte()?;
     let file_size = program.bytes().len() as u64;
     let segments: Vec<(u64, u64)> = pte
@@ -89,7 +132,9 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
                     "delegates": m.backends,
                     "instructions": m.num_instructions,
                     "planned_buffers": m.planned_buffers,
-                    "planned_bytes": m.planned_bytes(),
+                    "planned_bytes": planned_bytes(m),
+                    "unplanned_io_tensors": unplanned_io(m).0,
+                    "unplanned_io_bytes": unplanned_io(m).1,
                 })
             })
             .collect();
@@ -118,7 +163,7 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
         outln!();
         outln!(
             "method {}  ({} instructions, {} values)",
-            m.name,
+            label(&m.name),
             m.num_instructions,
             m.num_values
         );
@@ -132,19 +177,27 @@ pub fn inspect(model: &Path, json: bool) -> Result<(), Error> {
         }
         outln!(
             "  planned memory: {} in {} buffer(s) {:?}",
-            human(m.planned_bytes() as u64),
+            human(planned_bytes(m)),
             m.planned_buffers.len(),
             m.planned_buffers
         );
+        let (n, bytes) = unplanned_io(m);
+        if n > 0 {
+            outln!(
+                "  input/output buffers (not planned, allocated at load): {} for {n} tensor(s)",
+                human(bytes)
+            );
+        }
         if m.backends.is_empty() {
             outln!("  delegates: none");
         } else {
-            outln!("  delegates: {}", m.backends.join(", "));
+            let names: Vec<_> = m.backends.iter().map(|b| label(b)).collect();
+            outln!("  delegates: {}", names.join(", "));
         }
         outln!("  operators ({}):", m.operators.len());
         for op in &m.operators {
             let mark = if kernels.contains(op) { " " } else { "!" };
-            outln!("   {mark} {op}");
+            outln!("   {mark} {}", label(op));
         }
         if m.operators.iter().any(|op| !kernels.contains(op)) {
             outln!("  (! = no kernel in this build)");

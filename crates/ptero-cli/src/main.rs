@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use ptero::{npy, EValue, Error, Method, MethodMeta, Program, ScalarType, Tag, Tensor};
+use ptero::{npy, EValue, Error, Limits, Method, MethodMeta, Program, ScalarType, Tag, Tensor};
 
 /// `println!` that exits quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! outln {
@@ -33,6 +33,67 @@ struct Cli {
     command: Command,
 }
 
+/// Most `--iterations` and `--warmup` runs: bench keeps one timing per iteration, and a
+/// run this long is a mistake rather than a measurement.
+const MAX_ITERATIONS: i64 = 1_000_000;
+
+/// How the program file is loaded and what it may cost: shared by every command.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub(crate) struct LoadArgs {
+    /// Read the program into memory instead of memory-mapping it (a mapped file that is
+    /// truncated while in use kills the process with SIGBUS; pipes cannot be mapped).
+    #[arg(long)]
+    pub no_mmap: bool,
+    /// Memory limit: planned memory, input/output buffers, kernel scratch and inputs
+    /// (and the file itself with --no-mmap). Bytes, or with a K, M, G or T suffix.
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_memory: Option<usize>,
+}
+
+impl LoadArgs {
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(m) = self.max_memory {
+            limits.max_memory = m;
+        }
+        limits
+    }
+
+    /// Opens `model` as the flags say.
+    pub fn open(&self, model: &Path) -> Result<Program, Error> {
+        if self.no_mmap {
+            Program::read_file(model, self.limits().max_memory)
+        } else {
+            Program::from_file(model)
+        }
+    }
+}
+
+/// `1234`, `512K`, `1.5G`, `2GiB`: binary multiples.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("unknown unit in '{s}' (use K, M, G or T)")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size in bytes (e.g. 4096, 512M, 2G)"))?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > usize::MAX as f64 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(bytes as usize)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a method and print or save its outputs.
@@ -49,8 +110,11 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
         /// Runs in one loaded program (state such as buffers carries over).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(0..=MAX_ITERATIONS))]
         iterations: u32,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Describe a program: methods, inputs and outputs, operators, memory, segments.
     Inspect {
@@ -58,9 +122,16 @@ enum Command {
         /// Print one JSON object instead of tables.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Generate text with a Llama-family program (from the official export_llm), or chat.
-    Llm(llm::LlmArgs),
+    Llm {
+        #[command(flatten)]
+        args: llm::LlmArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Measure load time, latency and peak memory.
     Bench {
         model: PathBuf,
@@ -69,10 +140,12 @@ enum Command {
         #[arg(long = "input")]
         inputs: Vec<PathBuf>,
         /// Timed runs.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(0..=MAX_ITERATIONS))]
         iterations: u32,
         /// Untimed runs first.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(0..=MAX_ITERATIONS))]
         warmup: u32,
         /// Worker threads (kernels are single-threaded in this version; recorded in the report).
         #[arg(long, default_value_t = 1)]
@@ -80,6 +153,8 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
 }
 
@@ -92,15 +167,26 @@ fn main() -> ExitCode {
             inputs,
             output_dir,
             iterations,
+            load,
         } => run(
             &model,
             method.as_deref(),
             &inputs,
             output_dir.as_deref(),
             iterations,
+            &load,
         ),
-        Command::Inspect { model, json } => inspect::inspect(&model, json),
-        Command::Llm(args) => llm::llm(&args),
+        Command::Inspect { model, json, load } => inspect::inspect(&model, json, &load),
+        Command::Llm { args, load } => {
+            // ptero-llm loads the program itself and does not take load options yet.
+            if load.no_mmap || load.max_memory.is_some() {
+                Err(Error::InvalidArgument(
+                    "ptero llm does not support --no-mmap and --max-memory yet".into(),
+                ))
+            } else {
+                llm::llm(&args)
+            }
+        }
         Command::Bench {
             model,
             method,
@@ -109,6 +195,7 @@ fn main() -> ExitCode {
             warmup,
             threads,
             json,
+            load,
         } => bench(
             &model,
             method.as_deref(),
@@ -117,6 +204,7 @@ fn main() -> ExitCode {
             warmup,
             threads,
             json,
+            &load,
         ),
     };
     match result {
@@ -142,35 +230,90 @@ fn pick_method(program: &Program, method: Option<&str>) -> Result<String, Error>
     Ok(names[0].to_string())
 }
 
+/// Memory the method already owns: planned buffers and its own input/output buffers.
+fn method_bytes(meta: &MethodMeta) -> usize {
+    let planned = meta
+        .planned_buffers
+        .iter()
+        .fold(0usize, |a, &b| a.saturating_add(b));
+    meta.inputs
+        .iter()
+        .chain(&meta.outputs)
+        .filter_map(|io| io.tensor.as_ref().filter(|t| !t.planned))
+        .fold(planned, |a, t| a.saturating_add(t.nbytes))
+}
+
+/// What inputs may still take under the memory limit.
+struct Budget {
+    limit: usize,
+    left: usize,
+}
+
+impl Budget {
+    fn for_method(m: &Method) -> Budget {
+        let limit = m.limits().max_memory;
+        Budget {
+            limit,
+            left: limit.saturating_sub(method_bytes(m.meta())),
+        }
+    }
+
+    fn over(&self, what: &str, bytes: usize) -> String {
+        format!(
+            "{what} of {bytes} bytes exceeds the memory limit ({} bytes, of which {} are \
+             left after the method's own memory and earlier inputs; raise it with \
+             --max-memory)",
+            self.limit, self.left
+        )
+    }
+}
+
 /// Deterministic stand-in inputs: a fixed pattern in [-1, 1) for floats, small
 /// non-negative integers for integer tensors (valid as indices), traced values for primitives.
-fn default_input(meta: &MethodMeta, i: usize) -> Result<EValue, Error> {
+fn default_input(meta: &MethodMeta, i: usize, budget: &mut Budget) -> Result<EValue, Error> {
     let io = &meta.inputs[i];
+    let input_err = |message: String| Error::Input { index: i, message };
     match (&io.tag, &io.tensor) {
         (Tag::Tensor, Some(t)) => {
-            let n: usize = t.sizes.iter().product();
-            let pattern = |k: usize| ((k * 7919 + 13) % 2000) as f64 / 1000.0 - 1.0;
-            let tensor = match t.dtype {
-                ScalarType::Float => Tensor::from_slice(
-                    &(0..n).map(|k| pattern(k) as f32).collect::<Vec<_>>(),
-                    &t.sizes,
-                )?,
-                ScalarType::Double => {
-                    Tensor::from_slice(&(0..n).map(pattern).collect::<Vec<_>>(), &t.sizes)?
+            // The declared shape comes from the file: size it with checked arithmetic and
+            // allocate fallibly, against the limit. Zero dims are skipped so that every
+            // partial product (what `numel` computes later) is known to fit.
+            let nbytes = t
+                .sizes
+                .iter()
+                .filter(|&&d| d != 0)
+                .try_fold(t.dtype.size(), |a, &d| a.checked_mul(d))
+                .map(|b| if t.sizes.contains(&0) { 0 } else { b })
+                .ok_or_else(|| {
+                    input_err(format!(
+                        "default input of shape {:?} is too large (its size in bytes overflows)",
+                        t.sizes
+                    ))
+                })?;
+            if nbytes > budget.left {
+                return Err(input_err(budget.over("default input", nbytes)));
+            }
+            let mut tensor = Tensor::zeros(t.dtype, &t.sizes).map_err(|_| {
+                input_err(format!(
+                    "cannot allocate the default input of {nbytes} bytes"
+                ))
+            })?;
+            budget.left -= nbytes;
+            let pattern = |k: usize| ((k % 2000 * 7919 + 13) % 2000) as f64 / 1000.0 - 1.0;
+            fn fill<const N: usize>(b: &mut [u8], f: impl Fn(usize) -> [u8; N]) {
+                for (k, c) in b.chunks_exact_mut(N).enumerate() {
+                    c.copy_from_slice(&f(k));
                 }
-                ScalarType::Long => Tensor::from_slice(
-                    &(0..n).map(|k| (k % 4) as i64).collect::<Vec<_>>(),
-                    &t.sizes,
-                )?,
-                ScalarType::Int => Tensor::from_slice(
-                    &(0..n).map(|k| (k % 4) as i32).collect::<Vec<_>>(),
-                    &t.sizes,
-                )?,
-                ScalarType::Bool => {
-                    Tensor::from_bools(&(0..n).map(|k| k % 2 == 0).collect::<Vec<_>>(), &t.sizes)?
-                }
-                dt => Tensor::zeros(dt, &t.sizes)?,
-            };
+            }
+            let b = tensor.bytes_mut();
+            match t.dtype {
+                ScalarType::Float => fill(b, |k| (pattern(k) as f32).to_le_bytes()),
+                ScalarType::Double => fill(b, |k| pattern(k).to_le_bytes()),
+                ScalarType::Long => fill(b, |k| ((k % 4) as i64).to_le_bytes()),
+                ScalarType::Int => fill(b, |k| ((k % 4) as i32).to_le_bytes()),
+                ScalarType::Bool => fill(b, |k| [u8::from(k % 2 == 0)]),
+                _ => {}
+            }
             Ok(EValue::Tensor(tensor))
         }
         (tag, _) => {
@@ -187,15 +330,38 @@ fn default_input(meta: &MethodMeta, i: usize) -> Result<EValue, Error> {
 }
 
 /// Loads the chosen method with every kernel and backend of this build.
-fn load(program: &Program, method: Option<&str>) -> Result<Method, Error> {
+fn load(program: &Program, method: Option<&str>, load: &LoadArgs) -> Result<Method, Error> {
     let name = pick_method(program, method)?;
-    program.load_method(&name, &ptero::default_kernels(), &ptero::default_backends())
+    program.load_method_with_limits(
+        &name,
+        &ptero::default_kernels(),
+        &ptero::default_backends(),
+        load.limits(),
+    )
+}
+
+/// Reads an input file within the budget.
+fn read_npy(path: &Path, budget: &mut Budget) -> Result<Tensor, Error> {
+    let t = npy::read_with_limit(path, budget.left).map_err(|e| match e {
+        // npy only knows the bytes it was given; say where they went.
+        Error::InvalidArgument(m) if m.contains("over the memory limit") => {
+            Error::InvalidArgument(format!(
+                "{m} (what is left of the {}-byte memory limit after the method's own \
+                 memory and earlier inputs; raise it with --max-memory)",
+                budget.limit
+            ))
+        }
+        e => e,
+    })?;
+    budget.left = budget.left.saturating_sub(t.bytes().len());
+    Ok(t)
 }
 
 /// The method's inputs: from `.npy` files, or a deterministic pattern when none are given.
 fn read_inputs(m: &Method, inputs: &[PathBuf], quiet: bool) -> Result<Vec<EValue>, Error> {
     let meta = m.meta();
     let name = m.name();
+    let mut budget = Budget::for_method(m);
     let values = if inputs.is_empty() {
         if !quiet && meta.num_inputs() > 0 {
             eprintln!(
@@ -204,7 +370,7 @@ fn read_inputs(m: &Method, inputs: &[PathBuf], quiet: bool) -> Result<Vec<EValue
             );
         }
         (0..meta.num_inputs())
-            .map(|i| default_input(meta, i))
+            .map(|i| default_input(meta, i, &mut budget))
             .collect::<Result<Vec<_>, _>>()?
     } else {
         let tensor_inputs = meta
@@ -231,11 +397,11 @@ fn read_inputs(m: &Method, inputs: &[PathBuf], quiet: bool) -> Result<Vec<EValue
                     index: i,
                     message: "missing".into(),
                 })?;
+                let t = read_npy(path, &mut budget)?;
                 if io.tag == Tag::Tensor {
-                    vals.push(EValue::Tensor(npy::read(path)?));
+                    vals.push(EValue::Tensor(t));
                 } else {
                     // A 0-d array for a primitive input.
-                    let t = npy::read(path)?;
                     vals.push(scalar_from_tensor(&t, io.tag).ok_or_else(|| Error::Input {
                         index: i,
                         message: format!(
@@ -246,7 +412,7 @@ fn read_inputs(m: &Method, inputs: &[PathBuf], quiet: bool) -> Result<Vec<EValue
                     })?);
                 }
             } else {
-                vals.push(default_input(meta, i)?);
+                vals.push(default_input(meta, i, &mut budget)?);
             }
         }
         vals
@@ -255,19 +421,35 @@ fn read_inputs(m: &Method, inputs: &[PathBuf], quiet: bool) -> Result<Vec<EValue
 }
 
 fn scalar_from_tensor(t: &Tensor, tag: Tag) -> Option<EValue> {
-    if t.numel() != 1 {
+    if !t.sizes().iter().all(|&d| d == 1) {
         return None;
     }
-    let v = match t.dtype() {
-        ScalarType::Long => t.as_slice::<i64>().ok()?[0] as f64,
-        ScalarType::Int => t.as_slice::<i32>().ok()?[0] as f64,
-        ScalarType::Double => t.as_slice::<f64>().ok()?[0],
-        ScalarType::Float => t.as_slice::<f32>().ok()?[0] as f64,
-        ScalarType::Bool => t.bytes()[0] as f64,
+    // Integers stay exact for an Int input; `as` saturates the rest, never panics.
+    let (int, v) = match t.dtype() {
+        ScalarType::Long => {
+            let i = *t.as_slice::<i64>().ok()?.first()?;
+            (i, i as f64)
+        }
+        ScalarType::Int => {
+            let i = *t.as_slice::<i32>().ok()?.first()?;
+            (i64::from(i), f64::from(i))
+        }
+        ScalarType::Double => {
+            let d = *t.as_slice::<f64>().ok()?.first()?;
+            (d as i64, d)
+        }
+        ScalarType::Float => {
+            let d = f64::from(*t.as_slice::<f32>().ok()?.first()?);
+            (d as i64, d)
+        }
+        ScalarType::Bool => {
+            let b = i64::from(*t.bytes().first()? != 0);
+            (b, b as f64)
+        }
         _ => return None,
     };
     Some(match tag {
-        Tag::Int => EValue::Int(v as i64),
+        Tag::Int => EValue::Int(int),
         Tag::Double => EValue::Double(v),
         Tag::Bool => EValue::Bool(v != 0.0),
         _ => return None,
@@ -289,9 +471,19 @@ fn run(
     inputs: &[PathBuf],
     output_dir: Option<&Path>,
     iterations: u32,
+    load_args: &LoadArgs,
 ) -> Result<(), Error> {
-    let program = Program::from_file(model)?;
-    let mut m = load(&program, method)?;
+    // Before any work: a file where the directory should be is a usage error.
+    if let Some(dir) = output_dir {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "--output-dir {}: exists and is not a directory",
+                dir.display()
+            )));
+        }
+    }
+    let program = load_args.open(model)?;
+    let mut m = load(&program, method, load_args)?;
     let values = read_inputs(&m, inputs, false)?;
     for _ in 0..iterations.max(1) {
         m.set_inputs(&values)?;
@@ -300,21 +492,28 @@ fn run(
     let outputs = m.outputs()?;
     match output_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-                path: dir.display().to_string(),
-                message: e.to_string(),
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cannot create the output directory {}: {e}",
+                    dir.display()
+                ))
             })?;
+            let mut written = 0;
             for (i, o) in outputs.iter().enumerate() {
                 let path = dir.join(format!("output_{i}.npy"));
                 match o {
                     EValue::Tensor(t) => npy::write(&path, t)?,
                     v => match scalar_tensor(v) {
                         Some(t) => npy::write(&path, &t)?,
-                        None => eprintln!("note: output {i} is a {}, not saved", v.kind()),
+                        None => {
+                            eprintln!("note: output {i} is a {}, not saved", v.kind());
+                            continue;
+                        }
                     },
                 }
+                written += 1;
             }
-            eprintln!("wrote {} output(s) to {}", outputs.len(), dir.display());
+            eprintln!("wrote {written} output(s) to {}", dir.display());
         }
         None => {
             for (i, o) in outputs.iter().enumerate() {
@@ -334,7 +533,7 @@ fn describe(v: &EValue) -> String {
                 t.dtype(),
                 t.sizes(),
                 vals.join(", "),
-                if t.numel() > 8 { ", ..." } else { "" }
+                if elements(t) > 8 { ", ..." } else { "" }
             )
         }
         EValue::Int(i) => format!("int {i}"),
@@ -344,22 +543,29 @@ fn describe(v: &EValue) -> String {
     }
 }
 
+/// Element count from the data length (a product of the sizes could overflow for an
+/// empty tensor with huge dimensions).
+fn elements(t: &Tensor) -> usize {
+    t.bytes().len() / t.dtype().size().max(1)
+}
+
 fn leading_values(t: &Tensor, n: usize) -> Vec<String> {
-    let take = t.numel().min(n);
+    let take = elements(t).min(n);
     let es = t.dtype().size();
-    (0..take)
-        .map(|i| {
-            let b = &t.bytes()[i * es..(i + 1) * es];
-            match t.dtype() {
-                ScalarType::Float => format!("{:.6}", f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ScalarType::Double => {
-                    format!("{:.6}", f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                }
-                ScalarType::Long => i64::from_le_bytes(b.try_into().unwrap_or([0; 8])).to_string(),
-                ScalarType::Int => i32::from_le_bytes(b.try_into().unwrap_or([0; 4])).to_string(),
-                ScalarType::Bool => (b[0] != 0).to_string(),
-                _ => format!("{b:02x?}"),
+    t.bytes()
+        .chunks_exact(es.max(1))
+        .take(take)
+        .map(|b| match t.dtype() {
+            ScalarType::Float => {
+                format!("{:.6}", f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
             }
+            ScalarType::Double => {
+                format!("{:.6}", f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            }
+            ScalarType::Long => i64::from_le_bytes(b.try_into().unwrap_or([0; 8])).to_string(),
+            ScalarType::Int => i32::from_le_bytes(b.try_into().unwrap_or([0; 4])).to_string(),
+            ScalarType::Bool => b.iter().any(|&x| x != 0).to_string(),
+            _ => format!("{b:02x?}"),
         })
         .collect()
 }
@@ -377,6 +583,7 @@ pub(crate) fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench(
     model: &Path,
     method: Option<&str>,
@@ -385,18 +592,20 @@ fn bench(
     warmup: u32,
     threads: u32,
     json: bool,
+    load_args: &LoadArgs,
 ) -> Result<(), Error> {
     // Load time: reading the program and preparing the method, as the official
     // `load_program` + `load_method`; inputs are read afterwards.
     let t0 = Instant::now();
-    let program = Program::from_file(model)?;
-    let mut m = load(&program, method)?;
+    let program = load_args.open(model)?;
+    let mut m = load(&program, method, load_args)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let values = read_inputs(&m, inputs, json)?;
     for _ in 0..warmup {
         m.set_inputs(&values)?;
         m.execute()?;
     }
+    // `iterations` is bounded by MAX_ITERATIONS, so this is at most a few MiB.
     let mut times = Vec::with_capacity(iterations.max(1) as usize);
     for _ in 0..iterations.max(1) {
         m.set_inputs(&values)?;

@@ -224,3 +224,192 @@ fn llm_json_contract_and_greedy_ids() {
     let (ok, _, err) = ptero(&["llm", model.to_str().unwrap(), "--prompt", "hello"]);
     assert!(!ok && err.contains("--tokenizer"), "{err}");
 }
+
+/// Writes a hand-built program to `dir/name`.
+fn program(dir: &Path, name: &str, b: ptero_format::writer::ProgramBuilder) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, b.finish()).unwrap();
+    p
+}
+
+/// Exits with an error of ours: not a panic, not a signal.
+fn assert_clean_failure(args: &[&str], want: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ptero"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        out.status.code().is_some(),
+        "{args:?} was killed by a signal: {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: '{err}' lacks '{want}'");
+    err
+}
+
+#[test]
+fn output_dir_that_is_a_file_is_not_a_directory() {
+    let dir = tmpdir("outfile");
+    let file = dir.join("taken");
+    std::fs::write(&file, b"x").unwrap();
+    let err = assert_clean_failure(
+        &[
+            "run",
+            fixture("mlp/model.pte").to_str().unwrap(),
+            "--output-dir",
+            file.to_str().unwrap(),
+        ],
+        "not a directory",
+    );
+    assert!(!err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn only_written_outputs_are_counted() {
+    use ptero_format::writer::{ProgramBuilder, ValueSpec};
+    let dir = tmpdir("count");
+    let model = program(
+        &dir,
+        "m.pte",
+        ProgramBuilder::new().method("forward", |m| {
+            let s = m.value(ValueSpec::String("hello".into()));
+            let i = m.value(ValueSpec::Int(7));
+            m.outputs = vec![s, i];
+        }),
+    );
+    let out = dir.join("out");
+    let (ok, _, err) = ptero(&[
+        "run",
+        model.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("output 0 is a"), "{err}");
+    assert!(err.contains("wrote 1 output(s)"), "{err}");
+    assert!(!out.join("output_0.npy").exists());
+    let t = ptero::npy::read(out.join("output_1.npy")).unwrap();
+    assert_eq!(t.as_slice::<i64>().unwrap(), &[7]);
+}
+
+#[test]
+fn default_inputs_are_bounded_by_the_memory_limit() {
+    // mlp: 5120 bytes of method memory, then a 256-byte input.
+    let mlp = fixture("mlp/model.pte");
+    assert_clean_failure(
+        &["run", mlp.to_str().unwrap(), "--max-memory", "5200"],
+        "input 0: default input of 256 bytes exceeds the memory limit",
+    );
+    assert_clean_failure(
+        &[
+            "run",
+            mlp.to_str().unwrap(),
+            "--max-memory",
+            "5200",
+            "--input",
+            fixture("mlp/run0_in0.npy").to_str().unwrap(),
+        ],
+        "needs 256 bytes, over the memory limit",
+    );
+    assert_clean_failure(
+        &["run", mlp.to_str().unwrap(), "--max-memory", "1K"],
+        "over the memory limit of 1024 bytes",
+    );
+    let (ok, out, err) = ptero(&["run", mlp.to_str().unwrap(), "--max-memory", "1M"]);
+    assert!(ok && out.starts_with("output 0: float32 [4, 8]"), "{err}");
+}
+
+#[test]
+fn no_mmap_reads_the_program_and_bounds_streams() {
+    let mlp = fixture("mlp/model.pte");
+    let (ok, mapped, err) = ptero(&["run", mlp.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, read, err) = ptero(&["run", mlp.to_str().unwrap(), "--no-mmap"]);
+    assert!(ok, "{err}");
+    assert_eq!(mapped, read);
+    let (ok, out, err) = ptero(&["inspect", mlp.to_str().unwrap(), "--no-mmap", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"forward\""), "{out}");
+    let (ok, _, err) = ptero(&[
+        "bench",
+        mlp.to_str().unwrap(),
+        "--no-mmap",
+        "--iterations",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_clean_failure(
+        &[
+            "run",
+            mlp.to_str().unwrap(),
+            "--no-mmap",
+            "--max-memory",
+            "1000",
+        ],
+        "the file is 13952 bytes, over the memory limit of 1000 bytes",
+    );
+    if Path::new("/dev/zero").exists() {
+        assert_clean_failure(
+            &["run", "/dev/zero", "--no-mmap", "--max-memory", "1M"],
+            "longer than the memory limit of 1048576 bytes",
+        );
+        assert_clean_failure(&["run", "/dev/zero"], "not a regular file");
+        assert_clean_failure(
+            &["run", mlp.to_str().unwrap(), "--input", "/dev/zero"],
+            "magic",
+        );
+    }
+}
+
+#[test]
+fn iteration_counts_are_bounded() {
+    let mlp = fixture("mlp/model.pte");
+    for flag in ["--iterations", "--warmup"] {
+        assert_clean_failure(&["bench", mlp.to_str().unwrap(), flag, "4294967295"], flag);
+    }
+    assert_clean_failure(
+        &["run", mlp.to_str().unwrap(), "--iterations", "4294967295"],
+        "--iterations",
+    );
+}
+
+#[test]
+fn inspect_names_unplanned_io_and_unnamed_operators() {
+    use ptero_format::fb::ScalarType as FbType;
+    use ptero_format::writer::{ProgramBuilder, TensorData, TensorSpec, ValueSpec};
+    let dir = tmpdir("inspect");
+    let model = program(
+        &dir,
+        "m.pte",
+        ProgramBuilder::new().method("forward", |m| {
+            let x = m.value(ValueSpec::Tensor(TensorSpec::new(
+                FbType::FLOAT,
+                &[2, 3],
+                TensorData::None,
+            )));
+            m.inputs = vec![x];
+            m.outputs = vec![x];
+            m.kernel("", "", &[x]);
+        }),
+    );
+    let (ok, out, err) = ptero(&["inspect", model.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("not planned (24 B allocated at load)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("input/output buffers (not planned, allocated at load): 48 B for 2 tensor(s)"),
+        "{out}"
+    );
+    assert!(out.contains("! '' (unnamed)"), "{out}");
+    let (ok, out, err) = ptero(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["methods"][0]["unplanned_io_bytes"], 48);
+    assert_eq!(v["methods"][0]["operators"][0], "");
+    assert_clean_failure(&["run", model.to_str().unwrap()], "no kernel");
+}

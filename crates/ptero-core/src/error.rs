@@ -45,6 +45,11 @@ pub enum Error {
     OutOfBounds(String),
     /// The operation is valid but this build has no implementation for it.
     NotImplemented(String),
+    /// Scratch memory the kernel needs is over the method's memory limit or could not be
+    /// allocated.
+    OutOfMemory { bytes: usize, limit: usize },
+    /// The caller's deadline passed or its cancellation token was set.
+    Interrupted,
 }
 
 impl Error {
@@ -115,6 +120,11 @@ impl fmt::Display for Error {
             }
             Error::OutOfBounds(m) => write!(f, "memory out of bounds: {m}"),
             Error::NotImplemented(m) => write!(f, "not implemented: {m}"),
+            Error::OutOfMemory { bytes, limit } => write!(
+                f,
+                "needs {bytes} bytes of scratch memory, over the limit of {limit} bytes or unavailable"
+            ),
+            Error::Interrupted => write!(f, "interrupted (deadline passed or cancelled)"),
         }
     }
 }

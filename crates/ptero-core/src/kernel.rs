@@ -3,7 +3,8 @@
 
 use alloc::format;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::memory::Located;
 use crate::{Error, Memory, Result, ScalarType, Storage, TensorMeta, TensorMut, TensorRef, Value};
@@ -50,6 +51,28 @@ impl Scalar {
     }
 }
 
+/// Scratch budget of a kernel call when the interpreter gives none (tests, direct calls).
+pub const DEFAULT_SCRATCH_LIMIT: usize = 1 << 32;
+
+/// A zero-filled vector of `len` items, or [`Error::OutOfMemory`] when it would be over
+/// `limit` bytes or the allocator refuses.
+pub fn scratch_vec<T: Clone + Default>(len: usize, limit: usize) -> Result<Vec<T>> {
+    let bytes = len
+        .checked_mul(core::mem::size_of::<T>())
+        .ok_or(Error::OutOfMemory {
+            bytes: usize::MAX,
+            limit,
+        })?;
+    if bytes > limit {
+        return Err(Error::OutOfMemory { bytes, limit });
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory { bytes, limit })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
 /// Wraps a possibly negative dimension index, PyTorch style (a 0-d tensor accepts -1 and 0).
 pub fn normalize_dim(dim: i64, rank: usize) -> Result<usize> {
     let r = rank.max(1) as i64;
@@ -60,6 +83,54 @@ pub fn normalize_dim(dim: i64, rank: usize) -> Result<usize> {
         )));
     }
     Ok(d as usize)
+}
+
+/// Asks a running method to stop: checked between instructions and at chunk boundaries
+/// inside long kernels, so [`KernelArgs::check_interrupt`] fails soon after it answers
+/// `true`. Implementations must be cheap (a relaxed atomic load, a clock read).
+pub trait Interrupt: Send + Sync {
+    fn is_interrupted(&self) -> bool;
+}
+
+/// A cancellation flag shared between the caller and a running method.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ptero_core::{CancelToken, Interrupt};
+/// let token = Arc::new(CancelToken::new());
+/// let for_method: Arc<dyn Interrupt> = token.clone();
+/// token.cancel();
+/// assert!(for_method.is_interrupted());
+/// ```
+#[derive(Debug, Default)]
+pub struct CancelToken(AtomicBool);
+
+impl CancelToken {
+    pub fn new() -> CancelToken {
+        CancelToken(AtomicBool::new(false))
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    /// Clears the flag so the method can run again.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Interrupt for CancelToken {
+    fn is_interrupted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the interpreter lends a kernel besides its operands: the caller's interrupt, the
+/// scratch-memory budget, and a tally of work beyond the operands' size.
+#[derive(Clone, Copy, Default)]
+pub struct ExecContext<'a> {
+    pub interrupt: Option<&'a dyn Interrupt>,
+    /// Bytes of scratch memory one kernel call may allocate.
+    pub scratch_limit: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +152,8 @@ pub struct KernelArgs<'a> {
     args: &'a [u32],
     memory: &'a mut Memory,
     borrows: RefCell<&'a mut Vec<Region>>,
+    ctx: ExecContext<'a>,
+    work: Cell<u64>,
 }
 
 /// Reusable storage for [`KernelArgs`]' borrow tracking, allocated once per method.
@@ -106,7 +179,46 @@ impl<'a> KernelArgs<'a> {
             args,
             memory,
             borrows: RefCell::new(&mut borrows.0),
+            ctx: ExecContext {
+                interrupt: None,
+                scratch_limit: DEFAULT_SCRATCH_LIMIT,
+            },
+            work: Cell::new(0),
         }
+    }
+
+    /// Attaches the interpreter's interrupt and limits.
+    pub fn with_context(mut self, ctx: ExecContext<'a>) -> Self {
+        self.ctx = ctx;
+        self
+    }
+
+    /// Fails with [`Error::Interrupted`] once the caller's deadline passed or its token was
+    /// cancelled. Long kernels call this between chunks of work.
+    pub fn check_interrupt(&self) -> Result<()> {
+        match self.ctx.interrupt {
+            Some(i) if i.is_interrupted() => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records `units` of work done beyond reading the operands once (multiply-adds of a
+    /// matrix product, window elements of a pooling): the interpreter bounds the total
+    /// work of a looping program with it.
+    pub fn charge(&self, units: u64) {
+        self.work.set(self.work.get().saturating_add(units));
+    }
+
+    /// Work charged by [`KernelArgs::charge`] during this call.
+    pub fn charged(&self) -> u64 {
+        self.work.get()
+    }
+
+    /// A zero-filled scratch vector of `len` items, allocated fallibly and within the
+    /// method's memory limit: scratch sizes come from tensors and arguments, so a hostile
+    /// program must get an error, not an abort.
+    pub fn scratch<T: Clone + Default>(&self, len: usize) -> Result<Vec<T>> {
+        scratch_vec(len, self.ctx.scratch_limit)
     }
 
     /// Number of arguments (including out-arguments and the trailing return slot).

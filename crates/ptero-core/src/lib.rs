@@ -27,7 +27,8 @@ pub use dtype::ScalarType;
 pub use element::Element;
 pub use error::Error;
 pub use kernel::{
-    normalize_dim, BorrowSet, IntListRef, KernelArgs, KernelFn, Scalar, TensorListRef, NONE_INDEX,
+    normalize_dim, scratch_vec, BorrowSet, CancelToken, ExecContext, Interrupt, IntListRef,
+    KernelArgs, KernelFn, Scalar, TensorListRef, DEFAULT_SCRATCH_LIMIT, NONE_INDEX,
 };
 #[cfg(feature = "std")]
 pub use mapped::MappedFile;

@@ -127,7 +127,12 @@ impl TensorMeta {
     /// Size of dimension `d`, which may be negative (counted from the end).
     pub fn size(&self, d: i64) -> Result<usize> {
         let d = crate::kernel::normalize_dim(d, self.dim())?;
-        Ok(self.sizes[d])
+        // A 0-d tensor accepts dims 0 and -1 when wrapping, but has no size to return.
+        self.sizes.get(d).copied().ok_or_else(|| {
+            crate::Error::invalid(alloc::format!(
+                "dimension {d} is out of range for a 0-d tensor"
+            ))
+        })
     }
 
     pub fn dim_order(&self) -> &[u8] {

@@ -3,6 +3,7 @@
 
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, Value};
 
+use crate::util::copy::{copy_cast, Strided};
 use crate::util::{broadcast_strides, for_each_offset, load_f64, load_i64, store_f64, store_i64};
 
 /// `copy_(self, src, non_blocking=False) -> self`: `src` broadcast into `self`, converting dtype.
@@ -16,6 +17,19 @@ fn copy_(a: &mut KernelArgs<'_>) -> Result<()> {
         let s = a.tensor(1)?;
         let d = a.out(0)?;
         d.bytes.copy_from_slice(s.bytes);
+    } else if src.dtype == dst.dtype {
+        // Same dtype: move element bytes (any dtype, opaque ones included).
+        let s = a.tensor(1)?;
+        let d = a.out(0)?;
+        copy_cast(
+            d.bytes,
+            dst.dtype,
+            Strided::new(dst.strides(), 0),
+            s.bytes,
+            src.dtype,
+            Strided::new(&src_st, 0),
+            &shape,
+        )?;
     } else {
         if !src.dtype.is_numeric() || !dst.dtype.is_numeric() {
             return Err(Error::Dtype {
@@ -72,6 +86,34 @@ mod tests {
         assert!(run_op(
             "aten::copy_",
             vec![Arg::Out(Float, vec![2, 2]), Arg::T(bad), Arg::Bool(false)]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn opaque_dtypes_copy_bytes_or_fail() {
+        // A broadcast copy of float8 bytes moves them unchanged (it used to go through the
+        // numeric load/store helpers, which do not know float8).
+        let src = OwnedTensor {
+            dtype: Float8E4M3FN,
+            sizes: vec![2],
+            dim_order: vec![0],
+            bytes: vec![0x38, 0xc0],
+        };
+        let out = run_op(
+            "aten::copy_",
+            vec![
+                Arg::Out(Float8E4M3FN, vec![2, 2]),
+                Arg::T(src.clone()),
+                Arg::Bool(false),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].bytes, [0x38, 0xc0, 0x38, 0xc0]);
+        // Converting an opaque dtype is an error, not garbage.
+        assert!(run_op(
+            "aten::copy_",
+            vec![Arg::Out(Float, vec![2]), Arg::T(src), Arg::Bool(false)]
         )
         .is_err());
     }

@@ -4,7 +4,7 @@
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result};
 
 use crate::util::copy::ElemCopy;
-use crate::util::{for_each_index, load_f64, load_i64, store_f64, store_i64};
+use crate::util::{for_each_index, store_f64, store_i64};
 
 /// `constant_pad_nd(self, pad[], value, *, out)`: `pad` holds (before, after) pairs from
 /// the last dimension backwards.
@@ -21,20 +21,29 @@ fn constant_pad_nd(a: &mut KernelArgs<'_>) -> Result<()> {
             pads.len()
         )));
     }
-    let mut before = [0i64; ptero_core::MAX_DIMS];
+    if !x.dtype.is_numeric() {
+        // The fill value has no representation in an opaque dtype (float8, bits16...).
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a numeric dtype".into(),
+            found: x.dtype,
+        });
+    }
+    // Pads are arbitrary i64s: sizes and positions are computed in i128.
+    let mut before = [0i128; ptero_core::MAX_DIMS];
     let mut shape = x.dims();
     for k in 0..pads.len() / 2 {
         let d = rank - 1 - k;
         let (l, r) = (pads.get(2 * k)?, pads.get(2 * k + 1)?);
-        let size = x.sizes()[d] as i64 + l + r;
-        if size < 0 {
-            return Err(Error::shape(alloc::format!(
-                "constant_pad_nd: padding ({l}, {r}) of dimension {d} (size {}) gives a negative size",
+        let size = x.sizes()[d] as i128 + l as i128 + r as i128;
+        let size = usize::try_from(size).map_err(|_| {
+            Error::shape(alloc::format!(
+                "constant_pad_nd: padding ({l}, {r}) of dimension {d} (size {}) gives size {size}",
                 x.sizes()[d]
-            )));
-        }
-        before[d] = l;
-        shape[d] = size as usize;
+            ))
+        })?;
+        before[d] = l as i128;
+        shape[d] = size;
     }
     a.resize(3, &shape)?;
     let od = a.meta(3)?.dtype;
@@ -45,30 +54,35 @@ fn constant_pad_nd(a: &mut KernelArgs<'_>) -> Result<()> {
             found: od,
         });
     }
+    let ec = ElemCopy::new(od, x.dtype)?;
+    // The fill value, stored once in the out dtype.
+    let mut fill = [0u8; 8];
+    if od.is_float() {
+        store_f64(&mut fill, od, 0, value.to_f64());
+    } else {
+        store_i64(&mut fill, od, 0, value.to_i64());
+    }
     let o_strides = a.meta(3)?.stride_dims();
     let xv = a.tensor(0)?;
     let ov = a.out(3)?;
     let ob = &mut *ov.bytes;
-    let int = !od.is_float();
-    let (vf, vi) = (value.to_f64(), value.to_i64());
     for_each_index(&shape, |idx| {
         let mut inside = true;
         let mut xo = 0usize;
         let mut oo = 0usize;
         for d in 0..rank {
-            let i = idx[d] as i64 - before[d];
-            if i < 0 || i >= x.sizes()[d] as i64 {
+            let i = idx[d] as i128 - before[d];
+            if i < 0 || i >= x.sizes()[d] as i128 {
                 inside = false;
             } else {
                 xo += i as usize * x.strides()[d];
             }
             oo += idx[d] * o_strides[d];
         }
-        match (inside, int) {
-            (true, true) => store_i64(ob, od, oo, load_i64(xv.bytes, od, xo)),
-            (true, false) => store_f64(ob, od, oo, load_f64(xv.bytes, od, xo)),
-            (false, true) => store_i64(ob, od, oo, vi),
-            (false, false) => store_f64(ob, od, oo, vf),
+        if inside {
+            ec.copy(ob, oo, xv.bytes, xo);
+        } else {
+            ec.copy(ob, oo, &fill, 0);
         }
     });
     Ok(())
@@ -102,7 +116,8 @@ fn pad_mode(a: &mut KernelArgs<'_>, k: usize, reflect: bool) -> Result<()> {
             pads.len()
         )));
     }
-    let mut before = [0i64; 3];
+    // Pads are arbitrary i64s: sizes and positions are computed in i128.
+    let mut before = [0i128; 3];
     let mut shape = x.dims();
     for (q, b) in before.iter_mut().enumerate().take(k) {
         let d = rank - 1 - q;
@@ -123,14 +138,18 @@ fn pad_mode(a: &mut KernelArgs<'_>, k: usize, reflect: bool) -> Result<()> {
                 }
             )));
         }
-        let o = size + l + r;
+        let o = size as i128 + l as i128 + r as i128;
         if o < 1 {
             return Err(Error::shape(alloc::format!(
                 "{what}{k}d: padding ({l}, {r}) of dimension {d} (size {size}) gives size {o}"
             )));
         }
-        *b = l;
-        shape[d] = o as usize;
+        *b = l as i128;
+        shape[d] = usize::try_from(o).map_err(|_| {
+            Error::shape(alloc::format!(
+                "{what}{k}d: padding ({l}, {r}) of dimension {d} gives size {o}"
+            ))
+        })?;
     }
     for d in 0..rank - k {
         if x.sizes()[d] == 0 && !(d == 0 && rank == k + 2) {
@@ -162,8 +181,8 @@ fn pad_mode(a: &mut KernelArgs<'_>, k: usize, reflect: bool) -> Result<()> {
             oo += idx[d] * o_strides[d];
             let q = rank - 1 - d;
             let i = if q < k {
-                let n = xs[d] as i64;
-                let i = idx[d] as i64 - before[q];
+                let n = xs[d] as i128;
+                let i = idx[d] as i128 - before[q];
                 if reflect {
                     // Pads are smaller than the size, so one reflection lands inside.
                     let i = i.abs();
@@ -176,7 +195,7 @@ fn pad_mode(a: &mut KernelArgs<'_>, k: usize, reflect: bool) -> Result<()> {
                     i.clamp(0, n - 1)
                 }
             } else {
-                idx[d] as i64
+                idx[d] as i128
             };
             xo += i.max(0) as usize * xst[d];
         }

@@ -53,8 +53,9 @@ fn floordiv_i(x: i64, y: i64) -> Result<i64> {
             "integer division by zero in a size expression",
         ));
     }
+    // Wrapping: floordiv(i64::MIN, -1) is i64::MIN, as in PyTorch (`%` would panic).
     let q = x.wrapping_div(y);
-    Ok(if x % y != 0 && ((x < 0) != (y < 0)) {
+    Ok(if x.wrapping_rem(y) != 0 && ((x < 0) != (y < 0)) {
         q - 1
     } else {
         q
@@ -178,21 +179,31 @@ fn sym_float(a: &mut KernelArgs<'_>) -> Result<()> {
 fn sym_size(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(3)?;
     let size = a.meta(0)?.size(a.int(1)?)?;
-    a.set_int(2, size as i64)
+    a.set_int(2, size_int(size)?)
 }
 
 fn sym_numel(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(2)?;
     let n = a.meta(0)?.numel();
-    a.set_int(1, n as i64)
+    a.set_int(1, size_int(n)?)
 }
 
 fn sym_stride(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(3)?;
     let m = a.meta(0)?;
     let d = ptero_core::normalize_dim(a.int(1)?, m.dim())?;
-    let s = m.strides().get(d).copied().unwrap_or(1);
-    a.set_int(2, s as i64)
+    // A 0-d tensor accepts dims 0 and -1 when wrapping, but has no stride to return.
+    let s = m.strides().get(d).copied().ok_or_else(|| {
+        Error::invalid(alloc::format!(
+            "sym_stride: dimension {d} is out of range for a 0-d tensor"
+        ))
+    })?;
+    a.set_int(2, size_int(s)?)
+}
+
+/// A size or stride as a program `Int`.
+fn size_int(v: usize) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::invalid(alloc::format!("size {v} exceeds the Int range")))
 }
 
 fn local_scalar_dense(a: &mut KernelArgs<'_>) -> Result<()> {
@@ -230,7 +241,9 @@ fn et_view(a: &mut KernelArgs<'_>) -> Result<()> {
         let v = list.get(k)?;
         if v == -1 && infer.is_none() {
             infer = Some(k);
-            shape.push(1);
+            if !shape.push(1) {
+                return Err(Error::invalid("et_view: too many dimensions"));
+            }
         } else if v < 0 {
             return Err(Error::invalid(alloc::format!("et_view: invalid size {v}")));
         } else {
@@ -312,9 +325,12 @@ fn et_copy_index(a: &mut KernelArgs<'_>) -> Result<()> {
     let start = (index as usize)
         .checked_mul(row)
         .ok_or_else(|| Error::invalid("index overflow"))?;
+    let end = start
+        .checked_add(row)
+        .ok_or_else(|| Error::invalid("index overflow"))?;
     let d = dst
         .bytes
-        .get_mut(start..start + row)
+        .get_mut(start..end)
         .ok_or_else(|| Error::invalid("et_copy_index: index out of range"))?;
     d.copy_from_slice(src.bytes);
     Ok(())
@@ -410,6 +426,63 @@ mod tests {
             vec![Arg::Int(1), Arg::Int(0), Arg::None]
         )
         .is_err());
+    }
+
+    #[test]
+    fn hostile_scalars_and_shapes() {
+        // PyTorch: floordiv(MIN, -1) wraps to MIN, mod(MIN, -1) is 0 (`%` used to panic).
+        let min = i64::MIN;
+        let cases = [
+            ("executorch_prim::floordiv.Scalar", min, -1, min),
+            ("executorch_prim::floordiv.int", min, -1, min),
+            ("executorch_prim::mod.Scalar", min, -1, 0),
+            ("executorch_prim::mod.int", min, -1, 0),
+            ("executorch_prim::floordiv.int", min, 2, min / 2),
+            ("executorch_prim::mod.int", min, 3, 1),
+            ("executorch_prim::floordiv.int", -1, min, 0),
+        ];
+        for (op, x, y, want) in cases {
+            let out = run_op(op, vec![Arg::Int(x), Arg::Int(y), Arg::None]).unwrap();
+            assert_eq!(out.values[2], Value::Int(want), "{op}({x}, {y})");
+        }
+        // A 0-d tensor has no size or stride to return, whatever dim wraps to.
+        let scalar = OwnedTensor::from_f64(ScalarType::Float, &[], &[1.0]);
+        for op in ["aten::sym_size.int", "aten::sym_stride.int"] {
+            for d in [0, -1, 1, i64::MIN] {
+                assert!(
+                    run_op(op, vec![Arg::T(scalar.clone()), Arg::Int(d), Arg::None]).is_err(),
+                    "{op} dim {d}"
+                );
+            }
+        }
+        let out = run_op("aten::sym_numel", vec![Arg::T(scalar.clone()), Arg::None]).unwrap();
+        assert_eq!(out.values[1], Value::Int(1));
+        // More dims than a tensor can have, the inferred one last (it used to index past
+        // the shape).
+        let mut sizes = vec![1i64; ptero_core::MAX_DIMS];
+        sizes.push(-1);
+        assert!(run_op(
+            "executorch_prim::et_view.default",
+            vec![
+                Arg::T(scalar.clone()),
+                Arg::Ints(sizes),
+                Arg::Out(ScalarType::Float, vec![])
+            ]
+        )
+        .is_err());
+        // An index whose byte offset overflows.
+        let row = OwnedTensor::from_f64(ScalarType::Float, &[2], &[1., 2.]);
+        for index in [i64::MAX, i64::MAX / 8, -1] {
+            assert!(run_op(
+                "executorch_prim::et_copy_index.tensor",
+                vec![
+                    Arg::Out(ScalarType::Float, vec![1, 2]),
+                    Arg::T(row.clone()),
+                    Arg::Int(index)
+                ]
+            )
+            .is_err());
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use ptero_core::{
-    AlignedBuf, BorrowSet, Dynamism, Element, Error, KernelArgs, KernelFn, Memory, Result,
-    ScalarType, Storage, TensorMeta, Value,
+    AlignedBuf, BorrowSet, Dynamism, Element, Error, ExecContext, KernelArgs, KernelFn, Memory,
+    Result, ScalarType, Storage, TensorMeta, Value, DEFAULT_SCRATCH_LIMIT,
 };
 
 use crate::util::{for_each_index, load_f64, store_f64};
@@ -159,6 +159,16 @@ pub struct Outputs {
 /// Runs `kernel` once. Output tensors get storage sized for 4x their initial shape, so
 /// kernels that resize can grow within that bound.
 pub fn run(kernel: KernelFn, args: Vec<Arg>) -> Result<Outputs> {
+    let ctx = ExecContext {
+        interrupt: None,
+        scratch_limit: DEFAULT_SCRATCH_LIMIT,
+    };
+    run_with(kernel, args, ctx).map(|(o, _)| o)
+}
+
+/// Like [`run`], with the interpreter's context (interrupt, scratch limit); also returns
+/// the work the kernel charged.
+pub fn run_with(kernel: KernelFn, args: Vec<Arg>, ctx: ExecContext<'_>) -> Result<(Outputs, u64)> {
     let mut memory = Memory::new(Arc::new(Vec::<u8>::new()));
     let mut values: Vec<Value> = Vec::new();
     let mut arg_idx: Vec<u32> = Vec::new();
@@ -248,10 +258,12 @@ pub fn run(kernel: KernelFn, args: Vec<Arg>) -> Result<Outputs> {
     // The trailing return slot the official format appends.
     arg_idx.push(push(&mut values, Value::None));
     let mut borrows = BorrowSet::with_capacity(arg_idx.len() * 2);
-    {
-        let mut ka = KernelArgs::new(&mut values, &arg_idx, &mut memory, &mut borrows);
+    let charged = {
+        let mut ka =
+            KernelArgs::new(&mut values, &arg_idx, &mut memory, &mut borrows).with_context(ctx);
         kernel(&mut ka)?;
-    }
+        ka.charged()
+    };
     let mut tensors = Vec::new();
     for o in outs {
         let Value::Tensor(m) = &values[o as usize] else {
@@ -269,7 +281,7 @@ pub fn run(kernel: KernelFn, args: Vec<Arg>) -> Result<Outputs> {
         .iter()
         .map(|&i| values[i as usize].clone())
         .collect();
-    Ok(Outputs { tensors, values })
+    Ok((Outputs { tensors, values }, charged))
 }
 
 fn push(values: &mut Vec<Value>, v: Value) -> u32 {
@@ -284,6 +296,34 @@ pub fn run_op(name: &str, args: Vec<Arg>) -> Result<Outputs> {
         .lookup(name, &[])
         .ok_or_else(|| Error::NotImplemented(alloc::format!("no kernel {name}")))?;
     run(k, args)
+}
+
+/// Runs the portable kernel registered as `name` with the interpreter's context; returns
+/// the outputs and the work the kernel charged.
+pub fn run_op_with(name: &str, args: Vec<Arg>, ctx: ExecContext<'_>) -> Result<(Outputs, u64)> {
+    let reg = crate::portable();
+    let k = reg
+        .lookup(name, &[])
+        .ok_or_else(|| Error::NotImplemented(alloc::format!("no kernel {name}")))?;
+    run_with(k, args, ctx)
+}
+
+/// An interrupt that has always fired (a deadline already passed).
+pub struct Fired;
+
+impl ptero_core::Interrupt for Fired {
+    fn is_interrupted(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `name` as if the caller's deadline had already passed.
+pub fn run_op_interrupted(name: &str, args: Vec<Arg>) -> Result<Outputs> {
+    let ctx = ExecContext {
+        interrupt: Some(&Fired),
+        scratch_limit: DEFAULT_SCRATCH_LIMIT,
+    };
+    run_op_with(name, args, ctx).map(|(o, _)| o)
 }
 
 /// Asserts `got` is within `atol + rtol * |want|` of `want`, elementwise, NaN matching NaN.

@@ -99,6 +99,14 @@ fn masked_fill_scalar_out(a: &mut KernelArgs<'_>) -> Result<()> {
         });
     }
     let xd = a.meta(0)?.dtype;
+    if !xd.is_numeric() {
+        // The fill value has no representation in an opaque dtype (float8, bits16...).
+        return Err(Error::Dtype {
+            arg: 0,
+            expected: "a numeric dtype".into(),
+            found: xd,
+        });
+    }
     let value = a.scalar(2)?;
     let shape = broadcast_shapes(a.meta(0)?.sizes(), a.meta(1)?.sizes())?;
     a.resize(3, &shape)?;
@@ -370,5 +378,37 @@ mod tests {
         for (op, args) in cases {
             assert!(run_op(op, args).is_err(), "{op} should fail");
         }
+    }
+
+    #[test]
+    fn opaque_dtypes() {
+        let f8 = |v: &[u8]| OwnedTensor {
+            dtype: Float8E5M2,
+            sizes: vec![v.len()],
+            dim_order: vec![0],
+            bytes: v.to_vec(),
+        };
+        // masked_fill cannot store its value in float8: a dtype error, not zeros.
+        assert!(run_op(
+            "aten::masked_fill.Scalar_out",
+            vec![
+                Arg::T(f8(&[1, 2])),
+                b(&[2], &[true, false]),
+                Arg::Double(1.0),
+                Arg::Out(Float8E5M2, vec![2]),
+            ]
+        )
+        .is_err());
+        // where has no arithmetic for float8 either.
+        assert!(run_op(
+            "aten::where.self_out",
+            vec![
+                b(&[2], &[true, false]),
+                Arg::T(f8(&[1, 2])),
+                Arg::T(f8(&[3, 4])),
+                Arg::Out(Float8E5M2, vec![2]),
+            ]
+        )
+        .is_err());
     }
 }

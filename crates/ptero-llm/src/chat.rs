@@ -2,10 +2,10 @@
 //! tokenizers do), otherwise Llama 3's or ChatML's format, picked by the special tokens
 //! the tokenizer knows.
 
-use minijinja::{context, Environment};
+use minijinja::context;
 
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result};
+use crate::{Limits, Result};
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +33,7 @@ pub struct ChatTemplate {
     pub origin: &'static str,
     bos: String,
     eos: String,
+    limits: Limits,
 }
 
 impl ChatTemplate {
@@ -57,6 +58,7 @@ impl ChatTemplate {
             origin,
             bos,
             eos,
+            limits: Limits::default(),
         })
     }
 
@@ -67,34 +69,29 @@ impl ChatTemplate {
             origin: "a custom template",
             bos: bos.into(),
             eos: eos.into(),
+            limits: Limits::default(),
         }
+    }
+
+    /// Sets the rendering limits ([`Limits::template_fuel`], output and work bytes,
+    /// recursion depth); the defaults are [`Limits::default`]'s.
+    pub fn set_limits(&mut self, limits: &Limits) {
+        self.limits = *limits;
     }
 
     /// Renders a conversation; with `add_generation_prompt`, ends where the assistant's
     /// answer starts.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let mut env = Environment::new();
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
+        crate::template::render(
+            &self.source,
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos,
+                eos_token => self.eos,
             },
-        );
-        env.add_template("chat", &self.source)
-            .map_err(|e| Error::Template(e.to_string()))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos,
-            eos_token => self.eos,
-        })
-        .map_err(|e| Error::Template(e.to_string()))
+            &self.limits,
+        )
     }
 }
 

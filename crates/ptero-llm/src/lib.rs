@@ -15,13 +15,16 @@
 pub mod chat;
 mod error;
 mod generate;
+mod limits;
 mod metadata;
 mod sampler;
 mod stream;
+mod template;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use generate::{Generation, GenerationConfig, Stats, StopReason, TextGenerator};
+pub use limits::Limits;
 pub use metadata::LlmMetadata;
 pub use sampler::{Sampler, SamplerConfig};
 pub use stream::TextStream;

@@ -50,6 +50,17 @@ pub enum Error {
     InstructionBudget { method: String, limit: u64 },
     /// Planned memory could not be allocated.
     OutOfMemory { method: String, bytes: usize },
+    /// The method needs more memory than its limit allows.
+    MemoryLimit {
+        method: String,
+        what: &'static str,
+        bytes: u128,
+        limit: usize,
+    },
+    /// A loop did more work than its limit allows (see `Limits::loop_work_factor`).
+    WorkBudget { method: String, instruction: usize, work: u64, limit: u64 },
+    /// The caller's deadline passed or its cancellation token was set.
+    Interrupted { method: String, instruction: usize },
     /// A user-supplied value is invalid (shape/data mismatch...).
     InvalidArgument(String),
 }
@@ -88,6 +99,17 @@ impl fmt::Display for Error {
             }
             Error::OutOfMemory { method, bytes } => {
                 write!(f, "method '{method}': cannot allocate {bytes} bytes of planned memory")
+            }
+            Error::MemoryLimit { method, what, bytes, limit } => write!(
+                f,
+                "method '{method}' needs {bytes} bytes of {what}, over the memory limit of {limit} bytes"
+            ),
+            Error::WorkBudget { method, instruction, work, limit } => write!(
+                f,
+                "method '{method}', instruction {instruction}: a loop did {work} units of work, over its limit of {limit}; stopped (does the program loop for ever?)"
+            ),
+            Error::Interrupted { method, instruction } => {
+                write!(f, "method '{method}' interrupted at instruction {instruction} (deadline passed or cancelled)")
             }
             Error::InvalidArgument(m) => write!(f, "{m}"),
         }

@@ -23,6 +23,7 @@ extern crate alloc;
 mod backend;
 mod error;
 mod evalue;
+mod limits;
 mod method;
 mod method_meta;
 mod parse;
@@ -32,11 +33,12 @@ mod program;
 pub use backend::{Backend, BackendInitContext, BackendRegistry, CompileSpec, DelegateHandle};
 pub use error::Error;
 pub use evalue::{EValue, Tensor};
+pub use limits::{Limits, DEFAULT_MAX_MEMORY};
 pub use method::Method;
 pub use method_meta::{IoMeta, MethodMeta, Tag, TensorInfo};
 pub use program::Program;
 
-pub use ptero_core::{Dynamism, KernelRegistry, ScalarType};
+pub use ptero_core::{CancelToken, Dynamism, Interrupt, KernelRegistry, ScalarType};
 
 /// Most instructions one `execute` may run (ExecuTorch's `ET_MAX_INSTRUCTIONS`).
 pub const MAX_INSTRUCTIONS: u64 = 10_000_000;

@@ -4,8 +4,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use ptero_core::{
-    AlignedBuf, BorrowSet, KernelArgs, KernelFn, KernelRegistry, Memory, ScalarType, Storage,
-    TensorMeta, Value,
+    AlignedBuf, BorrowSet, ExecContext, Interrupt, KernelArgs, KernelFn, KernelRegistry, Memory,
+    ScalarType, Storage, TensorMeta, Value,
 };
 
 use alloc::sync::Arc;
@@ -15,7 +15,7 @@ use crate::evalue::{EValue, Tensor};
 use crate::method_meta::MethodMeta;
 use crate::parse::invalid;
 use crate::plan::{Instr, MethodPlan};
-use crate::{BackendRegistry, Error, Program, MAX_INSTRUCTIONS};
+use crate::{BackendRegistry, Error, Limits, Program};
 
 /// A method ready to run: values, planned memory, resolved kernels and delegates.
 ///
@@ -34,6 +34,8 @@ pub struct Method {
     input_set: Vec<bool>,
     borrows: BorrowSet,
     executions: u64,
+    limits: Limits,
+    interrupt: Option<Arc<dyn Interrupt>>,
 }
 
 impl core::fmt::Debug for Method {
@@ -68,10 +70,30 @@ impl Method {
         name: &str,
         kernels: &KernelRegistry,
         backends: &BackendRegistry,
+        limits: Limits,
     ) -> Result<Method, Error> {
         let (meta, plan) = program.plan(name)?;
         let meta = meta.clone();
         let mut values = plan.values.clone();
+
+        // Everything this method will own, checked against the limit before any of it is
+        // allocated: the sizes come from the file.
+        let mut total: u128 = plan.planned.iter().map(|&s| s as u128).sum();
+        for &i in plan.inputs.iter().chain(&plan.outputs) {
+            if let Some(Value::Tensor(t)) = values.get(i as usize) {
+                if t.storage == Storage::None {
+                    total += t.capacity() as u128;
+                }
+            }
+        }
+        if total > limits.max_memory as u128 {
+            return Err(Error::MemoryLimit {
+                method: name.into(),
+                what: "planned and input/output memory",
+                bytes: total,
+                limit: limits.max_memory,
+            });
+        }
 
         let mut memory = Memory::new(program.shared());
         for &size in &plan.planned {
@@ -172,7 +194,20 @@ impl Method {
             input_set,
             borrows: BorrowSet::with_capacity(plan.max_views * 2),
             executions: 0,
+            limits,
+            interrupt: None,
         })
+    }
+
+    /// The limits the method was loaded with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Sets what `execute` polls to stop early: a deadline, a cancellation token
+    /// ([`ptero_core::CancelToken`]); `None` runs to completion.
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<dyn Interrupt>>) {
+        self.interrupt = interrupt;
     }
 
     /// The method's metadata.
@@ -306,6 +341,9 @@ impl Method {
     }
 
     /// Runs the method once.
+    ///
+    /// Stops with an error when the instruction limit is reached, when a loop does more work
+    /// than [`Limits`] allow, or when the interrupt set by [`Method::set_interrupt`] fires.
     pub fn execute(&mut self) -> Result<(), Error> {
         if let Some(i) = self.input_set.iter().position(|s| !s) {
             return Err(Error::Input {
@@ -313,7 +351,15 @@ impl Method {
                 message: "not set".into(),
             });
         }
-        let mut budget = MAX_INSTRUCTIONS;
+        let interrupt: Option<&dyn Interrupt> = self.interrupt.as_deref();
+        let ctx = ExecContext {
+            interrupt,
+            scratch_limit: self.limits.max_memory,
+        };
+        let mut budget = self.limits.max_instructions;
+        // Work before the first backward jump, and work since.
+        let mut straight_work: u64 = 0;
+        let mut loop_work: Option<u64> = None;
         for c in 0..self.plan.chains.len() {
             let n = self.plan.chains[c].len();
             let mut pc = 0usize;
@@ -321,12 +367,19 @@ impl Method {
                 if budget == 0 {
                     return Err(Error::InstructionBudget {
                         method: self.meta.name.clone(),
-                        limit: MAX_INSTRUCTIONS,
+                        limit: self.limits.max_instructions,
                     });
                 }
                 budget -= 1;
+                if interrupt.is_some_and(|i| i.is_interrupted()) {
+                    return Err(Error::Interrupted {
+                        method: self.meta.name.clone(),
+                        instruction: pc,
+                    });
+                }
                 let instr = self.plan.chains[c][pc];
                 pc += 1;
+                let mut work = 1u64;
                 match instr {
                     Instr::Kernel { op, start, len } => {
                         let Some(kernel) = self.kernels[op as usize] else {
@@ -342,10 +395,14 @@ impl Method {
                             args,
                             &mut self.memory,
                             &mut self.borrows,
-                        );
-                        if let Err(e) = kernel(&mut ka) {
+                        )
+                        .with_context(ctx);
+                        let result = kernel(&mut ka);
+                        work = work.saturating_add(ka.charged());
+                        if let Err(e) = result {
                             return Err(self.exec_err(pc - 1, op, e));
                         }
+                        work = work.saturating_add(operand_elements(&self.values, args));
                     }
                     Instr::Delegate { index, start, len } => {
                         let args = &self.plan.arg_pool[start as usize..(start + len) as usize];
@@ -354,8 +411,11 @@ impl Method {
                             args,
                             &mut self.memory,
                             &mut self.borrows,
-                        );
-                        if let Err(source) = self.delegates[index as usize].execute(&mut ka) {
+                        )
+                        .with_context(ctx);
+                        let result = self.delegates[index as usize].execute(&mut ka);
+                        work = work.saturating_add(ka.charged());
+                        if let Err(source) = result {
                             return Err(Error::Execution {
                                 method: self.meta.name.clone(),
                                 instruction: pc - 1,
@@ -366,6 +426,7 @@ impl Method {
                                 source,
                             });
                         }
+                        work = work.saturating_add(operand_elements(&self.values, args));
                     }
                     Instr::Move { from, to } => {
                         move_value(&mut self.values, from as usize, to as usize)
@@ -378,12 +439,32 @@ impl Method {
                             source: e,
                         })?;
                         if !truth {
+                            if (dest as usize) < pc && loop_work.is_none() {
+                                loop_work = Some(0);
+                            }
                             pc = dest as usize;
                         }
                     }
                     Instr::Free { value } => {
                         if let Value::Tensor(t) = &mut self.values[value as usize] {
                             t.set_storage(Storage::None, 0);
+                        }
+                    }
+                }
+                match &mut loop_work {
+                    None => straight_work = straight_work.saturating_add(work),
+                    Some(done) => {
+                        *done = done.saturating_add(work);
+                        let limit = straight_work
+                            .saturating_mul(self.limits.loop_work_factor)
+                            .saturating_add(self.limits.loop_work_allowance);
+                        if *done > limit {
+                            return Err(Error::WorkBudget {
+                                method: self.meta.name.clone(),
+                                instruction: pc.saturating_sub(1),
+                                work: *done,
+                                limit,
+                            });
                         }
                     }
                 }
@@ -588,6 +669,28 @@ fn permute_bytes(meta: &TensorMeta, a: &[u8], b: &mut [u8], to_storage: bool) {
             idx[k] = 0;
         }
     }
+}
+
+/// Elements of the tensor operands of an instruction: the work a kernel does reading its
+/// inputs and writing its outputs once.
+fn operand_elements(values: &[Value], args: &[u32]) -> u64 {
+    let numel = |i: u32| match values.get(i as usize) {
+        Some(Value::Tensor(t)) => t.numel() as u64,
+        _ => 0,
+    };
+    let mut total = 0u64;
+    for &a in args {
+        match values.get(a as usize) {
+            Some(Value::Tensor(t)) => total = total.saturating_add(t.numel() as u64),
+            Some(Value::TensorList(items)) | Some(Value::OptionalTensorList(items)) => {
+                for &i in items {
+                    total = total.saturating_add(numel(i));
+                }
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 /// `values[to] = values[from]`, reusing the target's allocation for tensors.

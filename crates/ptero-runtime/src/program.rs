@@ -39,11 +39,12 @@ impl core::fmt::Debug for Program {
 impl Program {
     /// Loads a program from bytes (copied into an aligned buffer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Program, Error> {
-        let buf = AlignedBuf::try_zeroed(bytes.len()).ok_or_else(|| Error::OutOfMemory {
-            method: String::new(),
-            bytes: bytes.len(),
-        });
-        let mut buf = buf?;
+        let mut buf = AlignedBuf::try_zeroed(bytes.len()).ok_or_else(|| {
+            Error::InvalidArgument(alloc::format!(
+                "cannot allocate {} bytes to copy the program",
+                bytes.len()
+            ))
+        })?;
         buf.as_mut_slice().copy_from_slice(bytes);
         Program::from_shared(Arc::new(buf))
     }
@@ -77,30 +78,52 @@ impl Program {
         })
     }
 
-    /// Memory-maps and loads a program file.
+    /// Memory-maps and loads a program file: constants are used in place, and pages are
+    /// read from disk as they are touched.
+    ///
+    /// The file must not be truncated while the program (or a method loaded from it) is
+    /// alive: reading a mapped page past the new end kills the process with SIGBUS. Use
+    /// [`Program::read_file`] for files that may change, and for pipes and devices,
+    /// which cannot be mapped.
     #[cfg(feature = "std")]
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Program, Error> {
         let path = path.as_ref();
-        let io = |e: std::io::Error| Error::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
+        let io = |e: std::io::Error| io_error(path, e.to_string());
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
-            return Err(Error::Io {
-                path: path.display().to_string(),
-                message: "is a directory".into(),
-            });
+            return Err(io_error(path, "is a directory".into()));
+        }
+        if !meta.is_file() {
+            return Err(io_error(
+                path,
+                "is not a regular file, so it cannot be memory-mapped; read it into memory \
+                 instead (Program::read_file, or --no-mmap)"
+                    .into(),
+            ));
         }
         if meta.len() == 0 {
             // Empty files cannot be mapped; report them as what they are.
-            return Program::from_bytes(&[]).map_err(|e| match e {
-                Error::Format(f) => Error::Format(f),
-                e => e,
-            });
+            return Program::from_bytes(&[]);
         }
         let map = ptero_core::MappedFile::open(path).map_err(io)?;
         Program::from_shared(Arc::new(map))
+    }
+
+    /// Reads a program file into memory (no mapping) and loads it: at most `max_bytes`
+    /// are read (e.g. [`crate::Limits::max_memory`]), in one fallible allocation for a
+    /// regular file, growing with the data for a pipe or device.
+    ///
+    /// Costs the file's size in memory, but a file truncated or rewritten later cannot
+    /// affect the loaded program.
+    #[cfg(feature = "std")]
+    pub fn read_file(
+        path: impl AsRef<std::path::Path>,
+        max_bytes: usize,
+    ) -> Result<Program, Error> {
+        let path = path.as_ref();
+        let file = ptero_core::MappedFile::read(path, max_bytes)
+            .map_err(|e| io_error(path, e.to_string()))?;
+        Program::from_shared(Arc::new(file))
     }
 
     /// The whole file.
@@ -144,8 +167,19 @@ impl Program {
         kernels: &KernelRegistry,
         backends: &BackendRegistry,
     ) -> Result<Method, Error> {
+        self.load_method_with_limits(name, kernels, backends, crate::Limits::default())
+    }
+
+    /// Prepares method `name` under `limits` (memory checked now, work while executing).
+    pub fn load_method_with_limits(
+        &self,
+        name: &str,
+        kernels: &KernelRegistry,
+        backends: &BackendRegistry,
+        limits: crate::Limits,
+    ) -> Result<Method, Error> {
         self.method_meta(name)?;
-        Method::load(self, name, kernels, backends)
+        Method::load(self, name, kernels, backends, limits)
     }
 
     /// Metadata and parsed plan of method `name`.
@@ -172,5 +206,13 @@ impl Program {
 
     pub(crate) fn shared(&self) -> SharedBytes {
         self.data.clone()
+    }
+}
+
+#[cfg(feature = "std")]
+fn io_error(path: &std::path::Path, message: String) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        message,
     }
 }

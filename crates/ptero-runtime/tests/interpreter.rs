@@ -476,3 +476,94 @@ fn mutable_buffers_start_from_their_initial_value_and_persist() {
         [1.0, 2.0]
     );
 }
+
+/// `out = a @ b` on [n, n] float tensors, then a jump back to it: a loop around a matrix
+/// product that never ends by itself.
+fn mm_loop(n: i32, iterations_cond: bool) -> Vec<u8> {
+    ProgramBuilder::new()
+        .method("forward", |m| {
+            let bytes = (n * n * 4) as u64;
+            let a = planned(m, &[n, n], 0);
+            let b = planned(m, &[n, n], bytes);
+            let out = planned(m, &[n, n], 2 * bytes);
+            m.planned_buffers.push(3 * bytes as i64);
+            m.outputs = vec![out];
+            m.kernel("aten::mm", "out", &[a, b, out, out]);
+            let cond = m.value(ValueSpec::Bool(iterations_cond));
+            m.instructions.push(InstrSpec::JumpFalse {
+                cond,
+                destination: 0,
+            });
+        })
+        .finish()
+}
+
+#[test]
+fn loops_around_heavy_kernels_hit_the_work_budget() {
+    let bytes = mm_loop(64, false);
+    let program = Program::from_bytes(&bytes).unwrap();
+    let mut m = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = m.execute().unwrap_err();
+    assert!(matches!(e, Error::WorkBudget { .. }), "{e}");
+    assert!(e.to_string().contains("loop"), "{e}");
+    // Far fewer than the 10 million instructions the budget alone would allow.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn a_loop_that_ends_is_not_limited() {
+    // The condition is true: the jump is not taken, the product runs once.
+    let program = Program::from_bytes(&mm_loop(8, true)).unwrap();
+    let mut m = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap();
+    m.execute().unwrap();
+    m.execute().unwrap();
+}
+
+#[test]
+fn a_cancelled_method_stops_with_a_clear_error() {
+    let program = Program::from_bytes(&mm_loop(8, true)).unwrap();
+    let mut m = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap();
+    let token = Arc::new(ptero_runtime::CancelToken::new());
+    m.set_interrupt(Some(token.clone()));
+    m.execute().unwrap();
+    token.cancel();
+    let e = m.execute().unwrap_err();
+    assert!(matches!(e, Error::Interrupted { .. }), "{e}");
+    assert!(e.to_string().contains("interrupted"), "{e}");
+    token.reset();
+    m.execute().unwrap();
+}
+
+#[test]
+fn planned_memory_over_the_limit_is_refused_before_allocating() {
+    let bytes = ProgramBuilder::new()
+        .method("forward", |m| {
+            let t = planned(m, &[4], 0);
+            m.outputs = vec![t];
+            // 1 TiB: must fail on the limit, not in the allocator.
+            m.planned_buffers.push(1 << 40);
+        })
+        .finish();
+    let program = Program::from_bytes(&bytes).unwrap();
+    let limits = ptero_runtime::Limits {
+        max_memory: 1 << 20,
+        ..Default::default()
+    };
+    let e = program
+        .load_method_with_limits("forward", &kernels(), &BackendRegistry::new(), limits)
+        .unwrap_err();
+    assert!(matches!(e, Error::MemoryLimit { .. }), "{e}");
+    assert!(e.to_string().contains("memory limit of 1048576 bytes"), "{e}");
+    // The default limit refuses it too (16 GiB).
+    let e = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap_err();
+    assert!(matches!(e, Error::MemoryLimit { .. }), "{e}");
+}

@@ -13,6 +13,16 @@
 //! println!("{:?} {:?}", y.sizes(), y.as_slice::<f32>()?);
 //! # Ok::<(), ptero::Error>(())
 //! ```
+//!
+//! Files are memory-mapped by default. A mapped file that is truncated while in use kills
+//! the process (SIGBUS); when model files may change under you, read them instead:
+//!
+//! ```no_run
+//! use ptero::{LoadMode, Module, ModuleOptions};
+//! let options = ModuleOptions::new().load_mode(LoadMode::Read);
+//! let mut module = Module::from_file_with("model.pte", &options)?;
+//! # Ok::<(), ptero::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 
 mod module;
@@ -22,11 +32,11 @@ pub mod npy;
 #[cfg(feature = "ndarray")]
 pub use ndarray_conv::NdarrayExt;
 
-pub use module::Module;
+pub use module::{LoadMode, Module, ModuleOptions};
 pub use ptero_core::{Dynamism, KernelRegistry, ScalarType};
 pub use ptero_runtime::{
-    Backend, BackendRegistry, EValue, Error, IoMeta, Method, MethodMeta, Program, Tag, Tensor,
-    TensorInfo,
+    Backend, BackendRegistry, EValue, Error, IoMeta, Limits, Method, MethodMeta, Program, Tag,
+    Tensor, TensorInfo, DEFAULT_MAX_MEMORY,
 };
 
 /// A registry with every kernel this build has (the portable set).

@@ -2,7 +2,63 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ptero_core::KernelRegistry;
-use ptero_runtime::{BackendRegistry, EValue, Error, Method, MethodMeta, Program};
+use ptero_runtime::{BackendRegistry, EValue, Error, Limits, Method, MethodMeta, Program};
+
+/// How a program file gets into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadMode {
+    /// Memory-map the file: fast to open, constants are used in place and only the pages
+    /// touched are read. The file must not be truncated while the module is alive (the
+    /// process would be killed by SIGBUS).
+    #[default]
+    Mmap,
+    /// Read the whole file into memory (at most [`Limits::max_memory`] bytes, with
+    /// fallible allocation): costs the file's size in memory, but later changes to the
+    /// file cannot affect the module. Also works for pipes and devices.
+    Read,
+}
+
+/// Options of [`Module::from_file_with`].
+///
+/// ```no_run
+/// use ptero::{LoadMode, Module, ModuleOptions};
+/// let options = ModuleOptions::new()
+///     .load_mode(LoadMode::Read)
+///     .max_memory(512 << 20);
+/// let mut module = Module::from_file_with("model.pte", &options)?;
+/// # Ok::<(), ptero::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ModuleOptions {
+    pub load_mode: LoadMode,
+    /// Limits of every method the module loads (and, in [`LoadMode::Read`], of the file).
+    pub limits: Limits,
+}
+
+impl ModuleOptions {
+    /// Memory-mapped, with the default [`Limits`].
+    pub fn new() -> ModuleOptions {
+        ModuleOptions::default()
+    }
+
+    /// How the file is loaded.
+    pub fn load_mode(mut self, mode: LoadMode) -> ModuleOptions {
+        self.load_mode = mode;
+        self
+    }
+
+    /// Limits of every method the module loads (and, in [`LoadMode::Read`], of the file).
+    pub fn limits(mut self, limits: Limits) -> ModuleOptions {
+        self.limits = limits;
+        self
+    }
+
+    /// Shorthand for setting [`Limits::max_memory`].
+    pub fn max_memory(mut self, bytes: usize) -> ModuleOptions {
+        self.limits.max_memory = bytes;
+        self
+    }
+}
 
 /// A program plus its loaded methods.
 pub struct Module {
@@ -10,12 +66,28 @@ pub struct Module {
     kernels: KernelRegistry,
     backends: BackendRegistry,
     methods: HashMap<String, Method>,
+    limits: Limits,
 }
 
 impl Module {
-    /// Memory-maps `path` and reads its metadata; methods load on first use.
+    /// Memory-maps `path` and reads its metadata; methods load on first use. See
+    /// [`Module::from_file_with`] to read the file instead, or to set limits.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Module, Error> {
-        Ok(Module::new(Program::from_file(path)?))
+        Module::from_file_with(path, &ModuleOptions::default())
+    }
+
+    /// Opens `path` as `options` say; methods load on first use, under its limits.
+    pub fn from_file_with(
+        path: impl AsRef<Path>,
+        options: &ModuleOptions,
+    ) -> Result<Module, Error> {
+        let program = match options.load_mode {
+            LoadMode::Mmap => Program::from_file(path)?,
+            LoadMode::Read => Program::read_file(path, options.limits.max_memory)?,
+        };
+        let mut module = Module::new(program);
+        module.limits = options.limits;
+        Ok(module)
     }
 
     /// A module over program bytes.
@@ -39,7 +111,18 @@ impl Module {
             kernels,
             backends,
             methods: HashMap::new(),
+            limits: Limits::default(),
         }
+    }
+
+    /// The limits methods are loaded with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Sets the limits of methods loaded from now on (loaded methods keep theirs).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     pub fn program(&self) -> &Program {
@@ -57,9 +140,12 @@ impl Module {
     /// Loads method `name` now (resolving kernels, allocating planned memory).
     pub fn load_method(&mut self, name: &str) -> Result<&mut Method, Error> {
         if !self.methods.contains_key(name) {
-            let m = self
-                .program
-                .load_method(name, &self.kernels, &self.backends)?;
+            let m = self.program.load_method_with_limits(
+                name,
+                &self.kernels,
+                &self.backends,
+                self.limits,
+            )?;
             self.methods.insert(name.to_string(), m);
         }
         self.methods
@@ -90,5 +176,41 @@ impl Module {
     /// Runs `forward`.
     pub fn forward(&mut self, inputs: &[EValue]) -> Result<Vec<EValue>, Error> {
         self.execute("forward", inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ptero_runtime::Tensor;
+
+    fn mlp() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mlp/model.pte")
+    }
+
+    #[test]
+    fn read_mode_matches_mmap_and_respects_the_limit() {
+        let x = EValue::Tensor(Tensor::from_slice(&[0.25f32; 64], &[4, 16]).unwrap());
+        let mut mapped = Module::from_file(mlp()).unwrap();
+        let read_opts = ModuleOptions::new().load_mode(LoadMode::Read);
+        let mut read = Module::from_file_with(mlp(), &read_opts).unwrap();
+        assert_eq!(
+            mapped.forward(std::slice::from_ref(&x)).unwrap(),
+            read.forward(std::slice::from_ref(&x)).unwrap()
+        );
+        let e = Module::from_file_with(mlp(), &read_opts.clone().max_memory(1000))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("model.pte") && e.contains("limit of 1000"),
+            "{e}"
+        );
+        // The limit also applies to methods: the file fits, the method's memory does not.
+        let mut small =
+            Module::from_file_with(mlp(), &ModuleOptions::new().max_memory(5000)).unwrap();
+        assert_eq!(small.limits().max_memory, 5000);
+        let e = small.forward(&[x]).unwrap_err().to_string();
+        assert!(e.contains("limit of 5000"), "{e}");
     }
 }

@@ -76,6 +76,7 @@ pub fn load_i64(bytes: &[u8], dtype: ScalarType, i: usize) -> i64 {
         UInt32 => rd!(bytes, i, u32) as i64,
         UInt64 => rd!(bytes, i, u64) as i64,
         Bool => (rd!(bytes, i, u8) != 0) as i64,
+        // `load_f64` never calls back here.
         _ => load_f64(bytes, dtype, i) as i64,
     }
 }
@@ -110,7 +111,13 @@ pub fn store_f64(bytes: &mut [u8], dtype: ScalarType, i: usize, v: f64) {
         Half => wr!(bytes, i, f16::from_f64(v).to_bits(), u16),
         BFloat16 => wr!(bytes, i, bf16::from_f64(v).to_bits(), u16),
         Bool => wr!(bytes, i, (v != 0.0) as u8, u8),
-        _ => store_i64(bytes, dtype, i, v as i64),
+        // Only types `store_i64` handles itself go there: the two must never call each
+        // other in a cycle (opaque dtypes such as Float8 or QUInt4x2 are left untouched;
+        // kernels reject them before computing).
+        Byte | QUInt8 | Char | QInt8 | Short | Int | QInt32 | Long | UInt16 | UInt32 | UInt64 => {
+            store_i64(bytes, dtype, i, v as i64)
+        }
+        _ => {}
     }
 }
 
@@ -128,7 +135,8 @@ pub fn store_i64(bytes: &mut [u8], dtype: ScalarType, i: usize, v: i64) {
         UInt32 => wr!(bytes, i, v as u32, u32),
         UInt64 => wr!(bytes, i, v as u64, u64),
         Bool => wr!(bytes, i, (v != 0) as u8, u8),
-        _ => store_f64(bytes, dtype, i, v as f64),
+        Float | Double | Half | BFloat16 => store_f64(bytes, dtype, i, v as f64),
+        _ => {}
     }
 }
 
@@ -141,6 +149,18 @@ pub fn store_bool(bytes: &mut [u8], dtype: ScalarType, i: usize, v: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opaque_dtypes_terminate() {
+        // These used to call each other for ever (store_f64 -> store_i64 -> store_f64).
+        for t in ScalarType::ALL {
+            let mut buf = [0u8; 32];
+            store_f64(&mut buf, t, 1, 3.0);
+            store_i64(&mut buf, t, 1, 3);
+            store_bool(&mut buf, t, 1, true);
+            let _ = (load_f64(&buf, t, 1), load_i64(&buf, t, 1), load_bool(&buf, t, 1));
+        }
+    }
 
     #[test]
     fn roundtrip_every_numeric_dtype() {

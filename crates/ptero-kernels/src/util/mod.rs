@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod inline_vec;
 mod strided;
 pub mod unary;
+pub mod work;
 
 pub use elem_io::{load_bool, load_f64, load_i64, store_bool, store_f64, store_i64, ComputeKind};
 pub use strided::{

@@ -1,7 +1,11 @@
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use base64::Engine;
+
 use super::Tokenizer;
-use crate::{Error, Result};
+use crate::limits::read_bounded;
+use crate::{Error, Limits, Result};
 
 /// A Hugging Face `tokenizer.json`, with `tokenizer_config.json` / `chat_template.jinja`
 /// from the same folder when present (special tokens and the chat template).
@@ -10,6 +14,7 @@ pub struct HfTokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     template: Option<String>,
+    max_input_bytes: usize,
 }
 
 fn token_field(config: &serde_json::Value, key: &str) -> Option<String> {
@@ -20,23 +25,82 @@ fn token_field(config: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
+/// The chat template of a `tokenizer_config.json`: a string, or a list of named templates
+/// (the one called "default" is used).
+fn template_field(config: &serde_json::Value) -> Option<String> {
+    match config.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(String::from)),
+        _ => None,
+    }
+}
+
+/// Runs a call into the `tokenizers` crate, turning a panic (it has `expect`s and unchecked
+/// indexing on file contents) into an error instead of unwinding through the caller.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::Encoding(format!(
+            "{what} failed inside the tokenizers library (malformed tokenizer.json?)"
+        )))
+    })
+}
+
+/// Reads companion file `name` next to the tokenizer, if it exists.
+fn companion(dir: &Path, name: &str, limits: &Limits) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_bounded(&path, limits.max_config_file_bytes)
+        .map(Some)
+        .map_err(|e| Error::Tokenizer {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
 impl HfTokenizer {
     /// Parses `tokenizer.json` bytes; `path` locates the companion files.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<HfTokenizer> {
-        let inner =
-            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Encoding(e.to_string()))?;
+        HfTokenizer::from_bytes_with_limits(bytes, path, &Limits::default())
+    }
+
+    /// Like [`HfTokenizer::from_bytes`], under `limits` (companion file sizes, longest
+    /// text encoded).
+    pub fn from_bytes_with_limits(
+        bytes: &[u8],
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<HfTokenizer> {
+        check_precompiled_charsmaps(bytes)?;
+        let mut inner = guarded("reading tokenizer.json", || {
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Encoding(e.to_string()))
+        })?;
+        // Generation feeds the prompt as is: padding to a length named in the file (which
+        // could be huge) or truncating the prompt would only do harm.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::Encoding(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let config: Option<serde_json::Value> = std::fs::read(dir.join("tokenizer_config.json"))
-            .ok()
+        // A malformed tokenizer_config.json is ignored, as before: it only adds special
+        // token names and a template, and many files in the wild have quirks.
+        let config: Option<serde_json::Value> = companion(dir, "tokenizer_config.json", limits)?
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let mut template = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+        let mut template = match companion(dir, "chat_template.jinja", limits)? {
+            Some(b) => Some(String::from_utf8(b).map_err(|_| Error::Tokenizer {
+                path: dir.join("chat_template.jinja").display().to_string(),
+                message: "the chat template is not UTF-8".into(),
+            })?),
+            None => None,
+        };
         let (mut bos, mut eos) = (None, None);
         if let Some(c) = &config {
             if template.is_none() {
-                template = c
-                    .get("chat_template")
-                    .and_then(|t| t.as_str())
-                    .map(String::from);
+                template = template_field(c);
             }
             bos = token_field(c, "bos_token").and_then(|t| inner.token_to_id(&t));
             eos = token_field(c, "eos_token").and_then(|t| inner.token_to_id(&t));
@@ -46,16 +110,124 @@ impl HfTokenizer {
             bos,
             eos,
             template,
+            max_input_bytes: limits.max_input_bytes,
         })
     }
 }
 
+/// Largest `precompiled_charsmap` accepted, decoded (real ones are a few hundred KiB).
+const MAX_CHARSMAP_BYTES: usize = 4 << 20;
+
+/// Checks every SentencePiece `precompiled_charsmap` in a `tokenizer.json` before the
+/// `tokenizers` crate sees it: that crate (through `spm_precompiled`) allocates a table
+/// sized by the blob's first word, panics on a blob it cannot parse, and indexes the trie
+/// without bounds checks while normalizing.
+fn check_precompiled_charsmaps(bytes: &[u8]) -> Result<()> {
+    const KEY: &[u8] = b"precompiled_charsmap";
+    if !bytes.windows(KEY.len()).any(|w| w == KEY) {
+        return Ok(());
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::Encoding(e.to_string()))?;
+    let mut stack = vec![&json];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(c) = o.get("precompiled_charsmap") {
+                    check_charsmap(c)?;
+                }
+                stack.extend(o.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_charsmap(value: &serde_json::Value) -> Result<()> {
+    let bad = |m: String| Error::Encoding(format!("precompiled_charsmap: {m}"));
+    let text = value
+        .as_str()
+        .ok_or_else(|| bad("expected a base64 string".into()))?;
+    if text.len() / 4 * 3 > MAX_CHARSMAP_BYTES {
+        return Err(bad(format!(
+            "{} bytes of base64, more than the limit of {MAX_CHARSMAP_BYTES} bytes",
+            text.len()
+        )));
+    }
+    // Canonical base64 only, so that the older decoder in `spm_precompiled` agrees.
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| bad(format!("invalid base64: {e}")))?;
+    let (head, rest) = blob
+        .split_first_chunk::<4>()
+        .ok_or_else(|| bad("shorter than its 4-byte header".into()))?;
+    let trie_bytes = u32::from_le_bytes(*head) as usize;
+    if trie_bytes > rest.len() {
+        return Err(bad(format!(
+            "the trie claims {trie_bytes} bytes but only {} follow",
+            rest.len()
+        )));
+    }
+    let units: Vec<usize> = rest[..trie_bytes / 4 * 4]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let normalized = std::str::from_utf8(&rest[trie_bytes / 4 * 4..])
+        .map_err(|_| bad("the normalized strings are not UTF-8".into()))?;
+    check_trie(&units, normalized).map_err(bad)
+}
+
+/// Walks the double-array trie as `spm_precompiled`'s `common_prefix_search` does for any
+/// key a normalizer can give it (up to 5 non-zero bytes), checking every index it would
+/// use and every replacement offset into `normalized`.
+fn check_trie(units: &[usize], normalized: &str) -> std::result::Result<(), String> {
+    let offset = |u: usize| (u >> 10) << ((u & (1 << 9)) >> 6);
+    let label = |u: usize| u & ((1 << 31) | 0xFF);
+    let has_leaf = |u: usize| (u >> 8) & 1 == 1;
+    let first = *units.first().ok_or("the trie is empty")?;
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![(offset(first), 0u8)];
+    while let Some((node, depth)) = todo.pop() {
+        if depth >= 5 || !seen.insert(node) {
+            continue;
+        }
+        for c in 1..=255usize {
+            let pos = node ^ c;
+            let unit = *units
+                .get(pos)
+                .ok_or_else(|| format!("trie index {pos} is outside its {} units", units.len()))?;
+            if label(unit) != c {
+                continue;
+            }
+            let child = pos ^ offset(unit);
+            if has_leaf(unit) {
+                let leaf = *units.get(child).ok_or_else(|| {
+                    format!("trie leaf {child} is outside its {} units", units.len())
+                })?;
+                let at = leaf & ((1 << 31) - 1);
+                if at > normalized.len() || !normalized.is_char_boundary(at) {
+                    return Err(format!(
+                        "replacement offset {at} is not inside the {}-byte normalized strings",
+                        normalized.len()
+                    ));
+                }
+            }
+            todo.push((child, depth + 1));
+        }
+    }
+    Ok(())
+}
+
 impl Tokenizer for HfTokenizer {
     fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Encoding(e.to_string()))?;
+        super::check_input_len(text, self.max_input_bytes)?;
+        let enc = guarded("encoding", || {
+            self.inner
+                .encode(text, false)
+                .map_err(|e| Error::Encoding(e.to_string()))
+        })?;
         let mut ids = Vec::with_capacity(enc.get_ids().len() + 1);
         if bos {
             ids.extend(self.bos);
@@ -65,9 +237,11 @@ impl Tokenizer for HfTokenizer {
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Encoding(e.to_string()))
+        guarded("decoding", || {
+            self.inner
+                .decode(ids, false)
+                .map_err(|e| Error::Encoding(e.to_string()))
+        })
     }
 
     fn vocab_size(&self) -> usize {

@@ -12,7 +12,8 @@ pub use hf::HfTokenizer;
 pub use sentencepiece::SentencePieceTokenizer;
 pub use tiktoken::TiktokenTokenizer;
 
-use crate::{Error, Result};
+use crate::limits::read_bounded;
+use crate::{Error, Limits, Result};
 
 /// Text to token ids and back.
 pub trait Tokenizer: Send {
@@ -36,34 +37,53 @@ pub trait Tokenizer: Send {
     fn kind(&self) -> &'static str;
 }
 
-/// Loads a tokenizer, recognising the format from the file's content.
+/// Loads a tokenizer, recognising the format from the file's content, with the default
+/// [`Limits`].
 pub fn load(path: impl AsRef<Path>) -> Result<Box<dyn Tokenizer>> {
+    load_with_limits(path, &Limits::default())
+}
+
+/// Loads a tokenizer under `limits`: the file sizes it reads and the longest text it
+/// will encode ([`Limits::max_input_bytes`]).
+pub fn load_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Box<dyn Tokenizer>> {
     let path = path.as_ref();
     let err = |message: String| Error::Tokenizer {
         path: path.display().to_string(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = read_bounded(path, limits.max_tokenizer_file_bytes).map_err(|e| err(e.to_string()))?;
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(0);
     if bytes.get(start) == Some(&b'{') {
         return Ok(Box::new(
-            HfTokenizer::from_bytes(&bytes, path).map_err(|e| err(e.to_string()))?,
+            HfTokenizer::from_bytes_with_limits(&bytes, path, limits)
+                .map_err(|e| err(e.to_string()))?,
         ));
     }
     if TiktokenTokenizer::looks_like(&bytes) {
-        return Ok(Box::new(
-            TiktokenTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?,
-        ));
+        let mut t = TiktokenTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
+        t.max_input_bytes = limits.max_input_bytes;
+        return Ok(Box::new(t));
     }
     if SentencePieceTokenizer::looks_like(&bytes) {
-        return Ok(Box::new(
-            SentencePieceTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?,
-        ));
+        let mut t = SentencePieceTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
+        t.max_input_bytes = limits.max_input_bytes;
+        return Ok(Box::new(t));
     }
     Err(err(
         "unrecognised format: expected a Hugging Face tokenizer.json, a Llama 3 tiktoken tokenizer.model or a Llama 2 SentencePiece tokenizer.model".into(),
     ))
+}
+
+/// The error for a text longer than a tokenizer's [`Limits::max_input_bytes`].
+pub(crate) fn check_input_len(text: &str, max: usize) -> Result<()> {
+    if text.len() > max {
+        return Err(Error::Encoding(format!(
+            "the text is {} bytes, more than the limit of {max} bytes (Limits::max_input_bytes)",
+            text.len()
+        )));
+    }
+    Ok(())
 }

@@ -1,4 +1,5 @@
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 
 use super::Tokenizer;
 use crate::{Error, Result};
@@ -26,7 +27,42 @@ pub struct SentencePieceTokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     add_dummy_prefix: bool,
+    /// Longest mergeable piece, in bytes: longer spans need no vocabulary lookup.
+    max_piece_len: usize,
+    pub(crate) max_input_bytes: usize,
 }
+
+/// A candidate merge of the parts from `left` to `end` into piece `id`. The heap's top is
+/// the highest score, then the leftmost pair, as in SentencePiece.
+struct Pair {
+    score: f32,
+    left: usize,
+    end: usize,
+    id: u32,
+}
+
+impl Ord for Pair {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then(other.left.cmp(&self.left))
+            .then(other.end.cmp(&self.end))
+    }
+}
+
+impl PartialOrd for Pair {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Pair {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Pair {}
 
 /// A minimal protobuf reader: just what `ModelProto` needs.
 struct Proto<'a> {
@@ -179,7 +215,15 @@ impl SentencePieceTokenizer {
                 index.entry(piece.clone()).or_insert(i as u32);
             }
         }
+        let max_piece_len = pieces
+            .iter()
+            .filter(|(_, _, ty)| matches!(ty, PieceType::Normal | PieceType::UserDefined))
+            .map(|(p, _, _)| p.len())
+            .max()
+            .unwrap_or(0);
         Ok(SentencePieceTokenizer {
+            max_piece_len,
+            max_input_bytes: crate::Limits::default().max_input_bytes,
             pieces,
             index,
             bytes: byte_ids,
@@ -191,6 +235,9 @@ impl SentencePieceTokenizer {
     }
 
     fn mergeable(&self, s: &str) -> Option<(u32, f32)> {
+        if s.len() > self.max_piece_len {
+            return None;
+        }
         let &id = self.index.get(s)?;
         let (_, score, ty) = &self.pieces[id as usize];
         matches!(ty, PieceType::Normal | PieceType::UserDefined).then_some((id, *score))
@@ -199,6 +246,7 @@ impl SentencePieceTokenizer {
 
 impl Tokenizer for SentencePieceTokenizer {
     fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        super::check_input_len(text, self.max_input_bytes)?;
         let mut out = Vec::new();
         if bos {
             out.extend(self.bos);
@@ -212,38 +260,64 @@ impl Tokenizer for SentencePieceTokenizer {
         }
         norm.extend(text.chars().map(|c| if c == ' ' { SPACE } else { c }));
         // Start from characters; characters outside the vocabulary fall back to bytes.
-        let mut parts: Vec<(String, Option<u32>)> = norm
-            .chars()
-            .map(|c| {
-                let s = c.to_string();
-                let id = self.mergeable(&s).map(|(i, _)| i);
-                (s, id)
-            })
+        // SentencePiece's BPE (bpe_model.cc): repeatedly merge the adjacent pair whose
+        // concatenation is the highest-scoring piece, leftmost first. A heap of candidate
+        // pairs over a linked list of parts keeps this O(n log n) on the whole text.
+        let starts: Vec<usize> = norm.char_indices().map(|(i, _)| i).collect();
+        let n = starts.len();
+        let end_of = |i: usize| starts.get(i + 1).copied().unwrap_or(norm.len());
+        // Parts are identified by their first character; `next[i]` is the character after
+        // the part starting at i (n at the end).
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut ids: Vec<Option<u32>> = (0..n)
+            .map(|i| self.mergeable(&norm[starts[i]..end_of(i)]).map(|(id, _)| id))
             .collect();
-        loop {
-            let mut best: Option<(f32, usize, u32)> = None;
-            for i in 0..parts.len().saturating_sub(1) {
-                let joined = format!("{}{}", parts[i].0, parts[i + 1].0);
-                if let Some((id, score)) = self.mergeable(&joined) {
-                    if best.is_none_or(|(s, _, _)| score > s) {
-                        best = Some((score, i, id));
-                    }
-                }
-            }
-            let Some((_, i, id)) = best else { break };
-            let next = parts.remove(i + 1);
-            parts[i].0.push_str(&next.0);
-            parts[i].1 = Some(id);
+        let byte_at = |i: usize| starts.get(i).copied().unwrap_or(norm.len());
+        let pair = |left: usize, end: usize| -> Option<Pair> {
+            let (id, score) = self.mergeable(&norm[byte_at(left)..byte_at(end)])?;
+            Some(Pair {
+                score,
+                left,
+                end,
+                id,
+            })
+        };
+        let mut heap = BinaryHeap::new();
+        for i in 0..n.saturating_sub(1) {
+            heap.extend(pair(i, i + 2));
         }
-        for (s, id) in parts {
-            match id {
+        while let Some(Pair { left, end, id, .. }) = heap.pop() {
+            // Stale: one side was merged into something else since this pair was queued.
+            let mid = next[left];
+            if !alive[left] || mid >= n || next[mid] != end {
+                continue;
+            }
+            alive[mid] = false;
+            next[left] = end;
+            ids[left] = Some(id);
+            if end < n {
+                prev[end] = Some(left);
+            }
+            if let Some(p) = prev[left] {
+                heap.extend(pair(p, end));
+            }
+            if end < n {
+                heap.extend(pair(left, next[end]));
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            match ids[i] {
                 Some(id) => out.push(id),
                 None => {
-                    for b in s.bytes() {
+                    for b in norm[starts[i]..byte_at(next[i])].bytes() {
                         out.push(self.bytes[b as usize].unwrap_or(self.unk));
                     }
                 }
             }
+            i = next[i];
         }
         Ok(out)
     }

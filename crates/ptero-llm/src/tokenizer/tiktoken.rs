@@ -1,4 +1,5 @@
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use base64::Engine;
 
@@ -30,7 +31,13 @@ pub struct TiktokenTokenizer {
     ranks: HashMap<Vec<u8>, u32>,
     decoder: Vec<Vec<u8>>,
     special: Vec<(String, u32)>,
+    special_ids: HashMap<String, u32>,
+    /// Longest byte-pair token: longer spans need no vocabulary lookup.
+    max_token_len: usize,
+    /// Longest special-token name.
+    max_special_len: usize,
     regex: fancy_regex::Regex,
+    pub(crate) max_input_bytes: usize,
 }
 
 impl TiktokenTokenizer {
@@ -52,6 +59,9 @@ impl TiktokenTokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<TiktokenTokenizer> {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| Error::Encoding("tiktoken file is not UTF-8".into()))?;
+        // Ranks are dense (0..n), so a rank past the number of lines is corrupt; checking
+        // keeps the decoder table proportional to the file rather than to a number in it.
+        let lines = text.lines().filter(|l| !l.trim_end().is_empty()).count();
         let mut ranks = HashMap::new();
         let mut decoder: Vec<Vec<u8>> = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -65,9 +75,9 @@ impl TiktokenTokenizer {
                 .decode(tok)
                 .map_err(|_| bad())?;
             let rank: u32 = rank.parse().map_err(|_| bad())?;
-            if rank as usize >= 1 << 24 {
+            if rank as usize >= lines || rank as usize >= 1 << 24 {
                 return Err(Error::Encoding(format!(
-                    "line {}: rank {rank} is implausibly large",
+                    "line {}: rank {rank} is beyond the file's {lines} tokens",
                     n + 1
                 )));
             }
@@ -81,7 +91,7 @@ impl TiktokenTokenizer {
             return Err(Error::Encoding("no tokens".into()));
         }
         let base = decoder.len() as u32;
-        let special = (0..NUM_SPECIAL)
+        let special: Vec<(String, u32)> = (0..NUM_SPECIAL)
             .map(|i| {
                 let name = match NAMED_SPECIAL.get(i) {
                     Some(n) => n.to_string(),
@@ -92,43 +102,77 @@ impl TiktokenTokenizer {
             .collect();
         let regex = fancy_regex::Regex::new(PATTERN).map_err(|e| Error::Encoding(e.to_string()))?;
         Ok(TiktokenTokenizer {
+            max_token_len: ranks.keys().map(Vec::len).max().unwrap_or(1),
+            max_special_len: special.iter().map(|(s, _)| s.len()).max().unwrap_or(0),
+            special_ids: special.iter().cloned().collect(),
             ranks,
             decoder,
             special,
             regex,
+            max_input_bytes: crate::Limits::default().max_input_bytes,
         })
     }
 
-    /// Byte-pair merges `piece` by rank (tiktoken's algorithm), appending ids to `out`.
+    /// The rank of `piece[start..end]` as one token.
+    fn rank(&self, piece: &[u8], start: usize, end: usize) -> Option<u32> {
+        if end - start > self.max_token_len {
+            return None;
+        }
+        self.ranks.get(&piece[start..end]).copied()
+    }
+
+    /// Byte-pair merges `piece` by rank, appending ids to `out`: tiktoken's algorithm
+    /// (merge the adjacent pair whose concatenation ranks lowest, leftmost first) with a
+    /// heap of candidate pairs over a linked list of parts, so a long run of one letter
+    /// costs O(n log n) instead of O(n²).
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         if let Some(&r) = self.ranks.get(piece) {
             out.push(r);
             return Ok(());
         }
-        // Part boundaries; merge the adjacent pair whose concatenation ranks lowest.
-        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
-        loop {
-            let mut best: Option<(u32, usize)> = None;
-            for i in 0..bounds.len().saturating_sub(2) {
-                if let Some(&r) = self.ranks.get(&piece[bounds[i]..bounds[i + 2]]) {
-                    if best.is_none_or(|(br, _)| r < br) {
-                        best = Some((r, i));
-                    }
-                }
-            }
-            match best {
-                Some((_, i)) => {
-                    bounds.remove(i + 1);
-                }
-                None => break,
+        let n = piece.len();
+        // Parts start at every byte; `next[i]` is where the part starting at i ends.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // Min-heap of (rank, left start, right end); stale entries are skipped when popped.
+        let mut heap = BinaryHeap::new();
+        for i in 0..n.saturating_sub(1) {
+            if let Some(r) = self.rank(piece, i, i + 2) {
+                heap.push(Reverse((r, i, i + 2)));
             }
         }
-        for w in bounds.windows(2) {
-            let part = &piece[w[0]..w[1]];
+        while let Some(Reverse((_, left, end))) = heap.pop() {
+            let mid = next[left];
+            if !alive[left] || mid >= n || next[mid] != end {
+                continue;
+            }
+            alive[mid] = false;
+            next[left] = end;
+            if end < n {
+                prev[end] = Some(left);
+            }
+            if let Some(p) = prev[left] {
+                if let Some(r) = self.rank(piece, p, end) {
+                    heap.push(Reverse((r, p, end)));
+                }
+            }
+            if end < n {
+                let after = next[end];
+                if let Some(r) = self.rank(piece, left, after) {
+                    heap.push(Reverse((r, left, after)));
+                }
+            }
+        }
+        let mut start = 0;
+        while start < n {
+            let end = next[start];
+            let part = &piece[start..end];
             let id = self.ranks.get(part).ok_or_else(|| {
                 Error::Encoding(format!("byte sequence {part:?} is not in the vocabulary"))
             })?;
             out.push(*id);
+            start = end;
         }
         Ok(())
     }
@@ -140,10 +184,46 @@ impl TiktokenTokenizer {
         }
         Ok(())
     }
+
+    /// The first special token in `text`: (byte offset, length, id). Every special token
+    /// is `<|...|>`, so one scan for `<|` with a bounded look for `|>` is linear in the
+    /// text, however many special tokens it holds.
+    fn next_special(&self, text: &str) -> Option<(usize, usize, u32)> {
+        let bytes = text.as_bytes();
+        let mut from = 0;
+        while let Some(p) = find(&bytes[from..], b"<|") {
+            let start = from + p;
+            let window_end = bytes.len().min(start + self.max_special_len);
+            let window = bytes.get(start + 2..window_end).unwrap_or(&[]);
+            if let Some(q) = find(window, b"|>") {
+                let end = start + 2 + q + 2;
+                // Both ends are ASCII, so they are character boundaries.
+                if let Some(&id) = text.get(start..end).and_then(|s| self.special_ids.get(s)) {
+                    return Some((start, end - start, id));
+                }
+            }
+            from = start + 1;
+        }
+        None
+    }
+}
+
+impl TiktokenTokenizer {
+    /// Special tokens follow the byte-pair ranks, in order.
+    fn special_by_id(&self, id: u32) -> Option<&(String, u32)> {
+        let i = (id as usize).checked_sub(self.decoder.len())?;
+        self.special.get(i)
+    }
+}
+
+/// The first occurrence of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 impl Tokenizer for TiktokenTokenizer {
     fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        super::check_input_len(text, self.max_input_bytes)?;
         let mut out = Vec::new();
         if bos {
             out.extend(self.bos_id());
@@ -151,12 +231,7 @@ impl Tokenizer for TiktokenTokenizer {
         // Special tokens written in the text (chat templates) become their ids.
         let mut rest = text;
         while !rest.is_empty() {
-            let next = self
-                .special
-                .iter()
-                .filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, s.len(), *id)))
-                .min_by_key(|&(p, len, _)| (p, usize::MAX - len));
-            match next {
+            match self.next_special(rest) {
                 Some((p, len, id)) => {
                     self.encode_ordinary(&rest[..p], &mut out)?;
                     out.push(id);
@@ -176,7 +251,7 @@ impl Tokenizer for TiktokenTokenizer {
         for &id in ids {
             match self.decoder.get(id as usize) {
                 Some(b) if !b.is_empty() => bytes.extend_from_slice(b),
-                _ => match self.special.iter().find(|(_, i)| *i == id) {
+                _ => match self.special_by_id(id) {
                     Some((s, _)) => bytes.extend_from_slice(s.as_bytes()),
                     None => {
                         return Err(Error::Encoding(format!(
@@ -202,14 +277,14 @@ impl Tokenizer for TiktokenTokenizer {
     }
 
     fn token_to_id(&self, token: &str) -> Option<u32> {
-        if let Some((_, id)) = self.special.iter().find(|(s, _)| s == token) {
-            return Some(*id);
+        if let Some(&id) = self.special_ids.get(token) {
+            return Some(id);
         }
         self.ranks.get(token.as_bytes()).copied()
     }
 
     fn id_to_token(&self, id: u32) -> Option<String> {
-        if let Some((s, _)) = self.special.iter().find(|(_, i)| *i == id) {
+        if let Some((s, _)) = self.special_by_id(id) {
             return Some(s.clone());
         }
         self.decoder

@@ -1,0 +1,237 @@
+//! Ptero's structure-aware fuzzer, as a library: deterministic hostile cases and the code
+//! that runs one. The `ptero-fuzz` binary adds the supervisor (watchdog, memory limit,
+//! reproducers); tests use the library directly.
+//!
+//! ```no_run
+//! use ptero_fuzz::Fuzzer;
+//! let fuzzer = Fuzzer::new(1, None);
+//! for index in 0..100 {
+//!     let program = fuzzer.case(index);
+//!     let _ = fuzzer.run(&program.bytes); // errors are expected; panics are bugs
+//! }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod gen;
+pub mod rng;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+use ptero_runtime::{EValue, Error, KernelRegistry, Limits, Program, ScalarType, Tensor};
+
+use crate::gen::{kernel_program, mutate_bytes, random_program, Kind};
+use crate::rng::Rng;
+use crate::schema::Signature;
+
+/// Fixtures larger than this are too slow to run millions of times.
+const MAX_FIXTURE_BYTES: u64 = 300_000;
+
+/// Elements of one default input the runner fills; bigger declared inputs are skipped.
+const MAX_INPUT_ELEMENTS: usize = 1 << 20;
+
+/// What a case is, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseKind {
+    /// One kernel call with hostile arguments.
+    Kernel,
+    /// Several instructions: kernels, moves, frees, jumps, delegates.
+    Program,
+    /// A committed fixture with damaged bytes.
+    Fixture,
+}
+
+impl CaseKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CaseKind::Kernel => "kernel",
+            CaseKind::Program => "program",
+            CaseKind::Fixture => "fixture",
+        }
+    }
+}
+
+/// One generated case: a `.pte` file's bytes.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub kind: CaseKind,
+    /// The operator a kernel case calls.
+    pub op: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// Generates and runs cases; everything is a pure function of the seed and the case index.
+pub struct Fuzzer {
+    seed: u64,
+    kernels: KernelRegistry,
+    signatures: Vec<Signature>,
+    fixtures: Vec<(PathBuf, Vec<u8>)>,
+    limits: Limits,
+}
+
+/// The committed fixtures, found from this crate's source directory.
+pub fn default_fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    vec![root.join("tests/fixtures"), root.join("models")]
+}
+
+fn find_ptes(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() && depth < 3 && p.file_name().is_some_and(|n| n != "big") {
+            find_ptes(&p, out, depth + 1);
+        } else if p.extension().is_some_and(|e| e == "pte") {
+            out.push(p);
+        }
+    }
+}
+
+impl Fuzzer {
+    /// Learns kernel signatures and reads the fixtures (`None`: the committed ones).
+    pub fn new(seed: u64, fixture_dirs: Option<&[PathBuf]>) -> Fuzzer {
+        let kernels = ptero_kernels::portable();
+        let limits = Limits {
+            max_memory: 256 << 20,
+            ..Limits::default()
+        };
+        let mut paths = Vec::new();
+        let dirs = fixture_dirs.map_or_else(default_fixture_dirs, |d| d.to_vec());
+        for d in &dirs {
+            find_ptes(d, &mut paths, 0);
+        }
+        let fixtures = paths
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() <= MAX_FIXTURE_BYTES))
+            .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+            .collect();
+        let mut f = Fuzzer {
+            seed,
+            kernels,
+            signatures: Vec::new(),
+            fixtures,
+            limits,
+        };
+        let names: Vec<String> = f.kernels.names().map(String::from).collect();
+        let run = |b: &[u8]| f.run(b);
+        let signatures = names.iter().map(|n| schema::learn(n, &run)).collect();
+        f.signatures = signatures;
+        f
+    }
+
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
+    }
+
+    pub fn num_fixtures(&self) -> usize {
+        self.fixtures.len()
+    }
+
+    /// Case `index`.
+    pub fn case(&self, index: u64) -> Case {
+        let mut rng = Rng::for_case(self.seed, index);
+        let roll = rng.below(20);
+        if roll >= 17 && !self.fixtures.is_empty() {
+            let (_, bytes) = rng.pick(&self.fixtures);
+            let mut bytes = bytes.clone();
+            mutate_bytes(&mut rng, &mut bytes);
+            return Case {
+                kind: CaseKind::Fixture,
+                op: None,
+                bytes,
+            };
+        }
+        if roll >= 13 {
+            let ops: Vec<(String, Vec<Kind>, usize)> = (0..1 + rng.below(4))
+                .map(|_| {
+                    let s = rng.pick(&self.signatures);
+                    (s.op.clone(), s.kinds.clone(), s.first_out)
+                })
+                .collect();
+            return Case {
+                kind: CaseKind::Program,
+                op: None,
+                bytes: random_program(&mut rng, &ops),
+            };
+        }
+        let sig = rng.pick(&self.signatures);
+        let mut kinds = sig.kinds.clone();
+        let mut first_out = sig.first_out;
+        if rng.one_in(12) {
+            // A wrong argument count.
+            if rng.one_in(2) && !kinds.is_empty() {
+                kinds.truncate(rng.below(kinds.len()));
+            } else {
+                kinds.push(*rng.pick(&gen::ALL_KINDS));
+            }
+            first_out = first_out.min(kinds.len());
+        }
+        let mut bytes = kernel_program(&mut rng, &sig.op, &kinds, first_out, false);
+        if rng.one_in(16) {
+            mutate_bytes(&mut rng, &mut bytes);
+        }
+        Case {
+            kind: CaseKind::Kernel,
+            op: Some(sig.op.clone()),
+            bytes,
+        }
+    }
+
+    /// Loads `bytes` as a program and runs each of its methods (at most four), twice, with
+    /// default inputs, reading every output back. Returns the first error; errors are the
+    /// expected outcome of most cases.
+    pub fn run(&self, bytes: &[u8]) -> Result<(), Error> {
+        run_program(bytes, &self.kernels, self.limits)
+    }
+}
+
+/// Deterministic stand-in input for `info`, or `None` when it is too big to bother.
+fn default_input(dtype: ScalarType, sizes: &[usize]) -> Option<EValue> {
+    let n = sizes
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .filter(|&n| n <= MAX_INPUT_ELEMENTS)?;
+    let mut t = Tensor::zeros(dtype, sizes).ok()?;
+    let es = dtype.size().max(1);
+    for (k, c) in t.bytes_mut().chunks_mut(es).enumerate().take(n) {
+        c[0] = (k % 5) as u8;
+    }
+    Some(EValue::Tensor(t))
+}
+
+/// What the fuzzer runs for every case (and `--replay` for one).
+pub fn run_program(bytes: &[u8], kernels: &KernelRegistry, limits: Limits) -> Result<(), Error> {
+    let program = Program::from_bytes(bytes)?;
+    let backends = ptero_runtime::BackendRegistry::new();
+    let names: Vec<String> = program
+        .method_names()
+        .into_iter()
+        .take(4)
+        .map(String::from)
+        .collect();
+    let mut first_err = None;
+    for name in names {
+        let result = (|| {
+            let mut m = program.load_method_with_limits(&name, kernels, &backends, limits)?;
+            let meta = m.meta().clone();
+            for (i, io) in meta.inputs.iter().enumerate() {
+                if let Some(t) = &io.tensor {
+                    if let Some(v) = default_input(t.dtype, &t.sizes) {
+                        m.set_input(i, &v)?;
+                    }
+                }
+            }
+            m.execute()?;
+            let _ = m.outputs();
+            m.execute()?;
+            m.outputs().map(|_| ())
+        })();
+        if let Err(e) = result {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

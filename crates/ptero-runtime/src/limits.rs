@@ -1,0 +1,45 @@
+//! Resource limits of a loaded method: what a hostile program may cost at most.
+
+/// Bounds on what one method may use, checked at load and while executing.
+///
+/// The defaults are generous (real models never reach them) but finite, so that a
+/// crafted program ends with an error instead of exhausting memory or looping for ever.
+///
+/// ```
+/// use ptero_runtime::Limits;
+/// let limits = Limits { max_memory: 256 << 20, ..Limits::default() };
+/// assert_eq!(limits.max_instructions, ptero_runtime::MAX_INSTRUCTIONS);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes a method may own: planned arenas, input/output buffers and, per kernel call,
+    /// scratch memory. Constant data is not counted (it is mapped from the file).
+    pub max_memory: usize,
+    /// Instructions one `execute` may run.
+    pub max_instructions: u64,
+    /// Once a program jumps backwards (a loop), the work it does from then on may be at
+    /// most this many times the work done before the first backward jump, plus
+    /// [`Limits::loop_work_allowance`]. Work is counted in tensor elements touched, plus
+    /// the multiply-adds that kernels such as matrix products report.
+    pub loop_work_factor: u64,
+    /// Work a loop may always do, whatever came before it.
+    pub loop_work_allowance: u64,
+}
+
+/// Default [`Limits::max_memory`]: 16 GiB on 64-bit targets, half the address space below.
+pub const DEFAULT_MAX_MEMORY: usize = if usize::BITS >= 64 {
+    16 << 30
+} else {
+    usize::MAX / 2
+};
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_instructions: crate::MAX_INSTRUCTIONS,
+            loop_work_factor: 16,
+            loop_work_allowance: 1 << 28,
+        }
+    }
+}
