@@ -18,8 +18,10 @@ pub struct LlmArgs {
     #[arg(long)]
     prompt: Option<String>,
     /// The prompt as token ids, e.g. 1,2,3 (no tokenizer needed).
-    #[arg(long, value_delimiter = ',')]
-    prompt_ids: Option<Vec<u32>>,
+    // Read as text so that a negative or huge id gets a message naming it and the
+    // vocabulary, not a bare parse error.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    prompt_ids: Option<Vec<String>>,
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -95,16 +97,24 @@ pub fn llm(a: &LlmArgs) -> Result<(), ptero::Error> {
             "text prompts and chat need --tokenizer FILE (or give --prompt-ids 1,2,3)",
         ));
     }
-    if a.temperature.is_nan() || a.temperature < 0.0 {
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
         return Err(fail(format!(
-            "--temperature must be >= 0, got {}",
+            "--temperature must be a finite number >= 0, got {}",
             a.temperature
         )));
+    }
+    if a.top_k == Some(0) {
+        return Err(fail("--top-k must be at least 1, got 0"));
     }
     if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(fail(format!("--top-p must be in (0, 1], got {p}")));
     }
     let mut gen = TextGenerator::load(&a.model, a.tokenizer.as_ref()).map_err(llm_err)?;
+    let prompt_ids = a
+        .prompt_ids
+        .as_deref()
+        .map(|ids| prompt_ids(&gen, ids))
+        .transpose()?;
     let config = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         sampler: SamplerConfig {
@@ -123,7 +133,7 @@ pub fn llm(a: &LlmArgs) -> Result<(), ptero::Error> {
             let _ = out.flush();
         }
     };
-    let g = if let Some(ids) = a.prompt_ids.as_deref() {
+    let g = if let Some(ids) = prompt_ids.as_deref() {
         gen.generate_ids(ids, &config, |_, p| print(p))
             .map_err(llm_err)?
     } else if let Some(prompt) = a.prompt.as_deref() {
@@ -172,6 +182,21 @@ pub fn llm(a: &LlmArgs) -> Result<(), ptero::Error> {
     Ok(())
 }
 
+/// Parses `--prompt-ids` and checks them against the model's vocabulary.
+fn prompt_ids(gen: &TextGenerator, ids: &[String]) -> Result<Vec<u32>, ptero::Error> {
+    let mut parsed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = id.trim();
+        parsed.push(id.parse::<i64>().map_err(|_| {
+            fail(format!(
+                "--prompt-ids: '{id}' is not a token id (an integer from 0 to {})",
+                gen.vocab_size().saturating_sub(1)
+            ))
+        })?);
+    }
+    gen.token_ids(&parsed).map_err(llm_err)
+}
+
 /// A chat in the terminal: each answer streams as it is generated; history stays in the
 /// KV cache. `/reset` starts over, `/exit` (or Ctrl-D) quits.
 fn interactive(
@@ -184,7 +209,7 @@ fn interactive(
     })?;
     eprintln!(
         "Chatting ({format}, {} tokens of context). /reset starts over, /exit quits.",
-        gen.metadata().max_context_len
+        gen.context_len()
     );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();

@@ -64,6 +64,19 @@ impl Error {
     }
 }
 
+/// "argument N: ", or nothing where the position is unknown (`usize::MAX`).
+struct ArgPrefix(usize);
+
+impl fmt::Display for ArgPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == usize::MAX {
+            Ok(())
+        } else {
+            write!(f, "argument {}: ", self.0)
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -84,7 +97,7 @@ impl fmt::Display for Error {
                 expected,
                 found,
             } => {
-                write!(f, "argument {arg}: expected {expected}, found {found}")
+                write!(f, "{}expected {expected}, found {found}", ArgPrefix(*arg))
             }
             Error::Dtype {
                 arg,
@@ -93,7 +106,8 @@ impl fmt::Display for Error {
             } => {
                 write!(
                     f,
-                    "argument {arg}: expected dtype {expected}, found {found}"
+                    "{}expected dtype {expected}, found {found}",
+                    ArgPrefix(*arg)
                 )
             }
             Error::Shape(m) => write!(f, "shape error: {m}"),
@@ -110,16 +124,22 @@ impl fmt::Display for Error {
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::NoData { arg } => write!(
                 f,
-                "argument {arg}: tensor has no data (unset input or freed value)"
+                "{}tensor has no data (unset input or freed value)",
+                ArgPrefix(*arg)
             ),
             Error::Overlap { arg } => {
                 write!(
                     f,
-                    "argument {arg}: its memory overlaps another operand that is being written"
+                    "{}its memory overlaps another operand that is being written",
+                    ArgPrefix(*arg)
                 )
             }
             Error::OutOfBounds(m) => write!(f, "memory out of bounds: {m}"),
             Error::NotImplemented(m) => write!(f, "not implemented: {m}"),
+            Error::OutOfMemory { bytes, limit } if *bytes == usize::MAX => write!(
+                f,
+                "needs more scratch memory than can be addressed (limit {limit} bytes)"
+            ),
             Error::OutOfMemory { bytes, limit } => write!(
                 f,
                 "needs {bytes} bytes of scratch memory, over the limit of {limit} bytes or unavailable"

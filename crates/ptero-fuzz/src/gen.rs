@@ -231,11 +231,23 @@ impl Builder {
         let nbytes = numel.saturating_mul(dtype_size(dtype) as u64);
         if self.benign {
             let offset = self.planned;
-            self.planned += nbytes.div_ceil(16) * 16;
-            let mut init = vec![0u8; nbytes.min(1 << 16) as usize];
-            for (k, c) in init.chunks_mut(dtype_size(dtype)).enumerate() {
-                c[0] = (k % 3) as u8;
-            }
+            self.planned = self.planned.saturating_add(nbytes.div_ceil(16).saturating_mul(16));
+            let data = if nbytes <= 1 << 16 {
+                let mut init = vec![0u8; nbytes as usize];
+                for (k, c) in init.chunks_mut(dtype_size(dtype)).enumerate() {
+                    c[0] = (k % 3) as u8;
+                }
+                TensorData::PlannedInit {
+                    memory_id: 1,
+                    offset,
+                    init,
+                }
+            } else {
+                TensorData::Planned {
+                    memory_id: 1,
+                    offset,
+                }
+            };
             self.m.values.push(ValueSpec::Tensor(TensorSpec {
                 scalar_type: dtype,
                 sizes,
@@ -245,11 +257,7 @@ impl Builder {
                 } else {
                     fb::TensorShapeDynamism::STATIC
                 },
-                data: TensorData::PlannedInit {
-                    memory_id: 1,
-                    offset,
-                    init,
-                },
+                data,
             }));
             return (self.m.values.len() - 1) as i32;
         }
@@ -274,7 +282,9 @@ impl Builder {
             }
             _ if small => {
                 let offset = self.planned;
-                self.planned += nbytes.div_ceil(16) * 16 + 16 * rng.below(2) as u64;
+                self.planned = self
+                    .planned
+                    .saturating_add(nbytes.div_ceil(16) * 16 + 16 * rng.below(2) as u64);
                 let mut init = vec![0u8; nbytes as usize];
                 fill(rng, &mut init, dtype);
                 TensorData::PlannedInit {
@@ -286,7 +296,7 @@ impl Builder {
             _ => {
                 // Too big to initialize: planned without a value; the load may refuse it.
                 let offset = self.planned;
-                self.planned = self.planned.saturating_add(nbytes.div_ceil(16) * 16);
+                self.planned = self.planned.saturating_add(nbytes.div_ceil(16).saturating_mul(16));
                 TensorData::Planned {
                     memory_id: 1,
                     offset,
@@ -307,6 +317,11 @@ impl Builder {
     pub fn arg(&mut self, rng: &mut Rng, kind: Kind, base: &[i32], out: bool) -> i32 {
         if self.benign {
             return self.benign_arg(rng, kind, base, out);
+        }
+        // Mostly plausible values, so that the one or two hostile ones in a call get past
+        // the kernel's first checks and reach its arithmetic.
+        if rng.below(4) != 0 {
+            return self.plausible_arg(rng, kind, base, out);
         }
         let kind = if rng.one_in(40) {
             *rng.pick(&ALL_KINDS)
@@ -387,10 +402,90 @@ impl Builder {
         }
     }
 
+    fn plausible_arg(&mut self, rng: &mut Rng, kind: Kind, base: &[i32], out: bool) -> i32 {
+        let small = |rng: &mut Rng| -> i64 {
+            match rng.below(6) {
+                0 => -1,
+                1 => base.get(rng.below(base.len().max(1))).map_or(1, |&s| s as i64),
+                _ => rng.below(4) as i64,
+            }
+        };
+        match kind {
+            Kind::Tensor(dt) | Kind::OptTensor(dt) => {
+                if matches!(kind, Kind::OptTensor(_)) && rng.one_in(4) {
+                    return self.value(ValueSpec::Null);
+                }
+                let sizes: Vec<i32> = if out {
+                    base.iter().map(|s| s * *rng.pick(&[1, 2, 2, 3])).collect()
+                } else if rng.one_in(5) {
+                    base.iter().skip(rng.below(base.len() + 1)).copied().collect()
+                } else {
+                    base.to_vec()
+                };
+                let saved = self.benign;
+                self.benign = true;
+                let v = self.tensor(rng, dt, sizes, out);
+                self.benign = saved;
+                if let Some(ValueSpec::Tensor(t)) = self.m.values.last_mut() {
+                    if let TensorData::PlannedInit { init, .. } = &mut t.data {
+                        fill(rng, init, dt);
+                    }
+                }
+                v
+            }
+            Kind::Int => self.value(ValueSpec::Int(small(rng))),
+            Kind::Scalar if rng.one_in(2) => self.value(ValueSpec::Int(small(rng))),
+            Kind::Double | Kind::Scalar => {
+                let v = *rng.pick(&[0.0, 0.5, 1.0, 2.0, 1e-5, -1.0, 3.0]);
+                self.value(ValueSpec::Double(v))
+            }
+            Kind::Bool => self.value(ValueSpec::Bool(rng.one_in(2))),
+            Kind::Str => self.value(ValueSpec::String(rng.pick(&STRINGS).to_string())),
+            Kind::IntList => {
+                let n = match rng.below(3) {
+                    0 => base.len(),
+                    1 => 2,
+                    _ => 1 + rng.below(base.len().max(1)),
+                };
+                let ids: Vec<i64> = (0..n)
+                    .map(|_| {
+                        let v = small(rng).max(if rng.one_in(3) { -1 } else { 1 });
+                        self.value(ValueSpec::Int(v)) as i64
+                    })
+                    .collect();
+                self.value(ValueSpec::IntList(ids))
+            }
+            Kind::DoubleList => {
+                let n = 1 + rng.below(3);
+                let v = (0..n).map(|_| *rng.pick(&[0.5, 1.0, 2.0, 1.5])).collect();
+                self.value(ValueSpec::DoubleList(v))
+            }
+            Kind::BoolList => {
+                let v = (0..1 + rng.below(3)).map(|_| rng.one_in(2)).collect();
+                self.value(ValueSpec::BoolList(v))
+            }
+            Kind::TensorList(dt) => {
+                let n = 1 + rng.below(3);
+                let saved = self.benign;
+                self.benign = true;
+                let ids: Vec<i32> = (0..n)
+                    .map(|_| self.tensor(rng, dt, base.to_vec(), out))
+                    .collect();
+                self.benign = saved;
+                self.value(ValueSpec::TensorList(ids))
+            }
+            Kind::None => self.value(ValueSpec::Null),
+        }
+    }
+
     fn benign_arg(&mut self, rng: &mut Rng, kind: Kind, base: &[i32], out: bool) -> i32 {
         match kind {
             Kind::Tensor(dt) | Kind::OptTensor(dt) => {
-                let sizes = if out { base.iter().map(|s| s * 4).collect() } else { base.to_vec() };
+                let sizes = if out {
+                    base.iter().map(|s| s * 2).collect()
+                } else {
+                    base.to_vec()
+                };
                 self.tensor(rng, dt, sizes, out)
             }
             Kind::Int | Kind::Scalar => self.value(ValueSpec::Int(1)),
@@ -399,7 +494,7 @@ impl Builder {
             Kind::Str => self.value(ValueSpec::String("none".into())),
             Kind::IntList => {
                 let one = self.value(ValueSpec::Int(1)) as i64;
-                self.value(ValueSpec::IntList(vec![one]))
+                self.value(ValueSpec::IntList(vec![one; base.len().max(1)]))
             }
             Kind::DoubleList => self.value(ValueSpec::DoubleList(vec![1.0])),
             Kind::BoolList => self.value(ValueSpec::BoolList(vec![false])),
@@ -413,13 +508,13 @@ impl Builder {
 
     pub fn finish(mut self, rng: &mut Rng) -> MethodSpec {
         if self.benign {
-            self.m.planned_buffers = vec![self.planned as i64 + 64];
+            self.m.planned_buffers = vec![(self.planned as i64).saturating_add(64)];
             return self.m;
         }
         let size = if rng.one_in(30) {
             *rng.pick(&[0, -1, i64::MAX, 1 << 40, 7])
         } else {
-            self.planned as i64 + 64
+            (self.planned as i64).saturating_add(64)
         };
         self.m.planned_buffers = vec![size];
         self.m
@@ -428,6 +523,16 @@ impl Builder {
 
 /// Random bytes for a tensor, with NaN/Inf/extremes sprinkled in for floats.
 pub fn fill(rng: &mut Rng, out: &mut [u8], dtype: fb::ScalarType) {
+    if rng.one_in(6) {
+        // Extreme integers (MIN / -1 is the classic) for integer tensors.
+        let es = dtype_size(dtype);
+        for chunk in out.chunks_mut(es) {
+            let v = interesting_int(rng).to_le_bytes();
+            let n = chunk.len();
+            chunk.copy_from_slice(&v[..n]);
+        }
+        return;
+    }
     match rng.below(4) {
         0 => rng.bytes(out),
         1 => out.fill(*rng.pick(&[0u8, 0xff, 0x7f, 0x80])),
@@ -473,11 +578,15 @@ pub fn kernel_program(
     op: &str,
     kinds: &[Kind],
     first_out: usize,
-    benign: bool,
+    benign: Option<&[i32]>,
 ) -> Vec<u8> {
     let mut b = Builder::new();
-    b.benign = benign;
-    let base = if benign { vec![2, 3] } else { base_shape(rng) };
+    b.benign = benign.is_some();
+    let base = match benign {
+        Some(base) => base.to_vec(),
+        None => base_shape(rng),
+    };
+    let benign = b.benign;
     let mut args = Vec::new();
     let mut outs = Vec::new();
     for (i, &k) in kinds.iter().enumerate() {

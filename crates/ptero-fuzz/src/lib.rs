@@ -169,7 +169,7 @@ impl Fuzzer {
             }
             first_out = first_out.min(kinds.len());
         }
-        let mut bytes = kernel_program(&mut rng, &sig.op, &kinds, first_out, false);
+        let mut bytes = kernel_program(&mut rng, &sig.op, &kinds, first_out, None);
         if rng.one_in(16) {
             mutate_bytes(&mut rng, &mut bytes);
         }

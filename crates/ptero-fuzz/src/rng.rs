@@ -13,11 +13,11 @@ impl Rng {
     /// The generator of case `index` under `seed`.
     pub fn for_case(seed: u64, index: u64) -> Rng {
         let mut r = Rng::new(seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ index);
-        r.next();
+        r.next_u64();
         r
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -27,7 +27,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
     /// True with probability `1/n`.
@@ -41,7 +41,7 @@ impl Rng {
 
     pub fn bytes(&mut self, out: &mut [u8]) {
         for chunk in out.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
+            let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }

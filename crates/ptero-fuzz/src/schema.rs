@@ -96,9 +96,12 @@ pub fn learn(op: &str, run: &dyn Fn(&[u8]) -> Result<(), Error>) -> Signature {
     let mut dtype_tries = vec![0usize; 64];
     let mut rng = Rng::new(0);
     let mut stopped = String::new();
-    for _ in 0..48 {
+    // Shapes to try when a kernel rejects the current one (pooling wants 4-d, etc.).
+    const BASES: [&[i32]; 4] = [&[2, 3], &[1, 2, 4, 4], &[2, 4, 3], &[2, 2, 3, 4, 2]];
+    let mut base = 0;
+    for _ in 0..64 {
         let fo = first_out(&kinds);
-        let bytes = kernel_program(&mut rng, op, &kinds, fo, true);
+        let bytes = kernel_program(&mut rng, op, &kinds, fo, Some(BASES[base]));
         let r = run(&bytes);
         stopped = match &r {
             Ok(()) => "ok".into(),
@@ -106,6 +109,10 @@ pub fn learn(op: &str, run: &dyn Fn(&[u8]) -> Result<(), Error>) -> Signature {
         };
         let source = match r {
             Err(Error::Execution { source, .. }) => source,
+            _ if base + 1 < BASES.len() && r.is_err() => {
+                base += 1;
+                continue;
+            }
             _ => break,
         };
         match source {
@@ -136,6 +143,11 @@ pub fn learn(op: &str, run: &dyn Fn(&[u8]) -> Result<(), Error>) -> Signature {
                     break;
                 }
                 kinds[arg] = set_dtype(kinds[arg], dtype_named(&expected, dtype_tries[arg]));
+            }
+            KError::Shape(_) | KError::InvalidArgument(_) | KError::Resize { .. }
+                if base + 1 < BASES.len() =>
+            {
+                base += 1;
             }
             _ => break,
         }

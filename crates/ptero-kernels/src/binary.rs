@@ -14,8 +14,9 @@ fn floor_div_i(a: i64, b: i64) -> Result<i64> {
     if b == 0 {
         return Err(int_div_zero());
     }
+    // Wrapping: `i64::MIN / -1` overflows (PyTorch gives `i64::MIN`, and remainder 0).
     let q = a.wrapping_div(b);
-    Ok(if (a % b != 0) && ((a < 0) != (b < 0)) {
+    Ok(if (a.wrapping_rem(b) != 0) && ((a < 0) != (b < 0)) {
         q - 1
     } else {
         q
@@ -566,7 +567,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 mod tests {
     use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
     use alloc::vec;
-    use ptero_core::ScalarType::*;
+    use ptero_core::ScalarType::{self, *};
 
     #[test]
     fn table() {
@@ -829,6 +830,92 @@ mod tests {
         )
         .unwrap();
         assert_close(&out.tensors[0].to_f64(), &[3.0, 4.0], 0.0, 0.0);
+    }
+
+    /// The minimum integer divided by -1 overflows; PyTorch wraps (quotient MIN, remainder
+    /// 0) where Rust's `/` and `%` panic in every build.
+    #[test]
+    fn int_min_by_minus_one_wraps() {
+        let l = |v: &[i64]| Arg::T(OwnedTensor::new::<i64>(&[v.len()], v));
+        let i = |v: i32| Arg::T(OwnedTensor::new::<i32>(&[1], &[v]));
+        let s = |m: &str| Arg::Str(m.into());
+        let min = i64::MIN;
+        type Case = (
+            &'static str,
+            alloc::vec::Vec<Arg>,
+            ScalarType,
+            alloc::vec::Vec<i64>,
+        );
+        let cases: alloc::vec::Vec<Case> = vec![
+            (
+                "aten::floor_divide.out",
+                vec![l(&[min, 7]), l(&[-1, -2])],
+                Long,
+                vec![min, -4],
+            ),
+            (
+                "aten::remainder.Tensor_out",
+                vec![l(&[min, 7]), l(&[-1, -2])],
+                Long,
+                vec![0, -1],
+            ),
+            (
+                "aten::remainder.Scalar_out",
+                vec![l(&[min]), Arg::Int(-1)],
+                Long,
+                vec![0],
+            ),
+            (
+                "aten::fmod.Tensor_out",
+                vec![l(&[min]), l(&[-1])],
+                Long,
+                vec![0],
+            ),
+            (
+                "aten::fmod.Scalar_out",
+                vec![l(&[min]), Arg::Int(-1)],
+                Long,
+                vec![0],
+            ),
+            (
+                "aten::div.out_mode",
+                vec![l(&[min]), l(&[-1]), s("floor")],
+                Long,
+                vec![min],
+            ),
+            (
+                "aten::div.out_mode",
+                vec![l(&[min]), l(&[-1]), s("trunc")],
+                Long,
+                vec![min],
+            ),
+            (
+                "aten::div.Scalar_mode_out",
+                vec![l(&[min]), Arg::Int(-1), s("floor")],
+                Long,
+                vec![min],
+            ),
+            // int32 computes in i64 and wraps back to i32::MIN on store.
+            (
+                "aten::floor_divide.out",
+                vec![i(i32::MIN), i(-1)],
+                Int,
+                vec![i32::MIN as i64],
+            ),
+            (
+                "aten::remainder.Tensor_out",
+                vec![i(i32::MIN), i(-1)],
+                Int,
+                vec![0],
+            ),
+        ];
+        for (op, mut args, dt, want) in cases {
+            args.push(Arg::Out(dt, vec![want.len()]));
+            let out = run_op(op, args).unwrap_or_else(|e| panic!("{op}: {e}"));
+            let got: alloc::vec::Vec<i64> =
+                out.tensors[0].to_f64().iter().map(|&v| v as i64).collect();
+            assert_eq!(got, want, "{op}");
+        }
     }
 
     #[test]

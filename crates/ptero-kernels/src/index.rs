@@ -4,6 +4,7 @@
 //! Index values come from tensors, so every one is range-checked (negative values wrap
 //! once, like PyTorch) and a bad index is an error, never a panic.
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
 
 use ptero_core::{
@@ -14,6 +15,7 @@ use ptero_core::{
 use crate::shape::slice_bounds;
 use crate::util::copy::{copy_cast, ElemCopy, Strided};
 use crate::util::inline_vec::InlineVec;
+use crate::util::work::Meter;
 use crate::util::{
     broadcast_shapes, broadcast_strides, for_each_index, load_f64, load_i64, store_f64, store_i64,
     ComputeKind,
@@ -31,17 +33,44 @@ fn check_index_dtype(arg: usize, t: ScalarType) -> Result<()> {
     }
 }
 
-/// Wraps a negative index and checks it against `size`.
+/// Wraps a negative index once (PyTorch style) and checks it against `size`. Computed in
+/// i128: `size` may exceed `i64::MAX` on an empty tensor, and `v` may be `i64::MIN`.
 #[inline]
 fn wrap(v: i64, size: usize, what: &str) -> Result<usize> {
-    let n = size as i64;
-    let i = if v < 0 { v + n } else { v };
+    let n = size as i128;
+    let i = if v < 0 { v as i128 + n } else { v as i128 };
     if i < 0 || i >= n {
         return Err(Error::invalid(alloc::format!(
             "{what}: index {v} is out of bounds for dimension of size {size}"
         )));
     }
     Ok(i as usize)
+}
+
+/// Calls `f` with every multi-index of `shape` in row-major order, stopping at the first
+/// error (`for_each_index` cannot stop, which matters when the space is huge and the
+/// caller's deadline passes).
+fn try_for_each_index(shape: &[usize], mut f: impl FnMut(&[usize]) -> Result<()>) -> Result<()> {
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    let mut idx = [0usize; ptero_core::MAX_DIMS];
+    let idx = &mut idx[..shape.len()];
+    loop {
+        f(idx)?;
+        let mut d = shape.len();
+        loop {
+            if d == 0 {
+                return Ok(());
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
 }
 
 /// `o = s` elementwise (same shape; any dim orders and dtypes). Kernels that start from a
@@ -60,8 +89,13 @@ fn copy_whole(o: &mut TensorMut<'_>, s: &TensorRef<'_>) -> Result<()> {
     )
 }
 
+/// Storage offset of `idx`. Wrapping: the strides of an empty tensor can be huge (they
+/// saturate), and such offsets are never used to access data; in a non-empty tensor every
+/// in-range offset is exact.
 fn elem_offset(idx: &[usize], strides: &[usize]) -> usize {
-    idx.iter().zip(strides).map(|(i, s)| i * s).sum()
+    idx.iter()
+        .zip(strides)
+        .fold(0usize, |acc, (i, s)| acc.wrapping_add(i.wrapping_mul(*s)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -76,8 +110,13 @@ enum Source {
     /// Not yet set (unused inline slot).
     #[default]
     Unset,
-    /// Coordinates of a bool mask's true elements (scratch memory: the mask's nonzero()).
-    Owned(Vec<i64>),
+    /// Coordinate `dim` of a bool mask's true elements: `coords` is the mask's nonzero(),
+    /// row-major `[count, rank]` (scratch memory, shared by the mask's dims).
+    Mask {
+        coords: Rc<Vec<i64>>,
+        rank: usize,
+        dim: usize,
+    },
 }
 
 #[derive(Default)]
@@ -123,28 +162,43 @@ fn build_plan(a: &KernelArgs<'_>, self_arg: usize, list_arg: usize) -> Result<Pl
                         m.sizes()
                     )));
                 }
-                // nonzero() of the mask, one coordinate list per mask dim.
-                let t = list.get(k)?;
-                let ist = im.stride_dims();
-                let mut coords: Vec<Vec<i64>> = (0..im.dim()).map(|_| Vec::new()).collect();
-                let mut count = 0usize;
-                for_each_index(im.sizes(), |idx| {
-                    if load_i64(t.bytes, im.dtype, elem_offset(idx, &ist)) != 0 {
-                        for (c, &i) in coords.iter_mut().zip(idx) {
-                            c.push(i as i64);
-                        }
-                        count += 1;
-                    }
-                });
                 if im.dim() == 0 {
                     // A 0-d mask adds a dim of size 0 or 1 without consuming one.
                     return Err(Error::NotImplemented("index with a 0-d bool mask".into()));
                 }
-                for (j, c) in coords.into_iter().enumerate() {
+                // nonzero() of the mask: count, then fill fallible scratch.
+                let t = list.get(k)?;
+                let ist = im.stride_dims();
+                let mut count = 0usize;
+                for_each_index(im.sizes(), |idx| {
+                    count += (load_i64(t.bytes, im.dtype, elem_offset(idx, &ist)) != 0) as usize;
+                });
+                let rank = im.dim();
+                let len = count
+                    .checked_mul(rank)
+                    .ok_or_else(|| Error::shape("index: mask has too many true elements"))?;
+                let mut coords = a.scratch::<i64>(len)?;
+                let mut row = 0usize;
+                for_each_index(im.sizes(), |idx| {
+                    if load_i64(t.bytes, im.dtype, elem_offset(idx, &ist)) != 0 {
+                        if let Some(c) = coords.get_mut(row * rank..(row + 1) * rank) {
+                            for (c, &i) in c.iter_mut().zip(idx) {
+                                *c = i as i64;
+                            }
+                        }
+                        row += 1;
+                    }
+                });
+                let coords = Rc::new(coords);
+                for j in 0..rank {
                     indexed.push(Indexed {
                         self_dim: d + j,
                         shape: Dims::from_slice(&[count]).unwrap_or_default(),
-                        src: Source::Owned(c),
+                        src: Source::Mask {
+                            coords: coords.clone(),
+                            rank,
+                            dim: j,
+                        },
                         bstrides: Dims::new(),
                     })?;
                 }
@@ -250,6 +304,7 @@ fn walk_plan(
     plan: &Plan,
     self_meta: &TensorMeta,
     list_arg: usize,
+    charge: bool,
     mut f: impl FnMut(&[usize], usize),
 ) -> Result<()> {
     let list = a.tensor_list(list_arg)?;
@@ -262,28 +317,37 @@ fn walk_plan(
                 let t = list.get(k)?;
                 Some((t.bytes, t.meta.dtype, t.meta.stride_dims()))
             }
-            Source::Owned(_) | Source::Unset => None,
+            Source::Mask { .. } | Source::Unset => None,
         };
     }
     let sst = self_meta.stride_dims();
     let sizes = self_meta.sizes();
-    let mut err: Option<Error> = None;
-    for_each_index(&plan.shape, |ridx| {
-        if err.is_some() {
-            return;
-        }
+    // index_put's index space is the broadcast of the index tensors, which can be far
+    // larger than any operand: charge it and stop when the caller's deadline passes.
+    let mut meter = if charge {
+        Meter::charging(a)
+    } else {
+        Meter::new(a)
+    };
+    try_for_each_index(&plan.shape, |ridx| {
+        meter.add(1)?;
         let bidx = &ridx[plan.b_start..plan.b_start + plan.b_rank];
+        // Wrapping: until every index is checked, `self` may be empty with huge strides;
+        // once all are in range the offset is exact.
         let mut off = 0usize;
         for (d, &p) in plan.pos.iter().enumerate().take(sizes.len()) {
             if p != usize::MAX {
-                off += ridx[p] * sst[d];
+                off = off.wrapping_add(ridx[p].wrapping_mul(sst[d]));
             }
         }
         for (ix, v) in plan.indexed.iter().zip(&views) {
             // The flat (contiguous) position of this element in the index tensor.
             let flat = elem_offset(bidx, &ix.bstrides);
             let raw = match (&ix.src, v) {
-                (Source::Owned(c), _) => c.get(flat).copied().unwrap_or(0),
+                (Source::Mask { coords, rank, dim }, _) => coords
+                    .get(flat.wrapping_mul(*rank).wrapping_add(*dim))
+                    .copied()
+                    .unwrap_or(0),
                 (Source::Item(_), Some((bytes, dt, st))) => {
                     // Convert the flat position to the index tensor's storage offset.
                     let mut rem = flat;
@@ -298,17 +362,12 @@ fn walk_plan(
                 }
                 _ => 0,
             };
-            match wrap(raw, sizes[ix.self_dim], "index") {
-                Ok(i) => off += i * sst[ix.self_dim],
-                Err(e) => {
-                    err = Some(e);
-                    return;
-                }
-            }
+            let i = wrap(raw, sizes[ix.self_dim], "index")?;
+            off = off.wrapping_add(i.wrapping_mul(sst[ix.self_dim]));
         }
         f(ridx, off);
-    });
-    err.map_or(Ok(()), Err)
+        Ok(())
+    })
 }
 
 /// `self, indices: Tensor?[], *, out`
@@ -322,7 +381,7 @@ fn index_tensor_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let ost = o.meta.stride_dims();
     let ec = ElemCopy::new(o.meta.dtype, sm.dtype)?;
     let ob = o.bytes;
-    walk_plan(a, &plan, &sm, 1, |ridx, so| {
+    walk_plan(a, &plan, &sm, 1, false, |ridx, so| {
         ec.copy(ob, elem_offset(ridx, &ost), s.bytes, so);
     })
 }
@@ -383,7 +442,7 @@ fn put_values(
     let ob = o.bytes;
     if accumulate {
         let kind = ComputeKind::of(od)?;
-        walk_plan(a, plan, &om, 1, |ridx, oo| {
+        walk_plan(a, plan, &om, 1, true, |ridx, oo| {
             let vo = elem_offset(ridx, &vst);
             match kind {
                 ComputeKind::Float => {
@@ -398,7 +457,7 @@ fn put_values(
         })
     } else {
         let ec = ElemCopy::new(od, vm.dtype)?;
-        walk_plan(a, plan, &om, 1, |ridx, oo| {
+        walk_plan(a, plan, &om, 1, true, |ridx, oo| {
             ec.copy(ob, oo, v.bytes, elem_offset(ridx, &vst));
         })
     }
@@ -443,12 +502,18 @@ fn index_select_out(a: &mut KernelArgs<'_>) -> Result<()> {
         slice_shape.remove(dim);
         (s_sl.remove(dim).unwrap_or(0), o_sl.remove(dim).unwrap_or(0))
     };
+    // With an empty slice there is nothing to copy (and the strides of an empty tensor
+    // may be huge), but the indices are still checked.
+    let empty = slice_shape.contains(&0);
     for k in 0..n {
         let i = wrap(
             load_i64(idx.bytes, im.dtype, k * istep),
             size,
             "index_select",
         )?;
+        if empty {
+            continue;
+        }
         copy_cast(
             o.bytes,
             od,
@@ -684,36 +749,30 @@ fn embedding_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (w_row, w_col) = (wst[0], wst[1]);
     let o_col = ost.last().copied().unwrap_or(1);
     let row_shape = [width];
-    let mut err = None;
-    for_each_index(im.sizes(), |p| {
-        if err.is_some() {
-            return;
+    try_for_each_index(im.sizes(), |p| {
+        // Token ids are not wrapped: PyTorch's embedding rejects negative ids.
+        let id = load_i64(idx.bytes, im.dtype, elem_offset(p, &ist));
+        let r = usize::try_from(id)
+            .ok()
+            .filter(|&r| r < rows)
+            .ok_or_else(|| {
+                Error::invalid(alloc::format!(
+                    "embedding: token id {id} is out of range for {rows} embedding rows"
+                ))
+            })?;
+        if width == 0 {
+            return Ok(());
         }
-        let r = match wrap(
-            load_i64(idx.bytes, im.dtype, elem_offset(p, &ist)),
-            rows,
-            "embedding",
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                err = Some(e);
-                return;
-            }
-        };
-        let oo = elem_offset(p, &ost);
-        if let Err(e) = copy_cast(
+        copy_cast(
             o.bytes,
             od,
-            Strided::new(&[o_col], oo),
+            Strided::new(&[o_col], elem_offset(p, &ost)),
             w.bytes,
             wm.dtype,
             Strided::new(&[w_col], r * w_row),
             &row_shape,
-        ) {
-            err = Some(e);
-        }
-    });
-    err.map_or(Ok(()), Err)
+        )
+    })
 }
 
 /// Copies `self` to `out`, then `src` into the view (`shape`, out strides `view_st`,
@@ -764,7 +823,8 @@ fn select_scatter_out(a: &mut KernelArgs<'_>) -> Result<()> {
     scatter_view(a, 1, 4, |om| {
         let i = wrap(index, om.sizes()[dim], "select_scatter")?;
         let (mut shape, mut st) = (om.dims(), om.stride_dims());
-        let off = i * st[dim];
+        // Saturating: an empty out can have huge strides (and then nothing is copied).
+        let off = i.saturating_mul(st[dim]);
         shape.remove(dim);
         st.remove(dim);
         Ok((shape, st, off))
@@ -785,9 +845,11 @@ fn slice_scatter_out(a: &mut KernelArgs<'_>) -> Result<()> {
     scatter_view(a, 1, 6, |om| {
         let (s, len, step) = slice_bounds(om.sizes()[dim], start, end, step)?;
         let (mut shape, mut st) = (om.dims(), om.stride_dims());
-        let off = s * st[dim];
+        // Saturating: an empty out can have huge strides, and a step past the end leaves
+        // one element whose stride is unused.
+        let off = s.saturating_mul(st[dim]);
         shape[dim] = len;
-        st[dim] *= step;
+        st[dim] = st[dim].saturating_mul(step);
         Ok((shape, st, off))
     })
 }
@@ -1153,6 +1215,123 @@ mod tests {
         for (op, args) in bad {
             assert!(run_op(op, args).is_err(), "{op} should fail");
         }
+    }
+
+    /// A negative or too large token id is an error naming it (PyTorch does not wrap
+    /// embedding ids); negative ids used to wrap to rows from the end.
+    #[test]
+    fn embedding_rejects_bad_ids() {
+        let emb = |ids: &[i64]| {
+            run_op(
+                "aten::embedding.out",
+                vec![
+                    t(iota(&[3, 2])),
+                    t(OwnedTensor::new::<i64>(&[ids.len()], ids)),
+                    Arg::Int(-1),
+                    Arg::Bool(false),
+                    Arg::Bool(false),
+                    out(&[ids.len(), 2]),
+                ],
+            )
+        };
+        for id in [-1, -3, i64::MIN, 3, i64::MAX] {
+            let e = emb(&[0, id]).expect_err("bad token id").to_string();
+            assert!(e.contains(&alloc::format!("{id}")), "{e}");
+        }
+        assert_close(
+            &emb(&[2, 0]).unwrap().tensors[0].to_f64(),
+            &[4., 5., 0., 1.],
+            0.,
+            0.,
+        );
+    }
+
+    /// `i64::MIN` wraps once against a dim larger than `i64::MAX` (an empty tensor's);
+    /// `v + size` overflowed in i64.
+    #[test]
+    fn index_wraps_in_i128() {
+        let huge = (1usize << 63) + 5;
+        let r = run_op(
+            "aten::index_select.out",
+            vec![
+                t(OwnedTensor::zeros(Float, &[0, huge])),
+                Arg::Int(1),
+                t(OwnedTensor::new::<i64>(&[1], &[i64::MIN])),
+                out(&[0, 1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.tensors[0].sizes, [0, 1]);
+    }
+
+    /// select/slice_scatter into an empty tensor with huge strides, and a slice step past
+    /// the end: offsets and strides times step overflowed.
+    #[test]
+    fn scatter_views_huge_strides_and_steps() {
+        // (Dim 2 of [0, 2^40, 2^40] in dim order [0, 2, 1] has stride 2^40.)
+        let big = 1usize << 40;
+        let empty = OwnedTensor::zeros(Float, &[0, big, big]).with_dim_order(&[0, 2, 1]);
+        let r = run_op(
+            "aten::select_scatter.out",
+            vec![
+                t(empty.clone()),
+                t(OwnedTensor::zeros(Float, &[0, big])),
+                Arg::Int(2),
+                Arg::Int(-1),
+                Arg::OutLike(empty.clone()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.tensors[0].sizes, [0, big, big]);
+        let r = run_op(
+            "aten::slice_scatter.out",
+            vec![
+                t(empty.clone()),
+                t(OwnedTensor::zeros(Float, &[0, big, 1])),
+                Arg::Int(2),
+                Arg::Int(big as i64 - 1),
+                Arg::None,
+                Arg::Int(i64::MAX),
+                Arg::OutLike(empty),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.tensors[0].sizes, [0, big, big]);
+        // A step past the end on a real tensor: one row, whose stride times the step
+        // overflowed.
+        let r = run_op(
+            "aten::slice_scatter.out",
+            vec![
+                t(iota(&[3, 2])),
+                t(OwnedTensor::from_f64(Float, &[1, 2], &[-1., -2.])),
+                Arg::Int(0),
+                Arg::Int(2),
+                Arg::None,
+                Arg::Int(i64::MAX),
+                out(&[3, 2]),
+            ],
+        )
+        .unwrap();
+        assert_close(&r.tensors[0].to_f64(), &[0., 1., 2., 3., -1., -2.], 0., 0.);
+    }
+
+    #[test]
+    fn bool_mask_index_put() {
+        let r = run_op(
+            "aten::index_put.out",
+            vec![
+                t(iota(&[2, 2])),
+                Arg::OptTensors(vec![Some(OwnedTensor::bools(
+                    &[2, 2],
+                    &[true, false, false, true],
+                ))]),
+                t(OwnedTensor::from_f64(Float, &[], &[9.])),
+                Arg::Bool(false),
+                out(&[2, 2]),
+            ],
+        )
+        .unwrap();
+        assert_close(&r.tensors[0].to_f64(), &[9., 1., 2., 9.], 0., 0.);
     }
 
     #[test]

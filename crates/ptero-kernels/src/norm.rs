@@ -7,6 +7,7 @@
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType, Storage};
 
+use crate::util::work::{sat_product, Meter};
 use crate::util::{broadcast_strides, for_each_offset, load_f64, store_f64};
 
 fn check_float(a: &KernelArgs<'_>, arg: usize, dtype: Option<ScalarType>) -> Result<ScalarType> {
@@ -63,7 +64,7 @@ fn stats(
     strides: &[usize],
     base: usize,
 ) -> (f64, f64) {
-    let count = shape.iter().product::<usize>();
+    let count = sat_product(shape);
     if count == 0 {
         return (f64::NAN, f64::NAN);
     }
@@ -117,8 +118,11 @@ fn bn_apply(a: &KernelArgs<'_>, bn: &Bn, stat: &dyn Fn(usize) -> (f64, f64)) -> 
     let bt = a.opt_tensor(bn.bias)?;
     let mut ot = a.out(bn.out)?;
     let contiguous = xm.is_contiguous() && a.meta(bn.out)?.is_contiguous();
-    let inner: usize = shape[2..].iter().product();
+    // Saturating: with N = 0 the other dims may multiply past usize (nothing is visited).
+    let inner = sat_product(&shape[2..]);
+    let mut meter = Meter::new(a);
     for ch in 0..c {
+        meter.add(sat_product(&sub) as u64)?;
         let (mean, invstd) = stat(ch);
         let w = match (&wt, wst) {
             (Some(t), Some(s)) => load_f64(t.bytes, dtype, ch * s),
@@ -204,14 +208,16 @@ fn bn_batch(
     let (xst, xs1) = (dims(xm.strides()), xm.strides()[1]);
     let mut sub = shape;
     sub[1] = 1;
-    let count = sub.iter().product::<usize>();
+    let count = sat_product(&sub);
     let (ms, is) = (a.meta(outs[0])?.strides()[0], a.meta(outs[1])?.strides()[0]);
     // Views stay registered for the whole call, so the stats outputs are written and
     // then read back through the same mutable views.
     let xt = a.tensor(bn.input)?;
     let mt = a.out(outs[0])?;
     let it = a.out(outs[1])?;
+    let mut meter = Meter::new(a);
     for ch in 0..c {
+        meter.add(count as u64)?;
         let (mean, var) = stats(xt.bytes, dtype, &sub, &xst, ch * xs1);
         store_f64(&mut *mt.bytes, dtype, ch * ms, mean);
         store_f64(&mut *it.bytes, dtype, ch * is, 1.0 / libm::sqrt(var + eps));
@@ -262,7 +268,9 @@ fn update_running(
     } else {
         f64::NAN
     };
+    let mut meter = Meter::new(a);
     for ch in 0..c {
+        meter.add(count as u64)?;
         let (mean, var) = stats(xt.bytes, dtype, &sub, &xst, ch * xs1);
         let om = load_f64(rmt.bytes, dtype, ch * rms);
         let ov = load_f64(rvt.bytes, dtype, ch * rvs);
@@ -389,7 +397,10 @@ fn layer_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let mt = a.out(6)?;
     let rt = a.out(7)?;
     let inner = &ns[..];
-    let m: usize = inner.iter().product();
+    // Saturating: the leading dims may be empty while the normalized ones multiply past
+    // usize (no row is visited then).
+    let m = sat_product(inner);
+    let mut meter = Meter::new(a);
     let outer = &shape[..lead];
     let (ostr_x, ostr_o) = (&xst[..lead], &ost[..lead]);
     let (istr_x, istr_o) = (&xst[lead..], &ost[lead..]);
@@ -399,6 +410,7 @@ fn layer_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
         let w = wt.as_ref().map(|t| t.data::<f32>()).transpose()?;
         let b = bt.as_ref().map(|t| t.data::<f32>()).transpose()?;
         for (stat_i, (xr, or)) in x.chunks_exact(m).zip(o.chunks_exact_mut(m)).enumerate() {
+            meter.add(m as u64)?;
             let mut sum = 0.0f64;
             for &v in xr {
                 sum += v as f64;
@@ -443,10 +455,15 @@ fn layer_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let ob = &mut *ot.bytes;
     let (mb, rb) = (&mut *mt.bytes, &mut *rt.bytes);
+    let mut stop = Ok(());
     for_each_offset(
         outer,
         [ostr_x, ostr_o, &mst[..lead], &rst[..lead]],
         |[xo, oo, mo, ro]| {
+            if stop.is_err() {
+                return;
+            }
+            stop = meter.add(m as u64);
             let (mean, var) = stats(xt.bytes, dtype, inner, istr_x, xo);
             let rstd = 1.0 / libm::sqrt(var + eps);
             for_each_offset(inner, [istr_x, istr_o, &wst, &bst], |[xi, oi, wi, bi]| {
@@ -459,7 +476,7 @@ fn layer_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
             store_f64(rb, dtype, ro, rstd);
         },
     );
-    Ok(())
+    stop
 }
 
 fn group_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
@@ -476,7 +493,7 @@ fn group_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
         )));
     }
     let (n, c, hxw, g) = (n as usize, c as usize, hxw as usize, g as usize);
-    let rest: usize = shape[2..].iter().product();
+    let rest = sat_product(&shape[2..]);
     if shape[0] != n || shape[1] != c || rest != hxw || c % g != 0 {
         return Err(Error::shape(alloc::format!(
             "group norm: input {:?} does not match N={n}, C={c}, HxW={hxw}, group={g} (C divisible by group)",
@@ -511,8 +528,10 @@ fn group_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let mt = a.out(9)?;
     let rt = a.out(10)?;
     let ob = &mut *ot.bytes;
+    let mut meter = Meter::new(a);
     for ni in 0..n {
         for gi in 0..g {
+            meter.add(cg.saturating_mul(hxw) as u64)?;
             let xb = ni * xst[0] + gi * cg * xst[1];
             let ob0 = ni * ost[0] + gi * cg * ost[1];
             let (mean, var) = stats(xt.bytes, dtype, &sub, &xst, xb);

@@ -433,4 +433,85 @@ mod tests {
             .is_err());
         }
     }
+
+    #[test]
+    fn hostile_pads() {
+        let (min, max) = (i64::MIN, i64::MAX);
+        let x = OwnedTensor::from_f64(Float, &[3], &[1., 2., 3.]);
+        let x2 = OwnedTensor::from_f64(Float, &[1, 3], &[1., 2., 3.]);
+        // (op, pads, Some(want) or None for an error). Sums of sizes and pads used to
+        // overflow i64 (a panic in debug builds, a wrapped size in release).
+        let cases: Vec<(&str, Vec<i64>, Option<Vec<f64>>)> = vec![
+            ("aten::constant_pad_nd.out", vec![max, max], None),
+            ("aten::constant_pad_nd.out", vec![min, min], None),
+            // 3 + MIN + MAX = 2: both positions are far outside the input.
+            ("aten::constant_pad_nd.out", vec![min, max], Some(vec![9., 9.])),
+            ("aten::constant_pad_nd.out", vec![max, min], Some(vec![9., 9.])),
+            ("aten::reflection_pad1d.out", vec![min, -5], None),
+            ("aten::reflection_pad1d.out", vec![-5, min], None),
+            ("aten::replication_pad1d.out", vec![max, max], None),
+            ("aten::replication_pad1d.out", vec![min, -1], None),
+            // Positions left of the input clamp to its first element, right to its last.
+            ("aten::replication_pad1d.out", vec![min, max], Some(vec![3., 3.])),
+            ("aten::replication_pad1d.out", vec![max, min], Some(vec![1., 1.])),
+        ];
+        for (name, pads, want) in cases {
+            let args = if name.contains("constant") {
+                vec![
+                    Arg::T(x.clone()),
+                    Arg::Ints(pads.clone()),
+                    Arg::Double(9.0),
+                    Arg::Out(Float, vec![4]),
+                ]
+            } else {
+                vec![
+                    Arg::T(x2.clone()),
+                    Arg::Ints(pads.clone()),
+                    Arg::Out(Float, vec![1, 4]),
+                ]
+            };
+            let got = run_op(name, args);
+            match want {
+                Some(w) => assert_eq!(got.unwrap().tensors[0].to_f64(), w, "{name} {pads:?}"),
+                None => assert!(got.is_err(), "{name} {pads:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn opaque_dtypes() {
+        // The fill value cannot be stored as float8: an error up front (the load/store
+        // helpers used to call each other for ever on such dtypes).
+        let f8 = OwnedTensor {
+            dtype: Float8E4M3FN,
+            sizes: vec![2],
+            dim_order: vec![0],
+            bytes: vec![0x38, 0x40],
+        };
+        assert!(run_op(
+            "aten::constant_pad_nd.out",
+            vec![
+                Arg::T(f8.clone()),
+                Arg::Ints(vec![1, 1]),
+                Arg::Double(0.0),
+                Arg::Out(Float8E4M3FN, vec![4]),
+            ]
+        )
+        .is_err());
+        // Reflection and replication only move elements: float8 bytes are copied.
+        let out = run_op(
+            "aten::replication_pad1d.out",
+            vec![
+                Arg::T(OwnedTensor {
+                    sizes: vec![1, 2],
+                    dim_order: vec![0, 1],
+                    ..f8
+                }),
+                Arg::Ints(vec![1, 1]),
+                Arg::Out(Float8E4M3FN, vec![1, 4]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].bytes, [0x38, 0x38, 0x40, 0x40]);
+    }
 }

@@ -8,6 +8,7 @@
 
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
+use crate::util::work::Meter;
 use crate::util::{load_f64, load_i64, store_f64, store_i64};
 
 /// A 3-d/4-d tensor as `[N, C, H, W]` sizes and strides.
@@ -61,9 +62,10 @@ fn pair(a: &KernelArgs<'_>, i: usize, empty: Option<[i64; 2]>, name: &str) -> Re
     }
 }
 
-/// ATen's `pooling_output_shape`.
+/// ATen's `pooling_output_shape`, in i128: window parameters are arbitrary positive i64s,
+/// whose sums and products overflow i64.
 fn out_len(inp: usize, k: usize, p: usize, s: usize, d: usize, ceil: bool) -> Result<usize> {
-    let (inp, k, p, s, d) = (inp as i64, k as i64, p as i64, s as i64, d as i64);
+    let (inp, k, p, s, d) = (inp as i128, k as i128, p as i128, s as i128, d as i128);
     let num = inp + 2 * p - d * (k - 1) - 1 + if ceil { s - 1 } else { 0 };
     let mut o = num.div_euclid(s) + 1;
     if ceil && (o - 1) * s >= inp + p {
@@ -74,7 +76,58 @@ fn out_len(inp: usize, k: usize, p: usize, s: usize, d: usize, ceil: bool) -> Re
             "pooling: input size {inp} with kernel {k}, stride {s}, padding {p}, dilation {d} gives output size {o}"
         )));
     }
-    Ok(o as usize)
+    usize::try_from(o)
+        .map_err(|_| Error::shape(alloc::format!("pooling: output size {o} is too large")))
+}
+
+/// The input positions a dilated max-pool window reads along one axis: `first` (the
+/// window start moved right past the padding by whole dilation steps, as ATen does) up
+/// to `end` (exclusive, clamped to the input). `first` may be at or past `end`: an empty
+/// window.
+#[derive(Clone, Copy)]
+struct Span {
+    first: i128,
+    end: i128,
+    /// Positions read: `ceil((end - first) / step)`.
+    count: u64,
+}
+
+fn dilated_span(o: usize, k: usize, s: usize, p: usize, d: usize, len: usize) -> Span {
+    let (k, s, p, d) = (k as i128, s as i128, p as i128, d as i128);
+    let start = o as i128 * s - p;
+    let end = (start + (k - 1) * d + 1).min(len as i128);
+    // ATen's `while (start < 0) start += dilation`, in one step.
+    let first = if start < 0 {
+        start + (-start + d - 1) / d * d
+    } else {
+        start
+    };
+    let count = if first < end {
+        ((end - first - 1) / d + 1) as u64
+    } else {
+        0
+    };
+    Span { first, end, count }
+}
+
+impl Span {
+    /// The positions, in order, as input indices.
+    fn iter(self, step: usize) -> impl Iterator<Item = usize> {
+        let (a, b) = if self.first < self.end {
+            (self.first as usize, self.end as usize)
+        } else {
+            (0, 0)
+        };
+        (a..b).step_by(step)
+    }
+}
+
+/// A plain (undilated) window along one axis: `[start, end)` before clamping, in i128,
+/// as ATen's avg pool computes it.
+fn avg_span(o: usize, k: usize, s: usize, p: usize, len: usize) -> (i128, i128) {
+    let start = o as i128 * s as i128 - p as i128;
+    let end = (start + k as i128).min(len as i128 + p as i128);
+    (start, end)
 }
 
 struct Win {
@@ -104,12 +157,19 @@ fn window(a: &KernelArgs<'_>, ki: usize, si: usize, pi: usize, di: Option<usize>
             )));
         }
     }
-    let u = |v: [i64; 2]| [v[0] as usize, v[1] as usize];
+    let u = |v: [i64; 2]| -> Result<[usize; 2]> {
+        let c = |x: i64| {
+            usize::try_from(x).map_err(|_| {
+                Error::invalid(alloc::format!("pooling: window parameter {x} is too large"))
+            })
+        };
+        Ok([c(v[0])?, c(v[1])?])
+    };
     Ok(Win {
-        k: u(k),
-        s: u(s),
-        p: u(p),
-        d: u(d),
+        k: u(k)?,
+        s: u(s)?,
+        p: u(p)?,
+        d: u(d)?,
     })
 }
 
@@ -156,51 +216,44 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let ot = a.out(6)?;
     let it = a.out(7)?;
     let is_float = dtype.is_float();
+    // Windows can be as large as the input (a huge kernel with half of it as padding), so
+    // the work is charged and the deadline polled as it goes.
+    let mut meter = Meter::charging(a);
+    let wd_i = wd as i128;
     for ni in 0..n {
         for ci in 0..c {
             let xb = ni * xst[0] + ci * xst[1];
             for oy in 0..oh {
-                let mut y0 = (oy * w.s[0]) as isize - w.p[0] as isize;
-                let y1 = (y0 + ((w.k[0] - 1) * w.d[0]) as isize + 1).min(h as isize);
-                while y0 < 0 {
-                    y0 += w.d[0] as isize;
-                }
+                let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
                 for ox in 0..ow {
-                    let mut x0 = (ox * w.s[1]) as isize - w.p[1] as isize;
-                    let x1 = (x0 + ((w.k[1] - 1) * w.d[1]) as isize + 1).min(wd as isize);
-                    while x0 < 0 {
-                        x0 += w.d[1] as isize;
-                    }
-                    let mut best_i = y0 * wd as isize + x0;
+                    let xs = dilated_span(ox, w.k[1], w.s[1], w.p[1], w.d[1], wd);
+                    meter.add(ys.count.saturating_mul(xs.count).saturating_add(1))?;
+                    // An empty window reports its (adjusted) start, as ATen does.
+                    let mut best_i = ys.first * wd_i + xs.first;
                     let mut best_f = f64::NEG_INFINITY;
                     let mut best_n = i64::MIN;
-                    let mut y = y0;
-                    while y < y1 {
-                        let mut x = x0;
-                        while x < x1 {
-                            let off = xb + y as usize * xst[2] + x as usize * xst[3];
+                    let mut first = true;
+                    'window: for y in ys.iter(w.d[0]) {
+                        for x in xs.iter(w.d[1]) {
+                            let off = xb + y * xst[2] + x * xst[3];
                             if is_float {
                                 let v = load_f64(xt.bytes, dtype, off);
                                 if v > best_f || v.is_nan() {
                                     best_f = v;
-                                    best_i = y * wd as isize + x;
+                                    best_i = (y * wd + x) as i128;
                                     if v.is_nan() {
-                                        break;
+                                        break 'window;
                                     }
                                 }
                             } else {
                                 let v = load_i64(xt.bytes, dtype, off);
-                                if v > best_n || (y == y0 && x == x0) {
+                                if v > best_n || first {
                                     best_n = v;
-                                    best_i = y * wd as isize + x;
+                                    best_i = (y * wd + x) as i128;
                                 }
                             }
-                            x += w.d[1] as isize;
+                            first = false;
                         }
-                        if is_float && best_f.is_nan() {
-                            break;
-                        }
-                        y += w.d[0] as isize;
                     }
                     let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
                     if is_float {
@@ -209,7 +262,8 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
                         store_i64(&mut *ot.bytes, dtype, oo, best_n);
                     }
                     let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
-                    store_i64(&mut *it.bytes, ScalarType::Long, io, best_i as i64);
+                    let best_i = best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                    store_i64(&mut *it.bytes, ScalarType::Long, io, best_i);
                 }
             }
         }
@@ -246,23 +300,29 @@ fn avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let xt = a.tensor(0)?;
     let ot = a.out(7)?;
     let is_float = dtype.is_float();
-    let (hp, wp) = ((h + w.p[0]) as isize, (wd + w.p[1]) as isize);
+    let mut meter = Meter::charging(a);
     for ni in 0..n {
         for ci in 0..c {
             let xb = ni * xst[0] + ci * xst[1];
             for oy in 0..oh {
-                let ys = (oy * w.s[0]) as isize - w.p[0] as isize;
-                let ye = (ys + w.k[0] as isize).min(hp);
+                let (ys, ye) = avg_span(oy, w.k[0], w.s[0], w.p[0], h);
+                let (y0, y1) = (
+                    ys.clamp(0, h as i128) as usize,
+                    ye.clamp(0, h as i128) as usize,
+                );
                 for ox in 0..ow {
-                    let xs = (ox * w.s[1]) as isize - w.p[1] as isize;
-                    let xe = (xs + w.k[1] as isize).min(wp);
-                    let pool = (ye - ys) * (xe - xs);
-                    let (y0, y1) = (ys.max(0) as usize, (ye.min(h as isize)).max(0) as usize);
-                    let (x0, x1) = (xs.max(0) as usize, (xe.min(wd as isize)).max(0) as usize);
-                    let factor = match divisor {
-                        Some(d) => d,
-                        None if include_pad => pool as i64,
-                        None => ((y1.saturating_sub(y0)) * (x1.saturating_sub(x0))) as i64,
+                    let (xs, xe) = avg_span(ox, w.k[1], w.s[1], w.p[1], wd);
+                    let (x0, x1) = (
+                        xs.clamp(0, wd as i128) as usize,
+                        xe.clamp(0, wd as i128) as usize,
+                    );
+                    let (ny, nx) = (y1.saturating_sub(y0), x1.saturating_sub(x0));
+                    meter.add((ny as u64).saturating_mul(nx as u64).saturating_add(1))?;
+                    // i128: window extents are up to 2^63 each.
+                    let factor: i128 = match divisor {
+                        Some(d) => d as i128,
+                        None if include_pad => (ye - ys) * (xe - xs),
+                        None => ny as i128 * nx as i128,
                     };
                     let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
                     if is_float {
@@ -284,7 +344,12 @@ fn avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
                                 ));
                             }
                         }
-                        let v = if factor == 0 { 0 } else { sum / factor };
+                        // In i128 `MIN / -1` cannot overflow; the cast wraps like C++.
+                        let v = if factor == 0 {
+                            0
+                        } else {
+                            (sum as i128 / factor) as i64
+                        };
                         store_i64(&mut *ot.bytes, dtype, oo, v);
                     }
                 }
@@ -327,10 +392,19 @@ fn adaptive_avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (_, ost) = nchw(&shape, a.meta(2)?.strides());
     let xt = a.tensor(0)?;
     let ot = a.out(2)?;
-    let start = |o: usize, out: usize, inp: usize| (o * inp) / out;
-    let end = |o: usize, out: usize, inp: usize| ((o + 1) * inp).div_ceil(out);
+    // u128: `o * inp` can pass 2^64 for huge output sizes of an empty batch.
+    let start = |o: usize, out: usize, inp: usize| (o as u128 * inp as u128 / out as u128) as usize;
+    let end = |o: usize, out: usize, inp: usize| {
+        ((o as u128 + 1) * inp as u128).div_ceil(out as u128) as usize
+    };
+    let mut meter = Meter::new(a);
     for ni in 0..n {
         for ci in 0..c {
+            meter.add(
+                (h as u64)
+                    .saturating_mul(wd as u64)
+                    .saturating_add((oh * ow) as u64),
+            )?;
             let xb = ni * xst[0] + ci * xst[1];
             for oy in 0..oh {
                 let (y0, y1) = (start(oy, oh, h), end(oy, oh, h));
@@ -405,9 +479,15 @@ fn max_pool_backward(a: &mut KernelArgs<'_>) -> Result<()> {
     let it = a.tensor(7)?;
     let o = a.out(8)?;
     let ob = &mut *o.bytes;
+    let mut meter = Meter::new(a);
     // Zero the planes first (only the indexed positions receive gradient).
     for ni in 0..n {
         for ci in 0..c {
+            meter.add(
+                (h as u64)
+                    .saturating_mul(wd as u64)
+                    .saturating_add((oh * ow) as u64),
+            )?;
             for y in 0..h {
                 for x in 0..wd {
                     store_f64(
@@ -455,7 +535,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
@@ -792,5 +872,132 @@ mod tests {
         let g3 = OwnedTensor::from_f64(Float, &[1, 1, 1, 2], &[1., 2.]);
         let i3 = OwnedTensor::from_f64(Long, &[1, 1, 1, 2], &[0., 0.]);
         assert!(run_op(name, args(x, g3, i3, Arg::Out(Float, vec![1, 1, 3, 3]))).is_err());
+    }
+
+    fn max_pool_args(x: OwnedTensor, k: i64, s: i64, p: i64, d: i64, shape: &[usize]) -> Vec<Arg> {
+        vec![
+            Arg::T(x),
+            Arg::Ints(vec![k]),
+            Arg::Ints(vec![s]),
+            Arg::Ints(vec![p]),
+            Arg::Ints(vec![d]),
+            Arg::Bool(false),
+            Arg::Out(Float, shape.to_vec()),
+            Arg::Out(Long, shape.to_vec()),
+        ]
+    }
+
+    fn avg_pool_args(
+        x: OwnedTensor,
+        k: i64,
+        p: i64,
+        include_pad: bool,
+        shape: &[usize],
+    ) -> Vec<Arg> {
+        vec![
+            Arg::T(x),
+            Arg::Ints(vec![k]),
+            Arg::Ints(vec![1]),
+            Arg::Ints(vec![p]),
+            Arg::Bool(false),
+            Arg::Bool(include_pad),
+            Arg::None,
+            Arg::Out(Float, shape.to_vec()),
+        ]
+    }
+
+    #[test]
+    fn huge_windows() {
+        let max = i64::MAX;
+        let x = OwnedTensor::from_f64(Float, &[1, 1, 4, 5], &grid());
+        // A kernel of i64::MAX with half of it as padding: every window covers the whole
+        // input. The window start used to be moved past the padding one step at a time
+        // (2^62 steps), and window extents overflowed i64.
+        let out = run_op(
+            "aten::max_pool2d_with_indices.out",
+            max_pool_args(x.clone(), max, 1, max / 2, 1, &[1, 1, 4, 5]),
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [1, 1, 4, 5]);
+        assert_eq!(out.tensors[0].to_f64(), [19.; 20]);
+        assert_eq!(out.tensors[1].to_f64(), [17.; 20]);
+        let out = run_op(
+            "aten::avg_pool2d.out",
+            avg_pool_args(x.clone(), max, max / 2, false, &[1, 1, 4, 5]),
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [9.5; 20]);
+        // Counting the padding, the divisor is about 2^126: the averages vanish.
+        let out = run_op(
+            "aten::avg_pool2d.out",
+            avg_pool_args(x.clone(), max, max / 2, true, &[1, 1, 4, 5]),
+        )
+        .unwrap();
+        assert!(out.tensors[0].to_f64().iter().all(|v| v.abs() < 1e-30));
+        // Products and sums of window parameters past i64: errors, not overflow panics.
+        for (k, s, p, d) in [(max, 1, 0, max), (2, max, 1, max), (max, max, max / 2, 2)] {
+            assert!(
+                run_op(
+                    "aten::max_pool2d_with_indices.out",
+                    max_pool_args(x.clone(), k, s, p, d, &[1, 1, 4, 5]),
+                )
+                .is_err(),
+                "{k} {s} {p} {d}"
+            );
+        }
+        // Integer average with a divisor of -1 over i64::MIN wraps (it used to panic).
+        let xi = OwnedTensor::from_f64(Long, &[1, 1, 1], &[i64::MIN as f64]);
+        let out = run_op(
+            "aten::avg_pool2d.out",
+            vec![
+                Arg::T(xi),
+                Arg::Ints(vec![1]),
+                Arg::Ints(vec![1]),
+                Arg::Ints(vec![0]),
+                Arg::Bool(false),
+                Arg::Bool(true),
+                Arg::Int(-1),
+                Arg::Out(Long, vec![1, 1, 1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].bytes, i64::MIN.to_le_bytes());
+    }
+
+    #[test]
+    fn window_work_is_charged_and_interruptible() {
+        let n = 32usize;
+        let v: Vec<f64> = (0..n * n).map(|i| i as f64).collect();
+        let x = OwnedTensor::from_f64(Float, &[1, 1, n, n], &v);
+        let max = i64::MAX;
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        // Every one of the n*n windows reads the whole n*n input.
+        let (out, charged) = run_op_with(
+            "aten::max_pool2d_with_indices.out",
+            max_pool_args(x.clone(), max, 1, max / 2, 1, &[1, 1, n, n]),
+            ctx,
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64()[0], (n * n - 1) as f64);
+        assert!(charged >= (n * n * n * n) as u64, "charged {charged}");
+        for (op, args) in [
+            (
+                "aten::max_pool2d_with_indices.out",
+                max_pool_args(x.clone(), max, 1, max / 2, 1, &[1, 1, n, n]),
+            ),
+            (
+                "aten::avg_pool2d.out",
+                avg_pool_args(x.clone(), max, max / 2, false, &[1, 1, n, n]),
+            ),
+        ] {
+            assert_eq!(
+                run_op_interrupted(op, args).unwrap_err(),
+                ptero_core::Error::Interrupted,
+                "{op}"
+            );
+        }
     }
 }

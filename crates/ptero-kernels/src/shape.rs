@@ -10,6 +10,7 @@
 use ptero_core::{normalize_dim, Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
 use crate::util::copy::{copy_cast, copy_reshape, copy_view_to_out, ElemCopy, Strided};
+use crate::util::work::checked_size;
 use crate::util::{for_each_index, for_each_offset, load_i64, store_i64};
 
 fn to_usize(v: i64, what: &str) -> Result<usize> {
@@ -69,7 +70,9 @@ fn view_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
                 return Err(Error::invalid("view: only one dimension can be -1"));
             }
             infer = Some(k);
-            shape.push(1);
+            if !shape.push(1) {
+                return Err(dims_err());
+            }
             continue;
         }
         let v = to_usize(v, "view size")?;
@@ -258,7 +261,8 @@ pub(crate) fn slice_bounds(
     };
     let s = clamp(start.unwrap_or(0));
     let e = clamp(end.unwrap_or(n)).max(s);
-    let len = (e - s + step - 1) / step;
+    // `e - s + step - 1` would overflow for a huge step.
+    let len = if e == s { 0 } else { (e - s - 1) / step + 1 };
     Ok((s as usize, len as usize, step as usize))
 }
 
@@ -274,9 +278,11 @@ fn slice_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let d = normalize_dim(a.int(1)?, m.dim())?;
     let (s, len, step) = slice_bounds(m.sizes()[d], a.opt_int(2)?, a.opt_int(3)?, a.int(4)?)?;
     let (mut shape, mut st) = (m.dims(), m.stride_dims());
-    let off = s * st[d];
+    // Saturating: an offset or stride can only be that large when the view is empty or
+    // has one element along `d`, and then it is never used to address memory.
+    let off = s.saturating_mul(st[d]);
     shape[d] = len;
-    st[d] *= step;
+    st[d] = st[d].saturating_mul(step);
     view_into(a, 0, &shape, &st, off, 5)
 }
 
@@ -303,7 +309,9 @@ fn select_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let d = normalize_dim(a.int(1)?, m.dim())?;
     let i = check_index(a.int(2)?, m.sizes()[d], "select")?;
     let (mut shape, mut st) = (m.dims(), m.stride_dims());
-    let off = i * st[d];
+    // Saturating: strides of an empty tensor can be huge; the copy of an empty view
+    // addresses nothing.
+    let off = i.saturating_mul(st[d]);
     shape.remove(d);
     st.remove(d);
     view_into(a, 0, &shape, &st, off, 3)
@@ -327,13 +335,13 @@ fn narrow_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
         start
     };
     let len = a.int(3)?;
-    if start < 0 || len < 0 || start + len > size as i64 {
+    if start < 0 || len < 0 || start as i128 + len as i128 > size as i128 {
         return Err(Error::invalid(alloc::format!(
             "narrow: start {start} + length {len} exceeds dimension size {size}"
         )));
     }
     let (mut shape, st) = (m.dims(), m.stride_dims());
-    let off = start as usize * st[d];
+    let off = (start as usize).saturating_mul(st[d]);
     shape[d] = len as usize;
     view_into(a, 0, &shape, &st, off, 4)
 }
@@ -361,7 +369,8 @@ fn unfold_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     if rank > 0 {
         shape[d] = (dsize - size) / step + 1;
-        st[d] = dstride * step;
+        // Only used when there are two windows or more, and then `step < dsize`.
+        st[d] = dstride.saturating_mul(step);
     }
     if !shape.push(size) || !st.push(dstride) {
         return Err(dims_err());
@@ -424,9 +433,9 @@ fn diagonal_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let base = if len == 0 {
         0
     } else if offset >= 0 {
-        offset as usize * t2
+        (offset as usize).saturating_mul(t2)
     } else {
-        offset.unsigned_abs() as usize * t1
+        (offset.unsigned_abs() as usize).saturating_mul(t1)
     };
     let (mut shape, mut st) = (Dims::new(), Dims::new());
     for d in 0..rank {
@@ -436,7 +445,7 @@ fn diagonal_copy_out(a: &mut KernelArgs<'_>) -> Result<()> {
         }
     }
     shape.push(len);
-    st.push(t1 + t2);
+    st.push(t1.saturating_add(t2));
     view_into(a, 0, &shape, &st, base, 4)
 }
 
@@ -536,7 +545,7 @@ fn cat_out(a: &mut KernelArgs<'_>) -> Result<()> {
         copy_cast(
             obytes,
             od,
-            Strided::new(&ost, at * ost[dim]),
+            Strided::new(&ost, at.saturating_mul(ost[dim])),
             t.bytes,
             m.dtype,
             Strided::new(&sst, 0),
@@ -582,7 +591,7 @@ fn stack_out(a: &mut KernelArgs<'_>) -> Result<()> {
         copy_cast(
             obytes,
             od,
-            Strided::new(&ost, k * step),
+            Strided::new(&ost, k.saturating_mul(step)),
             t.bytes,
             t.meta.dtype,
             Strided::new(&sst, 0),
@@ -663,7 +672,7 @@ fn split_into(
             Strided::new(&ost, 0),
             s.bytes,
             m.dtype,
-            Strided::new(&sst, at * sst_full[dim]),
+            Strided::new(&sst, at.saturating_mul(sst_full[dim])),
             &shape,
         )?;
         at += len;
@@ -780,6 +789,11 @@ fn repeat_out(a: &mut KernelArgs<'_>) -> Result<()> {
         );
     }
     a.resize(2, &shape)?;
+    if shape.contains(&0) {
+        // Nothing to write, however many tiles the repeats ask for (an empty input
+        // repeated by enormous factors used to visit every tile).
+        return Ok(());
+    }
     let s = a.tensor(0)?;
     let o = a.out(2)?;
     let ost = o.meta.stride_dims();
@@ -1003,14 +1017,19 @@ fn tril_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let od = o.meta.dtype;
     let ec = ElemCopy::new(od, s.meta.dtype)?;
     let ob = o.bytes;
+    // Zero is all-zero bytes in every dtype, opaque ones included (the numeric store
+    // helpers do not know float8 or bits16).
+    let zero = [0u8; 8];
+    let zc = ElemCopy::new(od, od)?;
+    let diag = diag as i128;
     for_each_index(&shape, |idx| {
         let so: usize = idx.iter().zip(sst.iter()).map(|(i, s)| i * s).sum();
         let oo: usize = idx.iter().zip(ost.iter()).map(|(i, s)| i * s).sum();
-        let (r, c) = (idx[rank - 2] as i64, idx[rank - 1] as i64);
+        let (r, c) = (idx[rank - 2] as i128, idx[rank - 1] as i128);
         if c - r <= diag {
             ec.copy(ob, oo, s.bytes, so);
         } else {
-            store_i64(ob, od, oo, 0);
+            zc.copy(ob, oo, &zero, 0);
         }
     });
     Ok(())
@@ -1041,17 +1060,22 @@ fn pixel_shuffle_out(a: &mut KernelArgs<'_>) -> Result<()> {
             "upscale_factor must be positive, got {r}"
         )));
     }
-    let r = r as usize;
+    let r = usize::try_from(r).map_err(|_| Error::invalid("upscale_factor is too large"))?;
     let (c, h, w) = (m.sizes()[batch], m.sizes()[batch + 1], m.sizes()[batch + 2]);
-    if c % (r * r) != 0 {
+    // `r * r` used to wrap (to 0 for r = 2^32, then divide by it).
+    let rr = checked_size(r, r, "pixel_shuffle: upscale_factor^2")?;
+    if c % rr != 0 {
         return Err(Error::invalid(alloc::format!(
-            "pixel_shuffle: channels {c} are not divisible by upscale_factor^2 = {}",
-            r * r
+            "pixel_shuffle: channels {c} are not divisible by upscale_factor^2 = {rr}"
         )));
     }
-    let oc = c / (r * r);
+    let oc = c / rr;
     let mut oshape = Dims::from_slice(&m.sizes()[..batch]).unwrap_or_default();
-    for v in [oc, h * r, w * r] {
+    for v in [
+        oc,
+        checked_size(h, r, "pixel_shuffle: height")?,
+        checked_size(w, r, "pixel_shuffle: width")?,
+    ] {
         oshape.push(v);
     }
     a.resize(2, &oshape)?;
@@ -1066,11 +1090,13 @@ fn pixel_shuffle_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (sc, sh, sw) = (ss[batch], ss[batch + 1], ss[batch + 2]);
     let (tc, th, tw) = (os[batch], os[batch + 1], os[batch + 2]);
     // Iterate (C, H, i, W, j): in[c*r*r + i*r + j, h, w] -> out[c, h*r + i, w*r + j].
+    // Strides saturate: they overflow only when the output is empty, and then no
+    // element is addressed.
     for (n, s, o) in [
-        (oc, sc * r * r, tc),
-        (h, sh, th * r),
-        (r, sc * r, th),
-        (w, sw, tw * r),
+        (oc, sc.saturating_mul(rr), tc),
+        (h, sh, th.saturating_mul(r)),
+        (r, sc.saturating_mul(r), th),
+        (w, sw, tw.saturating_mul(r)),
         (r, sc, tw),
     ] {
         shape.push(n);
@@ -1091,7 +1117,7 @@ fn pixel_unshuffle_out(a: &mut KernelArgs<'_>) -> Result<()> {
             "downscale_factor must be positive, got {r}"
         )));
     }
-    let r = r as usize;
+    let r = usize::try_from(r).map_err(|_| Error::invalid("downscale_factor is too large"))?;
     let (c, h, w) = (m.sizes()[batch], m.sizes()[batch + 1], m.sizes()[batch + 2]);
     if h % r != 0 || w % r != 0 {
         return Err(Error::invalid(alloc::format!(
@@ -1099,8 +1125,9 @@ fn pixel_unshuffle_out(a: &mut KernelArgs<'_>) -> Result<()> {
         )));
     }
     let (oh, ow) = (h / r, w / r);
+    let rr = checked_size(r, r, "pixel_unshuffle: downscale_factor^2")?;
     let mut oshape = Dims::from_slice(&m.sizes()[..batch]).unwrap_or_default();
-    for v in [c * r * r, oh, ow] {
+    for v in [checked_size(c, rr, "pixel_unshuffle: channels")?, oh, ow] {
         oshape.push(v);
     }
     a.resize(2, &oshape)?;
@@ -1115,12 +1142,13 @@ fn pixel_unshuffle_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (sc, sh, sw) = (ss[batch], ss[batch + 1], ss[batch + 2]);
     let (tc, th, tw) = (os[batch], os[batch + 1], os[batch + 2]);
     // Iterate (C, i, j, H, W): in[c, h*r + i, w*r + j] -> out[c*r*r + i*r + j, h, w].
+    // Strides saturate: they overflow only when the output is empty.
     for (n, s, o) in [
-        (c, sc, tc * r * r),
-        (r, sh, tc * r),
+        (c, sc, tc.saturating_mul(rr)),
+        (r, sh, tc.saturating_mul(r)),
         (r, sw, tc),
-        (oh, sh * r, th),
-        (ow, sw * r, tw),
+        (oh, sh.saturating_mul(r), th),
+        (ow, sw.saturating_mul(r), tw),
     ] {
         shape.push(n);
         sst.push(s);
@@ -1646,5 +1674,176 @@ mod tests {
         ] {
             assert!(run_op(name, vec![Arg::T(rep), size, Arg::Out(Long, vec![4])]).is_err());
         }
+    }
+
+    #[test]
+    fn hostile_arguments() {
+        let (min, max) = (i64::MIN, i64::MAX);
+        let big = 1usize << 31;
+        // Sizes [0, 2^31, 2^31, 2^31]: no elements, but strides past 2^64.
+        let empty_wide = OwnedTensor::zeros(Float, &[0, big, big, big]);
+        // (op, args, Some((shape, values)) or None for an error). Each used to overflow
+        // (a panic in debug builds), divide by a wrapped zero, index past a shape or loop
+        // over an enormous empty space.
+        let cases: Vec<(&str, Vec<Arg>, Option<(Vec<usize>, Vec<f64>)>)> = vec![
+            (
+                "aten::slice_copy.Tensor_out",
+                vec![
+                    t(iota(&[4])),
+                    Arg::Int(0),
+                    Arg::Int(1),
+                    Arg::None,
+                    Arg::Int(max),
+                    out(&[4]),
+                ],
+                Some((vec![1], vec![1.])),
+            ),
+            (
+                "aten::slice_copy.Tensor_out",
+                vec![
+                    t(iota(&[2, 3])),
+                    Arg::Int(0),
+                    Arg::Int(min),
+                    Arg::Int(max),
+                    Arg::Int(max),
+                    out(&[2, 3]),
+                ],
+                Some((vec![1, 3], vec![0., 1., 2.])),
+            ),
+            (
+                "aten::narrow_copy.out",
+                vec![
+                    t(iota(&[4])),
+                    Arg::Int(0),
+                    Arg::Int(1),
+                    Arg::Int(max),
+                    out(&[4]),
+                ],
+                None,
+            ),
+            (
+                "aten::unfold_copy.out",
+                vec![
+                    t(iota(&[2, 3])),
+                    Arg::Int(0),
+                    Arg::Int(1),
+                    Arg::Int(max),
+                    out(&[1, 3, 1]),
+                ],
+                Some((vec![1, 3, 1], vec![0., 1., 2.])),
+            ),
+            (
+                "aten::select_copy.int_out",
+                vec![
+                    t(empty_wide.clone()),
+                    Arg::Int(1),
+                    Arg::Int(big as i64 - 1),
+                    out(&[0, 1, 1]),
+                ],
+                Some((vec![0, big, big], vec![])),
+            ),
+            (
+                "aten::diagonal_copy.out",
+                vec![
+                    t(empty_wide.clone()),
+                    Arg::Int(-(big as i64) + 1),
+                    Arg::Int(1),
+                    Arg::Int(2),
+                    out(&[0, 1, 1]),
+                ],
+                Some((vec![0, big, 1], vec![])),
+            ),
+            (
+                "aten::view_copy.out",
+                vec![
+                    t(iota(&[1])),
+                    ints(&[1; 16].iter().copied().chain([-1]).collect::<Vec<_>>()),
+                    out(&[1]),
+                ],
+                None,
+            ),
+            // The output is empty: no tile is visited, however many the repeats ask for.
+            (
+                "aten::repeat.out",
+                vec![t(iota(&[0])), ints(&[1 << 40, 1 << 20]), out(&[0, 0])],
+                Some((vec![1 << 40, 0], vec![])),
+            ),
+            (
+                "aten::pixel_shuffle.out",
+                vec![t(iota(&[0, 1, 1])), Arg::Int(1 << 32), out(&[0, 1, 1])],
+                None,
+            ),
+            (
+                "aten::pixel_shuffle.out",
+                vec![t(iota(&[4, 1, 1])), Arg::Int(1 << 32), out(&[1, 2, 2])],
+                None,
+            ),
+            (
+                "aten::pixel_unshuffle.out",
+                vec![t(iota(&[1, 0, 0])), Arg::Int(1 << 32), out(&[1, 0, 0])],
+                None,
+            ),
+        ];
+        for (op, args, want) in cases {
+            let got = run_op(op, args);
+            match want {
+                Some((shape, values)) => {
+                    let got = got.unwrap_or_else(|e| panic!("{op}: {e}"));
+                    assert_eq!(got.tensors[0].sizes, shape, "{op}");
+                    if !values.is_empty() {
+                        assert_eq!(got.tensors[0].to_f64(), values, "{op}");
+                    }
+                }
+                None => assert!(got.is_err(), "{op} should fail"),
+            }
+        }
+    }
+
+    #[test]
+    fn opaque_dtypes_move_bytes() {
+        let f8 = |sizes: &[usize], bytes: &[u8]| OwnedTensor {
+            dtype: Float8E4M3FN,
+            sizes: sizes.to_vec(),
+            dim_order: (0..sizes.len() as u8).collect(),
+            bytes: bytes.to_vec(),
+        };
+        // tril zeroes the upper triangle by bytes (the store helpers skip float8, which
+        // left the out's old bytes there).
+        let out = run_op(
+            "aten::tril.out",
+            vec![
+                t(f8(&[2, 2], &[1, 2, 3, 4])),
+                Arg::Int(0),
+                Arg::OutLike(f8(&[2, 2], &[0xff; 4])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].bytes, [1, 0, 3, 4]);
+        // A view between two non-row-major layouts moves the bytes in logical order (it
+        // used to read float8 as 0 and store nothing).
+        let src = f8(&[2, 3], &[1, 2, 3, 4, 5, 6]).with_dim_order(&[1, 0]);
+        let dst = OwnedTensor {
+            dim_order: vec![1, 0],
+            ..f8(&[3, 2], &[0xff; 6])
+        };
+        let out = run_op(
+            "aten::view_copy.out",
+            vec![t(src.clone()), ints(&[3, 2]), Arg::OutLike(dst)],
+        )
+        .unwrap();
+        assert_eq!(
+            out.tensors[0].with_dim_order(&[0, 1]).bytes,
+            [1, 2, 3, 4, 5, 6]
+        );
+        // Converting float8 to a numeric dtype is not implemented: an error.
+        let dst = OwnedTensor {
+            dim_order: vec![1, 0],
+            ..OwnedTensor::zeros(Float, &[3, 2])
+        };
+        assert!(run_op(
+            "aten::view_copy.out",
+            vec![t(src), ints(&[3, 2]), Arg::OutLike(dst)],
+        )
+        .is_err());
     }
 }

@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ptero::{EValue, Method, Program, ScalarType, Tag, Tensor};
+use ptero::{Dynamism, EValue, Method, Program, ScalarType, Tag, Tensor};
 
 use crate::chat::{ChatTemplate, Message};
-use crate::metadata::LlmMetadata;
+use crate::metadata::{kv_cache_len, LlmMetadata};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stream::TextStream;
 use crate::tokenizer::{self, Tokenizer};
-use crate::{Error, Result};
+use crate::{Error, Limits, Result};
 
 /// Settings of one generation.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +100,15 @@ pub struct TextGenerator {
     metadata: LlmMetadata,
     /// Tokens in the KV cache.
     pos: usize,
+    /// Most tokens one `forward` call takes: the token input's bound (for a dynamic
+    /// shape, also at most `max_seq_len`).
+    chunk: usize,
+    /// Tokens the KV cache holds: the metadata's context, or less when the program's
+    /// cache is smaller than it claims.
+    context: usize,
+    /// Valid token ids are `0..vocab`.
+    vocab: usize,
+    limits: Limits,
     /// Input 1 takes one position per token (`cache_positions`) rather than the start.
     positions_input: bool,
     has_pos_input: bool,
@@ -124,10 +133,22 @@ impl TextGenerator {
         model: impl AsRef<Path>,
         tokenizer: Option<impl AsRef<Path>>,
     ) -> Result<TextGenerator> {
+        TextGenerator::load_with_limits(model, tokenizer, Limits::default())
+    }
+
+    /// Like [`TextGenerator::load`], under `limits` (tokenizer files and input length,
+    /// chat-template rendering, vocabulary size).
+    pub fn load_with_limits(
+        model: impl AsRef<Path>,
+        tokenizer: Option<impl AsRef<Path>>,
+        limits: Limits,
+    ) -> Result<TextGenerator> {
         let t0 = Instant::now();
         let program = Program::from_file(model)?;
-        let tokenizer = tokenizer.map(tokenizer::load).transpose()?;
-        let mut g = TextGenerator::from_program(&program, tokenizer)?;
+        let tokenizer = tokenizer
+            .map(|t| tokenizer::load_with_limits(t, &limits))
+            .transpose()?;
+        let mut g = TextGenerator::from_program_with_limits(&program, tokenizer, limits)?;
         g.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(g)
     }
@@ -136,6 +157,15 @@ impl TextGenerator {
     pub fn from_program(
         program: &Program,
         tokenizer: Option<Box<dyn Tokenizer>>,
+    ) -> Result<TextGenerator> {
+        TextGenerator::from_program_with_limits(program, tokenizer, Limits::default())
+    }
+
+    /// Like [`TextGenerator::from_program`], under `limits`.
+    pub fn from_program_with_limits(
+        program: &Program,
+        tokenizer: Option<Box<dyn Tokenizer>>,
+        limits: Limits,
     ) -> Result<TextGenerator> {
         let metadata = LlmMetadata::read(program)?;
         let meta = program.method_meta("forward")?.clone();
@@ -162,6 +192,50 @@ impl TextGenerator {
                 )));
             }
         }
+        let positions_input = pos_in.as_ref().is_some_and(|p| p.sizes[0] > 1);
+        // The token input's shape is its upper bound: export_llm traces prefill with
+        // max_seq_len - 1 tokens, so chunks of max_seq_len would not fit.
+        let mut chunk = tokens.sizes[1];
+        if tokens.dynamism != Dynamism::Static {
+            chunk = chunk.min(metadata.max_seq_len);
+        }
+        if let Some(p) = pos_in.as_ref().filter(|_| positions_input) {
+            chunk = chunk.min(p.sizes[0]);
+        }
+        if chunk == 0 {
+            return Err(Error::Model(format!(
+                "input 0 of 'forward' {:?} takes no tokens",
+                tokens.sizes
+            )));
+        }
+        let logits = meta
+            .outputs
+            .first()
+            .and_then(|io| io.tensor.as_ref())
+            .ok_or_else(|| Error::Model("output 0 of 'forward' is not a tensor".into()))?;
+        if !matches!(
+            logits.dtype,
+            ScalarType::Float | ScalarType::Half | ScalarType::BFloat16 | ScalarType::Double
+        ) {
+            return Err(Error::Model(format!(
+                "logits (output 0) of dtype {} are not supported",
+                logits.dtype
+            )));
+        }
+        let width = logits.sizes.last().copied().unwrap_or(0);
+        if width == 0 || width > limits.max_vocab {
+            return Err(Error::Model(format!(
+                "logits (output 0) {:?} should end in a vocabulary of 1 to {} ids (Limits::max_vocab)",
+                logits.sizes, limits.max_vocab
+            )));
+        }
+        let vocab = metadata.vocab_size.map_or(width, |v| v.min(width));
+        let mut context = metadata.max_context_len;
+        if metadata.use_kv_cache {
+            if let Some(cache) = kv_cache_len(program) {
+                context = context.min(cache);
+            }
+        }
         let method = program.load_method(
             "forward",
             &ptero::default_kernels(),
@@ -174,24 +248,77 @@ impl TextGenerator {
         let chat = tokenizer
             .as_deref()
             .and_then(ChatTemplate::for_tokenizer)
-            .map(|template| ChatState {
-                template,
-                messages: Vec::new(),
-                rendered: String::new(),
+            .map(|mut template| {
+                template.set_limits(&limits);
+                ChatState {
+                    template,
+                    messages: Vec::new(),
+                    rendered: String::new(),
+                }
             });
         Ok(TextGenerator {
             method,
             tokenizer,
-            positions_input: pos_in.as_ref().is_some_and(|p| p.sizes[0] > 1),
+            positions_input,
             has_pos_input: pos_in.is_some(),
             metadata,
             pos: 0,
+            chunk,
+            context,
+            vocab,
+            limits,
             eos,
             logits: Vec::new(),
             history: Vec::new(),
             chat,
             load_ms: 0.0,
         })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Changes the limits (prompt length, chat-template rendering); those of the program
+    /// and tokenizer files apply when loading.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        if let Some(c) = &mut self.chat {
+            c.template.set_limits(&limits);
+        }
+    }
+
+    /// Tokens the conversation can hold: the model's context, or the program's KV cache
+    /// when that is smaller than the context its metadata claims.
+    pub fn context_len(&self) -> usize {
+        self.context
+    }
+
+    /// Token ids are `0..vocab_size()`: the metadata's vocabulary, or the logits' width.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Checks ids given by a user (which may be negative or too large) against the
+    /// vocabulary.
+    pub fn token_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
+        ids.iter()
+            .map(|&id| {
+                u32::try_from(id)
+                    .ok()
+                    .filter(|&t| (t as usize) < self.vocab)
+                    .ok_or_else(|| self.bad_id(id))
+            })
+            .collect()
+    }
+
+    fn bad_id(&self, id: impl std::fmt::Display) -> Error {
+        Error::InvalidArgument(format!(
+            "token id {id} is outside the model's vocabulary of {} ids (0 to {})",
+            self.vocab,
+            self.vocab - 1
+        ))
     }
 
     pub fn metadata(&self) -> &LlmMetadata {
@@ -227,9 +354,30 @@ impl TextGenerator {
         }
     }
 
+    /// The error for a prompt that does not fit: `total` tokens against the context.
+    fn context_error(&self, total: usize) -> Error {
+        Error::InvalidArgument(format!(
+            "the prompt and generated tokens ({total}) exceed the model's context of {} tokens",
+            self.context
+        ))
+    }
+
     /// Runs `forward` on `tokens` starting at position `start`; leaves the last
     /// position's logits in `self.logits`.
     fn forward(&mut self, tokens: &[u32], start: usize) -> Result<()> {
+        // Past the cache, the program would fail inside some view or index kernel with a
+        // message about shapes; say what is actually wrong instead.
+        let end = start
+            .checked_add(tokens.len())
+            .filter(|&e| e <= self.context)
+            .ok_or_else(|| self.context_error(start.saturating_add(tokens.len())))?;
+        if tokens.is_empty() || tokens.len() > self.chunk {
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens in one call; the program takes 1 to {}",
+                tokens.len(),
+                self.chunk
+            )));
+        }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         self.method.set_input(
             0,
@@ -237,7 +385,7 @@ impl TextGenerator {
         )?;
         if self.has_pos_input {
             let pos: Vec<i64> = if self.positions_input {
-                (start..start + tokens.len()).map(|p| p as i64).collect()
+                (start..end).map(|p| p as i64).collect()
             } else {
                 vec![start as i64]
             };
@@ -245,72 +393,77 @@ impl TextGenerator {
                 .set_input(1, &EValue::Tensor(Tensor::from_slice(&pos, &[pos.len()])?))?;
         }
         self.method.execute()?;
+        self.read_logits()
+    }
+
+    /// Copies the last row of the logits (output 0) into `self.logits`, as f32.
+    fn read_logits(&mut self) -> Result<()> {
         let meta = self.method.output_meta(0)?;
-        let vocab = *meta
-            .sizes()
-            .last()
-            .ok_or_else(|| Error::Model("logits output is 0-d".into()))?;
-        if vocab == 0 {
-            return Err(Error::Model("logits have no vocabulary dimension".into()));
+        let vocab = meta.sizes().last().copied().unwrap_or(0);
+        if vocab == 0 || vocab > self.limits.max_vocab {
+            return Err(Error::Model(format!(
+                "logits {:?} should end in a vocabulary of 1 to {} ids (Limits::max_vocab)",
+                meta.sizes(),
+                self.limits.max_vocab
+            )));
         }
+        let dtype = meta.dtype;
         self.logits.clear();
-        if meta.dtype == ScalarType::Float {
-            let all = self.method.output_data::<f32>(0)?;
-            let last = all
+        self.logits.try_reserve_exact(vocab).map_err(|_| {
+            Error::Model(format!("cannot allocate logits for a vocabulary of {vocab}"))
+        })?;
+        fn last<T>(all: &[T], vocab: usize) -> Result<&[T]> {
+            let start = all
                 .len()
                 .checked_sub(vocab)
-                .ok_or_else(|| Error::Model("logits too small".into()))?;
-            self.logits.extend_from_slice(&all[last..]);
-        } else {
-            // Half/bfloat16 programs: convert the last row.
-            let t = self
-                .method
-                .output(0)?
-                .into_tensor()
-                .ok_or_else(|| Error::Model("logits are not a tensor".into()))?;
-            let es = t.dtype().size();
-            let start = t.bytes().len().saturating_sub(vocab * es);
-            for c in t.bytes()[start..].chunks_exact(es) {
-                self.logits.push(match t.dtype() {
-                    ScalarType::Half => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    ScalarType::BFloat16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    ScalarType::Double => f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32,
-                    d => {
-                        return Err(Error::Model(format!(
-                            "logits of dtype {d} are not supported"
-                        )))
-                    }
-                });
+                .ok_or_else(|| Error::Model("logits are smaller than their shape".into()))?;
+            Ok(&all[start..])
+        }
+        match dtype {
+            ScalarType::Float => {
+                let all = self.method.output_data::<f32>(0)?;
+                self.logits.extend_from_slice(last(all, vocab)?);
+            }
+            ScalarType::Half => {
+                let all = self.method.output_data::<half::f16>(0)?;
+                self.logits
+                    .extend(last(all, vocab)?.iter().map(|x| x.to_f32()));
+            }
+            ScalarType::BFloat16 => {
+                let all = self.method.output_data::<half::bf16>(0)?;
+                self.logits
+                    .extend(last(all, vocab)?.iter().map(|x| x.to_f32()));
+            }
+            ScalarType::Double => {
+                let all = self.method.output_data::<f64>(0)?;
+                self.logits
+                    .extend(last(all, vocab)?.iter().map(|&x| x as f32));
+            }
+            d => {
+                return Err(Error::Model(format!(
+                    "logits of dtype {d} are not supported"
+                )))
             }
         }
         Ok(())
     }
 
-    /// Feeds `ids` into the model (the KV cache), in chunks of `max_seq_len` when the
-    /// sequence length is dynamic and one token at a time otherwise.
+    /// Feeds `ids` into the model (the KV cache), in chunks as large as the program's
+    /// token input takes.
     fn prefill(&mut self, ids: &[u32]) -> Result<()> {
-        let ctx = self.metadata.max_context_len;
-        if self.pos + ids.len() > ctx {
-            return Err(Error::InvalidArgument(format!(
-                "the prompt needs {} tokens but only {} of the model's {ctx}-token context are left",
-                ids.len(),
-                ctx - self.pos.min(ctx)
-            )));
+        let total = self.pos.saturating_add(ids.len());
+        if total > self.context {
+            return Err(self.context_error(total));
         }
         if !self.metadata.use_kv_cache {
             self.history.extend_from_slice(ids);
-            let window = self.history.len().saturating_sub(self.metadata.max_seq_len);
+            let window = self.history.len().saturating_sub(self.chunk);
             let seq = self.history[window..].to_vec();
             self.forward(&seq, 0)?;
             self.pos = self.history.len();
             return Ok(());
         }
-        let chunk = if self.metadata.enable_dynamic_shape {
-            self.metadata.max_seq_len.max(1)
-        } else {
-            1
-        };
-        for part in ids.chunks(chunk) {
+        for part in ids.chunks(self.chunk) {
             self.forward(part, self.pos)?;
             self.pos += part.len();
         }
@@ -328,14 +481,9 @@ impl TextGenerator {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| self.metadata.vocab_size.is_some_and(|v| t as usize >= v))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "prompt id {bad} is outside the model's vocabulary of {}",
-                self.metadata.vocab_size.unwrap_or(0)
-            )));
+        config.sampler.validate()?;
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(self.bad_id(bad));
         }
         let t0 = Instant::now();
         self.prefill(prompt)?;
@@ -349,7 +497,7 @@ impl TextGenerator {
         let mut stream = TextStream::new(prompt.last().copied());
         let mut ids = Vec::new();
         let mut text = String::new();
-        let ctx = self.metadata.max_context_len;
+        let ctx = self.context;
         let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
         let mut decode_start = None;
         let stop = loop {
@@ -397,6 +545,11 @@ impl TextGenerator {
         })
     }
 
+    /// Refuses text longer than [`Limits::max_input_bytes`] before any work is done on it.
+    fn check_text(&self, text: &str) -> Result<()> {
+        tokenizer::check_input_len(text, self.limits.max_input_bytes)
+    }
+
     fn tokenizer_or_err(&self) -> Result<&dyn Tokenizer> {
         self.tokenizer.as_deref().ok_or_else(|| {
             Error::InvalidArgument("a text prompt needs a tokenizer (--tokenizer FILE)".into())
@@ -411,6 +564,7 @@ impl TextGenerator {
         config: &GenerationConfig,
         mut on_piece: impl FnMut(&str),
     ) -> Result<Generation> {
+        self.check_text(prompt)?;
         let ids = self.tokenizer_or_err()?.encode(prompt, true)?;
         self.generate_ids(&ids, config, |_, p| {
             if !p.is_empty() {
@@ -437,8 +591,15 @@ impl TextGenerator {
                     .into(),
             )
         })?;
+        tokenizer::check_input_len(message, self.limits.max_input_bytes)?;
         chat.messages.push(Message::new("user", message));
-        let full = chat.template.render(&chat.messages, true)?;
+        let full = match chat.template.render(&chat.messages, true) {
+            Ok(full) => full,
+            Err(e) => {
+                chat.messages.pop();
+                return Err(e);
+            }
+        };
         let delta = match full.strip_prefix(chat.rendered.as_str()) {
             Some(d) if self.pos > 0 => d.to_string(),
             _ => {
@@ -447,7 +608,13 @@ impl TextGenerator {
                 full.clone()
             }
         };
-        let ids = tokenizer.encode(&delta, false)?;
+        let ids = match tokenizer.encode(&delta, false) {
+            Ok(ids) => ids,
+            Err(e) => {
+                chat.messages.pop();
+                return Err(e);
+            }
+        };
         let result = self.generate_ids(&ids, config, |_, p| {
             if !p.is_empty() {
                 on_piece(p)

@@ -24,6 +24,26 @@ impl Default for SamplerConfig {
     }
 }
 
+impl SamplerConfig {
+    /// Checks the settings: a finite temperature >= 0, top-k >= 1, top-p in (0, 1].
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::InvalidArgument(m));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if self.top_k == Some(0) {
+            return bad("top-k must be at least 1, got 0".into());
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return bad(format!("top-p must be in (0, 1], got {p}"));
+        }
+        Ok(())
+    }
+}
+
 /// A sampler with its random state and scratch space (reused across tokens).
 pub struct Sampler {
     config: SamplerConfig,

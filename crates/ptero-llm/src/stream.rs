@@ -4,6 +4,9 @@
 use crate::tokenizer::Tokenizer;
 use crate::Result;
 
+/// Most tokens held back waiting for the rest of a character (UTF-8 needs at most 4).
+const MAX_HELD: usize = 8;
+
 /// Incremental detokenizer: decodes a sliding window so that each piece is what the
 /// whole text gains, including spaces that depend on the previous token.
 pub struct TextStream {
@@ -29,7 +32,12 @@ impl TextStream {
         self.ids.push(id);
         let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+        // A model can keep producing bytes that never complete a character (or tokens
+        // that decode to nothing); past a few tokens, move on rather than re-decoding an
+        // ever longer window for every new token.
+        let held = self.ids.len() - self.read_offset;
+        let complete = full.len() > prefix.len() && !full.ends_with('\u{FFFD}');
+        if complete || held > MAX_HELD {
             let piece = match full.strip_prefix(prefix.as_str()) {
                 Some(p) => p.to_string(),
                 // Decoding is not always prefix-stable; fall back to the new characters.
@@ -37,7 +45,7 @@ impl TextStream {
             };
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
-            return Ok(Some(piece));
+            return Ok((!piece.is_empty()).then_some(piece));
         }
         Ok(None)
     }

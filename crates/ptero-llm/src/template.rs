@@ -43,6 +43,9 @@ const EMIT: &str = "__ptero_emit";
 const EMIT_RAW: &str = "__ptero_emit_raw";
 const BUILT: &str = "__ptero_built";
 
+/// What one item of a list or map costs: the size of a value.
+const ITEM: usize = std::mem::size_of::<Value>();
+
 /// What one render has spent.
 struct Budget {
     work: AtomicUsize,
@@ -106,8 +109,8 @@ impl Budget {
         let size = match v.kind() {
             ValueKind::String => v.as_str().map_or(0, str::len),
             ValueKind::Bytes => v.as_bytes().map_or(0, <[u8]>::len),
-            ValueKind::Seq | ValueKind::Map => v.len().unwrap_or(1).saturating_mul(8),
-            _ => 8,
+            ValueKind::Seq | ValueKind::Map => v.len().unwrap_or(1).saturating_mul(ITEM),
+            _ => ITEM,
         };
         self.charge(size)
     }
@@ -128,7 +131,7 @@ impl Budget {
             size = size.saturating_add(match v.kind() {
                 ValueKind::String => v.as_str().map_or(0, str::len).max(1),
                 ValueKind::Bytes => v.as_bytes().map_or(0, <[u8]>::len).max(1),
-                _ => 8,
+                _ => ITEM,
             });
             if size > cap {
                 return Err(limit_error(format!(
@@ -142,7 +145,7 @@ impl Budget {
             match v.kind() {
                 ValueKind::Seq | ValueKind::Iterable => {
                     for item in v.try_iter().into_iter().flatten() {
-                        size = size.saturating_add(8);
+                        size = size.saturating_add(ITEM);
                         if size > cap {
                             break;
                         }
@@ -152,7 +155,7 @@ impl Budget {
                 ValueKind::Map => {
                     for key in v.try_iter().into_iter().flatten() {
                         let item = v.get_item(&key).unwrap_or_default();
-                        size = size.saturating_add(8);
+                        size = size.saturating_add(ITEM);
                         if size > cap {
                             break;
                         }
@@ -213,9 +216,6 @@ fn eval2(expr: &Expression<'static, 'static>, a: &Value, b: &Value) -> JResult<V
     expr.eval(minijinja::context! { a => a, b => b })
 }
 
-fn arg(args: &[Value], i: usize) -> Value {
-    args.get(i).cloned().unwrap_or_default()
-}
 
 /// Rewrites `src` so that costly operations call our hooks; see the module comment.
 fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
@@ -500,25 +500,36 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
     env.set_recursion_limit(budget.limits.template_recursion);
 
     let b = budget.clone();
-    let binary = move |charge_both: bool, expr: fn(&Ops) -> &Expression<'static, 'static>| {
+    // Operators that stringify or compare their operands deeply.
+    let binary = move |expr: fn(&Ops) -> &Expression<'static, 'static>| {
         let b = b.clone();
         move |a: Value, c: Value| -> JResult<Value> {
             b.charge_deep(&a)?;
-            if charge_both {
-                b.charge_deep(&c)?;
-            }
+            b.charge_deep(&c)?;
             eval2(expr(ops()?), &a, &c)
         }
     };
-    env.add_function(CONCAT, binary(true, |o| &o.concat));
-    env.add_function(ADD, binary(true, |o| &o.add));
-    env.add_function(EQ, binary(true, |o| &o.eq));
-    env.add_function(NE, binary(true, |o| &o.ne));
-    env.add_function(LT, binary(true, |o| &o.lt));
-    env.add_function(LTE, binary(true, |o| &o.lte));
-    env.add_function(GT, binary(true, |o| &o.gt));
-    env.add_function(GTE, binary(true, |o| &o.gte));
-    env.add_function(IN, binary(true, |o| &o.contains));
+    env.add_function(CONCAT, binary(|o| &o.concat));
+    let b = budget.clone();
+    env.add_function(ADD, move |a: Value, c: Value| -> JResult<Value> {
+        // Adding lists shares their items: the cost is the new list, not their contents.
+        let seq = |v: &Value| matches!(v.kind(), ValueKind::Seq | ValueKind::Iterable);
+        if seq(&a) && seq(&c) {
+            let len = |v: &Value| v.len().unwrap_or(1);
+            b.charge(len(&a).saturating_add(len(&c)).saturating_mul(ITEM))?;
+        } else {
+            b.charge_deep(&a)?;
+            b.charge_deep(&c)?;
+        }
+        eval2(&ops()?.add, &a, &c)
+    });
+    env.add_function(EQ, binary(|o| &o.eq));
+    env.add_function(NE, binary(|o| &o.ne));
+    env.add_function(LT, binary(|o| &o.lt));
+    env.add_function(LTE, binary(|o| &o.lte));
+    env.add_function(GT, binary(|o| &o.gt));
+    env.add_function(GTE, binary(|o| &o.gte));
+    env.add_function(IN, binary(|o| &o.contains));
 
     let b = budget.clone();
     env.add_function(MUL, move |a: Value, c: Value| -> JResult<Value> {
@@ -634,7 +645,16 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
 
 /// Renders `source` with `ctx` (a map) under `limits`.
 pub(crate) fn render(source: &str, ctx: Value, limits: &Limits) -> Result<String> {
-    let err = |e: minijinja::Error| Error::Template(e.to_string());
+    // Name the limit that stopped the template, so that users know which one to raise.
+    let err = |e: minijinja::Error| {
+        let mut text = e.to_string();
+        if e.kind() == ErrorKind::OutOfFuel {
+            text.push_str(" (Limits::template_fuel)");
+        } else if text.contains("recursion limit") {
+            text.push_str(" (Limits::template_recursion)");
+        }
+        Error::Template(text)
+    };
     if source.contains(PREFIX) {
         return Err(Error::Template(format!(
             "names starting with '{PREFIX}' are reserved"
@@ -673,4 +693,121 @@ pub(crate) fn render(source: &str, ctx: Value, limits: &Limits) -> Result<String
         )));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn ctx() -> Value {
+        minijinja::context! {
+            messages => vec![
+                BTreeMap::from([("role", "system"), ("content", "Be brief.")]),
+                BTreeMap::from([("role", "user"), ("content", " Hi ")]),
+                BTreeMap::from([("role", "assistant"), ("content", "Hello!")]),
+                BTreeMap::from([("role", "user"), ("content", "Bye")]),
+            ],
+            add_generation_prompt => true,
+            bos_token => "<s>",
+            eos_token => "</s>",
+        }
+    }
+
+    /// Templates a real tokenizer might ship render exactly as plain MiniJinja renders
+    /// them: the rewrite changes costs, not results.
+    #[test]
+    fn hardened_rendering_matches_plain_minijinja() {
+        let templates = [
+            "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}{% if not loop.last %}\n{% endif %}{% endfor %}",
+            "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set rest = messages[1:] %}{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}[{{ sys }}]{% for m in rest %}{{ m.role ~ ': ' ~ m.content }};{% endfor %}",
+            "{% set ns = namespace(n=0, text='') %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% set ns.text = ns.text + m.content[:2] %}{% endfor %}{{ ns.n }} {{ ns.text }} {{ 'abc'[::-1] }} {{ 'abc'[1] }} {{ 2 * 3 }} {{ 'ab' * 2 }} {{ [1] + [2] }}",
+            "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' | ') }} {{ messages | length }} {{ (messages | first).role }} {{ messages | last | tojson }}",
+            "{{ {'b': 1, 'a': [1, 2]} | tojson(indent=2) }} {{ {'b': 1, 'a': 2} | dictsort(reverse=true) }} {{ 'x\ny' | indent(width=2, first=true) }} {{ '%s-%05d' | format('a', 42) }}",
+            "{% macro turn(m) %}<{{ m.role }}>{{ caller() }}</{{ m.role }}>{% endmacro %}{% for m in messages %}{% call turn(m) %}{{ m.content | upper }}{% endcall %}{% else %}none{% endfor %}",
+            "{{ missing ~ 'x' }}{{ 'user' in messages | map(attribute='role') | list }}{{ 3 > 2 > 1 }}{{ 1 if messages else 0 }}{% for x in [3, 1, 2] | sort %}{{ x }}{% endfor %}{{ range(3) | list }}{{ [1, 2, 3, 4, 5] | batch(2) | list }}{{ 'a,b' | split(',') }}",
+            "{% for m in messages %}{% if m.role == 'user' %}{% set content = m.content %}{% elif m.role != 'system' %}{% set content = m.content | replace('!', '?') %}{% else %}{% continue %}{% endif %}{{ content }}{% if loop.index0 > 1 %}{% break %}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}{{ eos_token }}",
+        ];
+        let limits = Limits::default();
+        for t in templates {
+            let env = Environment::new();
+            let want = env.render_str(t, ctx()).unwrap();
+            let got = render(t, ctx(), &limits).unwrap_or_else(|e| panic!("{t}: {e}"));
+            assert_eq!(got, want, "{t}");
+        }
+    }
+
+    /// Each would allocate gigabytes, overflow the stack or run for hours without limits;
+    /// each must fail fast with an error naming the limit that stopped it.
+    #[test]
+    fn hostile_templates_fail_fast() {
+        let cases: &[(&str, &str)] = &[
+            ("{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}{% endmacro %}{{ d('a', 60) }}", "template_"),
+            ("{% set ns = namespace(s='a') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "template_work_bytes"),
+            ("{% set ns = namespace(s='a') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "template_work_bytes"),
+            ("{% set ns = namespace(s='ab') %}{% for i in range(100) %}{% set ns.s = ns.s * 50 %}{% endfor %}", "template_work_bytes"),
+            ("{% set ns = namespace(l=[1]) %}{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l | length }}", "template_work_bytes"),
+            ("{% set ns = namespace(s='a') %}{% for i in range(100) %}{% set x %}{{ ns.s }}{{ ns.s }}{% endset %}{% set ns.s = x %}{% endfor %}", "template_"),
+            ("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}", "template_"),
+            ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "template_fuel"),
+            ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "template_recursion"),
+            ("{% set ns = namespace(a=[]) %}{% for i in range(100000) %}{% set ns.a = [ns.a] %}{% endfor %}{{ ns.a }}", "template_recursion"),
+            ("{% set ns = namespace(a={}) %}{% for i in range(100000) %}{% set ns.a = {'k': ns.a} %}{% endfor %}{{ ns.a }}", "template_recursion"),
+            ("{% set ns = namespace(a=[1]) %}{% for i in range(100000) %}{% set ns.a = ns.a | batch(1) %}{% endfor %}{{ ns.a }}", "template_recursion"),
+            ("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", "template_"),
+            ("{{ 'a' | indent(4000000000) }}", "template_work_bytes"),
+            ("{{ [1] | batch(4000000000000) }}", "template_work_bytes"),
+            ("{{ [1] | slice(4000000000000) }}", "template_work_bytes"),
+            ("{{ '%999999999999s' | format('a') }}", "template_work_bytes"),
+            ("{{ '%.999999999f' | format(1.5) }}", "template_work_bytes"),
+            ("{{ ('ab' * 1000) | replace('', 'x' * 100000) }}", "template_work_bytes"),
+            ("{{ range(100000) | join('x' * 100000) }}", "template_work_bytes"),
+            ("{{ range(100000) | list | tojson(indent=100000) }}", "template_work_bytes"),
+            ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% if s == s %}{% endif %}{% endfor %}", "template_work_bytes"),
+            ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% if 'y' in s %}{% endif %}{% endfor %}", "template_work_bytes"),
+            ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{{ s[-1] }}{% endfor %}", "template_"),
+            ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% set t = s[1:] %}{% endfor %}", "template_work_bytes"),
+            ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% set t = s | upper %}{% endfor %}", "template_work_bytes"),
+            ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% if s is startingwith(s) %}{% endif %}{% endfor %}", "template_work_bytes"),
+            ("{% for i in range(100000) %}{% set r = range(100000) | list %}{% endfor %}", "template_work_bytes"),
+            ("{{ debug() }}", "debug"),
+            ("{% set __ptero_concat = 1 %}", "reserved"),
+        ];
+        let limits = Limits::default();
+        // A `set` inside a loop is local to the iteration in Jinja, so this one does not
+        // grow at all; the namespace and macro variants below do.
+        let t = "{% set s = 'a' %}{% for i in range(100) %}{% set s = s ~ s %}{% endfor %}{{ s | length }}";
+        assert_eq!(render(t, ctx(), &limits).unwrap(), "1");
+        for (t, why) in cases {
+            let t0 = Instant::now();
+            let e = render(t, ctx(), &limits).expect_err(t).to_string();
+            assert!(e.contains(why), "{t}: {e}");
+            eprintln!("{:>8.2?} {t}", t0.elapsed());
+            // Generous: debug builds on a busy machine.
+            assert!(t0.elapsed() < Duration::from_secs(20), "{t}: {:?}", t0.elapsed());
+        }
+    }
+
+    #[test]
+    fn limits_are_configurable() {
+        let t = "{% for i in range(1000) %}x{% endfor %}";
+        assert_eq!(render(t, ctx(), &Limits::default()).unwrap().len(), 1000);
+        let small = |l: Limits| render(t, ctx(), &l).unwrap_err().to_string();
+        let e = small(Limits {
+            template_output_bytes: 100,
+            ..Limits::default()
+        });
+        assert!(e.contains("template_output_bytes"), "{e}");
+        let e = small(Limits {
+            template_fuel: 100,
+            ..Limits::default()
+        });
+        assert!(e.contains("fuel"), "{e}");
+        let e = small(Limits {
+            template_work_bytes: 100,
+            ..Limits::default()
+        });
+        assert!(e.contains("template_work_bytes"), "{e}");
+    }
 }

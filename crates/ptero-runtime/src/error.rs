@@ -48,13 +48,18 @@ pub enum Error {
     },
     /// The instruction budget ran out (a program that loops forever).
     InstructionBudget { method: String, limit: u64 },
-    /// Planned memory could not be allocated.
-    OutOfMemory { method: String, bytes: usize },
+    /// Memory for the method (`what`: planned arenas, input/output buffers) could not be
+    /// allocated.
+    OutOfMemory {
+        method: String,
+        what: &'static str,
+        bytes: usize,
+    },
     /// The method needs more memory than its limit allows.
     MemoryLimit {
         method: String,
         what: &'static str,
-        bytes: u128,
+        bytes: u64,
         limit: usize,
     },
     /// A loop did more work than its limit allows (see `Limits::loop_work_factor`).
@@ -79,7 +84,11 @@ impl fmt::Display for Error {
                 "method '{method}' uses {} operator{} with no kernel: {}",
                 operators.len(),
                 if operators.len() == 1 { "" } else { "s" },
-                operators.join(", ")
+                operators
+                    .iter()
+                    .map(|o| if o.is_empty() { "'' (unnamed)".into() } else { o.clone() })
+                    .collect::<Vec<String>>()
+                    .join(", ")
             ),
             Error::UnknownBackend { method, backend, available } => write!(
                 f,
@@ -97,8 +106,8 @@ impl fmt::Display for Error {
             Error::InstructionBudget { method, limit } => {
                 write!(f, "method '{method}' ran more than {limit} instructions; stopped (does the program loop?)")
             }
-            Error::OutOfMemory { method, bytes } => {
-                write!(f, "method '{method}': cannot allocate {bytes} bytes of planned memory")
+            Error::OutOfMemory { method, what, bytes } => {
+                write!(f, "method '{method}': cannot allocate {bytes} bytes of {what}")
             }
             Error::MemoryLimit { method, what, bytes, limit } => write!(
                 f,

@@ -65,10 +65,14 @@ impl Tensor {
                 bytes.len()
             )));
         }
+        let mut data = AlignedBuf::try_zeroed(want).ok_or_else(|| {
+            Error::InvalidArgument(format!("cannot allocate {want} bytes for a tensor"))
+        })?;
+        data.as_mut_slice().copy_from_slice(bytes);
         Ok(Tensor {
             dtype,
             sizes: sizes.to_vec(),
-            data: AlignedBuf::from_bytes(bytes),
+            data,
         })
     }
 
@@ -96,7 +100,8 @@ impl Tensor {
     }
 
     pub fn numel(&self) -> usize {
-        self.sizes.iter().product()
+        // Shapes are checked when a tensor is made; saturate rather than trust that.
+        self.sizes.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     /// Raw bytes, row-major.

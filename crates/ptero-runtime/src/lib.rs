@@ -33,6 +33,8 @@ mod program;
 pub use backend::{Backend, BackendInitContext, BackendRegistry, CompileSpec, DelegateHandle};
 pub use error::Error;
 pub use evalue::{EValue, Tensor};
+#[cfg(feature = "std")]
+pub use limits::Deadline;
 pub use limits::{Limits, DEFAULT_MAX_MEMORY};
 pub use method::Method;
 pub use method_meta::{IoMeta, MethodMeta, Tag, TensorInfo};

@@ -43,3 +43,34 @@ impl Default for Limits {
         }
     }
 }
+
+/// An [`Interrupt`](ptero_core::Interrupt) that fires once a point in time has passed.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use ptero_runtime::{Deadline, Interrupt};
+/// let d = Deadline::after(Duration::from_secs(3600));
+/// assert!(!d.is_interrupted());
+/// let _for_a_method: Arc<dyn Interrupt> = Arc::new(d);
+/// ```
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub std::time::Instant);
+
+#[cfg(feature = "std")]
+impl Deadline {
+    pub fn after(d: std::time::Duration) -> Deadline {
+        let now = std::time::Instant::now();
+        // A duration too long to represent means no deadline in practice.
+        let far = [d, std::time::Duration::from_secs(100 * 365 * 86_400)];
+        Deadline(far.iter().find_map(|&d| now.checked_add(d)).unwrap_or(now))
+    }
+}
+
+#[cfg(feature = "std")]
+impl ptero_core::Interrupt for Deadline {
+    fn is_interrupted(&self) -> bool {
+        std::time::Instant::now() >= self.0
+    }
+}

@@ -78,15 +78,23 @@ impl Method {
 
         // Everything this method will own, checked against the limit before any of it is
         // allocated: the sizes come from the file.
-        let mut total: u128 = plan.planned.iter().map(|&s| s as u128).sum();
+        let mut total: u64 = plan
+            .planned
+            .iter()
+            .fold(0u64, |a, &s| a.saturating_add(s as u64));
+        let mut counted: Vec<u32> = Vec::new();
         for &i in plan.inputs.iter().chain(&plan.outputs) {
+            if counted.contains(&i) {
+                continue;
+            }
+            counted.push(i);
             if let Some(Value::Tensor(t)) = values.get(i as usize) {
                 if t.storage == Storage::None {
-                    total += t.capacity() as u128;
+                    total = total.saturating_add(t.capacity() as u64);
                 }
             }
         }
-        if total > limits.max_memory as u128 {
+        if total > limits.max_memory as u64 {
             return Err(Error::MemoryLimit {
                 method: name.into(),
                 what: "planned and input/output memory",
@@ -99,6 +107,7 @@ impl Method {
         for &size in &plan.planned {
             let buf = AlignedBuf::try_zeroed(size).ok_or(Error::OutOfMemory {
                 method: name.into(),
+                what: "planned memory",
                 bytes: size,
             })?;
             memory.add_buffer(buf);
@@ -123,6 +132,7 @@ impl Method {
                     let cap = t.capacity();
                     let buf = AlignedBuf::try_zeroed(cap).ok_or(Error::OutOfMemory {
                         method: name.into(),
+                        what: "memory for an unplanned input or output",
                         bytes: cap,
                     })?;
                     let id = memory.add_buffer(buf);

@@ -85,7 +85,10 @@ impl MethodMeta {
     }
     /// Total planned memory in bytes.
     pub fn planned_bytes(&self) -> usize {
-        self.planned_buffers.iter().sum()
+        // Sizes come from the file: saturate instead of overflowing.
+        self.planned_buffers
+            .iter()
+            .fold(0usize, |a, &b| a.saturating_add(b))
     }
     pub fn uses_backend(&self, name: &str) -> bool {
         self.backends.iter().any(|b| b == name)

@@ -495,12 +495,13 @@ pub fn copy_reshape(a: &KernelArgs<'_>, src: usize, out: usize) -> Result<()> {
             &shape,
         );
     }
-    let (st, dt) = (sm.dtype, om.dtype);
-    let conv = conv_for(dt, st);
+    // Moves bytes for equal dtypes (opaque ones included), converts numeric ones, and
+    // rejects converting an opaque dtype.
+    let ec = ElemCopy::new(om.dtype, sm.dtype)?;
     let s = a.tensor(src)?;
     let o = a.out(out)?;
     for (i, oo) in Offsets::new(sm).zip(Offsets::new(om)) {
-        convert(conv, o.bytes, dt, oo, s.bytes, st, i);
+        ec.copy(o.bytes, oo, s.bytes, i);
     }
     Ok(())
 }

@@ -308,12 +308,14 @@ pub fn unary_float(
     let shape = args.meta(x)?.dims();
     args.resize(out, &shape)?;
     let (xm, om) = (args.meta(x)?, args.meta(out)?);
-    if !xm.dtype.is_numeric() {
-        return Err(Error::Dtype {
-            arg: 0,
-            expected: "a numeric dtype".into(),
-            found: xm.dtype,
-        });
+    for (arg, t) in [(x, xm.dtype), (out, om.dtype)] {
+        if !t.is_numeric() {
+            return Err(Error::Dtype {
+                arg,
+                expected: "a numeric dtype".into(),
+                found: t,
+            });
+        }
     }
     if let (Some(g), ScalarType::Float, ScalarType::Float) = (f32_fast, xm.dtype, om.dtype) {
         if same_layout(&shape, &[xm, om]) {

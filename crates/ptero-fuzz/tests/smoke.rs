@@ -1,0 +1,42 @@
+//! A short in-process run of the fuzzer, so `cargo test` catches a panic on hostile input
+//! (the supervisor's watchdog and memory limit run in `.ci/run`).
+
+use ptero_fuzz::Fuzzer;
+
+#[test]
+fn hostile_cases_end_in_errors_not_panics() {
+    let fuzzer = Fuzzer::new(7, None);
+    assert!(fuzzer.signatures().len() > 200, "kernel signatures learned");
+    assert!(fuzzer.num_fixtures() > 5, "committed fixtures found");
+    let mut kinds = [0usize; 3];
+    let mut errors = 0;
+    for index in 0..3000 {
+        let case = fuzzer.case(index);
+        kinds[case.kind as usize] += 1;
+        let outcome = std::panic::catch_unwind(|| fuzzer.run(&case.bytes));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                errors += 1;
+                assert!(!e.to_string().is_empty());
+            }
+            Err(_) => panic!(
+                "case {index} ({}, {:?}) panicked; replay it with ptero-fuzz --replay",
+                case.kind.name(),
+                case.op
+            ),
+        }
+    }
+    assert!(kinds.iter().all(|&k| k > 0), "every kind of case ran: {kinds:?}");
+    assert!(errors > 100, "hostile cases are mostly rejected");
+}
+
+#[test]
+fn cases_are_deterministic() {
+    let a = Fuzzer::new(3, None);
+    let b = Fuzzer::new(3, None);
+    for index in [0, 1, 99, 12345] {
+        assert_eq!(a.case(index).bytes, b.case(index).bytes);
+    }
+    assert_ne!(a.case(5).bytes, Fuzzer::new(4, None).case(5).bytes);
+}
