@@ -255,3 +255,83 @@ fn interactive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        llm: LlmArgs,
+    }
+
+    fn tiny() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/llm/tiny/model.pte"
+        )
+        .into()
+    }
+
+    fn run(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::try_parse_from(std::iter::once("ptero-llm").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        llm(&cli.llm).map_err(|e| e.to_string())
+    }
+
+    /// Arguments that cannot mean anything are clear errors, never panics.
+    #[test]
+    fn bad_arguments_are_named() {
+        let model = tiny();
+        let cases: &[(&[&str], &str)] = &[
+            (&["--temperature", "NaN"], "--temperature"),
+            (&["--temperature=-1"], "--temperature"),
+            (&["--temperature", "inf"], "--temperature"),
+            (&["--top-k", "0"], "--top-k"),
+            (&["--top-p", "NaN"], "--top-p"),
+            (&["--top-p", "0"], "--top-p"),
+            (&["--top-p", "2"], "--top-p"),
+            (
+                &["--prompt-ids", "-5"],
+                "token id -5 is outside the model's vocabulary of 512",
+            ),
+            (&["--prompt-ids", "1,-5"], "token id -5 is outside"),
+            (&["--prompt-ids=1,512"], "token id 512 is outside"),
+            (
+                &["--prompt-ids", "99999999999999999999"],
+                "'99999999999999999999' is not a token id (an integer from 0 to 511)",
+            ),
+            (&["--prompt-ids", "x"], "'x' is not a token id"),
+        ];
+        for (args, want) in cases {
+            let mut all = vec![model.as_str(), "--json"];
+            if !args.iter().any(|a| a.starts_with("--prompt-ids")) {
+                all.extend(["--prompt-ids", "1,2"]);
+            }
+            all.extend_from_slice(args);
+            let e = run(&all).expect_err(want);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn huge_but_meaningful_arguments_run() {
+        let model = tiny();
+        run(&[
+            &model,
+            "--json",
+            "--prompt-ids",
+            "1,2,3",
+            "--max-new-tokens",
+            "18446744073709551615",
+            "--top-k",
+            "18446744073709551615",
+            "--temperature",
+            "1e30",
+            "--ignore-eos",
+        ])
+        .unwrap();
+    }
+}

@@ -48,6 +48,19 @@ pub(crate) struct LoadArgs {
     /// (and the file itself with --no-mmap). Bytes, or with a K, M, G or T suffix.
     #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
     pub max_memory: Option<usize>,
+    /// Stop executing once this many seconds have passed since the method was loaded
+    /// (checked between instructions and inside long kernels).
+    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    pub timeout: Option<std::time::Duration>,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("'{s}' is not a usable number of seconds (finite, not negative)"))
 }
 
 impl LoadArgs {
@@ -158,8 +171,39 @@ enum Command {
     },
 }
 
+/// Exit code for a bug in Ptero itself (BSD's EX_SOFTWARE).
+const EXIT_INTERNAL: u8 = 70;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Last line of defence: no input should make Ptero panic (the fuzzer hunts for any
+    // that does), but if one slips through, the user gets a one-line error and an exit
+    // code that says "bug", not a backtrace. Set PTERO_BACKTRACE=1 to see the panic.
+    if std::env::var_os("PTERO_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!(
+                "error: internal error{location}: {message} (this is a bug in Ptero; please \
+                 report it with the input that caused it)"
+            );
+        }));
+    }
+    match std::panic::catch_unwind(move || run_command(cli)) {
+        Ok(code) => code,
+        Err(_) => ExitCode::from(EXIT_INTERNAL),
+    }
+}
+
+fn run_command(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run {
             model,
@@ -332,12 +376,16 @@ fn default_input(meta: &MethodMeta, i: usize, budget: &mut Budget) -> Result<EVa
 /// Loads the chosen method with every kernel and backend of this build.
 fn load(program: &Program, method: Option<&str>, load: &LoadArgs) -> Result<Method, Error> {
     let name = pick_method(program, method)?;
-    program.load_method_with_limits(
+    let mut m = program.load_method_with_limits(
         &name,
         &ptero::default_kernels(),
         &ptero::default_backends(),
         load.limits(),
-    )
+    )?;
+    if let Some(t) = load.timeout {
+        m.set_interrupt(Some(std::sync::Arc::new(ptero::Deadline::after(t))));
+    }
+    Ok(m)
 }
 
 /// Reads an input file within the budget.

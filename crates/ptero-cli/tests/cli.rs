@@ -413,3 +413,15 @@ fn inspect_names_unplanned_io_and_unnamed_operators() {
     assert_eq!(v["methods"][0]["operators"][0], "");
     assert_clean_failure(&["run", model.to_str().unwrap()], "no kernel");
 }
+
+#[test]
+fn timeout_stops_execution_with_a_clear_error() {
+    let model = fixture("mlp/model.pte");
+    let m = model.to_str().unwrap();
+    assert_clean_failure(&["run", m, "--timeout", "0"], "interrupted");
+    assert_clean_failure(&["bench", m, "--timeout", "0"], "interrupted");
+    assert_clean_failure(&["run", m, "--timeout=-1"], "seconds");
+    assert_clean_failure(&["run", m, "--timeout", "NaN"], "seconds");
+    let (ok, _, err) = ptero(&["run", m, "--timeout", "3600"]);
+    assert!(ok, "{err}");
+}

@@ -10,7 +10,59 @@
 
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
+use crate::util::work::{sat_product, Meter};
 use crate::util::{load_f64, store_f64};
+
+/// Bound on every coordinate the loops form (`o * stride`, `k * dilation`, padding): a
+/// quarter of the `isize` range, so sums and differences of a few of them cannot overflow.
+const COORD_LIMIT: i128 = (isize::MAX / 4) as i128;
+
+/// Output length of one spatial dim, in i128 so hostile strides, paddings and dilations
+/// cannot overflow; fails when there is no output or when the geometry reaches past
+/// [`COORD_LIMIT`].
+#[allow(clippy::too_many_arguments)]
+fn conv_len(
+    what: &str,
+    transposed: bool,
+    inp: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    op: usize,
+) -> Result<usize> {
+    let (i, kk, s_, p_, d_, op_) = (
+        inp as i128,
+        k as i128,
+        s as i128,
+        p as i128,
+        d as i128,
+        op as i128,
+    );
+    let span = d_ * (kk.max(1) - 1) + 1;
+    let len = if transposed {
+        (i.max(1) - 1) * s_ + span + op_ - 2 * p_
+    } else if i + 2 * p_ >= span {
+        (i + 2 * p_ - span) / s_ + 1
+    } else {
+        0
+    };
+    if len <= 0 || k == 0 || (inp == 0 && transposed) {
+        return Err(Error::shape(alloc::format!(
+            "{what}: input size {inp} with kernel {k}, stride {s}, padding {p}, dilation {d} gives no output"
+        )));
+    }
+    // The largest coordinates formed: output (or, transposed, input) positions times the
+    // stride, plus the kernel span, padding and output padding.
+    let steps = if transposed { i.max(len) } else { len };
+    let reach = (steps - 1) * s_ + s_ + span + 2 * p_ + op_;
+    if reach > COORD_LIMIT || len > usize::MAX as i128 {
+        return Err(Error::invalid(alloc::format!(
+            "{what}: stride {s}, padding {p}, dilation {d} and kernel {k} over input size {inp} reach past the supported coordinate range"
+        )));
+    }
+    Ok(len as usize)
+}
 
 /// Geometry of one convolution, always as 2-d (`h == 1` for 1-d).
 #[derive(Debug, Clone, Copy)]
@@ -141,15 +193,18 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (n, cin, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
     let (kh, kw) = (ws[2], ws[3]);
     let cout = if transposed {
-        if ws[0] != cin || cin % groups != 0 {
-            return Err(Error::shape(alloc::format!(
-                "transposed convolution: weight {:?} must start with the input channels {cin} (divisible by groups {groups})",
-                w.sizes()
-            )));
+        let cout = ws[1].checked_mul(groups);
+        match cout {
+            Some(c) if ws[0] == cin && cin % groups == 0 => c,
+            _ => {
+                return Err(Error::shape(alloc::format!(
+                    "transposed convolution: weight {:?} must start with the input channels {cin} (divisible by groups {groups})",
+                    w.sizes()
+                )))
+            }
         }
-        ws[1] * groups
     } else {
-        if cin % groups != 0 || ws[0] % groups != 0 || ws[1] * groups != cin {
+        if cin % groups != 0 || ws[0] % groups != 0 || ws[1].checked_mul(groups) != Some(cin) {
             return Err(Error::shape(alloc::format!(
                 "convolution: weight {:?} does not fit input channels {cin} with {groups} groups",
                 w.sizes()
@@ -165,19 +220,7 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
         [u(op[0]), u(op[1])],
     );
     let out_len = |q: usize, inp: usize, k: usize| -> Result<usize> {
-        let span = d[q] * (k.max(1) - 1) + 1;
-        let len = if transposed {
-            ((inp.max(1) - 1) * s[q] + span + op[q]).checked_sub(2 * p[q])
-        } else {
-            (inp + 2 * p[q]).checked_sub(span).map(|v| v / s[q] + 1)
-        };
-        match len {
-            Some(l) if l > 0 && k > 0 && (inp > 0 || !transposed) => Ok(l),
-            _ => Err(Error::shape(alloc::format!(
-                "convolution: input size {inp} with kernel {k}, stride {}, padding {}, dilation {} gives no output",
-                s[q], p[q], d[q]
-            ))),
-        }
+        conv_len("convolution", transposed, inp, k, s[q], p[q], d[q], op[q])
     };
     let oh = out_len(0, ih, kh)?;
     let ow = out_len(1, iw, kw)?;
@@ -233,12 +276,14 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
     if ot.numel() == 0 {
         return Ok(());
     }
+    // Multiply-adds are charged as done, and the caller's deadline is polled between them.
+    let mut meter = Meter::charging(a);
     if dtype == ScalarType::Float {
         let b = match &bt {
             Some(t) => Some(t.data::<f32>()?),
             None => None,
         };
-        conv_f32(&g, xt.data()?, wt.data()?, b, ot.data()?);
+        conv_f32(&g, xt.data()?, wt.data()?, b, ot.data()?, &mut meter)
     } else {
         conv_generic(
             &g,
@@ -247,9 +292,9 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
             wt.bytes,
             bt.map(|t| t.bytes),
             &mut *ot.bytes,
-        );
+            &mut meter,
+        )
     }
-    Ok(())
 }
 
 /// Output indices `o` in `0..n_out` with `o * s + off` inside `0..n_in`.
@@ -297,7 +342,14 @@ fn axpy(
     }
 }
 
-fn conv_f32(g: &Geo, x: &[f32], w: &[f32], b: Option<&[f32]>, o: &mut [f32]) {
+fn conv_f32(
+    g: &Geo,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    o: &mut [f32],
+    meter: &mut Meter<'_, '_>,
+) -> Result<()> {
     let [on, oc_s, oh_s, ow_s] = g.ost;
     let [xn, xc, xh, xw] = g.ist;
     let [w0, w1, w2, w3] = g.wst;
@@ -335,16 +387,19 @@ fn conv_f32(g: &Geo, x: &[f32], w: &[f32], b: Option<&[f32]>, o: &mut [f32]) {
                             if ox1 <= ox0 {
                                 continue;
                             }
+                            meter.add(((oy1 - oy0) * (ox1 - ox0)) as u64)?;
                             let ix0 = (ox0 as isize * sx as isize + offx) as usize;
                             for oy in oy0..oy1 {
                                 let iy = (oy as isize * sy as isize + offy) as usize;
+                                // Saturating: a stride past the input leaves one tap per
+                                // row, whose step is unused.
                                 axpy(
                                     o,
                                     n * on + oc * oc_s + oy * oh_s + ox0 * ow_s,
                                     ow_s,
                                     x,
                                     n * xn + ic * xc + iy * xh + ix0 * xw,
-                                    xw * sx,
+                                    xw.saturating_mul(sx),
                                     ox1 - ox0,
                                     wv,
                                 );
@@ -372,13 +427,14 @@ fn conv_f32(g: &Geo, x: &[f32], w: &[f32], b: Option<&[f32]>, o: &mut [f32]) {
                             if ix1 <= ix0 {
                                 continue;
                             }
+                            meter.add(((iy1 - iy0) * (ix1 - ix0)) as u64)?;
                             let ox0 = (ix0 as isize * sx as isize + offx) as usize;
                             for iy in iy0..iy1 {
                                 let oy = (iy as isize * sy as isize + offy) as usize;
                                 axpy(
                                     o,
                                     n * on + oc * oc_s + oy * oh_s + ox0 * ow_s,
-                                    ow_s * sx,
+                                    ow_s.saturating_mul(sx),
                                     x,
                                     n * xn + ic * xc + iy * xh + ix0 * xw,
                                     xw,
@@ -392,10 +448,19 @@ fn conv_f32(g: &Geo, x: &[f32], w: &[f32], b: Option<&[f32]>, o: &mut [f32]) {
             }
         }
     }
+    Ok(())
 }
 
 /// Gathers every output element in f64 (double, half, bfloat16).
-fn conv_generic(g: &Geo, dtype: ScalarType, x: &[u8], w: &[u8], b: Option<&[u8]>, o: &mut [u8]) {
+fn conv_generic(
+    g: &Geo,
+    dtype: ScalarType,
+    x: &[u8],
+    w: &[u8],
+    b: Option<&[u8]>,
+    o: &mut [u8],
+    meter: &mut Meter<'_, '_>,
+) -> Result<()> {
     let [on, oc_s, oh_s, ow_s] = g.ost;
     let [xn, xc, xh, xw] = g.ist;
     let [w0, w1, w2, w3] = g.wst;
@@ -422,6 +487,7 @@ fn conv_generic(g: &Geo, dtype: ScalarType, x: &[u8], w: &[u8], b: Option<&[u8]>
             let ocl = oc - grp * cout_g;
             let bv = b.map_or(0.0, |b| load_f64(b, dtype, oc * g.bst));
             for oy in 0..g.oh {
+                meter.add(sat_product(&[g.ow, cin_g, g.kh, g.kw]) as u64)?;
                 for ox in 0..g.ow {
                     let mut acc = bv;
                     for icl in 0..cin_g {
@@ -449,6 +515,7 @@ fn conv_generic(g: &Geo, dtype: ScalarType, x: &[u8], w: &[u8], b: Option<&[u8]>
             }
         }
     }
+    Ok(())
 }
 
 /// `convolution_backward.out(grad_output, input, weight, bias_sizes: int[]?, stride,
@@ -526,7 +593,7 @@ fn conv_backward_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (gs, gst) = as4(gm.sizes(), gm.strides());
     let (n, cin, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
     let (cout, kh, kw) = (ws[0], ws[2], ws[3]);
-    if cin % groups != 0 || cout % groups != 0 || ws[1] * groups != cin {
+    if cin % groups != 0 || cout % groups != 0 || ws[1].checked_mul(groups) != Some(cin) {
         return Err(Error::shape(alloc::format!(
             "convolution_backward: weight {:?} does not fit input channels {cin} with {groups} groups",
             wm.sizes()
@@ -535,12 +602,10 @@ fn conv_backward_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let u = |v: i64| v as usize;
     let (s, p, d) = ([u(s[0]), u(s[1])], [u(p[0]), u(p[1])], [u(d[0]), u(d[1])]);
     let out_len = |q: usize, inp: usize, k: usize| {
-        (inp + 2 * p[q])
-            .checked_sub(d[q] * (k.max(1) - 1) + 1)
-            .map(|v| v / s[q] + 1)
+        conv_len("convolution_backward", false, inp, k, s[q], p[q], d[q], 0)
     };
-    let (oh, ow) = (out_len(0, ih, kh), out_len(1, iw, kw));
-    if oh != Some(gs[2]) || ow != Some(gs[3]) || gs[0] != n || gs[1] != cout {
+    let (oh, ow) = (out_len(0, ih, kh)?, out_len(1, iw, kw)?);
+    if oh != gs[2] || ow != gs[3] || gs[0] != n || gs[1] != cout {
         return Err(Error::shape(alloc::format!(
             "convolution_backward: grad_output {:?} does not match the convolution of {:?} by {:?}",
             gm.sizes(),
@@ -570,11 +635,15 @@ fn conv_backward_out(a: &mut KernelArgs<'_>) -> Result<()> {
             )));
         }
     }
-    // Scratch: f64 accumulators for the requested gradients (input- and weight-sized).
-    let mut gx = alloc::vec![0f64; if mask[0] { n * cin * ih * iw } else { 0 }];
-    let mut gw = alloc::vec![0f64; if mask[1] { cout * ws[1] * kh * kw } else { 0 }];
-    let mut gb = alloc::vec![0f64; if mask[2] { cout } else { 0 }];
-    {
+    // Scratch: f64 accumulators for the requested gradients (input- and weight-sized,
+    // row-major), allocated fallibly within the memory limit.
+    let mut gx = a.scratch::<f64>(if mask[0] { xm.numel() } else { 0 })?;
+    let mut gw = a.scratch::<f64>(if mask[1] { wm.numel() } else { 0 })?;
+    let mut gb = a.scratch::<f64>(if mask[2] { cout } else { 0 })?;
+    // Nothing flows back from an empty grad_output (its batch or channel dims may still
+    // be huge): the gradients stay zero.
+    if gm.numel() > 0 {
+        let mut meter = Meter::charging(a);
         let gt = a.tensor(0)?;
         let xt = a.tensor(1)?;
         let wt = a.tensor(2)?;
@@ -583,6 +652,8 @@ fn conv_backward_out(a: &mut KernelArgs<'_>) -> Result<()> {
             for co in 0..cout {
                 let gi = co / cout_g;
                 for oy in 0..oh {
+                    let taps = if mask[0] || mask[1] { cin_g } else { 0 };
+                    meter.add(sat_product(&[ow, taps, kh, kw]) as u64)?;
                     for ox in 0..ow {
                         let go = load_f64(
                             gt.bytes,
@@ -989,6 +1060,93 @@ mod tests {
         assert!(go(w3.clone(), 2, Float).is_err());
         assert!(go(w3.clone(), 1, Double).is_err());
         assert!(go(w3, 1, Float).is_ok());
+    }
+
+    /// Hostile geometry: sizes, paddings, strides, dilations and groups whose products
+    /// overflowed (panicking in debug builds, or forming wrapped offsets) are errors.
+    #[test]
+    fn hostile_geometry_is_an_error() {
+        let z = |s: &[usize]| Arg::T(OwnedTensor::zeros(Float, s));
+        let conv = |x: &[usize], w: &[usize], s: i64, p: i64, d: i64, tr: bool, g: i64| {
+            run_op(
+                "aten::convolution.out",
+                vec![
+                    z(x),
+                    z(w),
+                    Arg::None,
+                    Arg::Ints(vec![s]),
+                    Arg::Ints(vec![p]),
+                    Arg::Ints(vec![d]),
+                    Arg::Bool(tr),
+                    Arg::Ints(vec![0]),
+                    Arg::Int(g),
+                    Arg::Out(Float, vec![1, 1, 1, 1]),
+                ],
+            )
+        };
+        let max = i64::MAX;
+        let cases: Vec<(&[usize], &[usize], i64, i64, i64, bool, i64)> = vec![
+            // input + 2 * padding
+            (&[1, 1, 3, 3], &[1, 1, 1, 1], 1, max, 1, false, 1),
+            // dilation * (kernel - 1)
+            (&[1, 1, 3, 3], &[1, 1, 1, 4], 1, 0, max, false, 1),
+            // (input - 1) * stride, transposed
+            (&[1, 1, 3, 3], &[1, 1, 1, 1], max, 0, 1, true, 1),
+            // output index * stride past isize (3 outputs at stride 2^62)
+            (&[1, 1, 3, 3], &[1, 1, 3, 3], 1 << 62, 1 << 62, 1, false, 1),
+            // weight channels * groups
+            (&[1, 0, 3, 3], &[0, 2, 1, 1], 1, 0, 1, false, max),
+            (&[1, 0, 3, 3], &[0, 2, 1, 1], 1, 0, 1, true, max),
+        ];
+        for (i, &(x, w, s, p, d, tr, g)) in cases.iter().enumerate() {
+            assert!(conv(x, w, s, p, d, tr, g).is_err(), "case {i}");
+        }
+        // A large but representable stride still works: one output per row.
+        let out = run_op(
+            "aten::convolution.out",
+            vec![
+                Arg::T(OwnedTensor::from_f64(Float, &[1, 1, 1, 3], &[1., 2., 3.])),
+                Arg::T(OwnedTensor::from_f64(Float, &[1, 1, 1, 2], &[1., 10.])),
+                Arg::None,
+                Arg::Ints(vec![1, 1 << 40]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Bool(false),
+                Arg::Ints(vec![0]),
+                Arg::Int(1),
+                Arg::Out(Float, vec![1, 1, 1, 1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [21.]);
+    }
+
+    /// An empty grad_output with a huge batch: nothing to accumulate, so no loop over the
+    /// batch (it ran for 2^62 iterations before).
+    #[test]
+    fn backward_of_empty_grad_output_is_immediate() {
+        let big = 1usize << 62;
+        let out = run_op(
+            "aten::convolution_backward.out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[big, 0, 3, 3])),
+                Arg::T(OwnedTensor::zeros(Float, &[big, 0, 3, 3])),
+                Arg::T(OwnedTensor::zeros(Float, &[0, 0, 1, 1])),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Bool(false),
+                Arg::Ints(vec![0]),
+                Arg::Int(1),
+                Arg::Bools(vec![true, true, true]),
+                Arg::Out(Float, vec![big, 0, 3, 3]),
+                Arg::Out(Float, vec![0, 0, 1, 1]),
+                Arg::Out(Float, vec![0]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [big, 0, 3, 3]);
     }
 
     /// Plain forward 2-d convolution on row-major data (unit dilation).

@@ -7,7 +7,9 @@
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, TensorMeta};
 
-use crate::util::{broadcast_shapes, for_each_index, load_f64, store_f64, FLOAT};
+use crate::index::try_for_each_index;
+use crate::util::work::Meter;
+use crate::util::{broadcast_shapes, load_f64, store_f64, FLOAT};
 
 /// The p-norm of the difference of two length-`m` vectors, read by `x(k)` and `y(k)`.
 fn dist(p: f64, m: usize, x: impl Fn(usize) -> f64, y: impl Fn(usize) -> f64) -> f64 {
@@ -98,7 +100,10 @@ fn cdist_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let ob = &mut *o.bytes;
     let (s1, s2) = (m1.strides(), m2.strides());
     let nb = bshape.len();
-    for_each_index(&shape, |idx| {
+    // Each output is a length-M reduction: charge it, and poll the caller's deadline.
+    let mut meter = Meter::charging(a);
+    try_for_each_index(&shape, |idx| {
+        meter.add(mn as u64)?;
         let (bi, i, j) = (&idx[..nb], idx[nb], idx[nb + 1]);
         let o1: usize =
             bi.iter().zip(b1.iter()).map(|(k, s)| k * s).sum::<usize>() + i * s1[r1 - 2];
@@ -112,8 +117,8 @@ fn cdist_out(a: &mut KernelArgs<'_>) -> Result<()> {
         );
         let oo: usize = idx.iter().zip(ost.iter()).map(|(k, s)| k * s).sum();
         store_f64(ob, t, oo, v);
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `_pdist_forward.out(self, p=2, *, out)`: `[N, M]` gives the `N (N - 1) / 2` distances
@@ -130,7 +135,9 @@ fn pdist_out(a: &mut KernelArgs<'_>) -> Result<()> {
         )));
     }
     let (n, k) = (m.sizes()[0], m.sizes()[1]);
-    let count = n * n.saturating_sub(1) / 2;
+    // n (n - 1) / 2 in u128: n can be huge when the rows are empty (k == 0).
+    let count = usize::try_from(n as u128 * n.saturating_sub(1) as u128 / 2)
+        .map_err(|_| Error::shape(alloc::format!("pdist: {n} rows have too many pairs")))?;
     a.resize(2, &[count])?;
     let ost = a.meta(2)?.strides().first().copied().unwrap_or(1);
     let t = m.dtype;
@@ -138,7 +145,9 @@ fn pdist_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let o = a.out(2)?;
     let (s0, s1) = (m.strides()[0], m.strides()[1]);
     let mut q = 0usize;
+    let mut meter = Meter::charging(a);
     for i in 0..n {
+        meter.add(((n - i - 1) as u64).saturating_mul(k as u64))?;
         for j in i + 1..n {
             let v = dist(
                 p,
@@ -238,6 +247,17 @@ mod tests {
             )
             .is_err());
         }
+    }
+
+    /// Rows of width 0 can be arbitrarily many: n (n - 1) overflowed.
+    #[test]
+    fn pdist_pair_count_overflow_is_an_error() {
+        let x = OwnedTensor::zeros(Float, &[1 << 33, 0]);
+        assert!(run_op(
+            "aten::_pdist_forward.out",
+            vec![Arg::T(x), Arg::Double(2.0), Arg::Out(Float, vec![1])]
+        )
+        .is_err());
     }
 
     #[test]

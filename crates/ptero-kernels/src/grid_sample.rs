@@ -317,6 +317,25 @@ mod tests {
         );
     }
 
+    /// An empty out over a huge grid batch: returns at once (it looped over the batch).
+    #[test]
+    fn empty_out_with_huge_batch_is_immediate() {
+        let n = 1usize << 62;
+        let out = run_op(
+            "aten::grid_sampler_2d.out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[n, 0, 1, 1])),
+                Arg::T(OwnedTensor::zeros(Float, &[n, 1, 0, 2])),
+                Arg::Int(0),
+                Arg::Int(0),
+                Arg::Bool(false),
+                Arg::Out(Float, vec![n, 0, 1, 0]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [n, 0, 1, 0]);
+    }
+
     #[test]
     fn layouts_empty_and_errors() {
         let v: Vec<f64> = (0..12).map(|i| i as f64).collect();

@@ -61,6 +61,8 @@ fn fast_hadamard_transform_out(a: &mut KernelArgs<'_>) -> Result<()> {
         } else {
             1.0
         };
+    // log2(n) butterfly passes over every element.
+    a.charge((im.numel() as u64).saturating_mul(log2 as u64));
     let it = a.tensor(0)?;
     let mut ot = a.out(1)?;
     match im.dtype {
@@ -102,8 +104,9 @@ fn fast_hadamard_transform_out(a: &mut KernelArgs<'_>) -> Result<()> {
             let o = ot.data::<f16>()?;
             let rh = |v: f64| f16::from_f64(v).to_f64();
             let inv = rh(1.0 / rh(root));
-            // Per-row scratch in f64; rows are the last dim (at most a few thousand).
-            let mut buf = alloc::vec![0f64; n];
+            // Per-row scratch in f64; rows are the last dim (normally a few thousand, but
+            // sized by the input, so allocated fallibly).
+            let mut buf = a.scratch::<f64>(n)?;
             for (src, dst) in x.chunks_exact(n).zip(o.chunks_exact_mut(n)) {
                 for (b, s) in buf.iter_mut().zip(src) {
                     *b = s.to_f64();

@@ -50,7 +50,10 @@ fn wrap(v: i64, size: usize, what: &str) -> Result<usize> {
 /// Calls `f` with every multi-index of `shape` in row-major order, stopping at the first
 /// error (`for_each_index` cannot stop, which matters when the space is huge and the
 /// caller's deadline passes).
-fn try_for_each_index(shape: &[usize], mut f: impl FnMut(&[usize]) -> Result<()>) -> Result<()> {
+pub(crate) fn try_for_each_index(
+    shape: &[usize],
+    mut f: impl FnMut(&[usize]) -> Result<()>,
+) -> Result<()> {
     if shape.contains(&0) {
         return Ok(());
     }

@@ -11,6 +11,7 @@ use ptero_core::{
 };
 
 use crate::util::store_f64;
+use crate::util::work::{sat_product, Meter};
 
 fn usize_of(v: i64, what: &str) -> Result<usize> {
     usize::try_from(v).map_err(|_| Error::invalid(format!("{what} must be >= 0, got {v}")))
@@ -71,6 +72,11 @@ fn copy_tokens(
     cbytes: &mut [u8],
     mut pos: impl FnMut(usize, usize) -> Result<usize>,
 ) -> Result<()> {
+    // An empty value copies nothing, however large its other dims (which may not even
+    // multiply without overflow).
+    if value.numel() == 0 {
+        return Ok(());
+    }
     let es = cache.dtype.size();
     let (b, s) = (value.sizes()[0], value.sizes()[1]);
     let token = value.sizes()[2] * value.sizes()[3] * es;
@@ -333,19 +339,29 @@ struct Attention<'a> {
 const STACK_D: usize = 512;
 
 impl Attention<'_> {
-    /// Runs attention, handing each finished output row (b, h, s) to `emit`.
-    fn run(&self, mut emit: impl FnMut(usize, usize, usize, &[f32])) -> Result<()> {
+    /// Runs attention, handing each finished output row (b, h, s) to `emit`. The work
+    /// (a dot product and an axpy per attended key) is charged to `a`, whose deadline is
+    /// checked once per output row.
+    fn run(
+        &self,
+        a: &KernelArgs<'_>,
+        mut emit: impl FnMut(usize, usize, usize, &[f32]),
+    ) -> Result<()> {
         let d = self.q.d;
         let mut qs = [0f32; STACK_D];
         let mut accs = [0f32; STACK_D];
-        // Scratch for head dims above STACK_D (never hit by LLM head sizes).
-        let mut heap = alloc::vec::Vec::new();
+        // Scratch for head dims above STACK_D (never hit by LLM head sizes), fallible.
+        let mut heap = if d <= STACK_D {
+            alloc::vec::Vec::new()
+        } else {
+            a.scratch::<f32>(d.saturating_mul(2))?
+        };
         let (qbuf, acc) = if d <= STACK_D {
             (&mut qs[..d], &mut accs[..d])
         } else {
-            heap.resize(2 * d, 0f32);
             heap.split_at_mut(d)
         };
+        let mut meter = Meter::charging(a);
         let reps = self.hq / self.hkv;
         for b in 0..self.batch {
             for h in 0..self.hq {
@@ -357,6 +373,7 @@ impl Attention<'_> {
                     } else {
                         self.kv_len
                     };
+                    meter.add(sat_product(&[nk, d, 2]) as u64)?;
                     let mrow = match self.mask {
                         Some((m, st)) => {
                             Some(m.get(r * st..r * st + self.kv_len).ok_or_else(|| {
@@ -649,7 +666,7 @@ fn sdpa_plan(a: &mut KernelArgs<'_>, p: &SdpaArgs) -> Result<Plan> {
     let kv_len = if mask_meta.is_some() {
         kv_full
     } else {
-        let n = start_pos + seq_len;
+        let n = start_pos.saturating_add(seq_len);
         if n > kv_full {
             return Err(Error::invalid(format!(
                 "sdpa: start_pos {start_pos} + seq_len {seq_len} exceeds the {kv_full} cached \
@@ -723,6 +740,11 @@ fn sdpa_run(
     } = *plan;
     let seq_at_2 = p.seq_at_2;
     let om = *a.meta(p.out)?;
+    // An empty out (e.g. head size 0) needs no attention, however many rows and keys
+    // the other dims describe.
+    if om.numel() == 0 {
+        return Ok(());
+    }
     let od = om.dtype;
     let ost = bhs(&om, seq_at_2);
     let od_stride = om.strides()[3];
@@ -750,7 +772,7 @@ fn sdpa_run(
     if od == ScalarType::Float && od_stride == 1 {
         let o = ot.data::<f32>()?;
         let mut bad = false;
-        attn.run(|b, h, s, row| {
+        attn.run(a, |b, h, s, row| {
             let base = b * ost[0] + h * ost[1] + s * ost[2];
             match o.get_mut(base..base + row.len()) {
                 Some(dst) => dst.copy_from_slice(row),
@@ -763,7 +785,7 @@ fn sdpa_run(
     } else {
         let ob = &mut *ot.bytes;
         let n = om.numel();
-        attn.run(|b, h, s, row| {
+        attn.run(a, |b, h, s, row| {
             let base = b * ost[0] + h * ost[1] + s * ost[2];
             for (i, &x) in row.iter().enumerate() {
                 let at = base + i * od_stride;
@@ -1026,6 +1048,73 @@ mod tests {
             ],
         )
         .is_err());
+    }
+
+    fn z(s: &[usize]) -> OwnedTensor {
+        OwnedTensor::zeros(Float, s)
+    }
+
+    /// Empty values whose other dims are huge: nothing to copy, where the token size
+    /// overflowed and the batch loop spun.
+    #[test]
+    fn update_cache_of_empty_value_is_a_no_op() {
+        let big = 1usize << 40;
+        for (value, cache) in [
+            // heads x head dim x element size overflows.
+            (z(&[0, 1, big, big]), z(&[0, 4, big, big])),
+            // 2^62 batches of zero tokens.
+            (z(&[1 << 62, 0, 0, 1]), z(&[1 << 62, 1, 0, 1])),
+        ] {
+            run_op(
+                "llama::update_cache.out",
+                vec![
+                    Arg::T(value),
+                    Arg::OutLike(cache),
+                    Arg::Int(0),
+                    Arg::Out(Float, vec![1]),
+                ],
+            )
+            .unwrap();
+        }
+    }
+
+    /// start_pos + seq_len overflowed.
+    #[test]
+    fn sdpa_window_overflow_is_an_error() {
+        let kv = z(&[1, 4, 1, 1]);
+        let r = run_op(
+            "llama::custom_sdpa.out",
+            sdpa_args(
+                &z(&[0, usize::MAX, 1, 1]),
+                &kv,
+                &kv,
+                1,
+                None,
+                false,
+                Arg::Out(Float, vec![0, 1, 1, 1]),
+            ),
+        );
+        assert!(r.is_err());
+    }
+
+    /// Head size 0: the loop ran over 2^20 query rows x 2^10 heads x 2^21 keys of nothing.
+    #[test]
+    fn sdpa_with_empty_out_is_immediate() {
+        let kv = z(&[1, 1 << 21, 1 << 10, 0]);
+        let r = run_op(
+            "llama::custom_sdpa.out",
+            sdpa_args(
+                &z(&[1, 1 << 20, 1 << 10, 0]),
+                &kv,
+                &kv,
+                0,
+                None,
+                true,
+                Arg::Out(Float, vec![1, 1 << 20, 1 << 10, 0]),
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.tensors[0].sizes, [1, 1 << 20, 1 << 10, 0]);
     }
 
     fn sdpa_args(

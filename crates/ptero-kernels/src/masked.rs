@@ -3,10 +3,43 @@
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
+use crate::index::try_for_each_index;
 use crate::util::copy::ElemCopy;
+use crate::util::work::Meter;
 use crate::util::{
     broadcast_shapes, broadcast_strides, for_each_index, for_each_offset, load_bool, store_i64,
 };
+
+/// Like `for_each_offset`, one innermost row at a time, recording each row's elements on
+/// `meter` (which stops the walk with an error once the caller's deadline passed).
+fn for_each_offset_metered<const N: usize>(
+    meter: &mut Meter<'_, '_>,
+    shape: &[usize],
+    strides: [&[usize]; N],
+    mut f: impl FnMut([usize; N]),
+) -> Result<()> {
+    let Some((&inner, outer)) = shape.split_last() else {
+        meter.add(1)?;
+        f([0; N]);
+        return Ok(());
+    };
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    let r = outer.len();
+    try_for_each_index(outer, |idx| {
+        meter.add(inner as u64)?;
+        let mut off: [usize; N] =
+            core::array::from_fn(|k| idx.iter().zip(strides[k]).map(|(i, s)| i * s).sum());
+        for _ in 0..inner {
+            f(off);
+            for (o, st) in off.iter_mut().zip(strides) {
+                *o += st[r];
+            }
+        }
+        Ok(())
+    })
+}
 
 fn check_mask(a: &KernelArgs<'_>, arg: usize, what: &str) -> Result<()> {
     let t = a.meta(arg)?.dtype;
@@ -86,14 +119,31 @@ fn masked_select_out(a: &mut KernelArgs<'_>) -> Result<()> {
         broadcast_strides(&sm, &shape)?,
         broadcast_strides(&mm, &shape)?,
     );
-    let mut count = 0usize;
+    // Count the mask's own true elements, times the number of times broadcasting repeats
+    // each (so a mask broadcast over a huge shape is not walked just to count).
+    let mut trues = 0usize;
     {
         let m = a.tensor(1)?;
-        for_each_offset(&shape, [&mst], |[o]| {
-            count += (m.bytes.get(o).copied().unwrap_or(0) != 0) as usize;
+        for_each_offset(mm.sizes(), [mm.strides()], |[o]| {
+            trues += (m.bytes.get(o).copied().unwrap_or(0) != 0) as usize;
         });
     }
+    let lead = shape.len() - mm.dim();
+    let mut count = trues;
+    for (d, &s) in shape.iter().enumerate() {
+        if d < lead || mm.sizes()[d - lead] != s {
+            count = count.checked_mul(s).ok_or_else(|| {
+                Error::shape(alloc::format!(
+                    "masked_select: the mask selects more than {} elements of shape {shape}",
+                    usize::MAX
+                ))
+            })?;
+        }
+    }
     a.resize(2, &[count])?;
+    if count == 0 {
+        return Ok(());
+    }
     let ost = a.meta(2)?.strides().first().copied().unwrap_or(1);
     let ec = ElemCopy::new(sm.dtype, sm.dtype)?;
     let s = a.tensor(0)?;
@@ -101,13 +151,15 @@ fn masked_select_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let o = a.out(2)?;
     let ob = &mut *o.bytes;
     let mut k = 0usize;
-    for_each_offset(&shape, [&sst, &mst], |[so, mo]| {
+    // The broadcast shape can be far larger than the inputs and the selection: charged,
+    // and stopped by the caller's deadline.
+    let mut meter = Meter::charging(a);
+    for_each_offset_metered(&mut meter, &shape, [&sst, &mst], |[so, mo]| {
         if m.bytes.get(mo).copied().unwrap_or(0) != 0 {
             ec.copy(ob, k * ost, s.bytes, so);
             k += 1;
         }
-    });
-    Ok(())
+    })
 }
 
 /// `self, mask, source, *, out`: `self` (broadcast with the mask) with the elements where
@@ -220,6 +272,32 @@ mod tests {
             vec![Arg::T(x), Arg::Out(Int, vec![6, 2])]
         )
         .is_err());
+    }
+
+    /// A mask broadcast against self over an N x N space selecting nothing: counted from
+    /// the mask alone (the N^2 walk took seconds before), and a row selected through the
+    /// broadcast.
+    #[test]
+    fn masked_select_counts_without_walking_the_broadcast() {
+        let n = 1usize << 17;
+        let out = run_op(
+            "aten::masked_select.out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[1, n])),
+                Arg::T(OwnedTensor::bools(&[n, 1], &alloc::vec![false; n])),
+                Arg::Out(Float, vec![1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [0]);
+        let x = OwnedTensor::from_f64(Float, &[1, 4], &[1., 2., 3., 4.]);
+        let m = OwnedTensor::bools(&[3, 1], &[false, true, false]);
+        let out = run_op(
+            "aten::masked_select.out",
+            vec![Arg::T(x), Arg::T(m), Arg::Out(Float, vec![4])],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].to_f64(), [1., 2., 3., 4.]);
     }
 
     #[test]

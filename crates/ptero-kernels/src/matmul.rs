@@ -8,6 +8,7 @@
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType, TensorMeta};
 
+use crate::util::work::{sat_product, Meter};
 use crate::util::{broadcast_strides, for_each_offset, load_f64, load_i64, store_f64, store_i64};
 
 /// One matrix inside a batch: element offset and row/column strides.
@@ -51,6 +52,10 @@ impl Plan {
                 self.bst[3][d],
             ];
             let size = self.batch[d];
+            // An empty out (n == 0) can have sizes whose product overflows: keep the batch.
+            let Some(merged) = self.m.checked_mul(size) else {
+                return;
+            };
             let ok = sb == 0
                 && (self.m == 1 || sa == self.a.rs * self.m)
                 && (self.m == 1 || sc == self.c.rs * self.m)
@@ -63,7 +68,7 @@ impl Plan {
                 self.c.rs = sc;
                 self.bias.rs = sbias;
             }
-            self.m *= size;
+            self.m = merged;
             self.batch.remove(d);
             for s in self.bst.iter_mut() {
                 s.remove(d);
@@ -155,10 +160,13 @@ fn execute(
         _ => None,
     };
     let mut ot = a.out(oi)?;
-    if plan.m == 0 || plan.n == 0 {
+    if plan.m == 0 || plan.n == 0 || plan.batch.contains(&0) {
         return Ok(());
     }
     let bst: [&[usize]; 4] = [&plan.bst[0], &plan.bst[1], &plan.bst[2], &plan.bst[3]];
+    // Multiply-adds are charged as each row block is done; the caller's deadline is polled
+    // between blocks.
+    let mut meter = Meter::charging(a);
     let mut res = Ok(());
     if dtype == ScalarType::Float {
         let av = at.data()?;
@@ -203,6 +211,7 @@ fn execute(
                 },
                 (plan.m, plan.n, plan.k),
                 &epi,
+                &mut meter,
             );
         });
         return res;
@@ -210,7 +219,11 @@ fn execute(
     let (ab, bb, ob) = (at.bytes, bt.bytes, &mut *ot.bytes);
     let biasb = biast.map(|t| t.bytes);
     let (m, n, k) = (plan.m, plan.n, plan.k);
+    let row_work = sat_product(&[n, k]) as u64;
     for_each_offset(&plan.batch, bst, |[ao, bo, co, biaso]| {
+        if res.is_err() {
+            return;
+        }
         let av = View {
             off: plan.a.off + ao,
             ..plan.a
@@ -228,6 +241,10 @@ fn execute(
             ..plan.bias
         };
         for i in 0..m {
+            if let Err(e) = meter.add(row_work) {
+                res = Err(e);
+                return;
+            }
             for j in 0..n {
                 let ci = cv.idx(i, j);
                 match dtype {
@@ -280,7 +297,7 @@ fn execute(
             }
         }
     });
-    Ok(())
+    res
 }
 
 struct Epi32<'s> {
@@ -327,14 +344,16 @@ fn gemm_f32(
     cv: View,
     (m, n, k): (usize, usize, usize),
     epi: &Epi32<'_>,
+    meter: &mut Meter<'_, '_>,
 ) -> Result<()> {
     if bv.cs == 1 && n >= 8 {
-        return gemm_f32_rows(a, av, b, bv, c, cv, (m, n, k), epi);
+        return gemm_f32_rows(a, av, b, bv, c, cv, (m, n, k), epi, meter);
     }
     if av.cs == 1 && bv.rs == 1 && k >= 8 {
-        return gemm_f32_dots(a, av, b, bv, c, cv, (m, n, k), epi);
+        return gemm_f32_dots(a, av, b, bv, c, cv, (m, n, k), epi, meter);
     }
     for i in 0..m {
+        meter.add(sat_product(&[n, k]) as u64)?;
         for j in 0..n {
             let mut acc = 0.0f32;
             for p in 0..k {
@@ -361,10 +380,12 @@ fn gemm_f32_rows(
     cv: View,
     (m, n, k): (usize, usize, usize),
     epi: &Epi32<'_>,
+    meter: &mut Meter<'_, '_>,
 ) -> Result<()> {
     let mut i = 0;
     while i < m {
         let mr = MR.min(m - i);
+        meter.add(sat_product(&[mr, n, k]) as u64)?;
         let mut j = 0;
         while j < n {
             let nr = NR.min(n - j);
@@ -417,6 +438,7 @@ fn gemm_f32_dots(
     cv: View,
     (m, n, k): (usize, usize, usize),
     epi: &Epi32<'_>,
+    meter: &mut Meter<'_, '_>,
 ) -> Result<()> {
     fn row(s: &[f32], off: usize, k: usize) -> Result<&[f32]> {
         s.get(off..off + k).ok_or_else(oob)
@@ -446,8 +468,10 @@ fn gemm_f32_dots(
             s
         })
     };
+    let col_work = sat_product(&[m, k]) as u64;
     let mut j = 0;
     while j + 4 <= n {
+        meter.add(col_work.saturating_mul(4))?;
         let w = [
             row(b, bv.idx(0, j), k)?,
             row(b, bv.idx(0, j + 1), k)?,
@@ -463,6 +487,7 @@ fn gemm_f32_dots(
         j += 4;
     }
     while j < n {
+        meter.add(col_work)?;
         let w = row(b, bv.idx(0, j), k)?;
         for i in 0..m {
             let x = row(a, av.idx(i, 0), k)?;
@@ -1025,6 +1050,24 @@ mod tests {
             vec![Arg::T(bo.clone()), Arg::T(bo), Arg::Out(Bool, vec![1, 1])]
         )
         .is_err());
+    }
+
+    /// An empty input whose batch dims multiply past `usize`: folding them into the row
+    /// count overflowed.
+    #[test]
+    fn linear_empty_batch_does_not_overflow() {
+        let big = 1usize << 40;
+        let out = run_op(
+            "aten::linear.out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[0, big, big, 1])),
+                Arg::T(t(Float, &[1, 1], &[2.0])),
+                Arg::None,
+                Arg::Out(Float, vec![0, big, big, 1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [0, big, big, 1]);
     }
 
     #[test]

@@ -572,7 +572,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::{self, *};
@@ -911,5 +911,100 @@ mod tests {
             ],
         )
         .is_err());
+    }
+
+    #[test]
+    fn empty_inputs_with_huge_dims() {
+        // No elements, but the non-empty dims multiply past usize: partial products used
+        // to overflow (a panic in debug builds).
+        let big = 1usize << 31;
+        let out = run_op(
+            "aten::_native_batch_norm_legit_no_training.out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[0, 1, big, big, big])),
+                Arg::None,
+                Arg::None,
+                Arg::T(t(Float, &[1], &[0.])),
+                Arg::T(t(Float, &[1], &[1.])),
+                Arg::Double(0.1),
+                Arg::Double(1e-5),
+                Arg::Out(Float, vec![0, 1, 1, 1, 1]),
+                Arg::Out(Float, vec![1]),
+                Arg::Out(Float, vec![1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.tensors[0].sizes, [0, 1, big, big, big]);
+        for order in [[0u8, 1, 2, 3], [3, 2, 1, 0]] {
+            let out = run_op(
+                "aten::native_layer_norm.out",
+                vec![
+                    Arg::T(OwnedTensor::zeros(Float, &[0, big, big, big]).with_dim_order(&order)),
+                    Arg::Ints(vec![big as i64; 3]),
+                    Arg::None,
+                    Arg::None,
+                    Arg::Double(1e-5),
+                    Arg::Out(Float, vec![0, 1, 1, 1]),
+                    Arg::Out(Float, vec![0, 1, 1, 1]),
+                    Arg::Out(Float, vec![0, 1, 1, 1]),
+                ],
+            )
+            .unwrap();
+            assert_eq!(out.tensors[1].sizes, [0, 1, 1, 1]);
+        }
+        assert!(run_op(
+            "aten::native_group_norm.out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[0, 2, big, big, big])),
+                Arg::None,
+                Arg::None,
+                Arg::Int(0),
+                Arg::Int(2),
+                Arg::Int(i64::MAX),
+                Arg::Int(1),
+                Arg::Double(1e-5),
+                Arg::Out(Float, vec![0, 2, 1, 1, 1]),
+                Arg::Out(Float, vec![0, 1]),
+                Arg::Out(Float, vec![0, 1]),
+            ],
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn big_inputs_poll_the_deadline() {
+        let (rows, m) = (512usize, 1024usize);
+        let x = OwnedTensor::zeros(Float, &[rows, m]);
+        for order in [[0u8, 1], [1, 0]] {
+            let got = run_op_interrupted(
+                "aten::native_layer_norm.out",
+                vec![
+                    Arg::T(x.with_dim_order(&order)),
+                    Arg::Ints(vec![m as i64]),
+                    Arg::None,
+                    Arg::None,
+                    Arg::Double(1e-5),
+                    Arg::Out(Float, vec![rows, m]),
+                    Arg::Out(Float, vec![rows, 1]),
+                    Arg::Out(Float, vec![rows, 1]),
+                ],
+            );
+            assert_eq!(got.unwrap_err(), ptero_core::Error::Interrupted);
+        }
+        let got = run_op_interrupted(
+            "aten::_native_batch_norm_legit.no_stats_out",
+            vec![
+                Arg::T(OwnedTensor::zeros(Float, &[rows, 2, m])),
+                Arg::None,
+                Arg::None,
+                Arg::Bool(true),
+                Arg::Double(0.1),
+                Arg::Double(1e-5),
+                Arg::Out(Float, vec![rows, 2, m]),
+                Arg::Out(Float, vec![2]),
+                Arg::Out(Float, vec![2]),
+            ],
+        );
+        assert_eq!(got.unwrap_err(), ptero_core::Error::Interrupted);
     }
 }

@@ -445,15 +445,31 @@ mod tests {
             ("aten::constant_pad_nd.out", vec![max, max], None),
             ("aten::constant_pad_nd.out", vec![min, min], None),
             // 3 + MIN + MAX = 2: both positions are far outside the input.
-            ("aten::constant_pad_nd.out", vec![min, max], Some(vec![9., 9.])),
-            ("aten::constant_pad_nd.out", vec![max, min], Some(vec![9., 9.])),
+            (
+                "aten::constant_pad_nd.out",
+                vec![min, max],
+                Some(vec![9., 9.]),
+            ),
+            (
+                "aten::constant_pad_nd.out",
+                vec![max, min],
+                Some(vec![9., 9.]),
+            ),
             ("aten::reflection_pad1d.out", vec![min, -5], None),
             ("aten::reflection_pad1d.out", vec![-5, min], None),
             ("aten::replication_pad1d.out", vec![max, max], None),
             ("aten::replication_pad1d.out", vec![min, -1], None),
             // Positions left of the input clamp to its first element, right to its last.
-            ("aten::replication_pad1d.out", vec![min, max], Some(vec![3., 3.])),
-            ("aten::replication_pad1d.out", vec![max, min], Some(vec![1., 1.])),
+            (
+                "aten::replication_pad1d.out",
+                vec![min, max],
+                Some(vec![3., 3.]),
+            ),
+            (
+                "aten::replication_pad1d.out",
+                vec![max, min],
+                Some(vec![1., 1.]),
+            ),
         ];
         for (name, pads, want) in cases {
             let args = if name.contains("constant") {

@@ -9,6 +9,7 @@ use alloc::format;
 use half::f16;
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType, TensorMeta};
 
+use crate::util::work::{checked_size, sat_product, Meter};
 use crate::util::{for_each_offset, load_f64, load_i64, store_f64, store_i64};
 
 fn dtype_arg(a: &KernelArgs<'_>, i: usize) -> Result<ScalarType> {
@@ -303,7 +304,8 @@ fn quantize_per_channel_out(a: &mut KernelArgs<'_>) -> Result<()> {
 /// Number of tokens (all but the last dim) of a tensor.
 fn num_tokens(m: &TensorMeta) -> usize {
     let s = m.sizes();
-    s[..s.len().saturating_sub(1)].iter().product()
+    // Saturating: with an empty last dim the others may multiply past usize.
+    sat_product(&s[..s.len().saturating_sub(1)])
 }
 
 /// The per-token ops view the input as `[tokens, last]` (contiguous) and quantize per
@@ -587,7 +589,8 @@ fn scale_and_zero_point(min: f32, max: f32, qmin: i32, qmax: i32) -> (f64, i64) 
     // std::min/std::max keep a NaN first argument.
     let mut min = if 0.0 < min { 0.0 } else { min };
     let mut max = if max < 0.0 { 0.0 } else { max };
-    let range = (qmax - qmin) as f64;
+    // i64: `qmax - qmin` overflows i32 for the full int32 range.
+    let range = (qmax as i64 - qmin as i64) as f64;
     let mut scale = (max as f64 - min as f64) / range;
     if scale as f32 == 0.0 || (1.0f32 / scale as f32).is_infinite() {
         scale = 0.1;
@@ -596,9 +599,9 @@ fn scale_and_zero_point(min: f32, max: f32, qmin: i32, qmax: i32) -> (f64, i64) 
         let org = scale as f32;
         scale = SMALL_SCALE_THRESHOLD as f64;
         if min == 0.0 {
-            max = SMALL_SCALE_THRESHOLD * (qmax - qmin) as f32;
+            max = SMALL_SCALE_THRESHOLD * range as f32;
         } else if max == 0.0 {
-            min = -SMALL_SCALE_THRESHOLD * (qmax - qmin) as f32;
+            min = -SMALL_SCALE_THRESHOLD * range as f32;
         } else {
             let amp = SMALL_SCALE_THRESHOLD / org;
             min *= amp;
@@ -638,6 +641,11 @@ fn check_qparams_outs(
     if qmin >= qmax {
         return Err(Error::invalid(format!(
             "choose_qparams: quant_min {qmin} must be < quant_max {qmax}"
+        )));
+    }
+    if i32::try_from(qmin).is_err() || i32::try_from(qmax).is_err() {
+        return Err(Error::invalid(format!(
+            "choose_qparams: quant range [{qmin}, {qmax}] exceeds int32"
         )));
     }
     let im = a.meta(input)?;
@@ -749,7 +757,7 @@ fn embedding(
             wm.sizes()
         )));
     }
-    let dim = wm.sizes()[1] * pack.per_byte();
+    let dim = checked_size(wm.sizes()[1], pack.per_byte(), "embedding: row width")?;
     let mut shape = xm.dims();
     if !shape.push(dim) {
         return Err(Error::shape("embedding: too many dims"));
@@ -985,7 +993,10 @@ fn mixed_mm_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let ot = a.out(4)?;
     let om = *ot.meta;
     let ob = &mut *ot.bytes;
+    // n multiply-adds per output: charged, and the deadline polled row by row.
+    let mut meter = Meter::charging(a);
     for i in 0..m {
+        meter.add((p as u64).saturating_mul(n as u64))?;
         for j in 0..p {
             let mut sum = 0f32;
             for k in 0..n {
@@ -1064,7 +1075,9 @@ fn mixed_linear_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let ot = a.out(5)?;
     let om = *ot.meta;
     let ob = &mut *ot.bytes;
+    let mut meter = Meter::charging(a);
     for i in 0..m {
+        meter.add((p as u64).saturating_mul(n as u64))?;
         for j in 0..p {
             let mut sum = 0f32;
             let mut k = 0;
@@ -1154,8 +1167,11 @@ fn add_out(a: &mut KernelArgs<'_>) -> Result<()> {
         [om.strides(), am.strides(), bm.strides()],
         |[o, i, j]| {
             // (value - zp) in int64 times the scale in double, then to f32.
-            let da = ((load_i64(at.bytes, am.dtype, i) - qa.1 as i64) as f64 * qa.0 as f64) as f32;
-            let db = ((load_i64(bt.bytes, bm.dtype, j) - qb.1 as i64) as f64 * qb.0 as f64) as f32;
+            // Wrapping: an int64 input of i64::MIN minus a positive zero point overflows.
+            let da = (load_i64(at.bytes, am.dtype, i).wrapping_sub(qa.1 as i64) as f64
+                * qa.0 as f64) as f32;
+            let db = (load_i64(bt.bytes, bm.dtype, j).wrapping_sub(qb.1 as i64) as f64
+                * qb.0 as f64) as f32;
             let v = ((oz as i64) as f32 + libm::rintf(inv * (da + db))) as i64;
             store_i64(ob, om.dtype, o, v.max(omin).min(omax));
         },
@@ -1197,7 +1213,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
@@ -1618,5 +1634,99 @@ mod tests {
             [8., 10.]
         );
         assert!(run_op("quantized_decomposed::add.out", args(256)).is_err());
+    }
+
+    #[test]
+    fn hostile_ranges_and_sizes() {
+        // The full int32 range: `qmax - qmin` used to overflow i32 (a panic in debug).
+        let r = run_op(
+            "quantized_decomposed::choose_qparams.Tensor_out",
+            vec![
+                Arg::T(f(&[2], &[-1.0, 1.0])),
+                Arg::Int(i32::MIN as i64),
+                Arg::Int(i32::MAX as i64),
+                Arg::Double(1e-5),
+                code(Int),
+                Arg::Out(Double, vec![1]),
+                Arg::Out(Long, vec![1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.tensors[0].to_f64(), [6.1e-5f32 as f64]);
+        // A range past int32 is rejected rather than truncated.
+        assert!(run_op(
+            "quantized_decomposed::choose_qparams.Tensor_out",
+            vec![
+                Arg::T(f(&[2], &[-1.0, 1.0])),
+                Arg::Int(-(1 << 40)),
+                Arg::Int(1 << 40),
+                Arg::Double(1e-5),
+                code(Int),
+                Arg::Out(Double, vec![1]),
+                Arg::Out(Long, vec![1]),
+            ],
+        )
+        .is_err());
+        // int64 inputs at i64::MIN with a positive zero point: the difference wraps (it
+        // used to overflow).
+        let a = OwnedTensor::new::<i64>(&[1], &[i64::MIN]);
+        let mut args = vec![
+            Arg::T(a.clone()),
+            Arg::Double(1.0),
+            Arg::Int(1),
+            Arg::Int(0),
+        ];
+        args.extend([Arg::Int(255), Arg::T(a), Arg::Double(1.0), Arg::Int(1)]);
+        args.extend([Arg::Int(0), Arg::Int(255), Arg::Double(1.0), Arg::Int(0)]);
+        args.extend([Arg::Int(0), Arg::Int(255), Arg::Out(Long, vec![1])]);
+        let r = run_op("quantized_decomposed::add.out", args).unwrap();
+        assert_eq!(r.tensors[0].to_f64(), [255.]);
+        // A packed row width whose unpacked width overflows usize.
+        let w = OwnedTensor::zeros(Byte, &[0, 1 << 62]);
+        assert!(run_op(
+            "quantized_decomposed::embedding_2bit.out",
+            vec![
+                Arg::T(w),
+                Arg::T(OwnedTensor::zeros(Float, &[0])),
+                Arg::None,
+                Arg::Int(-2),
+                Arg::Int(1),
+                Arg::T(OwnedTensor::new::<i32>(&[0], &[])),
+                Arg::Out(Float, vec![0, 4]),
+            ],
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn matmuls_poll_the_deadline() {
+        let (m, n, p) = (128usize, 64usize, 64usize);
+        let x = OwnedTensor::zeros(Float, &[m, n]);
+        let s = OwnedTensor::zeros(Float, &[n]);
+        let w = OwnedTensor::new::<i8>(&[n, p], &alloc::vec![1i8; n * p]);
+        let got = run_op_interrupted(
+            "quantized_decomposed::mixed_mm.out",
+            vec![
+                Arg::T(x.clone()),
+                Arg::T(w),
+                Arg::T(s),
+                Arg::None,
+                Arg::Out(Float, vec![m, p]),
+            ],
+        );
+        assert_eq!(got.unwrap_err(), ptero_core::Error::Interrupted);
+        let w = OwnedTensor::new::<i8>(&[p, n], &alloc::vec![1i8; n * p]);
+        let got = run_op_interrupted(
+            "quantized_decomposed::mixed_linear.out",
+            vec![
+                Arg::T(x),
+                Arg::T(w),
+                Arg::T(OwnedTensor::zeros(Float, &[p])),
+                Arg::None,
+                Arg::None,
+                Arg::Out(Float, vec![m, p]),
+            ],
+        );
+        assert_eq!(got.unwrap_err(), ptero_core::Error::Interrupted);
     }
 }

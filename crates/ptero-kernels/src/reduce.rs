@@ -13,6 +13,7 @@ use ptero_core::{
 };
 
 use crate::util::copy::ElemCopy;
+use crate::util::work::{sat_product, Meter};
 use crate::util::{
     contiguous_strides, for_each_offset, load_bool, load_f64, load_i64, store_bool, store_f64,
     store_i64, ComputeKind,
@@ -80,7 +81,9 @@ impl Plan {
                 out_shape.push(s);
             }
         }
-        let n = red_shape.iter().product();
+        // Saturating: with an empty kept dim the reduced ones may multiply past usize
+        // (and no lane is visited).
+        let n = sat_product(&red_shape);
         let cst = contiguous_strides(&red_shape);
         let flat = red_shape
             .iter()
@@ -241,7 +244,13 @@ fn accumulate(
     let ob = o.bytes;
     let n = plan.n;
     let float = od.is_float() || xd.is_float();
+    let mut meter = Meter::new(a);
+    let mut stop = Ok(());
     plan.each([ost.as_slice()], |base, [oo]| {
+        if stop.is_err() {
+            return;
+        }
+        stop = meter.add(n as u64);
         if float {
             let mut acc = if op == Acc::Prod { 1.0 } else { 0.0 };
             match op {
@@ -261,7 +270,7 @@ fn accumulate(
             store_i64(ob, od, oo, acc);
         }
     });
-    Ok(())
+    stop
 }
 
 /// `self, dim[]?, keepdim=False, *, dtype=None, out`
@@ -376,6 +385,11 @@ fn extreme_into(
         Some(v) => Some(*a.meta(v)?),
         None => None,
     };
+    if let Some(m) = &vm {
+        // The value store helpers skip opaque dtypes: reject them rather than leave
+        // the out unwritten.
+        numeric(vals.unwrap_or(0), m.dtype)?;
+    }
     let im = match idx {
         Some(i) => Some(*a.meta(i)?),
         None => None,
@@ -395,7 +409,13 @@ fn extreme_into(
     };
     let vdt = vm.map(|m| m.dtype).unwrap_or(xd);
     let exact_int = !xd.is_float();
+    let mut meter = Meter::new(a);
+    let mut stop = Ok(());
     plan.each([vst.as_slice(), ist.as_slice()], |base, [o0, o1]| {
+        if stop.is_err() {
+            return;
+        }
+        stop = meter.add(plan.n as u64);
         let (f, i, at) = extreme(&plan, x.bytes, xd, base, max);
         if let Some(v) = vo.as_mut() {
             if exact_int {
@@ -408,7 +428,7 @@ fn extreme_into(
             store_i64(ix.bytes, ScalarType::Long, o1, at as i64);
         }
     });
-    Ok(())
+    stop
 }
 
 /// `self, dim[]=[], keepdim=False, *, out`
@@ -532,8 +552,15 @@ fn variance(
         plan.lane_f64(x.bytes, xd, base, |v| ss += (v - mean) * (v - mean));
         (ss / denom, mean)
     };
+    let mut meter = Meter::new(a);
+    let mut stop = Ok(());
+    let units = plan.n as u64;
     match mean_out {
         None => plan.each([ost.as_slice()], |base, [oo]| {
+            if stop.is_err() {
+                return;
+            }
+            stop = meter.add(units);
             store_f64(o.bytes, om.dtype, oo, lane(base).0);
         }),
         Some(mo) => {
@@ -541,13 +568,17 @@ fn variance(
             let mst = plan.kept_out(&mm);
             let m = a.out(mo)?;
             plan.each([ost.as_slice(), mst.as_slice()], |base, [oo, mo]| {
+                if stop.is_err() {
+                    return;
+                }
+                stop = meter.add(units);
                 let (v, mean) = lane(base);
                 store_f64(o.bytes, om.dtype, oo, v);
                 store_f64(m.bytes, mm.dtype, mo, mean);
             });
         }
     }
-    Ok(())
+    stop
 }
 
 /// `self, dim[]?, *, correction=None, keepdim=False, out`
@@ -596,14 +627,20 @@ fn any_into(a: &mut KernelArgs<'_>, mask: [bool; MAXD], keepdim: bool, out: usiz
     let x = a.tensor(0)?;
     let xd = x.meta.dtype;
     let o = a.out(out)?;
+    let mut meter = Meter::new(a);
+    let mut stop = Ok(());
     plan.each([ost.as_slice()], |base, [oo]| {
+        if stop.is_err() {
+            return;
+        }
+        stop = meter.add(plan.n as u64);
         let mut any = false;
         for_each_offset(&plan.red_shape, [&plan.red_in], |[r]| {
             any = any || load_bool(x.bytes, xd, base + r);
         });
         store_bool(o.bytes, om.dtype, oo, any);
     });
-    Ok(())
+    stop
 }
 
 /// `self, dim, keepdim=False, *, out`
@@ -659,6 +696,11 @@ fn cumsum_out(a: &mut KernelArgs<'_>) -> Result<()> {
             found: od,
         });
     }
+    let float = ComputeKind::of(od)? == ComputeKind::Float;
+    if m.numel() == 0 {
+        // Lanes of length 0 can be enormously many: visit none.
+        return Ok(());
+    }
     let (shape, ist) = lanes_along(&m, dim);
     let (_, ost) = lanes_along(&om, dim);
     let (len, istep, ostep) = if m.dim() == 0 {
@@ -668,8 +710,13 @@ fn cumsum_out(a: &mut KernelArgs<'_>) -> Result<()> {
     };
     let x = a.tensor(0)?;
     let o = a.out(3)?;
-    let float = ComputeKind::of(od)? == ComputeKind::Float;
+    let mut meter = Meter::new(a);
+    let mut stop = Ok(());
     for_each_offset(&shape, [&ist, &ost], |[ib, ob]| {
+        if stop.is_err() {
+            return;
+        }
+        stop = meter.add(len as u64);
         if float {
             let mut acc = 0.0;
             for k in 0..len {
@@ -684,7 +731,7 @@ fn cumsum_out(a: &mut KernelArgs<'_>) -> Result<()> {
             }
         }
     });
-    Ok(())
+    stop
 }
 
 /// Orders (value, index) pairs for topk: by value (NaN above everything), ties by index.
@@ -728,6 +775,11 @@ fn topk_values(a: &mut KernelArgs<'_>) -> Result<()> {
             found: im.dtype,
         });
     }
+    if m.numel() == 0 {
+        // `k <= size`, so the outs are empty too; lanes of length 0 can be enormously
+        // many: visit none.
+        return Ok(());
+    }
     let (lshape, xst) = lanes_along(&m, dim);
     let (_, vst) = lanes_along(&vm, dim);
     let (_, ist) = lanes_along(&im, dim);
@@ -738,24 +790,35 @@ fn topk_values(a: &mut KernelArgs<'_>) -> Result<()> {
     let io = a.out(6)?;
     let ec = ElemCopy::new(vm.dtype, m.dtype)?;
     let float = m.dtype.is_float();
-    // Scratch: one (key, index) pair per element of a lane.
-    let mut keys: Vec<(f64, usize)> = Vec::with_capacity(size);
-    let mut ikeys: Vec<(i64, usize)> = Vec::with_capacity(size);
+    // Scratch: one (key, index) pair per element of a lane, fallible and within the
+    // method's memory limit (a lane is as long as the input).
+    let mut keys: Vec<(f64, usize)> = a.scratch(if float { size } else { 0 })?;
+    let mut ikeys: Vec<(i64, usize)> = a.scratch(if float { 0 } else { size })?;
+    // Sorting a lane costs about size * log2(size) comparisons.
+    let sort_units = (size as u64).saturating_mul(u64::from(usize::BITS - size.leading_zeros()));
+    let mut meter = Meter::charging(a);
+    let mut stop = Ok(());
     for_each_offset(&lshape, [&xst, &vst, &ist], |[xb, vb, ib]| {
+        if stop.is_err() {
+            return;
+        }
+        stop = meter.add(sort_units);
         let mut emit = |r: usize, j: usize| {
             ec.copy(vo.bytes, vb + r * vs, x.bytes, xb + j * xs);
             store_i64(io.bytes, ScalarType::Long, ib + r * is, j as i64);
         };
         if float {
-            keys.clear();
-            keys.extend((0..size).map(|j| (load_f64(x.bytes, m.dtype, xb + j * xs), j)));
+            for (j, key) in keys.iter_mut().enumerate() {
+                *key = (load_f64(x.bytes, m.dtype, xb + j * xs), j);
+            }
             keys.sort_by(|p, q| cmp_f(p, q, largest));
             for (r, p) in keys.iter().take(k).enumerate() {
                 emit(r, p.1);
             }
         } else {
-            ikeys.clear();
-            ikeys.extend((0..size).map(|j| (load_i64(x.bytes, m.dtype, xb + j * xs), j)));
+            for (j, key) in ikeys.iter_mut().enumerate() {
+                *key = (load_i64(x.bytes, m.dtype, xb + j * xs), j);
+            }
             ikeys.sort_by(|p, q| {
                 let o = p.0.cmp(&q.0);
                 (if largest { o.reverse() } else { o }).then(p.1.cmp(&q.1))
@@ -765,7 +828,7 @@ fn topk_values(a: &mut KernelArgs<'_>) -> Result<()> {
             }
         }
     });
-    Ok(())
+    stop
 }
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
@@ -794,7 +857,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::{self, *};
@@ -1418,5 +1481,155 @@ mod tests {
             ],
         )
         .is_err());
+    }
+
+    #[test]
+    fn empty_inputs_with_huge_dims() {
+        // No elements, but 2^62 lanes of length 0 (cumsum and topk used to walk them all)
+        // or reduced dims multiplying past usize (a panic in debug builds).
+        let big = 1usize << 31;
+        let cases: Vec<(&str, Vec<Arg>, Vec<usize>)> = vec![
+            (
+                "aten::cumsum.out",
+                vec![
+                    t(OwnedTensor::zeros(Float, &[0, big, big])),
+                    Arg::Int(0),
+                    Arg::None,
+                    out(Float, &[0, 1, 1]),
+                ],
+                vec![0, big, big],
+            ),
+            (
+                "aten::topk.values",
+                vec![
+                    t(OwnedTensor::zeros(Float, &[big, big, 0])),
+                    Arg::Int(0),
+                    Arg::Int(-1),
+                    Arg::Bool(true),
+                    Arg::Bool(true),
+                    out(Float, &[1, 1, 0]),
+                    out(Long, &[1, 1, 0]),
+                ],
+                vec![big, big, 0],
+            ),
+            (
+                "aten::sum.IntList_out",
+                vec![
+                    t(OwnedTensor::zeros(Float, &[0, big, big, big])),
+                    ints(&[1, 2, 3]),
+                    Arg::Bool(false),
+                    Arg::None,
+                    out(Float, &[0]),
+                ],
+                vec![0],
+            ),
+        ];
+        for (op, args, shape) in cases {
+            let got = run_op(op, args).unwrap_or_else(|e| panic!("{op}: {e}"));
+            assert_eq!(got.tensors[0].sizes, shape, "{op}");
+        }
+    }
+
+    #[test]
+    fn opaque_value_outs_are_rejected() {
+        // The value stores skip float8: an error rather than an unwritten out.
+        let f8 = OwnedTensor {
+            dtype: Float8E5M2,
+            sizes: vec![],
+            dim_order: vec![],
+            bytes: vec![0xff],
+        };
+        assert!(run_op(
+            "aten::amax.out",
+            vec![
+                f(&[2], &[1., 2.]),
+                ints(&[]),
+                Arg::Bool(false),
+                Arg::OutLike(f8)
+            ],
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn scratch_and_deadline() {
+        // topk's scratch is bounded by the method's memory limit: an error, not an abort.
+        let x = iota(Float, &[1000]);
+        let small = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: 1000,
+        };
+        let got = run_op_with(
+            "aten::topk.values",
+            vec![
+                t(x.clone()),
+                Arg::Int(1),
+                Arg::Int(0),
+                Arg::Bool(true),
+                Arg::Bool(true),
+                out(Float, &[1]),
+                out(Long, &[1]),
+            ],
+            small,
+        );
+        assert!(matches!(got, Err(ptero_core::Error::OutOfMemory { .. })));
+        // Long reductions poll the caller's deadline.
+        let big = OwnedTensor::zeros(Float, &[512, 1024]);
+        let cases: Vec<(&str, Vec<Arg>)> = vec![
+            (
+                "aten::sum.IntList_out",
+                vec![
+                    t(big.clone()),
+                    ints(&[1]),
+                    Arg::Bool(false),
+                    Arg::None,
+                    out(Float, &[512]),
+                ],
+            ),
+            (
+                "aten::amax.out",
+                vec![
+                    t(big.clone()),
+                    ints(&[1]),
+                    Arg::Bool(false),
+                    out(Float, &[512]),
+                ],
+            ),
+            (
+                "aten::cumsum.out",
+                vec![
+                    t(big.clone()),
+                    Arg::Int(1),
+                    Arg::None,
+                    out(Float, &[512, 1024]),
+                ],
+            ),
+            (
+                "aten::var.correction_out",
+                vec![
+                    t(big.clone()),
+                    ints(&[1]),
+                    Arg::None,
+                    Arg::Bool(false),
+                    out(Float, &[512]),
+                ],
+            ),
+            (
+                "aten::any.dims_out",
+                vec![
+                    t(big.clone()),
+                    ints(&[1]),
+                    Arg::Bool(false),
+                    out(Bool, &[512]),
+                ],
+            ),
+        ];
+        for (op, args) in cases {
+            assert_eq!(
+                run_op_interrupted(op, args).unwrap_err(),
+                ptero_core::Error::Interrupted,
+                "{op}"
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use ptero_core::{normalize_dim, Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
+use crate::util::work::Meter;
 use crate::util::{for_each_offset, load_f64, store_f64};
 
 fn nan_max(a: f64, b: f64) -> f64 {
@@ -76,10 +77,12 @@ fn run(a: &mut KernelArgs<'_>, log: bool) -> Result<()> {
     if len == 0 || shape.contains(&0) {
         return Ok(());
     }
+    let mut meter = Meter::new(a);
     if fast {
         let x = xt.data::<f32>()?;
         let o = ot.data::<f32>()?;
         for (xr, or) in x.chunks_exact(len).zip(o.chunks_exact_mut(len)) {
+            meter.add(len as u64)?;
             let mut m = f32::NEG_INFINITY;
             for &v in xr {
                 m = if v.is_nan() || m.is_nan() {
@@ -109,7 +112,12 @@ fn run(a: &mut KernelArgs<'_>, log: bool) -> Result<()> {
         return Ok(());
     }
     let ob = &mut *ot.bytes;
+    let mut stop = Ok(());
     for_each_offset(&outer, [&xst, &ost], |[xo, oo]| {
+        if stop.is_err() {
+            return;
+        }
+        stop = meter.add(len as u64);
         let mut m = f64::NEG_INFINITY;
         for i in 0..len {
             m = nan_max(m, load_f64(xt.bytes, dtype, xo + i * xs));
@@ -125,7 +133,7 @@ fn run(a: &mut KernelArgs<'_>, log: bool) -> Result<()> {
             store_f64(ob, od, oo + i * os, v);
         }
     });
-    Ok(())
+    stop
 }
 
 fn softmax_out(a: &mut KernelArgs<'_>) -> Result<()> {
@@ -262,5 +270,26 @@ mod tests {
         let i = OwnedTensor::from_f64(Long, &[1], &[1.0]);
         assert!(go("aten::_softmax.out", i, 0, false, Long).is_err());
         assert!(go("aten::_softmax.out", f(&[1.0]), 0, true, Float).is_err());
+    }
+
+    #[test]
+    fn big_inputs_poll_the_deadline() {
+        let x = OwnedTensor::zeros(Float, &[512, 1024]);
+        for (order, dim) in [([0u8, 1], 1), ([0, 1], 0), ([1, 0], 1)] {
+            let got = crate::testing::run_op_interrupted(
+                "aten::_softmax.out",
+                vec![
+                    Arg::T(x.with_dim_order(&order)),
+                    Arg::Int(dim),
+                    Arg::Bool(false),
+                    Arg::Out(Float, vec![512, 1024]),
+                ],
+            );
+            assert_eq!(
+                got.unwrap_err(),
+                ptero_core::Error::Interrupted,
+                "{order:?} {dim}"
+            );
+        }
     }
 }

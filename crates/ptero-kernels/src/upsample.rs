@@ -15,6 +15,7 @@ use half::{bf16, f16};
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
 use crate::util::copy::ElemCopy;
+use crate::util::work::Meter;
 use crate::util::{load_f64, store_f64};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,49 +74,61 @@ struct Axis {
 }
 
 impl Axis {
-    fn identity() -> Axis {
-        Axis {
+    fn identity(a: &KernelArgs<'_>) -> Result<Axis> {
+        let mut w = a.scratch::<f64>(1)?;
+        w[0] = 1.0;
+        Ok(Axis {
             taps: 1,
-            idx: alloc::vec![0],
-            w: alloc::vec![1.0],
-        }
+            idx: a.scratch(1)?,
+            w,
+        })
     }
 
-    fn new(mode: Mode, p: Prec, inp: usize, out: usize, scale: Option<f64>) -> Axis {
-        match mode {
+    /// Empty tables of `out * taps` entries, allocated within the method's memory limit.
+    fn tables(a: &KernelArgs<'_>, out: usize, taps: usize) -> Result<(Vec<usize>, Vec<f64>)> {
+        // An overflowing count asks for more than any limit: the same error.
+        let n = out.checked_mul(taps).unwrap_or(usize::MAX);
+        Ok((a.scratch(n)?, a.scratch(n)?))
+    }
+
+    fn new(
+        a: &KernelArgs<'_>,
+        mode: Mode,
+        p: Prec,
+        inp: usize,
+        out: usize,
+        scale: Option<f64>,
+    ) -> Result<Axis> {
+        Ok(match mode {
             Mode::Nearest | Mode::NearestExact => {
                 // Float32 in ATen for every dtype (nearest_idx / nearest_exact_idx).
                 let s = scales_value(Prec { double: false }, scale, inp, out) as f32;
-                let idx = (0..out)
-                    .map(|i| {
-                        if mode == Mode::Nearest {
-                            if out == inp {
-                                i
-                            } else if out == 2 * inp {
-                                i >> 1
-                            } else {
-                                (libm::floorf(i as f32 * s) as usize).min(inp - 1)
-                            }
+                let (mut idx, mut w) = Axis::tables(a, out, 1)?;
+                for (i, (ix, wt)) in idx.iter_mut().zip(w.iter_mut()).enumerate() {
+                    *ix = if mode == Mode::Nearest {
+                        if out == inp {
+                            i
+                        } else if out == 2 * inp {
+                            i >> 1
                         } else {
-                            let v = ((i as f64 + 0.5) * s as f64) as f32;
-                            (libm::floorf(v) as usize).min(inp - 1)
+                            (libm::floorf(i as f32 * s) as usize).min(inp - 1)
                         }
-                    })
-                    .collect();
-                Axis {
-                    taps: 1,
-                    idx,
-                    w: alloc::vec![1.0; out],
+                    } else {
+                        let v = ((i as f64 + 0.5) * s as f64) as f32;
+                        (libm::floorf(v) as usize).min(inp - 1)
+                    };
+                    *wt = 1.0;
                 }
+                Axis { taps: 1, idx, w }
             }
             Mode::Linear { align_corners } => {
                 let ratio = area_scale(p, inp, out, align_corners, scale);
-                let mut idx = Vec::with_capacity(2 * out);
-                let mut w = Vec::with_capacity(2 * out);
+                let (mut idx, mut w) = Axis::tables(a, out, 2)?;
                 for i in 0..out {
+                    let (ix, wt) = (&mut idx[2 * i..2 * i + 2], &mut w[2 * i..2 * i + 2]);
                     if inp == out {
-                        idx.extend([i, i]);
-                        w.extend([1.0, 0.0]);
+                        ix.copy_from_slice(&[i, i]);
+                        wt.copy_from_slice(&[1.0, 0.0]);
                         continue;
                     }
                     let real = if align_corners {
@@ -127,8 +140,8 @@ impl Axis {
                     let i0 = (libm::floor(real) as usize).min(inp - 1);
                     let l1 = p.r(real - i0 as f64).clamp(0.0, 1.0);
                     let i1 = i0 + usize::from(i0 < inp - 1);
-                    idx.extend([i0, i1]);
-                    w.extend([p.r(1.0 - l1), l1]);
+                    ix.copy_from_slice(&[i0, i1]);
+                    wt.copy_from_slice(&[p.r(1.0 - l1), l1]);
                 }
                 Axis { taps: 2, idx, w }
             }
@@ -136,10 +149,18 @@ impl Axis {
                 // ATen's _compute_index_ranges_weights with the triangle filter.
                 let scale = area_scale(p, inp, out, align_corners, scale);
                 let support = if scale >= 1.0 { p.r(scale) } else { 1.0 };
-                let taps = (libm::ceil(support) as usize) * 2 + 1;
+                // A window never holds more than the input's `inp` positions, so the table
+                // needs no more taps than that, however tiny the given scale factor (it
+                // used to ask for `2 * ceil(1 / scale) + 1` taps per output: gigabytes).
+                let want = libm::ceil(support) * 2.0 + 1.0;
+                let taps = if want < inp as f64 {
+                    want as usize
+                } else {
+                    inp
+                }
+                .max(1);
                 let invscale = if scale >= 1.0 { p.r(1.0 / scale) } else { 1.0 };
-                let mut idx = alloc::vec![0usize; taps * out];
-                let mut w = alloc::vec![0.0f64; taps * out];
+                let (mut idx, mut w) = Axis::tables(a, out, taps)?;
                 for i in 0..out {
                     let center = p.r(scale * p.r(i as f64 + 0.5));
                     let xmin = (p.r(p.r(center - support) + 0.5) as i64).max(0) as usize;
@@ -167,7 +188,7 @@ impl Axis {
                 }
                 Axis { taps, idx, w }
             }
-        }
+        })
     }
 }
 
@@ -306,11 +327,14 @@ fn run(
     };
     let (ax_h, ax_w) = if k == 2 {
         (
-            Axis::new(mode, p, ih, oh, scales[0]),
-            Axis::new(mode, p, iw, ow, scales[1]),
+            Axis::new(a, mode, p, ih, oh, scales[0])?,
+            Axis::new(a, mode, p, iw, ow, scales[1])?,
         )
     } else {
-        (Axis::identity(), Axis::new(mode, p, iw, ow, scales[0]))
+        (
+            Axis::identity(a)?,
+            Axis::new(a, mode, p, iw, ow, scales[0])?,
+        )
     };
     let om = *a.meta(out)?;
     let st4 = |s: &[usize]| -> [usize; 4] {
@@ -324,14 +348,21 @@ fn run(
     let x = a.tensor(0)?;
     let mut o = a.out(out)?;
     let nearest = matches!(mode, Mode::Nearest | Mode::NearestExact);
+    // Taps read per output row (anti-aliasing with a tiny scale reads many): charged,
+    // and the deadline polled row by row.
+    let row_units = (ow as u64)
+        .saturating_mul(ax_h.taps as u64)
+        .saturating_mul(ax_w.taps as u64);
+    let meter = core::cell::RefCell::new(Meter::charging(a));
 
     // Visits every output element with its offset and the (taps of the) source offsets.
-    let for_each = |f: &mut Visit<'_>| {
+    let for_each = |f: &mut Visit<'_>| -> Result<()> {
         for ni in 0..n {
             for ci in 0..c {
                 let xb = ni * xs[0] + ci * xs[1];
                 let ob = ni * os[0] + ci * os[1];
                 for oy in 0..oh {
+                    meter.borrow_mut().add(row_units)?;
                     let hi = &ax_h.idx[oy * ax_h.taps..(oy + 1) * ax_h.taps];
                     let hw = &ax_h.w[oy * ax_h.taps..(oy + 1) * ax_h.taps];
                     for ox in 0..ow {
@@ -342,6 +373,7 @@ fn run(
                 }
             }
         }
+        Ok(())
     };
 
     if dtype == ScalarType::Float && xm.is_contiguous() && om.is_contiguous() {
@@ -349,12 +381,16 @@ fn run(
         let xd = x.data::<f32>()?;
         let od = o.data::<f32>()?;
         // Scratch: the weights as f32, once per axis.
-        let wh: Vec<f32> = ax_h.w.iter().map(|&w| w as f32).collect();
-        let ww: Vec<f32> = ax_w.w.iter().map(|&w| w as f32).collect();
+        let mut wh: Vec<f32> = a.scratch(ax_h.w.len())?;
+        let mut ww: Vec<f32> = a.scratch(ax_w.w.len())?;
+        for (d, s) in wh.iter_mut().zip(&ax_h.w).chain(ww.iter_mut().zip(&ax_w.w)) {
+            *d = *s as f32;
+        }
         let (th, tw) = (ax_h.taps, ax_w.taps);
         for (xp, op) in xd.chunks_exact(ih * iw).zip(od.chunks_exact_mut(oh * ow)) {
             let row = |y: usize| xp.get(y * iw..(y + 1) * iw).unwrap_or(&[]);
             for (oy, orow) in op.chunks_exact_mut(ow).enumerate() {
+                meter.borrow_mut().add(row_units)?;
                 let hi = &ax_h.idx[oy * th..(oy + 1) * th];
                 if nearest {
                     let r = row(hi[0]);
@@ -385,16 +421,15 @@ fn run(
     if nearest {
         let ec = ElemCopy::new(dtype, dtype)?;
         let ob = &mut *o.bytes;
-        for_each(&mut |oo, xb, [hi, wi], _| {
+        return for_each(&mut |oo, xb, [hi, wi], _| {
             ec.copy(ob, oo, x.bytes, xb + hi[0] * xs[2] + wi[0] * xs[3]);
         });
-        return Ok(());
     }
     if dtype == ScalarType::Float {
         // Typed path (any dim order): float32 weights and accumulation, as ATen does.
         let xd = x.data::<f32>()?;
         let od = o.data::<f32>()?;
-        for_each(&mut |oo, xb, [hi, wi], [hw, ww]| {
+        return for_each(&mut |oo, xb, [hi, wi], [hw, ww]| {
             let mut acc = 0f32;
             for (&yi, &yw) in hi.iter().zip(hw) {
                 let row = xb + yi * xs[2];
@@ -408,7 +443,6 @@ fn run(
                 *v = acc;
             }
         });
-        return Ok(());
     }
     // ATen stores the weights as the input dtype.
     let wround = |w: f64| match dtype {
@@ -433,8 +467,7 @@ fn run(
             acc = libm::round(acc).clamp(0.0, 255.0);
         }
         store_f64(ob, dtype, oo, acc);
-    });
-    Ok(())
+    })
 }
 
 /// `input, output_size: int[]?, scale_factors: float[]?, *, out`
@@ -551,7 +584,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
@@ -946,5 +979,83 @@ mod tests {
             ],
         )
         .is_err());
+    }
+
+    fn aa_args(x: OwnedTensor, o: [usize; 2], sh: Option<f64>, sw: Option<f64>) -> Vec<Arg> {
+        let sc = |v: Option<f64>| v.map_or(Arg::None, Arg::Double);
+        vec![
+            Arg::T(x),
+            Arg::Ints(vec![o[0] as i64, o[1] as i64]),
+            Arg::Bool(false),
+            sc(sh),
+            sc(sw),
+            Arg::Out(Float, vec![1, 1, o[0], o[1]]),
+        ]
+    }
+
+    #[test]
+    fn antialias_with_a_tiny_scale() {
+        // scale_h = 1e-9 means a filter support of 1e9 input rows: the tap tables used to
+        // be sized 2e9 + 1 taps per output (32 GB, an abort). A window never holds more
+        // than the 4 input rows, so 4 taps do, with the same weights.
+        let xv = seq(16);
+        let x = OwnedTensor::from_f64(Double, &[1, 1, 4, 4], &xv);
+        let mut args = aa_args(x, [2, 2], Some(1e-9), None);
+        args[5] = Arg::Out(Double, vec![1, 1, 2, 2]);
+        let out = run_op("aten::_upsample_bilinear2d_aa.out", args).unwrap();
+        // Output row 0 averages the 4 rows (equal weights up to 1e-9); row 1's window
+        // starts 5e8 rows past the input: no taps, 0.
+        let rx = aa_ref(4, 2);
+        let mut want = Vec::new();
+        for row in 0..2 {
+            for wx in &rx {
+                let mut s = 0.0;
+                if row == 0 {
+                    for y in 0..4 {
+                        for &(x, b) in wx {
+                            s += 0.25 * b * xv[y * 4 + x];
+                        }
+                    }
+                }
+                want.push(s);
+            }
+        }
+        assert_close(&out.tensors[0].to_f64(), &want, 1e-6, 0.0);
+    }
+
+    #[test]
+    fn tables_are_bounded_and_work_is_polled() {
+        // 1000 taps for each of 1000 outputs: 16 MB of tables, over a 64 KB budget.
+        let x = OwnedTensor::zeros(Float, &[1, 1, 1, 1000]);
+        let small = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: 1 << 16,
+        };
+        let got = run_op_with(
+            "aten::_upsample_bilinear2d_aa.out",
+            aa_args(x, [1, 1000], None, Some(1e-9)),
+            small,
+        );
+        assert!(matches!(got, Err(ptero_core::Error::OutOfMemory { .. })));
+        // Four outputs that each read a 512 x 512 window: charged, and interruptible.
+        let x = OwnedTensor::zeros(Float, &[1, 1, 512, 512]);
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let (_, charged) = run_op_with(
+            "aten::_upsample_bilinear2d_aa.out",
+            aa_args(x.clone(), [2, 2], Some(1e-9), Some(1e-9)),
+            ctx,
+        )
+        .unwrap();
+        assert!(charged >= 4 * 512 * 512, "charged {charged}");
+        for order in [[0u8, 1, 2, 3], [0, 2, 3, 1]] {
+            let got = run_op_interrupted(
+                "aten::_upsample_bilinear2d_aa.out",
+                aa_args(x.with_dim_order(&order), [2, 2], Some(1e-9), Some(1e-9)),
+            );
+            assert_eq!(got.unwrap_err(), ptero_core::Error::Interrupted);
+        }
     }
 }

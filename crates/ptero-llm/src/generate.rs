@@ -410,7 +410,9 @@ impl TextGenerator {
         let dtype = meta.dtype;
         self.logits.clear();
         self.logits.try_reserve_exact(vocab).map_err(|_| {
-            Error::Model(format!("cannot allocate logits for a vocabulary of {vocab}"))
+            Error::Model(format!(
+                "cannot allocate logits for a vocabulary of {vocab}"
+            ))
         })?;
         fn last<T>(all: &[T], vocab: usize) -> Result<&[T]> {
             let start = all
@@ -605,6 +607,7 @@ impl TextGenerator {
             _ => {
                 // First turn, or the template rewrote history: start the cache over.
                 self.pos = 0;
+                self.history.clear();
                 full.clone()
             }
         };

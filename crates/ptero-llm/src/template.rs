@@ -42,6 +42,8 @@ const SLICE: &str = "__ptero_slice";
 const EMIT: &str = "__ptero_emit";
 const EMIT_RAW: &str = "__ptero_emit_raw";
 const BUILT: &str = "__ptero_built";
+const CHANGED: &str = "__ptero_changed";
+const SCAN: &str = "__ptero_scan";
 
 /// What one item of a list or map costs: the size of a value.
 const ITEM: usize = std::mem::size_of::<Value>();
@@ -99,7 +101,7 @@ impl Budget {
     /// Charges the deep size of `v` (strings by length, containers by their items, shared
     /// parts counted each time they appear, as printing would) and checks its nesting.
     fn charge_deep(&self, v: &Value) -> JResult<usize> {
-        let size = self.measure(v, true)?;
+        let size = self.measure(v)?;
         self.charge(size)?;
         Ok(size)
     }
@@ -117,7 +119,7 @@ impl Budget {
 
     /// The deep size of `v` in bytes; an error when it exceeds what is left of the budget
     /// (so the walk itself stays bounded) or nests deeper than the recursion limit.
-    fn measure(&self, v: &Value, deep: bool) -> JResult<usize> {
+    fn measure(&self, v: &Value) -> JResult<usize> {
         let cap = self.remaining();
         let max_depth = self.limits.template_recursion;
         let mut size = 0usize;
@@ -138,9 +140,6 @@ impl Budget {
                     "the template built or scanned more than {} bytes (Limits::template_work_bytes)",
                     self.limits.template_work_bytes
                 )));
-            }
-            if !deep && depth > 0 {
-                continue;
             }
             match v.kind() {
                 ValueKind::Seq | ValueKind::Iterable => {
@@ -216,7 +215,6 @@ fn eval2(expr: &Expression<'static, 'static>, a: &Value, b: &Value) -> JResult<V
     expr.eval(minijinja::context! { a => a, b => b })
 }
 
-
 /// Rewrites `src` so that costly operations call our hooks; see the module comment.
 fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
     let mut out = Instructions::new(src.name(), src.source());
@@ -254,12 +252,19 @@ fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
                 add(Instruction::LoadConst(Value::from(text.len())));
                 add(call(EMIT_RAW, 1));
                 add(Instruction::DiscardTop);
-                add(Instruction::EmitRaw(*text))
+                add(Instruction::EmitRaw(text))
             }
             Instruction::BuildList(n) => {
                 add(Instruction::BuildList(*n));
                 add(call(BUILT, 1))
             }
+            // Unpacking walks the whole value before checking its length.
+            Instruction::UnpackList(n) => {
+                add(call(SCAN, 1));
+                add(Instruction::UnpackList(*n))
+            }
+            // `loop.changed(x)` compares x with the previous x, deeply.
+            Instruction::CallMethod("changed", Some(n)) => add(call(CHANGED, *n)),
             Instruction::BuildMap(n) => {
                 add(Instruction::BuildMap(*n));
                 add(call(BUILT, 1))
@@ -477,13 +482,17 @@ fn filter_precharge(budget: &Budget, name: &str, args: &[Value]) -> JResult<()> 
             .and_then(Value::as_str)
             .unwrap_or("")
             .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|d| d.parse::<usize>().ok().or((!d.is_empty()).then_some(usize::MAX)))
+            .filter_map(|d| {
+                d.parse::<usize>()
+                    .ok()
+                    .or((!d.is_empty()).then_some(usize::MAX))
+            })
             .fold(0usize, usize::saturating_add),
         // Pretty-printing indents every line by its depth.
         "tojson" | "pprint" => {
             let indent = ints(&args[1.min(args.len())..]).max().unwrap_or(4);
             let size = match args.first() {
-                Some(v) => budget.measure(v, true)?,
+                Some(v) => budget.measure(v)?,
                 None => 0,
             };
             size.saturating_mul(indent.saturating_add(1))
@@ -555,12 +564,14 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
         SLICE,
         move |a: Value, start: Value, stop: Value, step: Value| -> JResult<Value> {
             b.charge_shallow(&a)?;
-            ops()?.slice.eval(minijinja::context! { a => a, b => start, c => stop, d => step })
+            ops()?
+                .slice
+                .eval(minijinja::context! { a => a, b => start, c => stop, d => step })
         },
     );
     let b = budget.clone();
     env.add_function(EMIT, move |v: Value| -> JResult<Value> {
-        let size = b.measure(&v, true)?;
+        let size = b.measure(&v)?;
         b.charge_output(size)?;
         Ok(v)
     });
@@ -569,6 +580,24 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
         b.charge_output(n)?;
         Ok(Value::UNDEFINED)
     });
+    let b = budget.clone();
+    env.add_function(SCAN, move |v: Value| -> JResult<Value> {
+        b.charge_shallow(&v)?;
+        Ok(v)
+    });
+    let b = budget.clone();
+    env.add_function(
+        CHANGED,
+        move |state: &State, args: Rest<Value>| -> JResult<Value> {
+            let (target, rest) = args
+                .split_first()
+                .ok_or_else(|| limit_error("changed() needs an object".into()))?;
+            for a in rest {
+                b.charge_deep(a)?;
+            }
+            target.call_method(state, "changed", rest)
+        },
+    );
     let b = budget.clone();
     env.add_function(BUILT, move |v: Value| -> JResult<Value> {
         b.charge_deep(&v)?;
@@ -608,10 +637,7 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
         );
     }
     let globals: [(&str, Value); 3] = [
-        (
-            "range",
-            Value::from_function(minijinja::functions::range),
-        ),
+        ("range", Value::from_function(minijinja::functions::range)),
         ("dict", Value::from_function(minijinja::functions::dict)),
         (
             "namespace",
@@ -634,12 +660,19 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
     }
     // debug() prints the whole context: not something a chat template needs.
     env.add_function("debug", || -> JResult<Value> {
-        Err(limit_error("debug() is not available in chat templates".into()))
+        Err(limit_error(
+            "debug() is not available in chat templates".into(),
+        ))
     });
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> JResult<String> { Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg)) },
-    );
+    let b = budget.clone();
+    env.add_function("raise_exception", move |msg: Value| -> JResult<String> {
+        // Printing a value that contains itself would never end: measure it first.
+        b.charge_deep(&msg)?;
+        Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            msg.to_string(),
+        ))
+    });
     env
 }
 
@@ -727,6 +760,10 @@ mod tests {
             "{{ {'b': 1, 'a': [1, 2]} | tojson(indent=2) }} {{ {'b': 1, 'a': 2} | dictsort(reverse=true) }} {{ 'x\ny' | indent(width=2, first=true) }} {{ '%s-%05d' | format('a', 42) }}",
             "{% macro turn(m) %}<{{ m.role }}>{{ caller() }}</{{ m.role }}>{% endmacro %}{% for m in messages %}{% call turn(m) %}{{ m.content | upper }}{% endcall %}{% else %}none{% endfor %}",
             "{{ missing ~ 'x' }}{{ 'user' in messages | map(attribute='role') | list }}{{ 3 > 2 > 1 }}{{ 1 if messages else 0 }}{% for x in [3, 1, 2] | sort %}{{ x }}{% endfor %}{{ range(3) | list }}{{ [1, 2, 3, 4, 5] | batch(2) | list }}{{ 'a,b' | split(',') }}",
+            // SmolLM2's and a Qwen2.5-style template, as shipped.
+            "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+            "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- else %}{{- '<|im_start|>system\nYou are Qwen.<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\") %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}",
+            "{% for m in messages | sort(attribute='role') %}{% if loop.changed(m.role) %}*{% endif %}{{ m.role }}{{ loop.cycle('+', '-') }}{% endfor %}",
             "{% for m in messages %}{% if m.role == 'user' %}{% set content = m.content %}{% elif m.role != 'system' %}{% set content = m.content | replace('!', '?') %}{% else %}{% continue %}{% endif %}{{ content }}{% if loop.index0 > 1 %}{% break %}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}{{ eos_token }}",
         ];
         let limits = Limits::default();
@@ -756,6 +793,10 @@ mod tests {
             ("{% set ns = namespace(a={}) %}{% for i in range(100000) %}{% set ns.a = {'k': ns.a} %}{% endfor %}{{ ns.a }}", "template_recursion"),
             ("{% set ns = namespace(a=[1]) %}{% for i in range(100000) %}{% set ns.a = ns.a | batch(1) %}{% endfor %}{{ ns.a }}", "template_recursion"),
             ("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", "template_"),
+            ("{% set ns = namespace() %}{% set ns.me = ns %}{{ raise_exception(ns) }}", "template_"),
+            ("{% set ns = namespace() %}{% set ns.me = ns %}{% for i in range(3) %}{{ loop.changed(ns) }}{% endfor %}", "template_"),
+            ("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns | tojson }}", "template_"),
+            ("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns == ns }}", "template_"),
             ("{{ 'a' | indent(4000000000) }}", "template_work_bytes"),
             ("{{ [1] | batch(4000000000000) }}", "template_work_bytes"),
             ("{{ [1] | slice(4000000000000) }}", "template_work_bytes"),
@@ -771,6 +812,7 @@ mod tests {
             ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% set t = s | upper %}{% endfor %}", "template_work_bytes"),
             ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% if s is startingwith(s) %}{% endif %}{% endfor %}", "template_work_bytes"),
             ("{% for i in range(100000) %}{% set r = range(100000) | list %}{% endfor %}", "template_work_bytes"),
+            ("{% set r = range(100000) | list %}{% for i in range(100000) %}{% set a, b = r %}{% endfor %}", "template_"),
             ("{{ debug() }}", "debug"),
             ("{% set __ptero_concat = 1 %}", "reserved"),
         ];
@@ -783,9 +825,12 @@ mod tests {
             let t0 = Instant::now();
             let e = render(t, ctx(), &limits).expect_err(t).to_string();
             assert!(e.contains(why), "{t}: {e}");
-            eprintln!("{:>8.2?} {t}", t0.elapsed());
             // Generous: debug builds on a busy machine.
-            assert!(t0.elapsed() < Duration::from_secs(20), "{t}: {:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{t}: {:?}",
+                t0.elapsed()
+            );
         }
     }
 

@@ -110,3 +110,148 @@ fn stops_at_eos_and_at_the_end_of_the_context() {
         .to_string();
     assert!(e.contains("outside the model's vocabulary"), "{e}");
 }
+
+fn greedy(gen: &mut TextGenerator, prompt: &[u32], n: usize) -> Vec<u32> {
+    gen.reset();
+    let config = GenerationConfig {
+        max_new_tokens: Some(n),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    gen.generate_ids(prompt, &config, |_, _| {})
+        .unwrap_or_else(|e| panic!("{} ids: {e}", prompt.len()))
+        .ids
+}
+
+/// The dynamic-shape program's token input is bounded by [1, 31] (export_llm traces
+/// max_seq_len - 1): prompts of 32 to 128 ids used to fail with "shape [1, 32] does not
+/// fit the program's bound [1, 31]". Chunked prefill must agree with the static program,
+/// which takes one token at a time.
+#[test]
+fn long_prompts_prefill_within_the_input_bound() {
+    let mut dynamic = TextGenerator::load(dir("tiny").join("model.pte"), None::<&Path>).unwrap();
+    let mut by_token =
+        TextGenerator::load(dir("tiny_static").join("model.pte"), None::<&Path>).unwrap();
+    let prompt: Vec<u32> = (0..128u32).map(|i| 1 + (i * 37 + 11) % 500).collect();
+    for len in [31, 32, 33, 62, 100, 120] {
+        let p = &prompt[..len];
+        let got = greedy(&mut dynamic, p, 8);
+        assert_eq!(got.len(), 8);
+        assert_eq!(got, greedy(&mut by_token, p, 8), "{len} ids");
+    }
+    // A prompt that fills the whole context still runs: it yields one token.
+    let g = greedy(&mut dynamic, &prompt, 8);
+    assert_eq!(g.len(), 1);
+}
+
+/// Replaces the only little-endian `from` in the first `within` bytes of `bytes`.
+fn patch_i64(bytes: &mut [u8], within: usize, from: i64, to: i64) {
+    let hits: Vec<usize> = bytes[..within]
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == from.to_le_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "{from} occurs {} times", hits.len());
+    bytes[hits[0]..hits[0] + 8].copy_from_slice(&to.to_le_bytes());
+}
+
+/// A program whose metadata claims a larger context than its KV cache (4096 vs 128) used
+/// to fail past position 128 with an `et_view` (or `index`) shape error; the cache size is
+/// read from the program, and running out of it is reported as such, before executing.
+#[test]
+fn the_kv_cache_bounds_the_context_whatever_the_metadata_says() {
+    for name in ["tiny", "tiny_static"] {
+        let mut bytes = std::fs::read(dir(name).join("model.pte")).unwrap();
+        patch_i64(&mut bytes, 32 << 10, 128, 4096);
+        let program = ptero::Program::from_bytes(&bytes).unwrap();
+        let mut gen = TextGenerator::from_program(&program, None).unwrap();
+        assert_eq!(gen.metadata().max_context_len, 4096);
+        assert_eq!(gen.context_len(), 128);
+        let g = gen
+            .generate_ids(
+                &[1, 2, 3],
+                &GenerationConfig {
+                    max_new_tokens: Some(500),
+                    ignore_eos: true,
+                    ..Default::default()
+                },
+                |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(g.stop, StopReason::Context, "{name}");
+        assert_eq!(3 + g.ids.len(), 129, "{name}");
+        gen.reset();
+        let e = gen
+            .generate_ids(&[1; 130], &GenerationConfig::default(), |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "the prompt and generated tokens (130) exceed the model's context of 128 tokens"
+            ),
+            "{name}: {e}"
+        );
+    }
+}
+
+/// User-given ids are checked against the vocabulary, never passed to the program.
+#[test]
+fn out_of_vocabulary_ids_are_named() {
+    let gen = TextGenerator::load(dir("tiny").join("model.pte"), None::<&Path>).unwrap();
+    assert_eq!(gen.vocab_size(), 512);
+    assert_eq!(gen.token_ids(&[0, 511]).unwrap(), vec![0, 511]);
+    for bad in [-1, 512, i64::MIN, i64::MAX, 1 << 32] {
+        let e = gen.token_ids(&[1, bad]).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("token id {bad} ")) && e.contains("vocabulary of 512"),
+            "{e}"
+        );
+    }
+}
+
+/// Sampler settings that cannot mean anything are errors, not panics or silent greedy.
+#[test]
+fn invalid_sampler_settings_are_errors() {
+    let mut gen = TextGenerator::load(dir("tiny").join("model.pte"), None::<&Path>).unwrap();
+    let cases = [
+        (f32::NAN, None, None, "temperature"),
+        (-1.0, None, None, "temperature"),
+        (f32::INFINITY, None, None, "temperature"),
+        (1.0, Some(0), None, "top-k"),
+        (1.0, None, Some(0.0), "top-p"),
+        (1.0, None, Some(f32::NAN), "top-p"),
+        (1.0, None, Some(1.5), "top-p"),
+    ];
+    for (temperature, top_k, top_p, what) in cases {
+        let config = GenerationConfig {
+            max_new_tokens: Some(2),
+            sampler: ptero_llm::SamplerConfig {
+                temperature,
+                top_k,
+                top_p,
+                seed: 1,
+            },
+            ignore_eos: false,
+        };
+        let e = gen
+            .generate_ids(&[1, 2], &config, |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what), "{e}");
+    }
+    // Huge settings are fine: top-k past the vocabulary, a huge max_new_tokens.
+    let config = GenerationConfig {
+        max_new_tokens: Some(usize::MAX),
+        sampler: ptero_llm::SamplerConfig {
+            temperature: 1e30,
+            top_k: Some(usize::MAX),
+            top_p: Some(1.0),
+            seed: u64::MAX,
+        },
+        ignore_eos: true,
+    };
+    gen.reset();
+    let g = gen.generate_ids(&[1, 2], &config, |_, _| {}).unwrap();
+    assert_eq!(g.stop, StopReason::Context);
+}

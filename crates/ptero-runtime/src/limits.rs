@@ -39,7 +39,7 @@ impl Default for Limits {
             max_memory: DEFAULT_MAX_MEMORY,
             max_instructions: crate::MAX_INSTRUCTIONS,
             loop_work_factor: 16,
-            loop_work_allowance: 1 << 28,
+            loop_work_allowance: 1 << 26,
         }
     }
 }

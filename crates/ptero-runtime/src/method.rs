@@ -287,6 +287,20 @@ impl Method {
                     .get(index)
                     .and_then(|m| m.tensor.as_ref())
                     .map_or(&[], |ti| &ti.sizes);
+                // A bounded input must fit its bound dim by dim, not just in total: the rest
+                // of the plan (views, intermediate buffers) was sized for those bounds.
+                if meta.dynamism == ptero_core::Dynamism::DynamicBound
+                    && traced.len() == t.sizes().len()
+                {
+                    if let Some(d) = (0..traced.len()).find(|&d| t.sizes()[d] > traced[d]) {
+                        return Err(err(format!(
+                            "shape {:?} does not fit the program's bound {traced:?}: dimension {d} is {}, at most {} allowed",
+                            t.sizes(),
+                            t.sizes()[d],
+                            traced[d]
+                        )));
+                    }
+                }
                 meta.resize(t.sizes()).map_err(|e| match meta.dynamism {
                     ptero_core::Dynamism::Static => err(format!(
                         "expected shape {traced:?} (static), got {:?}",
@@ -388,8 +402,11 @@ impl Method {
                     });
                 }
                 let instr = self.plan.chains[c][pc];
+                let at = pc;
                 pc += 1;
-                let mut work = 1u64;
+                // Every instruction costs a little even on empty operands, so a loop of moves and
+                // jumps is bounded by work as well as by the instruction count.
+                let mut work = INSTRUCTION_WORK;
                 match instr {
                     Instr::Kernel { op, start, len } => {
                         let Some(kernel) = self.kernels[op as usize] else {
@@ -471,7 +488,7 @@ impl Method {
                         if *done > limit {
                             return Err(Error::WorkBudget {
                                 method: self.meta.name.clone(),
-                                instruction: pc.saturating_sub(1),
+                                instruction: at,
                                 work: *done,
                                 limit,
                             });
@@ -680,6 +697,9 @@ fn permute_bytes(meta: &TensorMeta, a: &[u8], b: &mut [u8], to_storage: bool) {
         }
     }
 }
+
+/// Work charged for dispatching one instruction, in element operations.
+const INSTRUCTION_WORK: u64 = 16;
 
 /// Elements of the tensor operands of an instruction: the work a kernel does reading its
 /// inputs and writing its outputs once.

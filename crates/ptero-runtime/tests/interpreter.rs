@@ -158,6 +158,12 @@ fn dynamic_inputs_resize_within_their_bound() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not fit the program's bound [4, 2]"), "{e}");
+    // Fits the capacity (8 elements) but not the bound of dimension 1.
+    let e = m
+        .set_inputs(&[f32s(&[0.; 8], &[2, 4])])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dimension 1 is 4, at most 2 allowed"), "{e}");
 }
 
 #[test]
@@ -202,11 +208,22 @@ fn infinite_loops_hit_the_instruction_budget() {
         })
         .finish();
     let program = Program::from_bytes(&bytes).unwrap();
+    // With loop work unbounded, the instruction count stops it...
+    let limits = ptero_runtime::Limits {
+        loop_work_allowance: u64::MAX,
+        ..Default::default()
+    };
+    let mut m = program
+        .load_method_with_limits("forward", &kernels(), &BackendRegistry::new(), limits)
+        .unwrap();
+    let e = m.execute().unwrap_err();
+    assert!(matches!(e, Error::InstructionBudget { .. }), "{e}");
+    // ...and by default the loop's work stops it sooner.
     let mut m = program
         .load_method("forward", &kernels(), &BackendRegistry::new())
         .unwrap();
     let e = m.execute().unwrap_err();
-    assert!(matches!(e, Error::InstructionBudget { .. }), "{e}");
+    assert!(matches!(e, Error::WorkBudget { .. }), "{e}");
 }
 
 #[test]

@@ -33,10 +33,10 @@ pub mod npy;
 pub use ndarray_conv::NdarrayExt;
 
 pub use module::{LoadMode, Module, ModuleOptions};
-pub use ptero_core::{Dynamism, KernelRegistry, ScalarType};
+pub use ptero_core::{CancelToken, Dynamism, Interrupt, KernelRegistry, ScalarType};
 pub use ptero_runtime::{
-    Backend, BackendRegistry, EValue, Error, IoMeta, Limits, Method, MethodMeta, Program, Tag,
-    Tensor, TensorInfo, DEFAULT_MAX_MEMORY,
+    Backend, BackendRegistry, Deadline, EValue, Error, IoMeta, Limits, Method, MethodMeta, Program,
+    Tag, Tensor, TensorInfo, DEFAULT_MAX_MEMORY,
 };
 
 /// A registry with every kernel this build has (the portable set).

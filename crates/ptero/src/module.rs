@@ -1,7 +1,8 @@
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use ptero_core::KernelRegistry;
+use ptero_core::{Interrupt, KernelRegistry};
 use ptero_runtime::{BackendRegistry, EValue, Error, Limits, Method, MethodMeta, Program};
 
 /// How a program file gets into memory.
@@ -67,6 +68,7 @@ pub struct Module {
     backends: BackendRegistry,
     methods: HashMap<String, Method>,
     limits: Limits,
+    interrupt: Option<Arc<dyn Interrupt>>,
 }
 
 impl Module {
@@ -112,7 +114,30 @@ impl Module {
             backends,
             methods: HashMap::new(),
             limits: Limits::default(),
+            interrupt: None,
         }
+    }
+
+    /// Sets what stops a running method early, for every method, loaded or not: a
+    /// [`Deadline`](crate::Deadline) or a [`CancelToken`](crate::CancelToken).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use ptero::{Deadline, Module};
+    /// let mut module = Module::from_file("model.pte")?;
+    /// module.set_interrupt(Some(Arc::new(Deadline::after(Duration::from_secs(5)))));
+    /// match module.forward(&[]) {
+    ///     Err(ptero::Error::Interrupted { .. }) => eprintln!("took more than 5 s"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok::<(), ptero::Error>(())
+    /// ```
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<dyn Interrupt>>) {
+        for m in self.methods.values_mut() {
+            m.set_interrupt(interrupt.clone());
+        }
+        self.interrupt = interrupt;
     }
 
     /// The limits methods are loaded with.
@@ -140,12 +165,13 @@ impl Module {
     /// Loads method `name` now (resolving kernels, allocating planned memory).
     pub fn load_method(&mut self, name: &str) -> Result<&mut Method, Error> {
         if !self.methods.contains_key(name) {
-            let m = self.program.load_method_with_limits(
+            let mut m = self.program.load_method_with_limits(
                 name,
                 &self.kernels,
                 &self.backends,
                 self.limits,
             )?;
+            m.set_interrupt(self.interrupt.clone());
             self.methods.insert(name.to_string(), m);
         }
         self.methods

@@ -158,7 +158,11 @@ mod tests {
             store_f64(&mut buf, t, 1, 3.0);
             store_i64(&mut buf, t, 1, 3);
             store_bool(&mut buf, t, 1, true);
-            let _ = (load_f64(&buf, t, 1), load_i64(&buf, t, 1), load_bool(&buf, t, 1));
+            let _ = (
+                load_f64(&buf, t, 1),
+                load_i64(&buf, t, 1),
+                load_bool(&buf, t, 1),
+            );
         }
     }
 

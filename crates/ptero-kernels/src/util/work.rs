@@ -77,11 +77,8 @@ pub fn sat_product(sizes: &[usize]) -> usize {
 
 /// `a * b` as a size, or a shape error naming `what` when it overflows.
 pub fn checked_size(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_mul(b).ok_or_else(|| {
-        Error::shape(alloc::format!(
-            "{what}: {a} x {b} overflows the size range"
-        ))
-    })
+    a.checked_mul(b)
+        .ok_or_else(|| Error::shape(alloc::format!("{what}: {a} x {b} overflows the size range")))
 }
 
 #[cfg(test)]

@@ -272,3 +272,156 @@ impl Tokenizer for HfTokenizer {
         "Hugging Face tokenizer.json"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer.json with the given normalizer and padding settings.
+    fn json(normalizer: &str, padding: &str) -> String {
+        format!(
+            r#"{{"version":"1.0","truncation":null,"padding":{padding},"added_tokens":[],
+            "normalizer":{normalizer},"pre_tokenizer":{{"type":"Whitespace"}},
+            "post_processor":null,"decoder":null,
+            "model":{{"type":"WordLevel","vocab":{{"a":0,"b":1,"[UNK]":2}},"unk_token":"[UNK]"}}}}"#
+        )
+    }
+
+    fn charsmap(trie: &[u32], normalized: &[u8]) -> String {
+        let mut blob = ((trie.len() * 4) as u32).to_le_bytes().to_vec();
+        for u in trie {
+            blob.extend_from_slice(&u.to_le_bytes());
+        }
+        blob.extend_from_slice(normalized);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&blob);
+        format!(r#"{{"type":"Precompiled","precompiled_charsmap":"{b64}"}}"#)
+    }
+
+    /// A 512-unit double-array trie mapping "A" to "a": the root's children live in the
+    /// first 256 units, the leaf for "A" at unit 256.
+    fn a_to_lower() -> Vec<u32> {
+        let mut trie = vec![0u32; 512];
+        let child = 0x100u32;
+        trie[0x41] = ((0x41 ^ child) << 10) | (1 << 8) | 0x41;
+        trie[child as usize] = 0; // offset 0 into "a\0"
+        trie
+    }
+
+    fn dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ptero-llm-hf-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_valid_charsmap_normalizes() {
+        let j = json(&charsmap(&a_to_lower(), b"a\0"), "null");
+        let t = HfTokenizer::from_bytes(j.as_bytes(), &dir().join("tokenizer.json")).unwrap();
+        assert_eq!(t.encode("A b", false).unwrap(), vec![0, 1]);
+    }
+
+    /// Each of these used to abort (a 16 GiB table), panic while loading (`expect`) or
+    /// panic on the first encode (unchecked trie indexing); now loading fails clearly.
+    #[test]
+    fn hostile_charsmaps_are_errors() {
+        let huge = {
+            let b64 = base64::engine::general_purpose::STANDARD.encode([0xff, 0xff, 0xff, 0xff]);
+            format!(r#"{{"type":"Precompiled","precompiled_charsmap":"{b64}"}}"#)
+        };
+        let mut leaf_out = a_to_lower();
+        leaf_out[0x41] = ((0x41 ^ 0x3000) << 10) | (1 << 8) | 0x41;
+        let mut bad_offset = a_to_lower();
+        bad_offset[0x100] = 7;
+        let mut mid_char = a_to_lower();
+        mid_char[0x100] = 1;
+        let cases = [
+            (huge, "claims"),
+            (
+                r#"{"type":"Precompiled","precompiled_charsmap":"@@@@"}"#.to_string(),
+                "base64",
+            ),
+            (
+                r#"{"type":"Precompiled","precompiled_charsmap":"QQ"}"#.to_string(),
+                "base64",
+            ),
+            (
+                r#"{"type":"Precompiled","precompiled_charsmap":5}"#.to_string(),
+                "string",
+            ),
+            (
+                r#"{"type":"Precompiled","precompiled_charsmap":""}"#.to_string(),
+                "header",
+            ),
+            (charsmap(&[], b""), "empty"),
+            (charsmap(&[0], b""), "outside"),
+            (charsmap(&leaf_out, b"a\0"), "outside"),
+            (charsmap(&bad_offset, b"a\0"), "replacement offset"),
+            (charsmap(&mid_char, "é\0".as_bytes()), "replacement offset"),
+            (charsmap(&a_to_lower(), b"\xff\0"), "UTF-8"),
+            (
+                format!(
+                    r#"{{"type":"Sequence","normalizers":[{{"type":"NFC"}},{}]}}"#,
+                    charsmap(&[0], b"")
+                ),
+                "outside",
+            ),
+        ];
+        for (normalizer, why) in cases {
+            let j = json(&normalizer, "null");
+            let e = HfTokenizer::from_bytes(j.as_bytes(), &dir().join("tokenizer.json"))
+                .err()
+                .unwrap_or_else(|| panic!("{normalizer} loaded"))
+                .to_string();
+            assert!(
+                e.contains("precompiled_charsmap") && e.contains(why),
+                "{normalizer}: {e}"
+            );
+        }
+    }
+
+    /// Padding to a length named in the file used to allocate that many ids per encode.
+    #[test]
+    fn padding_from_the_file_is_ignored() {
+        let padding = r#"{"strategy":{"Fixed":1000000000000},"direction":"Right","pad_to_multiple_of":null,"pad_id":2,"pad_type_id":0,"pad_token":"[UNK]"}"#;
+        let j = json("null", padding);
+        let t = HfTokenizer::from_bytes(j.as_bytes(), &dir().join("tokenizer.json")).unwrap();
+        assert_eq!(t.encode("a b", false).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn companion_files_and_inputs_are_bounded() {
+        let d = dir().join("companions");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("chat_template.jinja"), "x".repeat(200)).unwrap();
+        let j = json("null", "null");
+        let limits = Limits {
+            max_config_file_bytes: 100,
+            max_input_bytes: 3,
+            ..Limits::default()
+        };
+        let e =
+            HfTokenizer::from_bytes_with_limits(j.as_bytes(), &d.join("tokenizer.json"), &limits)
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            e.contains("chat_template.jinja") && e.contains("100 bytes"),
+            "{e}"
+        );
+        std::fs::write(d.join("chat_template.jinja"), "{{ messages }}").unwrap();
+        std::fs::write(
+            d.join("tokenizer_config.json"),
+            r#"{"chat_template":[{"name":"tool_use","template":"T"},{"name":"default","template":"D"}]}"#,
+        )
+        .unwrap();
+        let t =
+            HfTokenizer::from_bytes_with_limits(j.as_bytes(), &d.join("tokenizer.json"), &limits)
+                .unwrap();
+        assert_eq!(t.chat_template(), Some("{{ messages }}"));
+        let e = t.encode("a b a", false).unwrap_err().to_string();
+        assert!(e.contains("Limits::max_input_bytes"), "{e}");
+        std::fs::remove_file(d.join("chat_template.jinja")).unwrap();
+        let t = HfTokenizer::from_bytes(j.as_bytes(), &d.join("tokenizer.json")).unwrap();
+        assert_eq!(t.chat_template(), Some("D"));
+    }
+}

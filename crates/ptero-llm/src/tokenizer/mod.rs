@@ -51,7 +51,8 @@ pub fn load_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Box<d
         path: path.display().to_string(),
         message,
     };
-    let bytes = read_bounded(path, limits.max_tokenizer_file_bytes).map_err(|e| err(e.to_string()))?;
+    let bytes =
+        read_bounded(path, limits.max_tokenizer_file_bytes).map_err(|e| err(e.to_string()))?;
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())

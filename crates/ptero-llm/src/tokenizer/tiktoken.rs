@@ -345,4 +345,140 @@ mod tests {
         assert_eq!(t.decode(&t.encode(s, false).unwrap()).unwrap(), s);
         assert!(t.decode(&[99_999]).is_err());
     }
+
+    /// The straightforward quadratic merge (what `bpe` did before), as a reference.
+    fn reference_bpe(t: &TiktokenTokenizer, piece: &[u8]) -> Vec<u32> {
+        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
+        loop {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..bounds.len().saturating_sub(2) {
+                if let Some(&r) = t.ranks.get(&piece[bounds[i]..bounds[i + 2]]) {
+                    if best.is_none_or(|(br, _)| r < br) {
+                        best = Some((r, i));
+                    }
+                }
+            }
+            match best {
+                Some((_, i)) => {
+                    bounds.remove(i + 1);
+                }
+                None => break,
+            }
+        }
+        bounds
+            .windows(2)
+            .map(|w| t.ranks[&piece[w[0]..w[1]]])
+            .collect()
+    }
+
+    /// A vocabulary with runs of one letter ("aa", "aaaa"...) and overlapping merges.
+    fn runs() -> TiktokenTokenizer {
+        let e = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut lines = String::new();
+        for b in 0..=255u8 {
+            lines.push_str(&format!("{} {}\n", e(&[b]), b));
+        }
+        let merges = [
+            "aa", "ab", "ba", "bb", "aaaa", "aba", "bab", "abab", "aab", "baa", "aaaaaaaa", "bbbb",
+        ];
+        for (i, t) in merges.iter().enumerate() {
+            lines.push_str(&format!("{} {}\n", e(t.as_bytes()), 256 + i));
+        }
+        TiktokenTokenizer::from_bytes(lines.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn heap_merge_matches_the_reference() {
+        let t = runs();
+        let mut seed = 12345u64;
+        for len in (1..60).chain([200, 1000]) {
+            for _ in 0..20 {
+                let piece: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        if (seed >> 33).is_multiple_of(3) {
+                            b'b'
+                        } else {
+                            b'a'
+                        }
+                    })
+                    .collect();
+                let mut got = Vec::new();
+                t.bpe(&piece, &mut got).unwrap();
+                assert_eq!(
+                    got,
+                    reference_bpe(&t, &piece),
+                    "{:?}",
+                    String::from_utf8_lossy(&piece)
+                );
+            }
+        }
+    }
+
+    /// Long words and many special tokens: linear-ish, so 64 KB inputs take well under a
+    /// second in release (the quadratic versions took tens of seconds).
+    #[test]
+    fn long_inputs_encode_quickly() {
+        let t = runs();
+        let cases = [
+            "a".repeat(64 << 10),
+            "ab".repeat(32 << 10),
+            "<|eot_id|>".repeat(6 << 10),
+            "<|".repeat(32 << 10),
+            "<|x".repeat(20 << 10),
+            " ".repeat(64 << 10),
+            "a ".repeat(32 << 10),
+        ];
+        for text in &cases {
+            let t0 = std::time::Instant::now();
+            let ids = t.encode(text, false).unwrap();
+            assert!(!ids.is_empty());
+            assert_eq!(t.decode(&ids).unwrap(), *text);
+            // Generous: the tests also run in debug on a busy machine.
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "{:?}: {:?}",
+                &text[..8],
+                t0.elapsed()
+            );
+        }
+        assert_eq!(
+            t.encode(&"<|eot_id|>".repeat(1000), false).unwrap(),
+            vec![256 + 12 + 9; 1000]
+        );
+    }
+
+    #[test]
+    fn hostile_files_and_inputs_are_errors() {
+        let e = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        // A rank far beyond the file's size would size the decoder table.
+        let bad = [
+            format!("{} 16777215\n", e(b"a")),
+            format!("{} 0\n{} 5\n", e(b"a"), e(b"b")),
+            format!("{} 4294967296\n", e(b"a")),
+            format!("{} -1\n", e(b"a")),
+            "!!!! 0\n".to_string(),
+            String::new(),
+        ];
+        for file in &bad {
+            assert!(
+                TiktokenTokenizer::from_bytes(file.as_bytes()).is_err(),
+                "{file}"
+            );
+        }
+        // Text beyond the input limit is refused before any work.
+        let mut t = runs();
+        t.max_input_bytes = 10;
+        let err = t
+            .encode("a".repeat(11).as_str(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Limits::max_input_bytes"), "{err}");
+        assert!(t.encode("a".repeat(10).as_str(), false).is_ok());
+        // Ids past the vocabulary and the special tokens.
+        assert!(t.decode(&[u32::MAX]).is_err());
+        assert_eq!(t.id_to_token(u32::MAX), None);
+    }
 }
