@@ -85,7 +85,7 @@ fn report(g: &Generation, load_ms: f64) {
     );
 }
 
-pub fn llm(a: &LlmArgs) -> Result<(), ptero::Error> {
+pub fn llm(a: &LlmArgs, load: &crate::LoadArgs) -> Result<(), ptero::Error> {
     if a.prompt.is_some() && a.prompt_ids.is_some() {
         return Err(fail("give either --prompt or --prompt-ids, not both"));
     }
@@ -109,7 +109,23 @@ pub fn llm(a: &LlmArgs) -> Result<(), ptero::Error> {
     if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(fail(format!("--top-p must be in (0, 1], got {p}")));
     }
-    let mut gen = TextGenerator::load(&a.model, a.tokenizer.as_ref()).map_err(llm_err)?;
+    let options = ptero::ModuleOptions::new()
+        .load_mode(if load.no_mmap {
+            ptero::LoadMode::Read
+        } else {
+            ptero::LoadMode::Mmap
+        })
+        .limits(load.limits());
+    let mut gen = TextGenerator::load_with(
+        &a.model,
+        a.tokenizer.as_ref(),
+        &options,
+        ptero_llm::Limits::default(),
+    )
+    .map_err(llm_err)?;
+    if let Some(t) = load.timeout {
+        gen.set_interrupt(Some(std::sync::Arc::new(ptero::Deadline::after(t))));
+    }
     let prompt_ids = a
         .prompt_ids
         .as_deref()
@@ -265,6 +281,8 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         llm: LlmArgs,
+        #[command(flatten)]
+        load: crate::LoadArgs,
     }
 
     fn tiny() -> String {
@@ -278,7 +296,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<(), String> {
         let cli = Cli::try_parse_from(std::iter::once("ptero-llm").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        llm(&cli.llm).map_err(|e| e.to_string())
+        llm(&cli.llm, &cli.load).map_err(|e| e.to_string())
     }
 
     /// Arguments that cannot mean anything are clear errors, never panics.

@@ -221,16 +221,7 @@ fn run_command(cli: Cli) -> ExitCode {
             &load,
         ),
         Command::Inspect { model, json, load } => inspect::inspect(&model, json, &load),
-        Command::Llm { args, load } => {
-            // ptero-llm loads the program itself and does not take load options yet.
-            if load.no_mmap || load.max_memory.is_some() {
-                Err(Error::InvalidArgument(
-                    "ptero llm does not support --no-mmap and --max-memory yet".into(),
-                ))
-            } else {
-                llm::llm(&args)
-            }
-        }
+        Command::Llm { args, load } => llm::llm(&args, &load),
         Command::Bench {
             model,
             method,

@@ -192,7 +192,7 @@ fn worker(args: &Args) {
     let mut count = 0u64;
     let mut index = args.start;
     loop {
-        if count % 64 == 0 && Instant::now() >= deadline {
+        if count.is_multiple_of(64) && Instant::now() >= deadline {
             break;
         }
         if args.max_cases > 0 && count >= args.max_cases {

@@ -138,9 +138,14 @@ fn gelu_out(a: &mut KernelArgs<'_>) -> Result<()> {
         "none" => false,
         "tanh" => true,
         other => {
+            // Echo a bounded prefix: a program's strings can be large.
+            let shown = other
+                .char_indices()
+                .nth(32)
+                .map_or(other, |(end, _)| &other[..end]);
             return Err(Error::invalid(alloc::format!(
-                "gelu: approximate must be 'none' or 'tanh', got '{other}'"
-            )))
+                "gelu: approximate must be 'none' or 'tanh', got '{shown}'"
+            )));
         }
     };
     unary(a, 0, 2, t, &Gelu { tanh })

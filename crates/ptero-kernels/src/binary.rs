@@ -422,11 +422,27 @@ fn div_kind(args: &KernelArgs<'_>, out: usize) -> Result<ComputeKind> {
     Ok(ComputeKind::Float)
 }
 
+/// The `rounding_mode` argument `i`: true division (`None`), or trunc/floor division.
+/// Read without copying the string (a program's strings can be large).
+fn rounding_mode(args: &KernelArgs<'_>, i: usize) -> Result<Option<&'static BinaryFns>> {
+    match args.opt_string(i)? {
+        None => Ok(None),
+        Some("trunc") => Ok(Some(&DIV_TRUNC)),
+        Some("floor") => Ok(Some(&DIV_FLOOR)),
+        Some(m) => {
+            let shown = m.char_indices().nth(32).map_or(m, |(end, _)| &m[..end]);
+            Err(Error::invalid(alloc::format!(
+                "div rounding_mode must be 'trunc' or 'floor', got '{shown}'"
+            )))
+        }
+    }
+}
+
 fn div_mode(
     args: &mut KernelArgs<'_>,
     a: Operand,
     b: Operand,
-    mode: Option<&str>,
+    mode: Option<&BinaryFns>,
     out: usize,
 ) -> Result<()> {
     match mode {
@@ -434,11 +450,7 @@ fn div_mode(
             let kind = div_kind(args, out)?;
             binary(args, a, b, out, kind, &DIV)
         }
-        Some("trunc") => run(args, a, b, out, &DIV_TRUNC),
-        Some("floor") => run(args, a, b, out, &DIV_FLOOR),
-        Some(m) => Err(Error::invalid(alloc::format!(
-            "div rounding_mode must be 'trunc' or 'floor', got '{m}'"
-        ))),
+        Some(fns) => run(args, a, b, out, fns),
     }
 }
 
@@ -453,26 +465,14 @@ fn div_scalar_out(a: &mut KernelArgs<'_>) -> Result<()> {
 }
 fn div_out_mode(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(4)?;
-    let mode = a.opt_string(2)?.map(alloc::string::String::from);
-    div_mode(
-        a,
-        Operand::Tensor(0),
-        Operand::Tensor(1),
-        mode.as_deref(),
-        3,
-    )
+    let mode = rounding_mode(a, 2)?;
+    div_mode(a, Operand::Tensor(0), Operand::Tensor(1), mode, 3)
 }
 fn div_scalar_mode_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(4)?;
     let s = a.scalar(1)?;
-    let mode = a.opt_string(2)?.map(alloc::string::String::from);
-    div_mode(
-        a,
-        Operand::Tensor(0),
-        Operand::Scalar(s),
-        mode.as_deref(),
-        3,
-    )
+    let mode = rounding_mode(a, 2)?;
+    div_mode(a, Operand::Tensor(0), Operand::Scalar(s), mode, 3)
 }
 fn floor_divide_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(3)?;

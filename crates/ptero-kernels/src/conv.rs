@@ -738,7 +738,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::{self, *};
@@ -1147,6 +1147,81 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.tensors[0].sizes, [big, 0, 3, 3]);
+    }
+
+    /// Convolutions charge their multiply-adds and stop with `Interrupted` once the
+    /// caller's deadline has passed (checked between taps, rows or channels).
+    #[test]
+    fn convolutions_charge_work_and_stop_when_interrupted() {
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let z = |dt: ScalarType, s: &[usize]| Arg::T(OwnedTensor::zeros(dt, s));
+        let conv = |dt: ScalarType, tr: bool, out: &[usize]| {
+            vec![
+                z(dt, &[1, 16, 16, 16]),
+                z(dt, &[16, 16, 3, 3]),
+                Arg::None,
+                Arg::Ints(vec![1]),
+                Arg::Ints(vec![0]),
+                Arg::Ints(vec![1]),
+                Arg::Bool(tr),
+                Arg::Ints(vec![0]),
+                Arg::Int(1),
+                Arg::Out(dt, out.to_vec()),
+            ]
+        };
+        let back = vec![
+            z(Float, &[1, 16, 14, 14]),
+            z(Float, &[1, 16, 16, 16]),
+            z(Float, &[16, 16, 3, 3]),
+            Arg::Ints(vec![16]),
+            Arg::Ints(vec![1]),
+            Arg::Ints(vec![0]),
+            Arg::Ints(vec![1]),
+            Arg::Bool(false),
+            Arg::Ints(vec![0]),
+            Arg::Int(1),
+            Arg::Bools(vec![true, true, true]),
+            Arg::Out(Float, vec![1, 16, 16, 16]),
+            Arg::Out(Float, vec![16, 16, 3, 3]),
+            Arg::Out(Float, vec![16]),
+        ];
+        // Channels x channels x taps x outputs (transposed: x inputs).
+        let (fwd, tr) = (16 * 16 * 9 * 14 * 14, 16 * 16 * 9 * 16 * 16);
+        let cases: Vec<(&str, Vec<Arg>, u64)> = vec![
+            (
+                "aten::convolution.out",
+                conv(Float, false, &[1, 16, 14, 14]),
+                fwd,
+            ),
+            (
+                "aten::convolution.out",
+                conv(Double, false, &[1, 16, 14, 14]),
+                fwd,
+            ),
+            (
+                "aten::convolution.out",
+                conv(Float, true, &[1, 16, 18, 18]),
+                tr,
+            ),
+            (
+                "aten::convolution.out",
+                conv(Half, true, &[1, 16, 18, 18]),
+                16 * 16 * 9 * 18 * 18,
+            ),
+            ("aten::convolution_backward.out", back, fwd),
+        ];
+        for (i, (op, args, work)) in cases.into_iter().enumerate() {
+            let (_, charged) = run_op_with(op, args.clone(), ctx).unwrap();
+            assert_eq!(charged, work, "case {i}");
+            assert_eq!(
+                run_op_interrupted(op, args).unwrap_err(),
+                ptero_core::Error::Interrupted,
+                "case {i}"
+            );
+        }
     }
 
     /// Plain forward 2-d convolution on row-major data (unit dilation).

@@ -169,7 +169,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
@@ -246,6 +246,48 @@ mod tests {
                 ]
             )
             .is_err());
+        }
+    }
+
+    /// cdist and pdist charge one unit per element of every compared pair, and stop with
+    /// `Interrupted` once the caller's deadline has passed.
+    #[test]
+    fn distances_charge_work_and_stop_when_interrupted() {
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let z = |s: &[usize]| Arg::T(OwnedTensor::zeros(Float, s));
+        let cases: Vec<(&str, Vec<Arg>, u64)> = vec![
+            (
+                "aten::_cdist_forward.out",
+                vec![
+                    z(&[2, 64, 64]),
+                    z(&[64, 64]),
+                    Arg::Double(2.0),
+                    Arg::None,
+                    Arg::Out(Float, vec![2, 64, 64]),
+                ],
+                2 * 64 * 64 * 64,
+            ),
+            (
+                "aten::_pdist_forward.out",
+                vec![
+                    z(&[128, 64]),
+                    Arg::Double(1.0),
+                    Arg::Out(Float, vec![128 * 127 / 2]),
+                ],
+                128 * 127 / 2 * 64,
+            ),
+        ];
+        for (op, args, work) in cases {
+            let (_, charged) = run_op_with(op, args.clone(), ctx).unwrap();
+            assert_eq!(charged, work, "{op}");
+            assert_eq!(
+                run_op_interrupted(op, args).unwrap_err(),
+                ptero_core::Error::Interrupted,
+                "{op}"
+            );
         }
     }
 

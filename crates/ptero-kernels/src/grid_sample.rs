@@ -121,6 +121,10 @@ fn grid_sampler_2d_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let (n, c, h, w, oh, ow) = (xs[0], xs[1], xs[2], xs[3], gs[1], gs[2]);
     a.resize(5, &[n, c, oh, ow])?;
+    // Nothing to sample into; the grid's batch and rows may still be huge.
+    if a.meta(5)?.numel() == 0 {
+        return Ok(());
+    }
     let ost = a.meta(5)?.stride_dims();
     let (xst, gst) = (xm.strides(), gm.strides());
     let x = a.tensor(0)?;

@@ -873,7 +873,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
@@ -1316,6 +1316,34 @@ mod tests {
         )
         .unwrap();
         assert_close(&r.tensors[0].to_f64(), &[0., 1., 2., 3., -1., -2.], 0., 0.);
+    }
+
+    /// index_put walks the broadcast of its index tensors, which can be far larger than
+    /// any operand: charged, and stopped by the caller's deadline.
+    #[test]
+    fn index_put_charges_the_broadcast_and_stops_when_interrupted() {
+        let n = 1024;
+        let args = vec![
+            t(iota(&[4, 4])),
+            Arg::OptTensors(vec![
+                Some(OwnedTensor::zeros(Long, &[n, 1])),
+                Some(OwnedTensor::zeros(Long, &[1, n])),
+            ]),
+            t(OwnedTensor::from_f64(Float, &[], &[1.])),
+            Arg::Bool(true),
+            out(&[4, 4]),
+        ];
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let (r, charged) = run_op_with("aten::index_put.out", args.clone(), ctx).unwrap();
+        assert_eq!(r.tensors[0].to_f64()[0], (n * n) as f64);
+        assert_eq!(charged, (n * n) as u64);
+        assert_eq!(
+            run_op_interrupted("aten::index_put.out", args).unwrap_err(),
+            ptero_core::Error::Interrupted
+        );
     }
 
     #[test]

@@ -910,7 +910,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
@@ -1052,6 +1052,33 @@ mod tests {
 
     fn z(s: &[usize]) -> OwnedTensor {
         OwnedTensor::zeros(Float, s)
+    }
+
+    /// Attention charges a dot product and an axpy per attended key and head element,
+    /// and stops with `Interrupted` once the caller's deadline has passed.
+    #[test]
+    fn sdpa_charges_work_and_stops_when_interrupted() {
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let x = z(&[1, 64, 4, 64]);
+        let args = sdpa_args(
+            &x,
+            &x,
+            &x,
+            0,
+            None,
+            false,
+            Arg::Out(Float, vec![1, 64, 4, 64]),
+        );
+        let (_, charged) = run_op_with("llama::custom_sdpa.out", args.clone(), ctx).unwrap();
+        // 4 heads x 64 query rows x 64 keys x 64 head elements x 2.
+        assert_eq!(charged, 4 * 64 * 64 * 64 * 2);
+        assert_eq!(
+            run_op_interrupted("llama::custom_sdpa.out", args).unwrap_err(),
+            ptero_core::Error::Interrupted
+        );
     }
 
     /// Empty values whose other dims are huge: nothing to copy, where the token size

@@ -229,7 +229,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{run_op, Arg, OwnedTensor};
+    use crate::testing::{run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use ptero_core::ScalarType::*;
 
@@ -272,6 +272,31 @@ mod tests {
             vec![Arg::T(x), Arg::Out(Int, vec![6, 2])]
         )
         .is_err());
+    }
+
+    /// Selecting through a broadcast walks a space larger than the operands: charged, and
+    /// stopped by the caller's deadline.
+    #[test]
+    fn masked_select_charges_the_broadcast_and_stops_when_interrupted() {
+        let n = 1024;
+        let mut m = alloc::vec![false; n];
+        m[0] = true;
+        let args = vec![
+            Arg::T(OwnedTensor::zeros(Float, &[1, n])),
+            Arg::T(OwnedTensor::bools(&[n, 1], &m)),
+            Arg::Out(Float, vec![n]),
+        ];
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let (out, charged) = run_op_with("aten::masked_select.out", args.clone(), ctx).unwrap();
+        assert_eq!(out.tensors[0].sizes, [n]);
+        assert_eq!(charged, (n * n) as u64);
+        assert_eq!(
+            run_op_interrupted("aten::masked_select.out", args).unwrap_err(),
+            ptero_core::Error::Interrupted
+        );
     }
 
     /// A mask broadcast against self over an N x N space selecting nothing: counted from

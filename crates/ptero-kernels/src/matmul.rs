@@ -795,7 +795,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
+    use crate::testing::{assert_close, run_op, run_op_interrupted, run_op_with, Arg, OwnedTensor};
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::{self, *};
@@ -1050,6 +1050,108 @@ mod tests {
             vec![Arg::T(bo.clone()), Arg::T(bo), Arg::Out(Bool, vec![1, 1])]
         )
         .is_err());
+    }
+
+    /// Every product charges its multiply-adds (m * n * k per batch entry) and stops with
+    /// `Interrupted` once the caller's deadline has passed (checked between row blocks).
+    #[test]
+    fn products_charge_work_and_stop_when_interrupted() {
+        let ctx = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+        };
+        let z = |dt: ScalarType, s: &[usize]| Arg::T(OwnedTensor::zeros(dt, s));
+        // (op, args, multiply-adds); the big ones (>= 2^19) must notice the deadline.
+        let cases: Vec<(&str, Vec<Arg>, u64)> = vec![
+            (
+                "aten::mm.out",
+                vec![
+                    z(Float, &[8, 16]),
+                    z(Float, &[16, 32]),
+                    Arg::Out(Float, vec![8, 32]),
+                ],
+                8 * 16 * 32,
+            ),
+            (
+                "aten::mm.out",
+                vec![
+                    z(Long, &[8, 16]),
+                    z(Long, &[16, 32]),
+                    Arg::Out(Long, vec![8, 32]),
+                ],
+                8 * 16 * 32,
+            ),
+            (
+                "aten::bmm.out",
+                vec![
+                    z(Double, &[3, 4, 5]),
+                    z(Double, &[3, 5, 6]),
+                    Arg::Out(Double, vec![3, 4, 6]),
+                ],
+                3 * 4 * 5 * 6,
+            ),
+            (
+                "aten::addmm.out",
+                vec![
+                    z(Float, &[7]),
+                    z(Float, &[5, 9]),
+                    z(Float, &[9, 7]),
+                    Arg::Int(1),
+                    Arg::Int(1),
+                    Arg::Out(Float, vec![5, 7]),
+                ],
+                5 * 9 * 7,
+            ),
+            (
+                "aten::linear.out",
+                vec![
+                    z(Float, &[2, 3, 16]),
+                    z(Float, &[8, 16]),
+                    Arg::None,
+                    Arg::Out(Float, vec![2, 3, 8]),
+                ],
+                2 * 3 * 8 * 16,
+            ),
+            (
+                "aten::mm.out",
+                vec![
+                    z(Float, &[128, 64]),
+                    z(Float, &[64, 64]),
+                    Arg::Out(Float, vec![128, 64]),
+                ],
+                1 << 19,
+            ),
+            (
+                "aten::linear.out",
+                vec![
+                    z(Float, &[128, 64]),
+                    z(Float, &[64, 64]),
+                    Arg::None,
+                    Arg::Out(Float, vec![128, 64]),
+                ],
+                1 << 19,
+            ),
+            (
+                "aten::bmm.out",
+                vec![
+                    z(Half, &[2, 64, 64]),
+                    z(Half, &[2, 64, 64]),
+                    Arg::Out(Half, vec![2, 64, 64]),
+                ],
+                1 << 19,
+            ),
+        ];
+        for (op, args, work) in cases {
+            let (_, charged) = run_op_with(op, args.clone(), ctx).unwrap();
+            assert_eq!(charged, work, "{op}");
+            if work >= 1 << 19 {
+                assert_eq!(
+                    run_op_interrupted(op, args).unwrap_err(),
+                    ptero_core::Error::Interrupted,
+                    "{op}"
+                );
+            }
+        }
     }
 
     /// An empty input whose batch dims multiply past `usize`: folding them into the row

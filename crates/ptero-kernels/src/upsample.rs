@@ -87,7 +87,7 @@ impl Axis {
     /// Empty tables of `out * taps` entries, allocated within the method's memory limit.
     fn tables(a: &KernelArgs<'_>, out: usize, taps: usize) -> Result<(Vec<usize>, Vec<f64>)> {
         // An overflowing count asks for more than any limit: the same error.
-        let n = out.checked_mul(taps).unwrap_or(usize::MAX);
+        let n = out.saturating_mul(taps);
         Ok((a.scratch(n)?, a.scratch(n)?))
     }
 

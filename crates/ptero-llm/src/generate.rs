@@ -143,12 +143,36 @@ impl TextGenerator {
         tokenizer: Option<impl AsRef<Path>>,
         limits: Limits,
     ) -> Result<TextGenerator> {
+        TextGenerator::load_with(model, tokenizer, &ptero::ModuleOptions::new(), limits)
+    }
+
+    /// Like [`TextGenerator::load_with_limits`], opening the program as `options` say
+    /// (memory-mapped or read, see [`ptero::LoadMode`]) and loading it under the runtime
+    /// limits in `options` (memory, instructions, loop work).
+    ///
+    /// ```no_run
+    /// use ptero::{LoadMode, ModuleOptions};
+    /// use ptero_llm::{Limits, TextGenerator};
+    /// let options = ModuleOptions::new().load_mode(LoadMode::Read).max_memory(2 << 30);
+    /// let gen = TextGenerator::load_with("model.pte", Some("tokenizer.json"), &options, Limits::default())?;
+    /// # Ok::<(), ptero_llm::Error>(())
+    /// ```
+    pub fn load_with(
+        model: impl AsRef<Path>,
+        tokenizer: Option<impl AsRef<Path>>,
+        options: &ptero::ModuleOptions,
+        limits: Limits,
+    ) -> Result<TextGenerator> {
         let t0 = Instant::now();
-        let program = Program::from_file(model)?;
+        let program = match options.load_mode {
+            ptero::LoadMode::Mmap => Program::from_file(model)?,
+            ptero::LoadMode::Read => Program::read_file(model, options.limits.max_memory)?,
+        };
         let tokenizer = tokenizer
             .map(|t| tokenizer::load_with_limits(t, &limits))
             .transpose()?;
-        let mut g = TextGenerator::from_program_with_limits(&program, tokenizer, limits)?;
+        let mut g =
+            TextGenerator::build(&program, tokenizer, limits, options.limits)?;
         g.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(g)
     }
@@ -166,6 +190,15 @@ impl TextGenerator {
         program: &Program,
         tokenizer: Option<Box<dyn Tokenizer>>,
         limits: Limits,
+    ) -> Result<TextGenerator> {
+        TextGenerator::build(program, tokenizer, limits, ptero::Limits::default())
+    }
+
+    fn build(
+        program: &Program,
+        tokenizer: Option<Box<dyn Tokenizer>>,
+        limits: Limits,
+        runtime: ptero::Limits,
     ) -> Result<TextGenerator> {
         let metadata = LlmMetadata::read(program)?;
         let meta = program.method_meta("forward")?.clone();
@@ -236,10 +269,11 @@ impl TextGenerator {
                 context = context.min(cache);
             }
         }
-        let method = program.load_method(
+        let method = program.load_method_with_limits(
             "forward",
             &ptero::default_kernels(),
             &ptero::default_backends(),
+            runtime,
         )?;
         let mut eos = metadata.eos_ids.clone();
         if eos.is_empty() {
@@ -282,6 +316,13 @@ impl TextGenerator {
 
     /// Changes the limits (prompt length, chat-template rendering); those of the program
     /// and tokenizer files apply when loading.
+    /// Sets what stops generation early (a [`ptero::Deadline`], a [`ptero::CancelToken`]):
+    /// polled between and inside the program's instructions, so prefill and every decode
+    /// step end with an error once it fires.
+    pub fn set_interrupt(&mut self, interrupt: Option<std::sync::Arc<dyn ptero::Interrupt>>) {
+        self.method.set_interrupt(interrupt);
+    }
+
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
         if let Some(c) = &mut self.chat {

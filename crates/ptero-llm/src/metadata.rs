@@ -12,7 +12,9 @@ pub struct LlmMetadata {
     pub eos_ids: Vec<u32>,
     /// Most tokens one forward call takes (the prefill chunk size).
     pub max_seq_len: usize,
-    /// Size of the KV cache: the whole conversation must fit.
+    /// Size of the KV cache as the program claims it: the whole conversation must fit.
+    /// [`crate::TextGenerator::context_len`] is what is enforced (the program's actual
+    /// cache, when smaller).
     pub max_context_len: usize,
     pub vocab_size: Option<usize>,
     pub use_kv_cache: bool,

@@ -43,7 +43,6 @@ const EMIT: &str = "__ptero_emit";
 const EMIT_RAW: &str = "__ptero_emit_raw";
 const BUILT: &str = "__ptero_built";
 const CHANGED: &str = "__ptero_changed";
-const SCAN: &str = "__ptero_scan";
 
 /// What one item of a list or map costs: the size of a value.
 const ITEM: usize = std::mem::size_of::<Value>();
@@ -216,7 +215,7 @@ fn eval2(expr: &Expression<'static, 'static>, a: &Value, b: &Value) -> JResult<V
 }
 
 /// Rewrites `src` so that costly operations call our hooks; see the module comment.
-fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
+fn harden<'s>(src: &Instructions<'s>) -> Result<Instructions<'s>> {
     let mut out = Instructions::new(src.name(), src.source());
     // Where each original instruction starts in `out`, plus the end, for jump targets.
     let mut moved = Vec::with_capacity(src.len() + 1);
@@ -232,6 +231,14 @@ fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
         };
         let call = |name: &'static str, n: u16| Instruction::CallFunction(name, Some(n));
         match instr {
+            // Spreading a list or map into a call copies all of it on every call, which no
+            // hook can see; chat templates have no use for it.
+            Instruction::UnpackLists(_) | Instruction::MergeKwargs(_) => {
+                return Err(Error::Template(format!(
+                    "argument splats (*args, **kwargs) are not supported in chat templates (line {})",
+                    line.unwrap_or(0)
+                )))
+            }
             Instruction::StringConcat => add(call(CONCAT, 2)),
             Instruction::Add => add(call(ADD, 2)),
             Instruction::Mul => add(call(MUL, 2)),
@@ -258,11 +265,6 @@ fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
                 add(Instruction::BuildList(*n));
                 add(call(BUILT, 1))
             }
-            // Unpacking walks the whole value before checking its length.
-            Instruction::UnpackList(n) => {
-                add(call(SCAN, 1));
-                add(Instruction::UnpackList(*n))
-            }
             // `loop.changed(x)` compares x with the previous x, deeply.
             Instruction::CallMethod("changed", Some(n)) => add(call(CHANGED, *n)),
             Instruction::BuildMap(n) => {
@@ -287,7 +289,7 @@ fn harden<'s>(src: &Instructions<'s>) -> Instructions<'s> {
             _ => {}
         }
     }
-    out
+    Ok(out)
 }
 
 /// Filters whose work depends on their input's top level only (length, first item...).
@@ -581,11 +583,6 @@ fn hardened_env<'s>(budget: &Arc<Budget>) -> Environment<'s> {
         Ok(Value::UNDEFINED)
     });
     let b = budget.clone();
-    env.add_function(SCAN, move |v: Value| -> JResult<Value> {
-        b.charge_shallow(&v)?;
-        Ok(v)
-    });
-    let b = budget.clone();
     env.add_function(
         CHANGED,
         move |state: &State, args: Rest<Value>| -> JResult<Value> {
@@ -701,12 +698,12 @@ pub(crate) fn render(source: &str, ctx: Value, limits: &Limits) -> Result<String
     let env = hardened_env(&budget);
     let tmpl = env.template_from_str(source).map_err(err)?;
     let compiled = machinery::get_compiled_template(&tmpl);
-    let instructions = harden(&compiled.instructions);
-    let blocks: BTreeMap<_, _> = compiled
+    let instructions = harden(&compiled.instructions)?;
+    let blocks = compiled
         .blocks
         .iter()
-        .map(|(name, b)| (*name, harden(b)))
-        .collect();
+        .map(|(name, b)| Ok((*name, harden(b)?)))
+        .collect::<Result<BTreeMap<_, _>>>()?;
     let mut text = String::new();
     let mut out = machinery::make_string_output(&mut text);
     Vm::new(&env)
@@ -812,7 +809,8 @@ mod tests {
             ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% set t = s | upper %}{% endfor %}", "template_work_bytes"),
             ("{% set s = 'x' * 1000000 %}{% for i in range(100000) %}{% if s is startingwith(s) %}{% endif %}{% endfor %}", "template_work_bytes"),
             ("{% for i in range(100000) %}{% set r = range(100000) | list %}{% endfor %}", "template_work_bytes"),
-            ("{% set r = range(100000) | list %}{% for i in range(100000) %}{% set a, b = r %}{% endfor %}", "template_"),
+            ("{% set r = range(100000) | list %}{% for i in range(100000) %}{{ loop.cycle(*r) }}{% endfor %}", "splat"),
+            ("{% set d = dict(a=1) %}{{ dict(**d) }}", "splat"),
             ("{{ debug() }}", "debug"),
             ("{% set __ptero_concat = 1 %}", "reserved"),
         ];
