@@ -146,7 +146,11 @@ pub fn shape(rng: &mut Rng, base: &[i32]) -> Vec<i32> {
             }
             s
         }
-        3 => base.iter().skip(rng.below(base.len() + 1)).copied().collect(),
+        3 => base
+            .iter()
+            .skip(rng.below(base.len() + 1))
+            .copied()
+            .collect(),
         4 => {
             let rank = 1 + rng.below(5);
             (0..rank).map(|_| rng.below(5) as i32).collect()
@@ -231,7 +235,9 @@ impl Builder {
         let nbytes = numel.saturating_mul(dtype_size(dtype) as u64);
         if self.benign {
             let offset = self.planned;
-            self.planned = self.planned.saturating_add(nbytes.div_ceil(16).saturating_mul(16));
+            self.planned = self
+                .planned
+                .saturating_add(nbytes.div_ceil(16).saturating_mul(16));
             let data = if nbytes <= 1 << 16 {
                 let mut init = vec![0u8; nbytes as usize];
                 for (k, c) in init.chunks_mut(dtype_size(dtype)).enumerate() {
@@ -296,7 +302,9 @@ impl Builder {
             _ => {
                 // Too big to initialize: planned without a value; the load may refuse it.
                 let offset = self.planned;
-                self.planned = self.planned.saturating_add(nbytes.div_ceil(16).saturating_mul(16));
+                self.planned = self
+                    .planned
+                    .saturating_add(nbytes.div_ceil(16).saturating_mul(16));
                 TensorData::Planned {
                     memory_id: 1,
                     offset,
@@ -406,7 +414,9 @@ impl Builder {
         let small = |rng: &mut Rng| -> i64 {
             match rng.below(6) {
                 0 => -1,
-                1 => base.get(rng.below(base.len().max(1))).map_or(1, |&s| s as i64),
+                1 => base
+                    .get(rng.below(base.len().max(1)))
+                    .map_or(1, |&s| s as i64),
                 _ => rng.below(4) as i64,
             }
         };
@@ -418,7 +428,10 @@ impl Builder {
                 let sizes: Vec<i32> = if out {
                     base.iter().map(|s| s * *rng.pick(&[1, 2, 2, 3])).collect()
                 } else if rng.one_in(5) {
-                    base.iter().skip(rng.below(base.len() + 1)).copied().collect()
+                    base.iter()
+                        .skip(rng.below(base.len() + 1))
+                        .copied()
+                        .collect()
                 } else {
                     base.to_vec()
                 };
@@ -613,9 +626,10 @@ pub fn kernel_program(
     b.m.outputs = outs;
     if !benign && rng.one_in(6) {
         // Some tensor becomes an input that the caller sets.
-        if let Some(&t) = args.iter().find(|&&a| {
-            matches!(b.m.values.get(a as usize), Some(ValueSpec::Tensor(_)))
-        }) {
+        if let Some(&t) = args
+            .iter()
+            .find(|&&a| matches!(b.m.values.get(a as usize), Some(ValueSpec::Tensor(_))))
+        {
             b.m.inputs.push(t);
         }
     }

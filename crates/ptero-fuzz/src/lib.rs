@@ -15,6 +15,7 @@
 pub mod gen;
 pub mod rng;
 pub mod schema;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,10 @@ pub enum CaseKind {
     Program,
     /// A committed fixture with damaged bytes.
     Fixture,
+    /// A tokenizer file (Hugging Face JSON, tiktoken, SentencePiece), damaged.
+    Tokenizer,
+    /// A chat template assembled from hostile fragments.
+    Template,
 }
 
 impl CaseKind {
@@ -47,6 +52,8 @@ impl CaseKind {
             CaseKind::Kernel => "kernel",
             CaseKind::Program => "program",
             CaseKind::Fixture => "fixture",
+            CaseKind::Tokenizer => "tokenizer",
+            CaseKind::Template => "template",
         }
     }
 }
@@ -67,6 +74,7 @@ pub struct Fuzzer {
     signatures: Vec<Signature>,
     fixtures: Vec<(PathBuf, Vec<u8>)>,
     limits: Limits,
+    only: Option<CaseKind>,
 }
 
 /// The committed fixtures, found from this crate's source directory.
@@ -114,12 +122,19 @@ impl Fuzzer {
             signatures: Vec::new(),
             fixtures,
             limits,
+            only: None,
         };
         let names: Vec<String> = f.kernels.names().map(String::from).collect();
         let run = |b: &[u8]| f.run(b);
         let signatures = names.iter().map(|n| schema::learn(n, &run)).collect();
         f.signatures = signatures;
         f
+    }
+
+    /// Generates only cases of `kind` (`None`: every kind).
+    pub fn only(mut self, kind: Option<CaseKind>) -> Fuzzer {
+        self.only = kind;
+        self
     }
 
     pub fn signatures(&self) -> &[Signature] {
@@ -133,7 +148,30 @@ impl Fuzzer {
     /// Case `index`.
     pub fn case(&self, index: u64) -> Case {
         let mut rng = Rng::for_case(self.seed, index);
-        let roll = rng.below(20);
+        let mut roll = rng.below(20);
+        let mut tokenizer = rng.one_in(2);
+        match self.only {
+            Some(CaseKind::Tokenizer) => (roll, tokenizer) = (0, true),
+            Some(CaseKind::Template) => (roll, tokenizer) = (0, false),
+            Some(CaseKind::Fixture) => roll = 19,
+            Some(CaseKind::Program) => roll = 13 + roll % 4,
+            Some(CaseKind::Kernel) => roll = 1 + roll % 12,
+            None => {}
+        }
+        if roll == 0 && tokenizer {
+            return Case {
+                kind: CaseKind::Tokenizer,
+                op: None,
+                bytes: text::tokenizer_case(&mut rng),
+            };
+        }
+        if roll == 0 {
+            return Case {
+                kind: CaseKind::Template,
+                op: None,
+                bytes: text::template_case(&mut rng).into_bytes(),
+            };
+        }
         if roll >= 17 && !self.fixtures.is_empty() {
             let (_, bytes) = rng.pick(&self.fixtures);
             let mut bytes = bytes.clone();
@@ -186,6 +224,20 @@ impl Fuzzer {
     pub fn run(&self, bytes: &[u8]) -> Result<(), Error> {
         run_program(bytes, &self.kernels, self.limits)
     }
+
+    /// Runs a case of any kind; the error, if any, as text.
+    pub fn run_case(&self, case: &Case) -> Result<(), String> {
+        match case.kind {
+            CaseKind::Tokenizer => text::run_tokenizer(&case.bytes, case.bytes.len() as u64),
+            CaseKind::Template => run_template_bytes(&case.bytes),
+            _ => self.run(&case.bytes).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn run_template_bytes(bytes: &[u8]) -> Result<(), String> {
+    let source = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    text::run_template(source)
 }
 
 /// Deterministic stand-in input for `info`, or `None` when it is too big to bother.

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ptero_fuzz::Fuzzer;
+use ptero_fuzz::{Case, CaseKind, Fuzzer};
 
 struct Limited;
 
@@ -123,6 +123,9 @@ struct Args {
     /// Run one saved case in this process (panics show their backtrace).
     #[arg(long)]
     replay: Option<PathBuf>,
+    /// Only this kind of case: kernel, program, fixture, tokenizer or template.
+    #[arg(long, value_parser = parse_kind)]
+    only: Option<CaseKind>,
     /// Print the learned kernel signatures and exit.
     #[arg(long)]
     signatures: bool,
@@ -130,6 +133,19 @@ struct Args {
     worker: bool,
     #[arg(long, hide = true)]
     progress: Option<PathBuf>,
+}
+
+fn parse_kind(s: &str) -> Result<CaseKind, String> {
+    [
+        CaseKind::Kernel,
+        CaseKind::Program,
+        CaseKind::Fixture,
+        CaseKind::Tokenizer,
+        CaseKind::Template,
+    ]
+    .into_iter()
+    .find(|k| k.name() == s)
+    .ok_or_else(|| format!("'{s}' is not one of kernel, program, fixture, tokenizer, template"))
 }
 
 fn main() {
@@ -163,7 +179,17 @@ fn replay(path: &Path) -> i32 {
         }
     };
     let f = Fuzzer::new(0, Some(&[]));
-    match f.run(&bytes) {
+    let kind = match path.extension().and_then(|e| e.to_str()) {
+        Some("tokenizer") => CaseKind::Tokenizer,
+        Some("jinja") => CaseKind::Template,
+        _ => CaseKind::Program,
+    };
+    let case = Case {
+        kind,
+        op: None,
+        bytes,
+    };
+    match f.run_case(&case) {
         Ok(()) => println!("ran without error"),
         Err(e) => println!("error (a clean one): {e}"),
     }
@@ -177,11 +203,8 @@ fn worker(args: &Args) {
         .progress
         .as_ref()
         .and_then(|p| std::fs::OpenOptions::new().write(true).open(p).ok());
-    let fuzzer = Fuzzer::new(args.seed, None);
-    LIMIT.store(
-        args.mem_limit_mb.saturating_mul(1 << 20),
-        Ordering::Relaxed,
-    );
+    let fuzzer = Fuzzer::new(args.seed, None).only(args.only);
+    LIMIT.store(args.mem_limit_mb.saturating_mul(1 << 20), Ordering::Relaxed);
     LIMITING.store(true, Ordering::Relaxed);
     std::panic::set_hook(Box::new(|info| {
         let msg = info.to_string().replace('\n', " ");
@@ -203,7 +226,7 @@ fn worker(args: &Args) {
         }
         let case = fuzzer.case(index);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = fuzzer.run(&case.bytes);
+            let _ = fuzzer.run_case(&case);
         }));
         if result.is_err() {
             let msg = LAST_PANIC.with(|p| p.borrow().clone());
@@ -238,10 +261,11 @@ fn save(
     fuzzers: &mut Vec<(u64, Fuzzer)>,
     crash: &Crash,
     seen: &mut std::collections::HashSet<String>,
+    only: Option<CaseKind>,
 ) {
     let _ = std::fs::create_dir_all(out);
     if !fuzzers.iter().any(|(s, _)| *s == crash.seed) {
-        fuzzers.push((crash.seed, Fuzzer::new(crash.seed, None)));
+        fuzzers.push((crash.seed, Fuzzer::new(crash.seed, None).only(only)));
     }
     let Some((_, f)) = fuzzers.iter().find(|(s, _)| *s == crash.seed) else {
         return;
@@ -251,9 +275,15 @@ fn save(
         return;
     }
     let stem = format!("crash-{}-{}", crash.seed, crash.index);
-    let pte = out.join(format!("{stem}.pte"));
+    let ext = match case.kind {
+        CaseKind::Tokenizer => "tokenizer",
+        CaseKind::Template => "jinja",
+        _ => "pte",
+    };
+    let pte = out.join(format!("{stem}.{ext}"));
     let _ = std::fs::write(&pte, &case.bytes);
-    let note = format!(
+    let note =
+        format!(
         "seed {} case {} ({}{})\n{}\nreplay: cargo run --release -p ptero-fuzz -- --replay {}\n",
         crash.seed,
         crash.index,
@@ -289,6 +319,7 @@ fn spawn(args: &Args, seed: u64, start: u64, seconds: u64, dir: &Path) -> Option
         .args(["--seconds", &seconds.to_string()])
         .args(["--max-cases", &args.max_cases.to_string()])
         .args(["--mem-limit-mb", &args.mem_limit_mb.to_string()])
+        .args(args.only.map(|k| format!("--only={}", k.name())))
         .arg("--progress")
         .arg(&progress)
         .stdin(Stdio::null())
@@ -375,6 +406,7 @@ fn supervise(args: &Args) -> i32 {
                             &mut fuzzers,
                             crashes.last().expect("just pushed"),
                             &mut seen,
+                            args.only,
                         );
                     }
                 } else if let Some(n) = line.strip_prefix("DONE ") {
@@ -424,11 +456,12 @@ fn supervise(args: &Args) -> i32 {
                 what,
             });
             save(
-                            &args.out,
-                            &mut fuzzers,
-                            crashes.last().expect("just pushed"),
-                            &mut seen,
-                        );
+                &args.out,
+                &mut fuzzers,
+                crashes.last().expect("just pushed"),
+                &mut seen,
+                args.only,
+            );
             let now = Instant::now();
             if now + Duration::from_secs(1) < end {
                 let left = (end - now).as_secs().max(1);

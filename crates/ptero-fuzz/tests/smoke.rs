@@ -8,12 +8,12 @@ fn hostile_cases_end_in_errors_not_panics() {
     let fuzzer = Fuzzer::new(7, None);
     assert!(fuzzer.signatures().len() > 200, "kernel signatures learned");
     assert!(fuzzer.num_fixtures() > 5, "committed fixtures found");
-    let mut kinds = [0usize; 3];
+    let mut kinds = [0usize; 5];
     let mut errors = 0;
     for index in 0..3000 {
         let case = fuzzer.case(index);
         kinds[case.kind as usize] += 1;
-        let outcome = std::panic::catch_unwind(|| fuzzer.run(&case.bytes));
+        let outcome = std::panic::catch_unwind(|| fuzzer.run_case(&case));
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -449,12 +449,15 @@ impl Iterator for Offsets {
         let mut d = self.shape.len();
         while d > 0 {
             d -= 1;
+            // Wrapping, as in `for_each_offset`: size-1 dims may carry huge strides.
             self.idx[d] += 1;
-            self.cur += self.strides[d];
+            self.cur = self.cur.wrapping_add(self.strides[d]);
             if self.idx[d] < self.shape[d] {
                 break;
             }
-            self.cur -= self.strides[d] * self.shape[d];
+            self.cur = self
+                .cur
+                .wrapping_sub(self.strides[d].wrapping_mul(self.shape[d]));
             self.idx[d] = 0;
         }
         Some(v)

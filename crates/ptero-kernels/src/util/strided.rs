@@ -94,12 +94,15 @@ pub fn for_each_offset<const N: usize>(
     let inner_st: [usize; N] = core::array::from_fn(|k| strides[k][rank - 1]);
     let mut idx = [0usize; ptero_core::MAX_DIMS];
     let mut base = [0usize; N];
+    // Offsets step with wrapping arithmetic: a size-1 dim may carry a huge (saturated)
+    // stride that is added after its only position and taken back at once; it never
+    // addresses memory, and must not trip overflow checks.
     loop {
         let mut off = base;
         for _ in 0..inner {
             f(off);
             for k in 0..N {
-                off[k] += inner_st[k];
+                off[k] = off[k].wrapping_add(inner_st[k]);
             }
         }
         // Advance the outer index (all dims but the last), updating base offsets.
@@ -111,13 +114,13 @@ pub fn for_each_offset<const N: usize>(
             d -= 1;
             idx[d] += 1;
             for k in 0..N {
-                base[k] += strides[k][d];
+                base[k] = base[k].wrapping_add(strides[k][d]);
             }
             if idx[d] < shape[d] {
                 break;
             }
             for k in 0..N {
-                base[k] -= strides[k][d] * shape[d];
+                base[k] = base[k].wrapping_sub(strides[k][d].wrapping_mul(shape[d]));
             }
             idx[d] = 0;
         }
@@ -209,6 +212,13 @@ mod tests {
 
     #[test]
     fn offsets_cover_row_major_order() {
+        let mut seen = Vec::new();
+        // Size-1 dims with saturated strides (an empty tensor's, or a one-element slice
+        // with a huge step) step and step back without overflow.
+        for_each_offset(&[2, 1, 1], [&[1, usize::MAX, usize::MAX]], |[a]| {
+            seen.push(a)
+        });
+        assert_eq!(seen, [0, 1]);
         let mut seen = Vec::new();
         for_each_offset(&[2, 3], [&[3, 1], &[1, 2]], |[a, b]| seen.push((a, b)));
         assert_eq!(seen, [(0, 0), (1, 2), (2, 4), (3, 1), (4, 3), (5, 5)]);

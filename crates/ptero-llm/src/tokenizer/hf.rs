@@ -76,6 +76,7 @@ impl HfTokenizer {
         limits: &Limits,
     ) -> Result<HfTokenizer> {
         check_precompiled_charsmaps(bytes)?;
+        let growth = check_growth(bytes)?;
         let mut inner = guarded("reading tokenizer.json", || {
             tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Encoding(e.to_string()))
         })?;
@@ -110,9 +111,78 @@ impl HfTokenizer {
             bos,
             eos,
             template,
-            max_input_bytes: limits.max_input_bytes,
+            // The `tokenizers` crate normalizes the whole text in memory: bound what the
+            // normalizer can grow it to, not just the text itself.
+            max_input_bytes: limits
+                .max_input_bytes
+                .min((MAX_NORMALIZED_BYTES as f64 / growth) as usize),
         })
     }
+}
+
+/// Most bytes normalization may produce from one text (the input limit shrinks for
+/// tokenizers whose normalizers can grow text a lot).
+const MAX_NORMALIZED_BYTES: usize = 256 << 20;
+
+/// Largest worst-case growth accepted for a normalizer or decoder chain.
+const MAX_GROWTH: f64 = 65536.0;
+
+/// Worst-case factor by which one normalizer or decoder (a JSON node) can grow text.
+fn growth_of(v: &serde_json::Value, depth: usize) -> f64 {
+    use serde_json::Value;
+    let Value::Object(o) = v else {
+        return 1.0;
+    };
+    if depth > 16 {
+        return f64::INFINITY;
+    }
+    let str_len = |k: &str| o.get(k).and_then(Value::as_str).map_or(0, str::len) as f64;
+    match o.get("type").and_then(Value::as_str).unwrap_or("") {
+        "Sequence" => ["normalizers", "decoders"]
+            .iter()
+            .filter_map(|k| o.get(*k).and_then(Value::as_array))
+            .flatten()
+            .map(|c| growth_of(c, depth + 1))
+            .product(),
+        "Replace" => {
+            let content = str_len("content");
+            match o.get("pattern") {
+                Some(Value::Object(p)) => match p.get("String").and_then(Value::as_str) {
+                    Some(s) if !s.is_empty() => (content / s.len() as f64).ceil().max(1.0),
+                    // An empty string or a regex may match between every two characters.
+                    _ => content + 1.0,
+                },
+                _ => content + 1.0,
+            }
+        }
+        "Prepend" => 1.0 + str_len("prepend"),
+        "Strip" | "StripAccents" | "ByteFallback" | "Fuse" | "" => 1.0,
+        // Unicode normalization forms and charsmaps expand a character to at most ~18.
+        "NFKC" | "NFKD" | "Precompiled" => 18.0,
+        _ => 4.0,
+    }
+}
+
+/// Refuses normalizer and decoder chains that could grow text without bound (e.g. many
+/// `Replace` steps with an empty pattern, each doubling the text) and returns the
+/// normalizer's worst-case growth.
+fn check_growth(bytes: &[u8]) -> Result<f64> {
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::Encoding(e.to_string()))?;
+    let mut normalizer = 1.0;
+    for (key, out) in [("normalizer", Some(&mut normalizer)), ("decoder", None)] {
+        let g = json.get(key).map_or(1.0, |v| growth_of(v, 0));
+        if !(g <= MAX_GROWTH) {
+            return Err(Error::Encoding(format!(
+                "the {key} could grow text {} times (more than {MAX_GROWTH}); refused",
+                if g < 1e15 { format!("{g:.0}") } else { "more than 10^15".into() }
+            )));
+        }
+        if let Some(out) = out {
+            *out = g;
+        }
+    }
+    Ok(normalizer)
 }
 
 /// Largest `precompiled_charsmap` accepted, decoded (real ones are a few hundred KiB).
@@ -311,6 +381,30 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ptero-llm-hf-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Each `Replace` of an empty pattern puts its content between every two characters:
+    /// a chain of them grew a short prompt exponentially until the process aborted.
+    #[test]
+    fn normalizers_that_explode_text_are_refused() {
+        let step = r#"{"type":"Replace","pattern":{"String":""},"content":"xy"}"#;
+        let chain = format!(
+            r#"{{"type":"Sequence","normalizers":[{}]}}"#,
+            vec![step; 40].join(",")
+        );
+        let e = HfTokenizer::from_bytes(json(&chain, "null").as_bytes(), &dir().join("t.json"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("could grow text more than 10^15 times"), "{e}");
+        // Real chains (Llama/Mistral style) load, with the input limit scaled down at most
+        // modestly.
+        let real = r#"{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"},
+            {"type":"Replace","pattern":{"String":" "},"content":"▁"}]}"#;
+        let t = HfTokenizer::from_bytes(json(real, "null").as_bytes(), &dir().join("t.json"))
+            .unwrap();
+        assert!(t.max_input_bytes >= 1 << 20, "{}", t.max_input_bytes);
+        assert!(t.encode("a b", false).is_ok());
     }
 
     #[test]

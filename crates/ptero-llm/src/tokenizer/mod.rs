@@ -53,23 +53,38 @@ pub fn load_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Box<d
     };
     let bytes =
         read_bounded(path, limits.max_tokenizer_file_bytes).map_err(|e| err(e.to_string()))?;
+    from_bytes_with_limits(&bytes, path, limits)
+}
+
+/// Like [`load_with_limits`], from a file's bytes; `path` names the file in errors and
+/// locates a Hugging Face tokenizer's companion files (`tokenizer_config.json`,
+/// `chat_template.jinja`) in its directory.
+pub fn from_bytes_with_limits(
+    bytes: &[u8],
+    path: &Path,
+    limits: &Limits,
+) -> Result<Box<dyn Tokenizer>> {
+    let err = |message: String| Error::Tokenizer {
+        path: path.display().to_string(),
+        message,
+    };
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(0);
     if bytes.get(start) == Some(&b'{') {
         return Ok(Box::new(
-            HfTokenizer::from_bytes_with_limits(&bytes, path, limits)
+            HfTokenizer::from_bytes_with_limits(bytes, path, limits)
                 .map_err(|e| err(e.to_string()))?,
         ));
     }
-    if TiktokenTokenizer::looks_like(&bytes) {
-        let mut t = TiktokenTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
+    if TiktokenTokenizer::looks_like(bytes) {
+        let mut t = TiktokenTokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
         t.max_input_bytes = limits.max_input_bytes;
         return Ok(Box::new(t));
     }
-    if SentencePieceTokenizer::looks_like(&bytes) {
-        let mut t = SentencePieceTokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
+    if SentencePieceTokenizer::looks_like(bytes) {
+        let mut t = SentencePieceTokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
         t.max_input_bytes = limits.max_input_bytes;
         return Ok(Box::new(t));
     }
