@@ -27,11 +27,11 @@ pub use dtype::ScalarType;
 pub use element::Element;
 pub use error::Error;
 pub use kernel::{
-    normalize_dim, scratch_vec, BorrowSet, CancelToken, ExecContext, Interrupt, IntListRef,
+    normalize_dim, scratch_vec, BorrowSet, CancelToken, ExecContext, IntListRef, Interrupt,
     KernelArgs, KernelFn, Scalar, TensorListRef, DEFAULT_SCRATCH_LIMIT, NONE_INDEX,
 };
 #[cfg(feature = "std")]
-pub use mapped::MappedFile;
+pub use mapped::{read_full, MappedFile};
 pub use memory::{AlignedBuf, Memory, SharedBytes};
 pub use registry::{KernelEntry, KernelRegistry};
 pub use tensor::{Dynamism, Storage, TensorMeta, TensorMut, TensorRef};

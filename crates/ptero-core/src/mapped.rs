@@ -39,7 +39,7 @@ fn no_memory(len: usize) -> io::Error {
 }
 
 /// Reads into `buf` until it is full or the source ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -218,6 +218,17 @@ impl Builder {
         self.m.value(v)
     }
 
+    /// Reserves `nbytes` (16-byte aligned) plus `gap` in the planned buffer; returns the
+    /// offset.
+    fn place(&mut self, nbytes: u64, gap: u64) -> u64 {
+        let offset = self.planned;
+        self.planned = self
+            .planned
+            .saturating_add(nbytes.div_ceil(16).saturating_mul(16))
+            .saturating_add(gap);
+        offset
+    }
+
     /// A tensor with data in planned memory (initial values in the mutable segment),
     /// sometimes constant, sometimes without storage, sometimes with a corrupt placement.
     pub fn tensor(
@@ -234,10 +245,7 @@ impl Builder {
             .unwrap_or(u64::MAX);
         let nbytes = numel.saturating_mul(dtype_size(dtype) as u64);
         if self.benign {
-            let offset = self.planned;
-            self.planned = self
-                .planned
-                .saturating_add(nbytes.div_ceil(16).saturating_mul(16));
+            let offset = self.place(nbytes, 0);
             let data = if nbytes <= 1 << 16 {
                 let mut init = vec![0u8; nbytes as usize];
                 for (k, c) in init.chunks_mut(dtype_size(dtype)).enumerate() {
@@ -287,10 +295,7 @@ impl Builder {
                 TensorData::Constant(init)
             }
             _ if small => {
-                let offset = self.planned;
-                self.planned = self
-                    .planned
-                    .saturating_add(nbytes.div_ceil(16) * 16 + 16 * rng.below(2) as u64);
+                let offset = self.place(nbytes, 16 * rng.below(2) as u64);
                 let mut init = vec![0u8; nbytes as usize];
                 fill(rng, &mut init, dtype);
                 TensorData::PlannedInit {
@@ -301,10 +306,7 @@ impl Builder {
             }
             _ => {
                 // Too big to initialize: planned without a value; the load may refuse it.
-                let offset = self.planned;
-                self.planned = self
-                    .planned
-                    .saturating_add(nbytes.div_ceil(16).saturating_mul(16));
+                let offset = self.place(nbytes, 0);
                 TensorData::Planned {
                     memory_id: 1,
                     offset,

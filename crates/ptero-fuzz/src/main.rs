@@ -27,6 +27,19 @@ static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 impl Limited {
+    /// Runs `allocate` if `size` more bytes fit the limit, keeping the count right when
+    /// the system allocator fails.
+    fn counted(size: usize, allocate: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if !Limited::admit(size) {
+            return std::ptr::null_mut();
+        }
+        let p = allocate();
+        if p.is_null() {
+            LIVE.fetch_sub(size, Ordering::Relaxed);
+        }
+        p
+    }
+
     fn admit(size: usize) -> bool {
         if !LIMITING.load(Ordering::Relaxed) {
             LIVE.fetch_add(size, Ordering::Relaxed);
@@ -45,26 +58,12 @@ impl Limited {
 // null, which callers must handle) requests that would pass the limit.
 unsafe impl GlobalAlloc for Limited {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !Limited::admit(layout.size()) {
-            return std::ptr::null_mut();
-        }
         // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
+        Limited::counted(layout.size(), || unsafe { System.alloc(layout) })
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !Limited::admit(layout.size()) {
-            return std::ptr::null_mut();
-        }
         // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
+        Limited::counted(layout.size(), || unsafe { System.alloc_zeroed(layout) })
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);

@@ -27,7 +27,10 @@ fn hostile_cases_end_in_errors_not_panics() {
             ),
         }
     }
-    assert!(kinds.iter().all(|&k| k > 0), "every kind of case ran: {kinds:?}");
+    assert!(
+        kinds.iter().all(|&k| k > 0),
+        "every kind of case ran: {kinds:?}"
+    );
     assert!(errors > 100, "hostile cases are mostly rejected");
 }
 

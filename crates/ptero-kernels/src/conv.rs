@@ -384,10 +384,13 @@ fn conv_f32(
                                 .unwrap_or(0.0);
                             let offx = (kx * g.d[1]) as isize - g.p[1] as isize;
                             let (ox0, ox1) = valid(g.ow, sx, offx, g.iw);
+                            // The tap itself counts: a huge kernel whose taps all fall in
+                            // the padding is still work.
+                            let rows = oy1.saturating_sub(oy0);
+                            meter.add((1 + rows * ox1.saturating_sub(ox0)) as u64)?;
                             if ox1 <= ox0 {
                                 continue;
                             }
-                            meter.add(((oy1 - oy0) * (ox1 - ox0)) as u64)?;
                             let ix0 = (ox0 as isize * sx as isize + offx) as usize;
                             for oy in oy0..oy1 {
                                 let iy = (oy as isize * sy as isize + offy) as usize;
@@ -424,10 +427,11 @@ fn conv_f32(
                                 .unwrap_or(0.0);
                             let offx = (kx * g.d[1]) as isize - g.p[1] as isize;
                             let (ix0, ix1) = valid(g.iw, sx, offx, g.ow);
+                            let rows = iy1.saturating_sub(iy0);
+                            meter.add((1 + rows * ix1.saturating_sub(ix0)) as u64)?;
                             if ix1 <= ix0 {
                                 continue;
                             }
-                            meter.add(((iy1 - iy0) * (ix1 - ix0)) as u64)?;
                             let ox0 = (ix0 as isize * sx as isize + offx) as usize;
                             for iy in iy0..iy1 {
                                 let oy = (iy as isize * sy as isize + offy) as usize;
@@ -1189,12 +1193,14 @@ mod tests {
             Arg::Out(Float, vec![16]),
         ];
         // Channels x channels x taps x outputs (transposed: x inputs).
-        let (fwd, tr) = (16 * 16 * 9 * 14 * 14, 16 * 16 * 9 * 16 * 16);
+        // The f32 paths also count one unit per (channel, channel, tap).
+        let taps = 16 * 16 * 9;
+        let (fwd, tr) = (taps * 14 * 14, taps * 16 * 16);
         let cases: Vec<(&str, Vec<Arg>, u64)> = vec![
             (
                 "aten::convolution.out",
                 conv(Float, false, &[1, 16, 14, 14]),
-                fwd,
+                fwd + taps,
             ),
             (
                 "aten::convolution.out",
@@ -1204,7 +1210,7 @@ mod tests {
             (
                 "aten::convolution.out",
                 conv(Float, true, &[1, 16, 18, 18]),
-                tr,
+                tr + taps,
             ),
             (
                 "aten::convolution.out",

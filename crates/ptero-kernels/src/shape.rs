@@ -254,7 +254,9 @@ pub(crate) fn slice_bounds(
             "slice step must be positive, got {step}"
         )));
     }
-    let n = size as i64;
+    // Sizes past i64::MAX exist only on empty tensors; a plain cast would go negative
+    // and make the clamp below panic.
+    let n = i64::try_from(size).unwrap_or(i64::MAX);
     let clamp = |v: i64| -> i64 {
         let v = if v < 0 { v.saturating_add(n) } else { v };
         v.clamp(0, n)
@@ -1213,6 +1215,17 @@ mod tests {
     use alloc::vec;
     use alloc::vec::Vec;
     use ptero_core::ScalarType::*;
+
+    #[test]
+    fn slice_bounds_of_sizes_past_i64_max() {
+        // `size as i64` went negative and `clamp(0, n)` panicked.
+        let huge = (1usize << 63) + 5;
+        assert_eq!(
+            super::slice_bounds(huge, Some(0), Some(2), 1).unwrap(),
+            (0, 2, 1)
+        );
+        assert!(super::slice_bounds(huge, None, None, i64::MAX).is_ok());
+    }
 
     fn iota(shape: &[usize]) -> OwnedTensor {
         let n: usize = shape.iter().product();

@@ -171,8 +171,7 @@ impl TextGenerator {
         let tokenizer = tokenizer
             .map(|t| tokenizer::load_with_limits(t, &limits))
             .transpose()?;
-        let mut g =
-            TextGenerator::build(&program, tokenizer, limits, options.limits)?;
+        let mut g = TextGenerator::build(&program, tokenizer, limits, options.limits)?;
         g.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(g)
     }

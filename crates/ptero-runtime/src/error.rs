@@ -63,7 +63,12 @@ pub enum Error {
         limit: usize,
     },
     /// A loop did more work than its limit allows (see `Limits::loop_work_factor`).
-    WorkBudget { method: String, instruction: usize, work: u64, limit: u64 },
+    WorkBudget {
+        method: String,
+        instruction: usize,
+        work: u64,
+        limit: u64,
+    },
     /// The caller's deadline passed or its cancellation token was set.
     Interrupted { method: String, instruction: usize },
     /// A user-supplied value is invalid (shape/data mismatch...).

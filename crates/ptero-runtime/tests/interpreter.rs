@@ -577,7 +577,10 @@ fn planned_memory_over_the_limit_is_refused_before_allocating() {
         .load_method_with_limits("forward", &kernels(), &BackendRegistry::new(), limits)
         .unwrap_err();
     assert!(matches!(e, Error::MemoryLimit { .. }), "{e}");
-    assert!(e.to_string().contains("memory limit of 1048576 bytes"), "{e}");
+    assert!(
+        e.to_string().contains("memory limit of 1048576 bytes"),
+        "{e}"
+    );
     // The default limit refuses it too (16 GiB).
     let e = program
         .load_method("forward", &kernels(), &BackendRegistry::new())

@@ -17,7 +17,7 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use ptero_core::ScalarType;
+use ptero_core::{read_full, ScalarType};
 use ptero_runtime::{Error, Tensor};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
@@ -368,20 +368,6 @@ fn dtype_descr(t: ScalarType) -> Option<&'static str> {
         ScalarType::Bool => "|b1",
         _ => return None,
     })
-}
-
-/// Reads into `buf` until it is full or the source ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Reads one `.npy` file from `r`: the header, then exactly the data it announces.

@@ -31,8 +31,10 @@ impl ComputeKind {
 macro_rules! rd {
     ($bytes:expr, $i:expr, $t:ty) => {{
         const N: usize = core::mem::size_of::<$t>();
-        let s = $i * N;
-        match $bytes.get(s..s + N) {
+        match $i
+            .checked_mul(N)
+            .and_then(|s| $bytes.get(s..s.checked_add(N)?))
+        {
             Some(b) => <$t>::from_le_bytes(b.try_into().unwrap_or([0; N])),
             None => <$t>::default(),
         }
@@ -94,8 +96,8 @@ pub fn load_bool(bytes: &[u8], dtype: ScalarType, i: usize) -> bool {
 macro_rules! wr {
     ($bytes:expr, $i:expr, $v:expr, $t:ty) => {{
         const N: usize = core::mem::size_of::<$t>();
-        let s = $i * N;
-        if let Some(b) = $bytes.get_mut(s..s + N) {
+        let range = $i.checked_mul(N).and_then(|s| Some(s..s.checked_add(N)?));
+        if let Some(b) = range.and_then(|r| $bytes.get_mut(r)) {
             b.copy_from_slice(&(<$t>::to_le_bytes($v)));
         }
     }};

@@ -172,10 +172,14 @@ fn check_growth(bytes: &[u8]) -> Result<f64> {
     let mut normalizer = 1.0;
     for (key, out) in [("normalizer", Some(&mut normalizer)), ("decoder", None)] {
         let g = json.get(key).map_or(1.0, |v| growth_of(v, 0));
-        if !(g <= MAX_GROWTH) {
+        if g.is_nan() || g > MAX_GROWTH {
             return Err(Error::Encoding(format!(
                 "the {key} could grow text {} times (more than {MAX_GROWTH}); refused",
-                if g < 1e15 { format!("{g:.0}") } else { "more than 10^15".into() }
+                if g < 1e15 {
+                    format!("{g:.0}")
+                } else {
+                    "more than 10^15".into()
+                }
             )));
         }
         if let Some(out) = out {
@@ -401,8 +405,8 @@ mod tests {
         // modestly.
         let real = r#"{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"},
             {"type":"Replace","pattern":{"String":" "},"content":"▁"}]}"#;
-        let t = HfTokenizer::from_bytes(json(real, "null").as_bytes(), &dir().join("t.json"))
-            .unwrap();
+        let t =
+            HfTokenizer::from_bytes(json(real, "null").as_bytes(), &dir().join("t.json")).unwrap();
         assert!(t.max_input_bytes >= 1 << 20, "{}", t.max_input_bytes);
         assert!(t.encode("a b", false).is_ok());
     }
