@@ -102,8 +102,12 @@ impl Fuzzer {
     /// Learns kernel signatures and reads the fixtures (`None`: the committed ones).
     pub fn new(seed: u64, fixture_dirs: Option<&[PathBuf]>) -> Fuzzer {
         let kernels = ptero_kernels::portable();
+        // Smaller than the defaults so that a case that loops reaches its limit in
+        // milliseconds: the limits are what is tested, not how long they take.
         let limits = Limits {
             max_memory: 256 << 20,
+            max_instructions: 200_000,
+            loop_work_allowance: 1 << 20,
             ..Limits::default()
         };
         let mut paths = Vec::new();

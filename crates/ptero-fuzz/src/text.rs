@@ -293,7 +293,14 @@ pub fn template_case(rng: &mut Rng) -> String {
 
 /// Renders `source` over a short conversation.
 pub fn run_template(source: &str) -> Result<(), String> {
-    let t = ChatTemplate::from_source(source, "<s>", "</s>");
+    let mut t = ChatTemplate::from_source(source, "<s>", "</s>");
+    // Smaller than the defaults, so hostile templates hit them fast.
+    t.set_limits(&Limits {
+        template_fuel: 100_000,
+        template_output_bytes: 1 << 20,
+        template_work_bytes: 8 << 20,
+        ..Limits::default()
+    });
     let messages = [
         Message::new("system", "be brief"),
         Message::new("user", "hi"),
