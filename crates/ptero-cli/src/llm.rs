@@ -267,7 +267,7 @@ fn interactive(
                     report(&g, gen.load_ms());
                 }
             }
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => eprintln!("error: {}", llm_err(e)),
         }
     }
 }

@@ -178,8 +178,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Last line of defence: no input should make Ptero panic (the fuzzer hunts for any
     // that does), but if one slips through, the user gets a one-line error and an exit
-    // code that says "bug", not a backtrace. Set PTERO_BACKTRACE=1 to see the panic.
-    if std::env::var_os("PTERO_BACKTRACE").is_none() {
+    // code that says "bug", not a backtrace. The hook only records the message: panics
+    // that a library catches and turns into an error (third-party tokenizer code) print
+    // nothing. Set PTERO_BACKTRACE=1 to see Rust's own panic output.
+    let quiet = std::env::var_os("PTERO_BACKTRACE").is_none();
+    if quiet {
         std::panic::set_hook(Box::new(|info| {
             let location = info
                 .location()
@@ -191,17 +194,28 @@ fn main() -> ExitCode {
                 .map(|s| s.to_string())
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            eprintln!(
-                "error: internal error{location}: {message} (this is a bug in Ptero; please \
-                 report it with the input that caused it)"
-            );
+            if let Ok(mut last) = LAST_PANIC.lock() {
+                *last = format!("{location}: {message}");
+            }
         }));
     }
     match std::panic::catch_unwind(move || run_command(cli)) {
         Ok(code) => code,
-        Err(_) => ExitCode::from(EXIT_INTERNAL),
+        Err(_) => {
+            if quiet {
+                let what = LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default();
+                eprintln!(
+                    "error: internal error{what} (this is a bug in Ptero; please report it \
+                     with the input that caused it)"
+                );
+            }
+            ExitCode::from(EXIT_INTERNAL)
+        }
     }
 }
+
+/// The last panic's location and message, printed if it reaches `main`.
+static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
 fn run_command(cli: Cli) -> ExitCode {
     let result = match cli.command {

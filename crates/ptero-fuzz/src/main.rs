@@ -125,6 +125,10 @@ struct Args {
     /// Only this kind of case: kernel, program, fixture, tokenizer or template.
     #[arg(long, value_parser = parse_kind)]
     only: Option<CaseKind>,
+    /// Write this many cases (from --start) to --out as files and exit, e.g. to run them
+    /// through the `ptero` CLI.
+    #[arg(long)]
+    dump: Option<u64>,
     /// Print the learned kernel signatures and exit.
     #[arg(long)]
     signatures: bool,
@@ -166,7 +170,35 @@ fn main() {
         worker(&args);
         return;
     }
+    if let Some(n) = args.dump {
+        std::process::exit(dump(&args, n));
+    }
     std::process::exit(supervise(&args));
+}
+
+fn extension(kind: CaseKind) -> &'static str {
+    match kind {
+        CaseKind::Tokenizer => "tokenizer",
+        CaseKind::Template => "jinja",
+        _ => "pte",
+    }
+}
+
+fn dump(args: &Args, n: u64) -> i32 {
+    let f = Fuzzer::new(args.seed, None).only(args.only);
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("error: cannot create {}: {e}", args.out.display());
+        return 2;
+    }
+    for index in args.start..args.start.saturating_add(n) {
+        let case = f.case(index);
+        let name = format!("case-{}-{index}.{}", args.seed, extension(case.kind));
+        if let Err(e) = std::fs::write(args.out.join(name), &case.bytes) {
+            eprintln!("error: cannot write to {}: {e}", args.out.display());
+            return 2;
+        }
+    }
+    0
 }
 
 fn replay(path: &Path) -> i32 {
@@ -274,12 +306,7 @@ fn save(
         return;
     }
     let stem = format!("crash-{}-{}", crash.seed, crash.index);
-    let ext = match case.kind {
-        CaseKind::Tokenizer => "tokenizer",
-        CaseKind::Template => "jinja",
-        _ => "pte",
-    };
-    let pte = out.join(format!("{stem}.{ext}"));
+    let pte = out.join(format!("{stem}.{}", extension(case.kind)));
     let _ = std::fs::write(&pte, &case.bytes);
     let note =
         format!(

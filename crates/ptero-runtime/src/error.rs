@@ -75,8 +75,31 @@ pub enum Error {
     InvalidArgument(String),
 }
 
+/// Writes through to a formatter, escaping control characters other than newline and
+/// tab: names in messages come from files (operators, backends, methods, strings) and must
+/// not reach a terminal as escape sequences.
+struct Escaped<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for Escaped<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return self.0.write_str(s);
+        }
+        for c in s.chars() {
+            if c.is_control() && c != '\n' && c != '\t' {
+                write!(self.0, "\\u{{{:x}}}", c as u32)?;
+            } else {
+                fmt::Write::write_char(self.0, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        let f = &mut Escaped(f);
         match self {
             Error::Io { path, message } => write!(f, "cannot read {path}: {message}"),
             Error::Format(e) => write!(f, "{e}"),

@@ -587,3 +587,21 @@ fn planned_memory_over_the_limit_is_refused_before_allocating() {
         .unwrap_err();
     assert!(matches!(e, Error::MemoryLimit { .. }), "{e}");
 }
+
+#[test]
+fn names_from_the_file_cannot_inject_terminal_escapes() {
+    let bytes = ProgramBuilder::new()
+        .method("forward", |m| {
+            let x = planned(m, &[1], 0);
+            m.planned_buffers.push(8);
+            m.kernel("\u{1b}[2J\u{7}evil", "out", &[x, x]);
+        })
+        .finish();
+    let program = Program::from_bytes(&bytes).unwrap();
+    let e = program
+        .load_method("forward", &kernels(), &BackendRegistry::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\\u{1b}[2J\\u{7}evil.out"), "{e}");
+    assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+}
