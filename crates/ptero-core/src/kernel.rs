@@ -214,6 +214,12 @@ impl<'a> KernelArgs<'a> {
         self.work.get()
     }
 
+    /// Bytes of scratch memory one call may use: kernels whose work would otherwise be
+    /// unbounded by their operands bound it by what materializing it would cost.
+    pub fn scratch_limit(&self) -> usize {
+        self.ctx.scratch_limit
+    }
+
     /// A zero-filled scratch vector of `len` items, allocated fallibly and within the
     /// method's memory limit: scratch sizes come from tensors and arguments, so a hostile
     /// program must get an error, not an abort.

@@ -39,9 +39,15 @@ fn conv_len(
         d as i128,
         op as i128,
     );
-    let span = d_ * (kk.max(1) - 1) + 1;
+    // Products of two sizes can pass i128::MAX: saturate, and let the range check below
+    // reject what saturated.
+    let span = d_.saturating_mul(kk.max(1) - 1).saturating_add(1);
     let len = if transposed {
-        (i.max(1) - 1) * s_ + span + op_ - 2 * p_
+        (i.max(1) - 1)
+            .saturating_mul(s_)
+            .saturating_add(span)
+            .saturating_add(op_)
+            - 2 * p_
     } else if i + 2 * p_ >= span {
         (i + 2 * p_ - span) / s_ + 1
     } else {
@@ -55,7 +61,11 @@ fn conv_len(
     // The largest coordinates formed: output (or, transposed, input) positions times the
     // stride, plus the kernel span, padding and output padding.
     let steps = if transposed { i.max(len) } else { len };
-    let reach = (steps - 1) * s_ + s_ + span + 2 * p_ + op_;
+    let reach = (steps - 1)
+        .saturating_mul(s_)
+        .saturating_add(s_)
+        .saturating_add(span)
+        .saturating_add(2 * p_ + op_);
     if reach > COORD_LIMIT || len > usize::MAX as i128 {
         return Err(Error::invalid(alloc::format!(
             "{what}: stride {s}, padding {p}, dilation {d} and kernel {k} over input size {inp} reach past the supported coordinate range"
@@ -1068,6 +1078,22 @@ mod tests {
 
     /// Hostile geometry: sizes, paddings, strides, dilations and groups whose products
     /// overflowed (panicking in debug builds, or forming wrapped offsets) are errors.
+    #[test]
+    fn geometry_of_extreme_sizes_is_an_error_not_an_overflow() {
+        // Products of two sizes passed i128::MAX ("attempt to multiply with overflow",
+        // found by the fuzzer on a damaged fixture).
+        let m = usize::MAX;
+        for (tr, inp, k, s, p, d, op) in [
+            (false, m, 1, m, 0, 1, 0),
+            (false, m, m, 1, m / 2, m, 0),
+            (true, m, m, m, 0, m, m),
+            (true, m, 1, m, 0, 1, 0),
+            (false, 1 << 40, 3, 1 << 63, 1 << 62, 1 << 63, 0),
+        ] {
+            assert!(super::conv_len("conv", tr, inp, k, s, p, d, op).is_err());
+        }
+    }
+
     #[test]
     fn hostile_geometry_is_an_error() {
         let z = |s: &[usize]| Arg::T(OwnedTensor::zeros(Float, s));

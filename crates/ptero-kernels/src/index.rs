@@ -427,6 +427,18 @@ fn put_values(
     copy_self: bool,
 ) -> Result<()> {
     let vm = *a.meta(2)?;
+    // The indexed shape (the index tensors broadcast together, plus self's other dims) can
+    // be far larger than any operand, and this loop walks all of it. PyTorch materializes
+    // the broadcast indices and values; refuse what that would not fit in our limit.
+    let n = plan.shape.numel().unwrap_or(usize::MAX);
+    let per_elem = 8 * plan.indexed.len() + vm.dtype.size();
+    let need = n.saturating_mul(per_elem);
+    if need > a.scratch_limit() {
+        return Err(Error::OutOfMemory {
+            bytes: need,
+            limit: a.scratch_limit(),
+        });
+    }
     let vst = broadcast_strides(&vm, &plan.shape).map_err(|_| {
         Error::shape(alloc::format!(
             "index_put: values of shape {:?} cannot be broadcast to the indexed shape {}",
@@ -1341,8 +1353,22 @@ mod tests {
         assert_eq!(r.tensors[0].to_f64()[0], (n * n) as f64);
         assert_eq!(charged, (n * n) as u64);
         assert_eq!(
-            run_op_interrupted("aten::index_put.out", args).unwrap_err(),
+            run_op_interrupted("aten::index_put.out", args.clone()).unwrap_err(),
             ptero_core::Error::Interrupted
+        );
+        // Without a deadline, the walk is bounded by what materializing the broadcast
+        // indices and values would take (n*n * (2 * 8 + 4) bytes here).
+        let small = ptero_core::ExecContext {
+            interrupt: None,
+            scratch_limit: 1 << 20,
+        };
+        let e = run_op_with("aten::index_put.out", args, small).unwrap_err();
+        assert_eq!(
+            e,
+            ptero_core::Error::OutOfMemory {
+                bytes: n * n * 20,
+                limit: 1 << 20
+            }
         );
     }
 
