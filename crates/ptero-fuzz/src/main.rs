@@ -422,18 +422,13 @@ fn supervise(args: &Args) -> i32 {
                 if let Some(rest) = line.strip_prefix("PANIC ") {
                     let (idx, msg) = rest.split_once(' ').unwrap_or((rest, ""));
                     if let Ok(index) = idx.parse() {
-                        crashes.push(Crash {
+                        let crash = Crash {
                             seed: w.seed,
                             index,
                             what: format!("panic: {msg}"),
-                        });
-                        save(
-                            &args.out,
-                            &mut fuzzers,
-                            crashes.last().expect("just pushed"),
-                            &mut seen,
-                            args.only,
-                        );
+                        };
+                        save(&args.out, &mut fuzzers, &crash, &mut seen, args.only);
+                        crashes.push(crash);
                     }
                 } else if let Some(n) = line.strip_prefix("DONE ") {
                     w.done = n.parse().ok();
@@ -476,18 +471,13 @@ fn supervise(args: &Args) -> i32 {
                 let tail: String = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
                 format!("{} {tail}", status.map(describe).unwrap_or_default())
             };
-            crashes.push(Crash {
+            let crash = Crash {
                 seed: w.seed,
                 index: w.last_index,
                 what,
-            });
-            save(
-                &args.out,
-                &mut fuzzers,
-                crashes.last().expect("just pushed"),
-                &mut seen,
-                args.only,
-            );
+            };
+            save(&args.out, &mut fuzzers, &crash, &mut seen, args.only);
+            crashes.push(crash);
             let now = Instant::now();
             if now + Duration::from_secs(1) < end {
                 let left = (end - now).as_secs().max(1);

@@ -75,8 +75,11 @@ impl HfTokenizer {
         path: &Path,
         limits: &Limits,
     ) -> Result<HfTokenizer> {
-        check_precompiled_charsmaps(bytes)?;
-        let growth = check_growth(bytes)?;
+        // Parsed once for our checks; the `tokenizers` crate parses the bytes itself.
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| Error::Encoding(e.to_string()))?;
+        check_precompiled_charsmaps(&json)?;
+        let growth = check_growth(&json)?;
         let mut inner = guarded("reading tokenizer.json", || {
             tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Encoding(e.to_string()))
         })?;
@@ -166,9 +169,7 @@ fn growth_of(v: &serde_json::Value, depth: usize) -> f64 {
 /// Refuses normalizer and decoder chains that could grow text without bound (e.g. many
 /// `Replace` steps with an empty pattern, each doubling the text) and returns the
 /// normalizer's worst-case growth.
-fn check_growth(bytes: &[u8]) -> Result<f64> {
-    let json: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::Encoding(e.to_string()))?;
+fn check_growth(json: &serde_json::Value) -> Result<f64> {
     let mut normalizer = 1.0;
     for (key, out) in [("normalizer", Some(&mut normalizer)), ("decoder", None)] {
         let g = json.get(key).map_or(1.0, |v| growth_of(v, 0));
@@ -196,14 +197,8 @@ const MAX_CHARSMAP_BYTES: usize = 4 << 20;
 /// `tokenizers` crate sees it: that crate (through `spm_precompiled`) allocates a table
 /// sized by the blob's first word, panics on a blob it cannot parse, and indexes the trie
 /// without bounds checks while normalizing.
-fn check_precompiled_charsmaps(bytes: &[u8]) -> Result<()> {
-    const KEY: &[u8] = b"precompiled_charsmap";
-    if !bytes.windows(KEY.len()).any(|w| w == KEY) {
-        return Ok(());
-    }
-    let json: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Error::Encoding(e.to_string()))?;
-    let mut stack = vec![&json];
+fn check_precompiled_charsmaps(json: &serde_json::Value) -> Result<()> {
+    let mut stack = vec![json];
     while let Some(v) = stack.pop() {
         match v {
             serde_json::Value::Object(o) => {
