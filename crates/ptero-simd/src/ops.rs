@@ -1,0 +1,622 @@
+//! Slice-level kernels on f32, dispatched at the selected level: what the portable
+//! operators call for their contiguous inner loops.
+//!
+//! ```
+//! use ptero_simd::ops::{self, Unary};
+//! let x = [0.0f32, 1.0, -1.0];
+//! let mut y = [0.0f32; 3];
+//! ops::unary(Unary::Sigmoid, &x, &mut y);
+//! assert!((y[1] - 0.731_058_6).abs() < 1e-6);
+//! assert_eq!(ops::sum(&[1.0; 100]), 100.0);
+//! ```
+
+use crate::{dispatch, math, Simd, SimdOp};
+
+/// Element-wise functions with a vector implementation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    Exp,
+    Log,
+    Tanh,
+    Sigmoid,
+    Silu,
+    Erf,
+    /// Exact GELU.
+    Gelu,
+    /// GELU, tanh approximation.
+    GeluTanh,
+    /// `max(x, 0)`, NaN kept.
+    Relu,
+    /// `min(max(x, lo), hi)`, NaN kept (relu6 and hardtanh).
+    Clamp(f32, f32),
+    /// `x * relu6(x + 3) / 6`.
+    Hardswish,
+    /// `relu6(x + 3) / 6`.
+    Hardsigmoid,
+    /// `x >= 0 ? x : slope * x`.
+    LeakyRelu(f32),
+    Sqrt,
+    /// `1 / sqrt(x)`.
+    Rsqrt,
+    Abs,
+    Neg,
+    /// `a * x + b`.
+    Affine(f32, f32),
+}
+
+impl Unary {
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, x: S::F) -> S::F {
+        match self {
+            Unary::Exp => math::exp(s, x),
+            Unary::Log => math::log(s, x),
+            Unary::Tanh => math::tanh(s, x),
+            Unary::Sigmoid => math::sigmoid(s, x),
+            Unary::Silu => math::silu(s, x),
+            Unary::Erf => math::erf(s, x),
+            Unary::Gelu => math::gelu(s, x),
+            Unary::GeluTanh => math::gelu_tanh(s, x),
+            Unary::Relu => s.max(s.zero(), x),
+            Unary::Clamp(lo, hi) => clamp(s, x, lo, hi),
+            Unary::Hardswish => {
+                let r = s.min(s.max(s.add(x, s.splat(3.0)), s.zero()), s.splat(6.0));
+                s.mul(x, s.mul(r, s.splat(1.0 / 6.0)))
+            }
+            Unary::Hardsigmoid => {
+                let r = clamp(s, s.add(x, s.splat(3.0)), 0.0, 6.0);
+                s.div(r, s.splat(6.0))
+            }
+            Unary::LeakyRelu(a) => {
+                let neg = s.lt(x, s.zero());
+                s.select(neg, s.mul(x, s.splat(a)), x)
+            }
+            Unary::Sqrt => s.sqrt(x),
+            Unary::Rsqrt => s.div(s.splat(1.0), s.sqrt(x)),
+            Unary::Abs => s.abs(x),
+            Unary::Neg => s.neg(x),
+            Unary::Affine(a, b) => s.mul_add(x, s.splat(a), s.splat(b)),
+        }
+    }
+}
+
+/// `min(max(x, lo), hi)` keeping NaN (the operand order makes a NaN `x` pass through).
+#[inline(always)]
+pub fn clamp<S: Simd>(s: S, x: S::F, lo: f32, hi: f32) -> S::F {
+    let y = s.max(s.splat(lo), x);
+    s.min(s.splat(hi), y)
+}
+
+struct UnaryOp<'a> {
+    f: Unary,
+    x: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl SimdOp for UnaryOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let n = self.x.len().min(self.y.len());
+        let (x, y) = (&self.x[..n], &mut self.y[..n]);
+        let mut xs = x.chunks_exact(S::LANES);
+        let mut ys = y.chunks_exact_mut(S::LANES);
+        for (xc, yc) in (&mut xs).zip(&mut ys) {
+            s.store(yc, self.f.apply(s, s.load(xc)));
+        }
+        let (xr, yr) = (xs.remainder(), ys.into_remainder());
+        if !xr.is_empty() {
+            s.store_part(yr, self.f.apply(s, s.load_part(xr)));
+        }
+    }
+}
+
+/// `y[i] = f(x[i])` over the common length.
+pub fn unary(f: Unary, x: &[f32], y: &mut [f32]) {
+    dispatch(UnaryOp { f, x, y })
+}
+
+struct UnaryInPlace<'a> {
+    f: Unary,
+    y: &'a mut [f32],
+}
+
+impl SimdOp for UnaryInPlace<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let mut ys = self.y.chunks_exact_mut(S::LANES);
+        for yc in &mut ys {
+            let v = s.load(yc);
+            s.store(yc, self.f.apply(s, v));
+        }
+        let yr = ys.into_remainder();
+        if !yr.is_empty() {
+            let v = s.load_part(yr);
+            s.store_part(yr, self.f.apply(s, v));
+        }
+    }
+}
+
+/// `y[i] = f(y[i])`.
+pub fn unary_inplace(f: Unary, y: &mut [f32]) {
+    dispatch(UnaryInPlace { f, y })
+}
+
+/// Element-wise binary functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// `a > b ? a : b`, NaN propagating from either side (`torch.maximum`).
+    Maximum,
+    /// NaN propagating minimum (`torch.minimum`).
+    Minimum,
+}
+
+impl Binary {
+    #[inline(always)]
+    fn apply<S: Simd>(self, s: S, a: S::F, b: S::F) -> S::F {
+        match self {
+            Binary::Add => s.add(a, b),
+            Binary::Sub => s.sub(a, b),
+            Binary::Mul => s.mul(a, b),
+            Binary::Div => s.div(a, b),
+            Binary::Maximum => {
+                let m = s.max(a, b);
+                let nan = s.or_mask(s.is_nan(a), s.is_nan(b));
+                s.select(nan, s.add(a, b), m)
+            }
+            Binary::Minimum => {
+                let m = s.min(a, b);
+                let nan = s.or_mask(s.is_nan(a), s.is_nan(b));
+                s.select(nan, s.add(a, b), m)
+            }
+        }
+    }
+}
+
+/// How the second operand of [`binary`] is read.
+#[derive(Clone, Copy, Debug)]
+pub enum Rhs<'a> {
+    Slice(&'a [f32]),
+    Scalar(f32),
+}
+
+/// How the first operand of [`binary`] is read.
+#[derive(Clone, Copy, Debug)]
+pub enum Lhs<'a> {
+    Slice(&'a [f32]),
+    Scalar(f32),
+}
+
+struct BinaryOp<'a> {
+    f: Binary,
+    a: Lhs<'a>,
+    b: Rhs<'a>,
+    alpha: f32,
+    y: &'a mut [f32],
+}
+
+impl SimdOp for BinaryOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let n = self.y.len();
+        let alpha = s.splat(self.alpha);
+        let scaled = self.alpha != 1.0;
+        let f = self.f;
+        let go = |a: S::F, b: S::F| {
+            let b = if scaled { s.mul(b, alpha) } else { b };
+            f.apply(s, a, b)
+        };
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let a = match self.a {
+                Lhs::Slice(x) => s.load(&x[i..]),
+                Lhs::Scalar(v) => s.splat(v),
+            };
+            let b = match self.b {
+                Rhs::Slice(x) => s.load(&x[i..]),
+                Rhs::Scalar(v) => s.splat(v),
+            };
+            s.store(&mut self.y[i..], go(a, b));
+            i += S::LANES;
+        }
+        if i < n {
+            let a = match self.a {
+                Lhs::Slice(x) => s.load_part(&x[i..n]),
+                Lhs::Scalar(v) => s.splat(v),
+            };
+            let b = match self.b {
+                Rhs::Slice(x) => s.load_part(&x[i..n]),
+                Rhs::Scalar(v) => s.splat(v),
+            };
+            s.store_part(&mut self.y[i..n], go(a, b));
+        }
+    }
+}
+
+/// `y = f(a, alpha * b)` over `y.len()` items.
+///
+/// # Panics
+/// If a slice operand is shorter than `y`.
+pub fn binary(f: Binary, a: Lhs<'_>, b: Rhs<'_>, alpha: f32, y: &mut [f32]) {
+    for s in [
+        match a {
+            Lhs::Slice(x) => x.len(),
+            Lhs::Scalar(_) => usize::MAX,
+        },
+        match b {
+            Rhs::Slice(x) => x.len(),
+            Rhs::Scalar(_) => usize::MAX,
+        },
+    ] {
+        assert!(s >= y.len(), "binary: operand shorter than output");
+    }
+    dispatch(BinaryOp { f, a, b, alpha, y })
+}
+
+struct BinaryInPlace<'a> {
+    f: Binary,
+    b: Rhs<'a>,
+    y: &'a mut [f32],
+}
+
+impl SimdOp for BinaryInPlace<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let n = self.y.len();
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let b = match self.b {
+                Rhs::Slice(x) => s.load(&x[i..]),
+                Rhs::Scalar(v) => s.splat(v),
+            };
+            let a = s.load(&self.y[i..]);
+            s.store(&mut self.y[i..], self.f.apply(s, a, b));
+            i += S::LANES;
+        }
+        if i < n {
+            let b = match self.b {
+                Rhs::Slice(x) => s.load_part(&x[i..n]),
+                Rhs::Scalar(v) => s.splat(v),
+            };
+            let a = s.load_part(&self.y[i..n]);
+            s.store_part(&mut self.y[i..n], self.f.apply(s, a, b));
+        }
+    }
+}
+
+/// `y = f(y, b)`.
+///
+/// # Panics
+/// If `b` is a slice shorter than `y`.
+pub fn binary_inplace(f: Binary, y: &mut [f32], b: Rhs<'_>) {
+    if let Rhs::Slice(x) = b {
+        assert!(
+            x.len() >= y.len(),
+            "binary_inplace: operand shorter than output"
+        );
+    }
+    dispatch(BinaryInPlace { f, b, y })
+}
+
+/// Sums with several vector accumulators (a little more accurate than one, and faster).
+struct SumOp<'a>(&'a [f32]);
+
+impl SimdOp for SumOp<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) -> f32 {
+        let x = self.0;
+        let mut acc = [s.zero(); 4];
+        let mut blocks = x.chunks_exact(4 * S::LANES);
+        for b in &mut blocks {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = s.add(*a, s.load(&b[k * S::LANES..]));
+            }
+        }
+        let mut rest = blocks.remainder().chunks_exact(S::LANES);
+        for c in &mut rest {
+            acc[0] = s.add(acc[0], s.load(c));
+        }
+        acc[1] = s.add(acc[1], s.load_part(rest.remainder()));
+        let t = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+        s.reduce_add(t)
+    }
+}
+
+/// Sum of `x`.
+pub fn sum(x: &[f32]) -> f32 {
+    dispatch(SumOp(x))
+}
+
+struct MaxOp<'a>(&'a [f32]);
+
+impl SimdOp for MaxOp<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) -> f32 {
+        let x = self.0;
+        let mut acc = s.splat(f32::NEG_INFINITY);
+        let mut nan = s.lt(acc, acc);
+        let mut cs = x.chunks_exact(S::LANES);
+        for c in &mut cs {
+            let v = s.load(c);
+            nan = s.or_mask(nan, s.is_nan(v));
+            acc = s.max(acc, v);
+        }
+        let r = cs.remainder();
+        let mut m = s.reduce_max(acc);
+        let mut any_nan = s.reduce_max(s.select(nan, s.splat(1.0), s.zero())) > 0.0;
+        for &v in r {
+            any_nan |= v.is_nan();
+            if v > m {
+                m = v;
+            }
+        }
+        if any_nan {
+            f32::NAN
+        } else {
+            m
+        }
+    }
+}
+
+/// Maximum of `x`, NaN if any item is NaN, -inf when empty.
+pub fn max(x: &[f32]) -> f32 {
+    dispatch(MaxOp(x))
+}
+
+struct DotOp<'a>(&'a [f32], &'a [f32]);
+
+impl SimdOp for DotOp<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) -> f32 {
+        let n = self.0.len().min(self.1.len());
+        let (a, b) = (&self.0[..n], &self.1[..n]);
+        let mut acc = [s.zero(); 4];
+        let mut i = 0;
+        while i + 4 * S::LANES <= n {
+            for (k, c) in acc.iter_mut().enumerate() {
+                let o = i + k * S::LANES;
+                *c = s.mul_add(s.load(&a[o..]), s.load(&b[o..]), *c);
+            }
+            i += 4 * S::LANES;
+        }
+        while i + S::LANES <= n {
+            acc[0] = s.mul_add(s.load(&a[i..]), s.load(&b[i..]), acc[0]);
+            i += S::LANES;
+        }
+        acc[1] = s.mul_add(s.load_part(&a[i..]), s.load_part(&b[i..]), acc[1]);
+        let t = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+        s.reduce_add(t)
+    }
+}
+
+/// Dot product over the common length.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dispatch(DotOp(a, b))
+}
+
+struct AxpyOp<'a> {
+    a: f32,
+    x: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl SimdOp for AxpyOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let n = self.x.len().min(self.y.len());
+        let av = s.splat(self.a);
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let v = s.mul_add(s.load(&self.x[i..]), av, s.load(&self.y[i..]));
+            s.store(&mut self.y[i..], v);
+            i += S::LANES;
+        }
+        if i < n {
+            let v = s.mul_add(s.load_part(&self.x[i..n]), av, s.load_part(&self.y[i..n]));
+            s.store_part(&mut self.y[i..n], v);
+        }
+    }
+}
+
+/// `y += a * x` over the common length.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    dispatch(AxpyOp { a, x, y })
+}
+
+struct SoftmaxOp<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    log: bool,
+}
+
+impl SimdOp for SoftmaxOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let n = self.x.len().min(self.y.len());
+        let (x, y) = (&self.x[..n], &mut self.y[..n]);
+        let m = MaxOp(x).eval(s);
+        if m.is_nan() {
+            y.fill(f32::NAN);
+            return;
+        }
+        // All -inf: PyTorch gives NaN (0/0) for softmax and log_softmax alike.
+        let shift = if m == f32::NEG_INFINITY { 0.0 } else { m };
+        let mv = s.splat(shift);
+        let mut acc = s.zero();
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let e = math::exp(s, s.sub(s.load(&x[i..]), mv));
+            acc = s.add(acc, e);
+            if !self.log {
+                s.store(&mut y[i..], e);
+            }
+            i += S::LANES;
+        }
+        if i < n {
+            let v = s.load_part(&x[i..n]);
+            let e = math::exp(s, s.sub(v, mv));
+            // Lanes past `n` loaded 0; exclude them from the sum.
+            let mut part = [0.0f32; 16];
+            s.store_part(&mut part[..n - i], e);
+            acc = s.add(acc, s.load_part(&part[..n - i]));
+            if !self.log {
+                s.store_part(&mut y[i..n], e);
+            }
+        }
+        let total = s.reduce_add(acc);
+        if self.log {
+            let lse = s.splat(shift + libm_log(total));
+            let mut i = 0;
+            while i + S::LANES <= n {
+                s.store(&mut y[i..], s.sub(s.load(&x[i..]), lse));
+                i += S::LANES;
+            }
+            if i < n {
+                s.store_part(&mut y[i..n], s.sub(s.load_part(&x[i..n]), lse));
+            }
+        } else {
+            let inv = s.splat(1.0 / total);
+            let mut i = 0;
+            while i + S::LANES <= n {
+                let v = s.mul(s.load(&y[i..]), inv);
+                s.store(&mut y[i..], v);
+                i += S::LANES;
+            }
+            if i < n {
+                let v = s.mul(s.load_part(&y[i..n]), inv);
+                s.store_part(&mut y[i..n], v);
+            }
+        }
+    }
+}
+
+fn libm_log(x: f32) -> f32 {
+    // One scalar log per row: reuse the vector routine at the portable level.
+    let v = math::log(crate::Scalar, [x; 4]);
+    v[0]
+}
+
+/// Softmax of `x` into `y` (max-shifted, so large inputs do not overflow).
+pub fn softmax(x: &[f32], y: &mut [f32]) {
+    dispatch(SoftmaxOp { x, y, log: false })
+}
+
+/// Log-softmax of `x` into `y`.
+pub fn log_softmax(x: &[f32], y: &mut [f32]) {
+    dispatch(SoftmaxOp { x, y, log: true })
+}
+
+struct MeanVarOp<'a>(&'a [f32]);
+
+impl SimdOp for MeanVarOp<'_> {
+    type Output = (f32, f32);
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) -> (f32, f32) {
+        let x = self.0;
+        if x.is_empty() {
+            return (f32::NAN, f32::NAN);
+        }
+        let mean = SumOp(x).eval(s) / x.len() as f32;
+        // Two passes: the variance of values far from 0 stays accurate.
+        let mv = s.splat(mean);
+        let mut acc = [s.zero(); 2];
+        let mut cs = x.chunks_exact(S::LANES);
+        for (k, c) in (&mut cs).enumerate() {
+            let d = s.sub(s.load(c), mv);
+            acc[k & 1] = s.mul_add(d, d, acc[k & 1]);
+        }
+        let mut var = s.reduce_add(s.add(acc[0], acc[1]));
+        for &v in cs.remainder() {
+            let d = v - mean;
+            var += d * d;
+        }
+        (mean, var / x.len() as f32)
+    }
+}
+
+/// Mean and biased variance of `x`.
+pub fn mean_var(x: &[f32]) -> (f32, f32) {
+    dispatch(MeanVarOp(x))
+}
+
+struct NormOp<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    scale: f32,
+    shift: f32,
+    gamma: Option<&'a [f32]>,
+    beta: Option<&'a [f32]>,
+}
+
+impl SimdOp for NormOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let n = self.x.len().min(self.y.len());
+        let (sc, sh) = (s.splat(self.scale), s.splat(self.shift));
+        let mut i = 0;
+        let step = |i: usize, part: bool, y: &mut [f32]| {
+            let ld = |v: &[f32]| {
+                if part {
+                    s.load_part(&v[i..n])
+                } else {
+                    s.load(&v[i..])
+                }
+            };
+            let mut v = s.mul_add(ld(self.x), sc, sh);
+            if let Some(g) = self.gamma {
+                v = s.mul(v, ld(g));
+            }
+            if let Some(b) = self.beta {
+                v = s.add(v, ld(b));
+            }
+            if part {
+                s.store_part(&mut y[i..n], v);
+            } else {
+                s.store(&mut y[i..], v);
+            }
+        };
+        while i + S::LANES <= n {
+            step(i, false, self.y);
+            i += S::LANES;
+        }
+        if i < n {
+            step(i, true, self.y);
+        }
+    }
+}
+
+/// `y = (x * scale + shift) * gamma + beta`, the last step of layer, RMS and group norm.
+///
+/// # Panics
+/// If `gamma` or `beta` is shorter than `x`.
+pub fn normalize(
+    x: &[f32],
+    y: &mut [f32],
+    scale: f32,
+    shift: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+) {
+    let n = x.len().min(y.len());
+    assert!(gamma.is_none_or(|g| g.len() >= n) && beta.is_none_or(|b| b.len() >= n));
+    dispatch(NormOp {
+        x,
+        y,
+        scale,
+        shift,
+        gamma,
+        beta,
+    })
+}
