@@ -28,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+mod arena;
 mod level;
 pub mod math;
 pub mod ops;
@@ -43,6 +44,7 @@ mod tests;
 pub use arch::scalar::Scalar;
 #[cfg(target_arch = "x86_64")]
 pub use arch::x86::{Avx2, Avx512};
+pub use arena::SlotArena;
 pub use level::{detected, features, level, set_level, Features, Level, Unsupported};
 pub use parallel::{split_count, split_range, Parallel, Serial};
 pub use vector::{Simd, SimdOp};

@@ -1,0 +1,345 @@
+//! Blocking, packing and the split over threads.
+
+use ptero_simd::{dispatch_at, Parallel, Serial, Simd, SimdOp, SlotArena};
+
+use crate::kernel::{geometry, micro, store_tile, Epi, TileOut};
+use crate::pack::{pack_a_strip, pack_b_panel};
+use crate::{gemv, Bias, Epilogue, GemmError, Lhs, MatMut, Rhs};
+
+/// Depth of a K block: a `KC × NR` panel of B stays in L1 while the strips of A stream.
+const KC: usize = 256;
+/// Strips of A per row block (`MC = MC_STRIPS × MR`): the `MC × KC` block stays in L2.
+const MC_STRIPS: usize = 12;
+/// Widest column block of B packed at once (`KC × NC_MAX` f32 = 1 MiB).
+const NC_MAX: usize = 1024;
+const MR_MAX: usize = 12;
+/// Below this many multiply-adds a product runs on the calling thread: waking workers
+/// costs more than it saves.
+pub(crate) const PAR_MIN_MACS: usize = 1 << 18;
+
+/// f32 of packing space one task needs: what each slot of the arena handed to [`gemm`]
+/// should hold.
+pub fn scratch_floats() -> usize {
+    MR_MAX * MC_STRIPS * KC + KC * NC_MAX
+}
+
+/// A pointer shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub *mut f32);
+// SAFETY: tasks only write the tiles of their own (row block, column block), which are
+// disjoint because the output's strides were checked not to alias (`MatMut::new`).
+unsafe impl Send for SyncPtr {}
+// SAFETY: see above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// Through a method, so closures capture the whole `Sync` wrapper, not the field.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn check_bias(epi: &Epilogue<'_>, m: usize, n: usize) -> Result<(), GemmError> {
+    if epi.beta == 0.0 {
+        return Ok(());
+    }
+    match epi.bias {
+        Bias::None => Ok(()),
+        Bias::PerCol(b) if b.len() < n => Err(GemmError::Shape {
+            what: "bias per column (length)",
+            expected: n,
+            found: b.len(),
+        }),
+        Bias::PerRow(b) if b.len() < m => Err(GemmError::Shape {
+            what: "bias per row (length)",
+            expected: m,
+            found: b.len(),
+        }),
+        Bias::Mat(b) if b.rows != m || b.cols != n => Err(GemmError::Shape {
+            what: "bias matrix (rows x cols)",
+            expected: m * n,
+            found: b.rows * b.cols,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `C = act(alpha · A·B + beta · bias)` (see [`Epilogue`]).
+///
+/// `par` runs the blocks; `arena` lends packing buffers of [`scratch_floats`] f32 (one per
+/// thread; without one, each task allocates its own).
+pub fn gemm(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    a: Lhs<'_>,
+    b: Rhs<'_>,
+    c: MatMut<'_>,
+    epi: &Epilogue<'_>,
+) -> Result<(), GemmError> {
+    let (m, ka) = match a {
+        Lhs::Mat(x) => (x.rows, x.cols),
+        Lhs::Packed(p) => (p.m, p.k),
+    };
+    let (kb, n) = match b {
+        Rhs::Mat(x) => (x.rows, x.cols),
+        Rhs::Packed(p) => (p.k, p.n),
+    };
+    let k = ka;
+    if kb != ka {
+        return Err(GemmError::Shape {
+            what: "inner dimensions (A columns vs B rows)",
+            expected: ka,
+            found: kb,
+        });
+    }
+    if c.rows != m {
+        return Err(GemmError::Shape {
+            what: "output rows",
+            expected: m,
+            found: c.rows,
+        });
+    }
+    if c.cols != n {
+        return Err(GemmError::Shape {
+            what: "output columns",
+            expected: n,
+            found: c.cols,
+        });
+    }
+    check_bias(epi, m, n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let level = match (a, b) {
+        (Lhs::Packed(pa), Rhs::Packed(pb)) if pa.level != pb.level => {
+            return Err(GemmError::LevelMismatch)
+        }
+        (Lhs::Packed(pa), _) => pa.level,
+        (_, Rhs::Packed(pb)) => pb.level,
+        _ => ptero_simd::level(),
+    };
+    let (gmr, gnr) = geometry(level);
+    let packed_ok = match (a, b) {
+        (Lhs::Packed(p), _) if p.mr != gmr => false,
+        (_, Rhs::Packed(p)) if p.nr != gnr => false,
+        _ => true,
+    };
+    if !packed_ok {
+        return Err(GemmError::LevelMismatch);
+    }
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    let par: &dyn Parallel = if macs < PAR_MIN_MACS { &Serial } else { par };
+    let e = Epi {
+        alpha: epi.alpha,
+        beta: epi.beta,
+        bias: if epi.beta == 0.0 {
+            Bias::None
+        } else {
+            epi.bias
+        },
+        act: epi.act,
+    };
+
+    // A single row or column against a plain matrix: stream it, no packing.
+    if let (Lhs::Mat(am), Rhs::Mat(bm)) = (a, b) {
+        if gemv::try_run(par, level, am, bm, &c, &e) {
+            return Ok(());
+        }
+    }
+
+    let (mut mr, nr) = (gmr, gnr);
+    if m == 1 && matches!(a, Lhs::Mat(_)) {
+        mr = 1;
+    }
+    let mc = (MC_STRIPS * mr).min(m.div_ceil(mr) * mr);
+    let mb = m.div_ceil(mc);
+    let threads = par.threads().max(1);
+    let max_nb = n.div_ceil(nr);
+    let mut nb = n.div_ceil(NC_MAX);
+    if threads > 1 {
+        nb = nb.max((3 * threads).div_ceil(mb)).min(max_nb);
+    }
+    let nc = n.div_ceil(nb).div_ceil(nr) * nr;
+    let nb = n.div_ceil(nc);
+
+    let ctx = Ctx {
+        a,
+        b,
+        c: SyncPtr(c.data.as_mut_ptr()),
+        crs: c.rs,
+        ccs: c.cs,
+        m,
+        n,
+        k,
+        epi: e,
+        mr,
+        nr,
+        mc,
+        nc,
+        nb,
+    };
+    let need = ctx.scratch_need();
+    let task = |t: usize| {
+        let run = |buf: &mut [f32]| dispatch_at(level, Task { ctx: &ctx, t, buf });
+        if need == 0 {
+            run(&mut []);
+        } else if arena.and_then(|ar| ar.with(need, run)).is_none() {
+            // No arena (or it is busy): the buffer is bounded by the block sizes, not by
+            // the input.
+            let mut own = alloc::vec![0.0f32; need];
+            run(&mut own);
+        }
+    };
+    par.run(mb * nb, &task);
+    Ok(())
+}
+
+struct Ctx<'a> {
+    a: Lhs<'a>,
+    b: Rhs<'a>,
+    c: SyncPtr,
+    crs: usize,
+    ccs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    epi: Epi<'a>,
+    mr: usize,
+    nr: usize,
+    mc: usize,
+    nc: usize,
+    nb: usize,
+}
+
+impl Ctx<'_> {
+    fn scratch_need(&self) -> usize {
+        let kc = KC.min(self.k);
+        let a = match self.a {
+            Lhs::Mat(_) => self.mc * kc,
+            Lhs::Packed(_) => 0,
+        };
+        let b = match self.b {
+            Rhs::Mat(_) => self.nc * kc,
+            Rhs::Packed(_) => 0,
+        };
+        a + b
+    }
+}
+
+struct Task<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    t: usize,
+    buf: &'c mut [f32],
+}
+
+impl SimdOp for Task<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let mr = self.ctx.mr;
+        if mr == 1 {
+            block::<S, 1>(s, self.ctx, self.t, self.buf)
+        } else {
+            match S::LANES {
+                16 => block::<S, 12>(s, self.ctx, self.t, self.buf),
+                8 => block::<S, 6>(s, self.ctx, self.t, self.buf),
+                _ => block::<S, 4>(s, self.ctx, self.t, self.buf),
+            }
+        }
+    }
+}
+
+/// One (row block, column block) of the output, over every K block.
+#[inline(always)]
+fn block<S: Simd, const MR: usize>(s: S, ctx: &Ctx<'_>, t: usize, buf: &mut [f32]) {
+    let nr = 2 * S::LANES;
+    debug_assert!(nr == ctx.nr && (MR == ctx.mr));
+    let (bi, bj) = (t / ctx.nb, t % ctx.nb);
+    let i0 = bi * ctx.mc;
+    let i1 = (i0 + ctx.mc).min(ctx.m);
+    let j0 = bj * ctx.nc;
+    let j1 = (j0 + ctx.nc).min(ctx.n);
+    let strips = (i1 - i0).div_ceil(MR);
+    let panels = (j1 - j0).div_ceil(nr);
+    let k = ctx.k;
+    let (abuf, bbuf) = match ctx.a {
+        Lhs::Mat(_) => buf.split_at_mut(ctx.mc * KC.min(k)),
+        Lhs::Packed(_) => buf.split_at_mut(0),
+    };
+    let mut k0 = 0;
+    loop {
+        let kc = KC.min(k - k0);
+        let first = k0 == 0;
+        let last = k0 + kc >= k;
+        if let Lhs::Mat(am) = ctx.a {
+            for st in 0..strips {
+                let r0 = i0 + st * MR;
+                pack_a_strip(
+                    &am,
+                    r0,
+                    MR.min(i1 - r0),
+                    k0,
+                    kc,
+                    MR,
+                    &mut abuf[st * kc * MR..],
+                );
+            }
+        }
+        if let Rhs::Mat(bm) = ctx.b {
+            for q in 0..panels {
+                let c0 = j0 + q * nr;
+                pack_b_panel(
+                    &bm,
+                    k0,
+                    kc,
+                    c0,
+                    nr.min(j1 - c0),
+                    nr,
+                    &mut bbuf[q * kc * nr..],
+                );
+            }
+        }
+        for q in 0..panels {
+            let c0 = j0 + q * nr;
+            let bptr = match ctx.b {
+                Rhs::Packed(p) => {
+                    let panel = c0 / nr;
+                    p.data[panel * k * nr + k0 * nr..][..kc * nr].as_ptr()
+                }
+                Rhs::Mat(_) => bbuf[q * kc * nr..][..kc * nr].as_ptr(),
+            };
+            for st in 0..strips {
+                let r0 = i0 + st * MR;
+                let aptr = match ctx.a {
+                    Lhs::Packed(p) => {
+                        let strip = r0 / MR;
+                        p.data[strip * k * MR + k0 * MR..][..kc * MR].as_ptr()
+                    }
+                    Lhs::Mat(_) => abuf[st * kc * MR..][..kc * MR].as_ptr(),
+                };
+                // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and
+                // `kc * nr` elements (indexing above checked them).
+                let acc = unsafe { micro::<S, MR>(s, kc, aptr, bptr) };
+                let tile = TileOut {
+                    // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose extent
+                    // was checked by `MatMut::new`.
+                    c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
+                    rs: ctx.crs,
+                    cs: ctx.ccs,
+                    i0: r0,
+                    j0: c0,
+                    m_eff: MR.min(i1 - r0),
+                    n_eff: nr.min(j1 - c0),
+                };
+                // SAFETY: the tile lies inside the output, and inside this task's block,
+                // which no other task writes.
+                unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
+            }
+        }
+        k0 += kc;
+        if k0 >= k {
+            break;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Per-thread scratch buffers reserved once (at method load) and lent to kernel tasks.
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+struct Slot {
+    busy: AtomicBool,
+    buf: UnsafeCell<Vec<f32>>,
+}
+
+/// `slots` buffers of `floats` f32 each. A task borrows a free one with
+/// [`SlotArena::with`]; with at least as many slots as threads running tasks, a free slot
+/// always exists, so nothing is allocated while executing.
+///
+/// ```
+/// use ptero_simd::SlotArena;
+/// let arena = SlotArena::new(2, 1024).unwrap();
+/// let s = arena.with(100, |buf| { buf[..100].fill(1.0); buf[..100].iter().sum::<f32>() });
+/// assert_eq!(s, Some(100.0));
+/// assert_eq!(arena.with(5000, |_| ()), None); // larger than a slot
+/// ```
+pub struct SlotArena {
+    slots: Vec<Slot>,
+    floats: usize,
+}
+
+// SAFETY: a slot's buffer is only reached by the thread that flipped its `busy` flag from
+// false to true (acquire) and is released with a release store, so accesses never overlap.
+unsafe impl Sync for SlotArena {}
+
+impl core::fmt::Debug for SlotArena {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlotArena")
+            .field("slots", &self.slots.len())
+            .field("floats", &self.floats)
+            .finish()
+    }
+}
+
+impl SlotArena {
+    /// Reserves `slots × floats` f32 (zeroed); `None` if the allocator refuses.
+    pub fn new(slots: usize, floats: usize) -> Option<SlotArena> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(slots).ok()?;
+        for _ in 0..slots {
+            let mut b = Vec::new();
+            b.try_reserve_exact(floats).ok()?;
+            b.resize(floats, 0.0);
+            v.push(Slot {
+                busy: AtomicBool::new(false),
+                buf: UnsafeCell::new(b),
+            });
+        }
+        Some(SlotArena { slots: v, floats })
+    }
+
+    /// f32 per slot.
+    pub fn slot_len(&self) -> usize {
+        self.floats
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Runs `f` with a free slot's buffer (at least `len` floats, contents unspecified), or
+    /// returns `None` when `len` exceeds a slot, the arena has no slots, or every slot
+    /// stays lent out for a while (more concurrent tasks than slots, or a task asking for
+    /// a second slot): callers then fall back to memory of their own, never wait forever.
+    pub fn with<R>(&self, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> Option<R> {
+        if len > self.floats || self.slots.is_empty() {
+            return None;
+        }
+        let mut tries = 0u32;
+        loop {
+            for slot in &self.slots {
+                if slot
+                    .busy
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // Released even if `f` panics, so the arena stays usable.
+                    struct Release<'a>(&'a AtomicBool);
+                    impl Drop for Release<'_> {
+                        fn drop(&mut self) {
+                            self.0.store(false, Ordering::Release);
+                        }
+                    }
+                    let _r = Release(&slot.busy);
+                    // SAFETY: the busy flag was acquired above, so no other thread touches
+                    // this buffer until `_r` releases it.
+                    let buf = unsafe { &mut *slot.buf.get() };
+                    return Some(f(&mut buf[..]));
+                }
+            }
+            tries += 1;
+            if tries > 3000 {
+                return None;
+            }
+            if tries < 1000 {
+                core::hint::spin_loop();
+            } else {
+                #[cfg(feature = "std")]
+                std::thread::yield_now();
+            }
+        }
+    }
+}
