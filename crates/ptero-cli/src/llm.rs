@@ -115,7 +115,8 @@ pub fn llm(a: &LlmArgs, load: &crate::LoadArgs) -> Result<(), ptero::Error> {
         } else {
             ptero::LoadMode::Mmap
         })
-        .limits(load.limits());
+        .limits(load.limits())
+        .threads(load.threads());
     let mut gen = TextGenerator::load_with(
         &a.model,
         a.tokenizer.as_ref(),

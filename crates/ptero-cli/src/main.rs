@@ -52,6 +52,10 @@ pub(crate) struct LoadArgs {
     /// (checked between instructions and inside long kernels).
     #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
     pub timeout: Option<std::time::Duration>,
+    /// Threads kernels split their work over, this one included (default: one per
+    /// physical core; 1 runs everything on the calling thread).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
 }
 
 fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
@@ -64,6 +68,21 @@ fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
 }
 
 impl LoadArgs {
+    /// Threads to run on: `--threads`, or one per physical core.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .map_or_else(ptero::default_threads, |t| t as usize)
+    }
+
+    /// The worker pool for `--threads` (none for a single thread).
+    pub fn pool(&self) -> Option<std::sync::Arc<dyn ptero::Parallel + Send + Sync>> {
+        let n = self.threads();
+        (n > 1).then(|| {
+            std::sync::Arc::new(ptero::ThreadPool::new(n))
+                as std::sync::Arc<dyn ptero::Parallel + Send + Sync>
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         let mut limits = Limits::default();
         if let Some(m) = self.max_memory {
@@ -160,9 +179,6 @@ enum Command {
         #[arg(long, default_value_t = 3,
               value_parser = clap::value_parser!(u32).range(0..=MAX_ITERATIONS))]
         warmup: u32,
-        /// Worker threads (kernels are single-threaded in this version; recorded in the report).
-        #[arg(long, default_value_t = 1)]
-        threads: u32,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -242,7 +258,6 @@ fn run_command(cli: Cli) -> ExitCode {
             inputs,
             iterations,
             warmup,
-            threads,
             json,
             load,
         } => bench(
@@ -251,7 +266,6 @@ fn run_command(cli: Cli) -> ExitCode {
             &inputs,
             iterations,
             warmup,
-            threads,
             json,
             &load,
         ),
@@ -390,6 +404,7 @@ fn load(program: &Program, method: Option<&str>, load: &LoadArgs) -> Result<Meth
     if let Some(t) = load.timeout {
         m.set_interrupt(Some(std::sync::Arc::new(ptero::Deadline::after(t))));
     }
+    m.set_parallel(load.pool())?;
     Ok(m)
 }
 
@@ -643,7 +658,6 @@ fn bench(
     inputs: &[PathBuf],
     iterations: u32,
     warmup: u32,
-    threads: u32,
     json: bool,
     load_args: &LoadArgs,
 ) -> Result<(), Error> {
@@ -653,6 +667,7 @@ fn bench(
     let program = load_args.open(model)?;
     let mut m = load(&program, method, load_args)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let threads = m.threads();
     let values = read_inputs(&m, inputs, json)?;
     for _ in 0..warmup {
         m.set_inputs(&values)?;
@@ -689,7 +704,7 @@ fn bench(
     } else {
         outln!("model       {}", model.display());
         outln!(
-            "method      {} ({} iterations after {} warm-up, {} thread)",
+            "method      {} ({} iterations after {} warm-up, {} threads)",
             m.name(),
             times.len(),
             warmup,

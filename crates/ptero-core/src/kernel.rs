@@ -1,10 +1,14 @@
 //! What a kernel receives: [`KernelArgs`], a typed window on the instruction's operands.
 #![allow(unsafe_code)]
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
+use core::any::Any;
 use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicBool, Ordering};
+
+use ptero_simd::{Parallel, Serial, SlotArena};
 
 use crate::memory::Located;
 use crate::{Error, Memory, Result, ScalarType, Storage, TensorMeta, TensorMut, TensorRef, Value};
@@ -14,6 +18,30 @@ use crate::{Error, Memory, Result, ScalarType, Storage, TensorMeta, TensorMut, T
 /// Arguments follow the operator's schema order, out-arguments included; the official
 /// format appends one extra slot for the return value, which kernels ignore.
 pub type KernelFn = fn(&mut KernelArgs<'_>) -> Result<()>;
+
+/// A kernel's load-time step, run once per instruction with that instruction's operands:
+/// constant tensors can be read (to pack weights, say), other tensors only described. What
+/// it returns is handed back to every call of the instruction ([`KernelArgs::state`]).
+pub type PrepareFn = fn(&KernelArgs<'_>) -> Result<Prepared>;
+
+/// What a [`PrepareFn`] keeps for its instruction.
+#[derive(Default)]
+pub struct Prepared {
+    /// Per-instruction state, e.g. packed weights.
+    pub state: Option<Box<dyn Any + Send + Sync>>,
+    /// f32 of scratch each thread needs while the instruction runs; the method reserves
+    /// the largest such need once ([`KernelArgs::arena`]).
+    pub scratch_floats: usize,
+}
+
+impl core::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("state", &self.state.is_some())
+            .field("scratch_floats", &self.scratch_floats)
+            .finish()
+    }
+}
 
 /// Item of an `OptionalTensorList` that is `None` (the format writes -1).
 pub const NONE_INDEX: u32 = u32::MAX;
@@ -125,12 +153,19 @@ impl Interrupt for CancelToken {
 }
 
 /// What the interpreter lends a kernel besides its operands: the caller's interrupt, the
-/// scratch-memory budget, and a tally of work beyond the operands' size.
+/// scratch-memory budget, the threads and scratch buffers to compute with, and the state
+/// the kernel's prepare step made for this instruction.
 #[derive(Clone, Copy, Default)]
 pub struct ExecContext<'a> {
     pub interrupt: Option<&'a dyn Interrupt>,
     /// Bytes of scratch memory one kernel call may allocate.
     pub scratch_limit: usize,
+    /// Threads to split work over (serial when `None`).
+    pub parallel: Option<&'a dyn Parallel>,
+    /// Scratch buffers reserved at load, one per thread.
+    pub arena: Option<&'a SlotArena>,
+    /// What the instruction's [`PrepareFn`] returned.
+    pub state: Option<&'a (dyn Any + Send + Sync)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -180,8 +215,8 @@ impl<'a> KernelArgs<'a> {
             memory,
             borrows: RefCell::new(&mut borrows.0),
             ctx: ExecContext {
-                interrupt: None,
                 scratch_limit: DEFAULT_SCRATCH_LIMIT,
+                ..ExecContext::default()
             },
             work: Cell::new(0),
         }
@@ -191,6 +226,30 @@ impl<'a> KernelArgs<'a> {
     pub fn with_context(mut self, ctx: ExecContext<'a>) -> Self {
         self.ctx = ctx;
         self
+    }
+
+    /// Sets the state of this instruction (the interpreter does, from its prepare step).
+    pub fn with_state(mut self, state: Option<&'a (dyn Any + Send + Sync)>) -> Self {
+        self.ctx.state = state;
+        self
+    }
+
+    /// The state this instruction's prepare step made, if it is a `T`.
+    pub fn state<T: Any>(&self) -> Option<&'a T> {
+        self.ctx.state.and_then(|s| s.downcast_ref::<T>())
+    }
+
+    /// Threads to split work over ([`Serial`] when the method has none).
+    pub fn parallel(&self) -> &'a dyn Parallel {
+        match self.ctx.parallel {
+            Some(p) => p,
+            None => &Serial,
+        }
+    }
+
+    /// Per-thread scratch buffers reserved at load, if any.
+    pub fn arena(&self) -> Option<&'a SlotArena> {
+        self.ctx.arena
     }
 
     /// Fails with [`Error::Interrupted`] once the caller's deadline passed or its token was

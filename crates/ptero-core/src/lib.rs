@@ -28,11 +28,13 @@ pub use element::Element;
 pub use error::Error;
 pub use kernel::{
     normalize_dim, scratch_vec, BorrowSet, CancelToken, ExecContext, IntListRef, Interrupt,
-    KernelArgs, KernelFn, Scalar, TensorListRef, DEFAULT_SCRATCH_LIMIT, NONE_INDEX,
+    KernelArgs, KernelFn, PrepareFn, Prepared, Scalar, TensorListRef, DEFAULT_SCRATCH_LIMIT,
+    NONE_INDEX,
 };
 #[cfg(feature = "std")]
 pub use mapped::{read_full, MappedFile};
 pub use memory::{AlignedBuf, Memory, SharedBytes};
+pub use ptero_simd::{Parallel, Serial, SlotArena};
 pub use registry::{KernelEntry, KernelRegistry};
 pub use tensor::{Dynamism, Storage, TensorMeta, TensorMut, TensorRef};
 pub use value::Value;

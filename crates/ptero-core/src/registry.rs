@@ -2,7 +2,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::{KernelFn, ScalarType};
+use crate::{KernelFn, PrepareFn, ScalarType};
 
 /// A kernel with an optional dtype key: `Some(dtypes)` lists the dtypes of the tensor
 /// arguments (in argument order) it is specialised for; `None` is the fallback.
@@ -10,6 +10,8 @@ use crate::{KernelFn, ScalarType};
 pub struct KernelEntry {
     pub dtypes: Option<Vec<ScalarType>>,
     pub kernel: KernelFn,
+    /// Run once per instruction at load (see [`PrepareFn`]).
+    pub prepare: Option<PrepareFn>,
 }
 
 /// Kernels by operator name (`namespace::op.overload`, or `namespace::op` when the
@@ -40,6 +42,19 @@ impl KernelRegistry {
             KernelEntry {
                 dtypes: None,
                 kernel,
+                prepare: None,
+            },
+        );
+    }
+
+    /// Registers the fallback kernel for `name` with a load-time prepare step.
+    pub fn register_prepared(&mut self, name: &str, kernel: KernelFn, prepare: PrepareFn) {
+        self.insert(
+            name,
+            KernelEntry {
+                dtypes: None,
+                kernel,
+                prepare: Some(prepare),
             },
         );
     }
@@ -51,6 +66,7 @@ impl KernelRegistry {
             KernelEntry {
                 dtypes: Some(dtypes.to_vec()),
                 kernel,
+                prepare: None,
             },
         );
     }
@@ -64,11 +80,15 @@ impl KernelRegistry {
     /// The kernel for `name` given its tensor arguments' dtypes: an exact dtype match
     /// wins, then the fallback.
     pub fn lookup(&self, name: &str, dtypes: &[ScalarType]) -> Option<KernelFn> {
+        self.lookup_entry(name, dtypes).map(|e| e.kernel)
+    }
+
+    /// Like [`KernelRegistry::lookup`], with the entry's prepare step.
+    pub fn lookup_entry(&self, name: &str, dtypes: &[ScalarType]) -> Option<&KernelEntry> {
         let list = self.entries.get(name)?;
         list.iter()
             .find(|e| e.dtypes.as_deref() == Some(dtypes))
             .or_else(|| list.iter().find(|e| e.dtypes.is_none()))
-            .map(|e| e.kernel)
     }
 
     /// True when any kernel is registered under `name`.

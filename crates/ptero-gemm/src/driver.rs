@@ -23,6 +23,17 @@ pub fn scratch_floats() -> usize {
     MR_MAX * MC_STRIPS * KC + KC * NC_MAX
 }
 
+/// An output matrix as a raw pointer: entries of a batch may interleave in memory, so no
+/// `&mut` slice may span one entry while another is written.
+#[derive(Clone, Copy)]
+pub(crate) struct COut {
+    pub ptr: SyncPtr,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
 /// A pointer shared by tasks that write disjoint tiles of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr(pub *mut f32);
@@ -75,6 +86,31 @@ pub fn gemm(
     a: Lhs<'_>,
     b: Rhs<'_>,
     c: MatMut<'_>,
+    epi: &Epilogue<'_>,
+) -> Result<(), GemmError> {
+    let out = COut {
+        ptr: SyncPtr(c.data.as_mut_ptr()),
+        rows: c.rows,
+        cols: c.cols,
+        rs: c.rs,
+        cs: c.cs,
+    };
+    // SAFETY: `MatMut::new` checked that the output's extent fits `c.data` and that its
+    // elements do not alias; `c` is borrowed mutably for the whole call.
+    unsafe { gemm_out(par, arena, a, b, out, epi) }
+}
+
+/// [`gemm`] into a raw output.
+///
+/// # Safety
+/// Every element `(i, j)` of `c` (`ptr + i * rs + j * cs`) must be valid for writes,
+/// distinct from the others, and not accessed by anyone else during the call.
+pub(crate) unsafe fn gemm_out(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    a: Lhs<'_>,
+    b: Rhs<'_>,
+    c: COut,
     epi: &Epilogue<'_>,
 ) -> Result<(), GemmError> {
     let (m, ka) = match a {
@@ -143,7 +179,7 @@ pub fn gemm(
 
     // A single row or column against a plain matrix: stream it, no packing.
     if let (Lhs::Mat(am), Rhs::Mat(bm)) = (a, b) {
-        if gemv::try_run(par, level, am, bm, &c, &e) {
+        if gemv::try_run(par, level, am, bm, c, &e) {
             return Ok(());
         }
     }
@@ -166,7 +202,7 @@ pub fn gemm(
     let ctx = Ctx {
         a,
         b,
-        c: SyncPtr(c.data.as_mut_ptr()),
+        c: c.ptr,
         crs: c.rs,
         ccs: c.cs,
         m,

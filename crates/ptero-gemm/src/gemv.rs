@@ -3,9 +3,9 @@
 
 use ptero_simd::{dispatch_at, split_count, split_range, Level, Parallel, Simd, SimdOp};
 
-use crate::driver::{SyncPtr, PAR_MIN_MACS};
+use crate::driver::{COut, PAR_MIN_MACS};
 use crate::kernel::Epi;
-use crate::{MatMut, MatRef};
+use crate::MatRef;
 
 /// Runs the product if it is a row or column case this module handles; `false` leaves
 /// it to the blocked driver.
@@ -14,7 +14,7 @@ pub(crate) fn try_run(
     level: Level,
     a: MatRef<'_>,
     b: MatRef<'_>,
-    c: &MatMut<'_>,
+    c: COut,
     e: &Epi<'_>,
 ) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
@@ -31,11 +31,11 @@ pub(crate) fn try_run(
         };
         let align = 64;
         let chunks = split_count(n, parts, align);
-        let out = SyncPtr(c.data.as_ptr() as *mut f32);
+        let out = c.ptr;
         let task = |t: usize| {
             let r = split_range(n, chunks, align, t);
             // SAFETY: each task writes its own column range of the single output row,
-            // contiguous (cs == 1) and inside the checked extent.
+            // contiguous (cs == 1, or n == 1) and valid by `gemm_out`'s contract.
             let y = unsafe { core::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             dispatch_at(
                 level,
@@ -56,7 +56,7 @@ pub(crate) fn try_run(
         let x = &b.data[..k.min(b.data.len())];
         let align = 16;
         let chunks = split_count(m, parts, align);
-        let out = SyncPtr(c.data.as_ptr() as *mut f32);
+        let out = c.ptr;
         let crs = c.rs;
         let task = |t: usize| {
             let r = split_range(m, chunks, align, t);
@@ -241,7 +241,7 @@ struct ColOp<'a> {
     a: MatRef<'a>,
     x: &'a [f32],
     rows: core::ops::Range<usize>,
-    out: SyncPtr,
+    out: crate::driver::SyncPtr,
     crs: usize,
     e: &'a Epi<'a>,
 }

@@ -34,12 +34,14 @@
 
 extern crate alloc;
 
+mod batch;
 mod driver;
 mod gemv;
 mod kernel;
 mod mat;
 mod pack;
 
+pub use batch::{gemm_batched, Batch};
 pub use driver::{gemm, scratch_floats};
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB};

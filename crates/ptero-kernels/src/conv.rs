@@ -1186,6 +1186,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let z = |dt: ScalarType, s: &[usize]| Arg::T(OwnedTensor::zeros(dt, s));
         let conv = |dt: ScalarType, tr: bool, out: &[usize]| {

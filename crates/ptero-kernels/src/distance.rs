@@ -256,6 +256,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let z = |s: &[usize]| Arg::T(OwnedTensor::zeros(Float, s));
         let cases: Vec<(&str, Vec<Arg>, u64)> = vec![

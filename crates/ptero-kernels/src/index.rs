@@ -1348,6 +1348,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let (r, charged) = run_op_with("aten::index_put.out", args.clone(), ctx).unwrap();
         assert_eq!(r.tensors[0].to_f64()[0], (n * n) as f64);
@@ -1361,6 +1362,7 @@ mod tests {
         let small = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: 1 << 20,
+            ..Default::default()
         };
         let e = run_op_with("aten::index_put.out", args, small).unwrap_err();
         assert_eq!(

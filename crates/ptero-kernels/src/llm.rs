@@ -1061,6 +1061,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let x = z(&[1, 64, 4, 64]);
         let args = sdpa_args(

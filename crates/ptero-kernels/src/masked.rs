@@ -289,6 +289,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let (out, charged) = run_op_with("aten::masked_select.out", args.clone(), ctx).unwrap();
         assert_eq!(out.tensors[0].sizes, [n]);

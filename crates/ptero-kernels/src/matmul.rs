@@ -8,6 +8,10 @@
 
 use ptero_core::{Dims, Error, KernelArgs, KernelRegistry, Result, ScalarType, TensorMeta};
 
+use ptero_core::Prepared;
+use ptero_gemm::{gemm_batched, Batch, Bias, Epilogue, Lhs, Rhs};
+
+use crate::util::gemm::{err, is_const_f32, mat, mat_mut, prepared, PackedWeight};
 use crate::util::work::{sat_product, Meter};
 use crate::util::{broadcast_strides, for_each_offset, load_f64, load_i64, store_f64, store_i64};
 
@@ -169,52 +173,14 @@ fn execute(
     let mut meter = Meter::charging(a);
     let mut res = Ok(());
     if dtype == ScalarType::Float {
-        let av = at.data()?;
-        let bv = bt.data()?;
-        let biasv = match &biast {
+        let av: &[f32] = at.data()?;
+        let bv: &[f32] = bt.data()?;
+        let biasv: Option<&[f32]> = match &biast {
             Some(t) => Some(t.data()?),
             None => None,
         };
-        let ov = ot.data()?;
-        for_each_offset(&plan.batch, bst, |[ao, bo, co, biaso]| {
-            if res.is_err() {
-                return;
-            }
-            let epi = Epi32 {
-                alpha: sc.alpha as f32,
-                beta: sc.beta as f32,
-                bias: biasv.map(|s| {
-                    (
-                        s,
-                        View {
-                            off: plan.bias.off + biaso,
-                            ..plan.bias
-                        },
-                    )
-                }),
-            };
-            res = gemm_f32(
-                av,
-                View {
-                    off: plan.a.off + ao,
-                    ..plan.a
-                },
-                bv,
-                View {
-                    off: plan.b.off + bo,
-                    ..plan.b
-                },
-                ov,
-                View {
-                    off: plan.c.off + co,
-                    ..plan.c
-                },
-                (plan.m, plan.n, plan.k),
-                &epi,
-                &mut meter,
-            );
-        });
-        return res;
+        let ov: &mut [f32] = ot.data()?;
+        return execute_f32(a, plan, (av, bv, biasv, ov), sc, &mut meter);
     }
     let (ab, bb, ob) = (at.bytes, bt.bytes, &mut *ot.bytes);
     let biasb = biast.map(|t| t.bytes);
@@ -300,220 +266,102 @@ fn execute(
     res
 }
 
-struct Epi32<'s> {
-    alpha: f32,
-    beta: f32,
-    bias: Option<(&'s [f32], View)>,
-}
+/// A, B, the optional bias and C.
+type F32Operands<'s> = (&'s [f32], &'s [f32], Option<&'s [f32]>, &'s mut [f32]);
 
-impl Epi32<'_> {
-    #[inline]
-    fn put(&self, c: &mut [f32], cv: View, i: usize, j: usize, acc: f32) {
-        let mut v = if self.alpha == 1.0 {
-            acc
-        } else {
-            self.alpha * acc
-        };
-        if let Some((b, bv)) = self.bias {
-            let x = b.get(bv.idx(i, j)).copied().unwrap_or(0.0);
-            v += if self.beta == 1.0 { x } else { self.beta * x };
-        }
-        if let Some(o) = c.get_mut(cv.idx(i, j)) {
-            *o = v;
-        }
-    }
-}
-
-#[inline]
-fn ld(s: &[f32], i: usize) -> f32 {
-    s.get(i).copied().unwrap_or(0.0)
-}
-
-fn oob() -> Error {
-    Error::OutOfBounds("matrix operand view exceeds its tensor".into())
-}
-
-/// f32 product of one batch entry: `C = epi(A @ B)`, `A` m×k, `B` k×n.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    a: &[f32],
-    av: View,
-    b: &[f32],
-    bv: View,
-    c: &mut [f32],
-    cv: View,
-    (m, n, k): (usize, usize, usize),
-    epi: &Epi32<'_>,
+/// The f32 product on the shared GEMM ([`ptero_gemm::gemm_batched`]), with the
+/// instruction's packed weight when its prepare step made one.
+fn execute_f32(
+    a: &KernelArgs<'_>,
+    plan: &Plan,
+    ops: F32Operands<'_>,
+    sc: Scales,
     meter: &mut Meter<'_, '_>,
 ) -> Result<()> {
-    if bv.cs == 1 && n >= 8 {
-        return gemm_f32_rows(a, av, b, bv, c, cv, (m, n, k), epi, meter);
-    }
-    if av.cs == 1 && bv.rs == 1 && k >= 8 {
-        return gemm_f32_dots(a, av, b, bv, c, cv, (m, n, k), epi, meter);
-    }
-    for i in 0..m {
-        meter.add(sat_product(&[n, k]) as u64)?;
-        for j in 0..n {
-            let mut acc = 0.0f32;
-            for p in 0..k {
-                acc += ld(a, av.idx(i, p)) * ld(b, bv.idx(p, j));
-            }
-            epi.put(c, cv, i, j, acc);
+    let (av, bv, biasv, ov) = ops;
+    let (m, n, k) = (plan.m, plan.n, plan.k);
+    let entries = sat_product(&plan.batch) as u64;
+    meter.add(entries.saturating_mul(sat_product(&[m, n, k]) as u64))?;
+    let packed = match a.state::<PackedWeight>() {
+        Some(PackedWeight::B(p))
+            if p.k() == k && p.n() == n && plan.bst[1].iter().all(|&s| s == 0) =>
+        {
+            Some(p)
         }
-    }
-    Ok(())
-}
-
-const MR: usize = 4;
-const NR: usize = 8;
-
-/// B's rows are contiguous: a 4×8 register tile accumulates rank-1 updates, each B row
-/// chunk feeding 32 multiply-adds.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32_rows(
-    a: &[f32],
-    av: View,
-    b: &[f32],
-    bv: View,
-    c: &mut [f32],
-    cv: View,
-    (m, n, k): (usize, usize, usize),
-    epi: &Epi32<'_>,
-    meter: &mut Meter<'_, '_>,
-) -> Result<()> {
-    let mut i = 0;
-    while i < m {
-        let mr = MR.min(m - i);
-        meter.add(sat_product(&[mr, n, k]) as u64)?;
-        let mut j = 0;
-        while j < n {
-            let nr = NR.min(n - j);
-            let mut acc = [[0.0f32; NR]; MR];
-            if mr == MR && nr == NR {
-                for p in 0..k {
-                    let s = bv.idx(p, j);
-                    let brow: &[f32; NR] = b
-                        .get(s..s + NR)
-                        .and_then(|x| x.try_into().ok())
-                        .ok_or_else(oob)?;
-                    for (r, accr) in acc.iter_mut().enumerate() {
-                        let x = ld(a, av.idx(i + r, p));
-                        for (o, y) in accr.iter_mut().zip(brow) {
-                            *o += x * y;
-                        }
-                    }
-                }
-            } else {
-                for p in 0..k {
-                    for (r, accr) in acc.iter_mut().enumerate().take(mr) {
-                        let x = ld(a, av.idx(i + r, p));
-                        for (l, o) in accr.iter_mut().enumerate().take(nr) {
-                            *o += x * ld(b, bv.idx(p, j + l));
-                        }
-                    }
-                }
-            }
-            for (r, accr) in acc.iter().enumerate().take(mr) {
-                for (l, &v) in accr.iter().enumerate().take(nr) {
-                    epi.put(c, cv, i + r, j + l, v);
-                }
-            }
-            j += NR;
-        }
-        i += MR;
-    }
-    Ok(())
-}
-
-/// A's rows and B's columns are contiguous along k (`x @ W^T`): dot products of one A
-/// row against four B columns at once, in 8 independent lanes so they vectorize.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32_dots(
-    a: &[f32],
-    av: View,
-    b: &[f32],
-    bv: View,
-    c: &mut [f32],
-    cv: View,
-    (m, n, k): (usize, usize, usize),
-    epi: &Epi32<'_>,
-    meter: &mut Meter<'_, '_>,
-) -> Result<()> {
-    fn row(s: &[f32], off: usize, k: usize) -> Result<&[f32]> {
-        s.get(off..off + k).ok_or_else(oob)
-    }
-    // Blocks of four B columns (weight rows) stay in L1 while every A row passes over
-    // them, so B is read from memory once however many rows A has (prefill).
-    let dot4 = |x: &[f32], w: &[&[f32]; 4]| -> [f32; 4] {
-        let mut acc = [[0.0f32; 8]; 4];
-        let xc = x.chunks_exact(8);
-        let tail = xc.remainder();
-        for (q, xs) in xc.enumerate() {
-            let base = q * 8;
-            for (accq, wq) in acc.iter_mut().zip(w) {
-                if let Some(ws) = wq.get(base..base + 8) {
-                    for l in 0..8 {
-                        accq[l] += xs[l] * ws[l];
-                    }
-                }
-            }
-        }
-        let t0 = k - tail.len();
-        core::array::from_fn(|q| {
-            let mut s = hsum(&acc[q]);
-            for (p, xv) in tail.iter().enumerate() {
-                s += xv * w[q].get(t0 + p).copied().unwrap_or(0.0);
-            }
-            s
-        })
+        _ => None,
     };
-    let col_work = sat_product(&[m, k]) as u64;
-    let mut j = 0;
-    while j + 4 <= n {
-        meter.add(col_work.saturating_mul(4))?;
-        let w = [
-            row(b, bv.idx(0, j), k)?,
-            row(b, bv.idx(0, j + 1), k)?,
-            row(b, bv.idx(0, j + 2), k)?,
-            row(b, bv.idx(0, j + 3), k)?,
-        ];
-        for i in 0..m {
-            let x = row(a, av.idx(i, 0), k)?;
-            for (q, s) in dot4(x, &w).into_iter().enumerate() {
-                epi.put(c, cv, i, j + q, s);
-            }
+    let lhs = Lhs::Mat(mat(av, plan.a.off, m, k, plan.a.rs, plan.a.cs)?);
+    let rhs = match packed {
+        Some(p) => Rhs::Packed(p),
+        None => Rhs::Mat(mat(bv, plan.b.off, k, n, plan.b.rs, plan.b.cs)?),
+    };
+    let bias = match biasv {
+        Some(b)
+            if plan.bias.rs == 0 && plan.bias.cs == 1 && plan.bst[3].iter().all(|&s| s == 0) =>
+        {
+            let start = plan.bias.off;
+            Bias::PerCol(
+                b.get(start..start + n)
+                    .ok_or_else(|| Error::OutOfBounds("bias view exceeds its tensor".into()))?,
+            )
         }
-        j += 4;
-    }
-    while j < n {
-        meter.add(col_work)?;
-        let w = row(b, bv.idx(0, j), k)?;
-        for i in 0..m {
-            let x = row(a, av.idx(i, 0), k)?;
-            let mut acc = [0.0f32; 8];
-            let xc = x.chunks_exact(8);
-            let tail = xc.remainder();
-            for (xs, ws) in xc.zip(w.chunks_exact(8)) {
-                for l in 0..8 {
-                    acc[l] += xs[l] * ws[l];
-                }
-            }
-            let t0 = k - tail.len();
-            let mut s = hsum(&acc);
-            for (p, xv) in tail.iter().enumerate() {
-                s += xv * w.get(t0 + p).copied().unwrap_or(0.0);
-            }
-            epi.put(c, cv, i, j, s);
-        }
-        j += 1;
-    }
-    Ok(())
+        Some(b) => Bias::Mat(mat(b, plan.bias.off, m, n, plan.bias.rs, plan.bias.cs)?),
+        None => Bias::None,
+    };
+    let epi = Epilogue {
+        alpha: sc.alpha as f32,
+        beta: if biasv.is_some() { sc.beta as f32 } else { 0.0 },
+        bias,
+        act: ptero_gemm::Activation::None,
+    };
+    let out = mat_mut(ov, plan.c.off, m, n, plan.c.rs, plan.c.cs)?;
+    let batch = Batch {
+        sizes: &plan.batch,
+        a: &plan.bst[0],
+        b: &plan.bst[1],
+        c: &plan.bst[2],
+        bias: &plan.bst[3],
+    };
+    gemm_batched(a.parallel(), a.arena(), batch, lhs, rhs, out, &epi).map_err(err)
 }
 
-#[inline]
-fn hsum(v: &[f32; 8]) -> f32 {
-    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+/// Packs a constant right operand at load: `mm`'s and `addmm`'s second matrix, or
+/// `linear`'s weight (transposed view of `[out, in]`).
+fn prepare_rhs(a: &KernelArgs<'_>, arg: usize, transposed: bool) -> Result<Prepared> {
+    if !is_const_f32(a, arg) {
+        return Ok(prepared(None));
+    }
+    let w = a.tensor(arg)?;
+    let meta = w.meta;
+    if meta.dim() != 2 {
+        return Ok(prepared(None));
+    }
+    let data: &[f32] = w.data()?;
+    let st = meta.strides();
+    let (r, c) = (meta.sizes()[0], meta.sizes()[1]);
+    let b = if transposed {
+        mat(data, 0, c, r, st[1], st[0])?
+    } else {
+        mat(data, 0, r, c, st[0], st[1])?
+    };
+    let p = ptero_gemm::PackedB::new(b).map_err(err)?;
+    Ok(prepared(Some(PackedWeight::B(p))))
+}
+
+fn prepare_linear(a: &KernelArgs<'_>) -> Result<Prepared> {
+    prepare_rhs(a, 1, true)
+}
+
+fn prepare_mm(a: &KernelArgs<'_>) -> Result<Prepared> {
+    prepare_rhs(a, 1, false)
+}
+
+fn prepare_addmm(a: &KernelArgs<'_>) -> Result<Prepared> {
+    prepare_rhs(a, 2, false)
+}
+
+fn prepare_bmm(_: &KernelArgs<'_>) -> Result<Prepared> {
+    Ok(prepared(None))
 }
 
 fn view2(m: &TensorMeta) -> View {
@@ -787,10 +635,10 @@ fn linear_out(a: &mut KernelArgs<'_>) -> Result<()> {
 }
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
-    reg.register("aten::mm.out", mm_out);
-    reg.register("aten::bmm.out", bmm_out);
-    reg.register("aten::addmm.out", addmm_out);
-    reg.register("aten::linear.out", linear_out);
+    reg.register_prepared("aten::mm.out", mm_out, prepare_mm);
+    reg.register_prepared("aten::bmm.out", bmm_out, prepare_bmm);
+    reg.register_prepared("aten::addmm.out", addmm_out, prepare_addmm);
+    reg.register_prepared("aten::linear.out", linear_out, prepare_linear);
 }
 
 #[cfg(test)]
@@ -917,13 +765,14 @@ mod tests {
         let bias: Vec<f64> = (0..n).map(|j| j as f64).collect();
         let p = mm_ref(a2, b2, m, k, n);
         let want: Vec<f64> = (0..m * n).map(|i| 2.0 * p[i] + 0.5 * bias[i % n]).collect();
-        for dtype in [Float, Double] {
+        for (dtype, konst) in [(Float, false), (Double, false), (Float, true)] {
+            let b2t = t(dtype, &[k, n], b2);
             let out = run_op(
                 "aten::addmm.out",
                 vec![
                     Arg::T(t(dtype, &[n], &bias)),
                     Arg::T(t(dtype, &[m, k], a2)),
-                    Arg::T(t(dtype, &[k, n], b2)),
+                    if konst { Arg::Const(b2t) } else { Arg::T(b2t) },
                     Arg::Double(0.5),
                     Arg::Double(2.0),
                     Arg::Out(dtype, vec![m, n]),
@@ -979,12 +828,23 @@ mod tests {
             xs.push(inf);
             let mut os = lead.clone();
             os.push(outf);
-            for worder in [[0u8, 1], [1, 0]] {
+            for (worder, konst) in [
+                ([0u8, 1], false),
+                ([1, 0], false),
+                ([0, 1], true),
+                ([1, 0], true),
+            ] {
+                let wt_arg = t(Float, &[outf, inf], &w).with_dim_order(&worder);
                 let out = run_op(
                     "aten::linear.out",
                     vec![
                         Arg::T(t(Float, &xs, &x)),
-                        Arg::T(t(Float, &[outf, inf], &w).with_dim_order(&worder)),
+                        // A constant weight is packed by the prepare step.
+                        if konst {
+                            Arg::Const(wt_arg)
+                        } else {
+                            Arg::T(wt_arg)
+                        },
                         Arg::T(t(Float, &[outf], &bias)),
                         Arg::Out(Float, os.clone()),
                     ],
@@ -1059,6 +919,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let z = |dt: ScalarType, s: &[usize]| Arg::T(OwnedTensor::zeros(dt, s));
         // (op, args, multiply-adds); the big ones (>= 2^19) must notice the deadline.

@@ -973,6 +973,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         // Every one of the n*n windows reads the whole n*n input.
         let (out, charged) = run_op_with(

@@ -1558,6 +1558,7 @@ mod tests {
         let small = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: 1000,
+            ..Default::default()
         };
         let got = run_op_with(
             "aten::topk.values",

@@ -146,6 +146,9 @@ pub enum Arg {
     /// An output with the dtype, initial shape and dim order of the given tensor (e.g. a
     /// channels-last out).
     OutLike(OwnedTensor),
+    /// An input tensor stored in the program's constant data (weights), which a kernel's
+    /// prepare step may read at load.
+    Const(OwnedTensor),
 }
 
 /// Output of [`run`]: out tensors (and list items) in argument order, plus scalar results.
@@ -160,8 +163,8 @@ pub struct Outputs {
 /// kernels that resize can grow within that bound.
 pub fn run(kernel: KernelFn, args: Vec<Arg>) -> Result<Outputs> {
     let ctx = ExecContext {
-        interrupt: None,
         scratch_limit: DEFAULT_SCRATCH_LIMIT,
+        ..ExecContext::default()
     };
     run_with(kernel, args, ctx).map(|(o, _)| o)
 }
@@ -169,7 +172,30 @@ pub fn run(kernel: KernelFn, args: Vec<Arg>) -> Result<Outputs> {
 /// Like [`run`], with the interpreter's context (interrupt, scratch limit); also returns
 /// the work the kernel charged.
 pub fn run_with(kernel: KernelFn, args: Vec<Arg>, ctx: ExecContext<'_>) -> Result<(Outputs, u64)> {
-    let mut memory = Memory::new(Arc::new(Vec::<u8>::new()));
+    run_prepared(kernel, None, args, ctx)
+}
+
+/// Like [`run_with`], running `prepare` first (as the interpreter does at load) and
+/// handing its state to the kernel; scratch buffers are reserved as it asks.
+pub fn run_prepared(
+    kernel: KernelFn,
+    prepare: Option<ptero_core::PrepareFn>,
+    args: Vec<Arg>,
+    ctx: ExecContext<'_>,
+) -> Result<(Outputs, u64)> {
+    // Constant tensors go into one shared buffer, each at a 64-byte aligned offset.
+    let mut constants: Vec<u8> = Vec::new();
+    let mut const_offsets: Vec<usize> = Vec::new();
+    for a in &args {
+        if let Arg::Const(t) = a {
+            let off = constants.len().div_ceil(64) * 64;
+            constants.resize(off, 0);
+            constants.extend_from_slice(&t.bytes);
+            const_offsets.push(off);
+        }
+    }
+    let mut const_offsets = const_offsets.into_iter();
+    let mut memory = Memory::new(Arc::new(constants));
     let mut values: Vec<Value> = Vec::new();
     let mut arg_idx: Vec<u32> = Vec::new();
     let mut outs: Vec<u32> = Vec::new();
@@ -191,6 +217,11 @@ pub fn run_with(kernel: KernelFn, args: Vec<Arg>, ctx: ExecContext<'_>) -> Resul
     for a in &args {
         let idx = match a {
             Arg::T(t) => add_tensor(&mut values, &mut memory, t, false),
+            Arg::Const(t) => {
+                let offset = const_offsets.next().unwrap_or(0);
+                let m = t.meta(Storage::Constant { offset });
+                push(&mut values, Value::Tensor(Box::new(m)))
+            }
             Arg::Out(dtype, sizes) => {
                 let i = add_tensor(
                     &mut values,
@@ -258,9 +289,34 @@ pub fn run_with(kernel: KernelFn, args: Vec<Arg>, ctx: ExecContext<'_>) -> Resul
     // The trailing return slot the official format appends.
     arg_idx.push(push(&mut values, Value::None));
     let mut borrows = BorrowSet::with_capacity(arg_idx.len() * 2);
+    let prepared = match prepare {
+        Some(p) => {
+            let ka =
+                KernelArgs::new(&mut values, &arg_idx, &mut memory, &mut borrows).with_context(ctx);
+            p(&ka)?
+        }
+        None => ptero_core::Prepared::default(),
+    };
+    let arena = ptero_core::SlotArena::new(
+        ctx.parallel.map_or(1, |p| p.threads()),
+        prepared.scratch_floats,
+    )
+    .ok_or(Error::OutOfMemory {
+        bytes: prepared.scratch_floats * 4,
+        limit: DEFAULT_SCRATCH_LIMIT,
+    })?;
+    let ctx = ExecContext {
+        arena: if prepared.scratch_floats > 0 {
+            Some(&arena)
+        } else {
+            ctx.arena
+        },
+        ..ctx
+    };
     let charged = {
-        let mut ka =
-            KernelArgs::new(&mut values, &arg_idx, &mut memory, &mut borrows).with_context(ctx);
+        let mut ka = KernelArgs::new(&mut values, &arg_idx, &mut memory, &mut borrows)
+            .with_context(ctx)
+            .with_state(prepared.state.as_deref());
         kernel(&mut ka)?;
         ka.charged()
     };
@@ -289,23 +345,51 @@ fn push(values: &mut Vec<Value>, v: Value) -> u32 {
     (values.len() - 1) as u32
 }
 
-/// Runs the portable kernel registered as `name` (tensor dtypes are not used for lookup).
+/// Dtypes of the tensor arguments, as the interpreter keys kernels.
+fn arg_dtypes(args: &[Arg]) -> Vec<ScalarType> {
+    let mut v = Vec::new();
+    for a in args {
+        match a {
+            Arg::T(t) | Arg::Const(t) | Arg::OutLike(t) => v.push(t.dtype),
+            Arg::Out(d, _) => v.push(*d),
+            Arg::Tensors(ts) => v.extend(ts.iter().map(|t| t.dtype)),
+            Arg::OutList(d, shapes) => v.extend(shapes.iter().map(|_| *d)),
+            _ => {}
+        }
+    }
+    v
+}
+
+/// A two-thread pool shared by kernel tests, so every test also runs the threaded paths.
+#[cfg(feature = "std")]
+pub fn test_pool() -> &'static ptero_simd::pool::ThreadPool {
+    static POOL: std::sync::OnceLock<ptero_simd::pool::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| ptero_simd::pool::ThreadPool::new(2))
+}
+
+/// Runs the portable kernel registered as `name` for these arguments' dtypes, with its
+/// prepare step, on the shared test pool.
 pub fn run_op(name: &str, args: Vec<Arg>) -> Result<Outputs> {
-    let reg = crate::portable();
-    let k = reg
-        .lookup(name, &[])
-        .ok_or_else(|| Error::NotImplemented(alloc::format!("no kernel {name}")))?;
-    run(k, args)
+    let ctx = ExecContext {
+        scratch_limit: DEFAULT_SCRATCH_LIMIT,
+        ..ExecContext::default()
+    };
+    run_op_with(name, args, ctx).map(|(o, _)| o)
 }
 
 /// Runs the portable kernel registered as `name` with the interpreter's context; returns
 /// the outputs and the work the kernel charged.
 pub fn run_op_with(name: &str, args: Vec<Arg>, ctx: ExecContext<'_>) -> Result<(Outputs, u64)> {
     let reg = crate::portable();
-    let k = reg
-        .lookup(name, &[])
+    let e = reg
+        .lookup_entry(name, &arg_dtypes(&args))
         .ok_or_else(|| Error::NotImplemented(alloc::format!("no kernel {name}")))?;
-    run_with(k, args, ctx)
+    #[cfg(feature = "std")]
+    let ctx = ExecContext {
+        parallel: ctx.parallel.or(Some(test_pool())),
+        ..ctx
+    };
+    run_prepared(e.kernel, e.prepare, args, ctx)
 }
 
 /// An interrupt that has always fired (a deadline already passed).
@@ -322,6 +406,7 @@ pub fn run_op_interrupted(name: &str, args: Vec<Arg>) -> Result<Outputs> {
     let ctx = ExecContext {
         interrupt: Some(&Fired),
         scratch_limit: DEFAULT_SCRATCH_LIMIT,
+        ..ExecContext::default()
     };
     run_op_with(name, args, ctx).map(|(o, _)| o)
 }

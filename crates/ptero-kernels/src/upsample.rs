@@ -1030,6 +1030,7 @@ mod tests {
         let small = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: 1 << 16,
+            ..Default::default()
         };
         let got = run_op_with(
             "aten::_upsample_bilinear2d_aa.out",
@@ -1042,6 +1043,7 @@ mod tests {
         let ctx = ptero_core::ExecContext {
             interrupt: None,
             scratch_limit: ptero_core::DEFAULT_SCRATCH_LIMIT,
+            ..Default::default()
         };
         let (_, charged) = run_op_with(
             "aten::_upsample_bilinear2d_aa.out",

@@ -172,8 +172,26 @@ impl TextGenerator {
             .map(|t| tokenizer::load_with_limits(t, &limits))
             .transpose()?;
         let mut g = TextGenerator::build(&program, tokenizer, limits, options.limits)?;
+        g.set_threads(options.threads)?;
         g.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(g)
+    }
+
+    /// Splits the model's work over `threads` threads (0: one per physical core; 1: the
+    /// calling thread only). Generators start on one thread unless loaded with options.
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        let n = if threads == 0 {
+            ptero::default_threads()
+        } else {
+            threads
+        };
+        let pool: Option<std::sync::Arc<dyn ptero::Parallel + Send + Sync>> = if n > 1 {
+            Some(std::sync::Arc::new(ptero::ThreadPool::new(n)))
+        } else {
+            None
+        };
+        self.method.set_parallel(pool)?;
+        Ok(())
     }
 
     /// Builds a generator over a loaded program.

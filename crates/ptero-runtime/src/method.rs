@@ -3,9 +3,11 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use core::any::Any;
+
 use ptero_core::{
     AlignedBuf, BorrowSet, ExecContext, Interrupt, KernelArgs, KernelFn, KernelRegistry, Memory,
-    ScalarType, Storage, TensorMeta, Value,
+    Parallel, ScalarType, SlotArena, Storage, TensorMeta, Value,
 };
 
 use alloc::sync::Arc;
@@ -28,7 +30,14 @@ pub struct Method {
     memory: Memory,
     /// Instructions, argument lists and I/O indices, shared with the program.
     plan: Arc<MethodPlan>,
-    kernels: Vec<Option<KernelFn>>,
+    /// The kernel of every instruction (by chain, then index), resolved with that
+    /// instruction's dtypes, with what its prepare step kept.
+    kernels: Vec<Vec<Option<InstrKernel>>>,
+    /// Threads kernels split their work over (serial when `None`).
+    parallel: Option<Arc<dyn Parallel + Send + Sync>>,
+    /// Per-thread scratch, as large as the largest need a prepare step declared.
+    arena: SlotArena,
+    scratch_floats: usize,
     delegates: Vec<Box<dyn DelegateHandle>>,
     /// Which inputs have been given (primitive inputs count as set).
     input_set: Vec<bool>,
@@ -36,6 +45,11 @@ pub struct Method {
     executions: u64,
     limits: Limits,
     interrupt: Option<Arc<dyn Interrupt>>,
+}
+
+struct InstrKernel {
+    f: KernelFn,
+    state: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl core::fmt::Debug for Method {
@@ -141,20 +155,51 @@ impl Method {
             }
         }
 
-        // Resolve each operator once, keyed by the dtypes of its first call's tensors.
-        let mut kernel_for_op: Vec<Option<KernelFn>> = alloc::vec![None; plan.operators.len()];
+        // Resolve each instruction's kernel with its own dtypes, and run its prepare step
+        // (constant weights are packed here, once).
+        let mut instr_kernels: Vec<Vec<Option<InstrKernel>>> = Vec::new();
         let mut missing: Vec<String> = Vec::new();
-        for (op, (opname, first)) in plan.operators.iter().zip(&plan.op_first_call).enumerate() {
-            let Some((start, len)) = *first else { continue };
-            let dtypes = tensor_dtypes(
-                &values,
-                &plan.arg_pool[start as usize..(start + len) as usize],
-            );
-            match kernels.lookup(opname, &dtypes) {
-                Some(f) => kernel_for_op[op] = Some(f),
-                None if !missing.contains(opname) => missing.push(opname.clone()),
-                None => {}
+        let mut scratch_floats = 0usize;
+        let mut borrows = BorrowSet::with_capacity(plan.max_views * 2);
+        for chain in &plan.chains {
+            let mut ks = Vec::with_capacity(chain.len());
+            for (pc, instr) in chain.iter().enumerate() {
+                let Instr::Kernel { op, start, len } = *instr else {
+                    ks.push(None);
+                    continue;
+                };
+                let args = &plan.arg_pool[start as usize..(start + len) as usize];
+                let opname = &plan.operators[op as usize];
+                let dtypes = tensor_dtypes(&values, args);
+                let Some(entry) = kernels.lookup_entry(opname, &dtypes) else {
+                    if !missing.contains(opname) {
+                        missing.push(opname.clone());
+                    }
+                    ks.push(None);
+                    continue;
+                };
+                let mut state = None;
+                if let Some(prepare) = entry.prepare {
+                    let ka = KernelArgs::new(&mut values, args, &mut memory, &mut borrows)
+                        .with_context(ExecContext {
+                            scratch_limit: limits.max_memory,
+                            ..ExecContext::default()
+                        });
+                    let p = prepare(&ka).map_err(|source| Error::Execution {
+                        method: name.into(),
+                        instruction: pc,
+                        operator: opname.clone(),
+                        source,
+                    })?;
+                    scratch_floats = scratch_floats.max(p.scratch_floats);
+                    state = p.state;
+                }
+                ks.push(Some(InstrKernel {
+                    f: entry.kernel,
+                    state,
+                }));
             }
+            instr_kernels.push(ks);
         }
         if !missing.is_empty() {
             return Err(Error::MissingOperators {
@@ -162,6 +207,11 @@ impl Method {
                 operators: missing,
             });
         }
+        let arena = SlotArena::new(1, scratch_floats).ok_or(Error::OutOfMemory {
+            method: name.into(),
+            what: "kernel scratch",
+            bytes: scratch_floats.saturating_mul(4),
+        })?;
 
         let mut delegates: Vec<Box<dyn DelegateHandle>> = Vec::new();
         let named = |key: &str| program.named_data(key);
@@ -199,10 +249,13 @@ impl Method {
             values,
             memory,
             plan: plan.clone(),
-            kernels: kernel_for_op,
+            kernels: instr_kernels,
+            parallel: None,
+            arena,
+            scratch_floats,
             delegates,
             input_set,
-            borrows: BorrowSet::with_capacity(plan.max_views * 2),
+            borrows,
             executions: 0,
             limits,
             interrupt: None,
@@ -221,6 +274,33 @@ impl Method {
     }
 
     /// The method's metadata.
+    /// Splits kernels' work over `parallel` from now on (`None`: one thread). Reserves one
+    /// scratch buffer per thread, so this allocates; `execute` then does not.
+    pub fn set_parallel(
+        &mut self,
+        parallel: Option<Arc<dyn Parallel + Send + Sync>>,
+    ) -> Result<(), Error> {
+        let threads = parallel.as_ref().map_or(1, |p| p.threads().max(1));
+        if threads != self.arena.slots() {
+            self.arena =
+                SlotArena::new(threads, self.scratch_floats).ok_or(Error::OutOfMemory {
+                    method: self.meta.name.clone(),
+                    what: "kernel scratch",
+                    bytes: self
+                        .scratch_floats
+                        .saturating_mul(4)
+                        .saturating_mul(threads),
+                })?;
+        }
+        self.parallel = parallel;
+        Ok(())
+    }
+
+    /// Threads kernels run on.
+    pub fn threads(&self) -> usize {
+        self.parallel.as_ref().map_or(1, |p| p.threads())
+    }
+
     pub fn meta(&self) -> &MethodMeta {
         &self.meta
     }
@@ -376,9 +456,16 @@ impl Method {
             });
         }
         let interrupt: Option<&dyn Interrupt> = self.interrupt.as_deref();
+        let parallel: Option<&dyn Parallel> = match &self.parallel {
+            Some(p) => Some(&**p),
+            None => None,
+        };
         let ctx = ExecContext {
             interrupt,
             scratch_limit: self.limits.max_memory,
+            parallel,
+            arena: Some(&self.arena),
+            state: None,
         };
         let mut budget = self.limits.max_instructions;
         // Work before the first backward jump, and work since.
@@ -409,7 +496,7 @@ impl Method {
                 let mut work = INSTRUCTION_WORK;
                 match instr {
                     Instr::Kernel { op, start, len } => {
-                        let Some(kernel) = self.kernels[op as usize] else {
+                        let Some(k) = self.kernels[c].get(at).and_then(|k| k.as_ref()) else {
                             return Err(self.exec_err(
                                 pc - 1,
                                 op,
@@ -423,8 +510,9 @@ impl Method {
                             &mut self.memory,
                             &mut self.borrows,
                         )
-                        .with_context(ctx);
-                        let result = kernel(&mut ka);
+                        .with_context(ctx)
+                        .with_state(k.state.as_deref());
+                        let result = (k.f)(&mut ka);
                         work = work.saturating_add(ka.charged());
                         if let Err(e) = result {
                             return Err(self.exec_err(pc - 1, op, e));

@@ -39,8 +39,6 @@ pub(crate) struct MethodPlan {
     pub inputs: Vec<u32>,
     pub outputs: Vec<u32>,
     pub operators: Vec<String>,
-    /// Argument range of each operator's first call (its dtypes pick the kernel).
-    pub op_first_call: Vec<Option<(u32, u32)>>,
     pub chains: Vec<Vec<Instr>>,
     pub arg_pool: Vec<u32>,
     /// Most tensors one instruction touches (sizes the borrow tracker).
@@ -75,7 +73,6 @@ pub(crate) fn parse_plan(
         .map(|op| operator_name(op.name().unwrap_or(""), op.overload().unwrap_or("")))
         .collect();
     let num_delegates = plan.delegates().map_or(0, |d| d.len());
-    let mut op_first_call = alloc::vec![None; operators.len()];
     let mut chains = Vec::new();
     let mut arg_pool: Vec<u32> = Vec::new();
     let mut max_views = 8usize;
@@ -121,7 +118,6 @@ pub(crate) fn parse_plan(
                     }
                     max_views = max_views.max(views);
                     let len = arg_pool.len() as u32 - start;
-                    op_first_call[op as usize].get_or_insert((start, len));
                     Instr::Kernel {
                         op: op as u32,
                         start,
@@ -227,7 +223,6 @@ pub(crate) fn parse_plan(
         inputs,
         outputs,
         operators,
-        op_first_call,
         chains,
         arg_pool,
         max_views,

@@ -56,6 +56,8 @@ struct Shared {
     job: AtomicPtr<Job<'static>>,
     sleeping: Vec<AtomicBool>,
     shutdown: AtomicBool,
+    /// Workers that have started running.
+    started: AtomicUsize,
 }
 
 /// A pool of `threads - 1` workers plus the calling thread.
@@ -102,6 +104,7 @@ impl ThreadPool {
             job: AtomicPtr::new(core::ptr::null_mut()),
             sleeping: (0..nworkers).map(|_| AtomicBool::new(false)).collect(),
             shutdown: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(nworkers);
         for w in 0..nworkers {
@@ -113,6 +116,11 @@ impl ThreadPool {
                 Ok(h) => workers.push((h.thread().clone(), h)),
                 Err(_) => break,
             }
+        }
+        // Wait until every worker runs: a thread's start-up allocates (its handle, its
+        // thread-locals), and that must happen here, not during a job.
+        while shared.started.load(Ordering::Acquire) < workers.len() {
+            thread::yield_now();
         }
         ThreadPool {
             shared,
@@ -127,11 +135,47 @@ pub fn default_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Physical cores (distinct `physical id`/`core id` pairs in `/proc/cpuinfo` on Linux),
+/// at most the CPUs this process may use; the CPU count where that is unknown.
+pub fn physical_cores() -> usize {
+    let cpus = default_threads();
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return cpus;
+    };
+    let mut cores: Vec<(u32, u32)> = Vec::new();
+    let mut phys = 0u32;
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':');
+        let (k, v) = (
+            kv.next().unwrap_or("").trim(),
+            kv.next().unwrap_or("").trim(),
+        );
+        match k {
+            "physical id" => phys = v.parse().unwrap_or(0),
+            "core id" => {
+                let c = (phys, v.parse().unwrap_or(0));
+                if !cores.contains(&c) {
+                    cores.push(c);
+                }
+            }
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        cpus
+    } else {
+        cores.len().min(cpus)
+    }
+}
+
 fn epoch(s: u64) -> u64 {
     s >> 32
 }
 
 fn worker(sh: &Shared, id: usize) {
+    // Parking uses the thread's handle: create it now.
+    let _ = thread::current();
+    sh.started.fetch_add(1, Ordering::Release);
     let mut seen = 0u64;
     loop {
         // Wait for a new epoch: spin, yield, then park.

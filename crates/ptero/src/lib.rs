@@ -32,12 +32,13 @@ pub mod npy;
 #[cfg(feature = "ndarray")]
 pub use ndarray_conv::NdarrayExt;
 
-pub use module::{LoadMode, Module, ModuleOptions};
-pub use ptero_core::{CancelToken, Dynamism, Interrupt, KernelRegistry, ScalarType};
+pub use module::{default_threads, LoadMode, Module, ModuleOptions};
+pub use ptero_core::{CancelToken, Dynamism, Interrupt, KernelRegistry, Parallel, ScalarType};
 pub use ptero_runtime::{
     Backend, BackendRegistry, Deadline, EValue, Error, IoMeta, Limits, Method, MethodMeta, Program,
     Tag, Tensor, TensorInfo, DEFAULT_MAX_MEMORY,
 };
+pub use ptero_simd::pool::ThreadPool;
 
 /// A registry with every kernel this build has (the portable set).
 pub fn default_kernels() -> KernelRegistry {

@@ -2,8 +2,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ptero_core::{Interrupt, KernelRegistry};
+use ptero_core::{Interrupt, KernelRegistry, Parallel};
 use ptero_runtime::{BackendRegistry, EValue, Error, Limits, Method, MethodMeta, Program};
+use ptero_simd::pool::ThreadPool;
 
 /// How a program file gets into memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +35,9 @@ pub struct ModuleOptions {
     pub load_mode: LoadMode,
     /// Limits of every method the module loads (and, in [`LoadMode::Read`], of the file).
     pub limits: Limits,
+    /// Threads kernels split their work over (the calling thread included); 0 means the
+    /// number of physical cores ([`default_threads`](crate::default_threads)).
+    pub threads: usize,
 }
 
 impl ModuleOptions {
@@ -59,6 +63,18 @@ impl ModuleOptions {
         self.limits.max_memory = bytes;
         self
     }
+
+    /// Threads in all (0: one per physical core).
+    pub fn threads(mut self, threads: usize) -> ModuleOptions {
+        self.threads = threads;
+        self
+    }
+}
+
+/// Threads a module uses unless told otherwise: the physical cores this process may run
+/// on (hyper-threads share one core's vector units, so they add little to these kernels).
+pub fn default_threads() -> usize {
+    ptero_simd::pool::physical_cores()
 }
 
 /// A program plus its loaded methods.
@@ -69,6 +85,9 @@ pub struct Module {
     methods: HashMap<String, Method>,
     limits: Limits,
     interrupt: Option<Arc<dyn Interrupt>>,
+    /// The module's worker threads, shared by its methods; started on first load.
+    pool: Option<Arc<dyn Parallel + Send + Sync>>,
+    threads: usize,
 }
 
 impl Module {
@@ -89,6 +108,7 @@ impl Module {
         };
         let mut module = Module::new(program);
         module.limits = options.limits;
+        module.threads = options.threads;
         Ok(module)
     }
 
@@ -115,7 +135,51 @@ impl Module {
             methods: HashMap::new(),
             limits: Limits::default(),
             interrupt: None,
+            pool: None,
+            threads: 0,
         }
+    }
+
+    /// Sets how many threads the module's methods use (0: one per physical core). Loaded
+    /// methods switch to the new pool too.
+    ///
+    /// ```no_run
+    /// let mut module = ptero::Module::from_file("model.pte")?;
+    /// module.set_threads(1)?; // single-threaded
+    /// # Ok::<(), ptero::Error>(())
+    /// ```
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), Error> {
+        self.threads = threads;
+        self.pool = None;
+        let pool = self.pool();
+        for m in self.methods.values_mut() {
+            m.set_parallel(pool.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Threads the module's methods use.
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.threads(),
+            None if self.threads == 0 => default_threads(),
+            None => self.threads,
+        }
+    }
+
+    fn pool(&mut self) -> Option<Arc<dyn Parallel + Send + Sync>> {
+        let n = if self.threads == 0 {
+            default_threads()
+        } else {
+            self.threads
+        };
+        if n <= 1 {
+            return None;
+        }
+        if self.pool.is_none() {
+            self.pool = Some(Arc::new(ThreadPool::new(n)));
+        }
+        self.pool.clone()
     }
 
     /// Sets what stops a running method early, for every method, loaded or not: a
@@ -172,6 +236,8 @@ impl Module {
                 self.limits,
             )?;
             m.set_interrupt(self.interrupt.clone());
+            let pool = self.pool();
+            m.set_parallel(pool)?;
             self.methods.insert(name.to_string(), m);
         }
         self.methods

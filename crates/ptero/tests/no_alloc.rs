@@ -1,24 +1,28 @@
-//! Once a method is loaded and its inputs are set, `execute` must not allocate.
+//! Once a method is loaded and its inputs are set, `execute` must not allocate, on any
+//! thread: the counter is global, so allocations by the pool's workers count too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use ptero::{npy, EValue, Program};
 
 struct Counting;
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: forwards to the system allocator; only adds a thread-local counter.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -27,16 +31,12 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -45,7 +45,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn allocations_during_execute(fixture: &str) -> usize {
+fn allocations_during_execute(fixture: &str, threads: usize) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(fixture);
@@ -57,6 +57,10 @@ fn allocations_during_execute(fixture: &str) -> usize {
             &ptero::default_backends(),
         )
         .unwrap();
+    if threads > 1 {
+        m.set_parallel(Some(Arc::new(ptero::ThreadPool::new(threads))))
+            .unwrap();
+    }
     let mut inputs = Vec::new();
     for i in 0.. {
         let p = dir.join(format!("run0_in{i}.npy"));
@@ -69,12 +73,12 @@ fn allocations_during_execute(fixture: &str) -> usize {
     m.execute().unwrap();
     // Planned memory may reuse input buffers for activations: set the inputs again.
     m.set_inputs(&inputs).unwrap();
-    COUNTING.with(|c| c.set(true));
-    ALLOCATIONS.with(|a| a.set(0));
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
     let r = m.execute();
-    COUNTING.with(|c| c.set(false));
+    COUNTING.store(false, Ordering::SeqCst);
     r.unwrap();
-    ALLOCATIONS.with(|a| a.get())
+    ALLOCATIONS.load(Ordering::SeqCst)
 }
 
 #[test]
@@ -87,10 +91,12 @@ fn execute_does_not_allocate() {
         "tiny_llama",
         "mobilenet_v2",
     ] {
-        assert_eq!(
-            allocations_during_execute(fixture),
-            0,
-            "{fixture}: execute allocated"
-        );
+        for threads in [1, 2, 3] {
+            assert_eq!(
+                allocations_during_execute(fixture, threads),
+                0,
+                "{fixture}, {threads} threads: execute allocated"
+            );
+        }
     }
 }

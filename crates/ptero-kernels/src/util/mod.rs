@@ -4,6 +4,7 @@
 pub mod copy;
 mod elem_io;
 pub mod elementwise;
+pub mod gemm;
 pub mod inline_vec;
 mod strided;
 pub mod unary;
