@@ -2,12 +2,14 @@
 """Time the official ExecuTorch runtime on a .pte: the rival of `ptero bench`.
 
     .venv-ref/bin/python python/time_ref.py MODEL.pte [--method NAME] [--input a.npy ...] \
-        [--iterations N] [--warmup W] [--json]
+        [--iterations N] [--warmup W] [--threads T] [--json]
 
 Prints the same keys as `ptero bench --json`: load_ms, min_ms, median_ms, p90_ms,
 peak_rss_mb (this process, so it includes Python and torch), plus rss_delta_mb (growth
 of resident memory across loading and running the program: the runtime's own share).
 Without inputs, float inputs are filled with the same deterministic pattern as `ptero`.
+--threads T resizes the runtime's shared threadpool (XNNPACK and the optimized kernels use
+it) with `_unsafe_reset_threadpool(T)`; without it the runtime's default size is kept.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--input", action="append", default=[])
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="threadpool size (default: runtime's own)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -59,6 +62,10 @@ def main(argv=None) -> int:
     dtypes = {6: np.float32, 7: np.float64, 4: np.int64, 3: np.int32, 11: np.bool_, 5: np.float16,
               0: np.uint8, 1: np.int8, 2: np.int16}
     runtime = Runtime.get()
+    if args.threads is not None:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(args.threads)
     rss0 = rss_mb()
     data = Path(args.model).read_bytes()
     t0 = time.perf_counter()
@@ -95,6 +102,8 @@ def main(argv=None) -> int:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_delta_mb": rss_mb() - rss0,
     }
+    if args.threads is not None:
+        out["threads"] = args.threads
     if args.json:
         print(json.dumps(out))
     else:

@@ -29,7 +29,7 @@ fn span(sizes: &[usize], strides: &[usize]) -> Option<usize> {
 }
 
 /// True when no two elements of the strided layout share memory.
-fn no_overlap(dims: &mut [(usize, usize)]) -> bool {
+pub(crate) fn no_overlap(dims: &mut [(usize, usize)]) -> bool {
     dims.sort_unstable_by_key(|&(_, st)| st);
     let mut reach = 0usize;
     for &(n, st) in dims.iter() {
@@ -204,13 +204,13 @@ pub fn gemm_batched(
         // SAFETY: the elements of entry `idx` are inside the output (`check_in`), distinct
         // from each other and from every other entry's (`no_overlap`), and the output is
         // borrowed mutably for this whole call.
-        unsafe { gemm_out(inner, arena, ae, be, ce, &Epilogue { bias, ..*epi }) }
+        unsafe { gemm_out(inner, arena, None, ae, be, ce, &Epilogue { bias, ..*epi }) }
     };
     let macs = m.saturating_mul(n).saturating_mul(k);
     let threads = par.threads();
     if threads > 1 && entries >= threads && macs < 8 * PAR_MIN_MACS {
         let failed = core::sync::atomic::AtomicBool::new(false);
-        let first_err = spin_mutex::Slot::new();
+        let first_err = FirstError::new();
         par.run(entries, &|i| {
             if failed.load(core::sync::atomic::Ordering::Relaxed) {
                 return;
@@ -231,6 +231,8 @@ pub fn gemm_batched(
         Ok(())
     }
 }
+
+pub(crate) use spin_mutex::Slot as FirstError;
 
 /// A one-value slot written by whichever task fails first.
 mod spin_mutex {

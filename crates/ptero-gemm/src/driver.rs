@@ -97,10 +97,11 @@ pub fn gemm(
     };
     // SAFETY: `MatMut::new` checked that the output's extent fits `c.data` and that its
     // elements do not alias; `c` is borrowed mutably for the whole call.
-    unsafe { gemm_out(par, arena, a, b, out, epi) }
+    unsafe { gemm_out(par, arena, None, a, b, out, epi) }
 }
 
-/// [`gemm`] into a raw output.
+/// [`gemm`] into a raw output. With `buf`, runs on the calling thread and packs into
+/// `buf` (callers that already hold a slot of the arena pass the rest of it).
 ///
 /// # Safety
 /// Every element `(i, j)` of `c` (`ptr + i * rs + j * cs`) must be valid for writes,
@@ -108,6 +109,7 @@ pub fn gemm(
 pub(crate) unsafe fn gemm_out(
     par: &dyn Parallel,
     arena: Option<&SlotArena>,
+    buf: Option<&mut [f32]>,
     a: Lhs<'_>,
     b: Rhs<'_>,
     c: COut,
@@ -165,7 +167,11 @@ pub(crate) unsafe fn gemm_out(
         return Err(GemmError::LevelMismatch);
     }
     let macs = m.saturating_mul(n).saturating_mul(k);
-    let par: &dyn Parallel = if macs < PAR_MIN_MACS { &Serial } else { par };
+    let par: &dyn Parallel = if macs < PAR_MIN_MACS || buf.is_some() {
+        &Serial
+    } else {
+        par
+    };
     let e = Epi {
         alpha: epi.alpha,
         beta: epi.beta,
@@ -216,6 +222,21 @@ pub(crate) unsafe fn gemm_out(
         nb,
     };
     let need = ctx.scratch_need();
+    if let Some(buf) = buf {
+        if buf.len() >= need {
+            for t in 0..mb * nb {
+                dispatch_at(
+                    level,
+                    Task {
+                        ctx: &ctx,
+                        t,
+                        buf: &mut buf[..need],
+                    },
+                );
+            }
+            return Ok(());
+        }
+    }
     let task = |t: usize| {
         let run = |buf: &mut [f32]| dispatch_at(level, Task { ctx: &ctx, t, buf });
         if need == 0 {

@@ -35,13 +35,15 @@
 extern crate alloc;
 
 mod batch;
+mod conv;
 mod driver;
 mod gemv;
 mod kernel;
 mod mat;
 mod pack;
 
-pub use batch::{gemm_batched, Batch};
+pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};
+pub use conv::{conv2d, conv_scratch_floats, Conv2d, ConvWeights, Image, ImageMut, PackedConv};
 pub use driver::{gemm, scratch_floats};
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB};

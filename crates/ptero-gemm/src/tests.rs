@@ -230,3 +230,196 @@ fn errors_instead_of_panics() {
     );
     assert!(r.is_err());
 }
+
+mod conv {
+    use super::*;
+    use crate::{conv2d, Conv2d, ConvWeights, Image, ImageMut, PackedConv};
+
+    fn reference(g: &Conv2d, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Activation) -> Vec<f64> {
+        let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
+        let mut out = vec![0.0f64; g.n * g.cout * g.oh * g.ow];
+        for n in 0..g.n {
+            for oc in 0..g.cout {
+                let grp = oc / cout_g;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = b.map_or(0.0, |b| b[oc] as f64);
+                        for icl in 0..cin_g {
+                            let ic = grp * cin_g + icl;
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize
+                                        - g.pad[0] as isize;
+                                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize
+                                        - g.pad[1] as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= g.ih as isize
+                                        || ix >= g.iw as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.cin + ic) * g.ih + iy as usize) * g.iw
+                                        + ix as usize];
+                                    let wv = w[((oc * cin_g + icl) * g.kh + ky) * g.kw + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        acc = match act {
+                            Activation::None => acc,
+                            Activation::Relu => acc.max(0.0),
+                            Activation::Clamp(lo, hi) => acc.max(lo as f64).min(hi as f64),
+                        };
+                        out[((n * g.cout + oc) * g.oh + oy) * g.ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn geo(
+        n: usize,
+        cin: usize,
+        cout: usize,
+        groups: usize,
+        (ih, iw): (usize, usize),
+        (kh, kw): (usize, usize),
+        s: usize,
+        p: usize,
+        d: usize,
+    ) -> Conv2d {
+        let o = |i: usize, k: usize| (i + 2 * p - d * (k - 1) - 1) / s + 1;
+        Conv2d {
+            n,
+            cin,
+            cout,
+            groups,
+            ih,
+            iw,
+            oh: o(ih, kh),
+            ow: o(iw, kw),
+            kh,
+            kw,
+            stride: [s, s],
+            pad: [p, p],
+            dilation: [d, d],
+        }
+    }
+
+    #[test]
+    fn convolutions_at_every_level() {
+        let _g = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = ptero_simd::level();
+        let pool = ThreadPool::new(3);
+        let arena = SlotArena::new(4, crate::conv_scratch_floats()).unwrap();
+        let geos = [
+            geo(1, 3, 8, 1, (9, 11), (3, 3), 1, 1, 1),
+            geo(2, 4, 6, 2, (7, 7), (3, 3), 2, 1, 1),
+            geo(1, 16, 16, 16, (10, 9), (3, 3), 1, 1, 1),
+            geo(1, 8, 8, 8, (11, 11), (3, 3), 2, 1, 1),
+            geo(1, 6, 6, 6, (8, 8), (5, 5), 1, 2, 2),
+            geo(1, 24, 40, 1, (6, 6), (1, 1), 1, 0, 1),
+            geo(2, 8, 12, 4, (5, 6), (1, 1), 1, 0, 1),
+            geo(1, 4, 8, 1, (1, 50), (1, 5), 1, 2, 1),
+            geo(1, 4, 8, 4, (1, 50), (1, 3), 1, 1, 1),
+            geo(1, 3, 5, 1, (30, 30), (7, 7), 2, 3, 1),
+            geo(1, 4, 8, 4, (6, 6), (3, 3), 1, 1, 1),
+            geo(1, 1, 4, 1, (4, 4), (2, 2), 1, 0, 1),
+        ];
+        for l in levels() {
+            set_level(l).unwrap();
+            for g in &geos {
+                let cin_g = g.cin / g.groups;
+                let x = data(g.n * g.cin * g.ih * g.iw, 7);
+                let w = data(g.cout * cin_g * g.kh * g.kw, 8);
+                let b = data(g.cout, 9);
+                let cst = |c: usize, h: usize, ww: usize| [c * h * ww, h * ww, ww, 1];
+                // Channels-last strides too: [n, c, h, w] at n*HWC + h*WC + w*C + c.
+                let nhwc = |c: usize, h: usize, ww: usize| [c * h * ww, 1, ww * c, c];
+                for (act, bias) in [
+                    (Activation::None, None),
+                    (Activation::Relu, Some(&b[..])),
+                    (Activation::Clamp(-0.5, 0.5), Some(&b[..])),
+                ] {
+                    let want = reference(g, &x, &w, bias, act);
+                    for (layout, packed, par) in [
+                        ("nchw", false, &Serial as &dyn Parallel),
+                        ("nchw", true, &pool),
+                        ("nhwc-out", false, &pool),
+                        ("nhwc-in", true, &Serial),
+                    ] {
+                        let (xd, xs) = if layout == "nhwc-in" {
+                            let mut t = vec![0.0f32; x.len()];
+                            let st = nhwc(g.cin, g.ih, g.iw);
+                            for n in 0..g.n {
+                                for c in 0..g.cin {
+                                    for h in 0..g.ih {
+                                        for ww in 0..g.iw {
+                                            t[n * st[0] + c * st[1] + h * st[2] + ww * st[3]] =
+                                                x[((n * g.cin + c) * g.ih + h) * g.iw + ww];
+                                        }
+                                    }
+                                }
+                            }
+                            (t, st)
+                        } else {
+                            (x.clone(), cst(g.cin, g.ih, g.iw))
+                        };
+                        let os = if layout == "nhwc-out" {
+                            nhwc(g.cout, g.oh, g.ow)
+                        } else {
+                            cst(g.cout, g.oh, g.ow)
+                        };
+                        let wi = Image {
+                            data: &w,
+                            strides: cst(cin_g, g.kh, g.kw),
+                        };
+                        let pc = PackedConv::new(g, wi).unwrap();
+                        let weights = if packed && !(g.groups == g.cin && g.cout == g.cin) {
+                            ConvWeights::Packed(&pc)
+                        } else {
+                            ConvWeights::Image(wi)
+                        };
+                        let mut out = vec![f32::NAN; g.n * g.cout * g.oh * g.ow];
+                        conv2d(
+                            par,
+                            Some(&arena),
+                            g,
+                            Image {
+                                data: &xd,
+                                strides: xs,
+                            },
+                            weights,
+                            bias,
+                            ImageMut {
+                                data: &mut out,
+                                strides: os,
+                            },
+                            act,
+                        )
+                        .unwrap();
+                        for n in 0..g.n {
+                            for c in 0..g.cout {
+                                for y in 0..g.oh {
+                                    for xx in 0..g.ow {
+                                        let got =
+                                            out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
+                                        let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
+                                        assert!(
+                                            (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
+                                            "{l} {g:?} {layout} packed {packed} act {act:?}: ({n},{c},{y},{xx}) {got} vs {wv}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        set_level(before).unwrap();
+    }
+}

@@ -1,0 +1,647 @@
+//! 2-d convolution on the GEMM: pointwise convolutions multiply the input directly;
+//! others gather patches of the input into a column buffer (im2col), a block of output
+//! pixels at a time, and multiply that; depthwise convolutions have a direct kernel.
+//! Bias and activation are fused into the product's epilogue.
+
+use alloc::vec::Vec;
+
+use ptero_simd::{
+    dispatch_at, split_count, split_range, Parallel, Serial, Simd, SimdOp, SlotArena,
+};
+
+use crate::driver::{gemm_out, scratch_floats, COut, SyncPtr};
+use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA};
+
+/// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
+/// `K × pixels` fits.
+const COL_FLOATS: usize = 1 << 19;
+/// Fewest output pixels gathered per block.
+const MIN_COLS: usize = 16;
+
+/// f32 of scratch one thread needs for [`conv2d`]: a column block plus GEMM packing.
+pub fn conv_scratch_floats() -> usize {
+    COL_FLOATS + scratch_floats()
+}
+
+/// Geometry of a 2-d convolution (a 1-d one has `ih = oh = kh = 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub n: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub groups: usize,
+    pub ih: usize,
+    pub iw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl Conv2d {
+    fn cin_g(&self) -> usize {
+        self.cin / self.groups
+    }
+    fn cout_g(&self) -> usize {
+        self.cout / self.groups
+    }
+    /// Inner dimension of each group's product.
+    fn k(&self) -> usize {
+        self.cin_g() * self.kh * self.kw
+    }
+    fn is_depthwise(&self) -> bool {
+        self.groups == self.cin && self.cout == self.cin && self.groups > 1
+    }
+    fn check(&self) -> Result<(), GemmError> {
+        let bad = |what| {
+            Err(GemmError::Shape {
+                what,
+                expected: 0,
+                found: 0,
+            })
+        };
+        if self.groups == 0
+            || !self.cin.is_multiple_of(self.groups)
+            || !self.cout.is_multiple_of(self.groups)
+        {
+            return bad("convolution groups must divide the channels");
+        }
+        if self.stride.contains(&0) || self.dilation.contains(&0) {
+            return bad("convolution strides and dilations must be positive");
+        }
+        // Every coordinate the loops form must fit an isize.
+        for q in 0..2 {
+            let (o, k) = if q == 0 {
+                (self.oh, self.kh)
+            } else {
+                (self.ow, self.kw)
+            };
+            let far = o
+                .checked_mul(self.stride[q])
+                .and_then(|x| x.checked_add(k.checked_mul(self.dilation[q])?))
+                .and_then(|x| x.checked_add(self.pad[q]))
+                .and_then(|x| x.checked_add(self.ih.max(self.iw)));
+            if far.is_none_or(|f| f > isize::MAX as usize / 2) {
+                return Err(GemmError::Overflow);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A 4-d f32 tensor indexed `(n, c, h, w)`: element at `n*s[0] + c*s[1] + h*s[2] + w*s[3]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Image<'a> {
+    pub data: &'a [f32],
+    pub strides: [usize; 4],
+}
+
+/// A writable [`Image`].
+#[derive(Debug)]
+pub struct ImageMut<'a> {
+    pub data: &'a mut [f32],
+    pub strides: [usize; 4],
+}
+
+fn extent(sizes: [usize; 4], st: [usize; 4]) -> Option<usize> {
+    if sizes.contains(&0) {
+        return Some(0);
+    }
+    let mut e = 1usize;
+    for (n, s) in sizes.iter().zip(st) {
+        e = e.checked_add((n - 1).checked_mul(s)?)?;
+    }
+    Some(e)
+}
+
+fn check_extent(
+    what: &'static str,
+    len: usize,
+    sizes: [usize; 4],
+    st: [usize; 4],
+) -> Result<(), GemmError> {
+    let need = extent(sizes, st).ok_or(GemmError::Overflow)?;
+    if need > len {
+        return Err(GemmError::OutOfBounds {
+            operand: what,
+            needed: need,
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Weights `[cout, cin / groups, kh, kw]` packed once per group as the GEMM's left operand.
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    groups: Vec<PackedA>,
+    geo: Conv2d,
+}
+
+impl PackedConv {
+    /// Packs `w` for `geo` (any strides).
+    pub fn new(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
+        geo.check()?;
+        let (cout_g, cin_g) = (geo.cout_g(), geo.cin_g());
+        check_extent(
+            "weight",
+            w.data.len(),
+            [geo.cout, cin_g, geo.kh, geo.kw],
+            w.strides,
+        )?;
+        let k = geo.k();
+        let mut flat = Vec::new();
+        flat.try_reserve_exact(cout_g.checked_mul(k).ok_or(GemmError::Overflow)?)
+            .map_err(|_| GemmError::OutOfMemory {
+                bytes: cout_g.saturating_mul(k).saturating_mul(4),
+            })?;
+        let mut groups = Vec::with_capacity(geo.groups);
+        let [s0, s1, s2, s3] = w.strides;
+        for g in 0..geo.groups {
+            flat.clear();
+            for oc in g * cout_g..(g + 1) * cout_g {
+                for ic in 0..cin_g {
+                    for ky in 0..geo.kh {
+                        for kx in 0..geo.kw {
+                            flat.push(w.data[oc * s0 + ic * s1 + ky * s2 + kx * s3]);
+                        }
+                    }
+                }
+            }
+            groups.push(PackedA::new(MatRef::row_major(&flat, cout_g, k)?)?);
+        }
+        Ok(PackedConv { groups, geo: *geo })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.groups.iter().map(|g| g.bytes()).sum()
+    }
+}
+
+/// The weights of [`conv2d`].
+#[derive(Clone, Copy, Debug)]
+pub enum ConvWeights<'a> {
+    Packed(&'a PackedConv),
+    /// `[cout, cin / groups, kh, kw]`.
+    Image(Image<'a>),
+}
+
+/// `out = act(conv(x, w) + bias)`, NCHW-indexed views of any strides.
+///
+/// Unpacked weights that cannot be read as a matrix (`[cout, K]` with a constant stride
+/// along `K`) are packed on the fly, which allocates: pack constant weights once with
+/// [`PackedConv::new`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    geo: &Conv2d,
+    x: Image<'_>,
+    w: ConvWeights<'_>,
+    bias: Option<&[f32]>,
+    out: ImageMut<'_>,
+    act: Activation,
+) -> Result<(), GemmError> {
+    geo.check()?;
+    let g = *geo;
+    check_extent("input", x.data.len(), [g.n, g.cin, g.ih, g.iw], x.strides)?;
+    check_extent(
+        "output",
+        out.data.len(),
+        [g.n, g.cout, g.oh, g.ow],
+        out.strides,
+    )?;
+    let mut dims = [
+        (g.n, out.strides[0]),
+        (g.cout, out.strides[1]),
+        (g.oh, out.strides[2]),
+        (g.ow, out.strides[3]),
+    ];
+    if !crate::batch::no_overlap(&mut dims) {
+        return Err(GemmError::Aliasing);
+    }
+    if let Some(b) = bias {
+        if b.len() < g.cout {
+            return Err(GemmError::Shape {
+                what: "convolution bias length",
+                expected: g.cout,
+                found: b.len(),
+            });
+        }
+    }
+    if let ConvWeights::Packed(p) = w {
+        if p.geo.cout != g.cout
+            || p.geo.cin != g.cin
+            || p.geo.groups != g.groups
+            || p.geo.kh != g.kh
+            || p.geo.kw != g.kw
+        {
+            return Err(GemmError::Shape {
+                what: "packed convolution weights (geometry)",
+                expected: g.cout,
+                found: p.geo.cout,
+            });
+        }
+    }
+    if g.n == 0 || g.cout == 0 || g.oh == 0 || g.ow == 0 {
+        return Ok(());
+    }
+    let optr = SyncPtr(out.data.as_mut_ptr());
+    if let (true, ConvWeights::Image(wi)) = (g.is_depthwise(), w) {
+        check_extent("weight", wi.data.len(), [g.cout, 1, g.kh, g.kw], wi.strides)?;
+        // SAFETY: extents and the output's layout were checked above; `out` is borrowed
+        // mutably for the call.
+        unsafe { depthwise(par, &g, x, wi, bias, optr, out.strides, act) };
+        return Ok(());
+    }
+    let owned;
+    let packed = match w {
+        ConvWeights::Packed(p) => p,
+        ConvWeights::Image(wi) => {
+            owned = PackedConv::new(&g, wi)?;
+            &owned
+        }
+    };
+    // SAFETY: as above.
+    unsafe { grouped(par, arena, &g, x, packed, bias, optr, out.strides, act) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn grouped(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    g: &Conv2d,
+    x: Image<'_>,
+    w: &PackedConv,
+    bias: Option<&[f32]>,
+    out: SyncPtr,
+    os: [usize; 4],
+    act: Activation,
+) -> Result<(), GemmError> {
+    let (cin_g, cout_g, k) = (g.cin_g(), g.cout_g(), g.k());
+    let pixels = g.oh * g.ow;
+    let xs = x.strides;
+    let out_linear = g.oh == 1 || os[2] == g.ow * os[3];
+    let epi_for = |grp: usize| Epilogue {
+        alpha: 1.0,
+        beta: if bias.is_some() { 1.0 } else { 0.0 },
+        bias: match bias {
+            Some(b) => Bias::PerRow(&b[grp * cout_g..(grp + 1) * cout_g]),
+            None => Bias::None,
+        },
+        act,
+    };
+    let pointwise = g.kh == 1
+        && g.kw == 1
+        && g.stride == [1, 1]
+        && g.pad == [0, 0]
+        && out_linear
+        && (g.ih == 1 || xs[2] == g.iw * xs[3]);
+    if pointwise {
+        for n in 0..g.n {
+            for grp in 0..g.groups {
+                let xoff = n * xs[0] + grp * cin_g * xs[1];
+                let b = MatRef {
+                    data: &x.data[xoff..],
+                    rows: cin_g,
+                    cols: pixels,
+                    rs: xs[1],
+                    cs: xs[3],
+                };
+                let c = COut {
+                    // SAFETY: (n, grp * cout_g, 0, 0) is inside the checked output.
+                    ptr: SyncPtr(unsafe { out.get().add(n * os[0] + grp * cout_g * os[1]) }),
+                    rows: cout_g,
+                    cols: pixels,
+                    rs: os[1],
+                    cs: os[3],
+                };
+                // SAFETY: this group's outputs lie inside the checked, non-aliasing output.
+                unsafe {
+                    gemm_out(
+                        par,
+                        arena,
+                        None,
+                        Lhs::Packed(&w.groups[grp]),
+                        crate::Rhs::Mat(b),
+                        c,
+                        &epi_for(grp),
+                    )?
+                };
+            }
+        }
+        return Ok(());
+    }
+    // Blocks of output pixels (within one row unless the output is pixel-linear).
+    let span = if out_linear { pixels } else { g.ow };
+    let cols = (COL_FLOATS / k.max(1)).max(MIN_COLS) / MIN_COLS * MIN_COLS;
+    let cols = cols.min(span);
+    let blocks_per_span = span.div_ceil(cols);
+    let spans = pixels / span;
+    let per_image = spans * blocks_per_span;
+    let tasks = g.n * g.groups * per_image;
+    let need = k * cols + scratch_floats();
+    let err = crate::batch::FirstError::new();
+    let task = |t: usize| {
+        let n = t / (g.groups * per_image);
+        let grp = t / per_image % g.groups;
+        let r = t % per_image;
+        let (sp, blk) = (r / blocks_per_span, r % blocks_per_span);
+        let p0 = sp * span + blk * cols;
+        let nc = cols.min(sp * span + span - p0);
+        let run = |buf: &mut [f32]| {
+            let (col, rest) = buf.split_at_mut(k * nc);
+            im2col(g, x, n, grp, p0, nc, col);
+            let (oy, ox) = (p0 / g.ow, p0 % g.ow);
+            let c = COut {
+                // SAFETY: pixel (oy, ox) of channel grp * cout_g of image n is inside the
+                // checked output.
+                ptr: SyncPtr(unsafe {
+                    out.get()
+                        .add(n * os[0] + grp * cout_g * os[1] + oy * os[2] + ox * os[3])
+                }),
+                rows: cout_g,
+                cols: nc,
+                rs: os[1],
+                cs: os[3],
+            };
+            let b = MatRef {
+                data: col,
+                rows: k,
+                cols: nc,
+                rs: nc,
+                cs: 1,
+            };
+            // SAFETY: this block's outputs (its pixels, this group's channels) are written
+            // by this task only, inside the checked, non-aliasing output.
+            let r = unsafe {
+                gemm_out(
+                    &Serial,
+                    None,
+                    Some(rest),
+                    Lhs::Packed(&w.groups[grp]),
+                    crate::Rhs::Mat(b),
+                    c,
+                    &epi_for(grp),
+                )
+            };
+            if let Err(e) = r {
+                err.set(e);
+            }
+        };
+        if arena.and_then(|a| a.with(need, |b| run(b))).is_none() {
+            let mut own = Vec::new();
+            if own.try_reserve_exact(need).is_err() {
+                err.set(GemmError::OutOfMemory { bytes: need * 4 });
+                return;
+            }
+            own.resize(need, 0.0);
+            run(&mut own);
+        }
+    };
+    par.run(tasks, &task);
+    match err.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Gathers the patches of `nc` output pixels from `p0` (row-major over `oh × ow`) of image
+/// `n`, group `grp`, into `col` (`K × nc`, row-major; padding reads as 0).
+fn im2col(g: &Conv2d, x: Image<'_>, n: usize, grp: usize, p0: usize, nc: usize, col: &mut [f32]) {
+    let xs = x.strides;
+    let base = n * xs[0] + grp * g.cin_g() * xs[1];
+    let mut row = 0;
+    for ic in 0..g.cin_g() {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let dst = &mut col[row * nc..(row + 1) * nc];
+                row += 1;
+                let offy = (ky * g.dilation[0]) as isize - g.pad[0] as isize;
+                let offx = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
+                let mut j = 0;
+                while j < nc {
+                    let p = p0 + j;
+                    let (oy, ox) = (p / g.ow, p % g.ow);
+                    let run = (g.ow - ox).min(nc - j);
+                    let seg = &mut dst[j..j + run];
+                    let iy = (oy * g.stride[0]) as isize + offy;
+                    if iy < 0 || iy >= g.ih as isize {
+                        seg.fill(0.0);
+                    } else {
+                        let rbase = base + ic * xs[1] + iy as usize * xs[2];
+                        let sx = g.stride[1] as isize;
+                        for (t, d) in seg.iter_mut().enumerate() {
+                            let ix = (ox + t) as isize * sx + offx;
+                            *d = if ix < 0 || ix >= g.iw as isize {
+                                0.0
+                            } else {
+                                x.data[rbase + ix as usize * xs[3]]
+                            };
+                        }
+                    }
+                    j += run;
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise: every channel convolved with its own `kh × kw` filter, planes split over
+/// threads.
+///
+/// # Safety
+/// `out` with strides `os` must be valid, non-aliasing and exclusive for the whole
+/// `[n, cout, oh, ow]` output.
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise(
+    par: &dyn Parallel,
+    g: &Conv2d,
+    x: Image<'_>,
+    w: Image<'_>,
+    bias: Option<&[f32]>,
+    out: SyncPtr,
+    os: [usize; 4],
+    act: Activation,
+) {
+    let planes = g.n * g.cout;
+    let work = planes * g.oh * g.ow * g.kh * g.kw;
+    let parts = if work < crate::driver::PAR_MIN_MACS {
+        1
+    } else {
+        4 * par.threads()
+    };
+    let chunks = split_count(planes, parts, 1);
+    let level = ptero_simd::level();
+    par.run(chunks, &|t| {
+        for plane in split_range(planes, chunks, 1, t) {
+            let (n, c) = (plane / g.cout, plane % g.cout);
+            dispatch_at(
+                level,
+                DwPlane {
+                    g,
+                    x,
+                    w,
+                    bias: bias.map_or(0.0, |b| b[c]),
+                    n,
+                    c,
+                    out,
+                    os,
+                    act,
+                },
+            );
+        }
+    });
+}
+
+struct DwPlane<'a> {
+    g: &'a Conv2d,
+    x: Image<'a>,
+    w: Image<'a>,
+    bias: f32,
+    n: usize,
+    c: usize,
+    out: SyncPtr,
+    os: [usize; 4],
+    act: Activation,
+}
+
+impl SimdOp for DwPlane<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let g = self.g;
+        let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
+        let xbase = self.n * xs[0] + self.c * xs[1];
+        let obase = self.n * os[0] + self.c * os[1];
+        let wbase = self.c * ws[0];
+        // Contiguous rows, unit stride along w: whole-row vector updates.
+        let fast = os[3] == 1 && xs[3] == 1 && g.stride[1] == 1;
+        for oy in 0..g.oh {
+            // SAFETY: row oy of plane (n, c) is inside the checked output and this task is
+            // the only writer of the plane; with os[3] == 1 its ow values are contiguous.
+            let orow = unsafe { out_row(self.out, obase + oy * os[2], g.ow, os[3]) };
+            match orow {
+                Row::Contig(o) => o.fill(self.bias),
+                Row::Strided(p, st) => {
+                    for ox in 0..g.ow {
+                        // SAFETY: element ox of the row (see above).
+                        unsafe { *p.add(ox * st) = self.bias };
+                    }
+                }
+            }
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
+                if iy < 0 || iy >= g.ih as isize {
+                    continue;
+                }
+                let xrow = xbase + iy as usize * xs[2];
+                for kx in 0..g.kw {
+                    let wv = self.w.data[wbase + ky * ws[2] + kx * ws[3]];
+                    let offx = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
+                    // Output columns whose input column is inside the row.
+                    let sx = g.stride[1] as isize;
+                    let lo = if offx < 0 { ((-offx) + sx - 1) / sx } else { 0 } as usize;
+                    let hi = if (g.iw as isize) - offx <= 0 {
+                        0
+                    } else {
+                        (((g.iw as isize - 1 - offx) / sx + 1) as usize).min(g.ow)
+                    };
+                    if hi <= lo {
+                        continue;
+                    }
+                    if fast {
+                        // SAFETY: as above; contiguous because os[3] == 1.
+                        let o = unsafe {
+                            core::slice::from_raw_parts_mut(
+                                self.out.get().add(obase + oy * os[2] + lo),
+                                hi - lo,
+                            )
+                        };
+                        let start = (xrow as isize + lo as isize + offx) as usize;
+                        let xi = &self.x.data[start..start + (hi - lo)];
+                        axpy(s, wv, xi, o);
+                    } else {
+                        for ox in lo..hi {
+                            let ix = (ox as isize * sx + offx) as usize;
+                            let v = self.x.data[xrow + ix * xs[3]];
+                            // SAFETY: element (oy, ox) of this task's plane.
+                            unsafe {
+                                *self.out.get().add(obase + oy * os[2] + ox * os[3]) += wv * v
+                            };
+                        }
+                    }
+                }
+            }
+            if self.act != Activation::None {
+                // SAFETY: as above.
+                let orow = unsafe { out_row(self.out, obase + oy * os[2], g.ow, os[3]) };
+                let f = |v: f32| match self.act {
+                    Activation::Relu => {
+                        if v < 0.0 {
+                            0.0
+                        } else {
+                            v
+                        }
+                    }
+                    Activation::Clamp(lo, hi) => {
+                        let v = if v < lo { lo } else { v };
+                        if v > hi {
+                            hi
+                        } else {
+                            v
+                        }
+                    }
+                    Activation::None => v,
+                };
+                match orow {
+                    Row::Contig(o) => o.iter_mut().for_each(|v| *v = f(*v)),
+                    Row::Strided(p, st) => {
+                        for ox in 0..g.ow {
+                            // SAFETY: element ox of the row.
+                            unsafe { *p.add(ox * st) = f(*p.add(ox * st)) };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Row<'a> {
+    Contig(&'a mut [f32]),
+    Strided(*mut f32, usize),
+}
+
+/// # Safety
+/// The `len` elements `p + off + i * st` must be valid and exclusive to the caller.
+unsafe fn out_row<'a>(p: SyncPtr, off: usize, len: usize, st: usize) -> Row<'a> {
+    // SAFETY: per the contract.
+    unsafe {
+        if st == 1 {
+            Row::Contig(core::slice::from_raw_parts_mut(p.get().add(off), len))
+        } else {
+            Row::Strided(p.get().add(off), st)
+        }
+    }
+}
+
+#[inline(always)]
+fn axpy<S: Simd>(s: S, a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = s.splat(a);
+    let mut i = 0;
+    while i + S::LANES <= n {
+        let v = s.mul_add(s.load(&x[i..]), av, s.load(&y[i..]));
+        s.store(&mut y[i..], v);
+        i += S::LANES;
+    }
+    if i < n {
+        let v = s.mul_add(s.load_part(&x[i..n]), av, s.load_part(&y[i..n]));
+        s.store_part(&mut y[i..n], v);
+    }
+}
