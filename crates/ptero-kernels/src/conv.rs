@@ -809,7 +809,7 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
         return Ok(p);
     }
     let groups = a.int(8)?;
-    let (ws, wst) = as4(w.sizes(), &w.strides());
+    let (ws, wst) = as4(w.sizes(), w.strides());
     let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     let Some(cin) = usize::try_from(groups)
         .ok()
