@@ -182,6 +182,10 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// After timing, run the iterations again timing every operator, and print the
+        /// time per operator (JSON: a "profile" list).
+        #[arg(long)]
+        profile: bool,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -259,14 +263,15 @@ fn run_command(cli: Cli) -> ExitCode {
             iterations,
             warmup,
             json,
+            profile,
             load,
         } => bench(
             &model,
             method.as_deref(),
             &inputs,
-            iterations,
-            warmup,
+            (iterations, warmup),
             json,
+            profile,
             &load,
         ),
     };
@@ -656,9 +661,9 @@ fn bench(
     model: &Path,
     method: Option<&str>,
     inputs: &[PathBuf],
-    iterations: u32,
-    warmup: u32,
+    (iterations, warmup): (u32, u32),
     json: bool,
+    profile: bool,
     load_args: &LoadArgs,
 ) -> Result<(), Error> {
     // Load time: reading the program and preparing the method, as the official
@@ -686,6 +691,16 @@ fn bench(
     let (min, median, p90) = (times[0], pct(0.5), pct(0.9));
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let rss = peak_rss_mb();
+    let ops = if profile {
+        let mut p = OpProfile::default();
+        for _ in 0..iterations.max(1) {
+            m.set_inputs(&values)?;
+            m.execute_observed(&mut p)?;
+        }
+        p.rows(iterations.max(1))
+    } else {
+        Vec::new()
+    };
     if json {
         let o = serde_json::json!({
             "model": model.display().to_string(),
@@ -700,6 +715,14 @@ fn bench(
             "threads": threads,
             "peak_rss_mb": rss,
         });
+        let mut o = o;
+        if profile {
+            o["profile"] = serde_json::Value::Array(
+                ops.iter()
+                    .map(|r| serde_json::json!({"op": r.0, "calls": r.1, "ms_per_run": r.2}))
+                    .collect(),
+            );
+        }
         outln!("{o}");
     } else {
         outln!("model       {}", model.display());
@@ -715,6 +738,59 @@ fn bench(
         outln!("     median {median:>10.3} ms");
         outln!("        p90 {p90:>10.3} ms");
         outln!("peak RSS    {rss:>10.1} MiB");
+        if profile {
+            let total: f64 = ops.iter().map(|r| r.2).sum();
+            outln!("");
+            outln!(
+                "{:<44} {:>7} {:>11} {:>7}",
+                "operator",
+                "calls",
+                "ms per run",
+                "share"
+            );
+            for (op, calls, ms) in &ops {
+                outln!(
+                    "{op:<44} {calls:>7} {ms:>11.3} {:>6.1}%",
+                    100.0 * ms / total.max(1e-12)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// Time per operator over observed runs.
+#[derive(Default)]
+struct OpProfile {
+    start: Option<Instant>,
+    /// Operator name, calls, total seconds.
+    by_op: Vec<(String, u64, f64)>,
+}
+
+impl ptero::Observer for OpProfile {
+    fn begin(&mut self, _chain: usize, _pc: usize) {
+        self.start = Some(Instant::now());
+    }
+    fn end(&mut self, _chain: usize, _pc: usize, name: &str) {
+        let dt = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        match self.by_op.iter_mut().find(|r| r.0 == name) {
+            Some(r) => {
+                r.1 += 1;
+                r.2 += dt;
+            }
+            None => self.by_op.push((name.to_string(), 1, dt)),
+        }
+    }
+}
+
+impl OpProfile {
+    /// (operator, calls per run, ms per run), slowest first.
+    fn rows(mut self, runs: u32) -> Vec<(String, u64, f64)> {
+        let runs = runs.max(1);
+        self.by_op.sort_by(|a, b| b.2.total_cmp(&a.2));
+        self.by_op
+            .into_iter()
+            .map(|(op, calls, s)| (op, calls / runs as u64, s * 1e3 / runs as f64))
+            .collect()
+    }
 }

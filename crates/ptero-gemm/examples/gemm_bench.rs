@@ -69,7 +69,10 @@ fn main() {
             let pool = ThreadPool::new(t);
             let arena = SlotArena::new(t, ptero_gemm::scratch_floats()).unwrap();
             let par: &dyn Parallel = &pool;
-            for (label, rhs) in [("packed", Rhs::Packed(&packed)), ("plain", Rhs::Mat(bm))] {
+            for (label, rhs) in [
+                ("packed", Rhs::Packed(packed.view())),
+                ("plain", Rhs::Mat(bm)),
+            ] {
                 if m == 1 && label == "packed" {
                     continue;
                 }

@@ -10,13 +10,13 @@ use ptero_simd::{
 };
 
 use crate::driver::{gemm_out, scratch_floats, COut, SyncPtr};
-use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA};
+use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
 /// `K × pixels` fits.
 const COL_FLOATS: usize = 1 << 19;
 /// Fewest output pixels gathered per block.
-const MIN_COLS: usize = 16;
+const MIN_COLS: usize = 32;
 
 /// f32 of scratch one thread needs for [`conv2d`]: a column block plus GEMM packing.
 pub fn conv_scratch_floats() -> usize {
@@ -336,7 +336,10 @@ unsafe fn grouped(
         }
         return Ok(());
     }
-    // Blocks of output pixels (within one row unless the output is pixel-linear).
+    // Blocks of output pixels (within one row unless the output is pixel-linear), gathered
+    // straight into the GEMM's packed layout for the right operand.
+    let level = w.groups[0].level();
+    let nr = PackedBRef::panel_width(level);
     let span = if out_linear { pixels } else { g.ow };
     let cols = (COL_FLOATS / k.max(1)).max(MIN_COLS) / MIN_COLS * MIN_COLS;
     let cols = cols.min(span);
@@ -344,7 +347,7 @@ unsafe fn grouped(
     let spans = pixels / span;
     let per_image = spans * blocks_per_span;
     let tasks = g.n * g.groups * per_image;
-    let need = k * cols + scratch_floats();
+    let need = cols.div_ceil(nr) * nr * k;
     let err = crate::batch::FirstError::new();
     let task = |t: usize| {
         let n = t / (g.groups * per_image);
@@ -354,8 +357,8 @@ unsafe fn grouped(
         let p0 = sp * span + blk * cols;
         let nc = cols.min(sp * span + span - p0);
         let run = |buf: &mut [f32]| {
-            let (col, rest) = buf.split_at_mut(k * nc);
-            im2col(g, x, n, grp, p0, nc, col);
+            let col = &mut buf[..nc.div_ceil(nr) * nr * k];
+            im2col_packed(g, x, n, grp, p0, nc, nr, col);
             let (oy, ox) = (p0 / g.ow, p0 % g.ow);
             let c = COut {
                 // SAFETY: pixel (oy, ox) of channel grp * cout_g of image n is inside the
@@ -369,26 +372,21 @@ unsafe fn grouped(
                 rs: os[1],
                 cs: os[3],
             };
-            let b = MatRef {
-                data: col,
-                rows: k,
-                cols: nc,
-                rs: nc,
-                cs: 1,
-            };
-            // SAFETY: this block's outputs (its pixels, this group's channels) are written
-            // by this task only, inside the checked, non-aliasing output.
-            let r = unsafe {
-                gemm_out(
-                    &Serial,
-                    None,
-                    Some(rest),
-                    Lhs::Packed(&w.groups[grp]),
-                    crate::Rhs::Mat(b),
-                    c,
-                    &epi_for(grp),
-                )
-            };
+            let r = PackedBRef::new(level, col, k, nc).and_then(|b| {
+                // SAFETY: this block's outputs (its pixels, this group's channels) are
+                // written by this task only, inside the checked, non-aliasing output.
+                unsafe {
+                    gemm_out(
+                        &Serial,
+                        None,
+                        None,
+                        Lhs::Packed(&w.groups[grp]),
+                        crate::Rhs::Packed(b),
+                        c,
+                        &epi_for(grp),
+                    )
+                }
+            });
             if let Err(e) = r {
                 err.set(e);
             }
@@ -411,37 +409,63 @@ unsafe fn grouped(
 }
 
 /// Gathers the patches of `nc` output pixels from `p0` (row-major over `oh × ow`) of image
-/// `n`, group `grp`, into `col` (`K × nc`, row-major; padding reads as 0).
-fn im2col(g: &Conv2d, x: Image<'_>, n: usize, grp: usize, p0: usize, nc: usize, col: &mut [f32]) {
+/// `n`, group `grp`, into `col` in the packed layout: panels of `nr` pixels, each `K`
+/// rows of `nr` values (padding and the columns past `nc` read as 0).
+#[allow(clippy::too_many_arguments)]
+fn im2col_packed(
+    g: &Conv2d,
+    x: Image<'_>,
+    n: usize,
+    grp: usize,
+    p0: usize,
+    nc: usize,
+    nr: usize,
+    col: &mut [f32],
+) {
     let xs = x.strides;
+    let k = g.k();
     let base = n * xs[0] + grp * g.cin_g() * xs[1];
+    if nc % nr != 0 {
+        // The last panel's unused columns must be zero.
+        let last = nc / nr;
+        col[last * nr * k..].fill(0.0);
+    }
     let mut row = 0;
     for ic in 0..g.cin_g() {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let dst = &mut col[row * nc..(row + 1) * nc];
+                let kidx = row;
                 row += 1;
                 let offy = (ky * g.dilation[0]) as isize - g.pad[0] as isize;
                 let offx = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
+                let sx = g.stride[1] as isize;
                 let mut j = 0;
                 while j < nc {
                     let p = p0 + j;
                     let (oy, ox) = (p / g.ow, p % g.ow);
                     let run = (g.ow - ox).min(nc - j);
-                    let seg = &mut dst[j..j + run];
                     let iy = (oy * g.stride[0]) as isize + offy;
-                    if iy < 0 || iy >= g.ih as isize {
-                        seg.fill(0.0);
+                    let inside = iy >= 0 && iy < g.ih as isize;
+                    let rbase = if inside {
+                        base + ic * xs[1] + iy as usize * xs[2]
                     } else {
-                        let rbase = base + ic * xs[1] + iy as usize * xs[2];
-                        let sx = g.stride[1] as isize;
-                        for (t, d) in seg.iter_mut().enumerate() {
-                            let ix = (ox + t) as isize * sx + offx;
-                            *d = if ix < 0 || ix >= g.iw as isize {
-                                0.0
-                            } else {
-                                x.data[rbase + ix as usize * xs[3]]
-                            };
+                        0
+                    };
+                    // Panel and lane of pixel j, stepped without a division per value.
+                    let (mut q, mut lane) = (j / nr, j % nr);
+                    let mut ix = ox as isize * sx + offx;
+                    for _ in 0..run {
+                        let v = if !inside || ix < 0 || ix >= g.iw as isize {
+                            0.0
+                        } else {
+                            x.data[rbase + ix as usize * xs[3]]
+                        };
+                        col[q * nr * k + kidx * nr + lane] = v;
+                        ix += sx;
+                        lane += 1;
+                        if lane == nr {
+                            lane = 0;
+                            q += 1;
                         }
                     }
                     j += run;

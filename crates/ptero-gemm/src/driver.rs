@@ -362,6 +362,7 @@ fn block<S: Simd, const MR: usize>(s: S, ctx: &Ctx<'_>, t: usize, buf: &mut [f32
             let bptr = match ctx.b {
                 Rhs::Packed(p) => {
                     let panel = c0 / nr;
+                    // `PackedBRef::new` / `PackedB::new` guaranteed panels * nr * k values.
                     p.data[panel * k * nr + k0 * nr..][..kc * nr].as_ptr()
                 }
                 Rhs::Mat(_) => bbuf[q * kc * nr..][..kc * nr].as_ptr(),

@@ -46,7 +46,7 @@ pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};
 pub use conv::{conv2d, conv_scratch_floats, Conv2d, ConvWeights, Image, ImageMut, PackedConv};
 pub use driver::{gemm, scratch_floats};
 pub use mat::{MatMut, MatRef};
-pub use pack::{PackedA, PackedB};
+pub use pack::{PackedA, PackedB, PackedBRef};
 
 /// The left operand: `M × K`.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +59,7 @@ pub enum Lhs<'a> {
 #[derive(Clone, Copy, Debug)]
 pub enum Rhs<'a> {
     Mat(MatRef<'a>),
-    Packed(&'a PackedB),
+    Packed(PackedBRef<'a>),
 }
 
 /// What is added (times `beta`) to the product.

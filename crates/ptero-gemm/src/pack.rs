@@ -181,6 +181,67 @@ impl PackedB {
     pub fn level(&self) -> Level {
         self.level
     }
+
+    /// A borrowed view, for [`Rhs::Packed`](crate::Rhs::Packed).
+    pub fn view(&self) -> PackedBRef<'_> {
+        PackedBRef {
+            data: &self.data,
+            k: self.k,
+            n: self.n,
+            nr: self.nr,
+            level: self.level,
+        }
+    }
+}
+
+/// A right operand in [`PackedB`]'s layout, borrowed: from a [`PackedB`], or written by
+/// the caller straight into a buffer (a convolution's patches, gathered in packed order).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedBRef<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) nr: usize,
+    pub(crate) level: Level,
+}
+
+impl<'a> PackedBRef<'a> {
+    /// Columns per panel of the layout for `level`.
+    pub fn panel_width(level: Level) -> usize {
+        geometry(level).1
+    }
+
+    /// A view of `data` holding a `k × n` operand packed for `level`: panels of
+    /// [`PackedBRef::panel_width`] columns, each `k` rows, columns past `n` zero.
+    pub fn new(level: Level, data: &'a [f32], k: usize, n: usize) -> Result<Self, GemmError> {
+        let nr = geometry(level).1;
+        let need = n
+            .div_ceil(nr)
+            .checked_mul(nr)
+            .and_then(|x| x.checked_mul(k))
+            .ok_or(GemmError::Overflow)?;
+        if data.len() < need {
+            return Err(GemmError::OutOfBounds {
+                operand: "packed right operand",
+                needed: need,
+                len: data.len(),
+            });
+        }
+        Ok(PackedBRef {
+            data,
+            k,
+            n,
+            nr,
+            level,
+        })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
 }
 
 /// The left-hand operand (`M × K`, e.g. convolution weights) packed once.

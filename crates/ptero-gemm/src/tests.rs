@@ -115,7 +115,7 @@ fn run_case(par: &dyn Parallel, arena: Option<&SlotArena>, c: &Case, packed: (bo
             None => Lhs::Mat(am),
         };
         let rhs = match &pb {
-            Some(p) => Rhs::Packed(p),
+            Some(p) => Rhs::Packed(p.view()),
             None => Rhs::Mat(bm),
         };
         gemm(

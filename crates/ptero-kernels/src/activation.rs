@@ -68,6 +68,9 @@ fn require_real(a: &KernelArgs<'_>, arg: usize) -> Result<ScalarType> {
 
 struct Relu;
 impl UnaryOp for Relu {
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        Some(ptero_simd::ops::Unary::Relu)
+    }
     fn name(&self) -> &'static str {
         "relu"
     }
@@ -108,6 +111,13 @@ struct Gelu {
     tanh: bool,
 }
 impl UnaryOp for Gelu {
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        Some(if self.tanh {
+            ptero_simd::ops::Unary::GeluTanh
+        } else {
+            ptero_simd::ops::Unary::Gelu
+        })
+    }
     fn name(&self) -> &'static str {
         "gelu"
     }
@@ -153,6 +163,9 @@ fn gelu_out(a: &mut KernelArgs<'_>) -> Result<()> {
 
 struct Silu;
 impl UnaryOp for Silu {
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        Some(ptero_simd::ops::Unary::Silu)
+    }
     fn name(&self) -> &'static str {
         "silu"
     }
@@ -168,6 +181,9 @@ impl UnaryOp for Silu {
 
 struct Hardswish;
 impl UnaryOp for Hardswish {
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        Some(ptero_simd::ops::Unary::Hardswish)
+    }
     fn name(&self) -> &'static str {
         "hardswish"
     }
@@ -183,6 +199,9 @@ impl UnaryOp for Hardswish {
 
 struct Hardsigmoid;
 impl UnaryOp for Hardsigmoid {
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        Some(ptero_simd::ops::Unary::Hardsigmoid)
+    }
     fn name(&self) -> &'static str {
         "hardsigmoid"
     }
@@ -241,6 +260,11 @@ impl Clamp {
 }
 
 impl UnaryOp for Clamp {
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        // NaN bounds make every result NaN: the scalar form handles that.
+        (!self.lo32.is_nan() && !self.hi32.is_nan())
+            .then_some(ptero_simd::ops::Unary::Clamp(self.lo32, self.hi32))
+    }
     fn name(&self) -> &'static str {
         "clamp"
     }

@@ -112,6 +112,7 @@ const ADD: BinaryFns = BinaryFns {
     int: Some(|a, b| Ok(a.wrapping_add(b))),
     boolean: Some(|a, b| a || b),
     f32: Some(|a, b| a + b),
+    simd: Some(ptero_simd::ops::Binary::Add),
 };
 const SUB: BinaryFns = BinaryFns {
     name: "sub",
@@ -119,6 +120,7 @@ const SUB: BinaryFns = BinaryFns {
     int: Some(|a, b| Ok(a.wrapping_sub(b))),
     boolean: None,
     f32: Some(|a, b| a - b),
+    simd: Some(ptero_simd::ops::Binary::Sub),
 };
 const MUL: BinaryFns = BinaryFns {
     name: "mul",
@@ -126,6 +128,7 @@ const MUL: BinaryFns = BinaryFns {
     int: Some(|a, b| Ok(a.wrapping_mul(b))),
     boolean: Some(|a, b| a && b),
     f32: Some(|a, b| a * b),
+    simd: Some(ptero_simd::ops::Binary::Mul),
 };
 const DIV: BinaryFns = BinaryFns {
     name: "div",
@@ -133,6 +136,7 @@ const DIV: BinaryFns = BinaryFns {
     int: None,
     boolean: None,
     f32: Some(|a, b| a / b),
+    simd: Some(ptero_simd::ops::Binary::Div),
 };
 const DIV_TRUNC: BinaryFns = BinaryFns {
     name: "div(trunc)",
@@ -146,6 +150,7 @@ const DIV_TRUNC: BinaryFns = BinaryFns {
     }),
     boolean: None,
     f32: None,
+    simd: None,
 };
 const DIV_FLOOR: BinaryFns = BinaryFns {
     name: "div(floor)",
@@ -153,6 +158,7 @@ const DIV_FLOOR: BinaryFns = BinaryFns {
     int: Some(floor_div_i),
     boolean: None,
     f32: None,
+    simd: None,
 };
 const REMAINDER: BinaryFns = BinaryFns {
     name: "remainder",
@@ -160,6 +166,7 @@ const REMAINDER: BinaryFns = BinaryFns {
     int: Some(remainder_i),
     boolean: None,
     f32: None,
+    simd: None,
 };
 const FMOD: BinaryFns = BinaryFns {
     name: "fmod",
@@ -173,6 +180,7 @@ const FMOD: BinaryFns = BinaryFns {
     }),
     boolean: None,
     f32: None,
+    simd: None,
 };
 /// f32 power with PyTorch's special cases for common scalar exponents (x*x, x*x*x,
 /// sqrt...), which are both faster and what PyTorch computes for them.
@@ -202,6 +210,7 @@ const POW: BinaryFns = BinaryFns {
     int: Some(pow_i),
     boolean: Some(|a, b| a || !b),
     f32: Some(pow_f32),
+    simd: None,
 };
 const MAXIMUM: BinaryFns = BinaryFns {
     name: "maximum",
@@ -215,6 +224,7 @@ const MAXIMUM: BinaryFns = BinaryFns {
             a.max(b)
         }
     }),
+    simd: Some(ptero_simd::ops::Binary::Maximum),
 };
 const MINIMUM: BinaryFns = BinaryFns {
     name: "minimum",
@@ -228,6 +238,7 @@ const MINIMUM: BinaryFns = BinaryFns {
             a.min(b)
         }
     }),
+    simd: Some(ptero_simd::ops::Binary::Minimum),
 };
 const ATAN2: BinaryFns = BinaryFns {
     name: "atan2",
@@ -235,6 +246,7 @@ const ATAN2: BinaryFns = BinaryFns {
     int: None,
     boolean: None,
     f32: None,
+    simd: None,
 };
 
 /// Compute kind for an arithmetic op writing `out`; checks the promoted input type can be

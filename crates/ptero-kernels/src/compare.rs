@@ -82,6 +82,7 @@ fn fns<R: Round, const OP: u8>() -> BinaryFns {
         int: Some(int_cmp::<OP>),
         boolean: Some(bool_cmp::<OP>),
         f32: None,
+        simd: None,
     }
 }
 

@@ -17,6 +17,7 @@ const LOGICAL_AND: BinaryFns = BinaryFns {
     int: None,
     boolean: Some(|a, b| a && b),
     f32: None,
+    simd: None,
 };
 const LOGICAL_OR: BinaryFns = BinaryFns {
     name: "logical_or",
@@ -24,6 +25,7 @@ const LOGICAL_OR: BinaryFns = BinaryFns {
     int: None,
     boolean: Some(|a, b| a || b),
     f32: None,
+    simd: None,
 };
 const LOGICAL_XOR: BinaryFns = BinaryFns {
     name: "logical_xor",
@@ -31,6 +33,7 @@ const LOGICAL_XOR: BinaryFns = BinaryFns {
     int: None,
     boolean: Some(|a, b| a != b),
     f32: None,
+    simd: None,
 };
 
 fn logical(a: &mut KernelArgs<'_>, fns: &BinaryFns) -> Result<()> {
@@ -61,6 +64,7 @@ const BITWISE_AND: BinaryFns = BinaryFns {
     int: Some(|a, b| Ok(a & b)),
     boolean: Some(|a, b| a & b),
     f32: None,
+    simd: None,
 };
 const BITWISE_OR: BinaryFns = BinaryFns {
     name: "bitwise_or",
@@ -68,6 +72,7 @@ const BITWISE_OR: BinaryFns = BinaryFns {
     int: Some(|a, b| Ok(a | b)),
     boolean: Some(|a, b| a | b),
     f32: None,
+    simd: None,
 };
 const BITWISE_XOR: BinaryFns = BinaryFns {
     name: "bitwise_xor",
@@ -75,6 +80,7 @@ const BITWISE_XOR: BinaryFns = BinaryFns {
     int: Some(|a, b| Ok(a ^ b)),
     boolean: Some(|a, b| a ^ b),
     f32: None,
+    simd: None,
 };
 
 /// Values are sign- or zero-extended to i64, so shifting in 64 bits and wrapping to the
@@ -101,6 +107,7 @@ const SHIFT_LEFT: BinaryFns = BinaryFns {
     int: Some(shl),
     boolean: None,
     f32: None,
+    simd: None,
 };
 const SHIFT_RIGHT: BinaryFns = BinaryFns {
     name: "bitwise_right_shift",
@@ -108,6 +115,7 @@ const SHIFT_RIGHT: BinaryFns = BinaryFns {
     int: Some(shr),
     boolean: None,
     f32: None,
+    simd: None,
 };
 
 /// Runs an integer op in the promoted dtype of `self` and argument 1 (tensor or scalar).

@@ -292,7 +292,7 @@ fn execute_f32(
     };
     let lhs = Lhs::Mat(mat(av, plan.a.off, m, k, plan.a.rs, plan.a.cs)?);
     let rhs = match packed {
-        Some(p) => Rhs::Packed(p),
+        Some(p) => Rhs::Packed(p.view()),
         None => Rhs::Mat(mat(bv, plan.b.off, k, n, plan.b.rs, plan.b.cs)?),
     };
     let bias = match biasv {

@@ -95,6 +95,13 @@ struct Span {
 fn dilated_span(o: usize, k: usize, s: usize, p: usize, d: usize, len: usize) -> Span {
     let (k, s, p, d) = (k as i128, s as i128, p as i128, d as i128);
     let start = o as i128 * s - p;
+    if d == 1 {
+        // No dilation: no i128 divisions (a library call each) per output.
+        let end = (start + k).min(len as i128);
+        let first = start.max(0);
+        let count = if first < end { (end - first) as u64 } else { 0 };
+        return Span { first, end, count };
+    }
     let end = (start + (k - 1) * d + 1).min(len as i128);
     // ATen's `while (start < 0) start += dilation`, in one step.
     let first = if start < 0 {
@@ -213,13 +220,51 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let (_, ost) = nchw(&shape, a.meta(6)?.strides());
     let (_, ist) = nchw(&shape, a.meta(7)?.strides());
     let xt = a.tensor(0)?;
-    let ot = a.out(6)?;
-    let it = a.out(7)?;
+    let mut ot = a.out(6)?;
+    let mut it = a.out(7)?;
     let is_float = dtype.is_float();
     // Windows can be as large as the input (a huge kernel with half of it as padding), so
     // the work is charged and the deadline polled as it goes.
     let mut meter = Meter::charging(a);
     let wd_i = wd as i128;
+    if dtype == ScalarType::Float {
+        // Typed slices: the generic loop below converts every element through f64.
+        let (x, o, idx): (&[f32], &mut [f32], &mut [i64]) = (xt.data()?, ot.data()?, it.data()?);
+        let oob = || Error::OutOfBounds("max_pool2d: view exceeds its tensor".into());
+        for ni in 0..n {
+            for ci in 0..c {
+                let xb = ni * xst[0] + ci * xst[1];
+                for oy in 0..oh {
+                    let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
+                    for ox in 0..ow {
+                        let xs = dilated_span(ox, w.k[1], w.s[1], w.p[1], w.d[1], wd);
+                        meter.add(ys.count.saturating_mul(xs.count).saturating_add(1))?;
+                        let mut best_i = ys.first * wd_i + xs.first;
+                        let mut best = f32::NEG_INFINITY;
+                        'win: for y in ys.iter(w.d[0]) {
+                            let row = xb + y * xst[2];
+                            for xx in xs.iter(w.d[1]) {
+                                let v = *x.get(row + xx * xst[3]).ok_or_else(oob)?;
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                    best_i = (y * wd + xx) as i128;
+                                    if v.is_nan() {
+                                        break 'win;
+                                    }
+                                }
+                            }
+                        }
+                        let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
+                        *o.get_mut(oo).ok_or_else(oob)? = best;
+                        let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
+                        *idx.get_mut(io).ok_or_else(oob)? =
+                            best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
     for ni in 0..n {
         for ci in 0..c {
             let xb = ni * xst[0] + ci * xst[1];

@@ -9,6 +9,7 @@
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
 
 use crate::util::unary::{float_result, unary, unary_pred, UnaryFns, UnaryOp};
+use ptero_simd::ops::Unary as V;
 
 fn is_unsigned(t: ScalarType) -> bool {
     use ScalarType::*;
@@ -16,7 +17,7 @@ fn is_unsigned(t: ScalarType) -> bool {
 }
 
 macro_rules! float_ops {
-    ($( $kname:ident, $name:literal, $f:expr, $f32:expr; )*) => {
+    ($( $kname:ident, $name:literal, $f:expr, $f32:expr, $simd:expr; )*) => {
         $(
             fn $kname(a: &mut KernelArgs<'_>) -> Result<()> {
                 const OP: UnaryFns = UnaryFns {
@@ -25,6 +26,7 @@ macro_rules! float_ops {
                     f32: $f32,
                     int: None,
                     boolean: None,
+                    simd: $simd,
                 };
                 a.expect_len(2)?;
                 let c = float_result(a.meta(0)?.dtype);
@@ -39,29 +41,29 @@ fn sigmoid_f(x: f64) -> f64 {
 }
 
 float_ops! {
-    exp_out, "exp", libm::exp, Some(libm::expf);
-    expm1_out, "expm1", libm::expm1, None;
-    log_out, "log", libm::log, None;
-    log2_out, "log2", libm::log2, None;
-    log10_out, "log10", libm::log10, None;
-    log1p_out, "log1p", libm::log1p, None;
-    sqrt_out, "sqrt", libm::sqrt, Some(libm::sqrtf);
-    rsqrt_out, "rsqrt", |x| 1.0 / libm::sqrt(x), Some(|x| 1.0 / libm::sqrtf(x));
-    reciprocal_out, "reciprocal", |x| 1.0 / x, Some(|x| 1.0 / x);
-    sin_out, "sin", libm::sin, None;
-    cos_out, "cos", libm::cos, None;
-    tan_out, "tan", libm::tan, None;
-    asin_out, "asin", libm::asin, None;
-    acos_out, "acos", libm::acos, None;
-    atan_out, "atan", libm::atan, None;
-    sinh_out, "sinh", libm::sinh, None;
-    cosh_out, "cosh", libm::cosh, None;
-    tanh_out, "tanh", libm::tanh, Some(libm::tanhf);
-    asinh_out, "asinh", libm::asinh, None;
-    acosh_out, "acosh", libm::acosh, None;
-    atanh_out, "atanh", libm::atanh, None;
-    erf_out, "erf", libm::erf, None;
-    sigmoid_out, "sigmoid", sigmoid_f, Some(|x| 1.0 / (1.0 + libm::expf(-x)));
+    exp_out, "exp", libm::exp, Some(libm::expf), Some(V::Exp);
+    expm1_out, "expm1", libm::expm1, None, None;
+    log_out, "log", libm::log, None, Some(V::Log);
+    log2_out, "log2", libm::log2, None, None;
+    log10_out, "log10", libm::log10, None, None;
+    log1p_out, "log1p", libm::log1p, None, None;
+    sqrt_out, "sqrt", libm::sqrt, Some(libm::sqrtf), Some(V::Sqrt);
+    rsqrt_out, "rsqrt", |x| 1.0 / libm::sqrt(x), Some(|x| 1.0 / libm::sqrtf(x)), Some(V::Rsqrt);
+    reciprocal_out, "reciprocal", |x| 1.0 / x, Some(|x| 1.0 / x), None;
+    sin_out, "sin", libm::sin, None, None;
+    cos_out, "cos", libm::cos, None, None;
+    tan_out, "tan", libm::tan, None, None;
+    asin_out, "asin", libm::asin, None, None;
+    acos_out, "acos", libm::acos, None, None;
+    atan_out, "atan", libm::atan, None, None;
+    sinh_out, "sinh", libm::sinh, None, None;
+    cosh_out, "cosh", libm::cosh, None, None;
+    tanh_out, "tanh", libm::tanh, Some(libm::tanhf), Some(V::Tanh);
+    asinh_out, "asinh", libm::asinh, None, None;
+    acosh_out, "acosh", libm::acosh, None, None;
+    atanh_out, "atanh", libm::atanh, None, None;
+    erf_out, "erf", libm::erf, None, Some(V::Erf);
+    sigmoid_out, "sigmoid", sigmoid_f, Some(|x| 1.0 / (1.0 + libm::expf(-x))), Some(V::Sigmoid);
 }
 
 /// Runs a dtype-preserving op: computed in the input's own arithmetic.
@@ -84,6 +86,7 @@ fn abs_out(a: &mut KernelArgs<'_>) -> Result<()> {
             |x: i64| x.wrapping_abs()
         }),
         boolean: None,
+        simd: Some(V::Abs),
     };
     same_dtype(a, &op)
 }
@@ -95,6 +98,7 @@ fn neg_out(a: &mut KernelArgs<'_>) -> Result<()> {
         f32: Some(|x| -x),
         int: Some(|x| x.wrapping_neg()),
         boolean: None,
+        simd: None,
     };
     same_dtype(a, &OP)
 }
@@ -110,6 +114,7 @@ macro_rules! rounding_ops {
                     f32: Some($f32),
                     int: Some(|x| x),
                     boolean: None,
+                    simd: None,
                 };
                 same_dtype(a, &OP)
             }
@@ -205,6 +210,7 @@ fn sign_out(a: &mut KernelArgs<'_>) -> Result<()> {
             |x: i64| x.signum()
         }),
         boolean: Some(|x| x),
+        simd: None,
     };
     same_dtype(a, &op)
 }
@@ -216,6 +222,7 @@ fn bitwise_not_out(a: &mut KernelArgs<'_>) -> Result<()> {
         f32: None,
         int: Some(|x| !x),
         boolean: Some(|x| !x),
+        simd: None,
     };
     a.expect_len(2)?;
     let xd = a.meta(0)?.dtype;

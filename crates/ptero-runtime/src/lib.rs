@@ -36,7 +36,7 @@ pub use evalue::{EValue, Tensor};
 #[cfg(feature = "std")]
 pub use limits::Deadline;
 pub use limits::{Limits, DEFAULT_MAX_MEMORY};
-pub use method::Method;
+pub use method::{Method, Observer};
 pub use method_meta::{IoMeta, MethodMeta, Tag, TensorInfo};
 pub use program::Program;
 

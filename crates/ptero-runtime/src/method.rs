@@ -47,6 +47,14 @@ pub struct Method {
     interrupt: Option<Arc<dyn Interrupt>>,
 }
 
+/// Told when each kernel or delegate call of [`Method::execute_observed`] starts and ends.
+pub trait Observer {
+    /// Instruction `pc` of chain `chain` is about to run.
+    fn begin(&mut self, chain: usize, pc: usize);
+    /// It finished; `name` is its operator (`aten::add.out`) or delegate id.
+    fn end(&mut self, chain: usize, pc: usize, name: &str);
+}
+
 struct InstrKernel {
     f: KernelFn,
     state: Option<Box<dyn Any + Send + Sync>>,
@@ -449,6 +457,16 @@ impl Method {
     /// Stops with an error when the instruction limit is reached, when a loop does more work
     /// than [`Limits`] allow, or when the interrupt set by [`Method::set_interrupt`] fires.
     pub fn execute(&mut self) -> Result<(), Error> {
+        self.run(None)
+    }
+
+    /// Like [`Method::execute`], telling `observer` when each kernel or delegate call
+    /// starts and ends (for profilers; moves, jumps and frees are not reported).
+    pub fn execute_observed(&mut self, observer: &mut dyn Observer) -> Result<(), Error> {
+        self.run(Some(observer))
+    }
+
+    fn run(&mut self, mut observer: Option<&mut dyn Observer>) -> Result<(), Error> {
         if let Some(i) = self.input_set.iter().position(|s| !s) {
             return Err(Error::Input {
                 index: i,
@@ -512,7 +530,13 @@ impl Method {
                         )
                         .with_context(ctx)
                         .with_state(k.state.as_deref());
+                        if let Some(o) = observer.as_deref_mut() {
+                            o.begin(c, at);
+                        }
                         let result = (k.f)(&mut ka);
+                        if let Some(o) = observer.as_deref_mut() {
+                            o.end(c, at, &self.plan.operators[op as usize]);
+                        }
                         work = work.saturating_add(ka.charged());
                         if let Err(e) = result {
                             return Err(self.exec_err(pc - 1, op, e));
@@ -528,7 +552,13 @@ impl Method {
                             &mut self.borrows,
                         )
                         .with_context(ctx);
+                        if let Some(o) = observer.as_deref_mut() {
+                            o.begin(c, at);
+                        }
                         let result = self.delegates[index as usize].execute(&mut ka);
+                        if let Some(o) = observer.as_deref_mut() {
+                            o.end(c, at, &self.plan.delegates[index as usize].id);
+                        }
                         work = work.saturating_add(ka.charged());
                         if let Err(source) = result {
                             return Err(Error::Execution {

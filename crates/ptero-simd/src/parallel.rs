@@ -53,3 +53,54 @@ pub fn split_range(len: usize, parts: usize, align: usize, i: usize) -> core::op
 pub fn split_count(len: usize, parts: usize, align: usize) -> usize {
     parts.clamp(1, len.div_ceil(align.max(1)).max(1))
 }
+
+/// Elements below which [`for_each_chunk`] runs on the calling thread: splitting smaller
+/// slices costs more than it saves.
+pub const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Calls `f(range, &mut y[range])` over disjoint ranges covering `y`, in parallel when `y`
+/// is large: the usual way to split an elementwise loop over threads.
+///
+/// ```
+/// use ptero_simd::{for_each_chunk, Serial};
+/// let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+/// let mut y = vec![0.0f32; 100];
+/// for_each_chunk(&Serial, &mut y, &|r, out| {
+///     for (o, v) in out.iter_mut().zip(&x[r]) {
+///         *o = v * 2.0;
+///     }
+/// });
+/// assert_eq!(y[99], 198.0);
+/// ```
+pub fn for_each_chunk<T: Send>(
+    par: &dyn Parallel,
+    y: &mut [T],
+    f: &(dyn Fn(core::ops::Range<usize>, &mut [T]) + Sync),
+) {
+    let len = y.len();
+    let threads = par.threads();
+    if threads <= 1 || len < PAR_MIN_ELEMS {
+        f(0..len, y);
+        return;
+    }
+    let parts = split_count(len, 2 * threads, 64);
+    let base = SendPtr(y.as_mut_ptr());
+    par.run(parts, &|i| {
+        let r = split_range(len, parts, 64, i);
+        // SAFETY: the ranges of `split_range` for distinct `i` are disjoint and inside
+        // `0..len`, and `y` is borrowed mutably for the whole call, so each task has
+        // exclusive access to its own sub-slice.
+        let part = unsafe { core::slice::from_raw_parts_mut(base.get().add(r.start), r.len()) };
+        f(r, part);
+    });
+}
+
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to hand disjoint sub-slices to tasks (see `for_each_chunk`); `T: Send`
+// makes moving their elements' access to another thread sound.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}

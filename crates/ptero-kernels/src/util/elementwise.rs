@@ -24,6 +24,8 @@ pub struct BinaryFns {
     pub boolean: Option<fn(bool, bool) -> bool>,
     /// A faster f32 form for the flat path (must match `float`).
     pub f32: Option<fn(f32, f32) -> f32>,
+    /// The vectorised f32 form, when `ptero-simd` has one (must match `f32` exactly).
+    pub simd: Option<ptero_simd::ops::Binary>,
 }
 
 /// A binary operand: a tensor argument or a scalar.
@@ -150,10 +152,26 @@ pub fn binary(
             n += 1;
         }
         if all_f32 && same_layout(&shape, &layout[..n]) {
+            let par = args.parallel();
             let av = load_f32_operand(args, a)?;
             let bv = load_f32_operand(args, b)?;
             let mut ov = args.out(out)?;
             let o = ov.data::<f32>()?;
+            if let Some(op) = fns.simd {
+                use ptero_simd::ops::{Lhs, Rhs};
+                ptero_simd::for_each_chunk(par, o, &|r, o| {
+                    let lhs = match av {
+                        F32::Slice(x) => Lhs::Slice(&x[r.clone()]),
+                        F32::Scalar(v) => Lhs::Scalar(v),
+                    };
+                    let rhs = match bv {
+                        F32::Slice(y) => Rhs::Slice(&y[r.clone()]),
+                        F32::Scalar(v) => Rhs::Scalar(v),
+                    };
+                    ptero_simd::ops::binary(op, lhs, rhs, 1.0, o);
+                });
+                return Ok(());
+            }
             match (av, bv) {
                 (F32::Slice(x), F32::Slice(y)) => o
                     .iter_mut()
@@ -183,7 +201,15 @@ pub fn binary(
             Operand::Scalar(_) => true,
         };
         if f32_operand(a) && f32_operand(b) {
-            return binary_rows_f32(args, a, b, out, &shape, [&o_st, &a_st, &b_st], f);
+            return binary_rows_f32(
+                args,
+                a,
+                b,
+                out,
+                &shape,
+                [&o_st, &a_st, &b_st],
+                (f, fns.simd),
+            );
         }
     }
     let (ab, at) = operand_bytes(args, a)?;
@@ -349,8 +375,9 @@ fn binary_rows_f32(
     out: usize,
     shape: &[usize],
     strides: [&[usize]; 3],
-    f: fn(f32, f32) -> f32,
+    (f, simd): (fn(f32, f32) -> f32, Option<ptero_simd::ops::Binary>),
 ) -> Result<()> {
+    use ptero_simd::ops::{binary as vbin, Lhs, Rhs};
     let scalar_buf = |o: Operand| -> [f32; 1] {
         match o {
             Operand::Scalar(s) => [s.to_f64() as f32],
@@ -388,19 +415,40 @@ fn binary_rows_f32(
             ok = false;
             return;
         }
-        match (so, sa, sb) {
-            (1, 1, 1) => {
+        match (so, sa, sb, simd) {
+            (1, 1, 1, Some(op)) => vbin(
+                op,
+                Lhs::Slice(&x[ao..ae]),
+                Rhs::Slice(&y[bo..be]),
+                1.0,
+                &mut o[oo..oe],
+            ),
+            (1, 1, 0, Some(op)) => vbin(
+                op,
+                Lhs::Slice(&x[ao..ae]),
+                Rhs::Scalar(y[bo]),
+                1.0,
+                &mut o[oo..oe],
+            ),
+            (1, 0, 1, Some(op)) => vbin(
+                op,
+                Lhs::Scalar(x[ao]),
+                Rhs::Slice(&y[bo..be]),
+                1.0,
+                &mut o[oo..oe],
+            ),
+            (1, 1, 1, None) => {
                 for ((d, p), q) in o[oo..oe].iter_mut().zip(&x[ao..ae]).zip(&y[bo..be]) {
                     *d = f(*p, *q);
                 }
             }
-            (1, 1, 0) => {
+            (1, 1, 0, None) => {
                 let q = y[bo];
                 for (d, p) in o[oo..oe].iter_mut().zip(&x[ao..ae]) {
                     *d = f(*p, q);
                 }
             }
-            (1, 0, 1) => {
+            (1, 0, 1, None) => {
                 let p = x[ao];
                 for (d, q) in o[oo..oe].iter_mut().zip(&y[bo..be]) {
                     *d = f(p, *q);

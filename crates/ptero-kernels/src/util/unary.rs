@@ -111,6 +111,10 @@ pub trait UnaryOp {
     fn f32(&self, x: f32) -> f32 {
         self.float(x as f64) as f32
     }
+    /// The vectorised f32 form, when `ptero-simd` has one (within a few ulp of `f32`).
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        None
+    }
     /// Whether integer compute is supported (else integer inputs are rejected).
     fn has_int(&self) -> bool {
         false
@@ -137,6 +141,7 @@ pub struct UnaryFns {
     pub f32: Option<fn(f32) -> f32>,
     pub int: Option<fn(i64) -> i64>,
     pub boolean: Option<fn(bool) -> bool>,
+    pub simd: Option<ptero_simd::ops::Unary>,
 }
 
 impl UnaryFns {
@@ -148,6 +153,7 @@ impl UnaryFns {
             f32: None,
             int: None,
             boolean: None,
+            simd: None,
         }
     }
 }
@@ -169,6 +175,9 @@ impl UnaryOp for UnaryFns {
     }
     fn has_int(&self) -> bool {
         self.int.is_some()
+    }
+    fn simd(&self) -> Option<ptero_simd::ops::Unary> {
+        self.simd
     }
     #[inline]
     fn int(&self, x: i64) -> i64 {
@@ -242,11 +251,20 @@ pub fn unary<O: UnaryOp>(
         && od == ScalarType::Float
         && same_layout(&shape, &[args.meta(x)?, args.meta(out)?])
     {
+        let par = args.parallel();
         let xv = args.tensor(x)?;
         let xs = xv.data::<f32>()?;
         let mut ov = args.out(out)?;
-        for (o, v) in ov.data::<f32>()?.iter_mut().zip(xs) {
-            *o = op.f32(*v);
+        let o = ov.data::<f32>()?;
+        match op.simd() {
+            Some(f) => {
+                ptero_simd::for_each_chunk(par, o, &|r, o| ptero_simd::ops::unary(f, &xs[r], o))
+            }
+            None => {
+                for (o, v) in o.iter_mut().zip(xs) {
+                    *o = op.f32(*v);
+                }
+            }
         }
         return Ok(());
     }
