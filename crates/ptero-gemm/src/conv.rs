@@ -425,7 +425,7 @@ fn im2col_packed(
     let xs = x.strides;
     let k = g.k();
     let base = n * xs[0] + grp * g.cin_g() * xs[1];
-    if nc % nr != 0 {
+    if !nc.is_multiple_of(nr) {
         // The last panel's unused columns must be zero.
         let last = nc / nr;
         col[last * nr * k..].fill(0.0);
