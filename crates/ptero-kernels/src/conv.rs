@@ -134,6 +134,140 @@ fn as4(sizes: &[usize], strides: &[usize]) -> ([usize; 4], [usize; 4]) {
 
 fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(10)?;
+    conv_with(a, 9, None)
+}
+
+/// Convolution + batch norm (+ clamp activation), fused at load (`ptero::conv_bn_act.out`):
+/// `x, w, b, stride, padding, dilation, transposed, output_padding, groups, bn_weight,
+/// bn_bias, running_mean, running_var, eps, act, lo, hi, *, out`. The prepare step folds
+/// the normalization into the weights and bias.
+fn conv_bn_act_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(18)?;
+    let Some(f) = a.state::<FusedConv>() else {
+        return Err(Error::invalid(
+            "conv_bn_act: the normalization was not folded at load (non-constant parameters)",
+        ));
+    };
+    conv_with(a, 17, Some(f))
+}
+
+/// Folded weights, bias and activation of a fused convolution.
+struct FusedConv {
+    packed: Option<PackedConv>,
+    /// `[cout, cin / groups, kh, kw]`, contiguous (read directly by depthwise convolutions).
+    weights: alloc::vec::Vec<f32>,
+    wst: [usize; 4],
+    bias: alloc::vec::Vec<f32>,
+    act: ptero_gemm::Activation,
+}
+
+fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
+    let mut p = Prepared {
+        state: None,
+        scratch_floats: ptero_gemm::conv_scratch_floats(),
+    };
+    if a.bool(6)? || !(1..=4).all(|i| is_const_f32(a, 8 + i)) || !is_const_f32(a, 1) {
+        return Ok(p);
+    }
+    let w = a.tensor(1)?;
+    if w.meta.dim() != 3 && w.meta.dim() != 4 {
+        return Ok(p);
+    }
+    let (ws, wst) = as4(w.meta.sizes(), w.meta.strides());
+    let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    let wd: &[f32] = w.data()?;
+    let vec_of = |i: usize| -> Result<&[f32]> {
+        let t = a.tensor(i)?;
+        if t.meta.numel() != cout || t.meta.dim() != 1 {
+            return Err(Error::shape(alloc::format!(
+                "conv_bn_act: argument {i} must be [{cout}], found {:?}",
+                t.meta.sizes()
+            )));
+        }
+        t.data()
+    };
+    let (gamma, beta, mean, var) = (vec_of(9)?, vec_of(10)?, vec_of(11)?, vec_of(12)?);
+    let eps = a.double(13)?;
+    let bias: Option<&[f32]> = match a.opt_tensor(2)? {
+        Some(b) if b.meta.numel() == cout && b.meta.dim() == 1 => Some(b.data()?),
+        Some(_) => return Ok(p),
+        None => None,
+    };
+    let per = cin_g * kh * kw;
+    let mut weights = a.scratch::<f32>(cout * per)?;
+    let mut fb = a.scratch::<f32>(cout)?;
+    for oc in 0..cout {
+        // PyTorch's eval batch norm: (y - mean) / sqrt(var + eps) * gamma + beta.
+        let inv = 1.0 / ((var[oc] as f64) + eps).sqrt();
+        let scale = gamma[oc] as f64 * inv;
+        let b0 = bias.map_or(0.0, |b| b[oc] as f64);
+        fb[oc] = ((b0 - mean[oc] as f64) * scale + beta[oc] as f64) as f32;
+        for ic in 0..cin_g {
+            for y in 0..kh {
+                for x in 0..kw {
+                    let src = oc * wst[0] + ic * wst[1] + y * wst[2] + x * wst[3];
+                    let v = *wd
+                        .get(src)
+                        .ok_or_else(|| Error::OutOfBounds("conv weight".into()))?;
+                    weights[oc * per + (ic * kh + y) * kw + x] = (v as f64 * scale) as f32;
+                }
+            }
+        }
+    }
+    let act = match a.int(14)? {
+        0 => ptero_gemm::Activation::None,
+        1 => ptero_gemm::Activation::Clamp(a.double(15)? as f32, a.double(16)? as f32),
+        k => {
+            return Err(Error::invalid(alloc::format!(
+                "conv_bn_act: unknown activation {k}"
+            )))
+        }
+    };
+    let groups = a.int(8)?;
+    let wst_c = [per, kh * kw, kw, 1];
+    let packed = match usize::try_from(groups) {
+        Ok(g) if g > 0 && !(g == cin_g * g && cout == g && g > 1) => {
+            let geo = Conv2d {
+                n: 1,
+                cin: cin_g * g,
+                cout,
+                groups: g,
+                ih: 1,
+                iw: 1,
+                oh: 1,
+                ow: 1,
+                kh,
+                kw,
+                stride: [1, 1],
+                pad: [0, 0],
+                dilation: [1, 1],
+            };
+            Some(
+                PackedConv::new(
+                    &geo,
+                    Image {
+                        data: &weights,
+                        strides: wst_c,
+                    },
+                )
+                .map_err(gemm_err)?,
+            )
+        }
+        _ => None,
+    };
+    p.state = Some(alloc::boxed::Box::new(FusedConv {
+        packed,
+        weights,
+        wst: wst_c,
+        bias: fb,
+        act,
+    }));
+    Ok(p)
+}
+
+/// The convolution writing argument `out`, with folded parameters when fused.
+fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> Result<()> {
+    a.expect_len(10)?;
     let x = a.meta(0)?;
     let w = a.meta(1)?;
     let rank = x.dim();
@@ -157,7 +291,7 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
             found: dtype,
         });
     }
-    for i in [1, 9] {
+    for i in [1, out] {
         let t = a.meta(i)?.dtype;
         if t != dtype {
             return Err(Error::Dtype {
@@ -257,11 +391,11 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
         bst = b.strides()[0];
     }
     if nsp == 1 {
-        a.resize(9, &[n, cout, ow])?;
+        a.resize(out, &[n, cout, ow])?;
     } else {
-        a.resize(9, &[n, cout, oh, ow])?;
+        a.resize(out, &[n, cout, oh, ow])?;
     }
-    let om = a.meta(9)?;
+    let om = a.meta(out)?;
     let (_, ost) = as4(om.sizes(), om.strides());
     let g = Geo {
         n,
@@ -286,20 +420,21 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let xt = a.tensor(0)?;
     let wt = a.tensor(1)?;
     let bt = a.opt_tensor(2)?;
-    let mut ot = a.out(9)?;
+    let mut ot = a.out(out)?;
     if ot.numel() == 0 {
         return Ok(());
     }
     // Multiply-adds are charged as done, and the caller's deadline is polled between them.
     let mut meter = Meter::charging(a);
     if dtype == ScalarType::Float {
-        let b = match &bt {
-            Some(t) => Some(t.data::<f32>()?),
-            None => None,
+        let b = match (&bt, fused) {
+            (_, Some(f)) => Some(&f.bias[..]),
+            (Some(t), None) => Some(t.data::<f32>()?),
+            (None, None) => None,
         };
         // The shared GEMM (im2col or direct pointwise, depthwise kernel) for forward
         // convolutions with a contiguous bias; the direct path for the rest.
-        if !g.transposed && (b.is_none() || g.bst == 1 || g.cout <= 1) {
+        if !g.transposed && (b.is_none() || g.bst == 1 || g.cout <= 1 || fused.is_some()) {
             let geo = Conv2d {
                 n: g.n,
                 cin: g.cin,
@@ -318,9 +453,19 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
             let macs = sat_product(&[g.n, g.cout, g.oh, g.ow, g.cin / g.groups.max(1), g.kh, g.kw]);
             meter.add(macs as u64)?;
             let wd: &[f32] = wt.data()?;
-            let weights = match a.state::<PackedConv>() {
-                Some(p) => ConvWeights::Packed(p),
-                None => ConvWeights::Image(Image {
+            let weights = match (fused, a.state::<PackedConv>()) {
+                (
+                    Some(FusedConv {
+                        packed: Some(p), ..
+                    }),
+                    _,
+                ) => ConvWeights::Packed(p),
+                (Some(f), _) => ConvWeights::Image(Image {
+                    data: &f.weights,
+                    strides: f.wst,
+                }),
+                (None, Some(p)) => ConvWeights::Packed(p),
+                (None, None) => ConvWeights::Image(Image {
                     data: wd,
                     strides: g.wst,
                 }),
@@ -339,9 +484,14 @@ fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
                     data: ot.data()?,
                     strides: g.ost,
                 },
-                ptero_gemm::Activation::None,
+                fused.map_or(ptero_gemm::Activation::None, |f| f.act),
             )
             .map_err(gemm_err);
+        }
+        if fused.is_some() {
+            return Err(Error::invalid(
+                "conv_bn_act: transposed convolutions are not fused",
+            ));
         }
         conv_f32(&g, xt.data()?, wt.data()?, b, ot.data()?, &mut meter)
     } else {
@@ -852,6 +1002,11 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register_prepared("aten::convolution.out", conv_out, prepare_conv);
+    reg.register_prepared(
+        "ptero::conv_bn_act.out",
+        conv_bn_act_out,
+        prepare_conv_bn_act,
+    );
     reg.register("aten::convolution_backward.out", conv_backward_out);
 }
 

@@ -1511,6 +1511,33 @@ mod tests {
         }
     }
 
+    /// Large permutes take the tiled transpose path; every element must land right.
+    #[test]
+    fn permutes_of_large_tensors() {
+        let shape = [3usize, 37, 70];
+        let x = iota(&shape);
+        for dims in [[2i64, 0, 1], [0, 2, 1], [1, 2, 0], [2, 1, 0]] {
+            let os: Vec<usize> = dims.iter().map(|&d| shape[d as usize]).collect();
+            let o = run_op(
+                "aten::permute_copy.out",
+                vec![t(x.clone()), ints(&dims), out(&os)],
+            )
+            .unwrap();
+            let got = o.tensors[0].to_f64();
+            for (k, g) in got.iter().enumerate() {
+                // Position k in the output -> index in the input.
+                let mut rem = k;
+                let mut idx = [0usize; 3];
+                for q in (0..3).rev() {
+                    idx[dims[q] as usize] = rem % os[q];
+                    rem /= os[q];
+                }
+                let want = (idx[0] * shape[1] + idx[1]) * shape[2] + idx[2];
+                assert_eq!(*g, want as f64, "dims {dims:?} at {k}");
+            }
+        }
+    }
+
     #[test]
     fn pixel_roundtrip_channels_last() {
         let x = iota(&[2, 8, 2, 3]).with_dim_order(&[0, 2, 3, 1]);

@@ -23,6 +23,7 @@ extern crate alloc;
 mod backend;
 mod error;
 mod evalue;
+mod fuse;
 mod limits;
 mod method;
 mod method_meta;

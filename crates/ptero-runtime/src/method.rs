@@ -30,6 +30,8 @@ pub struct Method {
     memory: Memory,
     /// Instructions, argument lists and I/O indices, shared with the program.
     plan: Arc<MethodPlan>,
+    /// The plan's argument lists, plus those of fused instructions.
+    arg_pool: Vec<u32>,
     /// The kernel of every instruction (by chain, then index), resolved with that
     /// instruction's dtypes, with what its prepare step kept.
     kernels: Vec<Vec<Option<InstrKernel>>>,
@@ -56,8 +58,14 @@ pub trait Observer {
 }
 
 struct InstrKernel {
-    f: KernelFn,
+    /// `None`: fused into another instruction, nothing to run.
+    f: Option<KernelFn>,
     state: Option<Box<dyn Any + Send + Sync>>,
+    /// Argument range in the method's argument pool.
+    start: u32,
+    len: u32,
+    /// The operator it runs when load-time fusion replaced the program's.
+    fused: Option<String>,
 }
 
 impl core::fmt::Debug for Method {
@@ -163,25 +171,52 @@ impl Method {
             }
         }
 
-        // Resolve each instruction's kernel with its own dtypes, and run its prepare step
-        // (constant weights are packed here, once).
+        // Load-time fusion, then each instruction's kernel resolved with its own dtypes and
+        // its prepare step run (constant weights are packed here, once).
+        let rewrites = crate::fuse::plan(plan, &mut values, kernels);
+        let mut arg_pool = plan.arg_pool.clone();
         let mut instr_kernels: Vec<Vec<Option<InstrKernel>>> = Vec::new();
         let mut missing: Vec<String> = Vec::new();
         let mut scratch_floats = 0usize;
-        let mut borrows = BorrowSet::with_capacity(plan.max_views * 2);
-        for chain in &plan.chains {
+        let mut max_views = plan.max_views;
+        for rw in rewrites.iter().flatten() {
+            if let crate::fuse::Rewrite::Replace { args, .. } = rw {
+                max_views = max_views.max(args.len());
+            }
+        }
+        let mut borrows = BorrowSet::with_capacity(max_views * 2);
+        for (c, chain) in plan.chains.iter().enumerate() {
             let mut ks = Vec::with_capacity(chain.len());
             for (pc, instr) in chain.iter().enumerate() {
                 let Instr::Kernel { op, start, len } = *instr else {
                     ks.push(None);
                     continue;
                 };
-                let args = &plan.arg_pool[start as usize..(start + len) as usize];
-                let opname = &plan.operators[op as usize];
+                let (opname, start, len, fused) = match &rewrites[c][pc] {
+                    crate::fuse::Rewrite::Keep => {
+                        (plan.operators[op as usize].clone(), start, len, None)
+                    }
+                    crate::fuse::Rewrite::Skip => {
+                        ks.push(Some(InstrKernel {
+                            f: None,
+                            state: None,
+                            start,
+                            len,
+                            fused: None,
+                        }));
+                        continue;
+                    }
+                    crate::fuse::Rewrite::Replace { op, args } => {
+                        let s = arg_pool.len() as u32;
+                        arg_pool.extend_from_slice(args);
+                        (op.clone(), s, args.len() as u32, Some(op.clone()))
+                    }
+                };
+                let args = &arg_pool[start as usize..(start + len) as usize];
                 let dtypes = tensor_dtypes(&values, args);
-                let Some(entry) = kernels.lookup_entry(opname, &dtypes) else {
-                    if !missing.contains(opname) {
-                        missing.push(opname.clone());
+                let Some(entry) = kernels.lookup_entry(&opname, &dtypes) else {
+                    if !missing.contains(&opname) {
+                        missing.push(opname);
                     }
                     ks.push(None);
                     continue;
@@ -203,8 +238,11 @@ impl Method {
                     state = p.state;
                 }
                 ks.push(Some(InstrKernel {
-                    f: entry.kernel,
+                    f: Some(entry.kernel),
                     state,
+                    start,
+                    len,
+                    fused,
                 }));
             }
             instr_kernels.push(ks);
@@ -257,6 +295,7 @@ impl Method {
             values,
             memory,
             plan: plan.clone(),
+            arg_pool,
             kernels: instr_kernels,
             parallel: None,
             arena,
@@ -513,7 +552,7 @@ impl Method {
                 // jumps is bounded by work as well as by the instruction count.
                 let mut work = INSTRUCTION_WORK;
                 match instr {
-                    Instr::Kernel { op, start, len } => {
+                    Instr::Kernel { op, .. } => {
                         let Some(k) = self.kernels[c].get(at).and_then(|k| k.as_ref()) else {
                             return Err(self.exec_err(
                                 pc - 1,
@@ -521,7 +560,11 @@ impl Method {
                                 ptero_core::Error::NotImplemented("kernel".into()),
                             ));
                         };
-                        let args = &self.plan.arg_pool[start as usize..(start + len) as usize];
+                        let Some(f) = k.f else {
+                            // Computed by a fused instruction.
+                            continue;
+                        };
+                        let args = &self.arg_pool[k.start as usize..(k.start + k.len) as usize];
                         let mut ka = KernelArgs::new(
                             &mut self.values,
                             args,
@@ -533,9 +576,13 @@ impl Method {
                         if let Some(o) = observer.as_deref_mut() {
                             o.begin(c, at);
                         }
-                        let result = (k.f)(&mut ka);
+                        let result = f(&mut ka);
                         if let Some(o) = observer.as_deref_mut() {
-                            o.end(c, at, &self.plan.operators[op as usize]);
+                            let name = k
+                                .fused
+                                .as_deref()
+                                .unwrap_or(&self.plan.operators[op as usize]);
+                            o.end(c, at, name);
                         }
                         work = work.saturating_add(ka.charged());
                         if let Err(e) = result {

@@ -124,6 +124,11 @@ macro_rules! typed_move {
             bytemuck::try_cast_slice_mut::<u8, $t>($dst),
             bytemuck::try_cast_slice::<u8, $t>($src),
         ) {
+            (Ok(d), Ok(s)) if transposing($sh, $ds, $ss).is_some() => {
+                let (a, b) = transposing($sh, $ds, $ss).unwrap_or((0, 0));
+                transpose_blocked(d, s, $sh, $ds, $ss, (a, b), ($doff, $soff));
+                true
+            }
             (Ok(d), Ok(s)) => {
                 // Bounds were checked by `check_bounds`; rows make the inner loop tight.
                 for_each_row($sh, [$ds, $ss], |[o, i], n, [so, si]| {
@@ -141,6 +146,62 @@ macro_rules! typed_move {
             _ => false,
         }
     }};
+}
+
+/// A transposing copy: the destination's innermost dim `a` is strided in the source while
+/// another dim `b` is the source's contiguous one. Walking the destination in order would
+/// read a new cache line per element, so both are walked in tiles instead.
+fn transposing(shape: &[usize], ds: &[usize], ss: &[usize]) -> Option<(usize, usize)> {
+    let r = shape.len();
+    if r < 2 {
+        return None;
+    }
+    let a = (0..r).find(|&d| ds[d] == 1 && shape[d] > 1)?;
+    if ss[a] == 1 || shape[a] < 8 {
+        return None;
+    }
+    let b = (0..r).find(|&d| d != a && ss[d] == 1 && shape[d] >= 8)?;
+    Some((a, b))
+}
+
+/// Copies with dims `a` (destination-contiguous) and `b` (source-contiguous) in 32 × 32
+/// tiles, the other dims in an outer loop. Offsets were checked by the caller.
+fn transpose_blocked<T: Copy>(
+    d: &mut [T],
+    s: &[T],
+    shape: &[usize],
+    ds: &[usize],
+    ss: &[usize],
+    (a, b): (usize, usize),
+    (doff, soff): (usize, usize),
+) {
+    const TILE: usize = 32;
+    let (mut rest, mut rds, mut rss) = (Dims::new(), Dims::new(), Dims::new());
+    for k in 0..shape.len() {
+        if k != a && k != b {
+            rest.push(shape[k]);
+            rds.push(ds[k]);
+            rss.push(ss[k]);
+        }
+    }
+    let (na, nb) = (shape[a], shape[b]);
+    let (sa, db) = (ss[a], ds[b]);
+    for_each_offset(&rest, [&rds, &rss], |[o, i]| {
+        let (o, i) = (o + doff, i + soff);
+        for b0 in (0..nb).step_by(TILE) {
+            let b1 = (b0 + TILE).min(nb);
+            for a0 in (0..na).step_by(TILE) {
+                let a1 = (a0 + TILE).min(na);
+                for bb in b0..b1 {
+                    let drow = o + bb * db;
+                    let scol = i + bb;
+                    for aa in a0..a1 {
+                        d[drow + aa] = s[scol + aa * sa];
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Copies without conversion: elements are moved as raw bytes.

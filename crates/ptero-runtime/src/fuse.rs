@@ -1,0 +1,321 @@
+//! Load-time fusion: rewrites of the instruction list that keep every value the program
+//! can observe, applied only where an intermediate value has no other reader.
+//!
+//! - `permute_copy(W, [1, 0])` of a constant weight feeding `addmm(bias, x, Wᵀ)` (with
+//!   alpha = beta = 1) or `mm(x, Wᵀ)` becomes `linear(x, W, bias)`: the transposed copy
+//!   is never made, and `linear`'s prepare step packs `W` once.
+//! - `convolution` → `_native_batch_norm_legit_no_training` (→ `relu` | `hardtanh`) with
+//!   constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare step folds
+//!   the normalization into the packed weights and bias.
+//!
+//! A rule only fires when the kernels it rewrites into are registered.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use ptero_core::{KernelRegistry, ScalarType, Storage, Value};
+
+use crate::plan::{Instr, MethodPlan};
+
+/// What happens to one instruction.
+#[derive(Debug, Clone)]
+pub(crate) enum Rewrite {
+    Keep,
+    /// Its result is computed by a fused instruction instead.
+    Skip,
+    /// Run `op` with `args` (value indices) instead.
+    Replace {
+        op: String,
+        args: Vec<u32>,
+    },
+}
+
+pub(crate) const CONV_BN_ACT: &str = "ptero::conv_bn_act.out";
+
+/// Activation codes of [`CONV_BN_ACT`]'s `act` argument.
+pub(crate) const ACT_NONE: i64 = 0;
+pub(crate) const ACT_CLAMP: i64 = 1;
+
+struct Graph<'p> {
+    plan: &'p MethodPlan,
+    /// Distinct instructions (or method inputs/outputs) that mention each value.
+    uses: Vec<u32>,
+}
+
+impl<'p> Graph<'p> {
+    fn new(plan: &'p MethodPlan, nvalues: usize) -> Graph<'p> {
+        let mut uses = alloc::vec![0u32; nvalues];
+        let mut seen: Vec<u32> = Vec::new();
+        let bump = |uses: &mut Vec<u32>, v: u32, seen: &mut Vec<u32>| {
+            if !seen.contains(&v) {
+                seen.push(v);
+                if let Some(u) = uses.get_mut(v as usize) {
+                    *u = u.saturating_add(1);
+                }
+            }
+        };
+        for chain in &plan.chains {
+            for instr in chain {
+                seen.clear();
+                match *instr {
+                    Instr::Kernel { start, len, .. } | Instr::Delegate { start, len, .. } => {
+                        for &v in &plan.arg_pool[start as usize..(start + len) as usize] {
+                            bump(&mut uses, v, &mut seen);
+                            // List items are read too.
+                            if let Some(
+                                Value::TensorList(items) | Value::OptionalTensorList(items),
+                            ) = plan.values.get(v as usize)
+                            {
+                                for &i in items {
+                                    bump(&mut uses, i, &mut seen);
+                                }
+                            }
+                        }
+                    }
+                    Instr::Move { from, to } => {
+                        bump(&mut uses, from, &mut seen);
+                        bump(&mut uses, to, &mut seen);
+                    }
+                    Instr::JumpFalse { cond, .. } => bump(&mut uses, cond, &mut seen),
+                    Instr::Free { value } => bump(&mut uses, value, &mut seen),
+                }
+            }
+        }
+        for &v in plan.inputs.iter().chain(&plan.outputs) {
+            if let Some(u) = uses.get_mut(v as usize) {
+                // Inputs and outputs are observed from outside: never fuse them away.
+                *u = u.saturating_add(2);
+            }
+        }
+        Graph { plan, uses }
+    }
+
+    fn args(&self, instr: &Instr) -> Option<(&'p str, &'p [u32])> {
+        match *instr {
+            Instr::Kernel { op, start, len } => Some((
+                self.plan.operators.get(op as usize)?.as_str(),
+                self.plan
+                    .arg_pool
+                    .get(start as usize..(start + len) as usize)?,
+            )),
+            _ => None,
+        }
+    }
+
+    /// True when `v` is mentioned by exactly two instructions (its producer and one
+    /// consumer) and nothing else.
+    fn single_use(&self, v: u32) -> bool {
+        self.uses.get(v as usize) == Some(&2)
+    }
+}
+
+fn tensor(values: &[Value], v: u32) -> Option<&ptero_core::TensorMeta> {
+    match values.get(v as usize) {
+        Some(Value::Tensor(t)) => Some(t),
+        _ => None,
+    }
+}
+
+fn is_const_f32(values: &[Value], v: u32) -> bool {
+    tensor(values, v).is_some_and(|t| {
+        t.dtype == ScalarType::Float && matches!(t.storage, Storage::Constant { .. })
+    })
+}
+
+fn is_one(values: &[Value], v: u32) -> bool {
+    match values.get(v as usize) {
+        Some(Value::Int(1)) => true,
+        Some(Value::Double(d)) => *d == 1.0,
+        _ => false,
+    }
+}
+
+fn int_list(values: &[Value], v: u32) -> Option<Vec<i64>> {
+    match values.get(v as usize)? {
+        Value::IntList(items) => items
+            .iter()
+            .map(|&i| match values.get(i as usize) {
+                Some(Value::Int(x)) => Some(*x),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// True when tensors `a` and `b` may share bytes of planned memory.
+fn overlaps(values: &[Value], a: u32, b: u32) -> bool {
+    let (Some(x), Some(y)) = (tensor(values, a), tensor(values, b)) else {
+        return true;
+    };
+    match (x.storage, y.storage) {
+        (Storage::Buffer { id: i, offset: o }, Storage::Buffer { id: j, offset: p }) => {
+            i == j
+                && o < p.saturating_add(y.capacity().max(1))
+                && p < o.saturating_add(x.capacity().max(1))
+        }
+        (Storage::Constant { .. }, _) | (_, Storage::Constant { .. }) => false,
+        // Unplanned storage is given at run time: assume the worst.
+        _ => true,
+    }
+}
+
+/// Plans the rewrites of every chain; may append values (constants the fused
+/// instructions take) to `values`.
+pub(crate) fn plan(
+    plan: &MethodPlan,
+    values: &mut Vec<Value>,
+    kernels: &KernelRegistry,
+) -> Vec<Vec<Rewrite>> {
+    let mut out: Vec<Vec<Rewrite>> = plan
+        .chains
+        .iter()
+        .map(|c| alloc::vec![Rewrite::Keep; c.len()])
+        .collect();
+    let g = Graph::new(plan, values.len());
+    let has_linear = kernels.contains("aten::linear.out");
+    let has_cba = kernels.contains(CONV_BN_ACT);
+    let mut none_value: Option<u32> = None;
+    let push = |values: &mut Vec<Value>, v: Value| -> u32 {
+        values.push(v);
+        (values.len() - 1) as u32
+    };
+    for (c, chain) in plan.chains.iter().enumerate() {
+        // Producer of each value within this chain (straight-line code only: a jump
+        // target between producer and consumer would break the pairing).
+        let has_jumps = chain.iter().any(|i| matches!(i, Instr::JumpFalse { .. }));
+        if has_jumps {
+            continue;
+        }
+        for pc in 0..chain.len() {
+            if !matches!(out[c][pc], Rewrite::Keep) {
+                continue;
+            }
+            let Some((op, args)) = g.args(&chain[pc]) else {
+                continue;
+            };
+            // permute_copy(W, [1, 0]) -> addmm / mm  ==>  linear.
+            if has_linear && op == "aten::permute_copy.out" && args.len() >= 3 {
+                let (w, t) = (args[0], args[2]);
+                let ok = is_const_f32(values, w)
+                    && tensor(values, w).is_some_and(|m| m.dim() == 2)
+                    && int_list(values, args[1]).as_deref() == Some(&[1, 0])
+                    && g.single_use(t);
+                if !ok {
+                    continue;
+                }
+                let Some(next) = (pc + 1..chain.len())
+                    .find(|&q| g.args(&chain[q]).is_some_and(|(_, a)| a.contains(&t)))
+                else {
+                    continue;
+                };
+                let Some((nop, nargs)) = g.args(&chain[next]) else {
+                    continue;
+                };
+                let wn = tensor(values, w).map_or(0, |m| m.sizes()[0]);
+                let replaced = match nop {
+                    "aten::addmm.out" if nargs.len() >= 6 && nargs[2] == t => {
+                        let bias_ok = tensor(values, nargs[0])
+                            .is_some_and(|b| b.dim() == 1 && b.sizes()[0] == wn);
+                        let x2 = tensor(values, nargs[1]).is_some_and(|x| x.dim() == 2);
+                        (bias_ok && x2 && is_one(values, nargs[3]) && is_one(values, nargs[4]))
+                            .then(|| alloc::vec![nargs[1], w, nargs[0], nargs[5], nargs[5]])
+                    }
+                    "aten::mm.out" if nargs.len() >= 3 && nargs[1] == t => {
+                        let none = *none_value.get_or_insert_with(|| push(values, Value::None));
+                        Some(alloc::vec![nargs[0], w, none, nargs[2], nargs[2]])
+                    }
+                    _ => None,
+                };
+                if let Some(args) = replaced {
+                    out[c][pc] = Rewrite::Skip;
+                    out[c][next] = Rewrite::Replace {
+                        op: "aten::linear.out".into(),
+                        args,
+                    };
+                }
+                continue;
+            }
+            // convolution -> batch norm (-> relu | hardtanh)  ==>  conv_bn_act.
+            if has_cba && op == "aten::convolution.out" && args.len() >= 10 {
+                let v1 = args[9];
+                let weights_const = is_const_f32(values, args[1])
+                    && (matches!(values.get(args[2] as usize), Some(Value::None))
+                        || is_const_f32(values, args[2]));
+                if !weights_const
+                    || !matches!(values.get(args[6] as usize), Some(Value::Bool(false)))
+                    || !g.single_use(v1)
+                {
+                    continue;
+                }
+                // The fused instruction runs where the convolution ran and writes the last
+                // result early: only adjacent instructions, so no other value's lifetime
+                // falls in between.
+                let bn_pc = pc + 1;
+                if bn_pc >= chain.len() {
+                    continue;
+                }
+                let Some((bop, bargs)) = g.args(&chain[bn_pc]) else {
+                    continue;
+                };
+                if bop != "aten::_native_batch_norm_legit_no_training.out"
+                    || bargs.len() < 10
+                    || bargs[0] != v1
+                    || ![1usize, 2, 3, 4].iter().all(|&i| is_const_f32(values, bargs[i]))
+                    // The saved statistics must not be read: only the BN mentions them.
+                    || g.uses.get(bargs[8] as usize) != Some(&1)
+                    || g.uses.get(bargs[9] as usize) != Some(&1)
+                {
+                    continue;
+                }
+                let v2 = bargs[7];
+                // An activation right after, if v2 has no other reader.
+                let mut act = (ACT_NONE, None::<(u32, u32)>, v2, None::<usize>);
+                if g.single_use(v2) && bn_pc + 1 < chain.len() {
+                    let apc = bn_pc + 1;
+                    {
+                        match g.args(&chain[apc]) {
+                            Some(("aten::relu.out", a)) if a.len() >= 2 && a[0] == v2 => {
+                                let zero = push(values, Value::Double(0.0));
+                                let inf = push(values, Value::Double(f64::INFINITY));
+                                act = (ACT_CLAMP, Some((zero, inf)), a[1], Some(apc));
+                            }
+                            Some(("aten::hardtanh.out", a)) if a.len() >= 4 && a[0] == v2 => {
+                                act = (ACT_CLAMP, Some((a[1], a[2])), a[3], Some(apc));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                let (code, bounds, dst, act_pc) = act;
+                // The input is read while the result is written: they must not share
+                // memory (the planner may have given the result the input's buffer, as the
+                // input was dead by the time the last of the three instructions ran).
+                if overlaps(values, args[0], dst) {
+                    continue;
+                }
+                let code_v = push(values, Value::Int(code));
+                let (lo, hi) = match bounds {
+                    Some(b) => b,
+                    None => {
+                        let z = push(values, Value::Double(0.0));
+                        (z, z)
+                    }
+                };
+                let mut fused: Vec<u32> = args[..9].to_vec();
+                fused.extend_from_slice(&[
+                    bargs[1], bargs[2], bargs[3], bargs[4], bargs[6], code_v, lo, hi, dst, dst,
+                ]);
+                out[c][pc] = Rewrite::Replace {
+                    op: CONV_BN_ACT.into(),
+                    args: fused,
+                };
+                out[c][bn_pc] = Rewrite::Skip;
+                if let Some(a) = act_pc {
+                    out[c][a] = Rewrite::Skip;
+                }
+            }
+        }
+    }
+    out
+}
