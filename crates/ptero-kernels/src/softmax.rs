@@ -81,34 +81,18 @@ fn run(a: &mut KernelArgs<'_>, log: bool) -> Result<()> {
     if fast {
         let x = xt.data::<f32>()?;
         let o = ot.data::<f32>()?;
-        for (xr, or) in x.chunks_exact(len).zip(o.chunks_exact_mut(len)) {
-            meter.add(len as u64)?;
-            let mut m = f32::NEG_INFINITY;
-            for &v in xr {
-                m = if v.is_nan() || m.is_nan() {
-                    f32::NAN
+        meter.add(o.len() as u64)?;
+        let par = a.parallel();
+        // Whole rows per task, vectorised.
+        ptero_simd::for_each_chunk_by(par, o, len, &|r, o| {
+            for (xr, or) in x[r].chunks_exact(len).zip(o.chunks_exact_mut(len)) {
+                if log {
+                    ptero_simd::ops::log_softmax(xr, or);
                 } else {
-                    m.max(v)
-                };
-            }
-            let mut sum = 0.0f32;
-            for (o, &v) in or.iter_mut().zip(xr) {
-                let e = libm::expf(v - m);
-                *o = e;
-                sum += e;
-            }
-            if log {
-                let ls = libm::logf(sum);
-                for (o, &v) in or.iter_mut().zip(xr) {
-                    *o = v - m - ls;
-                }
-            } else {
-                let inv = 1.0 / sum;
-                for o in or.iter_mut() {
-                    *o *= inv;
+                    ptero_simd::ops::softmax(xr, or);
                 }
             }
-        }
+        });
         return Ok(());
     }
     let ob = &mut *ot.bytes;

@@ -46,7 +46,9 @@ pub use arch::scalar::Scalar;
 pub use arch::x86::{Avx2, Avx512};
 pub use arena::SlotArena;
 pub use level::{detected, features, level, set_level, Features, Level, Unsupported};
-pub use parallel::{for_each_chunk, split_count, split_range, Parallel, Serial, PAR_MIN_ELEMS};
+pub use parallel::{
+    for_each_chunk, for_each_chunk_by, split_count, split_range, Parallel, Serial, PAR_MIN_ELEMS,
+};
 pub use vector::{Simd, SimdOp};
 
 /// Runs `op` at the selected level ([`level`]).

@@ -77,16 +77,28 @@ pub fn for_each_chunk<T: Send>(
     y: &mut [T],
     f: &(dyn Fn(core::ops::Range<usize>, &mut [T]) + Sync),
 ) {
+    for_each_chunk_by(par, y, 64, f)
+}
+
+/// Like [`for_each_chunk`], with every range starting at a multiple of `align` (rows of a
+/// matrix, when `align` is the row length).
+pub fn for_each_chunk_by<T: Send>(
+    par: &dyn Parallel,
+    y: &mut [T],
+    align: usize,
+    f: &(dyn Fn(core::ops::Range<usize>, &mut [T]) + Sync),
+) {
     let len = y.len();
     let threads = par.threads();
     if threads <= 1 || len < PAR_MIN_ELEMS {
         f(0..len, y);
         return;
     }
-    let parts = split_count(len, 2 * threads, 64);
+    let align = align.max(1);
+    let parts = split_count(len, 2 * threads, align);
     let base = SendPtr(y.as_mut_ptr());
     par.run(parts, &|i| {
-        let r = split_range(len, parts, 64, i);
+        let r = split_range(len, parts, align, i);
         // SAFETY: the ranges of `split_range` for distinct `i` are disjoint and inside
         // `0..len`, and `y` is borrowed mutably for the whole call, so each task has
         // exclusive access to its own sub-slice.
