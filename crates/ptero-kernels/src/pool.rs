@@ -84,7 +84,7 @@ fn out_len(inp: usize, k: usize, p: usize, s: usize, d: usize, ceil: bool) -> Re
 /// window start moved right past the padding by whole dilation steps, as ATen does) up
 /// to `end` (exclusive, clamped to the input). `first` may be at or past `end`: an empty
 /// window.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Span {
     first: i128,
     end: i128,
@@ -231,34 +231,45 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
         // Typed slices: the generic loop below converts every element through f64.
         let (x, o, idx): (&[f32], &mut [f32], &mut [i64]) = (xt.data()?, ot.data()?, it.data()?);
         let oob = || Error::OutOfBounds("max_pool2d: view exceeds its tensor".into());
-        for ni in 0..n {
-            for ci in 0..c {
-                let xb = ni * xst[0] + ci * xst[1];
-                for oy in 0..oh {
-                    let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
-                    for ox in 0..ow {
-                        let xs = dilated_span(ox, w.k[1], w.s[1], w.p[1], w.d[1], wd);
-                        meter.add(ys.count.saturating_mul(xs.count).saturating_add(1))?;
-                        let mut best_i = ys.first * wd_i + xs.first;
-                        let mut best = f32::NEG_INFINITY;
-                        'win: for y in ys.iter(w.d[0]) {
-                            let row = xb + y * xst[2];
-                            for xx in xs.iter(w.d[1]) {
-                                let v = *x.get(row + xx * xst[3]).ok_or_else(oob)?;
-                                if v > best || v.is_nan() {
-                                    best = v;
-                                    best_i = (y * wd + xx) as i128;
-                                    if v.is_nan() {
-                                        break 'win;
+        // Column windows are the same for every row and channel: computed once per block
+        // of 256 output columns, kept on the stack.
+        const BLOCK: usize = 256;
+        let mut spans = [dilated_span(0, 1, 1, 0, 1, 1); BLOCK];
+        for ox0 in (0..ow).step_by(BLOCK) {
+            let bw = BLOCK.min(ow - ox0);
+            for (j, sp) in spans.iter_mut().enumerate().take(bw) {
+                *sp = dilated_span(ox0 + j, w.k[1], w.s[1], w.p[1], w.d[1], wd);
+            }
+            let row_work: u64 = spans[..bw].iter().map(|s| s.count.saturating_add(1)).sum();
+            for ni in 0..n {
+                for ci in 0..c {
+                    let xb = ni * xst[0] + ci * xst[1];
+                    for oy in 0..oh {
+                        let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
+                        meter.add(row_work.saturating_mul(ys.count.max(1)))?;
+                        let orow = ni * ost[0] + ci * ost[1] + oy * ost[2];
+                        let irow = ni * ist[0] + ci * ist[1] + oy * ist[2];
+                        for (j, xs) in spans[..bw].iter().enumerate() {
+                            let ox = ox0 + j;
+                            let mut best_i = ys.first * wd_i + xs.first;
+                            let mut best = f32::NEG_INFINITY;
+                            'win: for y in ys.iter(w.d[0]) {
+                                let row = xb + y * xst[2];
+                                for xx in xs.iter(w.d[1]) {
+                                    let v = *x.get(row + xx * xst[3]).ok_or_else(oob)?;
+                                    if v > best || v.is_nan() {
+                                        best = v;
+                                        best_i = (y * wd + xx) as i128;
+                                        if v.is_nan() {
+                                            break 'win;
+                                        }
                                     }
                                 }
                             }
+                            *o.get_mut(orow + ox * ost[3]).ok_or_else(oob)? = best;
+                            *idx.get_mut(irow + ox * ist[3]).ok_or_else(oob)? =
+                                best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
                         }
-                        let oo = ni * ost[0] + ci * ost[1] + oy * ost[2] + ox * ost[3];
-                        *o.get_mut(oo).ok_or_else(oob)? = best;
-                        let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
-                        *idx.get_mut(io).ok_or_else(oob)? =
-                            best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
                     }
                 }
             }
