@@ -24,8 +24,27 @@ fn fill_out(a: &KernelArgs<'_>, out: usize, v: Scalar) -> Result<()> {
         Scalar::Bool(b) => store_i64(&mut elem, dt, 0, b as i64),
     }
     let pattern = &elem[..es];
-    for chunk in o.bytes.chunks_exact_mut(es) {
-        chunk.copy_from_slice(pattern);
+    // Typed fills compile to vector stores; the byte loop is for misaligned views.
+    let filled = match es {
+        1 => {
+            o.bytes.fill(pattern[0]);
+            true
+        }
+        2 => bytemuck::try_cast_slice_mut::<u8, u16>(o.bytes)
+            .map(|d| d.fill(u16::from_le_bytes([elem[0], elem[1]])))
+            .is_ok(),
+        4 => bytemuck::try_cast_slice_mut::<u8, u32>(o.bytes)
+            .map(|d| d.fill(u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]])))
+            .is_ok(),
+        8 => bytemuck::try_cast_slice_mut::<u8, u64>(o.bytes)
+            .map(|d| d.fill(u64::from_le_bytes(elem)))
+            .is_ok(),
+        _ => false,
+    };
+    if !filled {
+        for chunk in o.bytes.chunks_exact_mut(es) {
+            chunk.copy_from_slice(pattern);
+        }
     }
     Ok(())
 }

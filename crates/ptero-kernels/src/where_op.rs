@@ -65,6 +65,37 @@ fn where_self_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let ov = a.out(3)?;
     let ob = &mut *ov.bytes;
     let cond = |o: usize| cb.get(o).is_some_and(|b| *b != 0);
+    if xd == ScalarType::Float && yd == ScalarType::Float && od == ScalarType::Float {
+        // Typed rows: broadcasting masks (attention) without a per-element byte copy.
+        let (Ok(x), Ok(y)) = (xv.data::<f32>(), yv.data::<f32>()) else {
+            return Err(Error::OutOfBounds("where: misaligned operand".into()));
+        };
+        let o: &mut [f32] = bytemuck::try_cast_slice_mut(ob)
+            .map_err(|_| Error::OutOfBounds("where: misaligned output".into()))?;
+        let mut ok = true;
+        crate::util::for_each_row(
+            &shape,
+            [&os, &cs, &xs, &ys],
+            |[oo, co, xo, yo], n, [so, sc, sx, sy]| {
+                for k in 0..n {
+                    let pick = cb.get(co + k * sc).is_some_and(|b| *b != 0);
+                    let v = if pick {
+                        x.get(xo + k * sx)
+                    } else {
+                        y.get(yo + k * sy)
+                    };
+                    match (v, o.get_mut(oo + k * so)) {
+                        (Some(v), Some(d)) => *d = *v,
+                        _ => ok = false,
+                    }
+                }
+            },
+        );
+        if !ok {
+            return Err(Error::OutOfBounds("where: view exceeds its tensor".into()));
+        }
+        return Ok(());
+    }
     if xd == od && yd == od {
         // No conversion: move the element bytes.
         let es = od.size();
