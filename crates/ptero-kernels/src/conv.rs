@@ -193,8 +193,14 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
         Some(_) => return Ok(p),
         None => None,
     };
-    let per = cin_g * kh * kw;
-    let mut weights = a.scratch::<f32>(cout * per)?;
+    let Some((per, total)) = cin_g
+        .checked_mul(kh)
+        .and_then(|x| x.checked_mul(kw))
+        .and_then(|per| Some((per, per.checked_mul(cout)?)))
+    else {
+        return Ok(p);
+    };
+    let mut weights = a.scratch::<f32>(total)?;
     let mut fb = a.scratch::<f32>(cout)?;
     for oc in 0..cout {
         // PyTorch's eval batch norm: (y - mean) / sqrt(var + eps) * gamma + beta.
