@@ -42,6 +42,26 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// The geometry [`PackedConv::new`] needs: channels, groups and kernel size (the
+    /// spatial sizes are those of a 1 × 1 image).
+    pub fn for_weights(cin: usize, cout: usize, groups: usize, kh: usize, kw: usize) -> Conv2d {
+        Conv2d {
+            n: 1,
+            cin,
+            cout,
+            groups,
+            ih: 1,
+            iw: 1,
+            oh: 1,
+            ow: 1,
+            kh,
+            kw,
+            stride: [1, 1],
+            pad: [0, 0],
+            dilation: [1, 1],
+        }
+    }
+
     fn cin_g(&self) -> usize {
         self.cin / self.groups
     }

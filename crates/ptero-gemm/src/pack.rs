@@ -110,6 +110,30 @@ pub(crate) fn pack_a_strip(
     }
 }
 
+/// The whole of `b` (`K × N`) in panels of `width` columns.
+fn pack_panels(b: &MatRef<'_>, width: usize) -> Result<Vec<f32>, GemmError> {
+    let (k, n) = (b.rows, b.cols);
+    let panels = n.div_ceil(width);
+    let len = panels
+        .checked_mul(width)
+        .and_then(|x| x.checked_mul(k))
+        .ok_or(GemmError::Overflow)?;
+    let mut data = alloc_zeroed(len)?;
+    for q in 0..panels {
+        let j0 = q * width;
+        pack_b_panel(
+            b,
+            0,
+            k,
+            j0,
+            width.min(n - j0),
+            width,
+            &mut data[q * k * width..],
+        );
+    }
+    Ok(data)
+}
+
 fn alloc_zeroed(len: usize) -> Result<Vec<f32>, GemmError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
@@ -148,16 +172,7 @@ impl PackedB {
     pub fn new_at(level: Level, b: MatRef<'_>) -> Result<PackedB, GemmError> {
         let (_, nr) = geometry(level);
         let (k, n) = (b.rows, b.cols);
-        let panels = n.div_ceil(nr);
-        let len = panels
-            .checked_mul(nr)
-            .and_then(|x| x.checked_mul(k))
-            .ok_or(GemmError::Overflow)?;
-        let mut data = alloc_zeroed(len)?;
-        for q in 0..panels {
-            let j0 = q * nr;
-            pack_b_panel(&b, 0, k, j0, nr.min(n - j0), nr, &mut data[q * k * nr..]);
-        }
+        let data = pack_panels(&b, nr)?;
         Ok(PackedB {
             data,
             k,
@@ -264,16 +279,8 @@ impl PackedA {
     pub fn new_at(level: Level, a: MatRef<'_>) -> Result<PackedA, GemmError> {
         let (mr, _) = geometry(level);
         let (m, k) = (a.rows, a.cols);
-        let strips = m.div_ceil(mr);
-        let len = strips
-            .checked_mul(mr)
-            .and_then(|x| x.checked_mul(k))
-            .ok_or(GemmError::Overflow)?;
-        let mut data = alloc_zeroed(len)?;
-        for s in 0..strips {
-            let i0 = s * mr;
-            pack_a_strip(&a, i0, mr.min(m - i0), 0, k, mr, &mut data[s * k * mr..]);
-        }
+        // Strips of A's rows are panels of Aᵀ's columns.
+        let data = pack_panels(&a.t(), mr)?;
         Ok(PackedA {
             data,
             m,

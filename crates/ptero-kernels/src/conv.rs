@@ -233,21 +233,7 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     let wst_c = [per, kh * kw, kw, 1];
     let packed = match usize::try_from(groups) {
         Ok(g) if g > 0 && !(g == cin_g * g && cout == g && g > 1) => {
-            let geo = Conv2d {
-                n: 1,
-                cin: cin_g * g,
-                cout,
-                groups: g,
-                ih: 1,
-                iw: 1,
-                oh: 1,
-                ow: 1,
-                kh,
-                kw,
-                stride: [1, 1],
-                pad: [0, 0],
-                dilation: [1, 1],
-            };
+            let geo = Conv2d::for_weights(cin_g * g, cout, g, kh, kw);
             Some(
                 PackedConv::new(
                     &geo,
@@ -978,21 +964,7 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
     if groups == 0 || cout % groups != 0 || (groups == cin && cout == cin && groups > 1) {
         return Ok(p);
     }
-    let geo = Conv2d {
-        n: 1,
-        cin,
-        cout,
-        groups,
-        ih: 1,
-        iw: 1,
-        oh: 1,
-        ow: 1,
-        kh,
-        kw,
-        stride: [1, 1],
-        pad: [0, 0],
-        dilation: [1, 1],
-    };
+    let geo = Conv2d::for_weights(cin, cout, groups, kh, kw);
     let wt = a.tensor(1)?;
     let packed = PackedConv::new(
         &geo,
