@@ -362,7 +362,12 @@ unsafe fn grouped(
     let nr = PackedBRef::panel_width(level);
     let span = if out_linear { pixels } else { g.ow };
     let cols = (COL_FLOATS / k.max(1)).max(MIN_COLS) / MIN_COLS * MIN_COLS;
-    let cols = cols.min(span);
+    // Enough blocks for every thread to have two, when the image allows.
+    let spread = (g.n * g.groups * pixels)
+        .div_ceil(2 * par.threads().max(1))
+        .div_ceil(MIN_COLS)
+        * MIN_COLS;
+    let cols = cols.min(spread.max(MIN_COLS)).min(span);
     let blocks_per_span = span.div_ceil(cols);
     let spans = pixels / span;
     let per_image = spans * blocks_per_span;
@@ -473,16 +478,59 @@ fn im2col_packed(
                     };
                     // Panel and lane of pixel j, stepped without a division per value.
                     let (mut q, mut lane) = (j / nr, j % nr);
-                    let mut ix = ox as isize * sx + offx;
-                    for _ in 0..run {
-                        let v = if !inside || ix < 0 || ix >= g.iw as isize {
-                            0.0
-                        } else {
-                            x.data[rbase + ix as usize * xs[3]]
-                        };
-                        col[q * nr * k + kidx * nr + lane] = v;
-                        ix += sx;
-                        lane += 1;
+                    if inside && sx == 1 && xs[3] == 1 {
+                        // Unit stride: the valid pixels read a contiguous run of the input
+                        // row, copied panel piece by panel piece; the padding is zeros.
+                        let ix0 = ox as isize + offx;
+                        let lo = (-ix0).clamp(0, run as isize) as usize;
+                        let hi = (g.iw as isize - ix0).clamp(lo as isize, run as isize) as usize;
+                        let mut t = 0;
+                        while t < run {
+                            let piece = (nr - lane).min(run - t);
+                            let dst = &mut col[q * nr * k + kidx * nr + lane..][..piece];
+                            // Part of [t, t + piece) inside [lo, hi).
+                            let a0 = t.max(lo).min(t + piece);
+                            let a1 = (t + piece).min(hi).max(a0);
+                            dst[..a0 - t].fill(0.0);
+                            if a1 > a0 {
+                                let src = rbase + (ix0 + a0 as isize) as usize;
+                                dst[a0 - t..a1 - t].copy_from_slice(&x.data[src..src + (a1 - a0)]);
+                            }
+                            dst[a1 - t..].fill(0.0);
+                            t += piece;
+                            lane += piece;
+                            if lane == nr {
+                                lane = 0;
+                                q += 1;
+                            }
+                        }
+                        j += run;
+                        continue;
+                    }
+                    // Any stride: the same pieces, gathered with the stride.
+                    let ix0 = ox as isize * sx + offx;
+                    let (lo, hi) = if inside {
+                        // t with 0 <= ix0 + t * sx < iw.
+                        let lo = if ix0 < 0 { (-ix0 + sx - 1) / sx } else { 0 };
+                        let hi = (g.iw as isize - ix0 + sx - 1).div_euclid(sx);
+                        let lo = lo.clamp(0, run as isize) as usize;
+                        (lo, hi.clamp(lo as isize, run as isize) as usize)
+                    } else {
+                        (0, 0)
+                    };
+                    let mut t = 0;
+                    while t < run {
+                        let piece = (nr - lane).min(run - t);
+                        let dst = &mut col[q * nr * k + kidx * nr + lane..][..piece];
+                        let a0 = t.max(lo).min(t + piece);
+                        let a1 = (t + piece).min(hi).max(a0);
+                        dst[..a0 - t].fill(0.0);
+                        for (d, tt) in dst[a0 - t..a1 - t].iter_mut().zip(a0..a1) {
+                            *d = x.data[rbase + (ix0 + tt as isize * sx) as usize * xs[3]];
+                        }
+                        dst[a1 - t..].fill(0.0);
+                        t += piece;
+                        lane += piece;
                         if lane == nr {
                             lane = 0;
                             q += 1;
@@ -565,6 +613,10 @@ impl SimdOp for DwPlane<'_> {
         let wbase = self.c * ws[0];
         // Contiguous rows, unit stride along w: whole-row vector updates.
         let fast = os[3] == 1 && xs[3] == 1 && g.stride[1] == 1;
+        if fast && g.kh * g.kw <= 64 {
+            self.rows_unit_stride(s);
+            return;
+        }
         for oy in 0..g.oh {
             // SAFETY: row oy of plane (n, c) is inside the checked output and this task is
             // the only writer of the plane; with os[3] == 1 its ow values are contiguous.
@@ -652,6 +704,113 @@ impl SimdOp for DwPlane<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+impl DwPlane<'_> {
+    /// Unit stride along rows, contiguous rows: every output vector accumulates all its
+    /// taps in a register (one store per output), the borders element by element.
+    #[inline(always)]
+    fn rows_unit_stride<S: Simd>(&self, s: S) {
+        let g = self.g;
+        let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
+        let xbase = self.n * xs[0] + self.c * xs[1];
+        let obase = self.n * os[0] + self.c * os[1];
+        let taps = g.kh * g.kw;
+        let mut w = [0.0f32; 64];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                w[ky * g.kw + kx] = self.w.data[self.c * ws[0] + ky * ws[2] + kx * ws[3]];
+            }
+        }
+        let (d1, p1) = (g.dilation[1], g.pad[1]);
+        let span = (g.kw - 1) * d1;
+        // Output columns whose every tap is inside the row: p1 <= ox <= iw - 1 - span + p1.
+        let c0 = p1.min(g.ow);
+        let c1 = (g.iw + p1).saturating_sub(span).clamp(c0, g.ow);
+        let act = |v: f32| match self.act {
+            Activation::None => v,
+            Activation::Relu => {
+                if v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
+            Activation::Clamp(lo, hi) => {
+                let v = if v < lo { lo } else { v };
+                if v > hi {
+                    hi
+                } else {
+                    v
+                }
+            }
+        };
+        let act_v = |v: S::F| match self.act {
+            Activation::None => v,
+            Activation::Relu => s.max(s.zero(), v),
+            Activation::Clamp(lo, hi) => ptero_simd::ops::clamp(s, v, lo, hi),
+        };
+        // Input rows of each tap row, `None` in the padding.
+        let mut rows: [Option<&[f32]>; 64] = [None; 64];
+        for oy in 0..g.oh {
+            for (ky, r) in rows.iter_mut().enumerate().take(g.kh) {
+                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
+                *r = (iy >= 0 && iy < g.ih as isize).then(|| {
+                    let st = xbase + iy as usize * xs[2];
+                    &self.x.data[st..st + g.iw]
+                });
+            }
+            // SAFETY: row oy of plane (n, c) is inside the checked output, contiguous
+            // (os[3] == 1), and this task is the plane's only writer.
+            let o = unsafe {
+                core::slice::from_raw_parts_mut(self.out.get().add(obase + oy * os[2]), g.ow)
+            };
+            let scalar = |ox: usize| {
+                let mut acc = self.bias;
+                for (ky, r) in rows.iter().enumerate().take(g.kh) {
+                    let Some(r) = r else { continue };
+                    for kx in 0..g.kw {
+                        let ix = (ox + kx * d1) as isize - p1 as isize;
+                        if ix >= 0 && (ix as usize) < g.iw {
+                            acc += w[ky * g.kw + kx] * r[ix as usize];
+                        }
+                    }
+                }
+                act(acc)
+            };
+            for ox in 0..c0 {
+                o[ox] = scalar(ox);
+            }
+            let mut ox = c0;
+            while ox < c1 {
+                // The last vector of the interior is partial (masked loads and stores).
+                let n = S::LANES.min(c1 - ox);
+                let mut acc = s.splat(self.bias);
+                for (ky, r) in rows.iter().enumerate().take(g.kh) {
+                    let Some(r) = r else { continue };
+                    for kx in 0..g.kw {
+                        let ix = ox + kx * d1 - p1;
+                        let v = if n == S::LANES {
+                            s.load(&r[ix..])
+                        } else {
+                            s.load_part(&r[ix..ix + n])
+                        };
+                        acc = s.mul_add(s.splat(w[ky * g.kw + kx]), v, acc);
+                    }
+                }
+                if n == S::LANES {
+                    s.store(&mut o[ox..], act_v(acc));
+                } else {
+                    s.store_part(&mut o[ox..ox + n], act_v(acc));
+                }
+                ox += n;
+            }
+            for ox in c1.max(c0)..g.ow {
+                o[ox] = scalar(ox);
+            }
+            let _ = taps;
         }
     }
 }
