@@ -717,7 +717,6 @@ impl DwPlane<'_> {
         let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
         let xbase = self.n * xs[0] + self.c * xs[1];
         let obase = self.n * os[0] + self.c * os[1];
-        let taps = g.kh * g.kw;
         let mut w = [0.0f32; 64];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
@@ -780,8 +779,8 @@ impl DwPlane<'_> {
                 }
                 act(acc)
             };
-            for ox in 0..c0 {
-                o[ox] = scalar(ox);
+            for (ox, v) in o.iter_mut().enumerate().take(c0) {
+                *v = scalar(ox);
             }
             let mut ox = c0;
             while ox < c1 {
@@ -807,10 +806,9 @@ impl DwPlane<'_> {
                 }
                 ox += n;
             }
-            for ox in c1.max(c0)..g.ow {
-                o[ox] = scalar(ox);
+            for (ox, v) in o.iter_mut().enumerate().skip(c1.max(c0)) {
+                *v = scalar(ox);
             }
-            let _ = taps;
         }
     }
 }
