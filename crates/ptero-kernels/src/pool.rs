@@ -118,6 +118,16 @@ fn dilated_span(o: usize, k: usize, s: usize, p: usize, d: usize, len: usize) ->
 }
 
 impl Span {
+    /// `[first, end)` as input indices (empty when the window is).
+    #[inline]
+    fn bounds(self) -> (usize, usize) {
+        if self.first < self.end {
+            (self.first as usize, self.end as usize)
+        } else {
+            (0, 0)
+        }
+    }
+
     /// The positions, in order, as input indices.
     fn iter(self, step: usize) -> impl Iterator<Item = usize> {
         let (a, b) = if self.first < self.end {
@@ -227,6 +237,42 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     // the work is charged and the deadline polled as it goes.
     let mut meter = Meter::charging(a);
     let wd_i = wd as i128;
+    let contiguous = |st: &[usize; 4]| *st == [c * oh * ow, oh * ow, ow, 1];
+    // Small windows (the usual 2 x 2, 3 x 3): planes split over threads, the work charged
+    // up front. Larger ones take the metered path below, which polls the interrupt.
+    let small = w.k[0].saturating_mul(w.k[1]) <= 64;
+    if dtype == ScalarType::Float && small && contiguous(&ost) && contiguous(&ist) && oh * ow > 0 {
+        let (x, o, idx): (&[f32], &mut [f32], &mut [i64]) = (xt.data()?, ot.data()?, it.data()?);
+        let per_out = (w.k[0] as u64)
+            .saturating_mul(w.k[1] as u64)
+            .saturating_add(1);
+        meter.add(((n * c * oh * ow) as u64).saturating_mul(per_out))?;
+        let failed = core::sync::atomic::AtomicBool::new(false);
+        let plane = oh * ow;
+        ptero_simd::for_each_chunk_pair(a.parallel(), o, idx, (plane, plane), &|r, o, idx| {
+            for (k, p) in r.enumerate() {
+                let xb = (p / c) * xst[0] + (p % c) * xst[1];
+                let ok = max_plane_f32(
+                    x,
+                    xb,
+                    &xst,
+                    &mut o[k * plane..(k + 1) * plane],
+                    &mut idx[k * plane..(k + 1) * plane],
+                    (h, wd, oh, ow),
+                    &w,
+                );
+                if !ok {
+                    failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        if failed.into_inner() {
+            return Err(Error::OutOfBounds(
+                "max_pool2d: view exceeds its tensor".into(),
+            ));
+        }
+        return Ok(());
+    }
     if dtype == ScalarType::Float {
         // Typed slices: the generic loop below converts every element through f64.
         let (x, o, idx): (&[f32], &mut [f32], &mut [i64]) = (xt.data()?, ot.data()?, it.data()?);
@@ -253,9 +299,14 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
                             let ox = ox0 + j;
                             let mut best_i = ys.first * wd_i + xs.first;
                             let mut best = f32::NEG_INFINITY;
-                            'win: for y in ys.iter(w.d[0]) {
+                            // Plain counted loops: `step_by` iterators cost more than the
+                            // comparisons of a 3 x 3 window.
+                            let (yr, xr) = (ys.bounds(), xs.bounds());
+                            let mut y = yr.0;
+                            'win: while y < yr.1 {
                                 let row = xb + y * xst[2];
-                                for xx in xs.iter(w.d[1]) {
+                                let mut xx = xr.0;
+                                while xx < xr.1 {
                                     let v = *x.get(row + xx * xst[3]).ok_or_else(oob)?;
                                     if v > best || v.is_nan() {
                                         best = v;
@@ -264,7 +315,9 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
                                             break 'win;
                                         }
                                     }
+                                    xx += w.d[1];
                                 }
+                                y += w.d[0];
                             }
                             *o.get_mut(orow + ox * ost[3]).ok_or_else(oob)? = best;
                             *idx.get_mut(irow + ox * ist[3]).ok_or_else(oob)? =
@@ -325,6 +378,52 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Max pooling of one contiguous output plane (values and flat input indices); `false`
+/// when a window reads outside `x`.
+fn max_plane_f32(
+    x: &[f32],
+    xb: usize,
+    xst: &[usize; 4],
+    o: &mut [f32],
+    idx: &mut [i64],
+    (h, wd, oh, ow): (usize, usize, usize, usize),
+    w: &Win,
+) -> bool {
+    let wd_i = wd as i128;
+    for oy in 0..oh {
+        let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
+        let yr = ys.bounds();
+        for ox in 0..ow {
+            let xs = dilated_span(ox, w.k[1], w.s[1], w.p[1], w.d[1], wd);
+            let xr = xs.bounds();
+            let mut best_i = ys.first * wd_i + xs.first;
+            let mut best = f32::NEG_INFINITY;
+            let mut y = yr.0;
+            'win: while y < yr.1 {
+                let row = xb + y * xst[2];
+                let mut xx = xr.0;
+                while xx < xr.1 {
+                    let Some(&v) = x.get(row + xx * xst[3]) else {
+                        return false;
+                    };
+                    if v > best || v.is_nan() {
+                        best = v;
+                        best_i = (y * wd + xx) as i128;
+                        if v.is_nan() {
+                            break 'win;
+                        }
+                    }
+                    xx += w.d[1];
+                }
+                y += w.d[0];
+            }
+            o[oy * ow + ox] = best;
+            idx[oy * ow + ox] = best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        }
+    }
+    true
 }
 
 fn avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {

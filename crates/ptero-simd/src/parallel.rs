@@ -116,3 +116,40 @@ impl<T> SendPtr<T> {
         self.0
     }
 }
+
+/// Like [`for_each_chunk_by`] over two outputs that hold the same number of units
+/// (`a.len() / unit_a == b.len() / unit_b`, e.g. the values and the indices of a
+/// pooling): `f(units, a_part, b_part)` gets matching ranges of both. Does nothing when
+/// the lengths do not agree.
+pub fn for_each_chunk_pair<T: Send, U: Send>(
+    par: &dyn Parallel,
+    a: &mut [T],
+    b: &mut [U],
+    (unit_a, unit_b): (usize, usize),
+    f: &(dyn Fn(core::ops::Range<usize>, &mut [T], &mut [U]) + Sync),
+) {
+    let (ua, ub) = (unit_a.max(1), unit_b.max(1));
+    let units = a.len() / ua;
+    if units * ua != a.len() || units * ub != b.len() {
+        return;
+    }
+    let threads = par.threads();
+    if threads <= 1 || a.len() < PAR_MIN_ELEMS || units < 2 {
+        f(0..units, a, b);
+        return;
+    }
+    let parts = split_count(units, 2 * threads, 1);
+    let (pa, pb) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
+    par.run(parts, &|i| {
+        let r = split_range(units, parts, 1, i);
+        // SAFETY: distinct `i` give disjoint unit ranges inside `0..units`, and both
+        // slices are borrowed mutably for the whole call, so each task owns its parts.
+        let (sa, sb) = unsafe {
+            (
+                core::slice::from_raw_parts_mut(pa.get().add(r.start * ua), r.len() * ua),
+                core::slice::from_raw_parts_mut(pb.get().add(r.start * ub), r.len() * ub),
+            )
+        };
+        f(r, sa, sb);
+    });
+}
