@@ -117,6 +117,9 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// The task of [`for_each_chunk_pair`]: a range of units and the two matching parts.
+pub type PairTask<'f, T, U> = dyn Fn(core::ops::Range<usize>, &mut [T], &mut [U]) + Sync + 'f;
+
 /// Like [`for_each_chunk_by`] over two outputs that hold the same number of units
 /// (`a.len() / unit_a == b.len() / unit_b`, e.g. the values and the indices of a
 /// pooling): `f(units, a_part, b_part)` gets matching ranges of both. Does nothing when
@@ -126,7 +129,7 @@ pub fn for_each_chunk_pair<T: Send, U: Send>(
     a: &mut [T],
     b: &mut [U],
     (unit_a, unit_b): (usize, usize),
-    f: &(dyn Fn(core::ops::Range<usize>, &mut [T], &mut [U]) + Sync),
+    f: &PairTask<'_, T, U>,
 ) {
     let (ua, ub) = (unit_a.max(1), unit_b.max(1));
     let units = a.len() / ua;
