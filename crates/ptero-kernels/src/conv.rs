@@ -204,7 +204,7 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     let mut fb = a.scratch::<f32>(cout)?;
     for oc in 0..cout {
         // PyTorch's eval batch norm: (y - mean) / sqrt(var + eps) * gamma + beta.
-        let inv = 1.0 / ((var[oc] as f64) + eps).sqrt();
+        let inv = 1.0 / libm::sqrt(var[oc] as f64 + eps);
         let scale = gamma[oc] as f64 * inv;
         let b0 = bias.map_or(0.0, |b| b[oc] as f64);
         fb[oc] = ((b0 - mean[oc] as f64) * scale + beta[oc] as f64) as f32;
