@@ -676,24 +676,7 @@ impl SimdOp for DwPlane<'_> {
             if self.act != Activation::None {
                 // SAFETY: as above.
                 let orow = unsafe { out_row(self.out, obase + oy * os[2], g.ow, os[3]) };
-                let f = |v: f32| match self.act {
-                    Activation::Relu => {
-                        if v < 0.0 {
-                            0.0
-                        } else {
-                            v
-                        }
-                    }
-                    Activation::Clamp(lo, hi) => {
-                        let v = if v < lo { lo } else { v };
-                        if v > hi {
-                            hi
-                        } else {
-                            v
-                        }
-                    }
-                    Activation::None => v,
-                };
+                let f = |v: f32| act_scalar(self.act, v);
                 match orow {
                     Row::Contig(o) => o.iter_mut().for_each(|v| *v = f(*v)),
                     Row::Strided(p, st) => {
@@ -728,24 +711,7 @@ impl DwPlane<'_> {
         // Output columns whose every tap is inside the row: p1 <= ox <= iw - 1 - span + p1.
         let c0 = p1.min(g.ow);
         let c1 = (g.iw + p1).saturating_sub(span).clamp(c0, g.ow);
-        let act = |v: f32| match self.act {
-            Activation::None => v,
-            Activation::Relu => {
-                if v < 0.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-            Activation::Clamp(lo, hi) => {
-                let v = if v < lo { lo } else { v };
-                if v > hi {
-                    hi
-                } else {
-                    v
-                }
-            }
-        };
+        let act = |v: f32| act_scalar(self.act, v);
         let act_v = |v: S::F| match self.act {
             Activation::None => v,
             Activation::Relu => s.max(s.zero(), v),
@@ -808,6 +774,28 @@ impl DwPlane<'_> {
             }
             for (ox, v) in o.iter_mut().enumerate().skip(c1.max(c0)) {
                 *v = scalar(ox);
+            }
+        }
+    }
+}
+
+/// The activation on one value, with the vector forms' NaN rule (NaN passes through).
+fn act_scalar(act: Activation, v: f32) -> f32 {
+    match act {
+        Activation::None => v,
+        Activation::Relu => {
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        }
+        Activation::Clamp(lo, hi) => {
+            let v = if v < lo { lo } else { v };
+            if v > hi {
+                hi
+            } else {
+                v
             }
         }
     }

@@ -71,7 +71,8 @@ pub(crate) fn pack_b_panel(
     }
 }
 
-/// Packs `mr × kc` of `a` (rows `i0..i0 + m_eff`, columns `k0..`) into `dst`.
+/// Packs `mr × kc` of `a` (rows `i0..i0 + m_eff`, columns `k0..`) into `dst`: a strip of
+/// A's rows is a panel of Aᵀ's columns.
 pub(crate) fn pack_a_strip(
     a: &MatRef<'_>,
     i0: usize,
@@ -81,33 +82,7 @@ pub(crate) fn pack_a_strip(
     mr: usize,
     dst: &mut [f32],
 ) {
-    let dst = &mut dst[..kc * mr];
-    check_block(a, i0, m_eff, k0, kc);
-    let src = a.data.as_ptr();
-    let d = dst.as_mut_ptr();
-    if a.rs == 1 {
-        for p in 0..kc {
-            // SAFETY: column k0 + p, rows i0..i0 + m_eff are inside the checked block;
-            // `dst` holds kc * mr values and m_eff <= mr.
-            unsafe {
-                let s = src.add((k0 + p) * a.cs + i0);
-                core::ptr::copy_nonoverlapping(s, d.add(p * mr), m_eff);
-                core::ptr::write_bytes(d.add(p * mr + m_eff), 0, mr - m_eff);
-            }
-        }
-    } else {
-        if m_eff < mr {
-            dst.fill(0.0);
-        }
-        for ii in 0..m_eff {
-            let row = (i0 + ii) * a.rs + k0 * a.cs;
-            for p in 0..kc {
-                // SAFETY: element (i0 + ii, k0 + p) is inside the checked block;
-                // p * mr + ii < kc * mr.
-                unsafe { *d.add(p * mr + ii) = *src.add(row + p * a.cs) };
-            }
-        }
-    }
+    pack_b_panel(&a.t(), k0, kc, i0, m_eff, mr, dst)
 }
 
 /// The whole of `b` (`K × N`) in panels of `width` columns.
