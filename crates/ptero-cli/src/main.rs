@@ -699,8 +699,9 @@ fn bench(
         }
         p.rows(iterations.max(1))
     } else {
-        Vec::new()
+        Default::default()
     };
+    let (ops, instrs) = ops;
     if json {
         let o = serde_json::json!({
             "model": model.display().to_string(),
@@ -720,6 +721,12 @@ fn bench(
             o["profile"] = serde_json::Value::Array(
                 ops.iter()
                     .map(|r| serde_json::json!({"op": r.0, "calls": r.1, "ms_per_run": r.2}))
+                    .collect(),
+            );
+            o["instructions"] = serde_json::Value::Array(
+                instrs
+                    .iter()
+                    .map(|r| serde_json::json!({"chain": r.0, "pc": r.1, "op": r.2, "ms_per_run": r.3}))
                     .collect(),
             );
         }
@@ -765,14 +772,24 @@ struct OpProfile {
     start: Option<Instant>,
     /// Operator name, calls, total seconds.
     by_op: Vec<(String, u64, f64)>,
+    /// Chain, instruction, operator, total seconds; in execution order.
+    by_instr: Vec<(usize, usize, String, f64)>,
 }
 
 impl ptero::Observer for OpProfile {
     fn begin(&mut self, _chain: usize, _pc: usize) {
         self.start = Some(Instant::now());
     }
-    fn end(&mut self, _chain: usize, _pc: usize, name: &str) {
+    fn end(&mut self, chain: usize, pc: usize, name: &str) {
         let dt = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        match self
+            .by_instr
+            .iter_mut()
+            .find(|r| r.0 == chain && r.1 == pc)
+        {
+            Some(r) => r.3 += dt,
+            None => self.by_instr.push((chain, pc, name.to_string(), dt)),
+        }
         match self.by_op.iter_mut().find(|r| r.0 == name) {
             Some(r) => {
                 r.1 += 1;
@@ -784,13 +801,21 @@ impl ptero::Observer for OpProfile {
 }
 
 impl OpProfile {
-    /// (operator, calls per run, ms per run), slowest first.
-    fn rows(mut self, runs: u32) -> Vec<(String, u64, f64)> {
+    /// (operator, calls per run, ms per run), slowest first; then (chain, instruction,
+    /// operator, ms per run) in execution order.
+    #[allow(clippy::type_complexity)]
+    fn rows(mut self, runs: u32) -> (Vec<(String, u64, f64)>, Vec<(usize, usize, String, f64)>) {
         let runs = runs.max(1);
+        let instrs = core::mem::take(&mut self.by_instr)
+            .into_iter()
+            .map(|(c, pc, op, s)| (c, pc, op, s * 1e3 / runs as f64))
+            .collect();
         self.by_op.sort_by(|a, b| b.2.total_cmp(&a.2));
-        self.by_op
+        let ops = self
+            .by_op
             .into_iter()
             .map(|(op, calls, s)| (op, calls / runs as u64, s * 1e3 / runs as f64))
-            .collect()
+            .collect();
+        (ops, instrs)
     }
 }

@@ -1,7 +1,10 @@
-//! Convolution throughput: `cargo run --release -p ptero-gemm --example conv_bench`.
+//! Convolution throughput: `cargo run --release -p ptero-gemm --example conv_bench [FILTER]`.
 //!
-//! ResNet/MobileNet-like layers, NCHW, weights packed once; GFLOP/s at 1 thread and at
-//! `PTERO_THREADS` (default: all CPUs). An argument filters layers by name.
+//! NCHW layers, weights packed once; best time and GFLOP/s at 1 thread and at
+//! `PTERO_THREADS` (default: all CPUs). Without a filter it runs a few typical layers;
+//! `resnet18`, `mobilenet_v2` or `efficientnet_b0` runs every convolution of that model
+//! (224×224 input) and prints the sum; any other text keeps the layers whose name
+//! contains it.
 
 use std::time::Instant;
 
@@ -9,8 +12,8 @@ use ptero_gemm::{conv2d, Activation, Conv2d, ConvWeights, Image, ImageMut, Packe
 use ptero_simd::pool::ThreadPool;
 use ptero_simd::SlotArena;
 
-#[allow(clippy::too_many_arguments)]
-fn geo(cin: usize, cout: usize, groups: usize, hw: usize, k: usize, s: usize, p: usize) -> Conv2d {
+fn geo(cin: usize, cout: usize, groups: usize, hw: usize, k: usize, s: usize) -> Conv2d {
+    let p = k / 2;
     let o = (hw + 2 * p - k) / s + 1;
     Conv2d {
         n: 1,
@@ -29,29 +32,93 @@ fn geo(cin: usize, cout: usize, groups: usize, hw: usize, k: usize, s: usize, p:
     }
 }
 
+fn typical() -> Vec<(String, Conv2d)> {
+    [
+        ("resnet conv1 7x7/2", geo(3, 64, 1, 224, 7, 2)),
+        ("resnet 3x3 64", geo(64, 64, 1, 56, 3, 1)),
+        ("resnet 3x3 128/2", geo(64, 128, 1, 56, 3, 2)),
+        ("resnet 3x3 256", geo(256, 256, 1, 14, 3, 1)),
+        ("resnet 3x3 512", geo(512, 512, 1, 7, 3, 1)),
+        ("pointwise 32->192 112", geo(32, 192, 1, 112, 1, 1)),
+        ("pointwise 96->24 56", geo(96, 24, 1, 56, 1, 1)),
+        ("depthwise 3x3 144 56", geo(144, 144, 144, 56, 3, 1)),
+        ("depthwise 3x3/2 96 112", geo(96, 96, 96, 112, 3, 2)),
+    ]
+    .into_iter()
+    .map(|(n, g)| (n.to_string(), g))
+    .collect()
+}
+
+fn resnet18() -> Vec<(String, Conv2d)> {
+    let mut v = vec![("conv1".to_string(), geo(3, 64, 1, 224, 7, 2))];
+    let mut hw = 56;
+    let mut cin = 64;
+    for (stage, c) in [64, 128, 256, 512].into_iter().enumerate() {
+        for b in 0..2 {
+            let s = if stage > 0 && b == 0 { 2 } else { 1 };
+            v.push((format!("l{stage}.{b} a"), geo(cin, c, 1, hw, 3, s)));
+            if s == 2 {
+                v.push((format!("l{stage}.{b} down"), geo(cin, c, 1, hw, 1, 2)));
+                hw /= 2;
+            }
+            v.push((format!("l{stage}.{b} b"), geo(c, c, 1, hw, 3, 1)));
+            cin = c;
+        }
+    }
+    v
+}
+
+/// Inverted-residual networks: (expansion, kernel, stride, channels, repeats) per stage.
+fn mbconv(stem: usize, stages: &[(usize, usize, usize, usize, usize)], head: usize) -> Vec<(String, Conv2d)> {
+    let mut v = vec![("stem".to_string(), geo(3, stem, 1, 224, 3, 2))];
+    let (mut hw, mut cin) = (112, stem);
+    for (i, &(t, k, s, c, n)) in stages.iter().enumerate() {
+        for r in 0..n {
+            let s = if r == 0 { s } else { 1 };
+            let mid = cin * t;
+            if t != 1 {
+                v.push((format!("s{i}.{r} expand"), geo(cin, mid, 1, hw, 1, 1)));
+            }
+            v.push((format!("s{i}.{r} dw{k}/{s}"), geo(mid, mid, mid, hw, k, s)));
+            hw = (hw + 2 * (k / 2) - k) / s + 1;
+            v.push((format!("s{i}.{r} project"), geo(mid, c, 1, hw, 1, 1)));
+            cin = c;
+        }
+    }
+    v.push(("head".to_string(), geo(cin, head, 1, hw, 1, 1)));
+    v
+}
+
 fn main() {
     let threads: usize = std::env::var("PTERO_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(ptero_simd::pool::default_threads);
-    let layers = [
-        ("resnet conv1 7x7/2", geo(3, 64, 1, 224, 7, 2, 3)),
-        ("resnet 3x3 64", geo(64, 64, 1, 56, 3, 1, 1)),
-        ("resnet 3x3 128/2", geo(64, 128, 1, 56, 3, 2, 1)),
-        ("resnet 3x3 256", geo(256, 256, 1, 14, 3, 1, 1)),
-        ("resnet 3x3 512", geo(512, 512, 1, 7, 3, 1, 1)),
-        ("pointwise 32->192 112", geo(32, 192, 1, 112, 1, 1, 0)),
-        ("pointwise 96->24 56", geo(96, 24, 1, 56, 1, 1, 0)),
-        ("depthwise 3x3 144 56", geo(144, 144, 144, 56, 3, 1, 1)),
-        ("depthwise 3x3/2 96 112", geo(96, 96, 96, 112, 3, 2, 1)),
-    ];
-    // An argument keeps only the layers whose name contains it.
-    let only = std::env::args().nth(1).unwrap_or_default();
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let layers = match filter.as_str() {
+        "resnet18" => resnet18(),
+        "mobilenet_v2" => mbconv(
+            32,
+            &[(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 3, 2, 32, 3), (6, 3, 2, 64, 4), (6, 3, 1, 96, 3), (6, 3, 2, 160, 3), (6, 3, 1, 320, 1)],
+            1280,
+        ),
+        "efficientnet_b0" => mbconv(
+            32,
+            &[(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)],
+            1280,
+        ),
+        f => typical().into_iter().filter(|(n, _)| n.contains(f)).collect(),
+    };
     println!("level: {}", ptero_simd::level());
-    for (name, g) in layers
-        .into_iter()
-        .filter(|(n, _)| n.contains(only.as_str()))
-    {
+    let counts = [1, threads];
+    let pools: Vec<ThreadPool> = counts.iter().map(|&t| ThreadPool::new(t)).collect();
+    let arenas: Vec<SlotArena> = counts
+        .iter()
+        .map(|&t| SlotArena::new(t, ptero_gemm::conv_scratch_floats()).unwrap())
+        .collect();
+    let mut total = [0.0f64; 2];
+    let mut total_flops = 0.0;
+    for (name, g) in &layers {
         let cin_g = g.cin / g.groups;
         let x = vec![0.5f32; g.n * g.cin * g.ih * g.iw];
         let w = vec![0.01f32; g.cout * cin_g * g.kh * g.kw];
@@ -66,19 +133,18 @@ fn main() {
             data: &w,
             strides: wst,
         };
-        let packed = PackedConv::new(&g, wi).unwrap();
+        let packed = PackedConv::new(g, wi).unwrap();
         let depthwise = g.groups == g.cin && g.cout == g.cin && g.groups > 1;
         let flops = 2.0 * (g.cout * g.oh * g.ow * cin_g * g.kh * g.kw) as f64;
+        total_flops += flops;
         let mut line = format!("{name:<26}");
-        for t in [1, threads] {
-            let pool = ThreadPool::new(t);
-            let arena = SlotArena::new(t, ptero_gemm::conv_scratch_floats()).unwrap();
+        for (i, t) in counts.into_iter().enumerate() {
             let os = [g.cout * g.oh * g.ow, g.oh * g.ow, g.ow, 1];
             let mut run = || {
                 conv2d(
-                    &pool,
-                    Some(&arena),
-                    &g,
+                    &pools[i],
+                    Some(&arenas[i]),
+                    g,
                     xi,
                     if depthwise {
                         ConvWeights::Image(wi)
@@ -97,11 +163,12 @@ fn main() {
             run();
             let mut best = f64::MAX;
             let start = Instant::now();
-            while start.elapsed().as_secs_f64() < 0.5 {
+            while start.elapsed().as_secs_f64() < 0.2 {
                 let t0 = Instant::now();
                 run();
                 best = best.min(t0.elapsed().as_secs_f64());
             }
+            total[i] += best;
             line += &format!(
                 "  {t}T {:>8.3} ms {:>6.1} GFLOP/s",
                 best * 1e3,
@@ -109,5 +176,16 @@ fn main() {
             );
         }
         println!("{line}");
+    }
+    if layers.len() > 1 {
+        println!(
+            "{:<26}  1T {:>8.3} ms {:>6.1} GFLOP/s  {}T {:>8.3} ms {:>6.1} GFLOP/s",
+            "total",
+            total[0] * 1e3,
+            total_flops / total[0] / 1e9,
+            threads,
+            total[1] * 1e3,
+            total_flops / total[1] / 1e9
+        );
     }
 }

@@ -6,10 +6,11 @@
 use alloc::vec::Vec;
 
 use ptero_simd::{
-    dispatch_at, split_count, split_range, Parallel, Serial, Simd, SimdOp, SlotArena,
+    Parallel, Serial, SlotArena,
 };
 
-use crate::driver::{gemm_out, scratch_floats, COut, SyncPtr};
+use crate::depthwise::depthwise;
+use crate::driver::{gemm_out, gemm_shifted, scratch_floats, COut, Shifted, SyncPtr, Wrap, MAX_TAPS};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
@@ -275,7 +276,7 @@ pub fn conv2d(
         check_extent("weight", wi.data.len(), [g.cout, 1, g.kh, g.kw], wi.strides)?;
         // SAFETY: extents and the output's layout were checked above; `out` is borrowed
         // mutably for the call.
-        unsafe { depthwise(par, &g, x, wi, bias, optr, out.strides, act) };
+        unsafe { depthwise(par, arena, &g, x, wi, bias, optr, out.strides, act) };
         return Ok(());
     }
     let owned;
@@ -315,6 +316,10 @@ unsafe fn grouped(
         },
         act,
     };
+    // SAFETY: forwarded from the caller.
+    if let Some(r) = unsafe { shifted(par, arena, g, x, w, bias, out, os, act) } {
+        return r;
+    }
     let pointwise = g.kh == 1
         && g.kw == 1
         && g.stride == [1, 1]
@@ -543,294 +548,149 @@ fn im2col_packed(
     }
 }
 
-/// Depthwise: every channel convolved with its own `kh × kw` filter, planes split over
-/// threads.
+
+/// Convolution as a GEMM reading its input in place: B's row for input channel `c` and
+/// tap `(ky, kx)` is the image shifted by the tap, so nothing is gathered per output
+/// pixel. The input is used as it is for unit stride without padding; otherwise it is
+/// first copied into one slot of the arena, padded with zeros and split into stride phases
+/// (`x[c, qy·sh + py, qx·sw + px]` at phase `(py, px)`, row `qy`, column `qx`). Output
+/// pixels then sit `width` apart per row, the columns past `ow` being computed and
+/// dropped. `None` when the taps or the copy do not fit.
 ///
 /// # Safety
-/// `out` with strides `os` must be valid, non-aliasing and exclusive for the whole
-/// `[n, cout, oh, ow]` output.
+/// As [`conv2d`]'s output: valid, non-aliasing and exclusive.
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise(
+unsafe fn shifted(
     par: &dyn Parallel,
+    arena: Option<&SlotArena>,
     g: &Conv2d,
     x: Image<'_>,
-    w: Image<'_>,
+    w: &PackedConv,
     bias: Option<&[f32]>,
     out: SyncPtr,
     os: [usize; 4],
     act: Activation,
-) {
-    let planes = g.n * g.cout;
-    let work = planes * g.oh * g.ow * g.kh * g.kw;
-    let parts = if work < crate::driver::PAR_MIN_MACS {
-        1
-    } else {
-        4 * par.threads()
-    };
-    let chunks = split_count(planes, parts, 1);
-    let level = ptero_simd::level();
-    par.run(chunks, &|t| {
-        for plane in split_range(planes, chunks, 1, t) {
-            let (n, c) = (plane / g.cout, plane % g.cout);
-            dispatch_at(
-                level,
-                DwPlane {
-                    g,
-                    x,
-                    w,
-                    bias: bias.map_or(0.0, |b| b[c]),
-                    n,
-                    c,
-                    out,
-                    os,
-                    act,
-                },
-            );
-        }
-    });
-}
-
-struct DwPlane<'a> {
-    g: &'a Conv2d,
-    x: Image<'a>,
-    w: Image<'a>,
-    bias: f32,
-    n: usize,
-    c: usize,
-    out: SyncPtr,
-    os: [usize; 4],
-    act: Activation,
-}
-
-impl SimdOp for DwPlane<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn eval<S: Simd>(self, s: S) {
-        let g = self.g;
-        let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
-        let xbase = self.n * xs[0] + self.c * xs[1];
-        let obase = self.n * os[0] + self.c * os[1];
-        let wbase = self.c * ws[0];
-        // Contiguous rows, unit stride along w: whole-row vector updates.
-        let fast = os[3] == 1 && xs[3] == 1 && g.stride[1] == 1;
-        if fast && g.kh * g.kw <= 64 {
-            self.rows_unit_stride(s);
-            return;
-        }
-        for oy in 0..g.oh {
-            // SAFETY: row oy of plane (n, c) is inside the checked output and this task is
-            // the only writer of the plane; with os[3] == 1 its ow values are contiguous.
-            let orow = unsafe { out_row(self.out, obase + oy * os[2], g.ow, os[3]) };
-            match orow {
-                Row::Contig(o) => o.fill(self.bias),
-                Row::Strided(p, st) => {
-                    for ox in 0..g.ow {
-                        // SAFETY: element ox of the row (see above).
-                        unsafe { *p.add(ox * st) = self.bias };
-                    }
-                }
-            }
-            for ky in 0..g.kh {
-                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
-                if iy < 0 || iy >= g.ih as isize {
-                    continue;
-                }
-                let xrow = xbase + iy as usize * xs[2];
-                for kx in 0..g.kw {
-                    let wv = self.w.data[wbase + ky * ws[2] + kx * ws[3]];
-                    let offx = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
-                    // Output columns whose input column is inside the row.
-                    let sx = g.stride[1] as isize;
-                    let lo = if offx < 0 { ((-offx) + sx - 1) / sx } else { 0 } as usize;
-                    let hi = if (g.iw as isize) - offx <= 0 {
-                        0
-                    } else {
-                        (((g.iw as isize - 1 - offx) / sx + 1) as usize).min(g.ow)
-                    };
-                    if hi <= lo {
-                        continue;
-                    }
-                    if fast {
-                        // SAFETY: as above; contiguous because os[3] == 1.
-                        let o = unsafe {
-                            core::slice::from_raw_parts_mut(
-                                self.out.get().add(obase + oy * os[2] + lo),
-                                hi - lo,
-                            )
-                        };
-                        let start = (xrow as isize + lo as isize + offx) as usize;
-                        let xi = &self.x.data[start..start + (hi - lo)];
-                        axpy(s, wv, xi, o);
-                    } else {
-                        for ox in lo..hi {
-                            let ix = (ox as isize * sx + offx) as usize;
-                            let v = self.x.data[xrow + ix * xs[3]];
-                            // SAFETY: element (oy, ox) of this task's plane.
-                            unsafe {
-                                *self.out.get().add(obase + oy * os[2] + ox * os[3]) += wv * v
-                            };
-                        }
-                    }
-                }
-            }
-            if self.act != Activation::None {
-                // SAFETY: as above.
-                let orow = unsafe { out_row(self.out, obase + oy * os[2], g.ow, os[3]) };
-                let f = |v: f32| act_scalar(self.act, v);
-                match orow {
-                    Row::Contig(o) => o.iter_mut().for_each(|v| *v = f(*v)),
-                    Row::Strided(p, st) => {
-                        for ox in 0..g.ow {
-                            // SAFETY: element ox of the row.
-                            unsafe { *p.add(ox * st) = f(*p.add(ox * st)) };
-                        }
-                    }
-                }
-            }
-        }
+) -> Option<Result<(), GemmError>> {
+    let taps = g.kh * g.kw;
+    let xs = x.strides;
+    if taps > MAX_TAPS || g.oh == 0 || g.ow == 0 {
+        return None;
     }
-}
-
-impl DwPlane<'_> {
-    /// Unit stride along rows, contiguous rows: every output vector accumulates all its
-    /// taps in a register (one store per output), the borders element by element.
-    #[inline(always)]
-    fn rows_unit_stride<S: Simd>(&self, s: S) {
-        let g = self.g;
-        let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
-        let xbase = self.n * xs[0] + self.c * xs[1];
-        let obase = self.n * os[0] + self.c * os[1];
-        let mut w = [0.0f32; 64];
+    let (cin_g, cout_g) = (g.cin_g(), g.cout_g());
+    let (sh, sw, dh, dw) = (g.stride[0], g.stride[1], g.dilation[0], g.dilation[1]);
+    let mut tapoff = [0usize; MAX_TAPS];
+    let epi = |grp: usize| Epilogue {
+        alpha: 1.0,
+        beta: if bias.is_some() { 1.0 } else { 0.0 },
+        bias: match bias {
+            Some(b) => Bias::PerRow(&b[grp * cout_g..(grp + 1) * cout_g]),
+            None => Bias::None,
+        },
+        act,
+    };
+    // One image, every group, from `data` laid out with channels `ch` apart.
+    let run = |n: usize, data: &[f32], ch: usize, width: usize, tapoff: &[usize]| {
+        let cols = (g.oh - 1) * width + g.ow;
+        let linear = width == g.ow && os[2] == g.ow * os[3];
+        let wrap = Wrap {
+            width: if linear { cols } else { width },
+            valid: if linear { cols } else { g.ow },
+            row_stride: os[2],
+        };
+        for grp in 0..g.groups {
+            let b = Shifted {
+                data: &data[grp * cin_g * ch..],
+                ch,
+                tapoff,
+                channels: cin_g,
+                n: cols,
+            };
+            let c = COut {
+                // SAFETY: (n, grp * cout_g, 0, 0) is inside the checked output.
+                ptr: SyncPtr(unsafe { out.get().add(n * os[0] + grp * cout_g * os[1]) }),
+                rows: cout_g,
+                cols,
+                rs: os[1],
+                cs: os[3],
+            };
+            // SAFETY: pixel (y, x) < (oh, ow) of every channel of this group is inside the
+            // checked, non-aliasing output, exclusive to this call.
+            unsafe { gemm_shifted(par, &w.groups[grp], b, c, wrap, &epi(grp))? };
+        }
+        Ok(())
+    };
+    if g.stride == [1, 1] && g.pad == [0, 0] && xs[3] == 1 && xs[2] >= g.iw {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                w[ky * g.kw + kx] = self.w.data[self.c * ws[0] + ky * ws[2] + kx * ws[3]];
+                tapoff[ky * g.kw + kx] = ky * dh * xs[2] + kx * dw;
             }
         }
-        let (d1, p1) = (g.dilation[1], g.pad[1]);
-        let span = (g.kw - 1) * d1;
-        // Output columns whose every tap is inside the row: p1 <= ox <= iw - 1 - span + p1.
-        let c0 = p1.min(g.ow);
-        let c1 = (g.iw + p1).saturating_sub(span).clamp(c0, g.ow);
-        let act = |v: f32| act_scalar(self.act, v);
-        let act_v = |v: S::F| match self.act {
-            Activation::None => v,
-            Activation::Relu => s.max(s.zero(), v),
-            Activation::Clamp(lo, hi) => ptero_simd::ops::clamp(s, v, lo, hi),
-        };
-        // Input rows of each tap row, `None` in the padding.
-        let mut rows: [Option<&[f32]>; 64] = [None; 64];
-        for oy in 0..g.oh {
-            for (ky, r) in rows.iter_mut().enumerate().take(g.kh) {
-                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
-                *r = (iy >= 0 && iy < g.ih as isize).then(|| {
-                    let st = xbase + iy as usize * xs[2];
-                    &self.x.data[st..st + g.iw]
-                });
-            }
-            // SAFETY: row oy of plane (n, c) is inside the checked output, contiguous
-            // (os[3] == 1), and this task is the plane's only writer.
-            let o = unsafe {
-                core::slice::from_raw_parts_mut(self.out.get().add(obase + oy * os[2]), g.ow)
-            };
-            let scalar = |ox: usize| {
-                let mut acc = self.bias;
-                for (ky, r) in rows.iter().enumerate().take(g.kh) {
-                    let Some(r) = r else { continue };
-                    for kx in 0..g.kw {
-                        let ix = (ox + kx * d1) as isize - p1 as isize;
-                        if ix >= 0 && (ix as usize) < g.iw {
-                            acc += w[ky * g.kw + kx] * r[ix as usize];
-                        }
-                    }
+        let r = (0..g.n).try_for_each(|n| {
+            run(n, &x.data[n * xs[0]..], xs[1], xs[2], &tapoff[..taps])
+        });
+        return Some(r);
+    }
+    let (hp, wp) = (g.ih + 2 * g.pad[0], g.iw + 2 * g.pad[1]);
+    let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+    let plane = hq * wq;
+    let ch = sh * sw * plane;
+    let total = g.cin.checked_mul(ch)?;
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let (y, xx) = (ky * dh, kx * dw);
+            tapoff[ky * g.kw + kx] = (y % sh * sw + xx % sw) * plane + y / sh * wq + xx / sw;
+        }
+    }
+    let arena = arena?;
+    arena.with(total, |buf| {
+        let buf = &mut buf[..total];
+        for n in 0..g.n {
+            ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
+                for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
+                    let c = r.start / ch + i;
+                    phases(g, x, n, c, (hq, wq), dst);
                 }
-                act(acc)
-            };
-            for (ox, v) in o.iter_mut().enumerate().take(c0) {
-                *v = scalar(ox);
-            }
-            let mut ox = c0;
-            while ox < c1 {
-                // The last vector of the interior is partial (masked loads and stores).
-                let n = S::LANES.min(c1 - ox);
-                let mut acc = s.splat(self.bias);
-                for (ky, r) in rows.iter().enumerate().take(g.kh) {
-                    let Some(r) = r else { continue };
-                    for kx in 0..g.kw {
-                        let ix = ox + kx * d1 - p1;
-                        let v = if n == S::LANES {
-                            s.load(&r[ix..])
-                        } else {
-                            s.load_part(&r[ix..ix + n])
-                        };
-                        acc = s.mul_add(s.splat(w[ky * g.kw + kx]), v, acc);
-                    }
+            });
+            run(n, buf, ch, wq, &tapoff[..taps])?;
+        }
+        Ok(())
+    })
+}
+
+/// Channel `c` of image `n`, zero-padded and split into stride phases of `hq × wq`.
+fn phases(g: &Conv2d, x: Image<'_>, n: usize, c: usize, (hq, wq): (usize, usize), dst: &mut [f32]) {
+    let xs = x.strides;
+    let (sh, sw) = (g.stride[0], g.stride[1]);
+    let (ph, pw) = (g.pad[0], g.pad[1]);
+    let base = n * xs[0] + c * xs[1];
+    // Phases no tap reads (a strided 1×1 reads one of them) are left as they are.
+    let used_y = |py: usize| (0..g.kh).any(|ky| ky * g.dilation[0] % sh == py);
+    let used_x = |px: usize| (0..g.kw).any(|kx| kx * g.dilation[1] % sw == px);
+    for py in (0..sh).filter(|&p| used_y(p)) {
+        for px in (0..sw).filter(|&p| used_x(p)) {
+            let phase = &mut dst[(py * sw + px) * hq * wq..][..hq * wq];
+            // Phase column q reads input column q * sw + px - pw: valid for q in [lo, hi).
+            let lo = pw.saturating_sub(px).div_ceil(sw).min(wq);
+            let hi = (g.iw + pw).saturating_sub(px).div_ceil(sw).clamp(lo, wq);
+            for (qy, row) in phase.chunks_exact_mut(wq).enumerate() {
+                let iy = (qy * sh + py) as isize - ph as isize;
+                if iy < 0 || iy >= g.ih as isize || hi == lo {
+                    row.fill(0.0);
+                    continue;
                 }
-                if n == S::LANES {
-                    s.store(&mut o[ox..], act_v(acc));
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                let first = base + iy as usize * xs[2] + (lo * sw + px - pw) * xs[3];
+                if sw == 1 && xs[3] == 1 {
+                    row[lo..hi].copy_from_slice(&x.data[first..first + (hi - lo)]);
                 } else {
-                    s.store_part(&mut o[ox..ox + n], act_v(acc));
+                    let step = sw * xs[3];
+                    let src = &x.data[first..first + (hi - lo - 1) * step + 1];
+                    for (k, v) in row[lo..hi].iter_mut().enumerate() {
+                        *v = src[k * step];
+                    }
                 }
-                ox += n;
-            }
-            for (ox, v) in o.iter_mut().enumerate().skip(c1.max(c0)) {
-                *v = scalar(ox);
             }
         }
-    }
-}
-
-/// The activation on one value, with the vector forms' NaN rule (NaN passes through).
-fn act_scalar(act: Activation, v: f32) -> f32 {
-    match act {
-        Activation::None => v,
-        Activation::Relu => {
-            if v < 0.0 {
-                0.0
-            } else {
-                v
-            }
-        }
-        Activation::Clamp(lo, hi) => {
-            let v = if v < lo { lo } else { v };
-            if v > hi {
-                hi
-            } else {
-                v
-            }
-        }
-    }
-}
-
-enum Row<'a> {
-    Contig(&'a mut [f32]),
-    Strided(*mut f32, usize),
-}
-
-/// # Safety
-/// The `len` elements `p + off + i * st` must be valid and exclusive to the caller.
-unsafe fn out_row<'a>(p: SyncPtr, off: usize, len: usize, st: usize) -> Row<'a> {
-    // SAFETY: per the contract.
-    unsafe {
-        if st == 1 {
-            Row::Contig(core::slice::from_raw_parts_mut(p.get().add(off), len))
-        } else {
-            Row::Strided(p.get().add(off), st)
-        }
-    }
-}
-
-#[inline(always)]
-fn axpy<S: Simd>(s: S, a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let av = s.splat(a);
-    let mut i = 0;
-    while i + S::LANES <= n {
-        let v = s.mul_add(s.load(&x[i..]), av, s.load(&y[i..]));
-        s.store(&mut y[i..], v);
-        i += S::LANES;
-    }
-    if i < n {
-        let v = s.mul_add(s.load_part(&x[i..n]), av, s.load_part(&y[i..n]));
-        s.store_part(&mut y[i..n], v);
     }
 }

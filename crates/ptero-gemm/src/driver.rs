@@ -2,7 +2,7 @@
 
 use ptero_simd::{dispatch_at, Parallel, Serial, Simd, SimdOp, SlotArena};
 
-use crate::kernel::{geometry, micro, store_tile, Epi, TileOut};
+use crate::kernel::{geometry, micro, micro_shifted, store_tile, store_wrapped, Epi, TileOut};
 use crate::pack::{pack_a_strip, pack_b_panel};
 use crate::{gemv, Bias, Epilogue, GemmError, Lhs, MatMut, Rhs};
 
@@ -33,6 +33,53 @@ pub(crate) struct COut {
     pub cols: usize,
     pub rs: usize,
     pub cs: usize,
+}
+
+/// The right operand as the driver reads it.
+#[derive(Clone, Copy)]
+enum BSrc<'a> {
+    Mat(crate::MatRef<'a>),
+    Packed(crate::PackedBRef<'a>),
+    Shifted(Shifted<'a>),
+}
+
+/// A right operand read in place, never packed: a convolution's taps over its (padded)
+/// input. Row `p = c · taps + t` of B is `data[c · ch + tapoff[t]..][..n]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Shifted<'a> {
+    pub data: &'a [f32],
+    /// Floats between channels.
+    pub ch: usize,
+    pub tapoff: &'a [usize],
+    /// Channels: B has `channels × tapoff.len()` rows.
+    pub channels: usize,
+    /// Columns.
+    pub n: usize,
+}
+
+impl Shifted<'_> {
+    /// Every read stays inside `data`: the last channel's widest tap plus `n` columns.
+    fn in_bounds(&self) -> bool {
+        let Some(&maxoff) = self.tapoff.iter().max() else {
+            return false;
+        };
+        self.channels
+            .checked_sub(1)
+            .and_then(|c| c.checked_mul(self.ch))
+            .and_then(|v| v.checked_add(maxoff))
+            .and_then(|v| v.checked_add(self.n))
+            .is_some_and(|end| end <= self.data.len())
+    }
+}
+
+/// Output columns that are pixels of an image row by row: column `j` is pixel
+/// `(j / width, j % width)`, which exists only when `j % width < valid`; rows of pixels
+/// are `row_stride` apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Wrap {
+    pub width: usize,
+    pub valid: usize,
+    pub row_stride: usize,
 }
 
 /// A pointer shared by tasks that write disjoint tiles of it.
@@ -116,13 +163,79 @@ pub(crate) unsafe fn gemm_out(
     c: COut,
     epi: &Epilogue<'_>,
 ) -> Result<(), GemmError> {
-    let (m, ka) = match a {
-        Lhs::Mat(x) => (x.rows, x.cols),
-        Lhs::Packed(p) => (p.m, p.k),
+    let ka = match a {
+        Lhs::Mat(x) => x.cols,
+        Lhs::Packed(p) => p.k,
     };
     let (kb, n) = match b {
         Rhs::Mat(x) => (x.rows, x.cols),
         Rhs::Packed(p) => (p.k, p.n),
+    };
+    let bsrc = match b {
+        Rhs::Mat(x) => BSrc::Mat(x),
+        Rhs::Packed(p) => BSrc::Packed(p),
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { run(par, arena, buf, a, bsrc, (ka, kb, n), c, None, epi) }
+}
+
+/// `C = act(A · B + bias)` with B read in place from a convolution's input and the
+/// columns wrapped into image rows (see [`Shifted`] and [`Wrap`]).
+///
+/// # Safety
+/// Every existing pixel `(i, j)` of `c` (`ptr + i * rs + (j / width) * row_stride +
+/// (j % width) * cs` with `j % width < valid`) must be valid for writes, distinct from the
+/// others, and not accessed by anyone else during the call.
+pub(crate) unsafe fn gemm_shifted(
+    par: &dyn Parallel,
+    a: &crate::PackedA,
+    b: Shifted<'_>,
+    c: COut,
+    wrap: Wrap,
+    epi: &Epilogue<'_>,
+) -> Result<(), GemmError> {
+    if !b.in_bounds() || b.tapoff.len() > MAX_TAPS || wrap.valid > wrap.width {
+        return Err(GemmError::Shape {
+            what: "shifted operand extent",
+            expected: b.data.len(),
+            found: b.n,
+        });
+    }
+    let kb = b.channels * b.tapoff.len();
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        run(
+            par,
+            None,
+            None,
+            Lhs::Packed(a),
+            BSrc::Shifted(b),
+            (a.k, kb, b.n),
+            c,
+            Some(wrap),
+            epi,
+        )
+    }
+}
+
+/// Taps of a [`Shifted`] operand at most (one K block holds whole channels).
+pub(crate) const MAX_TAPS: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    buf: Option<&mut [f32]>,
+    a: Lhs<'_>,
+    b: BSrc<'_>,
+    (ka, kb, n): (usize, usize, usize),
+    c: COut,
+    wrap: Option<Wrap>,
+    epi: &Epilogue<'_>,
+) -> Result<(), GemmError> {
+    let m = match a {
+        Lhs::Mat(x) => x.rows,
+        Lhs::Packed(p) => p.m,
     };
     let k = ka;
     if kb != ka {
@@ -151,17 +264,17 @@ pub(crate) unsafe fn gemm_out(
         return Ok(());
     }
     let level = match (a, b) {
-        (Lhs::Packed(pa), Rhs::Packed(pb)) if pa.level != pb.level => {
+        (Lhs::Packed(pa), BSrc::Packed(pb)) if pa.level != pb.level => {
             return Err(GemmError::LevelMismatch)
         }
         (Lhs::Packed(pa), _) => pa.level,
-        (_, Rhs::Packed(pb)) => pb.level,
+        (_, BSrc::Packed(pb)) => pb.level,
         _ => ptero_simd::level(),
     };
     let (gmr, gnr) = geometry(level);
     let packed_ok = match (a, b) {
         (Lhs::Packed(p), _) if p.mr != gmr => false,
-        (_, Rhs::Packed(p)) if p.nr != gnr => false,
+        (_, BSrc::Packed(p)) if p.nr != gnr => false,
         _ => true,
     };
     if !packed_ok {
@@ -185,7 +298,7 @@ pub(crate) unsafe fn gemm_out(
     };
 
     // A single row or column against a plain matrix: stream it, no packing.
-    if let (Lhs::Mat(am), Rhs::Mat(bm)) = (a, b) {
+    if let (Lhs::Mat(am), BSrc::Mat(bm)) = (a, b) {
         if gemv::try_run(par, level, am, bm, c, &e) {
             return Ok(());
         }
@@ -196,21 +309,39 @@ pub(crate) unsafe fn gemm_out(
         mr = 1;
     }
     // Row blocks of at most MC_STRIPS strips, of equal size so threads finish together.
-    let mb = m.div_ceil(MC_STRIPS * mr);
-    let mc = m.div_ceil(mb).div_ceil(mr) * mr;
-    let mb = m.div_ceil(mc);
+    // With threads, enough blocks for three each: more row blocks when A is the larger
+    // operand (each block of A is then read once: a convolution's weights over a small
+    // image), more column blocks otherwise.
     let threads = par.threads().max(1);
     let max_nb = n.div_ceil(nr);
+    let mut mb = m.div_ceil(MC_STRIPS * mr);
     let mut nb = n.div_ceil(NC_MAX);
     if threads > 1 {
-        nb = nb.max((3 * threads).div_ceil(mb)).min(max_nb);
+        let want = 3 * threads;
+        if m >= n {
+            mb = mb.max(want.min(m.div_ceil(mr)));
+        }
+        nb = nb.max(want.div_ceil(mb)).min(max_nb);
     }
+    let mc = m.div_ceil(mb).div_ceil(mr) * mr;
+    let mb = m.div_ceil(mc);
     let nc = n.div_ceil(nb).div_ceil(nr) * nr;
     let nb = n.div_ceil(nc);
 
+    // A K block of a shifted operand holds whole channels, so its rows are found from
+    // the channel and the tap.
+    let kc = match b {
+        BSrc::Shifted(sh) => {
+            let taps = sh.tapoff.len();
+            taps * (KC / taps).max(1)
+        }
+        _ => KC,
+    };
     let ctx = Ctx {
         a,
         b,
+        kc,
+        wrap,
         c: c.ptr,
         crs: c.rs,
         ccs: c.cs,
@@ -257,7 +388,10 @@ pub(crate) unsafe fn gemm_out(
 
 struct Ctx<'a> {
     a: Lhs<'a>,
-    b: Rhs<'a>,
+    b: BSrc<'a>,
+    /// Depth of a K block.
+    kc: usize,
+    wrap: Option<Wrap>,
     c: SyncPtr,
     crs: usize,
     ccs: usize,
@@ -274,14 +408,14 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn scratch_need(&self) -> usize {
-        let kc = KC.min(self.k);
+        let kc = self.kc.min(self.k);
         let a = match self.a {
             Lhs::Mat(_) => self.mc * kc,
             Lhs::Packed(_) => 0,
         };
         let b = match self.b {
-            Rhs::Mat(_) => self.nc * kc,
-            Rhs::Packed(_) => 0,
+            BSrc::Mat(_) => self.nc * kc,
+            BSrc::Packed(_) | BSrc::Shifted(_) => 0,
         };
         a + b
     }
@@ -324,12 +458,12 @@ fn block<S: Simd, const MR: usize>(s: S, ctx: &Ctx<'_>, t: usize, buf: &mut [f32
     let panels = (j1 - j0).div_ceil(nr);
     let k = ctx.k;
     let (abuf, bbuf) = match ctx.a {
-        Lhs::Mat(_) => buf.split_at_mut(ctx.mc * KC.min(k)),
+        Lhs::Mat(_) => buf.split_at_mut(ctx.mc * ctx.kc.min(k)),
         Lhs::Packed(_) => buf.split_at_mut(0),
     };
     let mut k0 = 0;
     loop {
-        let kc = KC.min(k - k0);
+        let kc = ctx.kc.min(k - k0);
         let first = k0 == 0;
         let last = k0 + kc >= k;
         if let Lhs::Mat(am) = ctx.a {
@@ -346,7 +480,7 @@ fn block<S: Simd, const MR: usize>(s: S, ctx: &Ctx<'_>, t: usize, buf: &mut [f32
                 );
             }
         }
-        if let Rhs::Mat(bm) = ctx.b {
+        if let BSrc::Mat(bm) = ctx.b {
             for q in 0..panels {
                 let c0 = j0 + q * nr;
                 pack_b_panel(
@@ -362,13 +496,15 @@ fn block<S: Simd, const MR: usize>(s: S, ctx: &Ctx<'_>, t: usize, buf: &mut [f32
         }
         for q in 0..panels {
             let c0 = j0 + q * nr;
+            let n_eff = nr.min(j1 - c0);
             let bptr = match ctx.b {
-                Rhs::Packed(p) => {
+                BSrc::Packed(p) => {
                     let panel = c0 / nr;
                     // `PackedBRef::new` / `PackedB::new` guaranteed panels * nr * k values.
                     p.data[panel * k * nr + k0 * nr..][..kc * nr].as_ptr()
                 }
-                Rhs::Mat(_) => bbuf[q * kc * nr..][..kc * nr].as_ptr(),
+                BSrc::Mat(_) => bbuf[q * kc * nr..][..kc * nr].as_ptr(),
+                BSrc::Shifted(_) => core::ptr::null(),
             };
             for st in 0..strips {
                 let r0 = i0 + st * MR;
@@ -379,23 +515,50 @@ fn block<S: Simd, const MR: usize>(s: S, ctx: &Ctx<'_>, t: usize, buf: &mut [f32
                     }
                     Lhs::Mat(_) => abuf[st * kc * MR..][..kc * MR].as_ptr(),
                 };
-                // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and
-                // `kc * nr` elements (indexing above checked them).
-                let acc = unsafe { micro::<S, MR>(s, kc, aptr, bptr) };
-                let tile = TileOut {
-                    // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose extent
-                    // was checked by `MatMut::new`.
-                    c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
-                    rs: ctx.crs,
-                    cs: ctx.ccs,
-                    i0: r0,
-                    j0: c0,
-                    m_eff: MR.min(i1 - r0),
-                    n_eff: nr.min(j1 - c0),
+                let acc = match ctx.b {
+                    // SAFETY: `gemm_shifted` checked that the last channel's widest tap
+                    // plus n columns is inside `data`, and k0 + kc <= k rows exist.
+                    BSrc::Shifted(sh) => unsafe {
+                        micro_shifted::<S, MR>(s, aptr, &sh, k0, kc, c0, n_eff)
+                    },
+                    // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and
+                    // `kc * nr` elements (indexing above checked them).
+                    _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
                 };
-                // SAFETY: the tile lies inside the output, and inside this task's block,
-                // which no other task writes.
-                unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
+                let m_eff = MR.min(i1 - r0);
+                match ctx.wrap {
+                    None => {
+                        let tile = TileOut {
+                            // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose
+                            // extent was checked by `MatMut::new`.
+                            c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
+                            rs: ctx.crs,
+                            cs: ctx.ccs,
+                            i0: r0,
+                            j0: c0,
+                            m_eff,
+                            n_eff,
+                        };
+                        // SAFETY: the tile lies inside the output, and inside this task's
+                        // block, which no other task writes.
+                        unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
+                    }
+                    Some(w) => {
+                        let tile = TileOut {
+                            // SAFETY: row r0 < m of the output.
+                            c: unsafe { ctx.c.get().add(r0 * ctx.crs) },
+                            rs: ctx.crs,
+                            cs: ctx.ccs,
+                            i0: r0,
+                            j0: c0,
+                            m_eff,
+                            n_eff,
+                        };
+                        // SAFETY: the existing pixels of the tile lie inside the output (the
+                        // caller's contract), and inside this task's block.
+                        unsafe { store_wrapped::<S, MR>(s, &acc, &tile, w, first, last, &ctx.epi) };
+                    }
+                }
             }
         }
         k0 += kc;

@@ -7,6 +7,7 @@
 
 use ptero_simd::{Level, Simd};
 
+use crate::driver::{Shifted, Wrap};
 use crate::{Activation, Bias};
 
 /// Rows of a tile for a vector width.
@@ -147,46 +148,181 @@ pub(crate) unsafe fn store_tile<S: Simd, const MR: usize>(
                 break;
             }
             let n = (t.n_eff - j).min(l);
+            let run = Run {
+                i: t.i0 + i,
+                j: t.j0 + j,
+                n,
+                first,
+                last,
+            };
             // SAFETY: row i < m_eff; columns j..j + n < n_eff.
-            let base = unsafe { t.c.add(i * t.rs + j * t.cs) };
-            let mut v = v;
-            if t.cs == 1 {
-                // SAFETY: `n` contiguous elements from `base` are inside the tile.
-                let dst = unsafe { core::slice::from_raw_parts_mut(base, n) };
-                if !first {
-                    let old = if n == l {
-                        s.load(dst)
-                    } else {
-                        s.load_part(dst)
-                    };
-                    v = s.add(v, old);
-                }
-                if last {
-                    v = epi.apply(s, v, t.i0 + i, t.j0 + j, n);
-                }
-                if n == l {
-                    s.store(dst, v);
-                } else {
-                    s.store_part(dst, v);
-                }
-            } else {
-                let mut tmp = [0.0f32; 16];
-                if !first {
-                    for (jj, x) in tmp.iter_mut().enumerate().take(n) {
-                        // SAFETY: element jj < n of this row of the tile.
-                        *x = unsafe { *base.add(jj * t.cs) };
-                    }
-                    v = s.add(v, s.load_part(&tmp[..n]));
-                }
-                if last {
-                    v = epi.apply(s, v, t.i0 + i, t.j0 + j, n);
-                }
-                s.store_part(&mut tmp[..n], v);
-                for (jj, x) in tmp.iter().enumerate().take(n) {
-                    // SAFETY: element jj < n of this row of the tile.
-                    unsafe { *base.add(jj * t.cs) = *x };
-                }
-            }
+            unsafe { store_run(s, v, t.c.add(i * t.rs + j * t.cs), t.cs, &run, epi) };
         }
     }
+}
+
+/// A run of at most `LANES` outputs: row `i`, columns `j..j + n`.
+pub(crate) struct Run {
+    pub i: usize,
+    pub j: usize,
+    pub n: usize,
+    pub first: bool,
+    pub last: bool,
+}
+
+/// Stores the first `r.n` lanes of `v` at `base`, `cs` apart (adding the partial sums
+/// there unless `first`, with the epilogue when `last`).
+///
+/// # Safety
+/// The `r.n` elements `base + jj * cs` must be writable and exclusive to the caller.
+#[inline(always)]
+unsafe fn store_run<S: Simd>(s: S, v: S::F, base: *mut f32, cs: usize, r: &Run, epi: &Epi<'_>) {
+    let (l, n) = (S::LANES, r.n);
+    let mut v = v;
+    if cs == 1 {
+        // SAFETY: `n` contiguous elements from `base` (the contract).
+        let dst = unsafe { core::slice::from_raw_parts_mut(base, n) };
+        if !r.first {
+            let old = if n == l {
+                s.load(dst)
+            } else {
+                s.load_part(dst)
+            };
+            v = s.add(v, old);
+        }
+        if r.last {
+            v = epi.apply(s, v, r.i, r.j, n);
+        }
+        if n == l {
+            s.store(dst, v);
+        } else {
+            s.store_part(dst, v);
+        }
+    } else {
+        let mut tmp = [0.0f32; 16];
+        if !r.first {
+            for (jj, x) in tmp.iter_mut().enumerate().take(n) {
+                // SAFETY: element jj < n (the contract).
+                *x = unsafe { *base.add(jj * cs) };
+            }
+            v = s.add(v, s.load_part(&tmp[..n]));
+        }
+        if r.last {
+            v = epi.apply(s, v, r.i, r.j, n);
+        }
+        s.store_part(&mut tmp[..n], v);
+        for (jj, x) in tmp.iter().enumerate().take(n) {
+            // SAFETY: element jj < n (the contract).
+            unsafe { *base.add(jj * cs) = *x };
+        }
+    }
+}
+
+/// [`store_tile`] for columns wrapped into image rows: `t.c` points at row `t.i0`,
+/// pixel 0; tile column `jj` is pixel `t.j0 + jj` of [`Wrap`]'s layout.
+///
+/// # Safety
+/// Every existing pixel of the tile must be writable and exclusive to the caller.
+#[inline(always)]
+pub(crate) unsafe fn store_wrapped<S: Simd, const MR: usize>(
+    s: S,
+    acc: &[[S::F; 2]; MR],
+    t: &TileOut,
+    w: Wrap,
+    first: bool,
+    last: bool,
+    epi: &Epi<'_>,
+) {
+    let l = S::LANES;
+    // The tile's values, to be re-read from any column offset.
+    let mut tmp = [[0.0f32; 32]; MR];
+    for (row, vals) in acc.iter().zip(tmp.iter_mut()) {
+        s.store(&mut vals[..], row[0]);
+        s.store(&mut vals[l..], row[1]);
+    }
+    let (j_end, mut j) = (t.j0 + t.n_eff, t.j0);
+    while j < j_end {
+        let (y, x) = (j / w.width, j % w.width);
+        if x >= w.valid {
+            j = (y + 1) * w.width;
+            continue;
+        }
+        let seg_end = j_end.min(y * w.width + w.valid);
+        // Pieces of at most LANES values along the segment.
+        let mut p = j;
+        while p < seg_end {
+            let n = (seg_end - p).min(l);
+            let off = y * w.row_stride + (x + p - j) * t.cs;
+            for (i, vals) in tmp.iter().enumerate().take(t.m_eff) {
+                let v = s.load_part(&vals[p - t.j0..p - t.j0 + n]);
+                let run = Run {
+                    i: t.i0 + i,
+                    j: p,
+                    n,
+                    first,
+                    last,
+                };
+                // SAFETY: pixel (y, x + p - j) and the n - 1 after it exist (x + p - j + n
+                // <= valid) and belong to this tile (the contract).
+                unsafe { store_run(s, v, t.c.add(i * t.rs + off), t.cs, &run, epi) };
+            }
+            p += n;
+        }
+        j = seg_end;
+    }
+}
+
+/// [`micro`] with B read in place from a [`Shifted`] operand: rows `k0..k0 + kc`
+/// (whole channels), columns `c0..c0 + n_eff`.
+///
+/// # Safety
+/// `a` must be readable for `kc * MR` f32; `b` must satisfy `Shifted::in_bounds`, with
+/// `k0` and `kc` multiples of its taps, `k0 + kc <= channels × taps` and
+/// `c0 + n_eff <= b.n`, `n_eff <= 2 * LANES`.
+#[inline(always)]
+pub(crate) unsafe fn micro_shifted<S: Simd, const MR: usize>(
+    s: S,
+    a: *const f32,
+    b: &Shifted<'_>,
+    k0: usize,
+    kc: usize,
+    c0: usize,
+    n_eff: usize,
+) -> [[S::F; 2]; MR] {
+    let l = S::LANES;
+    let taps = b.tapoff.len();
+    let mut acc = [[s.zero(); 2]; MR];
+    let full = n_eff == 2 * l;
+    let mut p = 0;
+    for c in k0 / taps..(k0 + kc) / taps {
+        let base = c * b.ch + c0;
+        for &o in b.tapoff {
+            let at = base + o;
+            let (b0, b1) = if full {
+                // SAFETY: at + 2 * LANES <= (channels - 1) * ch + max tap + n <= len
+                // (`in_bounds`), as c0 + 2 * LANES <= n.
+                unsafe {
+                    let ptr = b.data.as_ptr().add(at);
+                    (s.load_ptr(ptr), s.load_ptr(ptr.add(l)))
+                }
+            } else {
+                let n0 = n_eff.min(l);
+                let lo = s.load_part(&b.data[at..at + n0]);
+                let hi = if n_eff > l {
+                    s.load_part(&b.data[at + l..at + n_eff])
+                } else {
+                    s.zero()
+                };
+                (lo, hi)
+            };
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: p * MR + i < kc * MR.
+                let ai = s.splat(unsafe { *a.add(p * MR + i) });
+                row[0] = s.mul_add(ai, b0, row[0]);
+                row[1] = s.mul_add(ai, b1, row[1]);
+            }
+            p += 1;
+        }
+    }
+    acc
 }

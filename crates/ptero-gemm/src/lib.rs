@@ -36,6 +36,7 @@ extern crate alloc;
 
 mod batch;
 mod conv;
+mod depthwise;
 mod driver;
 mod gemv;
 mod kernel;

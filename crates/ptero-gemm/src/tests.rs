@@ -328,6 +328,9 @@ mod conv {
             geo(1, 3, 5, 1, (30, 30), (7, 7), 2, 3, 1),
             geo(1, 4, 8, 4, (6, 6), (3, 3), 1, 1, 1),
             geo(1, 1, 4, 1, (4, 4), (2, 2), 1, 0, 1),
+            // Depthwise planes taller than one scratch band.
+            geo(1, 2, 2, 2, (200, 180), (3, 3), 1, 1, 1),
+            geo(1, 2, 2, 2, (150, 181), (5, 5), 2, 2, 1),
         ];
         for l in levels() {
             set_level(l).unwrap();
@@ -350,6 +353,7 @@ mod conv {
                         ("nchw", true, &pool),
                         ("nhwc-out", false, &pool),
                         ("nhwc-in", true, &Serial),
+                        ("no-arena", false, &pool),
                     ] {
                         let (xd, xs) = if layout == "nhwc-in" {
                             let mut t = vec![0.0f32; x.len()];
@@ -386,7 +390,7 @@ mod conv {
                         let mut out = vec![f32::NAN; g.n * g.cout * g.oh * g.ow];
                         conv2d(
                             par,
-                            Some(&arena),
+                            (layout != "no-arena").then_some(&arena),
                             g,
                             Image {
                                 data: &xd,

@@ -175,6 +175,7 @@ pub(crate) fn plan(
     let g = Graph::new(plan, values.len());
     let has_linear = kernels.contains("aten::linear.out");
     let has_cba = kernels.contains(CONV_BN_ACT);
+    let has_clone = kernels.contains("aten::clone.out");
     let mut none_value: Option<u32> = None;
     let push = |values: &mut Vec<Value>, v: Value| -> u32 {
         values.push(v);
@@ -289,11 +290,17 @@ pub(crate) fn plan(
                 }
                 let (code, bounds, dst, act_pc) = act;
                 // The input is read while the result is written: they must not share
-                // memory (the planner may have given the result the input's buffer, as the
-                // input was dead by the time the last of the three instructions ran).
-                if overlaps(values, args[0], dst) {
+                // memory. The planner may have given the result the input's buffer (the
+                // input was dead by the time the last instruction ran); then the fused
+                // instruction writes the convolution's own result and the last instruction
+                // becomes a copy, still one pass fewer.
+                let (target, copy) = if !overlaps(values, args[0], dst) {
+                    (dst, false)
+                } else if has_clone && !overlaps(values, args[0], v1) {
+                    (v1, true)
+                } else {
                     continue;
-                }
+                };
                 let code_v = push(values, Value::Int(code));
                 let (lo, hi) = match bounds {
                     Some(b) => b,
@@ -304,7 +311,8 @@ pub(crate) fn plan(
                 };
                 let mut fused: Vec<u32> = args[..9].to_vec();
                 fused.extend_from_slice(&[
-                    bargs[1], bargs[2], bargs[3], bargs[4], bargs[6], code_v, lo, hi, dst, dst,
+                    bargs[1], bargs[2], bargs[3], bargs[4], bargs[6], code_v, lo, hi, target,
+                    target,
                 ]);
                 out[c][pc] = Rewrite::Replace {
                     op: CONV_BN_ACT.into(),
@@ -313,6 +321,13 @@ pub(crate) fn plan(
                 out[c][bn_pc] = Rewrite::Skip;
                 if let Some(a) = act_pc {
                     out[c][a] = Rewrite::Skip;
+                }
+                if copy {
+                    let none = *none_value.get_or_insert_with(|| push(values, Value::None));
+                    out[c][act_pc.unwrap_or(bn_pc)] = Rewrite::Replace {
+                        op: "aten::clone.out".into(),
+                        args: alloc::vec![v1, none, dst, dst],
+                    };
                 }
             }
         }

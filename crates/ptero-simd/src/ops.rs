@@ -204,38 +204,56 @@ impl SimdOp for BinaryOp<'_> {
     #[inline(always)]
     fn eval<S: Simd>(self, s: S) {
         let n = self.y.len();
-        let alpha = s.splat(self.alpha);
-        let scaled = self.alpha != 1.0;
-        let f = self.f;
-        let go = |a: S::F, b: S::F| {
-            let b = if scaled { s.mul(b, alpha) } else { b };
-            f.apply(s, a, b)
+        let a = match self.a {
+            Lhs::Slice(x) => Operand::Slice(x),
+            Lhs::Scalar(v) => Operand::Splat(v),
         };
+        let b = match self.b {
+            Rhs::Slice(x) => Operand::Slice(x),
+            Rhs::Scalar(v) => Operand::Splat(v * self.alpha),
+        };
+        let alpha = (self.alpha != 1.0 && matches!(b, Operand::Slice(_))).then_some(self.alpha);
         let mut i = 0;
         while i + S::LANES <= n {
-            let a = match self.a {
-                Lhs::Slice(x) => s.load(&x[i..]),
-                Lhs::Scalar(v) => s.splat(v),
-            };
-            let b = match self.b {
-                Rhs::Slice(x) => s.load(&x[i..]),
-                Rhs::Scalar(v) => s.splat(v),
-            };
-            s.store(&mut self.y[i..], go(a, b));
+            let v = binary_step(s, self.f, a.get(s, i, n, false), b.get(s, i, n, false), alpha);
+            s.store(&mut self.y[i..], v);
             i += S::LANES;
         }
         if i < n {
-            let a = match self.a {
-                Lhs::Slice(x) => s.load_part(&x[i..n]),
-                Lhs::Scalar(v) => s.splat(v),
-            };
-            let b = match self.b {
-                Rhs::Slice(x) => s.load_part(&x[i..n]),
-                Rhs::Scalar(v) => s.splat(v),
-            };
-            s.store_part(&mut self.y[i..n], go(a, b));
+            let v = binary_step(s, self.f, a.get(s, i, n, true), b.get(s, i, n, true), alpha);
+            s.store_part(&mut self.y[i..n], v);
         }
     }
+}
+
+/// One operand of an elementwise kernel: a slice read lane by lane, or a value splat.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    Slice(&'a [f32]),
+    Splat(f32),
+}
+
+impl Operand<'_> {
+    /// The vector at `i` (the tail up to `n` when `part`).
+    #[inline(always)]
+    fn get<S: Simd>(self, s: S, i: usize, n: usize, part: bool) -> S::F {
+        match self {
+            Operand::Slice(x) if part => s.load_part(&x[i..n]),
+            Operand::Slice(x) => s.load(&x[i..]),
+            Operand::Splat(v) => s.splat(v),
+        }
+    }
+}
+
+// Closures inside `eval` are compiled as separate functions without the caller's target
+// features (their intrinsics then become calls): kernels use `#[inline(always)]` helpers.
+#[inline(always)]
+fn binary_step<S: Simd>(s: S, f: Binary, a: S::F, b: S::F, alpha: Option<f32>) -> S::F {
+    let b = match alpha {
+        Some(al) => s.mul(b, s.splat(al)),
+        None => b,
+    };
+    f.apply(s, a, b)
 }
 
 /// `y = f(a, alpha * b)` over `y.len()` items.
@@ -565,35 +583,32 @@ impl SimdOp for NormOp<'_> {
     fn eval<S: Simd>(self, s: S) {
         let n = self.x.len().min(self.y.len());
         let (sc, sh) = (s.splat(self.scale), s.splat(self.shift));
+        let x = Operand::Slice(self.x);
         let mut i = 0;
-        let step = |i: usize, part: bool, y: &mut [f32]| {
-            let ld = |v: &[f32]| {
-                if part {
-                    s.load_part(&v[i..n])
-                } else {
-                    s.load(&v[i..])
-                }
-            };
-            let mut v = s.mul_add(ld(self.x), sc, sh);
-            if let Some(g) = self.gamma {
-                v = s.mul(v, ld(g));
-            }
-            if let Some(b) = self.beta {
-                v = s.add(v, ld(b));
-            }
-            if part {
-                s.store_part(&mut y[i..n], v);
-            } else {
-                s.store(&mut y[i..], v);
-            }
-        };
         while i + S::LANES <= n {
-            step(i, false, self.y);
+            let v = self.step(s, x.get(s, i, n, false), i, n, false, sc, sh);
+            s.store(&mut self.y[i..], v);
             i += S::LANES;
         }
         if i < n {
-            step(i, true, self.y);
+            let v = self.step(s, x.get(s, i, n, true), i, n, true, sc, sh);
+            s.store_part(&mut self.y[i..n], v);
         }
+    }
+}
+
+impl NormOp<'_> {
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn step<S: Simd>(&self, s: S, x: S::F, i: usize, n: usize, part: bool, sc: S::F, sh: S::F) -> S::F {
+        let mut v = s.mul_add(x, sc, sh);
+        if let Some(g) = self.gamma {
+            v = s.mul(v, Operand::Slice(g).get(s, i, n, part));
+        }
+        if let Some(b) = self.beta {
+            v = s.add(v, Operand::Slice(b).get(s, i, n, part));
+        }
+        v
     }
 }
 
