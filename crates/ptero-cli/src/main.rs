@@ -782,11 +782,7 @@ impl ptero::Observer for OpProfile {
     }
     fn end(&mut self, chain: usize, pc: usize, name: &str) {
         let dt = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
-        match self
-            .by_instr
-            .iter_mut()
-            .find(|r| r.0 == chain && r.1 == pc)
-        {
+        match self.by_instr.iter_mut().find(|r| r.0 == chain && r.1 == pc) {
             Some(r) => r.3 += dt,
             None => self.by_instr.push((chain, pc, name.to_string(), dt)),
         }

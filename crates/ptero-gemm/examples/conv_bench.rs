@@ -69,7 +69,11 @@ fn resnet18() -> Vec<(String, Conv2d)> {
 }
 
 /// Inverted-residual networks: (expansion, kernel, stride, channels, repeats) per stage.
-fn mbconv(stem: usize, stages: &[(usize, usize, usize, usize, usize)], head: usize) -> Vec<(String, Conv2d)> {
+fn mbconv(
+    stem: usize,
+    stages: &[(usize, usize, usize, usize, usize)],
+    head: usize,
+) -> Vec<(String, Conv2d)> {
     let mut v = vec![("stem".to_string(), geo(3, stem, 1, 224, 3, 2))];
     let (mut hw, mut cin) = (112, stem);
     for (i, &(t, k, s, c, n)) in stages.iter().enumerate() {
@@ -99,15 +103,34 @@ fn main() {
         "resnet18" => resnet18(),
         "mobilenet_v2" => mbconv(
             32,
-            &[(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 3, 2, 32, 3), (6, 3, 2, 64, 4), (6, 3, 1, 96, 3), (6, 3, 2, 160, 3), (6, 3, 1, 320, 1)],
+            &[
+                (1, 3, 1, 16, 1),
+                (6, 3, 2, 24, 2),
+                (6, 3, 2, 32, 3),
+                (6, 3, 2, 64, 4),
+                (6, 3, 1, 96, 3),
+                (6, 3, 2, 160, 3),
+                (6, 3, 1, 320, 1),
+            ],
             1280,
         ),
         "efficientnet_b0" => mbconv(
             32,
-            &[(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)],
+            &[
+                (1, 3, 1, 16, 1),
+                (6, 3, 2, 24, 2),
+                (6, 5, 2, 40, 2),
+                (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3),
+                (6, 5, 2, 192, 4),
+                (6, 3, 1, 320, 1),
+            ],
             1280,
         ),
-        f => typical().into_iter().filter(|(n, _)| n.contains(f)).collect(),
+        f => typical()
+            .into_iter()
+            .filter(|(n, _)| n.contains(f))
+            .collect(),
     };
     println!("level: {}", ptero_simd::level());
     let counts = [1, threads];

@@ -5,12 +5,13 @@
 
 use alloc::vec::Vec;
 
-use ptero_simd::{
-    Parallel, Serial, SlotArena,
-};
+use ptero_simd::phase::{phase_planes, Phases};
+use ptero_simd::{Parallel, Serial, SlotArena};
 
 use crate::depthwise::depthwise;
-use crate::driver::{gemm_out, gemm_shifted, scratch_floats, COut, Shifted, SyncPtr, Wrap, MAX_TAPS};
+use crate::driver::{
+    gemm_out, gemm_shifted, scratch_floats, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
+};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
@@ -548,7 +549,6 @@ fn im2col_packed(
     }
 }
 
-
 /// Convolution as a GEMM reading its input in place: B's row for input channel `c` and
 /// tap `(ky, kx)` is the image shifted by the tap, so nothing is gathered per output
 /// pixel. The input is used as it is for unit stride without padding; otherwise it is
@@ -625,16 +625,24 @@ unsafe fn shifted(
                 tapoff[ky * g.kw + kx] = ky * dh * xs[2] + kx * dw;
             }
         }
-        let r = (0..g.n).try_for_each(|n| {
-            run(n, &x.data[n * xs[0]..], xs[1], xs[2], &tapoff[..taps])
-        });
+        let r =
+            (0..g.n).try_for_each(|n| run(n, &x.data[n * xs[0]..], xs[1], xs[2], &tapoff[..taps]));
         return Some(r);
     }
-    let (hp, wp) = (g.ih + 2 * g.pad[0], g.iw + 2 * g.pad[1]);
-    let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+    let ph = Phases {
+        ih: g.ih,
+        iw: g.iw,
+        pad: g.pad,
+        stride: g.stride,
+    };
+    let (hq, wq) = ph.dims();
     let plane = hq * wq;
-    let ch = sh * sw * plane;
+    let ch = ph.floats()?;
     let total = g.cin.checked_mul(ch)?;
+    // Phases no tap reads (a strided 1×1 reads one of them) are not filled.
+    let used = |py: usize, px: usize| {
+        (0..g.kh).any(|ky| ky * dh % sh == py) && (0..g.kw).any(|kx| kx * dw % sw == px)
+    };
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let (y, xx) = (ky * dh, kx * dw);
@@ -648,49 +656,12 @@ unsafe fn shifted(
             ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
                 for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
                     let c = r.start / ch + i;
-                    phases(g, x, n, c, (hq, wq), dst);
+                    let base = n * xs[0] + c * xs[1];
+                    phase_planes(x.data, base, (xs[2], xs[3]), &ph, 0.0, &used, dst);
                 }
             });
             run(n, buf, ch, wq, &tapoff[..taps])?;
         }
         Ok(())
     })
-}
-
-/// Channel `c` of image `n`, zero-padded and split into stride phases of `hq × wq`.
-fn phases(g: &Conv2d, x: Image<'_>, n: usize, c: usize, (hq, wq): (usize, usize), dst: &mut [f32]) {
-    let xs = x.strides;
-    let (sh, sw) = (g.stride[0], g.stride[1]);
-    let (ph, pw) = (g.pad[0], g.pad[1]);
-    let base = n * xs[0] + c * xs[1];
-    // Phases no tap reads (a strided 1×1 reads one of them) are left as they are.
-    let used_y = |py: usize| (0..g.kh).any(|ky| ky * g.dilation[0] % sh == py);
-    let used_x = |px: usize| (0..g.kw).any(|kx| kx * g.dilation[1] % sw == px);
-    for py in (0..sh).filter(|&p| used_y(p)) {
-        for px in (0..sw).filter(|&p| used_x(p)) {
-            let phase = &mut dst[(py * sw + px) * hq * wq..][..hq * wq];
-            // Phase column q reads input column q * sw + px - pw: valid for q in [lo, hi).
-            let lo = pw.saturating_sub(px).div_ceil(sw).min(wq);
-            let hi = (g.iw + pw).saturating_sub(px).div_ceil(sw).clamp(lo, wq);
-            for (qy, row) in phase.chunks_exact_mut(wq).enumerate() {
-                let iy = (qy * sh + py) as isize - ph as isize;
-                if iy < 0 || iy >= g.ih as isize || hi == lo {
-                    row.fill(0.0);
-                    continue;
-                }
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-                let first = base + iy as usize * xs[2] + (lo * sw + px - pw) * xs[3];
-                if sw == 1 && xs[3] == 1 {
-                    row[lo..hi].copy_from_slice(&x.data[first..first + (hi - lo)]);
-                } else {
-                    let step = sw * xs[3];
-                    let src = &x.data[first..first + (hi - lo - 1) * step + 1];
-                    for (k, v) in row[lo..hi].iter_mut().enumerate() {
-                        *v = src[k * step];
-                    }
-                }
-            }
-        }
-    }
 }

@@ -64,7 +64,10 @@ pub(crate) unsafe fn depthwise(
                 );
             }
         };
-        if arena.and_then(|a| a.with(DW_FLOATS, |b| run(Some(b)))).is_none() {
+        if arena
+            .and_then(|a| a.with(DW_FLOATS, |b| run(Some(b))))
+            .is_none()
+        {
             run(None);
         }
     });
@@ -241,8 +244,8 @@ impl DwPlane<'_> {
                     }
                     let xrow = xbase + iy as usize * xs[2];
                     for kx in 0..g.kw {
-                        let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize
-                            - g.pad[1] as isize;
+                        let ix =
+                            (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad[1] as isize;
                         if ix >= 0 && (ix as usize) < g.iw {
                             let wv = self.w.data[wbase + ky * ws[2] + kx * ws[3]];
                             acc += wv * self.x.data[xrow + ix as usize * xs[3]];

@@ -6,7 +6,9 @@
 //! window that would start in the right padding) and its kernels' index conventions
 //! (max pool indices are `h * W + w` within each plane; NaN wins a max).
 
-use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
+use ptero_core::{Error, KernelArgs, KernelRegistry, Prepared, Result, ScalarType};
+use ptero_simd::phase::{phase_planes, Phases};
+use ptero_simd::{Simd, SimdOp};
 
 use crate::util::work::Meter;
 use crate::util::{load_f64, load_i64, store_f64, store_i64};
@@ -249,7 +251,38 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
         meter.add(((n * c * oh * ow) as u64).saturating_mul(per_out))?;
         let failed = core::sync::atomic::AtomicBool::new(false);
         let plane = oh * ow;
+        let arena = a.arena();
+        let phases = max_phases(&w, (h, wd, oh, ow));
         ptero_simd::for_each_chunk_pair(a.parallel(), o, idx, (plane, plane), &|r, o, idx| {
+            // Vector path: each plane copied into its padded phases in scratch.
+            let vector = phases.zip(arena).and_then(|(ph, ar)| {
+                let need = ph.floats()?;
+                ar.with(need, |buf| {
+                    for (k, p) in r.clone().enumerate() {
+                        let xb = (p / c) * xst[0] + (p % c) * xst[1];
+                        let (rs, cs) = (xst[2], xst[3]);
+                        let last = xb + (h - 1) * rs + (wd - 1) * cs;
+                        if last >= x.len() {
+                            failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                        let buf = &mut buf[..need];
+                        phase_planes(x, xb, (rs, cs), &ph, f32::NEG_INFINITY, &|_, _| true, buf);
+                        ptero_simd::dispatch(MaxPhases {
+                            ph: &ph,
+                            buf,
+                            w: &w,
+                            o: &mut o[k * plane..(k + 1) * plane],
+                            idx: &mut idx[k * plane..(k + 1) * plane],
+                            oh,
+                            ow,
+                        });
+                    }
+                })
+            });
+            if vector.is_some() {
+                return;
+            }
             for (k, p) in r.enumerate() {
                 let xb = (p / c) * xst[0] + (p % c) * xst[1];
                 let ok = max_plane_f32(
@@ -382,6 +415,111 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
 
 /// Max pooling of one contiguous output plane (values and flat input indices); `false`
 /// when a window reads outside `x`.
+/// Scratch floats one plane's phases may take in the vector max-pool path.
+const MAX_PHASE_FLOATS: usize = 1 << 16;
+
+/// The phase geometry of the vector max-pool path, when it applies: every window inside
+/// the padded input (not so for some ceil-mode windows), indices exact in f32, and the
+/// copy small enough.
+fn max_phases(w: &Win, (h, wd, oh, ow): (usize, usize, usize, usize)) -> Option<Phases> {
+    if oh == 0 || ow == 0 || h == 0 || wd == 0 {
+        return None;
+    }
+    let inside = |o: usize, i: usize, k: usize, s: usize, p: usize, d: usize| {
+        (o - 1) * s + (k - 1) * d < i + 2 * p
+    };
+    let ok = inside(oh, h, w.k[0], w.s[0], w.p[0], w.d[0])
+        && inside(ow, wd, w.k[1], w.s[1], w.p[1], w.d[1])
+        && (h + 2 * w.p[0]) * (wd + 2 * w.p[1]) < 1 << 24;
+    let ph = Phases {
+        ih: h,
+        iw: wd,
+        pad: w.p,
+        stride: w.s,
+    };
+    (ok && ph.floats()? <= MAX_PHASE_FLOATS).then_some(ph)
+}
+
+/// One plane of max_pool2d from its padded phases (padding -inf, which never wins):
+/// vectors of outputs along a row, one contiguous read per tap, branch-free selects.
+struct MaxPhases<'a> {
+    ph: &'a Phases,
+    buf: &'a [f32],
+    w: &'a Win,
+    o: &'a mut [f32],
+    idx: &'a mut [i64],
+    oh: usize,
+    ow: usize,
+}
+
+impl SimdOp for MaxPhases<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let (w, l) = (self.w, S::LANES);
+        let (hq, wq) = self.ph.dims();
+        let (h, wd) = (self.ph.ih, self.ph.iw);
+        let mut lane = [0.0f32; 64];
+        for (i, v) in lane.iter_mut().enumerate() {
+            *v = (i * w.s[1]) as f32;
+        }
+        let step = s.load(&lane);
+        let mut init = [0.0f32; 64];
+        let mut tmp = [0.0f32; 64];
+        for oy in 0..self.oh {
+            let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
+            // Small: the plane has fewer than 2^24 padded elements.
+            let row_first = ys.first as i64 * wd as i64;
+            let mut ox0 = 0;
+            while ox0 < self.ow {
+                let n = l.min(self.ow - ox0);
+                // An empty window reports its (adjusted) start, as ATen does.
+                for (j, v) in init.iter_mut().enumerate().take(n) {
+                    let start = ((ox0 + j) * w.s[1]) as isize - w.p[1] as isize;
+                    let first = if start < 0 {
+                        start + ((-start) as usize).div_ceil(w.d[1]) as isize * w.d[1] as isize
+                    } else {
+                        start
+                    };
+                    *v = (row_first + first as i64) as f32;
+                }
+                let mut best = s.splat(f32::NEG_INFINITY);
+                let mut bi = s.load(&init);
+                for ky in 0..w.k[0] {
+                    let yp = oy * w.s[0] + ky * w.d[0];
+                    let iy = yp as isize - w.p[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let row = (yp % w.s[0] * w.s[1]) * hq * wq + yp / w.s[0] * wq + ox0;
+                    for kx in 0..w.k[1] {
+                        let xp = kx * w.d[1];
+                        let at = row + (xp % w.s[1]) * hq * wq + xp / w.s[1];
+                        let v = if n == l {
+                            s.load(&self.buf[at..])
+                        } else {
+                            s.load_part(&self.buf[at..at + n])
+                        };
+                        let take =
+                            s.or_mask(s.lt(best, v), s.and_mask(s.is_nan(v), s.eq(best, best)));
+                        best = s.select(take, v, best);
+                        let first =
+                            iy * wd as isize + (ox0 * w.s[1] + xp) as isize - w.p[1] as isize;
+                        bi = s.select(take, s.add(s.splat(first as f32), step), bi);
+                    }
+                }
+                let at = oy * self.ow + ox0;
+                s.store_part(&mut self.o[at..at + n], best);
+                s.store_part(&mut tmp[..n], bi);
+                for (d, v) in self.idx[at..at + n].iter_mut().zip(&tmp) {
+                    *d = *v as i64;
+                }
+                ox0 += n;
+            }
+        }
+    }
+}
+
 fn max_plane_f32(
     x: &[f32],
     xb: usize,
@@ -391,36 +529,64 @@ fn max_plane_f32(
     (h, wd, oh, ow): (usize, usize, usize, usize),
     w: &Win,
 ) -> bool {
+    if h == 0 || wd == 0 {
+        return false;
+    }
+    // The last element of the plane must exist: then every read below does.
+    let last = (h - 1)
+        .checked_mul(xst[2])
+        .and_then(|v| v.checked_add((wd - 1).checked_mul(xst[3])?))
+        .and_then(|v| v.checked_add(xb));
+    if last.is_none_or(|l| l >= x.len()) {
+        return false;
+    }
+    let (s1, p1, d1) = (w.s[1], w.p[1] as isize, w.d[1]);
     let wd_i = wd as i128;
     for oy in 0..oh {
         let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
-        let yr = ys.bounds();
-        for ox in 0..ow {
-            let xs = dilated_span(ox, w.k[1], w.s[1], w.p[1], w.d[1], wd);
-            let xr = xs.bounds();
-            let mut best_i = ys.first * wd_i + xs.first;
-            let mut best = f32::NEG_INFINITY;
-            let mut y = yr.0;
-            'win: while y < yr.1 {
-                let row = xb + y * xst[2];
-                let mut xx = xr.0;
-                while xx < xr.1 {
-                    let Some(&v) = x.get(row + xx * xst[3]) else {
-                        return false;
-                    };
-                    if v > best || v.is_nan() {
-                        best = v;
-                        best_i = (y * wd + xx) as i128;
-                        if v.is_nan() {
-                            break 'win;
-                        }
-                    }
-                    xx += w.d[1];
+        let orow = &mut o[oy * ow..(oy + 1) * ow];
+        let irow = &mut idx[oy * ow..(oy + 1) * ow];
+        // An empty window reports its (adjusted) start, as ATen does.
+        let row_first = ys.first * wd_i;
+        for (ox, (v, i)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
+            let start = (ox * s1) as isize - p1;
+            let first = if start < 0 {
+                start + ((-start) as usize).div_ceil(d1) as isize * d1 as isize
+            } else {
+                start
+            };
+            *v = f32::NEG_INFINITY;
+            *i = (row_first + first as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        }
+        // Tap by tap over the whole row, in the window's order, branch-free: the first
+        // maximum wins, and the first NaN stays.
+        let (y0, y1) = ys.bounds();
+        let mut y = y0;
+        while y < y1 {
+            let row = xb + y * xst[2];
+            for kx in 0..w.k[1] {
+                let off = (kx * d1) as isize - p1;
+                // Outputs whose column ox * s1 + off is inside [0, wd).
+                let lo = if off < 0 {
+                    ((-off) as usize).div_ceil(s1)
+                } else {
+                    0
+                };
+                let hi = if wd as isize - off <= 0 {
+                    0
+                } else {
+                    (((wd as isize - 1 - off) / s1 as isize) as usize + 1).min(ow)
+                };
+                for ox in lo..hi.max(lo) {
+                    let ix = ((ox * s1) as isize + off) as usize;
+                    let v = x[row + ix * xst[3]];
+                    let b = orow[ox];
+                    let take = v > b || (v.is_nan() && !b.is_nan());
+                    orow[ox] = if take { v } else { b };
+                    irow[ox] = if take { (y * wd + ix) as i64 } else { irow[ox] };
                 }
-                y += w.d[0];
             }
-            o[oy * ow + ox] = best;
-            idx[oy * ow + ox] = best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+            y += w.d[0];
         }
     }
     true
@@ -683,7 +849,12 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
         "aten::max_pool2d_with_indices_backward.grad_input",
         max_pool_backward,
     );
-    reg.register("aten::max_pool2d_with_indices.out", max_pool_out);
+    reg.register_prepared("aten::max_pool2d_with_indices.out", max_pool_out, |_| {
+        Ok(Prepared {
+            state: None,
+            scratch_floats: MAX_PHASE_FLOATS,
+        })
+    });
     reg.register("aten::avg_pool2d.out", avg_pool_out);
     reg.register("aten::_adaptive_avg_pool2d.out", adaptive_avg_pool_out);
 }
@@ -698,6 +869,62 @@ mod tests {
     fn grid() -> Vec<f64> {
         // 1x1x4x5, distinct values.
         (0..20).map(|i| ((i * 7) % 20) as f64).collect()
+    }
+
+    /// The f32 fast path (planes over threads) against the generic path (f64), on values
+    /// with ties, -inf and NaN, over strides, padding, dilation and ceil mode.
+    #[test]
+    fn max_pool_f32_matches_generic() {
+        let (n, c, h, w) = (2, 3, 9, 11);
+        let x: Vec<f64> = (0..n * c * h * w)
+            .map(|i| match (i * 7919) % 37 {
+                0 => f64::NAN,
+                1 => f64::NEG_INFINITY,
+                v => (v % 5) as f64,
+            })
+            .collect();
+        for (k, s, p, d, ceil) in [
+            (3, 2, 1, 1, false),
+            (2, 2, 0, 1, true),
+            (3, 1, 1, 2, false),
+            (3, 3, 1, 1, true),
+            (4, 2, 2, 1, true),
+        ] {
+            let mut got = Vec::new();
+            for dtype in [Float, Double] {
+                let o = |i: usize| {
+                    let span = i + 2 * p - d * (k - 1) - 1;
+                    let q = if ceil { span.div_ceil(s) } else { span / s } + 1;
+                    // The last window must start inside the input or left padding.
+                    if ceil && (q - 1) * s >= i + p {
+                        q - 1
+                    } else {
+                        q
+                    }
+                };
+                let shape = vec![n, c, o(h), o(w)];
+                let out = run_op(
+                    "aten::max_pool2d_with_indices.out",
+                    vec![
+                        Arg::T(OwnedTensor::from_f64(dtype, &[n, c, h, w], &x)),
+                        Arg::Ints(vec![k as i64]),
+                        Arg::Ints(vec![s as i64]),
+                        Arg::Ints(vec![p as i64]),
+                        Arg::Ints(vec![d as i64]),
+                        Arg::Bool(ceil),
+                        Arg::Out(dtype, shape.clone()),
+                        Arg::Out(Long, shape),
+                    ],
+                )
+                .unwrap();
+                got.push((out.tensors[0].to_f64(), out.tensors[1].to_f64()));
+            }
+            assert_close(&got[0].0, &got[1].0, 0.0, 0.0);
+            assert_eq!(
+                got[0].1, got[1].1,
+                "indices, k {k} s {s} p {p} d {d} ceil {ceil}"
+            );
+        }
     }
 
     #[test]

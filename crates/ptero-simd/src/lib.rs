@@ -33,6 +33,7 @@ mod level;
 pub mod math;
 pub mod ops;
 mod parallel;
+pub mod phase;
 #[cfg(feature = "std")]
 pub mod pool;
 mod vector;

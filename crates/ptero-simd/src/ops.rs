@@ -215,7 +215,13 @@ impl SimdOp for BinaryOp<'_> {
         let alpha = (self.alpha != 1.0 && matches!(b, Operand::Slice(_))).then_some(self.alpha);
         let mut i = 0;
         while i + S::LANES <= n {
-            let v = binary_step(s, self.f, a.get(s, i, n, false), b.get(s, i, n, false), alpha);
+            let v = binary_step(
+                s,
+                self.f,
+                a.get(s, i, n, false),
+                b.get(s, i, n, false),
+                alpha,
+            );
             s.store(&mut self.y[i..], v);
             i += S::LANES;
         }
@@ -600,7 +606,16 @@ impl SimdOp for NormOp<'_> {
 impl NormOp<'_> {
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn step<S: Simd>(&self, s: S, x: S::F, i: usize, n: usize, part: bool, sc: S::F, sh: S::F) -> S::F {
+    fn step<S: Simd>(
+        &self,
+        s: S,
+        x: S::F,
+        i: usize,
+        n: usize,
+        part: bool,
+        sc: S::F,
+        sh: S::F,
+    ) -> S::F {
         let mut v = s.mul_add(x, sc, sh);
         if let Some(g) = self.gamma {
             v = s.mul(v, Operand::Slice(g).get(s, i, n, part));
