@@ -265,6 +265,7 @@ fn act_vec<S: Simd>(s: S, act: Activation, v: S::F) -> S::F {
         Activation::None => v,
         Activation::Relu => s.max(s.zero(), v),
         Activation::Clamp(lo, hi) => ptero_simd::ops::clamp(s, v, lo, hi),
+        Activation::Silu => ptero_simd::math::silu(s, v),
     }
 }
 
@@ -308,6 +309,12 @@ pub(crate) fn act_scalar(act: Activation, v: f32) -> f32 {
             } else {
                 v
             }
+        }
+        Activation::Silu => {
+            // The vector form on one lane, so both paths round alike.
+            let mut y = [0.0f32];
+            ptero_simd::ops::unary(ptero_simd::ops::Unary::Silu, &[v], &mut y);
+            y[0]
         }
     }
 }

@@ -110,6 +110,7 @@ impl Epi<'_> {
             Activation::None => v,
             Activation::Relu => s.max(s.zero(), v),
             Activation::Clamp(lo, hi) => ptero_simd::ops::clamp(s, v, lo, hi),
+            Activation::Silu => ptero_simd::math::silu(s, v),
         }
     }
 }

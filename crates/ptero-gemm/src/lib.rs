@@ -83,6 +83,8 @@ pub enum Activation {
     Relu,
     /// `min(max(x, lo), hi)`, NaN kept: ReLU6, hardtanh, XNNPACK's output min/max.
     Clamp(f32, f32),
+    /// `x · sigmoid(x)` (SiLU, swish).
+    Silu,
 }
 
 /// `C = act(alpha · A·B + beta · bias)`. With `beta == 0` the bias is not read (so a

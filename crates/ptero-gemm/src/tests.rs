@@ -67,6 +67,7 @@ fn reference(
                 Activation::None => v,
                 Activation::Relu => v.max(0.0),
                 Activation::Clamp(lo, hi) => v.max(lo as f64).min(hi as f64),
+                Activation::Silu => v / (1.0 + (-v).exp()),
             };
             out[i * n + j] = v;
         }
@@ -101,6 +102,11 @@ fn run_case(par: &dyn Parallel, arena: Option<&SlotArena>, c: &Case, packed: (bo
         Epilogue {
             beta: -1.0,
             bias: Bias::Mat(MatRef::row_major(&matb, m, n).unwrap()),
+            ..Epilogue::default()
+        },
+        Epilogue {
+            bias: Bias::PerCol(&colb),
+            act: Activation::Silu,
             ..Epilogue::default()
         },
     ];
@@ -270,6 +276,7 @@ mod conv {
                             Activation::None => acc,
                             Activation::Relu => acc.max(0.0),
                             Activation::Clamp(lo, hi) => acc.max(lo as f64).min(hi as f64),
+                            Activation::Silu => acc / (1.0 + (-acc).exp()),
                         };
                         out[((n * g.cout + oc) * g.oh + oy) * g.ow + ox] = acc;
                     }
@@ -345,6 +352,7 @@ mod conv {
                 for (act, bias) in [
                     (Activation::None, None),
                     (Activation::Relu, Some(&b[..])),
+                    (Activation::Silu, Some(&b[..])),
                     (Activation::Clamp(-0.5, 0.5), Some(&b[..])),
                 ] {
                     let want = reference(g, &x, &w, bias, act);

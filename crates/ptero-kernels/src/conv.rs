@@ -223,6 +223,7 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     let act = match a.int(14)? {
         0 => ptero_gemm::Activation::None,
         1 => ptero_gemm::Activation::Clamp(a.double(15)? as f32, a.double(16)? as f32),
+        2 => ptero_gemm::Activation::Silu,
         k => {
             return Err(Error::invalid(alloc::format!(
                 "conv_bn_act: unknown activation {k}"

@@ -253,7 +253,14 @@ fn accumulate(
         stop = meter.add(n as u64);
         if float {
             let mut acc = if op == Acc::Prod { 1.0 } else { 0.0 };
+            // f32 lanes stored contiguously: a vector sum (f32 partial sums, as PyTorch's
+            // vectorized reduction).
+            let lane = (plan.flat && xd == ScalarType::Float && op != Acc::Prod)
+                .then(|| x.bytes.get(base * 4..(base + n) * 4))
+                .flatten()
+                .and_then(|b| bytemuck::try_cast_slice::<u8, f32>(b).ok());
             match op {
+                _ if lane.is_some() => acc = lane.map_or(0.0, |l| ptero_simd::ops::sum(l) as f64),
                 Acc::Prod => plan.lane_f64(x.bytes, xd, base, |v| acc *= v),
                 _ => plan.lane_f64(x.bytes, xd, base, |v| acc += v),
             }

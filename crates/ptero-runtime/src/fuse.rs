@@ -8,6 +8,9 @@
 //!   constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare step folds
 //!   the normalization into the packed weights and bias.
 //!
+//! - `sigmoid(x)` → `mul(x, ·)` becomes `silu(x)`; after a batch norm it is the fused
+//!   convolution's activation.
+//!
 //! A rule only fires when the kernels it rewrites into are registered.
 
 use alloc::string::String;
@@ -35,6 +38,7 @@ pub(crate) const CONV_BN_ACT: &str = "ptero::conv_bn_act.out";
 /// Activation codes of [`CONV_BN_ACT`]'s `act` argument.
 pub(crate) const ACT_NONE: i64 = 0;
 pub(crate) const ACT_CLAMP: i64 = 1;
+pub(crate) const ACT_SILU: i64 = 2;
 
 struct Graph<'p> {
     plan: &'p MethodPlan,
@@ -100,6 +104,24 @@ impl<'p> Graph<'p> {
             )),
             _ => None,
         }
+    }
+
+    /// Instructions (and method inputs/outputs, twice each) that mention `v`.
+    fn uses(&self, v: u32) -> u32 {
+        self.uses.get(v as usize).copied().unwrap_or(u32::MAX)
+    }
+
+    /// `x * sigmoid(x)` as the two instructions at `pc` and `pc + 1`: `sigmoid(x) -> s`
+    /// and `mul(x, s) | mul(s, x) -> y`, `s` read by the `mul` only. Returns `(x, y)`.
+    fn silu_at(&self, chain: &[Instr], pc: usize) -> Option<(u32, u32)> {
+        let (op, a) = self.args(chain.get(pc)?)?;
+        if op != "aten::sigmoid.out" || a.len() < 2 || !self.single_use(a[1]) {
+            return None;
+        }
+        let (x, s) = (a[0], a[1]);
+        let (mop, m) = self.args(chain.get(pc + 1)?)?;
+        let pair = m.len() >= 3 && ((m[0] == x && m[1] == s) || (m[0] == s && m[1] == x));
+        (mop == "aten::mul.out" && pair).then_some((x, m[2]))
     }
 
     /// True when `v` is mentioned by exactly two instructions (its producer and one
@@ -176,6 +198,7 @@ pub(crate) fn plan(
     let has_linear = kernels.contains("aten::linear.out");
     let has_cba = kernels.contains(CONV_BN_ACT);
     let has_clone = kernels.contains("aten::clone.out");
+    let has_silu = kernels.contains("aten::silu.out");
     let mut none_value: Option<u32> = None;
     let push = |values: &mut Vec<Value>, v: Value| -> u32 {
         values.push(v);
@@ -195,6 +218,21 @@ pub(crate) fn plan(
             let Some((op, args)) = g.args(&chain[pc]) else {
                 continue;
             };
+            // sigmoid(x) -> mul(x, .)  ==>  silu(x), where the mul ran.
+            if has_silu && op == "aten::sigmoid.out" {
+                if let Some((x, y)) = g.silu_at(chain, pc) {
+                    if tensor(values, x).is_some_and(|m| m.dtype == ScalarType::Float)
+                        && matches!(out[c][pc + 1], Rewrite::Keep)
+                    {
+                        out[c][pc] = Rewrite::Skip;
+                        out[c][pc + 1] = Rewrite::Replace {
+                            op: "aten::silu.out".into(),
+                            args: alloc::vec![x, y, y],
+                        };
+                    }
+                }
+                continue;
+            }
             // permute_copy(W, [1, 0]) -> addmm / mm  ==>  linear.
             if has_linear && op == "aten::permute_copy.out" && args.len() >= 3 {
                 let (w, t) = (args[0], args[2]);
@@ -270,25 +308,33 @@ pub(crate) fn plan(
                     continue;
                 }
                 let v2 = bargs[7];
-                // An activation right after, if v2 has no other reader.
-                let mut act = (ACT_NONE, None::<(u32, u32)>, v2, None::<usize>);
-                if g.single_use(v2) && bn_pc + 1 < chain.len() {
-                    let apc = bn_pc + 1;
+                // An activation right after, if v2 has no other reader: (code, bounds,
+                // result, the instructions it replaces).
+                let mut act = (ACT_NONE, None::<(u32, u32)>, v2, [None::<usize>; 2]);
+                let apc = bn_pc + 1;
+                match g.args(chain.get(apc).unwrap_or(&Instr::Free { value: 0 })) {
+                    Some(("aten::relu.out", a))
+                        if g.single_use(v2) && a.len() >= 2 && a[0] == v2 =>
                     {
-                        match g.args(&chain[apc]) {
-                            Some(("aten::relu.out", a)) if a.len() >= 2 && a[0] == v2 => {
-                                let zero = push(values, Value::Double(0.0));
-                                let inf = push(values, Value::Double(f64::INFINITY));
-                                act = (ACT_CLAMP, Some((zero, inf)), a[1], Some(apc));
+                        let zero = push(values, Value::Double(0.0));
+                        let inf = push(values, Value::Double(f64::INFINITY));
+                        act = (ACT_CLAMP, Some((zero, inf)), a[1], [Some(apc), None]);
+                    }
+                    Some(("aten::hardtanh.out", a))
+                        if g.single_use(v2) && a.len() >= 4 && a[0] == v2 =>
+                    {
+                        act = (ACT_CLAMP, Some((a[1], a[2])), a[3], [Some(apc), None]);
+                    }
+                    Some(("aten::sigmoid.out", _)) if g.uses(v2) == 3 => {
+                        if let Some((x, y)) = g.silu_at(chain, apc) {
+                            if x == v2 {
+                                act = (ACT_SILU, None, y, [Some(apc), Some(apc + 1)]);
                             }
-                            Some(("aten::hardtanh.out", a)) if a.len() >= 4 && a[0] == v2 => {
-                                act = (ACT_CLAMP, Some((a[1], a[2])), a[3], Some(apc));
-                            }
-                            _ => {}
                         }
                     }
+                    _ => {}
                 }
-                let (code, bounds, dst, act_pc) = act;
+                let (code, bounds, dst, act_pcs) = act;
                 // The input is read while the result is written: they must not share
                 // memory. The planner may have given the result the input's buffer (the
                 // input was dead by the time the last instruction ran); then the fused
@@ -319,12 +365,13 @@ pub(crate) fn plan(
                     args: fused,
                 };
                 out[c][bn_pc] = Rewrite::Skip;
-                if let Some(a) = act_pc {
-                    out[c][a] = Rewrite::Skip;
+                for a in act_pcs.iter().flatten() {
+                    out[c][*a] = Rewrite::Skip;
                 }
                 if copy {
                     let none = *none_value.get_or_insert_with(|| push(values, Value::None));
-                    out[c][act_pc.unwrap_or(bn_pc)] = Rewrite::Replace {
+                    let last = act_pcs.iter().flatten().last().copied().unwrap_or(bn_pc);
+                    out[c][last] = Rewrite::Replace {
                         op: "aten::clone.out".into(),
                         args: alloc::vec![v1, none, dst, dst],
                     };

@@ -377,7 +377,6 @@ fn binary_rows_f32(
     strides: [&[usize]; 3],
     (f, simd): (fn(f32, f32) -> f32, Option<ptero_simd::ops::Binary>),
 ) -> Result<()> {
-    use ptero_simd::ops::{binary as vbin, Lhs, Rhs};
     let scalar_buf = |o: Operand| -> [f32; 1] {
         match o {
             Operand::Scalar(s) => [s.to_f64() as f32],
@@ -401,71 +400,112 @@ fn binary_rows_f32(
         }
         Operand::Scalar(_) => &bbuf,
     };
+    let par = args.parallel();
     let ov = args.out(out)?;
     let o = ov.into_data::<f32>()?;
-    let mut ok = true;
-    super::for_each_row(shape, strides, |[oo, ao, bo], n, [so, sa, sb]| {
-        let span =
-            |start: usize, stride: usize| start.checked_add(n.saturating_sub(1) * stride + 1);
-        let (Some(oe), Some(ae), Some(be)) = (span(oo, so), span(ao, sa), span(bo, sb)) else {
-            ok = false;
-            return;
-        };
-        if oe > o.len() || ae > x.len() || be > y.len() {
-            ok = false;
-            return;
+    let ok = core::sync::atomic::AtomicBool::new(true);
+    let fail = || ok.store(false, core::sync::atomic::Ordering::Relaxed);
+    let numel: usize = shape.iter().product();
+    let [ost, ast, bst] = strides;
+    // A contiguous output splits over threads along its outermost non-unit dim.
+    let d0 = shape.iter().position(|&s| s > 1);
+    let contiguous = ost == super::contiguous_strides(shape).as_slice();
+    match d0 {
+        Some(d0) if contiguous && numel == o.len() && numel >= ptero_simd::PAR_MIN_ELEMS => {
+            let step = ost[d0];
+            let rank = shape.len();
+            ptero_simd::for_each_chunk_by(par, o, step, &|r, o| {
+                let i0 = r.start / step;
+                let mut dims = [0usize; ptero_core::MAX_DIMS];
+                dims[..rank].copy_from_slice(shape);
+                dims[d0] = r.len() / step;
+                let sub = &dims[..rank];
+                let (a0, b0) = (i0 * ast[d0], i0 * bst[d0]);
+                super::for_each_row(sub, strides, |[oo, ao, bo], n, st| {
+                    if !row_f32(o, x, y, [oo, ao + a0, bo + b0], n, st, (f, simd)) {
+                        fail();
+                    }
+                });
+            });
         }
-        match (so, sa, sb, simd) {
-            (1, 1, 1, Some(op)) => vbin(
-                op,
-                Lhs::Slice(&x[ao..ae]),
-                Rhs::Slice(&y[bo..be]),
-                1.0,
-                &mut o[oo..oe],
-            ),
-            (1, 1, 0, Some(op)) => vbin(
-                op,
-                Lhs::Slice(&x[ao..ae]),
-                Rhs::Scalar(y[bo]),
-                1.0,
-                &mut o[oo..oe],
-            ),
-            (1, 0, 1, Some(op)) => vbin(
-                op,
-                Lhs::Scalar(x[ao]),
-                Rhs::Slice(&y[bo..be]),
-                1.0,
-                &mut o[oo..oe],
-            ),
-            (1, 1, 1, None) => {
-                for ((d, p), q) in o[oo..oe].iter_mut().zip(&x[ao..ae]).zip(&y[bo..be]) {
-                    *d = f(*p, *q);
-                }
+        _ => super::for_each_row(shape, strides, |offs, n, st| {
+            if !row_f32(o, x, y, offs, n, st, (f, simd)) {
+                fail();
             }
-            (1, 1, 0, None) => {
-                let q = y[bo];
-                for (d, p) in o[oo..oe].iter_mut().zip(&x[ao..ae]) {
-                    *d = f(*p, q);
-                }
-            }
-            (1, 0, 1, None) => {
-                let p = x[ao];
-                for (d, q) in o[oo..oe].iter_mut().zip(&y[bo..be]) {
-                    *d = f(p, *q);
-                }
-            }
-            _ => {
-                for i in 0..n {
-                    o[oo + i * so] = f(x[ao + i * sa], y[bo + i * sb]);
-                }
-            }
-        }
-    });
-    if ok {
+        }),
+    }
+    if ok.into_inner() {
         Ok(())
     } else {
         Err(Error::OutOfBounds(
             "elementwise operand smaller than its shape".into(),
         ))
     }
+}
+
+/// One row of [`binary_rows_f32`]; false when an operand is too short for it.
+#[allow(clippy::type_complexity)]
+fn row_f32(
+    o: &mut [f32],
+    x: &[f32],
+    y: &[f32],
+    [oo, ao, bo]: [usize; 3],
+    n: usize,
+    [so, sa, sb]: [usize; 3],
+    (f, simd): (fn(f32, f32) -> f32, Option<ptero_simd::ops::Binary>),
+) -> bool {
+    use ptero_simd::ops::{binary as vbin, Lhs, Rhs};
+    let span = |start: usize, stride: usize| start.checked_add(n.saturating_sub(1) * stride + 1);
+    let (Some(oe), Some(ae), Some(be)) = (span(oo, so), span(ao, sa), span(bo, sb)) else {
+        return false;
+    };
+    if oe > o.len() || ae > x.len() || be > y.len() {
+        return false;
+    }
+    match (so, sa, sb, simd) {
+        (1, 1, 1, Some(op)) => vbin(
+            op,
+            Lhs::Slice(&x[ao..ae]),
+            Rhs::Slice(&y[bo..be]),
+            1.0,
+            &mut o[oo..oe],
+        ),
+        (1, 1, 0, Some(op)) => vbin(
+            op,
+            Lhs::Slice(&x[ao..ae]),
+            Rhs::Scalar(y[bo]),
+            1.0,
+            &mut o[oo..oe],
+        ),
+        (1, 0, 1, Some(op)) => vbin(
+            op,
+            Lhs::Scalar(x[ao]),
+            Rhs::Slice(&y[bo..be]),
+            1.0,
+            &mut o[oo..oe],
+        ),
+        (1, 1, 1, None) => {
+            for ((d, p), q) in o[oo..oe].iter_mut().zip(&x[ao..ae]).zip(&y[bo..be]) {
+                *d = f(*p, *q);
+            }
+        }
+        (1, 1, 0, None) => {
+            let q = y[bo];
+            for (d, p) in o[oo..oe].iter_mut().zip(&x[ao..ae]) {
+                *d = f(*p, q);
+            }
+        }
+        (1, 0, 1, None) => {
+            let p = x[ao];
+            for (d, q) in o[oo..oe].iter_mut().zip(&y[bo..be]) {
+                *d = f(p, *q);
+            }
+        }
+        _ => {
+            for i in 0..n {
+                o[oo + i * so] = f(x[ao + i * sa], y[bo + i * sb]);
+            }
+        }
+    }
+    true
 }
