@@ -121,7 +121,7 @@ impl<'p> Graph<'p> {
         let (x, s) = (a[0], a[1]);
         let (mop, m) = self.args(chain.get(pc + 1)?)?;
         let pair = m.len() >= 3 && ((m[0] == x && m[1] == s) || (m[0] == s && m[1] == x));
-        (mop == "aten::mul.out" && pair).then_some((x, m[2]))
+        (mop == "aten::mul.out" && pair).then(|| (x, m[2]))
     }
 
     /// True when `v` is mentioned by exactly two instructions (its producer and one
@@ -342,7 +342,10 @@ pub(crate) fn plan(
                 // becomes a copy, still one pass fewer.
                 let (target, copy) = if !overlaps(values, args[0], dst) {
                     (dst, false)
-                } else if has_clone && !overlaps(values, args[0], v1) {
+                } else if has_clone
+                    && !overlaps(values, args[0], v1)
+                    && !overlaps(values, v1, dst)
+                {
                     (v1, true)
                 } else {
                     continue;
