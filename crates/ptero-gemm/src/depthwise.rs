@@ -34,8 +34,9 @@ pub(crate) unsafe fn depthwise(
     act: Activation,
 ) {
     let planes = g.n * g.cout;
-    let work = planes * g.oh * g.ow * g.kh * g.kw;
-    let parts = if work < crate::driver::PAR_MIN_MACS {
+    // Each plane also costs its copy into scratch: count input and output elements too.
+    let work = planes * (g.oh * g.ow * (g.kh * g.kw + 1) + g.ih * g.iw);
+    let parts = if work < crate::driver::PAR_MIN_MACS / 4 {
         1
     } else {
         4 * par.threads()
@@ -159,9 +160,17 @@ impl DwPlane<'_> {
                 if hi > lo {
                     let first = src + (lo * sw + p - pw) * xs[3];
                     let step = sw * xs[3];
-                    let taken = &self.x.data[first..first + (hi - lo - 1) * step + 1];
-                    for (k, v) in ph[lo..hi].iter_mut().enumerate() {
-                        *v = taken[k * step];
+                    if step == 2 && first + 2 * (hi - lo) <= self.x.data.len() {
+                        // Pairs: the compiler turns this into shuffles.
+                        let pairs = self.x.data[first..first + 2 * (hi - lo)].chunks_exact(2);
+                        for (v, pair) in ph[lo..hi].iter_mut().zip(pairs) {
+                            *v = pair[0];
+                        }
+                    } else {
+                        let taken = &self.x.data[first..first + (hi - lo - 1) * step + 1];
+                        for (k, v) in ph[lo..hi].iter_mut().enumerate() {
+                            *v = taken[k * step];
+                        }
                     }
                 }
             }
