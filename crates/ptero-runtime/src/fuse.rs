@@ -342,9 +342,7 @@ pub(crate) fn plan(
                 // becomes a copy, still one pass fewer.
                 let (target, copy) = if !overlaps(values, args[0], dst) {
                     (dst, false)
-                } else if has_clone
-                    && !overlaps(values, args[0], v1)
-                    && !overlaps(values, v1, dst)
+                } else if has_clone && !overlaps(values, args[0], v1) && !overlaps(values, v1, dst)
                 {
                     (v1, true)
                 } else {
