@@ -18,6 +18,7 @@ Steps (all outputs under models/big/, git-ignored):
 
 Usage:
     .venv-ref/bin/python python/export_smollm2.py [--skip-export] [--max-seq 128] [--max-ctx 512]
+    .venv-ref/bin/python python/export_smollm2.py --xnnpack   # model_xnnpack.pte (fp32, delegated)
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--skip-export", action="store_true")
     ap.add_argument("--run-runtime", action="store_true", help="also generate with the official runtime")
+    ap.add_argument("--xnnpack", action="store_true",
+                    help="lower to the XNNPACK delegate (fp32): model_xnnpack.pte, the official fast path")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     report = {}
@@ -194,6 +197,7 @@ def main(argv=None) -> int:
     report["bos_id"] = im_start
     report["eos_ids"] = [im_end, eot]
 
+    pte_name = "model_xnnpack.pte" if args.xnnpack else "model.pte"
     if not args.skip_export:
         metadata = json.dumps({"get_bos_id": im_start, "get_eos_ids": [im_end, eot]})
         cmd = [
@@ -209,8 +213,8 @@ def main(argv=None) -> int:
             f"export.max_seq_length={args.max_seq}",
             f"export.max_context_length={args.max_ctx}",
             f"export.output_dir={OUT}",
-            f"export.output_name={OUT}/model.pte",
-            "backend.xnnpack.enabled=False",
+            f"export.output_name={OUT}/{pte_name}",
+            f"backend.xnnpack.enabled={args.xnnpack}",
         ]
         print("+", " ".join(cmd), flush=True)
         report["export_cmd"] = " ".join(cmd)
@@ -221,7 +225,7 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             print(r.stderr[-5000:])
             raise SystemExit("export_llm failed")
-        pte = OUT / "model.pte"
+        pte = OUT / pte_name
         print(f"exported {pte} ({pte.stat().st_size} bytes) in {time.time()-t0:.0f}s", flush=True)
         report["pte_bytes"] = pte.stat().st_size
 
@@ -248,6 +252,10 @@ def main(argv=None) -> int:
                 report["runtime_error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 print("runtime error:", report["runtime_error"])
 
+    if args.xnnpack:
+        # The portable export's expected.json stays the reference.
+        (OUT / "expected_xnnpack.json").write_text(json.dumps(report, indent=1) + "\n")
+        return 0
     (OUT / "expected.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k not in ("prompt_ids",)}, indent=1))
     return 0

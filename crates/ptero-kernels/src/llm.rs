@@ -259,10 +259,7 @@ impl Operand<'_> {
         let o = self.off(b, h, s);
         let d = self.d;
         Ok(match self.data {
-            Data::F32(x) => {
-                let r = x.get(o..o + d).ok_or_else(row_err)?;
-                q.iter().zip(r).map(|(a, b)| a * b).sum()
-            }
+            Data::F32(x) => ptero_simd::ops::dot(q, x.get(o..o + d).ok_or_else(row_err)?),
             Data::F16(x) => {
                 let r = x.get(o..o + d).ok_or_else(row_err)?;
                 q.iter().zip(r).map(|(a, b)| a * b.to_f32()).sum()
@@ -287,12 +284,7 @@ impl Operand<'_> {
         let o = self.off(b, h, s);
         let d = self.d;
         match self.data {
-            Data::F32(x) => {
-                let r = x.get(o..o + d).ok_or_else(row_err)?;
-                for (a, v) in acc.iter_mut().zip(r) {
-                    *a += p * v;
-                }
-            }
+            Data::F32(x) => ptero_simd::ops::axpy(p, x.get(o..o + d).ok_or_else(row_err)?, acc),
             Data::F16(x) => {
                 let p = f16::from_f32(p).to_f32();
                 let r = x.get(o..o + d).ok_or_else(row_err)?;
@@ -362,57 +354,111 @@ impl Attention<'_> {
             heap.split_at_mut(d)
         };
         let mut meter = Meter::charging(a);
-        let reps = self.hq / self.hkv;
         for b in 0..self.batch {
             for h in 0..self.hq {
-                let hk = h / reps;
                 for r in 0..self.sq {
-                    let qscale = self.q.load(b, h, r, qbuf)? * self.scale;
-                    let nk = if self.causal {
-                        (self.start_pos + r + 1).min(self.kv_len)
-                    } else {
-                        self.kv_len
-                    };
-                    meter.add(sat_product(&[nk, d, 2]) as u64)?;
-                    let mrow = match self.mask {
-                        Some((m, st)) => {
-                            Some(m.get(r * st..r * st + self.kv_len).ok_or_else(|| {
-                                Error::invalid("attention: mask smaller than its shape")
-                            })?)
-                        }
-                        None => None,
-                    };
-                    acc.fill(0.0);
-                    let mut mx = f32::NEG_INFINITY;
-                    let mut sum = 0f32;
-                    for n in 0..nk {
-                        let mut s = self.k.dot(b, hk, n, qbuf)? * qscale;
-                        if let Some(m) = mrow {
-                            s += m[n];
-                        }
-                        if s == f32::NEG_INFINITY {
-                            continue;
-                        }
-                        if s > mx {
-                            let c = libm::expf(mx - s);
-                            sum *= c;
-                            for x in acc.iter_mut() {
-                                *x *= c;
-                            }
-                            mx = s;
-                        }
-                        let p = libm::expf(s - mx);
-                        sum += p;
-                        self.v.axpy(b, hk, n, p, acc)?;
-                    }
-                    // A fully masked row gives 0 / 0 = NaN, as in ExecuTorch.
-                    let inv = 1.0 / sum;
-                    for x in acc.iter_mut() {
-                        *x *= inv;
-                    }
+                    meter.add(sat_product(&[self.keys(r), d, 2]) as u64)?;
+                    self.row(b, h, r, qbuf, acc)?;
                     emit(b, h, r, acc);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Keys query row `r` attends to.
+    fn keys(&self, r: usize) -> usize {
+        if self.causal {
+            (self.start_pos + r + 1).min(self.kv_len)
+        } else {
+            self.kv_len
+        }
+    }
+
+    /// Output row (b, h, r) into `acc`, with `qbuf` as scratch (both the head size).
+    fn row(&self, b: usize, h: usize, r: usize, qbuf: &mut [f32], acc: &mut [f32]) -> Result<()> {
+        use ptero_simd::ops::{binary_inplace, Binary, Rhs};
+        let hk = h / (self.hq / self.hkv);
+        let qscale = self.q.load(b, h, r, qbuf)? * self.scale;
+        let nk = self.keys(r);
+        let mrow = match self.mask {
+            Some((m, st)) => Some(
+                m.get(r * st..r * st + self.kv_len)
+                    .ok_or_else(|| Error::invalid("attention: mask smaller than its shape"))?,
+            ),
+            None => None,
+        };
+        acc.fill(0.0);
+        let mut mx = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        for n in 0..nk {
+            let mut s = self.k.dot(b, hk, n, qbuf)? * qscale;
+            if let Some(m) = mrow {
+                s += m[n];
+            }
+            if s == f32::NEG_INFINITY {
+                continue;
+            }
+            if s > mx {
+                let c = libm::expf(mx - s);
+                sum *= c;
+                binary_inplace(Binary::Mul, acc, Rhs::Scalar(c));
+                mx = s;
+            }
+            let p = libm::expf(s - mx);
+            sum += p;
+            self.v.axpy(b, hk, n, p, acc)?;
+        }
+        // A fully masked row gives 0 / 0 = NaN, as in ExecuTorch.
+        binary_inplace(Binary::Mul, acc, Rhs::Scalar(1.0 / sum));
+        Ok(())
+    }
+
+    /// Every row into a contiguous f32 `out` laid out `[B, S, H, D]` (`seq_at_2` false)
+    /// or `[B, H, S, D]`, split over threads by its outer rows. The work is charged up
+    /// front.
+    fn run_contiguous(&self, a: &KernelArgs<'_>, out: &mut [f32], seq_at_2: bool) -> Result<()> {
+        let d = self.q.d;
+        if d > STACK_D || d == 0 {
+            return Err(Error::invalid(
+                "attention: head size outside the threaded path's",
+            ));
+        }
+        let (outer, inner) = if seq_at_2 {
+            (self.hq, self.sq)
+        } else {
+            (self.sq, self.hq)
+        };
+        let unit = inner * d;
+        let total = sat_product(&[self.batch, outer, unit]);
+        let out = out
+            .get_mut(..total)
+            .ok_or_else(|| Error::invalid("sdpa: out smaller than its shape"))?;
+        let work: u64 = (0..self.sq)
+            .map(|r| sat_product(&[self.batch, self.hq, self.keys(r), d, 2]) as u64)
+            .fold(0u64, u64::saturating_add);
+        Meter::charging(a).add(work)?;
+        if unit == 0 {
+            return Ok(());
+        }
+        let failed = core::sync::atomic::AtomicBool::new(false);
+        ptero_simd::for_each_chunk_by(a.parallel(), out, unit, &|range, chunk| {
+            let (mut qs, mut acc) = ([0f32; STACK_D], [0f32; STACK_D]);
+            let first = range.start / unit;
+            for (k, dst_unit) in chunk.chunks_exact_mut(unit).enumerate() {
+                let (b, o) = ((first + k) / outer, (first + k) % outer);
+                for (i, dst) in dst_unit.chunks_exact_mut(d).enumerate() {
+                    let (h, r) = if seq_at_2 { (o, i) } else { (i, o) };
+                    if self.row(b, h, r, &mut qs[..d], &mut acc[..d]).is_err() {
+                        failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    dst.copy_from_slice(&acc[..d]);
+                }
+            }
+        });
+        if failed.into_inner() {
+            return Err(row_err());
         }
         Ok(())
     }
@@ -768,7 +814,14 @@ fn sdpa_run(
         causal: p.causal,
         scale,
     };
+    let contiguous = om.dim() == 4 && {
+        let sz = om.sizes();
+        om.strides() == [sz[1] * sz[2] * sz[3], sz[2] * sz[3], sz[3], 1]
+    };
     let mut ot = a.out(p.out)?;
+    if od == ScalarType::Float && contiguous && d <= STACK_D {
+        return attn.run_contiguous(a, ot.data::<f32>()?, seq_at_2);
+    }
     if od == ScalarType::Float && od_stride == 1 {
         let o = ot.data::<f32>()?;
         let mut bad = false;
