@@ -253,53 +253,62 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
         let plane = oh * ow;
         let arena = a.arena();
         let phases = max_phases(&w, (h, wd, oh, ow));
-        ptero_simd::for_each_chunk_pair(a.parallel(), o, idx, (plane, plane), &|r, o, idx| {
-            // Vector path: each plane copied into its padded phases in scratch.
-            let vector = phases.zip(arena).and_then(|(ph, ar)| {
-                let need = ph.floats()?;
-                ar.with(need, |buf| {
-                    for (k, p) in r.clone().enumerate() {
-                        let xb = (p / c) * xst[0] + (p % c) * xst[1];
-                        let (rs, cs) = (xst[2], xst[3]);
-                        let last = xb + (h - 1) * rs + (wd - 1) * cs;
-                        if last >= x.len() {
-                            failed.store(true, core::sync::atomic::Ordering::Relaxed);
-                            return;
+        let whole =
+            ptero_simd::for_each_chunk_pair(a.parallel(), o, idx, (plane, plane), &|r, o, idx| {
+                // Vector path: each plane copied into its padded phases in scratch.
+                let vector = phases.zip(arena).and_then(|(ph, ar)| {
+                    let need = ph.floats()?;
+                    ar.with(need, |buf| {
+                        for (k, p) in r.clone().enumerate() {
+                            let xb = (p / c) * xst[0] + (p % c) * xst[1];
+                            let (rs, cs) = (xst[2], xst[3]);
+                            let last = xb + (h - 1) * rs + (wd - 1) * cs;
+                            if last >= x.len() {
+                                failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                                return;
+                            }
+                            let buf = &mut buf[..need];
+                            phase_planes(
+                                x,
+                                xb,
+                                (rs, cs),
+                                &ph,
+                                f32::NEG_INFINITY,
+                                &|_, _| true,
+                                buf,
+                            );
+                            ptero_simd::dispatch(MaxPhases {
+                                ph: &ph,
+                                buf,
+                                w: &w,
+                                o: &mut o[k * plane..(k + 1) * plane],
+                                idx: &mut idx[k * plane..(k + 1) * plane],
+                                oh,
+                                ow,
+                            });
                         }
-                        let buf = &mut buf[..need];
-                        phase_planes(x, xb, (rs, cs), &ph, f32::NEG_INFINITY, &|_, _| true, buf);
-                        ptero_simd::dispatch(MaxPhases {
-                            ph: &ph,
-                            buf,
-                            w: &w,
-                            o: &mut o[k * plane..(k + 1) * plane],
-                            idx: &mut idx[k * plane..(k + 1) * plane],
-                            oh,
-                            ow,
-                        });
-                    }
-                })
-            });
-            if vector.is_some() {
-                return;
-            }
-            for (k, p) in r.enumerate() {
-                let xb = (p / c) * xst[0] + (p % c) * xst[1];
-                let ok = max_plane_f32(
-                    x,
-                    xb,
-                    &xst,
-                    &mut o[k * plane..(k + 1) * plane],
-                    &mut idx[k * plane..(k + 1) * plane],
-                    (h, wd, oh, ow),
-                    &w,
-                );
-                if !ok {
-                    failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                    })
+                });
+                if vector.is_some() {
+                    return;
                 }
-            }
-        });
-        if failed.into_inner() {
+                for (k, p) in r.enumerate() {
+                    let xb = (p / c) * xst[0] + (p % c) * xst[1];
+                    let ok = max_plane_f32(
+                        x,
+                        xb,
+                        &xst,
+                        &mut o[k * plane..(k + 1) * plane],
+                        &mut idx[k * plane..(k + 1) * plane],
+                        (h, wd, oh, ow),
+                        &w,
+                    );
+                    if !ok {
+                        failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        if failed.into_inner() || !whole {
             return Err(Error::OutOfBounds(
                 "max_pool2d: view exceeds its tensor".into(),
             ));

@@ -122,24 +122,25 @@ pub type PairTask<'f, T, U> = dyn Fn(core::ops::Range<usize>, &mut [T], &mut [U]
 
 /// Like [`for_each_chunk_by`] over two outputs that hold the same number of units
 /// (`a.len() / unit_a == b.len() / unit_b`, e.g. the values and the indices of a
-/// pooling): `f(units, a_part, b_part)` gets matching ranges of both. Does nothing when
-/// the lengths do not agree.
+/// pooling): `f(units, a_part, b_part)` gets matching ranges of both. Returns false,
+/// without calling `f`, when the lengths do not agree.
+#[must_use]
 pub fn for_each_chunk_pair<T: Send, U: Send>(
     par: &dyn Parallel,
     a: &mut [T],
     b: &mut [U],
     (unit_a, unit_b): (usize, usize),
     f: &PairTask<'_, T, U>,
-) {
+) -> bool {
     let (ua, ub) = (unit_a.max(1), unit_b.max(1));
     let units = a.len() / ua;
     if units * ua != a.len() || units * ub != b.len() {
-        return;
+        return false;
     }
     let threads = par.threads();
     if threads <= 1 || a.len() < PAR_MIN_ELEMS || units < 2 {
         f(0..units, a, b);
-        return;
+        return true;
     }
     let parts = split_count(units, 2 * threads, 1);
     let (pa, pb) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
@@ -155,4 +156,5 @@ pub fn for_each_chunk_pair<T: Send, U: Send>(
         };
         f(r, sa, sb);
     });
+    true
 }
