@@ -329,6 +329,8 @@ struct Attention<'a> {
 
 /// Stack scratch up to this head dim; larger heads fall back to a heap buffer.
 const STACK_D: usize = 512;
+/// Most keys a row's scores are kept for (two-pass f32 path); longer rows run online.
+const SCORES: usize = 2048;
 
 impl Attention<'_> {
     /// Runs attention, handing each finished output row (b, h, s) to `emit`. The work
@@ -388,6 +390,12 @@ impl Attention<'_> {
             ),
             None => None,
         };
+        if let (Data::F32(q), Data::F32(k), Data::F32(v)) = (self.q.data, self.k.data, self.v.data)
+        {
+            if nk <= SCORES && nk > 0 {
+                return self.row_f32([q, k, v], [b, h, hk, r], nk, mrow, acc);
+            }
+        }
         acc.fill(0.0);
         let mut mx = f32::NEG_INFINITY;
         let mut sum = 0f32;
@@ -411,6 +419,44 @@ impl Attention<'_> {
         }
         // A fully masked row gives 0 / 0 = NaN, as in ExecuTorch.
         binary_inplace(Binary::Mul, acc, Rhs::Scalar(1.0 / sum));
+        Ok(())
+    }
+
+    /// [`Self::row`] for f32 operands, in two passes: all scores against the key cache,
+    /// a softmax, then the weighted value rows (each pass one vector dispatch).
+    fn row_f32(
+        &self,
+        [q, k, v]: [&[f32]; 3],
+        [b, h, hk, r]: [usize; 4],
+        nk: usize,
+        mrow: Option<&[f32]>,
+        acc: &mut [f32],
+    ) -> Result<()> {
+        let d = self.q.d;
+        let rows = |x: &'_ [f32], op: &Operand<'_>| -> Result<()> {
+            let need = op.off(b, hk, nk - 1).checked_add(d).ok_or_else(row_err)?;
+            if need > x.len() {
+                return Err(row_err());
+            }
+            Ok(())
+        };
+        rows(k, &self.k)?;
+        rows(v, &self.v)?;
+        let qo = self.q.off(b, h, r);
+        let qrow = q.get(qo..qo + d).ok_or_else(row_err)?;
+        let mut buf = [0f32; SCORES];
+        let sc = &mut buf[..nk];
+        let (ko, vo) = (self.k.off(b, hk, 0), self.v.off(b, hk, 0));
+        ptero_simd::ops::dot_rows(qrow, &k[ko..], self.k.st[2], self.scale, sc);
+        if let Some(m) = mrow {
+            for (s, m) in sc.iter_mut().zip(m) {
+                *s += m;
+            }
+        }
+        // A fully masked row gives 0 / 0 = NaN, as in ExecuTorch.
+        ptero_simd::ops::softmax_inplace(sc);
+        acc.fill(0.0);
+        ptero_simd::ops::axpy_rows(sc, &v[vo..], self.v.st[2], acc);
         Ok(())
     }
 

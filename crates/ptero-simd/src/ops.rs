@@ -427,6 +427,87 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dispatch(DotOp(a, b))
 }
 
+struct DotRows<'a> {
+    x: &'a [f32],
+    m: &'a [f32],
+    stride: usize,
+    scale: f32,
+    y: &'a mut [f32],
+}
+
+impl SimdOp for DotRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let d = self.x.len();
+        for (i, y) in self.y.iter_mut().enumerate() {
+            *y = DotOp(self.x, &self.m[i * self.stride..][..d]).eval(s) * self.scale;
+        }
+    }
+}
+
+/// `y[i] = scale · (x · m[i·stride .. i·stride + x.len()])`: a vector against rows of a
+/// strided matrix (attention scores against a key cache), in one dispatch.
+///
+/// # Panics
+/// If a row runs past `m`.
+pub fn dot_rows(x: &[f32], m: &[f32], stride: usize, scale: f32, y: &mut [f32]) {
+    if let Some(last) = y.len().checked_sub(1) {
+        assert!(
+            last * stride + x.len() <= m.len(),
+            "dot_rows: rows past the matrix"
+        );
+    }
+    dispatch(DotRows {
+        x,
+        m,
+        stride,
+        scale,
+        y,
+    })
+}
+
+struct AxpyRows<'a> {
+    p: &'a [f32],
+    m: &'a [f32],
+    stride: usize,
+    y: &'a mut [f32],
+}
+
+impl SimdOp for AxpyRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let d = self.y.len();
+        for (i, &p) in self.p.iter().enumerate() {
+            if p != 0.0 {
+                AxpyOp {
+                    a: p,
+                    x: &self.m[i * self.stride..][..d],
+                    y: &mut *self.y,
+                }
+                .eval(s);
+            }
+        }
+    }
+}
+
+/// `y += Σ p[i] · m[i·stride .. i·stride + y.len()]`: weighted rows of a strided matrix
+/// (attention weights against a value cache), in one dispatch. Rows with weight 0 are
+/// skipped.
+///
+/// # Panics
+/// If a row runs past `m`.
+pub fn axpy_rows(p: &[f32], m: &[f32], stride: usize, y: &mut [f32]) {
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(
+            last * stride + y.len() <= m.len(),
+            "axpy_rows: rows past the matrix"
+        );
+    }
+    dispatch(AxpyRows { p, m, stride, y })
+}
+
 struct AxpyOp<'a> {
     a: f32,
     x: &'a [f32],
@@ -539,6 +620,56 @@ pub fn softmax(x: &[f32], y: &mut [f32]) {
 /// Log-softmax of `x` into `y`.
 pub fn log_softmax(x: &[f32], y: &mut [f32]) {
     dispatch(SoftmaxOp { x, y, log: true })
+}
+
+struct SoftmaxInPlace<'a>(&'a mut [f32]);
+
+impl SimdOp for SoftmaxInPlace<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let y = self.0;
+        let n = y.len();
+        let m = MaxOp(y).eval(s);
+        if m.is_nan() {
+            y.fill(f32::NAN);
+            return;
+        }
+        let shift = if m == f32::NEG_INFINITY { 0.0 } else { m };
+        let mv = s.splat(shift);
+        let mut acc = s.zero();
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let e = math::exp(s, s.sub(s.load(&y[i..]), mv));
+            acc = s.add(acc, e);
+            s.store(&mut y[i..], e);
+            i += S::LANES;
+        }
+        if i < n {
+            let e = math::exp(s, s.sub(s.load_part(&y[i..n]), mv));
+            // Lanes past `n` loaded 0; exclude them from the sum (as `softmax`).
+            let mut part = [0.0f32; 16];
+            s.store_part(&mut part[..n - i], e);
+            acc = s.add(acc, s.load_part(&part[..n - i]));
+            s.store_part(&mut y[i..n], e);
+        }
+        let inv = s.splat(1.0 / s.reduce_add(acc));
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let v = s.mul(s.load(&y[i..]), inv);
+            s.store(&mut y[i..], v);
+            i += S::LANES;
+        }
+        if i < n {
+            let v = s.mul(s.load_part(&y[i..n]), inv);
+            s.store_part(&mut y[i..n], v);
+        }
+    }
+}
+
+/// [`softmax`] in place.
+pub fn softmax_inplace(y: &mut [f32]) {
+    dispatch(SoftmaxInPlace(y))
 }
 
 struct MeanVarOp<'a>(&'a [f32]);

@@ -188,6 +188,9 @@ fn slice_ops_match_scalar_loops() {
                     let want = (x[i] - m).exp() / z;
                     assert!((v - want).abs() <= 1e-6 + 1e-5 * want, "{l} softmax {n}");
                 }
+                let mut inplace = x.clone();
+                ops::softmax_inplace(&mut inplace);
+                assert_eq!(inplace, y, "{l} softmax in place {n}");
                 ops::log_softmax(&x, &mut y);
                 for (i, &v) in y.iter().enumerate() {
                     let want = x[i] - m - z.ln();
