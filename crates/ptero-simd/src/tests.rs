@@ -179,6 +179,35 @@ fn slice_ops_match_scalar_loops() {
                 "{l} dot {n}"
             );
 
+            // Rows of a strided matrix: 3 rows of `n` values, `n + 5` apart.
+            let stride = n + 5;
+            let m: Vec<f32> = (0..2 * stride + n)
+                .map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5)
+                .collect();
+            let mut scores = [0.0f32; 3];
+            ops::dot_rows(&x, &m, stride, 0.5, &mut scores);
+            for (i, &got) in scores.iter().enumerate() {
+                let want: f32 = 0.5
+                    * x.iter()
+                        .zip(&m[i * stride..])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{l} dot_rows {n}"
+                );
+            }
+            let p = [0.25f32, 0.0, -2.0];
+            let mut acc = w.clone();
+            ops::axpy_rows(&p, &m, stride, &mut acc);
+            for j in 0..n {
+                let want = w[j] + 0.25 * m[j] - 2.0 * m[2 * stride + j];
+                assert!(
+                    (acc[j] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{l} axpy_rows {n}"
+                );
+            }
+
             let mut y = vec![0.0; n];
             ops::softmax(&x, &mut y);
             if n > 0 {
