@@ -2,7 +2,9 @@
 
 use ptero_simd::{dispatch_at, Parallel, Serial, Simd, SimdOp, SlotArena};
 
-use crate::kernel::{geometry, micro, micro_shifted, store_tile, store_wrapped, Epi, TileOut};
+use crate::kernel::{
+    geometry, micro, micro_row, micro_shifted, store_tile, store_wrapped, Epi, TileOut,
+};
 use crate::pack::{pack_a_strip, pack_b_panel};
 use crate::{gemv, Bias, Epilogue, GemmError, Lhs, MatMut, Rhs};
 
@@ -533,6 +535,11 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
                     BSrc::Shifted(_) => unreachable!("shifted operand in the packed instance"),
                     // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and
                     // `kc * nr` elements (indexing above checked them).
+                    _ if MR == 1 => {
+                        let row = unsafe { micro_row::<S>(s, kc, aptr, bptr) };
+                        core::array::from_fn(|_| row[0])
+                    }
+                    // SAFETY: as above.
                     _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
                 };
                 let m_eff = MR.min(i1 - r0);

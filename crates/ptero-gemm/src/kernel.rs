@@ -63,6 +63,48 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize>(
     acc
 }
 
+/// [`micro`] for a single row (decode's matrix-vector products): B streams from memory,
+/// so four independent accumulator pairs keep the loads in flight instead of waiting on
+/// one chain of multiply-adds.
+///
+/// # Safety
+/// As [`micro`] with `MR = 1`.
+#[inline(always)]
+pub(crate) unsafe fn micro_row<S: Simd>(
+    s: S,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+) -> [[S::F; 2]; 1] {
+    let (l, nr) = (S::LANES, 2 * S::LANES);
+    let mut acc = [[s.zero(); 2]; 4];
+    let mut p = 0;
+    while p + 4 <= kc {
+        for (u, pair) in acc.iter_mut().enumerate() {
+            // SAFETY: p + u < kc, inside the ranges the caller guarantees.
+            unsafe {
+                let ai = s.splat(*a.add(p + u));
+                let row = b.add((p + u) * nr);
+                pair[0] = s.mul_add(ai, s.load_ptr(row), pair[0]);
+                pair[1] = s.mul_add(ai, s.load_ptr(row.add(l)), pair[1]);
+            }
+        }
+        p += 4;
+    }
+    while p < kc {
+        // SAFETY: p < kc.
+        unsafe {
+            let ai = s.splat(*a.add(p));
+            let row = b.add(p * nr);
+            acc[0][0] = s.mul_add(ai, s.load_ptr(row), acc[0][0]);
+            acc[0][1] = s.mul_add(ai, s.load_ptr(row.add(l)), acc[0][1]);
+        }
+        p += 1;
+    }
+    let sum = |h: usize| s.add(s.add(acc[0][h], acc[1][h]), s.add(acc[2][h], acc[3][h]));
+    [[sum(0), sum(1)]]
+}
+
 /// The epilogue with its operands' extents already checked against the output shape.
 pub(crate) struct Epi<'a> {
     pub alpha: f32,
