@@ -292,6 +292,24 @@ pub fn conv2d(
     unsafe { grouped(par, arena, &g, x, packed, bias, optr, out.strides, act) }
 }
 
+/// Group `grp`'s epilogue: its slice of the bias per output channel, and the activation.
+fn group_epilogue(
+    bias: Option<&[f32]>,
+    grp: usize,
+    cout_g: usize,
+    act: Activation,
+) -> Epilogue<'_> {
+    Epilogue {
+        alpha: 1.0,
+        beta: if bias.is_some() { 1.0 } else { 0.0 },
+        bias: match bias {
+            Some(b) => Bias::PerRow(&b[grp * cout_g..(grp + 1) * cout_g]),
+            None => Bias::None,
+        },
+        act,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe fn grouped(
     par: &dyn Parallel,
@@ -308,15 +326,7 @@ unsafe fn grouped(
     let pixels = g.oh * g.ow;
     let xs = x.strides;
     let out_linear = g.oh == 1 || os[2] == g.ow * os[3];
-    let epi_for = |grp: usize| Epilogue {
-        alpha: 1.0,
-        beta: if bias.is_some() { 1.0 } else { 0.0 },
-        bias: match bias {
-            Some(b) => Bias::PerRow(&b[grp * cout_g..(grp + 1) * cout_g]),
-            None => Bias::None,
-        },
-        act,
-    };
+    let epi_for = |grp: usize| group_epilogue(bias, grp, cout_g, act);
     // SAFETY: forwarded from the caller.
     if let Some(r) = unsafe { shifted(par, arena, g, x, w, bias, out, os, act) } {
         return r;
@@ -579,15 +589,7 @@ unsafe fn shifted(
     let (cin_g, cout_g) = (g.cin_g(), g.cout_g());
     let (sh, sw, dh, dw) = (g.stride[0], g.stride[1], g.dilation[0], g.dilation[1]);
     let mut tapoff = [0usize; MAX_TAPS];
-    let epi = |grp: usize| Epilogue {
-        alpha: 1.0,
-        beta: if bias.is_some() { 1.0 } else { 0.0 },
-        bias: match bias {
-            Some(b) => Bias::PerRow(&b[grp * cout_g..(grp + 1) * cout_g]),
-            None => Bias::None,
-        },
-        act,
-    };
+    let epi = |grp: usize| group_epilogue(bias, grp, cout_g, act);
     // One image, every group, from `data` laid out with channels `ch` apart.
     let run = |n: usize, data: &[f32], ch: usize, width: usize, tapoff: &[usize]| {
         let cols = (g.oh - 1) * width + g.ow;

@@ -542,39 +542,29 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
                     // SAFETY: as above.
                     _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
                 };
-                let m_eff = MR.min(i1 - r0);
+                // Wrapped columns start at pixel 0 of row r0 (`store_wrapped` finds c0's
+                // place); plain ones at (r0, c0).
+                let col = if ctx.wrap.is_some() { 0 } else { c0 * ctx.ccs };
+                let tile = TileOut {
+                    // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose extent
+                    // was checked by `MatMut::new` (or is the caller's contract).
+                    c: unsafe { ctx.c.get().add(r0 * ctx.crs + col) },
+                    rs: ctx.crs,
+                    cs: ctx.ccs,
+                    i0: r0,
+                    j0: c0,
+                    m_eff: MR.min(i1 - r0),
+                    n_eff,
+                };
                 match ctx.wrap {
-                    None => {
-                        let tile = TileOut {
-                            // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose
-                            // extent was checked by `MatMut::new`.
-                            c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
-                            rs: ctx.crs,
-                            cs: ctx.ccs,
-                            i0: r0,
-                            j0: c0,
-                            m_eff,
-                            n_eff,
-                        };
-                        // SAFETY: the tile lies inside the output, and inside this task's
-                        // block, which no other task writes.
-                        unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
-                    }
-                    Some(w) => {
-                        let tile = TileOut {
-                            // SAFETY: row r0 < m of the output.
-                            c: unsafe { ctx.c.get().add(r0 * ctx.crs) },
-                            rs: ctx.crs,
-                            cs: ctx.ccs,
-                            i0: r0,
-                            j0: c0,
-                            m_eff,
-                            n_eff,
-                        };
-                        // SAFETY: the existing pixels of the tile lie inside the output (the
-                        // caller's contract), and inside this task's block.
-                        unsafe { store_wrapped::<S, MR>(s, &acc, &tile, w, first, last, &ctx.epi) };
-                    }
+                    // SAFETY: the tile lies inside the output, and inside this task's block,
+                    // which no other task writes.
+                    None => unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) },
+                    // SAFETY: the existing pixels of the tile lie inside the output (the
+                    // caller's contract), and inside this task's block.
+                    Some(w) => unsafe {
+                        store_wrapped::<S, MR>(s, &acc, &tile, w, first, last, &ctx.epi)
+                    },
                 }
             }
         }

@@ -539,7 +539,8 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 struct SoftmaxOp<'a> {
-    x: &'a [f32],
+    /// `None`: in place, from `y` (every value is read before it is written).
+    x: Option<&'a [f32]>,
     y: &'a mut [f32],
     log: bool,
 }
@@ -548,9 +549,12 @@ impl SimdOp for SoftmaxOp<'_> {
     type Output = ();
     #[inline(always)]
     fn eval<S: Simd>(self, s: S) {
-        let n = self.x.len().min(self.y.len());
-        let (x, y) = (&self.x[..n], &mut self.y[..n]);
-        let m = MaxOp(x).eval(s);
+        let n = self.x.map_or(self.y.len(), |x| x.len().min(self.y.len()));
+        let (x, y) = (self.x.map(|x| &x[..n]), &mut self.y[..n]);
+        let m = match x {
+            Some(x) => MaxOp(x).eval(s),
+            None => MaxOp(y).eval(s),
+        };
         if m.is_nan() {
             y.fill(f32::NAN);
             return;
@@ -561,7 +565,8 @@ impl SimdOp for SoftmaxOp<'_> {
         let mut acc = s.zero();
         let mut i = 0;
         while i + S::LANES <= n {
-            let e = math::exp(s, s.sub(s.load(&x[i..]), mv));
+            let v = s.load(&x.unwrap_or(y)[i..]);
+            let e = math::exp(s, s.sub(v, mv));
             acc = s.add(acc, e);
             if !self.log {
                 s.store(&mut y[i..], e);
@@ -569,7 +574,7 @@ impl SimdOp for SoftmaxOp<'_> {
             i += S::LANES;
         }
         if i < n {
-            let v = s.load_part(&x[i..n]);
+            let v = s.load_part(&x.unwrap_or(y)[i..n]);
             let e = math::exp(s, s.sub(v, mv));
             // Lanes past `n` loaded 0; exclude them from the sum.
             let mut part = [0.0f32; 16];
@@ -580,28 +585,27 @@ impl SimdOp for SoftmaxOp<'_> {
             }
         }
         let total = s.reduce_add(acc);
-        if self.log {
-            let lse = s.splat(shift + libm_log(total));
-            let mut i = 0;
-            while i + S::LANES <= n {
-                s.store(&mut y[i..], s.sub(s.load(&x[i..]), lse));
-                i += S::LANES;
-            }
-            if i < n {
-                s.store_part(&mut y[i..n], s.sub(s.load_part(&x[i..n]), lse));
-            }
+        // log: y = x - lse (x is still intact in place: the loop above did not store);
+        // else y = e / total.
+        let (k, b) = if self.log {
+            (1.0, -(shift + libm_log(total)))
         } else {
-            let inv = s.splat(1.0 / total);
-            let mut i = 0;
-            while i + S::LANES <= n {
-                let v = s.mul(s.load(&y[i..]), inv);
-                s.store(&mut y[i..], v);
-                i += S::LANES;
-            }
-            if i < n {
-                let v = s.mul(s.load_part(&y[i..n]), inv);
-                s.store_part(&mut y[i..n], v);
-            }
+            (1.0 / total, 0.0)
+        };
+        let (kv, bv) = (s.splat(k), s.splat(b));
+        let mut i = 0;
+        while i + S::LANES <= n {
+            let v = s.mul_add(s.load(&x.filter(|_| self.log).unwrap_or(y)[i..]), kv, bv);
+            s.store(&mut y[i..], v);
+            i += S::LANES;
+        }
+        if i < n {
+            let v = s.mul_add(
+                s.load_part(&x.filter(|_| self.log).unwrap_or(y)[i..n]),
+                kv,
+                bv,
+            );
+            s.store_part(&mut y[i..n], v);
         }
     }
 }
@@ -614,62 +618,29 @@ fn libm_log(x: f32) -> f32 {
 
 /// Softmax of `x` into `y` (max-shifted, so large inputs do not overflow).
 pub fn softmax(x: &[f32], y: &mut [f32]) {
-    dispatch(SoftmaxOp { x, y, log: false })
+    dispatch(SoftmaxOp {
+        x: Some(x),
+        y,
+        log: false,
+    })
 }
 
 /// Log-softmax of `x` into `y`.
 pub fn log_softmax(x: &[f32], y: &mut [f32]) {
-    dispatch(SoftmaxOp { x, y, log: true })
-}
-
-struct SoftmaxInPlace<'a>(&'a mut [f32]);
-
-impl SimdOp for SoftmaxInPlace<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn eval<S: Simd>(self, s: S) {
-        let y = self.0;
-        let n = y.len();
-        let m = MaxOp(y).eval(s);
-        if m.is_nan() {
-            y.fill(f32::NAN);
-            return;
-        }
-        let shift = if m == f32::NEG_INFINITY { 0.0 } else { m };
-        let mv = s.splat(shift);
-        let mut acc = s.zero();
-        let mut i = 0;
-        while i + S::LANES <= n {
-            let e = math::exp(s, s.sub(s.load(&y[i..]), mv));
-            acc = s.add(acc, e);
-            s.store(&mut y[i..], e);
-            i += S::LANES;
-        }
-        if i < n {
-            let e = math::exp(s, s.sub(s.load_part(&y[i..n]), mv));
-            // Lanes past `n` loaded 0; exclude them from the sum (as `softmax`).
-            let mut part = [0.0f32; 16];
-            s.store_part(&mut part[..n - i], e);
-            acc = s.add(acc, s.load_part(&part[..n - i]));
-            s.store_part(&mut y[i..n], e);
-        }
-        let inv = s.splat(1.0 / s.reduce_add(acc));
-        let mut i = 0;
-        while i + S::LANES <= n {
-            let v = s.mul(s.load(&y[i..]), inv);
-            s.store(&mut y[i..], v);
-            i += S::LANES;
-        }
-        if i < n {
-            let v = s.mul(s.load_part(&y[i..n]), inv);
-            s.store_part(&mut y[i..n], v);
-        }
-    }
+    dispatch(SoftmaxOp {
+        x: Some(x),
+        y,
+        log: true,
+    })
 }
 
 /// [`softmax`] in place.
 pub fn softmax_inplace(y: &mut [f32]) {
-    dispatch(SoftmaxInPlace(y))
+    dispatch(SoftmaxOp {
+        x: None,
+        y,
+        log: false,
+    })
 }
 
 struct MeanVarOp<'a>(&'a [f32]);
