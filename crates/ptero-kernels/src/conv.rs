@@ -232,9 +232,12 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     };
     let groups = a.int(8)?;
     let wst_c = [per, kh * kw, kw, 1];
-    let packed = match usize::try_from(groups) {
-        Ok(g) if g > 0 && !(g == cin_g * g && cout == g && g > 1) => {
-            let geo = Conv2d::for_weights(cin_g * g, cout, g, kh, kw);
+    let cin = usize::try_from(groups)
+        .ok()
+        .and_then(|g| Some((g, cin_g.checked_mul(g)?)));
+    let packed = match cin {
+        Some((g, cin)) if g > 0 && !(g == cin && cout == g && g > 1) => {
+            let geo = Conv2d::for_weights(cin, cout, g, kh, kw);
             Some(
                 PackedConv::new(
                     &geo,

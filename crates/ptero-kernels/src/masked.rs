@@ -89,6 +89,10 @@ fn nonzero_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let rank = m.dim();
     a.resize(1, &[count, rank])?;
+    // A program may pass the input as the out: the resize then changed it under us.
+    if a.meta(0)?.sizes() != m.sizes() {
+        return Err(Error::invalid("nonzero: the out tensor is the input"));
+    }
     let ost = a.meta(1)?.stride_dims();
     let x = a.tensor(0)?;
     let o = a.out(1)?;
