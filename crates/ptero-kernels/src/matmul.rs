@@ -184,6 +184,12 @@ fn execute(
     }
     let (ab, bb, ob) = (at.bytes, bt.bytes, &mut *ot.bytes);
     let biasb = biast.map(|t| t.bytes);
+    if matches!(dtype, ScalarType::Half | ScalarType::BFloat16) {
+        let ops = (ab, bb, biasb, &mut *ob);
+        if let Some(r) = execute_half(a, plan, dtype, ops, sc, &mut meter) {
+            return r;
+        }
+    }
     let (m, n, k) = (plan.m, plan.n, plan.k);
     let row_work = sat_product(&[n, k]) as u64;
     for_each_offset(&plan.batch, bst, |[ao, bo, co, biaso]| {
@@ -266,6 +272,72 @@ fn execute(
     res
 }
 
+/// A, B, the optional bias and C as raw bytes of one 16-bit float dtype.
+type HalfOperands<'s> = (&'s [u8], &'s [u8], Option<&'s [u8]>, &'s mut [u8]);
+
+/// Half and bfloat16 through the f32 GEMM: the operands are widened into one slot of the
+/// arena with their layouts unchanged, multiplied in f32 (the constant weight was widened
+/// and packed at load), and the result is rounded back. `None` when no slot holds them
+/// (the scalar path runs instead).
+fn execute_half(
+    a: &KernelArgs<'_>,
+    plan: &Plan,
+    dtype: ScalarType,
+    (ab, bb, biasb, ob): HalfOperands<'_>,
+    sc: Scales,
+    meter: &mut Meter<'_, '_>,
+) -> Option<Result<()>> {
+    let arena = a.arena()?;
+    // The same test as `execute_f32`'s: only then is B not read.
+    let packed = matches!(a.state::<PackedWeight>(), Some(PackedWeight::B(p))
+        if p.k() == plan.k && p.n() == plan.n && plan.bst[1].iter().all(|&s| s == 0));
+    let na = ab.len() / 2;
+    let nb = if packed { 0 } else { bb.len() / 2 };
+    let nbias = biasb.map_or(0, |b| b.len() / 2);
+    let nc = ob.len() / 2;
+    let need = na.checked_add(nb)?.checked_add(nbias)?.checked_add(nc)?;
+    arena.with(need, |buf| {
+        let (a32, rest) = buf[..need].split_at_mut(na);
+        let (b32, rest) = rest.split_at_mut(nb);
+        let (bias32, c32) = rest.split_at_mut(nbias);
+        widen(ab, dtype, a32);
+        widen(bb, dtype, b32);
+        if let Some(b) = biasb {
+            widen(b, dtype, bias32);
+        }
+        let bias32: Option<&[f32]> = biasb.map(|_| &*bias32);
+        let r = execute_f32(a, plan, (a32, b32, bias32, &mut *c32), sc, meter);
+        narrow(c32, dtype, ob);
+        r
+    })
+}
+
+/// 16-bit floats (little-endian bytes of `dtype`) to f32, as many as both hold.
+fn widen(src: &[u8], dtype: ScalarType, dst: &mut [f32]) {
+    let half = dtype == ScalarType::Half;
+    for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        let bits = u16::from_le_bytes([b[0], b[1]]);
+        *d = if half {
+            half::f16::from_bits(bits).to_f32()
+        } else {
+            half::bf16::from_bits(bits).to_f32()
+        };
+    }
+}
+
+/// f32 to 16-bit floats of `dtype`, rounding to nearest even.
+fn narrow(src: &[f32], dtype: ScalarType, dst: &mut [u8]) {
+    let half = dtype == ScalarType::Half;
+    for (v, d) in src.iter().zip(dst.chunks_exact_mut(2)) {
+        let bits = if half {
+            half::f16::from_f32(*v).to_bits()
+        } else {
+            half::bf16::from_f32(*v).to_bits()
+        };
+        d.copy_from_slice(&bits.to_le_bytes());
+    }
+}
+
 /// A, B, the optional bias and C.
 type F32Operands<'s> = (&'s [f32], &'s [f32], Option<&'s [f32]>, &'s mut [f32]);
 
@@ -328,7 +400,26 @@ fn execute_f32(
 /// Packs a constant right operand at load: `mm`'s and `addmm`'s second matrix, or
 /// `linear`'s weight (transposed view of `[out, in]`).
 fn prepare_rhs(a: &KernelArgs<'_>, arg: usize, transposed: bool) -> Result<Prepared> {
-    if !is_const_f32(a, arg) {
+    let mut p = prepare_f32_rhs(a, arg, transposed)?;
+    p.scratch_floats = p.scratch_floats.saturating_add(half_scratch(a));
+    Ok(p)
+}
+
+/// f32 the widened copies of an instruction's half or bfloat16 operands take (their
+/// planned upper bounds), 0 for other dtypes.
+fn half_scratch(a: &KernelArgs<'_>) -> usize {
+    (0..a.len())
+        .filter_map(|i| a.opt_meta(i).ok().flatten())
+        .filter(|m| matches!(m.dtype, ScalarType::Half | ScalarType::BFloat16))
+        .map(|m| m.capacity().max(m.nbytes()) / 2)
+        .fold(0usize, usize::saturating_add)
+}
+
+fn prepare_f32_rhs(a: &KernelArgs<'_>, arg: usize, transposed: bool) -> Result<Prepared> {
+    let half_const = matches!(a.opt_meta(arg), Ok(Some(m))
+        if matches!(m.dtype, ScalarType::Half | ScalarType::BFloat16)
+            && matches!(m.storage, ptero_core::Storage::Constant { .. }));
+    if !is_const_f32(a, arg) && !half_const {
         return Ok(prepared(None));
     }
     let w = a.tensor(arg)?;
@@ -336,7 +427,19 @@ fn prepare_rhs(a: &KernelArgs<'_>, arg: usize, transposed: bool) -> Result<Prepa
     if meta.dim() != 2 {
         return Ok(prepared(None));
     }
-    let data: &[f32] = w.data()?;
+    // Half and bfloat16 weights are widened once here (load time), then packed.
+    let widened;
+    let data: &[f32] = if half_const {
+        let mut v = alloc::vec::Vec::new();
+        v.try_reserve_exact(meta.numel())
+            .map_err(|_| Error::invalid("matmul: out of memory widening a weight"))?;
+        v.resize(meta.numel(), 0.0);
+        widen(w.bytes, meta.dtype, &mut v);
+        widened = v;
+        &widened
+    } else {
+        w.data()?
+    };
     let st = meta.strides();
     let (r, c) = (meta.sizes()[0], meta.sizes()[1]);
     let b = if transposed {
@@ -360,8 +463,10 @@ fn prepare_addmm(a: &KernelArgs<'_>) -> Result<Prepared> {
     prepare_rhs(a, 2, false)
 }
 
-fn prepare_bmm(_: &KernelArgs<'_>) -> Result<Prepared> {
-    Ok(prepared(None))
+fn prepare_bmm(a: &KernelArgs<'_>) -> Result<Prepared> {
+    let mut p = prepared(None);
+    p.scratch_floats = p.scratch_floats.saturating_add(half_scratch(a));
+    Ok(p)
 }
 
 fn view2(m: &TensorMeta) -> View {
@@ -828,30 +933,34 @@ mod tests {
             xs.push(inf);
             let mut os = lead.clone();
             os.push(outf);
-            for (worder, konst) in [
-                ([0u8, 1], false),
-                ([1, 0], false),
-                ([0, 1], true),
-                ([1, 0], true),
-            ] {
-                let wt_arg = t(Float, &[outf, inf], &w).with_dim_order(&worder);
-                let out = run_op(
-                    "aten::linear.out",
-                    vec![
-                        Arg::T(t(Float, &xs, &x)),
-                        // A constant weight is packed by the prepare step.
-                        if konst {
-                            Arg::Const(wt_arg)
-                        } else {
-                            Arg::T(wt_arg)
-                        },
-                        Arg::T(t(Float, &[outf], &bias)),
-                        Arg::Out(Float, os.clone()),
-                    ],
-                )
-                .unwrap();
-                assert_eq!(out.tensors[0].sizes, os);
-                assert_close(&out.tensors[0].to_f64(), &want, 1e-4, 1e-5);
+            // Half and bfloat16 run the f32 GEMM on widened copies (a constant weight is
+            // widened and packed at load): within their precision of the f64 reference.
+            for (dt, rtol) in [(Float, 1e-4), (Half, 4e-3), (BFloat16, 3e-2)] {
+                for (worder, konst) in [
+                    ([0u8, 1], false),
+                    ([1, 0], false),
+                    ([0, 1], true),
+                    ([1, 0], true),
+                ] {
+                    let wt_arg = t(dt, &[outf, inf], &w).with_dim_order(&worder);
+                    let out = run_op(
+                        "aten::linear.out",
+                        vec![
+                            Arg::T(t(dt, &xs, &x)),
+                            // A constant weight is packed by the prepare step.
+                            if konst {
+                                Arg::Const(wt_arg)
+                            } else {
+                                Arg::T(wt_arg)
+                            },
+                            Arg::T(t(dt, &[outf], &bias)),
+                            Arg::Out(dt, os.clone()),
+                        ],
+                    )
+                    .unwrap();
+                    assert_eq!(out.tensors[0].sizes, os);
+                    assert_close(&out.tensors[0].to_f64(), &want, rtol, rtol);
+                }
             }
         }
         // No bias, channels-last-like 3-d input (dim order [1, 0, 2]).

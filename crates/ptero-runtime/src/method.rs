@@ -253,7 +253,10 @@ impl Method {
                 operators: missing,
             });
         }
-        let arena = SlotArena::new(1, scratch_floats).ok_or(Error::OutOfMemory {
+        // One slot per thread, plus one: a kernel may hold a slot for its own operands
+        // (converted or padded copies) while the GEMM it calls lends the others to its
+        // tasks. Slots are zeroed lazily, so an unused one costs address space only.
+        let arena = SlotArena::new(2, scratch_floats).ok_or(Error::OutOfMemory {
             method: name.into(),
             what: "kernel scratch",
             bytes: scratch_floats.saturating_mul(4),
@@ -328,15 +331,15 @@ impl Method {
         parallel: Option<Arc<dyn Parallel + Send + Sync>>,
     ) -> Result<(), Error> {
         let threads = parallel.as_ref().map_or(1, |p| p.threads().max(1));
-        if threads != self.arena.slots() {
+        if threads + 1 != self.arena.slots() {
             self.arena =
-                SlotArena::new(threads, self.scratch_floats).ok_or(Error::OutOfMemory {
+                SlotArena::new(threads + 1, self.scratch_floats).ok_or(Error::OutOfMemory {
                     method: self.meta.name.clone(),
                     what: "kernel scratch",
                     bytes: self
                         .scratch_floats
                         .saturating_mul(4)
-                        .saturating_mul(threads),
+                        .saturating_mul(threads + 1),
                 })?;
         }
         self.parallel = parallel;

@@ -46,9 +46,7 @@ impl SlotArena {
         let mut v = Vec::new();
         v.try_reserve_exact(slots).ok()?;
         for _ in 0..slots {
-            let mut b = Vec::new();
-            b.try_reserve_exact(floats).ok()?;
-            b.resize(floats, 0.0);
+            let b = zeroed(floats)?;
             v.push(Slot {
                 busy: AtomicBool::new(false),
                 buf: UnsafeCell::new(b),
@@ -107,5 +105,25 @@ impl SlotArena {
                 std::thread::yield_now();
             }
         }
+    }
+}
+
+/// `floats` zeros, or `None` when the allocation fails. Zeroed by the allocator, so the
+/// pages are only made resident as a slot's buffer is used (a slot sized for the largest
+/// kernel costs little where smaller ones run).
+fn zeroed(floats: usize) -> Option<Vec<f32>> {
+    if floats == 0 {
+        return Some(Vec::new());
+    }
+    let layout = core::alloc::Layout::array::<f32>(floats).ok()?;
+    // SAFETY: the layout has a non-zero size. On success the block holds `floats` f32
+    // whose bits are all 0 (that is 0.0), and it was allocated by the global allocator
+    // with exactly the layout `Vec<f32>` uses for that capacity, so the Vec may own it.
+    unsafe {
+        let p = alloc::alloc::alloc_zeroed(layout) as *mut f32;
+        if p.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(p, floats, floats))
     }
 }
