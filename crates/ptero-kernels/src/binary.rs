@@ -391,6 +391,52 @@ fn add_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(4)?;
     with_alpha(a, Operand::Tensor(0), Operand::Tensor(1), 2, 3, &ADD, false)
 }
+/// `ptero::add_relu.out(self, other, alpha, *, out)`: `relu(self + other)` in one pass,
+/// what load-time fusion makes of an `add` whose only reader is a `relu`. Only f32
+/// tensors of one shape and layout, alpha 1 (the rule only fires for those).
+fn add_relu_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    use ptero_simd::ops::{binary, unary_inplace, Binary, Lhs, Rhs, Unary};
+    a.expect_len(4)?;
+    let (xm, ym) = (*a.meta(0)?, *a.meta(1)?);
+    let same = xm.dtype == ScalarType::Float
+        && ym.dtype == ScalarType::Float
+        && xm.sizes() == ym.sizes()
+        && xm.dim_order() == ym.dim_order();
+    if !same || a.scalar(2)?.to_f64() != 1.0 {
+        return Err(Error::invalid(
+            "add_relu: f32 operands of one shape and layout, alpha 1",
+        ));
+    }
+    a.resize(3, xm.sizes())?;
+    let om = *a.meta(3)?;
+    if om.dtype != ScalarType::Float || om.dim_order() != xm.dim_order() {
+        return Err(Error::Dtype {
+            arg: 3,
+            expected: "Float, laid out as the operands".into(),
+            found: om.dtype,
+        });
+    }
+    let par = a.parallel();
+    let (x, y) = (a.tensor(0)?, a.tensor(1)?);
+    let (xs, ys): (&[f32], &[f32]) = (x.data()?, y.data()?);
+    let mut o = a.out(3)?;
+    let os: &mut [f32] = o.data()?;
+    if xs.len() != os.len() || ys.len() != os.len() {
+        return Err(Error::OutOfBounds("add_relu: operand sizes".into()));
+    }
+    ptero_simd::for_each_chunk(par, os, &|r, o| {
+        binary(
+            Binary::Add,
+            Lhs::Slice(&xs[r.clone()]),
+            Rhs::Slice(&ys[r]),
+            1.0,
+            o,
+        );
+        unary_inplace(Unary::Relu, o);
+    });
+    Ok(())
+}
+
 fn add_scalar_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(4)?;
     let s = a.scalar(1)?;
@@ -552,6 +598,7 @@ fn atan2_out(a: &mut KernelArgs<'_>) -> Result<()> {
 
 pub(crate) fn register(reg: &mut KernelRegistry) {
     reg.register("aten::add.out", add_out);
+    reg.register("ptero::add_relu.out", add_relu_out);
     reg.register("aten::add.Scalar_out", add_scalar_out);
     reg.register("aten::sub.out", sub_out);
     reg.register("aten::sub.Scalar_out", sub_scalar_out);
@@ -580,6 +627,40 @@ mod tests {
     use crate::testing::{assert_close, run_op, Arg, OwnedTensor};
     use alloc::vec;
     use ptero_core::ScalarType::{self, *};
+
+    #[test]
+    fn add_relu_fused() {
+        let f = |s: &[usize], v: &[f64]| Arg::T(OwnedTensor::from_f64(Float, s, v));
+        let out = run_op(
+            "ptero::add_relu.out",
+            vec![
+                f(&[2, 3], &[1., -2., 3., -4., f64::NAN, 0.5]),
+                f(&[2, 3], &[-2., 1., 1., -2., 1., 1.]),
+                Arg::Int(1),
+                Arg::Out(Float, vec![2, 3]),
+            ],
+        )
+        .unwrap();
+        assert_close(
+            &out.tensors[0].to_f64(),
+            &[0., 0., 4., 0., f64::NAN, 1.5],
+            0.0,
+            0.0,
+        );
+        // Fusion only makes it for one shape, alpha 1: anything else is an error.
+        for (other, alpha) in [(f(&[3], &[1., 1., 1.]), 1), (f(&[2, 3], &[0.; 6]), 2)] {
+            let r = run_op(
+                "ptero::add_relu.out",
+                vec![
+                    f(&[2, 3], &[0.; 6]),
+                    other,
+                    Arg::Int(alpha),
+                    Arg::Out(Float, vec![2, 3]),
+                ],
+            );
+            assert!(r.is_err());
+        }
+    }
 
     #[test]
     fn table() {

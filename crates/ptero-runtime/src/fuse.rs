@@ -8,6 +8,7 @@
 //!   constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare step folds
 //!   the normalization into the packed weights and bias.
 //!
+//! - `add` → `relu` becomes `ptero::add_relu` (f32).
 //! - `sigmoid(x)` → `mul(x, ·)` becomes `silu(x)`; after a batch norm it is the fused
 //!   convolution's activation.
 //!
@@ -199,6 +200,7 @@ pub(crate) fn plan(
     let has_cba = kernels.contains(CONV_BN_ACT);
     let has_clone = kernels.contains("aten::clone.out");
     let has_silu = kernels.contains("aten::silu.out");
+    let has_add_relu = kernels.contains("ptero::add_relu.out");
     let mut none_value: Option<u32> = None;
     let push = |values: &mut Vec<Value>, v: Value| -> u32 {
         values.push(v);
@@ -218,6 +220,50 @@ pub(crate) fn plan(
             let Some((op, args)) = g.args(&chain[pc]) else {
                 continue;
             };
+            // add(x, y) -> relu  ==>  add_relu, where the add ran (adjacent, f32, and the
+            // result apart from both operands: it is written while they are read).
+            if has_add_relu && op == "aten::add.out" && args.len() >= 4 && pc + 1 < chain.len() {
+                let s = args[3];
+                if let Some(("aten::relu.out", r)) = g.args(&chain[pc + 1]) {
+                    // Static f32 tensors of one shape and layout (the fused kernel does not
+                    // broadcast), alpha 1.
+                    let fixed = |v: u32| {
+                        tensor(values, v).filter(|m| {
+                            m.dtype == ScalarType::Float
+                                && m.dynamism == ptero_core::Dynamism::Static
+                        })
+                    };
+                    let same = match (
+                        fixed(args[0]),
+                        fixed(args[1]),
+                        fixed(r.get(1).copied().unwrap_or(u32::MAX)),
+                    ) {
+                        (Some(x), Some(y), Some(o)) => {
+                            x.sizes() == y.sizes()
+                                && x.sizes() == o.sizes()
+                                && x.dim_order() == y.dim_order()
+                                && x.dim_order() == o.dim_order()
+                        }
+                        _ => false,
+                    };
+                    let ok = r.len() >= 2
+                        && r[0] == s
+                        && same
+                        && is_one(values, args[2])
+                        && g.single_use(s)
+                        && matches!(out[c][pc + 1], Rewrite::Keep)
+                        && !overlaps(values, args[0], r[1])
+                        && !overlaps(values, args[1], r[1]);
+                    if ok {
+                        out[c][pc] = Rewrite::Replace {
+                            op: "ptero::add_relu.out".into(),
+                            args: alloc::vec![args[0], args[1], args[2], r[1], r[1]],
+                        };
+                        out[c][pc + 1] = Rewrite::Skip;
+                    }
+                }
+                continue;
+            }
             // sigmoid(x) -> mul(x, .)  ==>  silu(x), where the mul ran.
             if has_silu && op == "aten::sigmoid.out" {
                 if let Some((x, y)) = g.silu_at(chain, pc) {
