@@ -124,8 +124,12 @@ impl HfTokenizer {
 }
 
 /// Most bytes normalization may produce from one text (the input limit shrinks for
-/// tokenizers whose normalizers can grow text a lot).
-const MAX_NORMALIZED_BYTES: usize = 256 << 20;
+/// tokenizers whose normalizers can grow text a lot). The `tokenizers` crate keeps an
+/// alignment pair (16 bytes) per normalized byte and copies the text at each step, so the
+/// memory it takes is some 35 times this: 16 MiB of normalized text stays near 560 MiB,
+/// and still admits 1.4 MiB prompts through Llama-style chains (12x) and ~930 KiB through
+/// the worst normalizer (NFKC, 18x).
+const MAX_NORMALIZED_BYTES: usize = 16 << 20;
 
 /// Largest worst-case growth accepted for a normalizer or decoder chain.
 const MAX_GROWTH: f64 = 65536.0;
@@ -140,30 +144,37 @@ fn growth_of(v: &serde_json::Value, depth: usize) -> f64 {
         return f64::INFINITY;
     }
     let str_len = |k: &str| o.get(k).and_then(Value::as_str).map_or(0, str::len) as f64;
-    match o.get("type").and_then(Value::as_str).unwrap_or("") {
-        "Sequence" => ["normalizers", "decoders"]
-            .iter()
-            .filter_map(|k| o.get(*k).and_then(Value::as_array))
-            .flatten()
-            .map(|c| growth_of(c, depth + 1))
-            .product(),
-        "Replace" => {
-            let content = str_len("content");
-            match o.get("pattern") {
-                Some(Value::Object(p)) => match p.get("String").and_then(Value::as_str) {
-                    Some(s) if !s.is_empty() => (content / s.len() as f64).ceil().max(1.0),
-                    // An empty string or a regex may match between every two characters.
-                    _ => content + 1.0,
-                },
+    // The `tokenizers` crate may read a node by its fields whatever its "type" says (a
+    // mislabelled node with a "normalizers" list runs as a sequence), so every reading
+    // the fields allow is estimated and the largest kept.
+    let sequence: f64 = ["normalizers", "decoders"]
+        .iter()
+        .filter_map(|k| o.get(*k).and_then(Value::as_array))
+        .flatten()
+        .map(|c| growth_of(c, depth + 1))
+        .product();
+    let replace = if o.contains_key("content") || o.contains_key("pattern") {
+        let content = str_len("content");
+        match o.get("pattern") {
+            Some(Value::Object(p)) => match p.get("String").and_then(Value::as_str) {
+                Some(s) if !s.is_empty() => (content / s.len() as f64).ceil().max(1.0),
+                // An empty string or a regex may match between every two characters.
                 _ => content + 1.0,
-            }
+            },
+            _ => content + 1.0,
         }
-        "Prepend" => 1.0 + str_len("prepend"),
-        "Strip" | "StripAccents" | "ByteFallback" | "Fuse" | "" => 1.0,
+    } else {
+        1.0
+    };
+    let prepend = 1.0 + str_len("prepend");
+    let by_type: f64 = match o.get("type").and_then(Value::as_str).unwrap_or("") {
+        "Sequence" | "Replace" | "Prepend" | "Strip" | "StripAccents" | "ByteFallback" | "Fuse"
+        | "" => 1.0,
         // Unicode normalization forms and charsmaps expand a character to at most ~18.
         "NFKC" | "NFKD" | "Precompiled" => 18.0,
         _ => 4.0,
-    }
+    };
+    by_type.max(sequence).max(replace).max(prepend)
 }
 
 /// Refuses normalizer and decoder chains that could grow text without bound (e.g. many
@@ -395,6 +406,14 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
+        assert!(e.contains("could grow text more than 10^15 times"), "{e}");
+        // The same chain under another "type" still runs as a sequence: still refused.
+        let mislabelled = chain.replacen("Sequence", "Unigram", 1);
+        let e =
+            HfTokenizer::from_bytes(json(&mislabelled, "null").as_bytes(), &dir().join("t.json"))
+                .err()
+                .unwrap()
+                .to_string();
         assert!(e.contains("could grow text more than 10^15 times"), "{e}");
         // Real chains (Llama/Mistral style) load, with the input limit scaled down at most
         // modestly.
