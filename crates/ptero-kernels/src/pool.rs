@@ -730,10 +730,13 @@ fn adaptive_avg_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let mut meter = Meter::new(a);
     for ni in 0..n {
         for ci in 0..c {
+            // At least 1 per plane: empty planes still cost a step each, and a huge
+            // batch of them must hit the work limit, not spin.
             meter.add(
                 (h as u64)
                     .saturating_mul(wd as u64)
-                    .saturating_add((oh * ow) as u64),
+                    .saturating_add((oh * ow) as u64)
+                    .saturating_add(1),
             )?;
             let xb = ni * xst[0] + ci * xst[1];
             for oy in 0..oh {

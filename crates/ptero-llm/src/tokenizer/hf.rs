@@ -177,12 +177,36 @@ fn growth_of(v: &serde_json::Value, depth: usize) -> f64 {
     by_type.max(sequence).max(replace).max(prepend)
 }
 
+/// Most steps in a normalizer or decoder chain (real ones have fewer than 10).
+const MAX_STEPS: usize = 32;
+
+/// Nodes of a normalizer or decoder chain, nested sequences included (capped).
+fn steps_of(v: &serde_json::Value) -> usize {
+    let Some(o) = v.as_object() else {
+        return 0;
+    };
+    1 + ["normalizers", "decoders"]
+        .iter()
+        .filter_map(|k| o.get(*k).and_then(serde_json::Value::as_array))
+        .flatten()
+        .take(MAX_STEPS + 1)
+        .map(steps_of)
+        .fold(0usize, |a, b| a.saturating_add(b).min(MAX_STEPS + 1))
+}
+
 /// Refuses normalizer and decoder chains that could grow text without bound (e.g. many
 /// `Replace` steps with an empty pattern, each doubling the text) and returns the
 /// normalizer's worst-case growth.
 fn check_growth(json: &serde_json::Value) -> Result<f64> {
     let mut normalizer = 1.0;
     for (key, out) in [("normalizer", Some(&mut normalizer)), ("decoder", None)] {
+        // Each step is a pass over the (grown) text: long chains take seconds per prompt.
+        let steps = json.get(key).map_or(0, steps_of);
+        if steps > MAX_STEPS {
+            return Err(Error::Encoding(format!(
+                "the {key} has {steps} steps (more than {MAX_STEPS}); refused"
+            )));
+        }
         let g = json.get(key).map_or(1.0, |v| growth_of(v, 0));
         if g.is_nan() || g > MAX_GROWTH {
             return Err(Error::Encoding(format!(
@@ -400,13 +424,13 @@ mod tests {
         let step = r#"{"type":"Replace","pattern":{"String":""},"content":"xy"}"#;
         let chain = format!(
             r#"{{"type":"Sequence","normalizers":[{}]}}"#,
-            vec![step; 40].join(",")
+            vec![step; 20].join(",")
         );
         let e = HfTokenizer::from_bytes(json(&chain, "null").as_bytes(), &dir().join("t.json"))
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("could grow text more than 10^15 times"), "{e}");
+        assert!(e.contains("could grow text 3486784401 times"), "{e}");
         // The same chain under another "type" still runs as a sequence: still refused.
         let mislabelled = chain.replacen("Sequence", "Unigram", 1);
         let e =
@@ -414,7 +438,17 @@ mod tests {
                 .err()
                 .unwrap()
                 .to_string();
-        assert!(e.contains("could grow text more than 10^15 times"), "{e}");
+        assert!(e.contains("could grow text 3486784401 times"), "{e}");
+        // Too many steps, however harmless each: every step is a pass over the text.
+        let strips = format!(
+            r#"{{"type":"Sequence","normalizers":[{}]}}"#,
+            vec![r#"{"type":"Strip"}"#; 40].join(",")
+        );
+        let e = HfTokenizer::from_bytes(json(&strips, "null").as_bytes(), &dir().join("t.json"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("steps (more than 32)"), "{e}");
         // Real chains (Llama/Mistral style) load, with the input limit scaled down at most
         // modestly.
         let real = r#"{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"},
