@@ -357,6 +357,46 @@ def fx_mobilenet_v2() -> Fixture:
                               "BN stats calibrated on random data, input [1,3,96,96]")
 
 
+def fx_inverted_residual() -> Fixture:
+    """Inverted-residual blocks whose wide intermediates are large enough for Ptero's
+    fused pointwise -> depthwise path, plus one small enough for its fallback."""
+
+    class Block(nn.Module):
+        def __init__(self, cin, cmid, cout, k, stride, act):
+            super().__init__()
+            self.expand = nn.Conv2d(cin, cmid, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cmid)
+            self.dw = nn.Conv2d(cmid, cmid, k, stride, padding=k // 2, groups=cmid, bias=False)
+            self.bn2 = nn.BatchNorm2d(cmid)
+            self.project = nn.Conv2d(cmid, cout, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(cout)
+            self.act = act
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.act(self.bn1(self.expand(x)))
+            y = self.act(self.bn2(self.dw(y)))
+            y = self.bn3(self.project(y))
+            return x + y if self.residual else y
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b1 = Block(8, 32, 8, 3, 1, nn.ReLU6())
+            self.b2 = Block(8, 40, 12, 5, 2, nn.SiLU())
+            self.b3 = Block(12, 48, 12, 3, 1, nn.ReLU())
+
+        def forward(self, x):
+            return self.b3(self.b2(self.b1(x)))
+
+    torch.manual_seed(12)
+    m = Net()
+    _calibrate_bn(m, (2, 8, 112, 112), seed=1200)
+    return single(m, [(randn(1, 8, 112, 112, seed=1210),)], atol=1e-4, rtol=1e-3,
+                  description="three inverted-residual blocks (ReLU6 residual; SiLU 5x5 stride 2; ReLU), "
+                              "intermediates up to [1,40,112,112], input [1,8,112,112]")
+
+
 def fx_mobilenet_v2_full() -> Fixture:
     import torchvision
 
@@ -777,6 +817,7 @@ FIXTURES_REGISTRY: Dict[str, Callable[[], Fixture]] = {
     "mutable_buffer": fx_mutable_buffer,
     "two_methods": fx_two_methods,
     "mobilenet_v2": fx_mobilenet_v2,
+    "inverted_residual": fx_inverted_residual,
     "tiny_llama": fx_tiny_llama,
     "ops_activation": fx_ops_activation,
     "ops_elementwise": fx_ops_elementwise,

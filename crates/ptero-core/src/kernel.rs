@@ -543,6 +543,13 @@ impl<'a> KernelArgs<'a> {
         Ok(unsafe { l.as_mut_slice() })
     }
 
+    /// Forgets every view handed out so far, so a kernel that runs two steps (a fused
+    /// pair falling back to running its halves) can view the same tensors again. Taking
+    /// `&mut self` proves no view is still alive.
+    pub fn release_views(&mut self) {
+        self.borrows.get_mut().clear();
+    }
+
     /// Read-only view of tensor argument `i`.
     pub fn tensor(&self, i: usize) -> Result<TensorRef<'_>> {
         let meta = self.meta(i)?;

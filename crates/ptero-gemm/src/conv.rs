@@ -77,7 +77,7 @@ impl Conv2d {
     fn is_depthwise(&self) -> bool {
         self.groups == self.cin && self.cout == self.cin && self.groups > 1
     }
-    fn check(&self) -> Result<(), GemmError> {
+    pub(crate) fn check(&self) -> Result<(), GemmError> {
         let bad = |what| {
             Err(GemmError::Shape {
                 what,
@@ -139,7 +139,7 @@ fn extent(sizes: [usize; 4], st: [usize; 4]) -> Option<usize> {
     Some(e)
 }
 
-fn check_extent(
+pub(crate) fn check_extent(
     what: &'static str,
     len: usize,
     sizes: [usize; 4],
@@ -159,7 +159,7 @@ fn check_extent(
 /// Weights `[cout, cin / groups, kh, kw]` packed once per group as the GEMM's left operand.
 #[derive(Clone, Debug)]
 pub struct PackedConv {
-    groups: Vec<PackedA>,
+    pub(crate) groups: Vec<PackedA>,
     geo: Conv2d,
 }
 

@@ -14,7 +14,7 @@ use crate::Activation;
 /// Scratch floats for one band of one plane (fits L2 with room to spare).
 pub(crate) const DW_FLOATS: usize = 1 << 15;
 /// Most taps of the fast path (the filter lives in a stack array).
-const MAX_TAPS: usize = 64;
+pub(crate) const MAX_TAPS: usize = 64;
 
 /// Planes split over threads.
 ///
@@ -44,26 +44,22 @@ pub(crate) unsafe fn depthwise(
     let chunks = split_count(planes, parts, 1);
     let level = ptero_simd::level();
     par.run(chunks, &|t| {
+        let planes = split_range(planes, chunks, 1, t);
         let run = |scratch: Option<&mut [f32]>| {
-            let mut scratch = scratch;
-            for plane in split_range(planes, chunks, 1, t) {
-                let (n, c) = (plane / g.cout, plane % g.cout);
-                dispatch_at(
-                    level,
-                    DwPlane {
-                        g,
-                        x,
-                        w,
-                        bias: bias.map_or(0.0, |b| b[c]),
-                        n,
-                        c,
-                        out,
-                        os,
-                        act,
-                        scratch: scratch.as_deref_mut(),
-                    },
-                );
-            }
+            dispatch_at(
+                level,
+                DwPlanes {
+                    g,
+                    x,
+                    w,
+                    bias,
+                    planes: planes.clone(),
+                    out,
+                    os,
+                    act,
+                    scratch,
+                },
+            )
         };
         if arena
             .and_then(|a| a.with(DW_FLOATS, |b| run(Some(b))))
@@ -74,31 +70,37 @@ pub(crate) unsafe fn depthwise(
     });
 }
 
-struct DwPlane<'a> {
-    g: &'a Conv2d,
-    x: Image<'a>,
-    w: Image<'a>,
-    bias: f32,
-    n: usize,
-    c: usize,
-    out: SyncPtr,
-    os: [usize; 4],
-    act: Activation,
-    scratch: Option<&'a mut [f32]>,
+/// One task's planes (`n * cout + c`): run through [`dispatch_at`], on the calling thread.
+///
+/// Safety contract (of whoever builds one): `out` with strides `os` is valid and exclusive
+/// for these planes' outputs, and `x`, `w` hold the geometry's input and weights.
+pub(crate) struct DwPlanes<'a> {
+    pub g: &'a Conv2d,
+    pub x: Image<'a>,
+    pub w: Image<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub planes: core::ops::Range<usize>,
+    pub out: SyncPtr,
+    pub os: [usize; 4],
+    pub act: Activation,
+    pub scratch: Option<&'a mut [f32]>,
 }
 
-impl SimdOp for DwPlane<'_> {
+impl SimdOp for DwPlanes<'_> {
     type Output = ();
     #[inline(always)]
     fn eval<S: Simd>(mut self, s: S) {
         if self.g.kh * self.g.kw <= MAX_TAPS {
             if let Some(buf) = self.scratch.take() {
-                if self.padded(s, buf) {
+                if let Some(band) = self.band(S::LANES, buf.len()) {
+                    self.padded(s, &band, buf);
                     return;
                 }
             }
         }
-        self.direct();
+        for plane in self.planes.clone() {
+            self.direct(plane);
+        }
     }
 }
 
@@ -112,7 +114,7 @@ struct Band {
     rows: usize,
 }
 
-impl DwPlane<'_> {
+impl DwPlanes<'_> {
     fn band(&self, lanes: usize, floats: usize) -> Option<Band> {
         let g = self.g;
         let (sw, dw) = (g.stride[1], g.dilation[1]);
@@ -128,45 +130,35 @@ impl DwPlane<'_> {
         Some(Band { rowlen, prow, rows })
     }
 
-    /// Copies padded input rows `[r0, r0 + count)` (padded coordinates) into `buf`.
-    fn fill(&self, band: &Band, r0: usize, count: usize, buf: &mut [f32]) {
+    /// Writes the input values of padded rows `[r0, r0 + count)` of plane `(n, c)` into
+    /// `buf`; padding positions are left as they are (zero).
+    #[inline(always)]
+    fn fill<S: Simd>(&self, s: S, band: &Band, (n, c): (usize, usize), r0: usize, buf: &mut [f32]) {
         let g = self.g;
         let xs = self.x.strides;
-        let xbase = self.n * xs[0] + self.c * xs[1];
+        let xbase = n * xs[0] + c * xs[1];
         let (sw, pw) = (g.stride[1], g.pad[1]);
-        for r in 0..count {
-            let row = &mut buf[r * band.prow..(r + 1) * band.prow];
+        for (r, row) in buf.chunks_exact_mut(band.prow).enumerate() {
             let iy = (r0 + r) as isize - g.pad[0] as isize;
             if iy < 0 || iy >= g.ih as isize {
-                row.fill(0.0);
                 continue;
             }
             let src = xbase + iy as usize * xs[2];
             if sw == 1 && xs[3] == 1 {
                 let lo = pw.min(band.rowlen);
                 let hi = (pw + g.iw).min(band.rowlen);
-                row[..lo].fill(0.0);
-                row[lo..hi].copy_from_slice(&self.x.data[src..src + (hi - lo)]);
-                row[hi..].fill(0.0);
-                continue;
-            }
-            for p in 0..sw {
-                let ph = &mut row[p * band.rowlen..(p + 1) * band.rowlen];
-                // Phase column j reads input column j * sw + p - pw: valid for j in [lo, hi).
-                let lo = (pw.saturating_sub(p)).div_ceil(sw).min(band.rowlen);
-                let hi = ((g.iw + pw).saturating_sub(p).div_ceil(sw)).clamp(lo, band.rowlen);
-                ph[..lo].fill(0.0);
-                ph[hi..].fill(0.0);
-                if hi > lo {
-                    let first = src + (lo * sw + p - pw) * xs[3];
-                    let step = sw * xs[3];
-                    if step == 2 && first + 2 * (hi - lo) <= self.x.data.len() {
-                        // Pairs: the compiler turns this into shuffles.
-                        let pairs = self.x.data[first..first + 2 * (hi - lo)].chunks_exact(2);
-                        for (v, pair) in ph[lo..hi].iter_mut().zip(pairs) {
-                            *v = pair[0];
-                        }
-                    } else {
+                copy(s, &self.x.data[src..src + (hi - lo)], &mut row[lo..hi]);
+            } else if sw == 2 && xs[3] == 1 {
+                split_pairs(s, &self.x.data[src..src + g.iw], row, band.rowlen, pw);
+            } else {
+                for p in 0..sw {
+                    let ph = &mut row[p * band.rowlen..(p + 1) * band.rowlen];
+                    // Phase column j reads input column j * sw + p - pw: valid in [lo, hi).
+                    let lo = (pw.saturating_sub(p)).div_ceil(sw).min(band.rowlen);
+                    let hi = ((g.iw + pw).saturating_sub(p).div_ceil(sw)).clamp(lo, band.rowlen);
+                    if hi > lo {
+                        let first = src + (lo * sw + p - pw) * xs[3];
+                        let step = sw * xs[3];
                         let taken = &self.x.data[first..first + (hi - lo - 1) * step + 1];
                         for (k, v) in ph[lo..hi].iter_mut().enumerate() {
                             *v = taken[k * step];
@@ -177,75 +169,101 @@ impl DwPlane<'_> {
         }
     }
 
-    /// The fast path; false when the scratch cannot hold one band.
+    /// The fast path, for every plane of the task.
     #[inline(always)]
-    fn padded<S: Simd>(&self, s: S, buf: &mut [f32]) -> bool {
+    fn padded<S: Simd>(&self, s: S, band: &Band, buf: &mut [f32]) {
         let g = self.g;
-        let Some(band) = self.band(S::LANES, buf.len()) else {
-            return false;
-        };
         let (sh, sw, dh, dw) = (g.stride[0], g.stride[1], g.dilation[0], g.dilation[1]);
         let taps = g.kh * g.kw;
-        let mut wt = [0.0f32; MAX_TAPS];
         let mut off = [0usize; MAX_TAPS];
-        let ws = self.w.strides;
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let t = ky * g.kw + kx;
-                wt[t] = self.w.data[self.c * ws[0] + ky * ws[2] + kx * ws[3]];
-                off[t] = ky * dh * band.prow + (kx * dw % sw) * band.rowlen + kx * dw / sw;
+                off[ky * g.kw + kx] =
+                    ky * dh * band.prow + (kx * dw % sw) * band.rowlen + kx * dw / sw;
             }
         }
-        let os = self.os;
-        let obase = self.n * os[0] + self.c * os[1];
         let nvec = g.ow.div_ceil(S::LANES);
         let span = (g.kh - 1) * dh + 1;
-        let mut oy0 = 0;
-        while oy0 < g.oh {
-            let rows = band.rows.min(g.oh - oy0);
-            let count = (rows - 1) * sh + span;
-            let used = count * band.prow;
-            let b = &mut buf[..used];
-            self.fill(&band, oy0 * sh, count, b);
-            // Every load below ends by (rows - 1) * sh * prow + off[taps - 1] + nvec * LANES,
-            // which is at most count * prow (see `band`).
-            let last = (rows - 1) * sh * band.prow + off[taps - 1] + nvec * S::LANES;
-            assert!(last <= b.len(), "depthwise band overrun");
-            let bp = b.as_ptr();
-            for r in 0..rows {
-                let rb = r * sh * band.prow;
-                let ob = obase + (oy0 + r) * os[2];
-                for v in 0..nvec {
-                    let ox = v * S::LANES;
-                    let mut acc = s.splat(self.bias);
-                    for t in 0..taps {
-                        // SAFETY: rb + off[t] + ox + LANES <= last <= b.len() (asserted).
-                        let xv = unsafe { s.load_ptr(bp.add(rb + off[t] + ox)) };
-                        acc = s.mul_add(s.splat(wt[t]), xv, acc);
-                    }
-                    let acc = act_vec(s, self.act, acc);
-                    let n = S::LANES.min(g.ow - ox);
-                    // SAFETY: outputs (oy0 + r, ox..ox + n) of this task's plane, inside the
-                    // checked output.
-                    unsafe { store_out(s, self.out.get().add(ob + ox * os[3]), os[3], n, acc) };
+        // A plane in one band puts its padding at the same places every time: zero once.
+        let single = band.rows >= g.oh;
+        let mut zeroed = false;
+        let ws = self.w.strides;
+        let mut wt = [0.0f32; MAX_TAPS];
+        for plane in self.planes.clone() {
+            let (n, c) = (plane / g.cout, plane % g.cout);
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    wt[ky * g.kw + kx] = self.w.data[c * ws[0] + ky * ws[2] + kx * ws[3]];
                 }
             }
-            oy0 += rows;
+            let obase = n * self.os[0] + c * self.os[1];
+            let mut oy0 = 0;
+            while oy0 < g.oh {
+                let rows = band.rows.min(g.oh - oy0);
+                let count = (rows - 1) * sh + span;
+                let b = &mut buf[..count * band.prow];
+                if !(single && zeroed) {
+                    b.fill(0.0);
+                    zeroed = true;
+                }
+                self.fill(s, band, (n, c), oy0 * sh, b);
+                // Every load below ends by (rows - 1) * sh * prow + off[taps - 1] + nvec * LANES,
+                // which is at most count * prow (see `band`).
+                let last = (rows - 1) * sh * band.prow + off[taps - 1] + nvec * S::LANES;
+                assert!(last <= b.len(), "depthwise band overrun");
+                let at = Jobs {
+                    bp: b.as_ptr(),
+                    rstep: sh * band.prow,
+                    obase: obase + oy0 * self.os[2],
+                    os: self.os,
+                    ow: g.ow,
+                    bias: self.bias.map_or(0.0, |b| b[c]),
+                    act: self.act,
+                    out: self.out,
+                };
+                // Independent accumulators: one chain of `taps` fused multiply-adds is
+                // latency-bound, several in flight keep both FMA ports busy.
+                let jobs = rows * nvec;
+                let mut pos = JobPos { r: 0, v: 0, nvec };
+                let mut q = 0;
+                while q + 8 <= jobs {
+                    // SAFETY: jobs below `rows * nvec` load inside `last` and store inside
+                    // this task's plane.
+                    unsafe { at.run::<S, 8>(s, &mut pos, &wt, &off, taps) };
+                    q += 8;
+                }
+                if q + 4 <= jobs {
+                    // SAFETY: as above.
+                    unsafe { at.run::<S, 4>(s, &mut pos, &wt, &off, taps) };
+                    q += 4;
+                }
+                if q + 2 <= jobs {
+                    // SAFETY: as above.
+                    unsafe { at.run::<S, 2>(s, &mut pos, &wt, &off, taps) };
+                    q += 2;
+                }
+                if q < jobs {
+                    // SAFETY: as above.
+                    unsafe { at.run::<S, 1>(s, &mut pos, &wt, &off, taps) };
+                }
+                oy0 += rows;
+            }
         }
-        true
     }
 
     /// Any geometry, without scratch: tap by tap over each output row.
-    fn direct(&self) {
+    fn direct(&self, plane: usize) {
         let g = self.g;
+        let (n, c) = (plane / g.cout, plane % g.cout);
+        let bias = self.bias.map_or(0.0, |b| b[c]);
         let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
-        let xbase = self.n * xs[0] + self.c * xs[1];
-        let obase = self.n * os[0] + self.c * os[1];
-        let wbase = self.c * ws[0];
+        let xbase = n * xs[0] + c * xs[1];
+        let obase = n * os[0] + c * os[1];
+        let wbase = c * ws[0];
         for oy in 0..g.oh {
             let ob = obase + oy * os[2];
             for ox in 0..g.ow {
-                let mut acc = self.bias;
+                let mut acc = bias;
                 for ky in 0..g.kh {
                     let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
                     if iy < 0 || iy >= g.ih as isize {
@@ -264,6 +282,124 @@ impl DwPlane<'_> {
                 // SAFETY: element (oy, ox) of this task's plane, inside the checked output.
                 unsafe { *self.out.get().add(ob + ox * os[3]) = act_scalar(self.act, acc) };
             }
+        }
+    }
+}
+
+/// `dst = src` (equal lengths) in vectors: rows here are short, a `memcpy` call costs more.
+#[inline(always)]
+fn copy<S: Simd>(s: S, src: &[f32], dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(S::LANES);
+    let mut x = src.chunks_exact(S::LANES);
+    for (d, x) in (&mut d).zip(&mut x) {
+        s.store(d, s.load(x));
+    }
+    let (d, x) = (d.into_remainder(), x.remainder());
+    if !d.is_empty() {
+        s.store_part(d, s.load_part(x));
+    }
+}
+
+/// Splits one input row into the two phases of a stride-2 row: input column `c` goes to
+/// phase `(c + pw) % 2`, column `(c + pw) / 2`; columns past `rowlen` are dropped.
+#[inline(always)]
+fn split_pairs<S: Simd>(s: S, src: &[f32], row: &mut [f32], rowlen: usize, pw: usize) {
+    let (p0, p1) = row.split_at_mut(rowlen);
+    let (even, odd) = if pw.is_multiple_of(2) { (p0, p1) } else { (p1, p0) };
+    let (je, jo) = (pw / 2, pw.div_ceil(2));
+    let ne = src.len().div_ceil(2).min(rowlen.saturating_sub(je));
+    let no = (src.len() / 2).min(rowlen.saturating_sub(jo));
+    let l = S::LANES;
+    let mut k = 0;
+    while k < ne.max(no) {
+        let inp = &src[2 * k..(2 * k + 2 * l).min(src.len())];
+        let a = s.load_part(inp);
+        let b = if inp.len() > l {
+            s.load_part(&inp[l..])
+        } else {
+            s.zero()
+        };
+        let (e, o) = s.even_odd(a, b);
+        if k < ne {
+            s.store_part(&mut even[je + k..je + ne.min(k + l)], e);
+        }
+        if k < no {
+            s.store_part(&mut odd[jo + k..jo + no.min(k + l)], o);
+        }
+        k += l;
+    }
+}
+
+/// Output vectors of one band: a job is one vector of one output row.
+struct Jobs {
+    bp: *const f32,
+    /// Scratch floats between consecutive output rows.
+    rstep: usize,
+    /// Output offset of the band's first row.
+    obase: usize,
+    os: [usize; 4],
+    ow: usize,
+    bias: f32,
+    act: Activation,
+    out: SyncPtr,
+}
+
+impl Jobs {
+    /// The next `J` jobs from `pos`, their taps interleaved.
+    ///
+    /// # Safety
+    /// Every job's loads `bp + in + off[t] .. + LANES` lie in the band's scratch and its
+    /// stores in the caller's exclusive output plane.
+    #[inline(always)]
+    unsafe fn run<S: Simd, const J: usize>(
+        &self,
+        s: S,
+        pos: &mut JobPos,
+        wt: &[f32; MAX_TAPS],
+        off: &[usize; MAX_TAPS],
+        taps: usize,
+    ) {
+        let mut inb = [0usize; J];
+        let mut outb = [0usize; J];
+        let mut lanes = [0usize; J];
+        for j in 0..J {
+            let ox = pos.v * S::LANES;
+            inb[j] = pos.r * self.rstep + ox;
+            outb[j] = self.obase + pos.r * self.os[2] + ox * self.os[3];
+            lanes[j] = S::LANES.min(self.ow - ox);
+            pos.next();
+        }
+        let mut acc = [s.splat(self.bias); J];
+        for t in 0..taps {
+            let w = s.splat(wt[t]);
+            for j in 0..J {
+                // SAFETY: per the contract.
+                let xv = unsafe { s.load_ptr(self.bp.add(inb[j] + off[t])) };
+                acc[j] = s.mul_add(w, xv, acc[j]);
+            }
+        }
+        for j in 0..J {
+            let a = act_vec(s, self.act, acc[j]);
+            // SAFETY: per the contract.
+            unsafe { store_out(s, self.out.get().add(outb[j]), self.os[3], lanes[j], a) };
+        }
+    }
+}
+
+/// Walks output vectors row by row (no division per job).
+struct JobPos {
+    r: usize,
+    v: usize,
+    nvec: usize,
+}
+
+impl JobPos {
+    #[inline(always)]
+    fn next(&mut self) {
+        self.v += 1;
+        if self.v == self.nvec {
+            self.v = 0;
+            self.r += 1;
         }
     }
 }

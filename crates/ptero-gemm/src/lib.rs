@@ -38,6 +38,7 @@ mod batch;
 mod conv;
 mod depthwise;
 mod driver;
+mod fused;
 mod gemv;
 mod kernel;
 mod mat;
@@ -46,6 +47,7 @@ mod pack;
 pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};
 pub use conv::{conv2d, conv_scratch_floats, Conv2d, ConvWeights, Image, ImageMut, PackedConv};
 pub use driver::{gemm, scratch_floats};
+pub use fused::{fused_scratch_floats, pointwise_depthwise, DepthwiseStage, PointwiseStage};
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB, PackedBRef};
 

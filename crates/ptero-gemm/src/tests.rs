@@ -434,4 +434,140 @@ mod conv {
         }
         set_level(before).unwrap();
     }
+
+    /// The fused pointwise → depthwise path against the two convolutions run apart.
+    #[test]
+    fn pointwise_then_depthwise_fused() {
+        use crate::{pointwise_depthwise, DepthwiseStage, PointwiseStage};
+        let _g = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = ptero_simd::level();
+        let pool = ThreadPool::new(2);
+        let arena = SlotArena::new(3, crate::conv_scratch_floats()).unwrap();
+        // (n, cin, cmid, (h, w), k, stride, pad, dilation)
+        let cases = [
+            (1, 8, 64, (64, 64), 3, 1, 1, 1),
+            (2, 5, 40, (81, 83), 3, 2, 1, 1),
+            (1, 6, 48, (75, 77), 5, 2, 2, 1),
+            (1, 4, 70, (70, 61), 3, 1, 2, 2),
+            // Padding wider than the filter reaches: bands of padding only.
+            (1, 3, 64, (64, 64), 3, 1, 3, 1),
+        ];
+        for l in levels() {
+            set_level(l).unwrap();
+            for &(n, cin, cmid, hw, k, st, pad, dil) in &cases {
+                let g1 = geo(n, cin, cmid, 1, hw, (1, 1), 1, 0, 1);
+                let g2 = geo(n, cmid, cmid, cmid, hw, (k, k), st, pad, dil);
+                let x = data(n * cin * hw.0 * hw.1, 3);
+                let w1 = data(cmid * cin, 4);
+                let w2 = data(cmid * k * k, 5);
+                let (b1, b2) = (data(cmid, 6), data(cmid, 7));
+                let cst = |c: usize, h: usize, ww: usize| [c * h * ww, h * ww, ww, 1];
+                let xi = Image {
+                    data: &x,
+                    strides: cst(cin, hw.0, hw.1),
+                };
+                let w1i = Image {
+                    data: &w1,
+                    strides: cst(cin, 1, 1),
+                };
+                let w2i = Image {
+                    data: &w2,
+                    strides: cst(1, k, k),
+                };
+                let p1 = PackedConv::new(&g1, w1i).unwrap();
+                let (a1, a2) = (Activation::Clamp(0.0, 6.0), Activation::Silu);
+                let mut mid = vec![0.0f32; n * cmid * hw.0 * hw.1];
+                conv2d(
+                    &pool,
+                    Some(&arena),
+                    &g1,
+                    xi,
+                    ConvWeights::Packed(&p1),
+                    Some(&b1),
+                    ImageMut {
+                        data: &mut mid,
+                        strides: cst(cmid, hw.0, hw.1),
+                    },
+                    a1,
+                )
+                .unwrap();
+                let os = cst(cmid, g2.oh, g2.ow);
+                let mut want = vec![0.0f32; n * cmid * g2.oh * g2.ow];
+                conv2d(
+                    &pool,
+                    Some(&arena),
+                    &g2,
+                    Image {
+                        data: &mid,
+                        strides: cst(cmid, hw.0, hw.1),
+                    },
+                    ConvWeights::Image(w2i),
+                    Some(&b2),
+                    ImageMut {
+                        data: &mut want,
+                        strides: os,
+                    },
+                    a2,
+                )
+                .unwrap();
+                for par in [&pool as &dyn Parallel, &Serial] {
+                    let mut got = vec![f32::NAN; want.len()];
+                    let fused = pointwise_depthwise(
+                        par,
+                        Some(&arena),
+                        &g1,
+                        PointwiseStage {
+                            w: &p1,
+                            bias: Some(&b1),
+                            act: a1,
+                        },
+                        DepthwiseStage {
+                            geo: g2,
+                            w: w2i,
+                            bias: Some(&b2),
+                            act: a2,
+                        },
+                        xi,
+                        ImageMut {
+                            data: &mut got,
+                            strides: os,
+                        },
+                    )
+                    .unwrap();
+                    assert!(fused, "{l} {g2:?}: the fused path did not run");
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "{l} {g2:?} at {i}: {g} vs {w}"
+                        );
+                    }
+                }
+                // Without an arena it declines.
+                let mut got = vec![0.0f32; want.len()];
+                let r = pointwise_depthwise(
+                    &pool,
+                    None,
+                    &g1,
+                    PointwiseStage {
+                        w: &p1,
+                        bias: None,
+                        act: a1,
+                    },
+                    DepthwiseStage {
+                        geo: g2,
+                        w: w2i,
+                        bias: None,
+                        act: a2,
+                    },
+                    xi,
+                    ImageMut {
+                        data: &mut got,
+                        strides: os,
+                    },
+                );
+                assert!(!r.unwrap());
+            }
+        }
+        set_level(before).unwrap();
+    }
 }

@@ -99,6 +99,27 @@ struct Geo {
     ost: [usize; 4],
     bst: usize,
     transposed: bool,
+    dtype: ScalarType,
+}
+
+impl Geo {
+    fn conv2d(&self) -> Conv2d {
+        Conv2d {
+            n: self.n,
+            cin: self.cin,
+            cout: self.cout,
+            groups: self.groups,
+            ih: self.ih,
+            iw: self.iw,
+            oh: self.oh,
+            ow: self.ow,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.s,
+            pad: self.p,
+            dilation: self.d,
+        }
+    }
 }
 
 /// A per-spatial-dim parameter list: one value for all dims, or one per dim.
@@ -134,7 +155,7 @@ fn as4(sizes: &[usize], strides: &[usize]) -> ([usize; 4], [usize; 4]) {
 
 fn conv_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(10)?;
-    conv_with(a, 9, None)
+    conv_with(a, 0, 9, None)
 }
 
 /// Convolution + batch norm (+ clamp activation), fused at load (`ptero::conv_bn_act.out`):
@@ -148,7 +169,89 @@ fn conv_bn_act_out(a: &mut KernelArgs<'_>) -> Result<()> {
             "conv_bn_act: the normalization was not folded at load (non-constant parameters)",
         ));
     };
-    conv_with(a, 17, Some(f))
+    conv_with(a, 0, 17, Some(f))
+}
+
+/// A pointwise `conv_bn_act` whose result only feeds a depthwise one, fused at load
+/// (`ptero::conv_dw.out`): the first's 17 arguments (`x, w, …, hi`), the second's 17
+/// (its input is the intermediate, which the fast path never writes), `*, out`.
+///
+/// The fast path expands a band of rows at a time into scratch (see
+/// [`ptero_gemm::pointwise_depthwise`]); any case it declines runs the two halves in turn,
+/// through the intermediate's planned memory.
+fn conv_dw_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    a.expect_len(35)?;
+    let Some(pair) = a.state::<FusedPair>() else {
+        return Err(Error::invalid(
+            "conv_dw: the normalizations were not folded at load (non-constant parameters)",
+        ));
+    };
+    let g1 = conv_geo(a, 0, 17)?;
+    let g2 = conv_geo(a, 17, 34)?;
+    if g1.dtype == ScalarType::Float && !g1.transposed && !g2.transposed {
+        if let (Some(packed), None) = (&pair.first.packed, &pair.second.packed) {
+            let (c1, c2) = (g1.conv2d(), g2.conv2d());
+            let macs = sat_product(&[c1.n, c1.cout, c1.oh, c1.ow, c1.cin])
+                .saturating_add(sat_product(&[c2.n, c2.cout, c2.oh, c2.ow, c2.kh, c2.kw]));
+            let xt = a.tensor(0)?;
+            let mut ot = a.out(34)?;
+            let done = ptero_gemm::pointwise_depthwise(
+                a.parallel(),
+                a.arena(),
+                &c1,
+                ptero_gemm::PointwiseStage {
+                    w: packed,
+                    bias: Some(&pair.first.bias),
+                    act: pair.first.act,
+                },
+                ptero_gemm::DepthwiseStage {
+                    geo: c2,
+                    w: Image {
+                        data: &pair.second.weights,
+                        strides: pair.second.wst,
+                    },
+                    bias: Some(&pair.second.bias),
+                    act: pair.second.act,
+                },
+                Image {
+                    data: xt.data()?,
+                    strides: g1.ist,
+                },
+                ImageMut {
+                    data: ot.data()?,
+                    strides: g2.ost,
+                },
+            )
+            .map_err(gemm_err)?;
+            if done {
+                Meter::charging(a).add(macs as u64)?;
+                return Ok(());
+            }
+        }
+    }
+    a.release_views();
+    conv_run(a, 0, 17, Some(&pair.first), &g1)?;
+    a.release_views();
+    conv_run(a, 17, 34, Some(&pair.second), &g2)
+}
+
+/// Both halves of `ptero::conv_dw.out`, folded.
+struct FusedPair {
+    first: FusedConv,
+    second: FusedConv,
+}
+
+fn prepare_conv_dw(a: &KernelArgs<'_>) -> Result<Prepared> {
+    let state = match (fold(a, 0)?, fold(a, 17)?) {
+        (Some(first), Some(second)) => {
+            Some(alloc::boxed::Box::new(FusedPair { first, second }) as _)
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        state,
+        scratch_floats: ptero_gemm::conv_scratch_floats().max(ptero_gemm::fused_scratch_floats()),
+    })
 }
 
 /// Folded weights, bias and activation of a fused convolution.
@@ -162,14 +265,20 @@ struct FusedConv {
 }
 
 fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
-    let mut p = Prepared {
-        state: None,
+    Ok(Prepared {
+        state: fold(a, 0)?.map(|f| alloc::boxed::Box::new(f) as _),
         scratch_floats: ptero_gemm::conv_scratch_floats(),
-    };
-    if a.bool(6)? || !(1..=4).all(|i| is_const_f32(a, 8 + i)) || !is_const_f32(a, 1) {
+    })
+}
+
+/// Folds the normalization of the `conv_bn_act` whose arguments start at `o` into its
+/// weights and bias; `None` when its parameters are not constant.
+fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
+    let p = None;
+    if a.bool(o + 6)? || !(1..=4).all(|i| is_const_f32(a, o + 8 + i)) || !is_const_f32(a, o + 1) {
         return Ok(p);
     }
-    let w = a.tensor(1)?;
+    let w = a.tensor(o + 1)?;
     if w.meta.dim() != 3 && w.meta.dim() != 4 {
         return Ok(p);
     }
@@ -177,7 +286,7 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     let wd: &[f32] = w.data()?;
     let vec_of = |i: usize| -> Result<&[f32]> {
-        let t = a.tensor(i)?;
+        let t = a.tensor(o + i)?;
         if t.meta.numel() != cout || t.meta.dim() != 1 {
             return Err(Error::shape(alloc::format!(
                 "conv_bn_act: argument {i} must be [{cout}], found {:?}",
@@ -187,8 +296,8 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
         t.data()
     };
     let (gamma, beta, mean, var) = (vec_of(9)?, vec_of(10)?, vec_of(11)?, vec_of(12)?);
-    let eps = a.double(13)?;
-    let bias: Option<&[f32]> = match a.opt_tensor(2)? {
+    let eps = a.double(o + 13)?;
+    let bias: Option<&[f32]> = match a.opt_tensor(o + 2)? {
         Some(b) if b.meta.numel() == cout && b.meta.dim() == 1 => Some(b.data()?),
         Some(_) => return Ok(p),
         None => None,
@@ -220,9 +329,9 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
             }
         }
     }
-    let act = match a.int(14)? {
+    let act = match a.int(o + 14)? {
         0 => ptero_gemm::Activation::None,
-        1 => ptero_gemm::Activation::Clamp(a.double(15)? as f32, a.double(16)? as f32),
+        1 => ptero_gemm::Activation::Clamp(a.double(o + 15)? as f32, a.double(o + 16)? as f32),
         2 => ptero_gemm::Activation::Silu,
         k => {
             return Err(Error::invalid(alloc::format!(
@@ -230,7 +339,7 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
             )))
         }
     };
-    let groups = a.int(8)?;
+    let groups = a.int(o + 8)?;
     let wst_c = [per, kh * kw, kw, 1];
     let cin = usize::try_from(groups)
         .ok()
@@ -251,21 +360,32 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
         }
         _ => None,
     };
-    p.state = Some(alloc::boxed::Box::new(FusedConv {
+    Ok(Some(FusedConv {
         packed,
         weights,
         wst: wst_c,
         bias: fb,
         act,
-    }));
-    Ok(p)
+    }))
 }
 
 /// The convolution writing argument `out`, with folded parameters when fused.
-fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> Result<()> {
-    a.expect_len(10)?;
-    let x = a.meta(0)?;
-    let w = a.meta(1)?;
+fn conv_with(
+    a: &mut KernelArgs<'_>,
+    o: usize,
+    out: usize,
+    fused: Option<&FusedConv>,
+) -> Result<()> {
+    let g = conv_geo(a, o, out)?;
+    conv_run(a, o, out, fused, &g)
+}
+
+/// Validates the convolution whose arguments start at `o`, resizes `out`, and returns
+/// its geometry.
+fn conv_geo(a: &mut KernelArgs<'_>, o: usize, out: usize) -> Result<Geo> {
+    a.expect_len(o + 10)?;
+    let x = a.meta(o)?;
+    let w = a.meta(o + 1)?;
     let rank = x.dim();
     if rank != 3 && rank != 4 {
         return Err(Error::shape(alloc::format!(
@@ -287,7 +407,7 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
             found: dtype,
         });
     }
-    for i in [1, out] {
+    for i in [o + 1, out] {
         let t = a.meta(i)?.dtype;
         if t != dtype {
             return Err(Error::Dtype {
@@ -298,16 +418,16 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
         }
     }
     let nsp = rank - 2;
-    let s = spatial(a, 3, nsp, "stride")?;
-    let p = spatial(a, 4, nsp, "padding")?;
-    let d = spatial(a, 5, nsp, "dilation")?;
-    let transposed = a.bool(6)?;
+    let s = spatial(a, o + 3, nsp, "stride")?;
+    let p = spatial(a, o + 4, nsp, "padding")?;
+    let d = spatial(a, o + 5, nsp, "dilation")?;
+    let transposed = a.bool(o + 6)?;
     let op = if transposed {
-        spatial(a, 7, nsp, "output_padding")?
+        spatial(a, o + 7, nsp, "output_padding")?
     } else {
         [0, 0]
     };
-    let groups = a.int(8)?;
+    let groups = a.int(o + 8)?;
     if groups <= 0 {
         return Err(Error::invalid(alloc::format!(
             "convolution: groups must be positive, found {groups}"
@@ -368,7 +488,7 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
     };
     let oh = out_len(0, ih, kh)?;
     let ow = out_len(1, iw, kw)?;
-    let bias = a.opt_meta(2)?;
+    let bias = a.opt_meta(o + 2)?;
     let mut bst = 0;
     if let Some(b) = bias {
         if b.numel() != cout || b.dim() != 1 {
@@ -379,7 +499,7 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
         }
         if b.dtype != dtype {
             return Err(Error::Dtype {
-                arg: 2,
+                arg: o + 2,
                 expected: alloc::string::ToString::to_string(dtype.name()),
                 found: b.dtype,
             });
@@ -412,10 +532,23 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
         ost,
         bst,
         transposed,
+        dtype,
     };
-    let xt = a.tensor(0)?;
-    let wt = a.tensor(1)?;
-    let bt = a.opt_tensor(2)?;
+    Ok(g)
+}
+
+/// Runs a convolution validated by [`conv_geo`].
+fn conv_run(
+    a: &mut KernelArgs<'_>,
+    o: usize,
+    out: usize,
+    fused: Option<&FusedConv>,
+    g: &Geo,
+) -> Result<()> {
+    let dtype = g.dtype;
+    let xt = a.tensor(o)?;
+    let wt = a.tensor(o + 1)?;
+    let bt = a.opt_tensor(o + 2)?;
     let mut ot = a.out(out)?;
     if ot.numel() == 0 {
         return Ok(());
@@ -431,21 +564,7 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
         // The shared GEMM (im2col or direct pointwise, depthwise kernel) for forward
         // convolutions with a contiguous bias; the direct path for the rest.
         if !g.transposed && (b.is_none() || g.bst == 1 || g.cout <= 1 || fused.is_some()) {
-            let geo = Conv2d {
-                n: g.n,
-                cin: g.cin,
-                cout: g.cout,
-                groups: g.groups,
-                ih: g.ih,
-                iw: g.iw,
-                oh: g.oh,
-                ow: g.ow,
-                kh: g.kh,
-                kw: g.kw,
-                stride: g.s,
-                pad: g.p,
-                dilation: g.d,
-            };
+            let geo = g.conv2d();
             let macs = sat_product(&[g.n, g.cout, g.oh, g.ow, g.cin / g.groups.max(1), g.kh, g.kw]);
             meter.add(macs as u64)?;
             let wd: &[f32] = wt.data()?;
@@ -489,10 +608,10 @@ fn conv_with(a: &mut KernelArgs<'_>, out: usize, fused: Option<&FusedConv>) -> R
                 "conv_bn_act: transposed convolutions are not fused",
             ));
         }
-        conv_f32(&g, xt.data()?, wt.data()?, b, ot.data()?, &mut meter)
+        conv_f32(g, xt.data()?, wt.data()?, b, ot.data()?, &mut meter)
     } else {
         conv_generic(
-            &g,
+            g,
             dtype,
             xt.bytes,
             wt.bytes,
@@ -989,6 +1108,7 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
         conv_bn_act_out,
         prepare_conv_bn_act,
     );
+    reg.register_prepared("ptero::conv_dw.out", conv_dw_out, prepare_conv_dw);
     reg.register("aten::convolution_backward.out", conv_backward_out);
 }
 

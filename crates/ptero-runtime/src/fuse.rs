@@ -8,6 +8,9 @@
 //!   constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare step folds
 //!   the normalization into the packed weights and bias.
 //!
+//! - A pointwise `conv_bn_act` whose result only feeds a depthwise `conv_bn_act` (an
+//!   inverted-residual block's expansion) becomes one `ptero::conv_dw.out`, which never
+//!   writes the wide intermediate out.
 //! - `add` → `relu` becomes `ptero::add_relu` (f32).
 //! - `sigmoid(x)` → `mul(x, ·)` becomes `silu(x)`; after a batch norm it is the fused
 //!   convolution's activation.
@@ -35,6 +38,7 @@ pub(crate) enum Rewrite {
 }
 
 pub(crate) const CONV_BN_ACT: &str = "ptero::conv_bn_act.out";
+pub(crate) const CONV_DW: &str = "ptero::conv_dw.out";
 
 /// Activation codes of [`CONV_BN_ACT`]'s `act` argument.
 pub(crate) const ACT_NONE: i64 = 0;
@@ -426,5 +430,63 @@ pub(crate) fn plan(
             }
         }
     }
+    if kernels.contains(CONV_DW) {
+        for (c, chain) in plan.chains.iter().enumerate() {
+            fuse_pointwise_depthwise(&g, values, &mut out[c], chain.len());
+        }
+    }
     out
+}
+
+/// `conv_bn_act` (1 × 1, one group) → `conv_bn_act` (depthwise) ==> `conv_dw`, where the
+/// first's result has no other reader and only skipped instructions lie between them.
+fn fuse_pointwise_depthwise(g: &Graph<'_>, values: &[Value], out: &mut [Rewrite], len: usize) {
+    let cba = |r: &Rewrite| match r {
+        Rewrite::Replace { op, args } if op == CONV_BN_ACT && args.len() >= 19 => {
+            Some(args.clone())
+        }
+        _ => None,
+    };
+    let int = |v: u32| match values.get(v as usize) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    };
+    for pc2 in 1..len {
+        let Some(a2) = cba(&out[pc2]) else {
+            continue;
+        };
+        let mut pc1 = pc2 - 1;
+        while pc1 > 0 && matches!(out[pc1], Rewrite::Skip) {
+            pc1 -= 1;
+        }
+        let Some(a1) = cba(&out[pc1]) else {
+            continue;
+        };
+        let (x, mid, dst) = (a1[0], a1[17], a2[17]);
+        let sizes = |v: u32| tensor(values, v).map(|t| t.sizes().to_vec());
+        let (Some(w1), Some(w2), Some(m)) = (sizes(a1[1]), sizes(a2[1]), sizes(mid)) else {
+            continue;
+        };
+        let pointwise = w1.len() == 4
+            && w1[2] == 1
+            && w1[3] == 1
+            && int(a1[8]) == Some(1)
+            && int_list(values, a1[3]).is_some_and(|s| s.iter().all(|&v| v == 1))
+            && int_list(values, a1[4]).is_some_and(|p| p.iter().all(|&v| v == 0));
+        let depthwise = w2.len() == 4
+            && m.len() == 4
+            && w2[1] == 1
+            && int(a2[8]).is_some_and(|gr| gr > 1 && gr as usize == m[1] && w2[0] == m[1]);
+        if pointwise && depthwise && a2[0] == mid && g.single_use(mid) && !overlaps(values, x, dst)
+        {
+            let mut args: Vec<u32> = a1[..17].to_vec();
+            args.extend_from_slice(&a2[..17]);
+            args.extend_from_slice(&[dst, dst]);
+            out[pc1] = Rewrite::Skip;
+            out[pc2] = Rewrite::Replace {
+                op: CONV_DW.into(),
+                args,
+            };
+        }
+    }
 }

@@ -304,3 +304,31 @@ fn level_names_and_forcing() {
     #[cfg(target_arch = "x86_64")]
     assert!(set_level(Level::Neon).is_err());
 }
+
+struct EvenOdd<'a>(&'a mut Vec<f32>, &'a mut Vec<f32>);
+
+impl SimdOp for EvenOdd<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let x: Vec<f32> = (0..2 * S::LANES).map(|i| i as f32 * 1.5 - 3.0).collect();
+        let (e, o) = s.even_odd(s.load(&x), s.load(&x[S::LANES..]));
+        self.0.resize(S::LANES, 0.0);
+        self.1.resize(S::LANES, 0.0);
+        s.store(self.0, e);
+        s.store(self.1, o);
+    }
+}
+
+#[test]
+fn even_odd_splits_pairs() {
+    for l in levels() {
+        let (mut e, mut o) = (Vec::new(), Vec::new());
+        crate::dispatch_at(l, EvenOdd(&mut e, &mut o));
+        for (i, (&ev, &ov)) in e.iter().zip(&o).enumerate() {
+            assert_eq!(ev, (2 * i) as f32 * 1.5 - 3.0, "{l} even {i}");
+            assert_eq!(ov, (2 * i + 1) as f32 * 1.5 - 3.0, "{l} odd {i}");
+        }
+        assert!(!e.is_empty(), "{l}");
+    }
+}

@@ -91,6 +91,10 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn reduce_max(self, a: Self::F) -> f32;
     fn reduce_min(self, a: Self::F) -> f32;
 
+    /// Splits the `2 * LANES` values `a ++ b` into their even- and odd-indexed halves
+    /// (a stride-2 gather, for strided convolutions and pooling).
+    fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F);
+
     /// Loads `LANES` values from the front of `s`.
     ///
     /// # Panics

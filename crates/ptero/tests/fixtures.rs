@@ -172,6 +172,7 @@ fixture_tests!(
         mutable_buffer,
         two_methods,
         mobilenet_v2,
+        inverted_residual,
         tiny_llama,
         ops_activation,
         ops_elementwise,

@@ -289,4 +289,19 @@ impl Simd for Scalar {
         let m = |x: f32, y: f32| if x < y { x } else { y };
         m(m(a[0], a[2]), m(a[1], a[3]))
     }
+    #[inline(always)]
+    fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
+        let mut e = [0.0; N];
+        let mut o = [0.0; N];
+        for i in 0..N {
+            let (x, y) = if 2 * i < N {
+                (a[2 * i], a[2 * i + 1])
+            } else {
+                (b[2 * i - N], b[2 * i + 1 - N])
+            };
+            e[i] = x;
+            o[i] = y;
+        }
+        (e, o)
+    }
 }

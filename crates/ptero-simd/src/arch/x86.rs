@@ -276,6 +276,19 @@ impl Simd for Avx2 {
             _mm_cvtss_f32(s)
         }
     }
+    #[inline(always)]
+    fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
+        // SAFETY: see `zero`.
+        unsafe {
+            // Within each 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6]; then the 64-bit
+            // pairs reordered to [a0 a2 a4 a6 b0 b2 b4 b6].
+            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+            let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+            let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
+            (e, o)
+        }
+    }
 }
 
 impl Simd for Avx512 {
@@ -499,6 +512,19 @@ impl Simd for Avx512 {
         unsafe {
             let h = _mm256_min_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps::<1>(a));
             Avx2(()).reduce_min(h)
+        }
+    }
+    #[inline(always)]
+    fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
+        // SAFETY: see `zero`.
+        unsafe {
+            // Index bit 4 picks `b`.
+            let ei = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let oi = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            (
+                _mm512_permutex2var_ps(a, ei, b),
+                _mm512_permutex2var_ps(a, oi, b),
+            )
         }
     }
 }
