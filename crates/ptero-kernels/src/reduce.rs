@@ -774,6 +774,10 @@ fn topk_values(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     a.resize(5, &shape)?;
     a.resize(6, &shape)?;
+    // A program may pass the input as an out: the resize then changed it under us.
+    if a.meta(0)?.sizes() != m.sizes() {
+        return Err(Error::invalid("topk: an out tensor is the input"));
+    }
     let (vm, im) = (*a.meta(5)?, *a.meta(6)?);
     if im.dtype != ScalarType::Long {
         return Err(Error::Dtype {
