@@ -305,7 +305,11 @@ fn copy<S: Simd>(s: S, src: &[f32], dst: &mut [f32]) {
 #[inline(always)]
 fn split_pairs<S: Simd>(s: S, src: &[f32], row: &mut [f32], rowlen: usize, pw: usize) {
     let (p0, p1) = row.split_at_mut(rowlen);
-    let (even, odd) = if pw.is_multiple_of(2) { (p0, p1) } else { (p1, p0) };
+    let (even, odd) = if pw.is_multiple_of(2) {
+        (p0, p1)
+    } else {
+        (p1, p0)
+    };
     let (je, jo) = (pw / 2, pw.div_ceil(2));
     let ne = src.len().div_ceil(2).min(rowlen.saturating_sub(je));
     let no = (src.len() / 2).min(rowlen.saturating_sub(jo));
