@@ -145,11 +145,38 @@ pub fn for_each_row<const N: usize>(
     if shape.contains(&0) {
         return;
     }
+    // Unit dims dropped and dims merged where every operand steps through them as one
+    // (`[1, C, H, W]` times `[1, C, 1, 1]` has rows of `H·W`, not of `W`).
+    let mut sh = [1usize; ptero_core::MAX_DIMS];
+    let mut st = [[0usize; ptero_core::MAX_DIMS]; N];
+    let mut r = 0;
+    for d in 0..rank.min(ptero_core::MAX_DIMS) {
+        if shape[d] == 1 {
+            continue;
+        }
+        let merges = r > 0
+            && (0..N).all(|k| strides[k][d].checked_mul(shape[d]) == Some(st[k][r - 1]))
+            && sh[r - 1].checked_mul(shape[d]).is_some();
+        if merges {
+            sh[r - 1] *= shape[d];
+            for k in 0..N {
+                st[k][r - 1] = strides[k][d];
+            }
+        } else {
+            sh[r] = shape[d];
+            for k in 0..N {
+                st[k][r] = strides[k][d];
+            }
+            r += 1;
+        }
+    }
+    let rank = r.max(1);
+    let (shape, st) = (&sh[..rank], &st);
     let inner = shape[rank - 1];
-    let inner_st: [usize; N] = core::array::from_fn(|k| strides[k][rank - 1]);
+    let inner_st: [usize; N] = core::array::from_fn(|k| st[k][rank - 1]);
     for_each_offset(
         &shape[..rank - 1],
-        core::array::from_fn(|k| &strides[k][..rank - 1]),
+        core::array::from_fn(|k| &st[k][..rank - 1]),
         |base| {
             if inner > 0 {
                 f(base, inner, inner_st)
