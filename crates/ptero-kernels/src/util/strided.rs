@@ -214,6 +214,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rows_merge_dims_walked_as_one() {
+        // (shape, output strides, operand strides, rows as (offsets, length, strides))
+        type Row = ([usize; 2], usize, [usize; 2]);
+        let cases: [(&[usize], &[usize], &[usize], &[Row]); 4] = [
+            // A per-channel scale: rows of H*W.
+            (
+                &[1, 2, 3, 4],
+                &[24, 12, 4, 1],
+                &[0, 1, 0, 0],
+                &[([0, 0], 12, [1, 0]), ([12, 1], 12, [1, 0])],
+            ),
+            // Both contiguous: one row.
+            (&[2, 3], &[3, 1], &[3, 1], &[([0, 0], 6, [1, 1])]),
+            // A transposed operand does not merge.
+            (
+                &[2, 3],
+                &[3, 1],
+                &[1, 2],
+                &[([0, 0], 3, [1, 2]), ([3, 1], 3, [1, 2])],
+            ),
+            // All unit dims: one element.
+            (&[1, 1], &[1, 1], &[0, 0], &[([0, 0], 1, [0, 0])]),
+        ];
+        for (shape, os, xs, want) in cases {
+            let mut got = Vec::new();
+            for_each_row(shape, [os, xs], |o, n, st| got.push((o, n, st)));
+            assert_eq!(got, want, "{shape:?} {os:?} {xs:?}");
+        }
+    }
+
+    #[test]
     fn empty_shapes_with_huge_outer_dims_have_no_rows() {
         // Used to walk 2^62 outer indices for a shape with no elements.
         let mut rows = 0;
