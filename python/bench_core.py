@@ -182,12 +182,26 @@ def bench(args) -> int:
             if args.skip_portable_ref:
                 del runs["official"]
             res = {"official": None}
-            for key, cmd in runs.items():  # strictly one process at a time
-                print(f"# {name} T={t} {key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-                res[key], err = run_json(cmd, args.timeout)
-                if err:
-                    errors.append(f"{name} T={t} {key}: {err}")
-            raw[f"{name}/T{t}"] = res
+            per = {key: [] for key in runs}
+            ratios = []
+            # Rounds alternate the runtimes, so a shared machine's slow spells hit both;
+            # each round gives one ratio, and the table shows their median and range.
+            for rnd in range(args.rounds):
+                for key, cmd in runs.items():  # strictly one process at a time
+                    print(f"# {name} T={t} {key} round {rnd + 1}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+                    r, err = run_json(cmd, args.timeout)
+                    if err:
+                        errors.append(f"{name} T={t} {key}: {err}")
+                    elif r:
+                        per[key].append(r)
+                if per["ptero"] and per["official_xnnpack"] and len(per["ptero"]) == len(per["official_xnnpack"]):
+                    ratios.append(per["official_xnnpack"][-1]["median_ms"] / per["ptero"][-1]["median_ms"])
+            for key, rs in per.items():
+                if rs:
+                    rs = sorted(rs, key=lambda r: r["median_ms"])
+                    res[key] = rs[len(rs) // 2]
+            res["ratios"] = ratios
+            raw[f"{name}/T{t}"] = {**res, "rounds": per}
             rows.append((name, t, res))
 
     fmt = lambda r, k="median_ms": f"{r[k]:.1f}" if r else "-"
@@ -198,7 +212,10 @@ def bench(args) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, t, r in rows:
         p, o, x = r["ptero"], r["official"], r["official_xnnpack"]
-        ratio = f"{x['median_ms'] / p['median_ms']:.2f}x" if p and x else "-"
+        rs = sorted(r.get("ratios") or [])
+        ratio = f"{rs[len(rs) // 2]:.2f}x" if rs else "-"
+        if len(rs) > 1:
+            ratio += f" ({rs[0]:.2f}-{rs[-1]:.2f})"
         rss = f"{fmt(o, 'rss_delta_mb')} / {fmt(x, 'rss_delta_mb')}"  # portable / XNNPACK
         print(f"| {name} | {t} | {fmt(p)} | {fmt(o)} | {fmt(x)} | {ratio} | {fmt(p, 'peak_rss_mb')} | {rss} |")
     print("\nofficial RSS growth is shown as portable / XNNPACK.")
@@ -223,6 +240,8 @@ def main(argv=None) -> int:
     be.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     be.add_argument("--timeout", type=float, default=1800.0, help="per process, seconds")
     be.add_argument("--save", help="also write the raw JSON results here")
+    be.add_argument("--rounds", type=int, default=1,
+                    help="alternate the runtimes this many times; the ratio is the median of the rounds'")
     be.add_argument("--skip-portable-ref", action="store_true",
                     help="do not time the official runtime on the portable program (very slow)")
     args = ap.parse_args(argv)
