@@ -19,6 +19,66 @@ fn copy_elem(dst: &mut [u8], dst_i: usize, src: &[u8], src_i: usize, es: usize) 
     }
 }
 
+/// One operand along a row: its elements (unit stride) or one value (stride 0).
+#[derive(Clone, Copy)]
+enum Src<'a, T> {
+    Row(&'a [T]),
+    Splat(T),
+}
+
+impl<'a, T: Copy> Src<'a, T> {
+    /// The `n` elements from `off`, `stride` (0 or 1) apart; `None` past the slice.
+    fn of(s: &'a [T], off: usize, stride: usize, n: usize) -> Option<Self> {
+        if stride == 0 {
+            s.get(off).map(|v| Src::Splat(*v))
+        } else {
+            s.get(off..off.checked_add(n)?).map(Src::Row)
+        }
+    }
+}
+
+/// `o[i] = c[i] != 0 ? x[i] : y[i]`, each operand a row or one value: monomorphised per
+/// combination so the loop is a vector blend.
+fn select_row(o: &mut [f32], c: Src<'_, u8>, x: Src<'_, f32>, y: Src<'_, f32>) {
+    #[inline(always)]
+    fn run(
+        o: &mut [f32],
+        c: impl Fn(usize) -> u8,
+        x: impl Fn(usize) -> f32,
+        y: impl Fn(usize) -> f32,
+    ) {
+        for (i, d) in o.iter_mut().enumerate() {
+            *d = if c(i) != 0 { x(i) } else { y(i) };
+        }
+    }
+    let n = o.len();
+    match (c, x, y) {
+        (Src::Row(c), Src::Row(x), Src::Row(y)) => {
+            let (c, x, y) = (&c[..n], &x[..n], &y[..n]);
+            run(o, |i| c[i], |i| x[i], |i| y[i])
+        }
+        (Src::Row(c), Src::Row(x), Src::Splat(y)) => {
+            let (c, x) = (&c[..n], &x[..n]);
+            run(o, |i| c[i], |i| x[i], |_| y)
+        }
+        (Src::Row(c), Src::Splat(x), Src::Row(y)) => {
+            let (c, y) = (&c[..n], &y[..n]);
+            run(o, |i| c[i], |_| x, |i| y[i])
+        }
+        (Src::Row(c), Src::Splat(x), Src::Splat(y)) => {
+            let c = &c[..n];
+            run(o, |i| c[i], |_| x, |_| y)
+        }
+        (Src::Splat(c), x, y) => {
+            let pick = if c != 0 { x } else { y };
+            match pick {
+                Src::Row(v) => o.copy_from_slice(&v[..n]),
+                Src::Splat(v) => o.fill(v),
+            }
+        }
+    }
+}
+
 fn where_self_out(a: &mut KernelArgs<'_>) -> Result<()> {
     a.expect_len(4)?;
     let cd = a.meta(0)?.dtype;
@@ -49,9 +109,10 @@ fn where_self_out(a: &mut KernelArgs<'_>) -> Result<()> {
         let (x, y) = (xv.data::<f32>()?, yv.data::<f32>()?);
         let mut ov = a.out(3)?;
         let o = ov.data::<f32>()?;
-        for (i, (o, m)) in o.iter_mut().zip(cv.bytes).enumerate() {
-            let src = if *m != 0 { x } else { y };
-            *o = src.get(i).copied().unwrap_or(0.0);
+        let n = o.len();
+        match (cv.bytes.get(..n), x.get(..n), y.get(..n)) {
+            (Some(c), Some(x), Some(y)) => select_row(o, Src::Row(c), Src::Row(x), Src::Row(y)),
+            _ => return Err(Error::OutOfBounds("where: view exceeds its tensor".into())),
         }
         return Ok(());
     }
@@ -77,6 +138,21 @@ fn where_self_out(a: &mut KernelArgs<'_>) -> Result<()> {
             &shape,
             [&os, &cs, &xs, &ys],
             |[oo, co, xo, yo], n, [so, sc, sx, sy]| {
+                if so == 1 && sc <= 1 && sx <= 1 && sy <= 1 {
+                    if let Some(o) = o.get_mut(oo..oo + n) {
+                        let c = Src::of(cb, co, sc, n);
+                        let xs = Src::of(x, xo, sx, n);
+                        let ys = Src::of(y, yo, sy, n);
+                        match (c, xs, ys) {
+                            (Some(c), Some(xs), Some(ys)) => {
+                                select_row(o, c, xs, ys);
+                                return;
+                            }
+                            _ => ok = false,
+                        }
+                        return;
+                    }
+                }
                 for k in 0..n {
                     let pick = cb.get(co + k * sc).is_some_and(|b| *b != 0);
                     let v = if pick {
