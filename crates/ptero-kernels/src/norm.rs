@@ -409,34 +409,20 @@ fn layer_norm_out(a: &mut KernelArgs<'_>) -> Result<()> {
         let o = ot.data::<f32>()?;
         let w = wt.as_ref().map(|t| t.data::<f32>()).transpose()?;
         let b = bt.as_ref().map(|t| t.data::<f32>()).transpose()?;
-        for (stat_i, (xr, or)) in x.chunks_exact(m).zip(o.chunks_exact_mut(m)).enumerate() {
-            meter.add(m as u64)?;
-            let mut sum = 0.0f64;
-            for &v in xr {
-                sum += v as f64;
+        let rows = x.len().min(o.len()) / m;
+        meter.add((rows as u64).saturating_mul(m as u64))?;
+        // Rows split over threads; each row is one vector pass for its moments and one
+        // for the normalization.
+        ptero_simd::for_each_chunk_by(a.parallel(), &mut o[..rows * m], m, &|r, oc| {
+            for (xr, or) in x[r].chunks_exact(m).zip(oc.chunks_exact_mut(m)) {
+                let (mean, var) = ptero_simd::ops::mean_var(xr);
+                let rstd = (1.0 / libm::sqrt(var as f64 + eps)) as f32;
+                ptero_simd::ops::normalize(xr, or, rstd, -mean * rstd, w, b);
             }
-            let mean = sum / m as f64;
-            let mut sq = 0.0f64;
-            for &v in xr {
-                let d = v as f64 - mean;
-                sq += d * d;
-            }
-            let rstd = 1.0 / libm::sqrt(sq / m as f64 + eps);
-            let (mf, rf) = (mean as f32, rstd as f32);
-            match (w, b) {
-                (Some(w), Some(b)) => {
-                    for (((o, &x), &w), &b) in or.iter_mut().zip(xr).zip(w).zip(b) {
-                        *o = (x - mf) * rf * w + b;
-                    }
-                }
-                _ => {
-                    for (j, (o, &x)) in or.iter_mut().zip(xr).enumerate() {
-                        let wv = w.and_then(|w| w.get(j).copied()).unwrap_or(1.0);
-                        let bv = b.and_then(|b| b.get(j).copied()).unwrap_or(0.0);
-                        *o = (x - mf) * rf * wv + bv;
-                    }
-                }
-            }
+        });
+        for (stat_i, xr) in x.chunks_exact(m).take(rows).enumerate() {
+            let (mean, var) = ptero_simd::ops::mean_var(xr);
+            let (mean, rstd) = (mean as f64, 1.0 / libm::sqrt(var as f64 + eps));
             // Stats tensors are [lead..., 1...]: contiguous or not, their offset
             // follows the leading index, so recompute it from the row number.
             let mut rem = stat_i;

@@ -636,15 +636,27 @@ fn any_into(a: &mut KernelArgs<'_>, mask: [bool; MAXD], keepdim: bool, out: usiz
     let o = a.out(out)?;
     let mut meter = Meter::new(a);
     let mut stop = Ok(());
+    // A byte mask reduced over one contiguous run: scan the bytes.
+    let run = matches!(xd, ScalarType::Bool | ScalarType::Byte)
+        && crate::util::contiguous_strides(&plan.red_shape).as_slice() == plan.red_in.as_slice();
     plan.each([ost.as_slice()], |base, [oo]| {
         if stop.is_err() {
             return;
         }
         stop = meter.add(plan.n as u64);
-        let mut any = false;
-        for_each_offset(&plan.red_shape, [&plan.red_in], |[r]| {
-            any = any || load_bool(x.bytes, xd, base + r);
-        });
+        let bytes = base
+            .checked_add(plan.n)
+            .and_then(|end| x.bytes.get(base..end));
+        let any = match bytes {
+            Some(b) if run => b.iter().any(|&v| v != 0),
+            _ => {
+                let mut any = false;
+                for_each_offset(&plan.red_shape, [&plan.red_in], |[r]| {
+                    any = any || load_bool(x.bytes, xd, base + r);
+                });
+                any
+            }
+        };
         store_bool(o.bytes, om.dtype, oo, any);
     });
     stop
