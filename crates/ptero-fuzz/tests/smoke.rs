@@ -43,3 +43,25 @@ fn cases_are_deterministic() {
     }
     assert_ne!(a.case(5).bytes, Fuzzer::new(4, None).case(5).bytes);
 }
+
+/// Programs the fuzzer once crashed on (kernel bugs caught by the element-extent debug
+/// assertion), each now a clean error naming the cause.
+#[test]
+fn past_crashes_end_in_clean_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions");
+    let kernels = ptero_kernels::portable();
+    let cases = [
+        ("topk_out_is_input.pte", "topk: an out tensor is the input"),
+        (
+            "nonzero_out_is_input.pte",
+            "nonzero: the out tensor is the input",
+        ),
+    ];
+    for (file, want) in cases {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let err = ptero_fuzz::run_program(&bytes, &kernels, ptero_runtime::Limits::default())
+            .expect_err(file)
+            .to_string();
+        assert!(err.contains(want), "{file}: {err}");
+    }
+}

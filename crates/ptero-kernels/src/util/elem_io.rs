@@ -36,9 +36,13 @@ macro_rules! rd {
             .and_then(|s| $bytes.get(s..s.checked_add(N)?))
         {
             Some(b) => <$t>::from_le_bytes(b.try_into().unwrap_or([0; N])),
-            // Views are exactly their tensor's extent and kernels validate their index
-            // space first; a miss (a kernel bug) reads 0 rather than stopping.
-            None => <$t>::default(),
+            None => {
+                // Views are exactly their tensor's extent and kernels validate their index
+                // space against it first: a miss here is a kernel bug (tests and the fuzzer,
+                // built with debug assertions, catch it); a release build reads 0.
+                debug_assert!(false, "element {} past a {}-byte tensor", $i, $bytes.len());
+                <$t>::default()
+            }
         }
     }};
 }
@@ -99,9 +103,11 @@ macro_rules! wr {
     ($bytes:expr, $i:expr, $v:expr, $t:ty) => {{
         const N: usize = core::mem::size_of::<$t>();
         let range = $i.checked_mul(N).and_then(|s| Some(s..s.checked_add(N)?));
-        // As in `rd!`: a write past the view (a kernel bug) is dropped.
-        if let Some(b) = range.and_then(|r| $bytes.get_mut(r)) {
-            b.copy_from_slice(&(<$t>::to_le_bytes($v)));
+        let len = $bytes.len();
+        match range.and_then(|r| $bytes.get_mut(r)) {
+            Some(b) => b.copy_from_slice(&(<$t>::to_le_bytes($v))),
+            // As in `rd!`: a kernel bug, caught in tests; dropped in a release build.
+            None => debug_assert!(false, "element {} past a {}-byte tensor", $i, len),
         }
     }};
 }
@@ -192,7 +198,10 @@ mod tests {
         let mut buf = [0u8; 8];
         store_f64(&mut buf, ScalarType::Int, 0, -2.7);
         assert_eq!(load_i64(&buf, ScalarType::Int, 0), -2);
-        // A read past the end (a kernel bug) is 0, never past the slice.
-        assert_eq!(load_f64(&buf, ScalarType::Double, 5), 0.0);
+        // A read past the end is a kernel bug: debug builds stop there, release builds
+        // read 0 (never past the slice).
+        if !cfg!(debug_assertions) {
+            assert_eq!(load_f64(&buf, ScalarType::Double, 5), 0.0);
+        }
     }
 }
