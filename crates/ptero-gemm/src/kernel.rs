@@ -276,6 +276,25 @@ pub(crate) unsafe fn store_wrapped<S: Simd, const MR: usize>(
     last: bool,
     epi: &Epi<'_>,
 ) {
+    // A tile inside one row's valid pixels (every tile of a pixel-linear output): store
+    // the registers directly. Spilling them to re-read at odd offsets costs store-forward
+    // stalls, which made small-K products (a 1 × 1 convolution over 16 channels) slow.
+    let (y0, x0) = (t.j0 / w.width, t.j0 % w.width);
+    if x0 + t.n_eff <= w.valid {
+        let one = TileOut {
+            // SAFETY: pixel (y0, x0) of row i0 exists (the tile's first pixel).
+            c: unsafe { t.c.add(y0 * w.row_stride + x0 * t.cs) },
+            rs: t.rs,
+            cs: t.cs,
+            i0: t.i0,
+            j0: t.j0,
+            m_eff: t.m_eff,
+            n_eff: t.n_eff,
+        };
+        // SAFETY: the tile's pixels are x0..x0 + n_eff of row y0, all valid (the contract).
+        unsafe { store_tile(s, acc, &one, first, last, epi) };
+        return;
+    }
     let l = S::LANES;
     // The tile's values, to be re-read from any column offset.
     let mut tmp = [[0.0f32; 32]; MR];
