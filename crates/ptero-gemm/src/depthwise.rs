@@ -223,8 +223,26 @@ impl DwPlanes<'_> {
                 };
                 // Independent accumulators: one chain of `taps` fused multiply-adds is
                 // latency-bound, several in flight keep both FMA ports busy.
-                let jobs = rows * nvec;
-                let mut pos = JobPos { r: 0, v: 0, nvec };
+                // Narrow rows (up to four vectors): blocks of whole rows, each row one base
+                // pointer and its vectors fixed displacements from it, so the addresses
+                // stay in registers.
+                // SAFETY: rows below `rows` load inside `last` and store inside this
+                // task's plane.
+                let done = unsafe {
+                    match nvec {
+                        1 => at.rows::<S, 8, 1>(s, rows, &wt, &off, taps),
+                        2 => at.rows::<S, 4, 2>(s, rows, &wt, &off, taps),
+                        3 => at.rows::<S, 2, 3>(s, rows, &wt, &off, taps),
+                        4 => at.rows::<S, 2, 4>(s, rows, &wt, &off, taps),
+                        _ => 0,
+                    }
+                };
+                let jobs = (rows - done) * nvec;
+                let mut pos = JobPos {
+                    r: done,
+                    v: 0,
+                    nvec,
+                };
                 let mut q = 0;
                 while q + 8 <= jobs {
                     // SAFETY: jobs below `rows * nvec` load inside `last` and store inside
@@ -349,6 +367,57 @@ struct Jobs {
 }
 
 impl Jobs {
+    /// Output rows `0..rows` in blocks of `R` rows of `NV` vectors (`NV` = the row's
+    /// vectors); returns the rows done (a multiple of `R`), the rest is left to [`run`].
+    ///
+    /// # Safety
+    /// As [`Jobs::run`], for every job of those rows.
+    #[inline(always)]
+    unsafe fn rows<S: Simd, const R: usize, const NV: usize>(
+        &self,
+        s: S,
+        rows: usize,
+        wt: &[f32; MAX_TAPS],
+        off: &[usize; MAX_TAPS],
+        taps: usize,
+    ) -> usize {
+        let mut r0 = 0;
+        while r0 + R <= rows {
+            let mut acc = [[s.splat(self.bias); NV]; R];
+            for t in 0..taps {
+                let w = s.splat(wt[t]);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: rows below `rows` load inside the band (the contract).
+                    let p = unsafe { self.bp.add((r0 + r) * self.rstep + off[t]) };
+                    for (v, a) in row.iter_mut().enumerate() {
+                        // SAFETY: vector v < nvec of this row, inside the band as above.
+                        let xv = unsafe { s.load_ptr(p.add(v * S::LANES)) };
+                        *a = s.mul_add(w, xv, *a);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                let ob = self.obase + (r0 + r) * self.os[2];
+                for (v, &a) in row.iter().enumerate() {
+                    let ox = v * S::LANES;
+                    let a = act_vec(s, self.act, a);
+                    // SAFETY: outputs (r0 + r, ox..) of this task's plane (the contract).
+                    unsafe {
+                        store_out(
+                            s,
+                            self.out.get().add(ob + ox * self.os[3]),
+                            self.os[3],
+                            S::LANES.min(self.ow - ox),
+                            a,
+                        )
+                    };
+                }
+            }
+            r0 += R;
+        }
+        r0
+    }
+
     /// The next `J` jobs from `pos`, their taps interleaved.
     ///
     /// # Safety
