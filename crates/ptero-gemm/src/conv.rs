@@ -156,6 +156,16 @@ pub(crate) fn check_extent(
     Ok(())
 }
 
+/// An output image of `sizes`: inside its slice, and no two elements sharing memory.
+pub(crate) fn check_output(out: &ImageMut<'_>, sizes: [usize; 4]) -> Result<(), GemmError> {
+    check_extent("output", out.data.len(), sizes, out.strides)?;
+    let mut dims: [(usize, usize); 4] = core::array::from_fn(|d| (sizes[d], out.strides[d]));
+    if !crate::batch::no_overlap(&mut dims) {
+        return Err(GemmError::Aliasing);
+    }
+    Ok(())
+}
+
 /// Weights `[cout, cin / groups, kh, kw]` packed once per group as the GEMM's left operand.
 #[derive(Clone, Debug)]
 pub struct PackedConv {
@@ -231,21 +241,7 @@ pub fn conv2d(
     geo.check()?;
     let g = *geo;
     check_extent("input", x.data.len(), [g.n, g.cin, g.ih, g.iw], x.strides)?;
-    check_extent(
-        "output",
-        out.data.len(),
-        [g.n, g.cout, g.oh, g.ow],
-        out.strides,
-    )?;
-    let mut dims = [
-        (g.n, out.strides[0]),
-        (g.cout, out.strides[1]),
-        (g.oh, out.strides[2]),
-        (g.ow, out.strides[3]),
-    ];
-    if !crate::batch::no_overlap(&mut dims) {
-        return Err(GemmError::Aliasing);
-    }
+    check_output(&out, [g.n, g.cout, g.oh, g.ow])?;
     if let Some(b) = bias {
         if b.len() < g.cout {
             return Err(GemmError::Shape {

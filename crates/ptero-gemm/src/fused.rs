@@ -8,7 +8,7 @@
 use ptero_simd::{dispatch_at, Parallel, Serial, SlotArena};
 
 use crate::batch::FirstError;
-use crate::conv::{check_extent, Conv2d, Image, ImageMut, PackedConv};
+use crate::conv::{check_extent, check_output, Conv2d, Image, ImageMut, PackedConv};
 use crate::depthwise::{DwPlanes, DW_FLOATS, MAX_TAPS};
 use crate::driver::{gemm_shifted, COut, Shifted, SyncPtr, Wrap};
 use crate::{Activation, Bias, Epilogue, GemmError};
@@ -103,22 +103,8 @@ pub fn pointwise_depthwise(
         [g2.cout, 1, g2.kh, g2.kw],
         dw.w.strides,
     )?;
-    check_extent(
-        "output",
-        out.data.len(),
-        [g2.n, g2.cout, g2.oh, g2.ow],
-        out.strides,
-    )?;
+    check_output(&out, [g2.n, g2.cout, g2.oh, g2.ow])?;
     let os = out.strides;
-    let mut dims = [
-        (g2.n, os[0]),
-        (g2.cout, os[1]),
-        (g2.oh, os[2]),
-        (g2.ow, os[3]),
-    ];
-    if !crate::batch::no_overlap(&mut dims) {
-        return Err(GemmError::Aliasing);
-    }
     for (b, what) in [
         (pw.bias, "pointwise bias length"),
         (dw.bias, "depthwise bias length"),
