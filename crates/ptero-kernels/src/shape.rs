@@ -1243,6 +1243,48 @@ mod tests {
 
     type Case = (&'static str, Vec<Arg>, Vec<usize>, Vec<f64>);
 
+    /// Copies big enough to be split over threads, against index arithmetic.
+    #[test]
+    fn large_copies_split_over_threads() {
+        let shape = [24usize, 40, 72];
+        let strides = [40 * 72, 72, 1];
+        let at = |i: [usize; 3]| (i[0] * strides[0] + i[1] * strides[1] + i[2]) as f64;
+        for perm in [[0usize, 1, 2], [1, 0, 2], [2, 0, 1], [0, 2, 1], [2, 1, 0]] {
+            let oshape: Vec<usize> = perm.iter().map(|&d| shape[d]).collect();
+            let got = run_op(
+                "aten::permute_copy.out",
+                vec![t(iota(&shape)), ints(&perm.map(|d| d as i64)), out(&oshape)],
+            )
+            .unwrap();
+            let mut want = Vec::new();
+            for a in 0..oshape[0] {
+                for b in 0..oshape[1] {
+                    for c in 0..oshape[2] {
+                        let mut i = [0usize; 3];
+                        i[perm[0]] = a;
+                        i[perm[1]] = b;
+                        i[perm[2]] = c;
+                        want.push(at(i));
+                    }
+                }
+            }
+            assert_eq!(got.tensors[0].to_f64(), want, "permute {perm:?}");
+        }
+        // A broadcast along the outer dim: [1, 40, 72] -> [24, 40, 72].
+        let got = run_op(
+            "aten::expand_copy.out",
+            vec![
+                t(iota(&[1, 40, 72])),
+                ints(&[24, 40, 72]),
+                Arg::Bool(false),
+                out(&[24, 40, 72]),
+            ],
+        )
+        .unwrap();
+        let want: Vec<f64> = (0..24 * 40 * 72).map(|i| (i % (40 * 72)) as f64).collect();
+        assert_eq!(got.tensors[0].to_f64(), want, "expand");
+    }
+
     #[test]
     fn table() {
         // [2, 3, 2] iota stored channels-last-ish (dim order [0, 2, 1]).

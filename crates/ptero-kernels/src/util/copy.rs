@@ -336,6 +336,34 @@ pub fn copy_cast(
     src: Strided<'_>,
     shape: &[usize],
 ) -> Result<()> {
+    copy_cast_par(
+        &ptero_simd::Serial,
+        dst_bytes,
+        dt,
+        dst,
+        src_bytes,
+        st,
+        src,
+        shape,
+    )
+}
+
+/// Copies of at least this many bytes without conversion are split over threads.
+const PAR_COPY_BYTES: usize = 1 << 18;
+
+/// [`copy_cast`], large moves without conversion split over `par`'s threads (by the
+/// destination's outermost dim when it is laid out densely).
+#[allow(clippy::too_many_arguments)]
+pub fn copy_cast_par(
+    par: &dyn ptero_simd::Parallel,
+    dst_bytes: &mut [u8],
+    dt: ScalarType,
+    dst: Strided<'_>,
+    src_bytes: &[u8],
+    st: ScalarType,
+    src: Strided<'_>,
+    shape: &[usize],
+) -> Result<()> {
     for t in [dt, st] {
         if !t.is_numeric() && dt != st {
             return Err(Error::NotImplemented(alloc::format!(
@@ -361,7 +389,11 @@ pub fn copy_cast(
             return Err(Error::OutOfBounds("flat copy range".into()));
         };
         if dt == st {
-            d.copy_from_slice(s);
+            if d.len() >= PAR_COPY_BYTES {
+                ptero_simd::for_each_chunk(par, d, &|r, c| c.copy_from_slice(&s[r]));
+            } else {
+                d.copy_from_slice(s);
+            }
             return Ok(());
         }
         if flat_cast_fast(d, dt, s, st, numel) {
@@ -374,6 +406,31 @@ pub fn copy_cast(
         return Ok(());
     }
     let (sh, ds, ss) = simplify(shape, dst.strides, src.strides);
+    let dense_dst = sh.len() >= 2 && ds.as_slice() == contiguous_strides(&sh).as_slice();
+    if dt == st && dense_dst && numel.saturating_mul(des) >= PAR_COPY_BYTES {
+        // Whole outer indices per task: each writes its own contiguous bytes.
+        let row = ds[0] * des;
+        let d0 = dst.offset * des;
+        let Some(region) = dst_bytes.get_mut(d0..d0 + numel * des) else {
+            return Err(Error::OutOfBounds("copy destination range".into()));
+        };
+        ptero_simd::for_each_chunk_by(par, region, row, &|r, chunk| {
+            let (i0, count) = (r.start / row, r.len() / row);
+            let mut sub = sh.clone();
+            sub[0] = count;
+            move_elems(
+                chunk,
+                src_bytes,
+                des,
+                &sub,
+                &ds,
+                &ss,
+                0,
+                src.offset + i0 * ss[0],
+            );
+        });
+        return Ok(());
+    }
     if dt == st {
         move_elems(
             dst_bytes, src_bytes, des, &sh, &ds, &ss, dst.offset, src.offset,
@@ -458,7 +515,8 @@ pub fn copy_view_to_out(
     let s = a.tensor(src)?;
     let o = a.out(out)?;
     let ostr = o.meta.stride_dims();
-    copy_cast(
+    copy_cast_par(
+        a.parallel(),
         o.bytes,
         o.meta.dtype,
         Strided::new(&ostr, 0),
