@@ -416,7 +416,7 @@ pub fn copy_cast_par(
         };
         ptero_simd::for_each_chunk_by(par, region, row, &|r, chunk| {
             let (i0, count) = (r.start / row, r.len() / row);
-            let mut sub = sh.clone();
+            let mut sub = sh;
             sub[0] = count;
             move_elems(
                 chunk,
