@@ -126,7 +126,7 @@ pub fn pointwise_depthwise(
     let row_floats = g1.cout * g1.iw;
     // Tallest band that fits, then shorter ones so every thread gets two.
     let mut fit = 0;
-    while fit < g2.oh && rows_in(fit + 1) * row_floats <= BAND_FLOATS {
+    while fit < g2.oh && rows_in(fit + 1).saturating_mul(row_floats) <= BAND_FLOATS {
         fit += 1;
     }
     if fit == 0 {
