@@ -8,7 +8,7 @@
 //! is a vectorizable axpy. Transposed convolution scatters the same way. Other float
 //! dtypes gather each output element in f64.
 
-use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType};
+use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType, Value};
 
 use ptero_core::Prepared;
 use ptero_gemm::{conv2d, Conv2d, ConvWeights, Image, ImageMut, PackedConv};
@@ -275,7 +275,11 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
 /// weights and bias; `None` when its parameters are not constant.
 fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
     let p = None;
-    if a.bool(o + 6)? || !(1..=4).all(|i| is_const_f32(a, o + 8 + i)) || !is_const_f32(a, o + 1) {
+    // The normalization's four parameters are all constant, or all None (a convolution
+    // fused with its activation alone).
+    let norm = (1..=4).all(|i| is_const_f32(a, o + 8 + i));
+    let no_norm = (1..=4).all(|i| matches!(a.value(o + 8 + i), Ok(Value::None)));
+    if a.bool(o + 6)? || !(norm || no_norm) || !is_const_f32(a, o + 1) {
         return Ok(p);
     }
     let w = a.tensor(o + 1)?;
@@ -295,8 +299,17 @@ fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
         }
         t.data()
     };
-    let (gamma, beta, mean, var) = (vec_of(9)?, vec_of(10)?, vec_of(11)?, vec_of(12)?);
-    let eps = a.double(o + 13)?;
+    let stats = if norm {
+        Some((
+            vec_of(9)?,
+            vec_of(10)?,
+            vec_of(11)?,
+            vec_of(12)?,
+            a.double(o + 13)?,
+        ))
+    } else {
+        None
+    };
     let bias: Option<&[f32]> = match a.opt_tensor(o + 2)? {
         Some(b) if b.meta.numel() == cout && b.meta.dim() == 1 => Some(b.data()?),
         Some(_) => return Ok(p),
@@ -312,11 +325,19 @@ fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
     let mut weights = a.scratch::<f32>(total)?;
     let mut fb = a.scratch::<f32>(cout)?;
     for oc in 0..cout {
-        // PyTorch's eval batch norm: (y - mean) / sqrt(var + eps) * gamma + beta.
-        let inv = 1.0 / libm::sqrt(var[oc] as f64 + eps);
-        let scale = gamma[oc] as f64 * inv;
         let b0 = bias.map_or(0.0, |b| b[oc] as f64);
-        fb[oc] = ((b0 - mean[oc] as f64) * scale + beta[oc] as f64) as f32;
+        let scale = match stats {
+            // PyTorch's eval batch norm: (y - mean) / sqrt(var + eps) * gamma + beta.
+            Some((gamma, beta, mean, var, eps)) => {
+                let scale = gamma[oc] as f64 / libm::sqrt(var[oc] as f64 + eps);
+                fb[oc] = ((b0 - mean[oc] as f64) * scale + beta[oc] as f64) as f32;
+                scale
+            }
+            None => {
+                fb[oc] = b0 as f32;
+                1.0
+            }
+        };
         for ic in 0..cin_g {
             for y in 0..kh {
                 for x in 0..kw {

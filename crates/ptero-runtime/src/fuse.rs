@@ -4,9 +4,11 @@
 //! - `permute_copy(W, [1, 0])` of a constant weight feeding `addmm(bias, x, Wᵀ)` (with
 //!   alpha = beta = 1) or `mm(x, Wᵀ)` becomes `linear(x, W, bias)`: the transposed copy
 //!   is never made, and `linear`'s prepare step packs `W` once.
-//! - `convolution` → `_native_batch_norm_legit_no_training` (→ `relu` | `hardtanh`) with
-//!   constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare step folds
-//!   the normalization into the packed weights and bias.
+//! - `convolution` → `_native_batch_norm_legit_no_training` (→ `relu` | `hardtanh` |
+//!   SiLU) with constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare
+//!   step folds the normalization into the packed weights and bias; so does a
+//!   convolution followed by an activation alone (a model whose norms were folded before
+//!   export), with the normalization's arguments None.
 //!
 //! - A pointwise `conv_bn_act` whose result only feeds a depthwise `conv_bn_act` (an
 //!   inverted-residual block's expansion) becomes one `ptero::conv_dw.out`, which never
@@ -187,6 +189,91 @@ fn overlaps(values: &[Value], a: u32, b: u32) -> bool {
     }
 }
 
+/// Values an instruction mentions, list items included.
+fn mentions(plan: &MethodPlan, instr: &Instr) -> Vec<u32> {
+    let mut out = Vec::new();
+    match *instr {
+        Instr::Kernel { start, len, .. } | Instr::Delegate { start, len, .. } => {
+            for &v in plan
+                .arg_pool
+                .get(start as usize..(start + len) as usize)
+                .unwrap_or(&[])
+            {
+                out.push(v);
+                if let Some(Value::TensorList(items) | Value::OptionalTensorList(items)) =
+                    plan.values.get(v as usize)
+                {
+                    out.extend_from_slice(items);
+                }
+            }
+        }
+        Instr::Move { from, to } => out.extend_from_slice(&[from, to]),
+        Instr::JumpFalse { cond, .. } => out.push(cond),
+        Instr::Free { value } => out.push(value),
+    }
+    out
+}
+
+/// Gives `dst` the planned memory of `home` (a result nothing reads any more) when
+/// that memory stays untouched from instruction `after` of chain `c` to `dst`'s last
+/// reader: the memory planner had placed `dst` over a value the fused instruction still
+/// reads. Returns whether it moved.
+///
+/// Anything overlapping `home` that is live in that span is mentioned by an instruction
+/// in it: it was dead when the program wrote `home` (before `after`), so it is written
+/// again before it is read.
+fn relocate(
+    g: &Graph<'_>,
+    c: usize,
+    values: &mut [Value],
+    dst: u32,
+    home: u32,
+    after: usize,
+) -> bool {
+    let plan = g.plan;
+    if plan.inputs.contains(&dst) || plan.outputs.contains(&dst) {
+        return false;
+    }
+    let (Some(d), Some(h)) = (tensor(values, dst), tensor(values, home)) else {
+        return false;
+    };
+    let fits = matches!(d.storage, Storage::Buffer { .. })
+        && matches!(h.storage, Storage::Buffer { .. })
+        && d.capacity() <= h.capacity();
+    if !fits {
+        return false;
+    }
+    let chain = &plan.chains[c];
+    let elsewhere = plan
+        .chains
+        .iter()
+        .enumerate()
+        .any(|(k, ch)| k != c && ch.iter().any(|i| mentions(plan, i).contains(&dst)));
+    let Some(last) = chain.iter().rposition(|i| mentions(plan, i).contains(&dst)) else {
+        return false;
+    };
+    if elsewhere || last <= after {
+        return false;
+    }
+    for instr in &chain[after + 1..=last] {
+        // Moves and delegates alias or hand memory on in ways this does not follow.
+        if !matches!(instr, Instr::Kernel { .. }) {
+            return false;
+        }
+        let clash = mentions(plan, instr)
+            .into_iter()
+            .any(|w| w != dst && tensor(values, w).is_some() && overlaps(values, w, home));
+        if clash {
+            return false;
+        }
+    }
+    let storage = h.storage;
+    if let Some(Value::Tensor(t)) = values.get_mut(dst as usize) {
+        t.storage = storage;
+    }
+    true
+}
+
 /// Plans the rewrites of every chain; may append values (constants the fused
 /// instructions take) to `values`.
 pub(crate) fn plan(
@@ -340,29 +427,30 @@ pub(crate) fn plan(
                 // The fused instruction runs where the convolution ran and writes the last
                 // result early: only adjacent instructions, so no other value's lifetime
                 // falls in between.
-                let bn_pc = pc + 1;
-                if bn_pc >= chain.len() {
-                    continue;
-                }
-                let Some((bop, bargs)) = g.args(&chain[bn_pc]) else {
-                    continue;
+                let next = |q: usize| g.args(chain.get(q).unwrap_or(&Instr::Free { value: 0 }));
+                // A batch norm right after, if any: its parameters and result.
+                let bn = match next(pc + 1) {
+                    Some(("aten::_native_batch_norm_legit_no_training.out", bargs))
+                        if bargs.len() >= 10
+                            && bargs[0] == v1
+                            && [1usize, 2, 3, 4].iter().all(|&i| is_const_f32(values, bargs[i]))
+                            // The saved statistics must not be read: only the BN mentions
+                            // them.
+                            && g.uses.get(bargs[8] as usize) == Some(&1)
+                            && g.uses.get(bargs[9] as usize) == Some(&1) =>
+                    {
+                        Some(([bargs[1], bargs[2], bargs[3], bargs[4], bargs[6]], bargs[7]))
+                    }
+                    _ => None,
                 };
-                if bop != "aten::_native_batch_norm_legit_no_training.out"
-                    || bargs.len() < 10
-                    || bargs[0] != v1
-                    || ![1usize, 2, 3, 4].iter().all(|&i| is_const_f32(values, bargs[i]))
-                    // The saved statistics must not be read: only the BN mentions them.
-                    || g.uses.get(bargs[8] as usize) != Some(&1)
-                    || g.uses.get(bargs[9] as usize) != Some(&1)
-                {
-                    continue;
-                }
-                let v2 = bargs[7];
+                let (v2, apc) = match bn {
+                    Some((_, v2)) => (v2, pc + 2),
+                    None => (v1, pc + 1),
+                };
                 // An activation right after, if v2 has no other reader: (code, bounds,
                 // result, the instructions it replaces).
                 let mut act = (ACT_NONE, None::<(u32, u32)>, v2, [None::<usize>; 2]);
-                let apc = bn_pc + 1;
-                match g.args(chain.get(apc).unwrap_or(&Instr::Free { value: 0 })) {
+                match next(apc) {
                     Some(("aten::relu.out", a))
                         if g.single_use(v2) && a.len() >= 2 && a[0] == v2 =>
                     {
@@ -384,13 +472,29 @@ pub(crate) fn plan(
                     }
                     _ => {}
                 }
+                // A convolution alone is already packed by its own prepare step; fusing
+                // pays when a normalization or an activation goes away.
+                if bn.is_none() && act.0 == ACT_NONE {
+                    continue;
+                }
                 let (code, bounds, dst, act_pcs) = act;
                 // The input is read while the result is written: they must not share
                 // memory. The planner may have given the result the input's buffer (the
                 // input was dead by the time the last instruction ran); then the fused
                 // instruction writes the convolution's own result and the last instruction
                 // becomes a copy, still one pass fewer.
-                let (target, copy) = if !overlaps(values, args[0], dst) {
+                //
+                // Better still, when the convolution's or the norm's own buffer stays free for
+                // as long as the result is read, the result moves there and no copy is made.
+                let last_replaced = act_pcs.iter().flatten().last().copied().unwrap_or(pc + 1);
+                // The convolution's and the norm's results are written by nothing now.
+                let homes = [Some(v1), bn.map(|b| b.1)];
+                let direct = !overlaps(values, args[0], dst)
+                    || homes.into_iter().flatten().any(|home| {
+                        !overlaps(values, args[0], home)
+                            && relocate(&g, c, values, dst, home, last_replaced)
+                    });
+                let (target, copy) = if direct {
                     (dst, false)
                 } else if has_clone && !overlaps(values, args[0], v1) && !overlaps(values, v1, dst)
                 {
@@ -406,23 +510,31 @@ pub(crate) fn plan(
                         (z, z)
                     }
                 };
+                // Without a batch norm its four parameters are None (no normalization).
+                let norm = match bn {
+                    Some((p, _)) => p,
+                    None => {
+                        let none = *none_value.get_or_insert_with(|| push(values, Value::None));
+                        let eps = push(values, Value::Double(0.0));
+                        [none, none, none, none, eps]
+                    }
+                };
                 let mut fused: Vec<u32> = args[..9].to_vec();
-                fused.extend_from_slice(&[
-                    bargs[1], bargs[2], bargs[3], bargs[4], bargs[6], code_v, lo, hi, target,
-                    target,
-                ]);
+                fused.extend_from_slice(&norm);
+                fused.extend_from_slice(&[code_v, lo, hi, target, target]);
                 out[c][pc] = Rewrite::Replace {
                     op: CONV_BN_ACT.into(),
                     args: fused,
                 };
-                out[c][bn_pc] = Rewrite::Skip;
+                if bn.is_some() {
+                    out[c][pc + 1] = Rewrite::Skip;
+                }
                 for a in act_pcs.iter().flatten() {
                     out[c][*a] = Rewrite::Skip;
                 }
                 if copy {
                     let none = *none_value.get_or_insert_with(|| push(values, Value::None));
-                    let last = act_pcs.iter().flatten().last().copied().unwrap_or(bn_pc);
-                    out[c][last] = Rewrite::Replace {
+                    out[c][last_replaced] = Rewrite::Replace {
                         op: "aten::clone.out".into(),
                         args: alloc::vec![v1, none, dst, dst],
                     };
