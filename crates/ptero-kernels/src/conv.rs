@@ -11,7 +11,7 @@
 use ptero_core::{Error, KernelArgs, KernelRegistry, Result, ScalarType, Value};
 
 use ptero_core::Prepared;
-use ptero_gemm::{conv2d, Conv2d, ConvWeights, Image, ImageMut, PackedConv};
+use ptero_gemm::{conv2d, Conv2d, ConvWeights, Image, ImageMut, Lhs, PackedConv, Rhs};
 
 use crate::util::gemm::{err as gemm_err, is_const_f32};
 use crate::util::work::{sat_product, Meter};
@@ -589,6 +589,9 @@ fn conv_run(
             let macs = sat_product(&[g.n, g.cout, g.oh, g.ow, g.cin / g.groups.max(1), g.kh, g.kw]);
             meter.add(macs as u64)?;
             let wd: &[f32] = wt.data()?;
+            if let Some(r) = matvec(a.parallel(), g, fused, wd, xt.data()?, b, ot.data()?) {
+                return r;
+            }
             let weights = match (fused, a.state::<PackedConv>()) {
                 (
                     Some(FusedConv {
@@ -641,6 +644,41 @@ fn conv_run(
             &mut meter,
         )
     }
+}
+
+/// A 1 × 1 convolution of 1 × 1 images (a squeeze-excitation's) is a matrix-vector
+/// product per image: the weights are streamed once, where the convolution GEMM would
+/// fill a whole register tile to compute one column. `None` for any other geometry.
+fn matvec(
+    par: &dyn ptero_core::Parallel,
+    g: &Geo,
+    fused: Option<&FusedConv>,
+    wd: &[f32],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> Option<Result<()>> {
+    let unit = g.kh == 1 && g.kw == 1 && g.ih == 1 && g.iw == 1 && g.oh == 1 && g.ow == 1;
+    if !unit || g.groups != 1 || g.transposed || g.p != [0, 0] {
+        return None;
+    }
+    let (w, wst) = match fused {
+        Some(f) => (&f.weights[..], f.wst),
+        None => (wd, g.wst),
+    };
+    let mut run = || -> core::result::Result<(), ptero_gemm::GemmError> {
+        let a = ptero_gemm::MatRef::new(w, g.cout, g.cin, wst[0], wst[1])?;
+        let b = ptero_gemm::MatRef::new(x, g.cin, g.n, g.ist[1], g.ist[0])?;
+        let c = ptero_gemm::MatMut::new(out, g.cout, g.n, g.ost[1], g.ost[0])?;
+        let epi = ptero_gemm::Epilogue {
+            alpha: 1.0,
+            beta: if bias.is_some() { 1.0 } else { 0.0 },
+            bias: bias.map_or(ptero_gemm::Bias::None, ptero_gemm::Bias::PerRow),
+            act: fused.map_or(ptero_gemm::Activation::None, |f| f.act),
+        };
+        ptero_gemm::gemm(par, None, Lhs::Mat(a), Rhs::Mat(b), c, &epi)
+    };
+    Some(run().map_err(gemm_err))
 }
 
 /// Output indices `o` in `0..n_out` with `o * s + off` inside `0..n_in`.
@@ -1390,6 +1428,28 @@ mod tests {
                 2,
             ),
             case(&[2, 2, 5], &[2, 3, 4], &[3], &[1], &[1], true, &[2], 1),
+            // 1 × 1 images through a 1 × 1 kernel: a squeeze-excitation's matrix-vector
+            // product (also channels-last below, where the images' strides differ).
+            case(
+                &[2, 37, 1, 1],
+                &[5, 37, 1, 1],
+                &[1],
+                &[0],
+                &[1],
+                false,
+                &[0],
+                1,
+            ),
+            case(
+                &[1, 8, 1, 1],
+                &[20, 8, 1, 1],
+                &[2],
+                &[0],
+                &[1],
+                false,
+                &[0],
+                1,
+            ),
         ];
         for c in &cases {
             run(c, Float, None);

@@ -5,7 +5,7 @@
 //!   alpha = beta = 1) or `mm(x, Wᵀ)` becomes `linear(x, W, bias)`: the transposed copy
 //!   is never made, and `linear`'s prepare step packs `W` once.
 //! - `convolution` → `_native_batch_norm_legit_no_training` (→ `relu` | `hardtanh` |
-//!   SiLU) with constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare
+//!   `silu` | `sigmoid`·`mul`) with constant f32 weights becomes one `ptero::conv_bn_act.out`, whose prepare
 //!   step folds the normalization into the packed weights and bias; so does a
 //!   convolution followed by an activation alone (a model whose norms were folded before
 //!   export), with the normalization's arguments None.
@@ -420,7 +420,6 @@ pub(crate) fn plan(
                         || is_const_f32(values, args[2]));
                 if !weights_const
                     || !matches!(values.get(args[6] as usize), Some(Value::Bool(false)))
-                    || !g.single_use(v1)
                 {
                     continue;
                 }
@@ -433,6 +432,7 @@ pub(crate) fn plan(
                     Some(("aten::_native_batch_norm_legit_no_training.out", bargs))
                         if bargs.len() >= 10
                             && bargs[0] == v1
+                            && g.single_use(v1)
                             && [1usize, 2, 3, 4].iter().all(|&i| is_const_f32(values, bargs[i]))
                             // The saved statistics must not be read: only the BN mentions
                             // them.
@@ -462,6 +462,11 @@ pub(crate) fn plan(
                         if g.single_use(v2) && a.len() >= 4 && a[0] == v2 =>
                     {
                         act = (ACT_CLAMP, Some((a[1], a[2])), a[3], [Some(apc), None]);
+                    }
+                    Some(("aten::silu.out", a))
+                        if g.single_use(v2) && a.len() >= 2 && a[0] == v2 =>
+                    {
+                        act = (ACT_SILU, None, a[1], [Some(apc), None]);
                     }
                     Some(("aten::sigmoid.out", _)) if g.uses(v2) == 3 => {
                         if let Some((x, y)) = g.silu_at(chain, apc) {
