@@ -41,10 +41,12 @@ pub(crate) unsafe fn depthwise(
     } else {
         4 * par.threads()
     };
-    let chunks = split_count(planes, parts, 1);
+    // Narrow planes go `LANES` channels at a time: split on multiples of the widest.
+    let align = if 2 * g.ow <= 16 { 16 } else { 1 };
+    let chunks = split_count(planes, parts, align);
     let level = ptero_simd::level();
     par.run(chunks, &|t| {
-        let planes = split_range(planes, chunks, 1, t);
+        let planes = split_range(planes, chunks, align, t);
         let run = |scratch: Option<&mut [f32]>| {
             dispatch_at(
                 level,
@@ -92,6 +94,15 @@ impl SimdOp for DwPlanes<'_> {
     fn eval<S: Simd>(mut self, s: S) {
         if self.g.kh * self.g.kw <= MAX_TAPS {
             if let Some(buf) = self.scratch.take() {
+                // A row of at most half a vector wastes most lanes; wider ones keep the
+                // row path (measured: even at 14 of 16 lanes, moving the pixels between
+                // planes and lanes costs what the lanes save).
+                if S::LANES > 1 && 2 * self.g.ow <= S::LANES {
+                    if let Some(lay) = self.small_layout(S::LANES, buf.len()) {
+                        self.small(s, lay, buf);
+                        return;
+                    }
+                }
                 if let Some(band) = self.band(S::LANES, buf.len()) {
                     self.padded(s, &band, buf);
                     return;
@@ -102,6 +113,15 @@ impl SimdOp for DwPlanes<'_> {
             self.direct(plane);
         }
     }
+}
+
+/// Scratch of the channel-vector path: a padded plane per lane, pixel-major, then the
+/// output pixels likewise.
+#[derive(Clone, Copy)]
+struct Small {
+    /// Padded input height and width.
+    hp: usize,
+    wp: usize,
 }
 
 /// Layout of the padded, phase-split band in scratch.
@@ -128,6 +148,155 @@ impl DwPlanes<'_> {
         }
         let rows = ((fit - span) / g.stride[0] + 1).min(g.oh);
         Some(Band { rowlen, prow, rows })
+    }
+
+    fn small_layout(&self, lanes: usize, floats: usize) -> Option<Small> {
+        let g = self.g;
+        let hp = g.ih.checked_add(2 * g.pad[0])?;
+        let wp = g.iw.checked_add(2 * g.pad[1])?;
+        let need = hp.checked_mul(wp)?.checked_add(g.oh.checked_mul(g.ow)?)?;
+        (need.checked_mul(lanes)? <= floats).then_some(Small { hp, wp })
+    }
+
+    /// Planes at most half a vector wide: `LANES` channels at a time, one per lane. Their
+    /// padded planes are interleaved pixel by pixel in scratch, so every tap of an output
+    /// pixel is one vector load for all the channels, with no lane wasted on a short row;
+    /// the output pixels are written back to their planes after.
+    #[inline(always)]
+    fn small<S: Simd>(&self, s: S, lay: Small, buf: &mut [f32]) {
+        let g = self.g;
+        let l = S::LANES;
+        let (hp, wp) = (lay.hp, lay.wp);
+        let (inp, outp) = buf.split_at_mut(hp * wp * l);
+        let outp = &mut outp[..g.oh * g.ow * l];
+        let (xs, ws, os) = (self.x.strides, self.w.strides, self.os);
+        let taps = g.kh * g.kw;
+        // Offset of each tap from its output pixel's first tap, in floats.
+        let mut toff = [0usize; MAX_TAPS];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                toff[ky * g.kw + kx] = (ky * g.dilation[0] * wp + kx * g.dilation[1]) * l;
+            }
+        }
+        let (rstep, cstep) = (g.stride[0] * wp * l, g.stride[1] * l);
+        let mut wv = [s.zero(); MAX_TAPS];
+        let mut tmp = [0.0f32; 64];
+        // Full groups move a pixel of every lane at once (a gather in, a scatter out),
+        // when the plane strides fit the instructions' 32-bit offsets.
+        let fits = |st: usize| {
+            st.checked_mul(l - 1)
+                .is_some_and(|v| v <= i32::MAX as usize)
+        };
+        let vec_in = fits(xs[1]);
+        let vec_out = fits(os[1]) && os[1] > 0;
+        // Padding stays zero; other lanes' stale values only reach lanes never stored.
+        inp.fill(0.0);
+        let mut p = self.planes.start;
+        while p < self.planes.end {
+            let (n, c0) = (p / g.cout, p % g.cout);
+            let cnt = l.min(self.planes.end - p).min(g.cout - c0);
+            let base = n * xs[0] + c0 * xs[1];
+            if cnt == l && vec_in {
+                // The last lane's last pixel bounds every read (strides are non-negative).
+                let last = base + (l - 1) * xs[1] + (g.ih - 1) * xs[2] + (g.iw - 1) * xs[3];
+                assert!(last < self.x.data.len(), "depthwise input extent");
+                for y in 0..g.ih {
+                    let dst = ((y + g.pad[0]) * wp + g.pad[1]) * l;
+                    for x in 0..g.iw {
+                        let src = base + y * xs[2] + x * xs[3];
+                        // SAFETY: lane i reads src + i * xs[1] <= last, inside `data`; the
+                        // offsets fit i32 (`vec_in`).
+                        let v = unsafe { s.gather_ptr(self.x.data.as_ptr().add(src), xs[1]) };
+                        s.store(&mut inp[dst + x * l..], v);
+                    }
+                }
+            } else {
+                for lane in 0..cnt {
+                    let base = base + lane * xs[1];
+                    for y in 0..g.ih {
+                        let src = base + y * xs[2];
+                        let dst = ((y + g.pad[0]) * wp + g.pad[1]) * l + lane;
+                        for x in 0..g.iw {
+                            inp[dst + x * l] = self.x.data[src + x * xs[3]];
+                        }
+                    }
+                }
+            }
+            for (t, w) in wv.iter_mut().enumerate().take(taps) {
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                tmp[..l].fill(0.0);
+                for (lane, v) in tmp[..cnt].iter_mut().enumerate() {
+                    *v = self.w.data[(c0 + lane) * ws[0] + ky * ws[2] + kx * ws[3]];
+                }
+                *w = s.load(&tmp[..l]);
+            }
+            tmp[..l].fill(0.0);
+            if let Some(b) = self.bias {
+                tmp[..cnt].copy_from_slice(&b[c0..c0 + cnt]);
+            }
+            let bias = s.load(&tmp[..l]);
+            for oy in 0..g.oh {
+                let row = oy * rstep;
+                let mut ox = 0;
+                // Four pixels at a time: independent chains hide the FMA latency.
+                while ox + 4 <= g.ow {
+                    let at = row + ox * cstep;
+                    let mut acc = [bias; 4];
+                    for t in 0..taps {
+                        let src = &inp[at + toff[t]..];
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = s.mul_add(s.load(&src[j * cstep..]), wv[t], *a);
+                        }
+                    }
+                    for (j, a) in acc.into_iter().enumerate() {
+                        s.store(
+                            &mut outp[(oy * g.ow + ox + j) * l..],
+                            act_vec(s, self.act, a),
+                        );
+                    }
+                    ox += 4;
+                }
+                for ox in ox..g.ow {
+                    let at = row + ox * cstep;
+                    let mut a = bias;
+                    for t in 0..taps {
+                        a = s.mul_add(s.load(&inp[at + toff[t]..]), wv[t], a);
+                    }
+                    s.store(&mut outp[(oy * g.ow + ox) * l..], act_vec(s, self.act, a));
+                }
+            }
+            let obase = n * os[0] + c0 * os[1];
+            if cnt == l && vec_out {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let v = s.load(&outp[(oy * g.ow + ox) * l..]);
+                        // SAFETY: lane i writes (n, c0 + i, oy, ox), one of this task's
+                        // planes' outputs: valid, exclusive (the struct's contract) and
+                        // distinct (os[1] > 0); the offsets fit i32 (`vec_out`).
+                        unsafe {
+                            s.scatter_ptr(
+                                self.out.get().add(obase + oy * os[2] + ox * os[3]),
+                                os[1],
+                                v,
+                            )
+                        };
+                    }
+                }
+            } else {
+                for lane in 0..cnt {
+                    let base = obase + lane * os[1];
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let v = outp[(oy * g.ow + ox) * l + lane];
+                            // SAFETY: (n, c0 + lane, oy, ox) is one of this task's planes'
+                            // outputs, valid and exclusive (the struct's contract).
+                            unsafe { *self.out.get().add(base + oy * os[2] + ox * os[3]) = v };
+                        }
+                    }
+                }
+            }
+            p += cnt;
+        }
     }
 
     /// Writes the input values of padded rows `[r0, r0 + count)` of plane `(n, c)` into

@@ -335,6 +335,12 @@ mod conv {
             geo(1, 3, 5, 1, (30, 30), (7, 7), 2, 3, 1),
             geo(1, 4, 8, 4, (6, 6), (3, 3), 1, 1, 1),
             geo(1, 1, 4, 1, (4, 4), (2, 2), 1, 0, 1),
+            // Depthwise planes narrower than a vector, channels not a multiple of one,
+            // over images and task boundaries (channels in the lanes).
+            geo(2, 37, 37, 37, (7, 7), (3, 3), 1, 1, 1),
+            geo(1, 21, 21, 21, (14, 13), (5, 5), 2, 2, 1),
+            geo(2, 19, 19, 19, (9, 9), (3, 3), 2, 2, 2),
+            geo(1, 19, 19, 19, (8, 8), (3, 3), 2, 1, 1),
             // Depthwise planes taller than one scratch band.
             geo(1, 2, 2, 2, (200, 180), (3, 3), 1, 1, 1),
             geo(1, 2, 2, 2, (150, 181), (5, 5), 2, 2, 1),

@@ -332,3 +332,41 @@ fn even_odd_splits_pairs() {
         assert!(!e.is_empty(), "{l}");
     }
 }
+
+struct Strided<'a>(&'a mut Vec<f32>, &'a mut Vec<f32>);
+
+impl SimdOp for Strided<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let y: Vec<f32> = (0..3 * S::LANES).map(|i| i as f32).collect();
+        // SAFETY: lanes 1 + 3i, i < LANES, are inside `y`; offsets are tiny.
+        let g = unsafe { s.gather_ptr(y[1..].as_ptr(), 3) };
+        self.0.resize(S::LANES, 0.0);
+        s.store(self.0, g);
+        self.1.clear();
+        self.1.resize(2 * S::LANES, -1.0);
+        // SAFETY: lanes 2i, i < LANES, are inside the 2 * LANES floats, distinct.
+        unsafe { s.scatter_ptr(self.1.as_mut_ptr(), 2, g) };
+    }
+}
+
+#[test]
+fn gather_and_scatter_step_by_their_stride() {
+    for l in levels() {
+        let (mut g, mut sc) = (Vec::new(), Vec::new());
+        crate::dispatch_at(l, Strided(&mut g, &mut sc));
+        assert!(!g.is_empty(), "{l}");
+        for (i, v) in g.iter().enumerate() {
+            assert_eq!(*v, (1 + 3 * i) as f32, "{l} gather lane {i}");
+        }
+        for (i, v) in sc.iter().enumerate() {
+            let want = if i % 2 == 0 {
+                (1 + 3 * (i / 2)) as f32
+            } else {
+                -1.0
+            };
+            assert_eq!(*v, want, "{l} scatter slot {i}");
+        }
+    }
+}

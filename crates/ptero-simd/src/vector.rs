@@ -91,6 +91,36 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn reduce_max(self, a: Self::F) -> f32;
     fn reduce_min(self, a: Self::F) -> f32;
 
+    /// Lanes `p[0], p[stride], p[2 * stride], …`.
+    ///
+    /// # Safety
+    /// `p + i * stride` must be readable for every lane `i`, and `(LANES - 1) * stride`
+    /// must fit an `i32`.
+    #[inline(always)]
+    unsafe fn gather_ptr(self, p: *const f32, stride: usize) -> Self::F {
+        let mut t = [0.0f32; 64];
+        for (i, v) in t.iter_mut().enumerate().take(Self::LANES) {
+            // SAFETY: per the contract.
+            *v = unsafe { *p.add(i * stride) };
+        }
+        self.load(&t[..Self::LANES])
+    }
+
+    /// Stores lane `i` of `v` at `p[i * stride]`.
+    ///
+    /// # Safety
+    /// `p + i * stride` must be writable for every lane `i`, with `stride > 0`, and
+    /// `(LANES - 1) * stride` must fit an `i32`.
+    #[inline(always)]
+    unsafe fn scatter_ptr(self, p: *mut f32, stride: usize, v: Self::F) {
+        let mut t = [0.0f32; 64];
+        self.store(&mut t[..Self::LANES], v);
+        for (i, x) in t.iter().enumerate().take(Self::LANES) {
+            // SAFETY: per the contract.
+            unsafe { *p.add(i * stride) = *x };
+        }
+    }
+
     /// Splits the `2 * LANES` values `a ++ b` into their even- and odd-indexed halves
     /// (a stride-2 gather, for strided convolutions and pooling).
     fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F);

@@ -277,6 +277,17 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn gather_ptr(self, p: *const f32, stride: usize) -> Self::F {
+        // SAFETY: the caller guarantees every lane is readable and the offsets fit i32.
+        unsafe {
+            let idx = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(stride as i32),
+            );
+            _mm256_i32gather_ps::<4>(p, idx)
+        }
+    }
+    #[inline(always)]
     fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
         // SAFETY: see `zero`.
         unsafe {
@@ -512,6 +523,29 @@ impl Simd for Avx512 {
         unsafe {
             let h = _mm256_min_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps::<1>(a));
             Avx2(()).reduce_min(h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather_ptr(self, p: *const f32, stride: usize) -> Self::F {
+        // SAFETY: the caller guarantees every lane is readable and the offsets fit i32.
+        unsafe {
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(stride as i32),
+            );
+            _mm512_i32gather_ps::<4>(idx, p)
+        }
+    }
+    #[inline(always)]
+    unsafe fn scatter_ptr(self, p: *mut f32, stride: usize, v: Self::F) {
+        // SAFETY: the caller guarantees every lane is writable, distinct, and the offsets
+        // fit i32.
+        unsafe {
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(stride as i32),
+            );
+            _mm512_i32scatter_ps::<4>(p, idx, v)
         }
     }
     #[inline(always)]
