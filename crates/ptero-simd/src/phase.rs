@@ -15,11 +15,13 @@ pub struct Phases {
 }
 
 impl Phases {
-    /// `(hq, wq)`: rows and columns of one phase.
+    /// `(hq, wq)`: rows and columns of one phase. Saturates rather than wrapping on a
+    /// hostile geometry, so that [`Phases::floats`] reports the overflow.
     pub fn dims(&self) -> (usize, usize) {
+        let side = |n: usize, p: usize, s: usize| n.saturating_add(p.saturating_mul(2)).div_ceil(s);
         (
-            (self.ih + 2 * self.pad[0]).div_ceil(self.stride[0]),
-            (self.iw + 2 * self.pad[1]).div_ceil(self.stride[1]),
+            side(self.ih, self.pad[0], self.stride[0]),
+            side(self.iw, self.pad[1], self.stride[1]),
         )
     }
 
@@ -56,7 +58,11 @@ pub fn phase_planes(
             let phase = &mut dst[(py * sw + px) * hq * wq..][..hq * wq];
             // Phase column q reads input column q * sw + px - pw: valid for q in [lo, hi).
             let lo = pw.saturating_sub(px).div_ceil(sw).min(wq);
-            let hi = (g.iw + pw).saturating_sub(px).div_ceil(sw).clamp(lo, wq);
+            let hi =
+                g.iw.saturating_add(pw)
+                    .saturating_sub(px)
+                    .div_ceil(sw)
+                    .clamp(lo, wq);
             for (qy, row) in phase.chunks_exact_mut(wq).enumerate() {
                 let iy = (qy * sh + py) as isize - ph as isize;
                 if iy < 0 || iy >= g.ih as isize || hi == lo {
