@@ -196,10 +196,10 @@ impl DwPlanes<'_> {
             let (n, c0) = (p / g.cout, p % g.cout);
             let cnt = l.min(self.planes.end - p).min(g.cout - c0);
             let base = n * xs[0] + c0 * xs[1];
-            if cnt == l && vec_in {
-                // The last lane's last pixel bounds every read (strides are non-negative).
-                let last = base + (l - 1) * xs[1] + (g.ih - 1) * xs[2] + (g.iw - 1) * xs[3];
-                assert!(last < self.x.data.len(), "depthwise input extent");
+            // The last lane's last pixel bounds every read (strides are non-negative); the
+            // caller checked the extent, so the element-wise path below is only a guard.
+            let last = base + (l - 1) * xs[1] + (g.ih - 1) * xs[2] + (g.iw - 1) * xs[3];
+            if cnt == l && vec_in && last < self.x.data.len() {
                 for y in 0..g.ih {
                     let dst = ((y + g.pad[0]) * wp + g.pad[1]) * l;
                     for x in 0..g.iw {

@@ -68,27 +68,8 @@ impl<'p> Graph<'p> {
         for chain in &plan.chains {
             for instr in chain {
                 seen.clear();
-                match *instr {
-                    Instr::Kernel { start, len, .. } | Instr::Delegate { start, len, .. } => {
-                        for &v in &plan.arg_pool[start as usize..(start + len) as usize] {
-                            bump(&mut uses, v, &mut seen);
-                            // List items are read too.
-                            if let Some(
-                                Value::TensorList(items) | Value::OptionalTensorList(items),
-                            ) = plan.values.get(v as usize)
-                            {
-                                for &i in items {
-                                    bump(&mut uses, i, &mut seen);
-                                }
-                            }
-                        }
-                    }
-                    Instr::Move { from, to } => {
-                        bump(&mut uses, from, &mut seen);
-                        bump(&mut uses, to, &mut seen);
-                    }
-                    Instr::JumpFalse { cond, .. } => bump(&mut uses, cond, &mut seen),
-                    Instr::Free { value } => bump(&mut uses, value, &mut seen),
+                for v in mentions(plan, instr) {
+                    bump(&mut uses, v, &mut seen);
                 }
             }
         }
