@@ -400,11 +400,17 @@ fn default_input(meta: &MethodMeta, i: usize, budget: &mut Budget) -> Result<EVa
 /// Loads the chosen method with every kernel and backend of this build.
 fn load(program: &Program, method: Option<&str>, load: &LoadArgs) -> Result<Method, Error> {
     let name = pick_method(program, method)?;
-    let mut m = program.load_method_with_limits(
+    // PTERO_CHANNELS_LAST=0 keeps every value in the exported dim order (for comparing
+    // the layout pass against none).
+    let options = ptero::LoadOptions {
+        limits: load.limits(),
+        channels_last: std::env::var("PTERO_CHANNELS_LAST").map_or(true, |v| v != "0"),
+    };
+    let mut m = program.load_method_with(
         &name,
         &ptero::default_kernels(),
         &ptero::default_backends(),
-        load.limits(),
+        &options,
     )?;
     if let Some(t) = load.timeout {
         m.set_interrupt(Some(std::sync::Arc::new(ptero::Deadline::after(t))));

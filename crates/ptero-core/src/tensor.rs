@@ -201,6 +201,15 @@ impl TensorMeta {
         Ok(())
     }
 
+    /// Lays the tensor out in another dim order (same sizes and capacity): done at load,
+    /// before anything reads or writes it. `order` must be a permutation of `0..rank`.
+    pub fn set_dim_order(&mut self, order: &[u8]) -> Result<()> {
+        let t = TensorMeta::new(self.dtype, &self.sizes, order, self.dynamism, self.storage)?;
+        self.dim_order = t.dim_order;
+        self.strides = t.strides;
+        Ok(())
+    }
+
     /// Points the tensor at other storage with `capacity` bytes (used by views).
     pub fn set_storage(&mut self, storage: Storage, capacity: usize) {
         self.storage = storage;

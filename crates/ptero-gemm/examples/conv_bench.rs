@@ -6,7 +6,7 @@
 //! (224×224 input) and prints the sum; any other text keeps the layers whose name
 //! contains it; `mobilenet_v2:dw` keeps that model's layers whose name contains `dw`.
 //! `fused` times MobileNetV2-like pointwise → depthwise pairs run apart and fused
-//! ([`pointwise_depthwise`]).
+//! ([`pointwise_depthwise`]). `PTERO_NHWC=1` runs the layers channels-last.
 
 use std::time::Instant;
 
@@ -196,6 +196,7 @@ fn fused(threads: usize) {
                     },
                     DepthwiseStage {
                         geo: g2,
+                        packed: None,
                         w: w2i,
                         bias: Some(&b),
                         act,
@@ -280,6 +281,8 @@ fn main() {
         Vec::new()
     };
     let mut total_flops = 0.0;
+    // PTERO_NHWC=1: channels-last input and output, weights packed for them.
+    let nhwc = std::env::var("PTERO_NHWC").is_ok_and(|v| v == "1");
     for (name, g) in &layers {
         let cin_g = g.cin / g.groups;
         let x = vec![0.5f32; g.n * g.cin * g.ih * g.iw];
@@ -289,26 +292,38 @@ fn main() {
         let wst = [cin_g * g.kh * g.kw, g.kh * g.kw, g.kw, 1];
         let xi = Image {
             data: &x,
-            strides: [g.cin * g.ih * g.iw, g.ih * g.iw, g.iw, 1],
+            strides: if nhwc {
+                [g.cin * g.ih * g.iw, 1, g.iw * g.cin, g.cin]
+            } else {
+                [g.cin * g.ih * g.iw, g.ih * g.iw, g.iw, 1]
+            },
         };
         let wi = Image {
             data: &w,
             strides: wst,
         };
-        let packed = PackedConv::new(g, wi).unwrap();
+        let packed = if nhwc {
+            PackedConv::channels_last(g, wi).unwrap()
+        } else {
+            PackedConv::new(g, wi).unwrap()
+        };
         let depthwise = g.groups == g.cin && g.cout == g.cin && g.groups > 1;
         let flops = 2.0 * (g.cout * g.oh * g.ow * cin_g * g.kh * g.kw) as f64;
         total_flops += flops;
         let mut line = format!("{name:<26}");
         for (i, t) in counts.into_iter().enumerate() {
-            let os = [g.cout * g.oh * g.ow, g.oh * g.ow, g.ow, 1];
+            let os = if nhwc {
+                [g.cout * g.oh * g.ow, 1, g.ow * g.cout, g.cout]
+            } else {
+                [g.cout * g.oh * g.ow, g.oh * g.ow, g.ow, 1]
+            };
             let mut run = || {
                 conv2d(
                     &pools[i],
                     Some(&arenas[i]),
                     g,
                     xi,
-                    if depthwise {
+                    if depthwise && !nhwc {
                         ConvWeights::Image(wi)
                     } else {
                         ConvWeights::Packed(&packed)

@@ -12,6 +12,7 @@ use crate::depthwise::depthwise;
 use crate::driver::{
     gemm_out, gemm_shifted, scratch_floats, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
 };
+use crate::nhwc;
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
@@ -22,7 +23,7 @@ const MIN_COLS: usize = 32;
 
 /// f32 of scratch one thread needs for [`conv2d`]: a column block plus GEMM packing.
 pub fn conv_scratch_floats() -> usize {
-    COL_FLOATS + scratch_floats()
+    (COL_FLOATS + scratch_floats()).max(nhwc::nhwc_scratch_floats())
 }
 
 /// Geometry of a 2-d convolution (a 1-d one has `ih = oh = kh = 1`).
@@ -74,7 +75,7 @@ impl Conv2d {
     fn k(&self) -> usize {
         self.cin_g() * self.kh * self.kw
     }
-    fn is_depthwise(&self) -> bool {
+    pub(crate) fn is_depthwise(&self) -> bool {
         self.groups == self.cin && self.cout == self.cin && self.groups > 1
     }
     pub(crate) fn check(&self) -> Result<(), GemmError> {
@@ -169,7 +170,12 @@ pub(crate) fn check_output(out: &ImageMut<'_>, sizes: [usize; 4]) -> Result<(), 
 /// Weights `[cout, cin / groups, kh, kw]` packed once per group as the GEMM's left operand.
 #[derive(Clone, Debug)]
 pub struct PackedConv {
+    /// Per group, as the left operand (channels-first images).
     pub(crate) groups: Vec<PackedA>,
+    /// Per group, `Wᵀ` as the right operand (channels-last images), or empty.
+    pub(crate) cols: Vec<crate::PackedB>,
+    /// A depthwise filter `[tap][channel]` (channels-last images), or empty.
+    pub(crate) dw: Vec<f32>,
     geo: Conv2d,
 }
 
@@ -205,12 +211,56 @@ impl PackedConv {
             }
             groups.push(PackedA::new(MatRef::row_major(&flat, cout_g, k)?)?);
         }
-        Ok(PackedConv { groups, geo: *geo })
+        Ok(PackedConv {
+            groups,
+            cols: Vec::new(),
+            dw: Vec::new(),
+            geo: *geo,
+        })
+    }
+
+    /// Packs `w` for channels-last images (outputs whose channels are adjacent): the
+    /// layout [`conv2d`] uses when the output's channel stride is 1.
+    pub fn channels_last(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
+        geo.check()?;
+        check_extent(
+            "weight",
+            w.data.len(),
+            [geo.cout, geo.cin_g(), geo.kh, geo.kw],
+            w.strides,
+        )?;
+        if geo.is_depthwise() {
+            let len = geo.kh * geo.kw * geo.cout;
+            let mut dw = Vec::new();
+            dw.try_reserve_exact(len)
+                .map_err(|_| GemmError::OutOfMemory { bytes: len * 4 })?;
+            dw.resize(len, 0.0);
+            nhwc::pack_depthwise(geo, w, &mut dw);
+            return Ok(PackedConv {
+                groups: Vec::new(),
+                cols: Vec::new(),
+                dw,
+                geo: *geo,
+            });
+        }
+        Ok(PackedConv {
+            groups: Vec::new(),
+            cols: nhwc::pack_weights(geo, w)?,
+            dw: Vec::new(),
+            geo: *geo,
+        })
+    }
+
+    /// True when packed by [`PackedConv::channels_last`].
+    pub fn is_channels_last(&self) -> bool {
+        !self.cols.is_empty() || !self.dw.is_empty()
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.groups.iter().map(|g| g.bytes()).sum()
+        self.groups.iter().map(|g| g.bytes()).sum::<usize>()
+            + self.cols.iter().map(|g| g.bytes()).sum::<usize>()
+            + self.dw.len() * 4
     }
 }
 
@@ -269,23 +319,64 @@ pub fn conv2d(
         return Ok(());
     }
     let optr = SyncPtr(out.data.as_mut_ptr());
+    let os = out.strides;
     if let (true, ConvWeights::Image(wi)) = (g.is_depthwise(), w) {
         check_extent("weight", wi.data.len(), [g.cout, 1, g.kh, g.kw], wi.strides)?;
-        // SAFETY: extents and the output's layout were checked above; `out` is borrowed
-        // mutably for the call.
-        unsafe { depthwise(par, arena, &g, x, wi, bias, optr, out.strides, act) };
+        if nhwc::depthwise_applies(&g, x.strides, os) {
+            // The filter laid out `[tap][channel]` once per call, shared by the tasks.
+            let need = g.kh * g.kw * g.cout;
+            let run = |buf: &mut [f32]| {
+                nhwc::pack_depthwise(&g, wi, buf);
+                // SAFETY: extents and the output's layout were checked above; `out` is
+                // borrowed mutably for the call.
+                unsafe { nhwc::depthwise(par, &g, x, buf, bias, optr, os, act) };
+            };
+            if arena.and_then(|a| a.with(need, |b| run(b))).is_none() {
+                let mut own = Vec::new();
+                own.try_reserve_exact(need)
+                    .map_err(|_| GemmError::OutOfMemory { bytes: need * 4 })?;
+                own.resize(need, 0.0);
+                run(&mut own);
+            }
+            return Ok(());
+        }
+        // SAFETY: as above.
+        unsafe { depthwise(par, arena, &g, x, wi, bias, optr, os, act) };
         return Ok(());
     }
-    let owned;
-    let packed = match w {
-        ConvWeights::Packed(p) => p,
-        ConvWeights::Image(wi) => {
-            owned = PackedConv::new(&g, wi)?;
-            &owned
+    match w {
+        ConvWeights::Packed(p) if !p.dw.is_empty() => {
+            if !nhwc::depthwise_applies(&g, x.strides, os) {
+                return Err(GemmError::Shape {
+                    what: "depthwise weights packed for channels-last images (channel stride)",
+                    expected: 1,
+                    found: os[1],
+                });
+            }
+            // SAFETY: as above; the filter holds kh · kw · cout values (packed for this
+            // geometry, checked above).
+            unsafe { nhwc::depthwise(par, &g, x, &p.dw, bias, optr, os, act) };
+            Ok(())
         }
-    };
-    // SAFETY: as above.
-    unsafe { grouped(par, arena, &g, x, packed, bias, optr, out.strides, act) }
+        ConvWeights::Packed(p) if p.is_channels_last() => {
+            // SAFETY: as above.
+            unsafe { nhwc::conv(par, arena, &g, x, &p.cols, bias, optr, os, act) }
+        }
+        ConvWeights::Packed(p) => {
+            // SAFETY: as above.
+            unsafe { grouped(par, arena, &g, x, p, bias, optr, os, act) }
+        }
+        ConvWeights::Image(wi) if nhwc::channels_last(&g, os) => {
+            let cols = nhwc::pack_weights(&g, wi)?;
+            // SAFETY: as above.
+            unsafe { nhwc::conv(par, arena, &g, x, &cols, bias, optr, os, act) }
+        }
+        ConvWeights::Image(wi) => {
+            let packed = PackedConv::new(&g, wi)?;
+            // SAFETY: as above.
+            unsafe { grouped(par, arena, &g, x, &packed, bias, optr, os, act) }
+        }
+    }
 }
 
 /// Group `grp`'s epilogue: its slice of the bias per output channel, and the activation.

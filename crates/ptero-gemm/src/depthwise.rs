@@ -647,7 +647,7 @@ impl JobPos {
 }
 
 #[inline(always)]
-fn act_vec<S: Simd>(s: S, act: Activation, v: S::F) -> S::F {
+pub(crate) fn act_vec<S: Simd>(s: S, act: Activation, v: S::F) -> S::F {
     match act {
         Activation::None => v,
         Activation::Relu => s.max(s.zero(), v),

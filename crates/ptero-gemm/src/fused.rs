@@ -16,9 +16,9 @@ use crate::{Activation, Bias, Epilogue, GemmError};
 /// Intermediate tensors smaller than this (f32) stay in cache anyway: not worth fusing.
 const MIN_MID_FLOATS: usize = 1 << 18;
 /// Most floats of one band of the intermediate (1 MiB: stays in L2 with the rest).
-const BAND_FLOATS: usize = 1 << 18;
+pub(crate) const BAND_FLOATS: usize = 1 << 18;
 /// Fewest output rows per band (fewer would expand too many rows twice).
-const MIN_BAND_ROWS: usize = 8;
+pub(crate) const MIN_BAND_ROWS: usize = 8;
 
 /// The pointwise stage: packed `[cmid, cin]` weights, bias per channel, activation.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +33,9 @@ pub struct PointwiseStage<'a> {
 pub struct DepthwiseStage<'a> {
     pub geo: Conv2d,
     pub w: Image<'a>,
+    /// The same weights packed by [`PackedConv::channels_last`], which channels-last
+    /// images need.
+    pub packed: Option<&'a PackedConv>,
     pub bias: Option<&'a [f32]>,
     pub act: Activation,
 }
@@ -75,6 +78,19 @@ pub fn pointwise_depthwise(
         return Ok(false);
     };
     let mid = g1.cout.saturating_mul(g1.oh).saturating_mul(g1.ow);
+    if pw.w.is_channels_last() {
+        g1.check()?;
+        g2.check()?;
+        let Some(dwp) = dw.packed.filter(|p| !p.dw.is_empty()) else {
+            return Ok(false);
+        };
+        if !plain || !chained || mid < MIN_MID_FLOATS || dwp.dw.len() != g2.kh * g2.kw * g2.cout {
+            return Ok(false);
+        }
+        return crate::nhwc::pointwise_depthwise(
+            par, arena, g1, &pw.w.cols, pw.bias, pw.act, &g2, &dwp.dw, dw.bias, dw.act, x, out,
+        );
+    }
     if !plain
         || !chained
         || x.strides[3] != 1

@@ -42,6 +42,7 @@ mod fused;
 mod gemv;
 mod kernel;
 mod mat;
+mod nhwc;
 mod pack;
 
 pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};

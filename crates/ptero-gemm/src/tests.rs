@@ -344,6 +344,10 @@ mod conv {
             // Depthwise planes taller than one scratch band.
             geo(1, 2, 2, 2, (200, 180), (3, 3), 1, 1, 1),
             geo(1, 2, 2, 2, (150, 181), (5, 5), 2, 2, 1),
+            // Few pixels, many output channels: channel blocks split over threads.
+            geo(1, 40, 80, 1, (3, 3), (3, 3), 1, 1, 1),
+            geo(2, 24, 70, 1, (5, 4), (1, 1), 2, 0, 1),
+            geo(1, 48, 48, 48, (5, 5), (3, 3), 2, 1, 1),
         ];
         for l in levels() {
             set_level(l).unwrap();
@@ -367,9 +371,17 @@ mod conv {
                         ("nchw", true, &pool),
                         ("nhwc-out", false, &pool),
                         ("nhwc-in", true, &Serial),
+                        ("nhwc", false, &pool),
+                        ("nhwc", true, &Serial),
+                        ("nhwc-out", true, &pool),
                         ("no-arena", false, &pool),
+                        ("nhwc-no-arena", false, &pool),
                     ] {
-                        let (xd, xs) = if layout == "nhwc-in" {
+                        let in_cl = layout == "nhwc-in"
+                            || layout.starts_with("nhwc-no")
+                            || layout == "nhwc";
+                        let out_cl = layout.starts_with("nhwc") && layout != "nhwc-in";
+                        let (xd, xs) = if in_cl {
                             let mut t = vec![0.0f32; x.len()];
                             let st = nhwc(g.cin, g.ih, g.iw);
                             for n in 0..g.n {
@@ -386,7 +398,7 @@ mod conv {
                         } else {
                             (x.clone(), cst(g.cin, g.ih, g.iw))
                         };
-                        let os = if layout == "nhwc-out" {
+                        let os = if out_cl {
                             nhwc(g.cout, g.oh, g.ow)
                         } else {
                             cst(g.cout, g.oh, g.ow)
@@ -395,7 +407,13 @@ mod conv {
                             data: &w,
                             strides: cst(cin_g, g.kh, g.kw),
                         };
-                        let pc = PackedConv::new(g, wi).unwrap();
+                        // Packed for the output's layout ("nhwc-in": channels-first packing
+                        // of a channels-last input; "nhwc-out": the reverse).
+                        let pc = if out_cl {
+                            PackedConv::channels_last(g, wi).unwrap()
+                        } else {
+                            PackedConv::new(g, wi).unwrap()
+                        };
                         let weights = if packed && !(g.groups == g.cin && g.cout == g.cin) {
                             ConvWeights::Packed(&pc)
                         } else {
@@ -404,7 +422,7 @@ mod conv {
                         let mut out = vec![f32::NAN; g.n * g.cout * g.oh * g.ow];
                         conv2d(
                             par,
-                            (layout != "no-arena").then_some(&arena),
+                            (!layout.ends_with("no-arena")).then_some(&arena),
                             g,
                             Image {
                                 data: &xd,
@@ -529,6 +547,7 @@ mod conv {
                         },
                         DepthwiseStage {
                             geo: g2,
+                            packed: None,
                             w: w2i,
                             bias: Some(&b2),
                             act: a2,
@@ -561,6 +580,7 @@ mod conv {
                     },
                     DepthwiseStage {
                         geo: g2,
+                        packed: None,
                         w: w2i,
                         bias: None,
                         act: a2,

@@ -189,7 +189,7 @@ fn conv_dw_out(a: &mut KernelArgs<'_>) -> Result<()> {
     let g1 = conv_geo(a, 0, 17)?;
     let g2 = conv_geo(a, 17, 34)?;
     if g1.dtype == ScalarType::Float && !g1.transposed && !g2.transposed {
-        if let (Some(packed), None) = (&pair.first.packed, &pair.second.packed) {
+        if let Some(packed) = &pair.first.packed {
             let (c1, c2) = (g1.conv2d(), g2.conv2d());
             let macs = sat_product(&[c1.n, c1.cout, c1.oh, c1.ow, c1.cin])
                 .saturating_add(sat_product(&[c2.n, c2.cout, c2.oh, c2.ow, c2.kh, c2.kw]));
@@ -210,6 +210,7 @@ fn conv_dw_out(a: &mut KernelArgs<'_>) -> Result<()> {
                         data: &pair.second.weights,
                         strides: pair.second.wst,
                     },
+                    packed: pair.second.packed.as_ref(),
                     bias: Some(&pair.second.bias),
                     act: pair.second.act,
                 },
@@ -365,17 +366,22 @@ fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
     let cin = usize::try_from(groups)
         .ok()
         .and_then(|g| Some((g, cin_g.checked_mul(g)?)));
+    // Channels-last input and output (the layout pass's choice) take the weights packed
+    // for pixels as rows, depthwise filters included.
+    let cl = channels_last(a, o) && channels_last(a, o + 17);
     let packed = match cin {
-        Some((g, cin)) if g > 0 && !(g == cin && cout == g && g > 1) => {
+        Some((g, cin)) if g > 0 && (cl || !(g == cin && cout == g && g > 1)) => {
             let geo = Conv2d::for_weights(cin, cout, g, kh, kw);
+            let wi = Image {
+                data: &weights,
+                strides: wst_c,
+            };
             Some(
-                PackedConv::new(
-                    &geo,
-                    Image {
-                        data: &weights,
-                        strides: wst_c,
-                    },
-                )
+                if cl {
+                    PackedConv::channels_last(&geo, wi)
+                } else {
+                    PackedConv::new(&geo, wi)
+                }
                 .map_err(gemm_err)?,
             )
         }
@@ -1119,7 +1125,14 @@ fn conv_backward_out(a: &mut KernelArgs<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Packs constant f32 weights of a forward, non-depthwise convolution once, per group.
+/// True when argument `i` is a 4-d tensor laid out channels-last (`[0, 2, 3, 1]`).
+fn channels_last(a: &KernelArgs<'_>, i: usize) -> bool {
+    a.meta(i)
+        .is_ok_and(|m| m.dim() == 4 && m.dim_order() == [0, 2, 3, 1])
+}
+
+/// Packs constant f32 weights of a forward convolution once, per group (depthwise ones
+/// only for channels-last images: channels-first ones read their few taps directly).
 fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
     let mut p = Prepared {
         state: None,
@@ -1142,19 +1155,22 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
         return Ok(p);
     };
     let groups = groups as usize;
-    // Depthwise convolutions read their few taps directly.
-    if groups == 0 || cout % groups != 0 || (groups == cin && cout == cin && groups > 1) {
+    let cl = channels_last(a, 0) && channels_last(a, 9);
+    // Depthwise convolutions of channels-first images read their few taps directly.
+    if groups == 0 || cout % groups != 0 || (!cl && groups == cin && cout == cin && groups > 1) {
         return Ok(p);
     }
     let geo = Conv2d::for_weights(cin, cout, groups, kh, kw);
     let wt = a.tensor(1)?;
-    let packed = PackedConv::new(
-        &geo,
-        Image {
-            data: wt.data()?,
-            strides: wst,
-        },
-    )
+    let wi = Image {
+        data: wt.data()?,
+        strides: wst,
+    };
+    let packed = if cl {
+        PackedConv::channels_last(&geo, wi)
+    } else {
+        PackedConv::new(&geo, wi)
+    }
     .map_err(gemm_err)?;
     p.state = Some(alloc::boxed::Box::new(packed));
     Ok(p)

@@ -171,7 +171,7 @@ fn overlaps(values: &[Value], a: u32, b: u32) -> bool {
 }
 
 /// Values an instruction mentions, list items included.
-fn mentions(plan: &MethodPlan, instr: &Instr) -> Vec<u32> {
+pub(crate) fn mentions(plan: &MethodPlan, instr: &Instr) -> Vec<u32> {
     let mut out = Vec::new();
     match *instr {
         Instr::Kernel { start, len, .. } | Instr::Delegate { start, len, .. } => {

@@ -24,6 +24,7 @@ mod backend;
 mod error;
 mod evalue;
 mod fuse;
+mod layout;
 mod limits;
 mod method;
 mod method_meta;
@@ -36,7 +37,7 @@ pub use error::Error;
 pub use evalue::{EValue, Tensor};
 #[cfg(feature = "std")]
 pub use limits::Deadline;
-pub use limits::{Limits, DEFAULT_MAX_MEMORY};
+pub use limits::{Limits, LoadOptions, DEFAULT_MAX_MEMORY};
 pub use method::{Method, Observer};
 pub use method_meta::{IoMeta, MethodMeta, Tag, TensorInfo};
 pub use program::Program;

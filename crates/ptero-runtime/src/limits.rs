@@ -44,6 +44,31 @@ impl Default for Limits {
     }
 }
 
+/// How a method is prepared at load: its [`Limits`] and the load-time rewrites Ptero
+/// makes without changing what the program computes.
+///
+/// ```
+/// use ptero_runtime::{LoadOptions, Limits};
+/// let o = LoadOptions { channels_last: false, ..LoadOptions::default() };
+/// assert_eq!(o.limits, Limits::default());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub limits: Limits,
+    /// Lay out images flowing between convolutions channels-last (on by default; off
+    /// keeps every value in the exported dim order, for comparisons).
+    pub channels_last: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            limits: Limits::default(),
+            channels_last: true,
+        }
+    }
+}
+
 /// An [`Interrupt`](ptero_core::Interrupt) that fires once a point in time has passed.
 ///
 /// ```

@@ -100,8 +100,9 @@ impl Method {
         name: &str,
         kernels: &KernelRegistry,
         backends: &BackendRegistry,
-        limits: Limits,
+        options: &crate::LoadOptions,
     ) -> Result<Method, Error> {
+        let limits = options.limits;
         let (meta, plan) = program.plan(name)?;
         let meta = meta.clone();
         let mut values = plan.values.clone();
@@ -174,6 +175,11 @@ impl Method {
         // Load-time fusion, then each instruction's kernel resolved with its own dtypes and
         // its prepare step run (constant weights are packed here, once).
         let rewrites = crate::fuse::plan(plan, &mut values, kernels);
+        if options.channels_last {
+            crate::layout::plan(plan, &mut values, &rewrites);
+            #[cfg(feature = "std")]
+            crate::layout::debug_dump(plan, &values, &rewrites);
+        }
         let mut arg_pool = plan.arg_pool.clone();
         let mut instr_kernels: Vec<Vec<Option<InstrKernel>>> = Vec::new();
         let mut missing: Vec<String> = Vec::new();

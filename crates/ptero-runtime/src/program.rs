@@ -178,8 +178,23 @@ impl Program {
         backends: &BackendRegistry,
         limits: crate::Limits,
     ) -> Result<Method, Error> {
+        let options = crate::LoadOptions {
+            limits,
+            ..crate::LoadOptions::default()
+        };
+        self.load_method_with(name, kernels, backends, &options)
+    }
+
+    /// Prepares method `name` as `options` say.
+    pub fn load_method_with(
+        &self,
+        name: &str,
+        kernels: &KernelRegistry,
+        backends: &BackendRegistry,
+        options: &crate::LoadOptions,
+    ) -> Result<Method, Error> {
         self.method_meta(name)?;
-        Method::load(self, name, kernels, backends, limits)
+        Method::load(self, name, kernels, backends, options)
     }
 
     /// Metadata and parsed plan of method `name`.

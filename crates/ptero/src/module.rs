@@ -38,6 +38,9 @@ pub struct ModuleOptions {
     /// Threads kernels split their work over (the calling thread included); 0 means the
     /// number of physical cores ([`default_threads`](crate::default_threads)).
     pub threads: usize,
+    /// Keep every value in the exported dim order: no channels-last layout of images
+    /// between convolutions (see [`LoadOptions`](crate::LoadOptions)).
+    pub keep_dim_order: bool,
 }
 
 impl ModuleOptions {
@@ -69,6 +72,12 @@ impl ModuleOptions {
         self.threads = threads;
         self
     }
+
+    /// Keep every value in the exported dim order (see [`ModuleOptions::keep_dim_order`]).
+    pub fn keep_dim_order(mut self, keep: bool) -> ModuleOptions {
+        self.keep_dim_order = keep;
+        self
+    }
 }
 
 /// Threads a module uses unless told otherwise: the physical cores this process may run
@@ -88,6 +97,7 @@ pub struct Module {
     /// The module's worker threads, shared by its methods; started on first load.
     pool: Option<Arc<dyn Parallel + Send + Sync>>,
     threads: usize,
+    keep_dim_order: bool,
 }
 
 impl Module {
@@ -109,6 +119,7 @@ impl Module {
         let mut module = Module::new(program);
         module.limits = options.limits;
         module.threads = options.threads;
+        module.keep_dim_order = options.keep_dim_order;
         Ok(module)
     }
 
@@ -137,6 +148,7 @@ impl Module {
             interrupt: None,
             pool: None,
             threads: 0,
+            keep_dim_order: false,
         }
     }
 
@@ -229,12 +241,13 @@ impl Module {
     /// Loads method `name` now (resolving kernels, allocating planned memory).
     pub fn load_method(&mut self, name: &str) -> Result<&mut Method, Error> {
         if !self.methods.contains_key(name) {
-            let mut m = self.program.load_method_with_limits(
-                name,
-                &self.kernels,
-                &self.backends,
-                self.limits,
-            )?;
+            let options = ptero_runtime::LoadOptions {
+                limits: self.limits,
+                channels_last: !self.keep_dim_order,
+            };
+            let mut m =
+                self.program
+                    .load_method_with(name, &self.kernels, &self.backends, &options)?;
             m.set_interrupt(self.interrupt.clone());
             let pool = self.pool();
             m.set_parallel(pool)?;
