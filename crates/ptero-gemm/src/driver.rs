@@ -3,7 +3,7 @@
 use ptero_simd::{dispatch_at, Parallel, Serial, Simd, SimdOp, SlotArena};
 
 use crate::kernel::{
-    geometry, micro, micro_row, micro_shifted, store_tile, store_wrapped, Epi, TileOut,
+    geometry, micro, micro_row, micro_rows, micro_shifted, store_tile, store_wrapped, Epi, TileOut,
 };
 use crate::pack::{pack_a_strip, pack_b_panel};
 use crate::{gemv, Bias, Epilogue, GemmError, Lhs, MatMut, Rhs};
@@ -388,6 +388,15 @@ unsafe fn run(
     Ok(())
 }
 
+/// True when A is read in place by [`micro_rows`] instead of packed: any row-major
+/// operand (unit column stride) of more than one row. Packing such an A costs a scalar
+/// transposition as long as the product itself on short inner dimensions (channels-last
+/// pointwise convolutions), and measured no faster on long ones (linear layers).
+#[inline(always)]
+fn direct_a(a: &crate::MatRef<'_>, mr: usize) -> bool {
+    mr > 1 && a.cs == 1
+}
+
 struct Ctx<'a> {
     a: Lhs<'a>,
     b: BSrc<'a>,
@@ -412,8 +421,8 @@ impl Ctx<'_> {
     fn scratch_need(&self) -> usize {
         let kc = self.kc.min(self.k);
         let a = match self.a {
-            Lhs::Mat(_) => self.mc * kc,
-            Lhs::Packed(_) => 0,
+            Lhs::Mat(am) if !direct_a(&am, self.mr) => self.mc * kc,
+            Lhs::Mat(_) | Lhs::Packed(_) => 0,
         };
         let b = match self.b {
             BSrc::Mat(_) => self.nc * kc,
@@ -468,16 +477,18 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
     let strips = (i1 - i0).div_ceil(MR);
     let panels = (j1 - j0).div_ceil(nr);
     let k = ctx.k;
+    let direct =
+        ctx.wrap.is_none() && matches!(ctx.a, Lhs::Mat(am) if !SHIFTED && direct_a(&am, MR));
     let (abuf, bbuf) = match ctx.a {
-        Lhs::Mat(_) => buf.split_at_mut(ctx.mc * ctx.kc.min(k)),
-        Lhs::Packed(_) => buf.split_at_mut(0),
+        Lhs::Mat(_) if !direct => buf.split_at_mut(ctx.mc * ctx.kc.min(k)),
+        Lhs::Mat(_) | Lhs::Packed(_) => buf.split_at_mut(0),
     };
     let mut k0 = 0;
     loop {
         let kc = ctx.kc.min(k - k0);
         let first = k0 == 0;
         let last = k0 + kc >= k;
-        if let Lhs::Mat(am) = ctx.a {
+        if let (Lhs::Mat(am), false) = (ctx.a, direct) {
             for st in 0..strips {
                 let r0 = i0 + st * MR;
                 pack_a_strip(
@@ -519,6 +530,30 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
             };
             for st in 0..strips {
                 let r0 = i0 + st * MR;
+                if let (Lhs::Mat(am), true) = (ctx.a, direct) {
+                    let m_eff = MR.min(i1 - r0);
+                    let rows: [*const f32; MR] = core::array::from_fn(|i| {
+                        let r = r0 + if i < m_eff { i } else { 0 };
+                        // In bounds: `MatRef::new` checked the whole matrix's extent.
+                        am.data[r * am.rs + k0..][..kc].as_ptr()
+                    });
+                    // SAFETY: each row pointer comes from a slice of exactly `kc` values,
+                    // `bptr` from one of `kc * nr`.
+                    let acc = unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) };
+                    let tile = TileOut {
+                        // SAFETY: as below.
+                        c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
+                        rs: ctx.crs,
+                        cs: ctx.ccs,
+                        i0: r0,
+                        j0: c0,
+                        m_eff,
+                        n_eff,
+                    };
+                    // SAFETY: the tile lies inside the output and inside this task's block.
+                    unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
+                    continue;
+                }
                 let aptr = match ctx.a {
                     Lhs::Packed(p) => {
                         let strip = r0 / MR;

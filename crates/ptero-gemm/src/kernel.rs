@@ -63,6 +63,39 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize>(
     acc
 }
 
+/// [`micro`] with A read in place: row `i` of the strip starts at `rows[i]` (rows past
+/// the matrix's end repeat a valid row; their results are dropped), so a row-major left
+/// operand (channels-last activations) is never packed.
+///
+/// # Safety
+/// Each `rows[i]` must be readable for `kc` f32, and `b` for `kc * 2 * LANES` f32.
+#[inline(always)]
+pub(crate) unsafe fn micro_rows<S: Simd, const MR: usize>(
+    s: S,
+    kc: usize,
+    rows: &[*const f32; MR],
+    b: *const f32,
+) -> [[S::F; 2]; MR] {
+    let nr = 2 * S::LANES;
+    let mut acc = [[s.zero(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc, inside the ranges the caller guarantees.
+        let (b0, b1) = unsafe {
+            (
+                s.load_ptr(b.add(p * nr)),
+                s.load_ptr(b.add(p * nr + S::LANES)),
+            )
+        };
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: p < kc.
+            let ai = s.splat(unsafe { *rows[i].add(p) });
+            row[0] = s.mul_add(ai, b0, row[0]);
+            row[1] = s.mul_add(ai, b1, row[1]);
+        }
+    }
+    acc
+}
+
 /// [`micro`] for a single row (decode's matrix-vector products): B streams from memory,
 /// so four independent accumulator pairs keep the loads in flight instead of waiting on
 /// one chain of multiply-adds.

@@ -911,6 +911,40 @@ mod tests {
             .map(|x| x as f64 + if x < 6 { 100. } else { 200. })
             .collect();
         assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+        // A channels-last image against one value per channel and image (the
+        // squeeze-excitation path), the scale on either side.
+        let img = OwnedTensor::from_f64(
+            Float,
+            &[2, 3, 2, 2],
+            &(0..24).map(|x| x as f64).collect::<alloc::vec::Vec<_>>(),
+        )
+        .with_dim_order(&[0, 2, 3, 1]);
+        let scale = OwnedTensor::from_f64(Float, &[2, 3, 1, 1], &[1., 2., 3., 4., 5., 6.]);
+        let cl_out =
+            || Arg::OutLike(OwnedTensor::zeros(Float, &[2, 3, 2, 2]).with_dim_order(&[0, 2, 3, 1]));
+        for (x, y, sign) in [(img.clone(), scale.clone(), 1.0), (scale, img, -1.0)] {
+            let out = run_op(
+                "aten::sub.out",
+                vec![Arg::T(x), Arg::T(y), Arg::Int(1), cl_out()],
+            )
+            .unwrap();
+            let want: alloc::vec::Vec<f64> = (0..24)
+                .map(|i| sign * (i as f64 - (i / 4 + 1) as f64))
+                .collect();
+            assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
+        }
+        let one = OwnedTensor::from_f64(Float, &[1, 3, 1, 1], &[1., 2., 3.]);
+        let img = OwnedTensor::from_f64(
+            Float,
+            &[2, 3, 2, 2],
+            &(0..24).map(|x| x as f64).collect::<alloc::vec::Vec<_>>(),
+        )
+        .with_dim_order(&[0, 2, 3, 1]);
+        let out = run_op("aten::mul.out", vec![Arg::T(img), Arg::T(one), cl_out()]).unwrap();
+        let want: alloc::vec::Vec<f64> = (0..24)
+            .map(|i| i as f64 * ((i / 4) % 3 + 1) as f64)
+            .collect();
+        assert_close(&out.tensors[0].to_f64(), &want, 0.0, 0.0);
         let h = OwnedTensor::from_f64(Half, &[2], &[1.5, 2.0]);
         let out = run_op(
             "aten::add.out",

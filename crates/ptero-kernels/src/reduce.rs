@@ -240,6 +240,14 @@ fn accumulate(
             found: od,
         });
     }
+    if op != Acc::Prod
+        && xd == ScalarType::Float
+        && od == ScalarType::Float
+        && pools_channels_last(x.meta, &om, mask)
+    {
+        Meter::new(a).add(x.meta.numel() as u64)?;
+        return image_sum_channels_last(&x, a.out(out)?, op == Acc::Mean);
+    }
     let o = a.out(out)?;
     let ob = o.bytes;
     let n = plan.n;
@@ -278,6 +286,54 @@ fn accumulate(
         }
     });
     stop
+}
+
+/// True for a sum over the height and width of a channels-last 4-d image whose output
+/// holds each image's channels contiguously (a global average pool).
+fn pools_channels_last(m: &TensorMeta, om: &TensorMeta, mask: [bool; MAXD]) -> bool {
+    let os = om.strides();
+    m.dim() == 4
+        && m.dim_order() == [0, 2, 3, 1]
+        && mask[..4] == [false, false, true, true]
+        && om.numel() == m.sizes()[0] * m.sizes()[1]
+        && os.len() >= 2
+        && (m.sizes()[1] <= 1 || os[1] == 1)
+}
+
+/// Sum (or mean) of a channels-last f32 image over its height and width (see
+/// [`pools_channels_last`]): whole rows of channels are added pixel by pixel, where the
+/// generic walk would stride through memory once per channel.
+fn image_sum_channels_last(
+    x: &ptero_core::TensorRef<'_>,
+    mut o: ptero_core::TensorMut<'_>,
+    mean: bool,
+) -> Result<()> {
+    let m = x.meta;
+    let [n, c, h, w] = [m.sizes()[0], m.sizes()[1], m.sizes()[2], m.sizes()[3]];
+    let os = o.meta.strides();
+    let xd: &[f32] = x.data()?;
+    let od: &mut [f32] = o.data()?;
+    let pixels = h * w;
+    let scale = if mean { 1.0 / pixels as f32 } else { 1.0 };
+    let oob = |what: &str| Error::OutOfBounds(alloc::format!("{what} of a channels-last mean"));
+    for b in 0..n {
+        let row = od
+            .get_mut(b * os[0]..b * os[0] + c)
+            .ok_or_else(|| oob("output"))?;
+        row.fill(0.0);
+        let img = xd
+            .get(b * c * pixels..(b + 1) * c * pixels)
+            .ok_or_else(|| oob("input"))?;
+        for px in img.chunks_exact(c.max(1)) {
+            for (acc, v) in row.iter_mut().zip(px) {
+                *acc += *v;
+            }
+        }
+        if mean {
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    Ok(())
 }
 
 /// `self, dim[]?, keepdim=False, *, dtype=None, out`
@@ -1027,6 +1083,33 @@ mod tests {
                 0,
                 vec![],
                 vec![2.5],
+            ),
+            // A global average pool of a channels-last image (its own fast path).
+            (
+                "aten::mean.out",
+                vec![
+                    t(iota(Float, &[2, 3, 2, 2]).with_dim_order(&[0, 2, 3, 1])),
+                    ints(&[-1, -2]),
+                    Arg::Bool(true),
+                    Arg::None,
+                    out(Float, &[2, 3, 1, 1]),
+                ],
+                0,
+                vec![2, 3, 1, 1],
+                vec![1.5, 5.5, 9.5, 13.5, 17.5, 21.5],
+            ),
+            (
+                "aten::sum.IntList_out",
+                vec![
+                    t(iota(Float, &[2, 3, 2, 2]).with_dim_order(&[0, 2, 3, 1])),
+                    ints(&[2, 3]),
+                    Arg::Bool(false),
+                    Arg::None,
+                    out(Float, &[2, 3]),
+                ],
+                0,
+                vec![2, 3],
+                vec![6., 22., 38., 54., 70., 86.],
             ),
             (
                 "aten::mean.out",

@@ -189,6 +189,11 @@ pub fn binary(
         }
     }
 
+    if let (Some(op), ComputeKind::Float, ScalarType::Float) = (fns.simd, kind, out_dtype) {
+        if per_channel_f32(args, a, b, out, op)? {
+            return Ok(());
+        }
+    }
     let a_st = operand_strides(args, a, &shape)?;
     let b_st = operand_strides(args, b, &shape)?;
     let o_st = args.meta(out)?.stride_dims();
@@ -275,6 +280,82 @@ fn scalar_of(o: Operand) -> Option<Scalar> {
         Operand::Scalar(s) => Some(s),
         Operand::Tensor(_) => None,
     }
+}
+
+/// A channels-last f32 image against one value per channel (`[N or 1, C, 1, 1]`, a
+/// squeeze-excitation scale): each pixel's row of channels against the image's channel
+/// row, where the generic broadcast would walk element by element. False, having done
+/// nothing, for any other case.
+fn per_channel_f32(
+    args: &mut KernelArgs<'_>,
+    a: Operand,
+    b: Operand,
+    out: usize,
+    op: ptero_simd::ops::Binary,
+) -> Result<bool> {
+    let (Operand::Tensor(ia), Operand::Tensor(ib)) = (a, b) else {
+        return Ok(false);
+    };
+    let om = *args.meta(out)?;
+    let (am, bm) = (*args.meta(ia)?, *args.meta(ib)?);
+    let image = |m: &TensorMeta| {
+        m.dtype == ScalarType::Float && m.sizes() == om.sizes() && m.dim_order() == om.dim_order()
+    };
+    let per_channel = |m: &TensorMeta| {
+        let s = m.sizes();
+        m.dtype == ScalarType::Float
+            && m.dim() == 4
+            && (s[0] == 1 || s[0] == om.sizes()[0])
+            && s[1] == om.sizes()[1]
+            && s[2] == 1
+            && s[3] == 1
+            && (s[1] <= 1 || m.strides()[1] == 1)
+    };
+    if om.dim() != 4 || om.dtype != ScalarType::Float || om.dim_order() != [0, 2, 3, 1] {
+        return Ok(false);
+    }
+    // (image operand, channel operand, whether the image is the left one)
+    let (img, ch, left) = if image(&am) && per_channel(&bm) {
+        (ia, ib, true)
+    } else if image(&bm) && per_channel(&am) {
+        (ib, ia, false)
+    } else {
+        return Ok(false);
+    };
+    let [n, c, h, w] = [om.sizes()[0], om.sizes()[1], om.sizes()[2], om.sizes()[3]];
+    let (cn, cst) = (args.meta(ch)?.sizes()[0], args.meta(ch)?.strides()[0]);
+    if n == 0 || c == 0 || h * w == 0 {
+        return Ok(true);
+    }
+    let par = args.parallel();
+    let x = args.tensor(img)?;
+    let sc = args.tensor(ch)?;
+    let mut ov = args.out(out)?;
+    let (x, sc, o): (&[f32], &[f32], &mut [f32]) = (x.data()?, sc.data()?, ov.data()?);
+    let (x, o) = match (x.get(..n * c * h * w), o.get_mut(..n * c * h * w)) {
+        (Some(x), Some(o)) => (x, o),
+        _ => return Err(Error::OutOfBounds("per-channel operand".into())),
+    };
+    let last = if cn == 1 { 0 } else { (n - 1) * cst };
+    if sc.len() < last + c {
+        return Err(Error::OutOfBounds("per-channel operand".into()));
+    }
+    let pixels = h * w;
+    ptero_simd::for_each_chunk_by(par, o, c, &|r, o| {
+        use ptero_simd::ops::{binary, Lhs, Rhs};
+        for (i, orow) in o.chunks_exact_mut(c).enumerate() {
+            let p = r.start / c + i;
+            let img = p / pixels;
+            let srow = &sc[if cn == 1 { 0 } else { img * cst }..][..c];
+            let xrow = &x[p * c..(p + 1) * c];
+            if left {
+                binary(op, Lhs::Slice(xrow), Rhs::Slice(srow), 1.0, orow);
+            } else {
+                binary(op, Lhs::Slice(srow), Rhs::Slice(xrow), 1.0, orow);
+            }
+        }
+    });
+    Ok(true)
 }
 
 fn tensor_meta<'s>(args: &'s KernelArgs<'_>, o: Operand) -> Result<Option<&'s TensorMeta>> {
