@@ -160,6 +160,57 @@ pub(crate) unsafe fn conv(
     } else {
         1
     };
+    // Too few pixels for a block per thread (deep layers): each image's patches are
+    // gathered once into one slot, and one product over them is split by the driver,
+    // instead of every channel block gathering them again.
+    let linear_out = g.oh == 1 || os[2] == g.ow * os[3];
+    if let (Some(ar), true) = (arena, images < 2 * threads && linear_out) {
+        if pixels * k <= ar.slot_len() {
+            let r = ar.with(pixels * k, |buf| -> Result<(), GemmError> {
+                let col = &mut buf[..pixels * k];
+                for n in 0..g.n {
+                    for (grp, wg) in w.iter().enumerate() {
+                        gather_patches(g, x, n, grp, 0, pixels, col);
+                        let a = MatRef {
+                            data: col,
+                            rows: pixels,
+                            cols: k,
+                            rs: k,
+                            cs: 1,
+                        };
+                        let c = COut {
+                            // SAFETY: channel grp * cout_g of image n is inside the checked
+                            // output.
+                            ptr: SyncPtr(unsafe {
+                                out.get().add(n * os[0] + grp * cout_g * os[1])
+                            }),
+                            rows: pixels,
+                            cols: cout_g,
+                            rs: os[3],
+                            cs: os[1],
+                        };
+                        // SAFETY: this image's and group's outputs (pixel-linear) lie inside
+                        // the checked, non-aliasing output, exclusive to this call.
+                        unsafe {
+                            gemm_out(
+                                par,
+                                arena,
+                                None,
+                                Lhs::Mat(a),
+                                Rhs::Packed(wg.view()),
+                                c,
+                                &epilogue(bias, grp, cout_g, act),
+                            )?
+                        };
+                    }
+                }
+                Ok(())
+            });
+            if let Some(r) = r {
+                return r;
+            }
+        }
+    }
     let tasks = images * cblocks;
     let need = rows * k + scratch_floats();
     let err = crate::batch::FirstError::new();

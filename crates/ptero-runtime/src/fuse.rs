@@ -140,7 +140,7 @@ fn is_one(values: &[Value], v: u32) -> bool {
     }
 }
 
-fn int_list(values: &[Value], v: u32) -> Option<Vec<i64>> {
+pub(crate) fn int_list(values: &[Value], v: u32) -> Option<Vec<i64>> {
     match values.get(v as usize)? {
         Value::IntList(items) => items
             .iter()

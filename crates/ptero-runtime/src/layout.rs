@@ -20,7 +20,8 @@ const CHANNELS_LAST: [u8; 4] = [0, 2, 3, 1];
 /// How an operator treats its 4-d operands.
 enum Role {
     /// A convolution: its input and output may each take either layout, independently
-    /// (argument positions; the transposed flag's position).
+    /// (argument positions; the transposed flag's position). Only those that run faster
+    /// channels-last ([`prefers_channels_last`]) make a group switch.
     Conv {
         io: &'static [usize],
         transposed: usize,
@@ -64,6 +65,34 @@ fn role(op: &str) -> Option<Role> {
         "aten::mean.out" | "aten::mean.dim_out" => Role::Reads,
         _ => return None,
     })
+}
+
+/// True for the convolutions channels-last images speed up: pointwise ones with unit
+/// stride (a product with pixels as rows, read in place) and depthwise ones (channel
+/// vectors). Other kernels run as fast channels-first, or faster: a network of them
+/// alone (ResNet) keeps its layout. `args` start with the input, weight, bias, stride,
+/// padding, dilation, transposed, output padding and groups.
+fn prefers_channels_last(values: &[Value], args: &[u32]) -> bool {
+    let (Some(&x), Some(&w), Some(&st), Some(&gr)) =
+        (args.first(), args.get(1), args.get(3), args.get(8))
+    else {
+        return false;
+    };
+    let (Some(Value::Tensor(x)), Some(Value::Tensor(w)), Some(Value::Int(groups))) = (
+        values.get(x as usize),
+        values.get(w as usize),
+        values.get(gr as usize),
+    ) else {
+        return false;
+    };
+    if x.dim() != 4 || w.dim() != 4 {
+        return false;
+    }
+    let (cin, ws) = (x.sizes()[1], w.sizes());
+    let unit_stride = crate::fuse::int_list(values, st).is_some_and(|s| s.iter().all(|&v| v == 1));
+    let pointwise = ws[2] == 1 && ws[3] == 1 && unit_stride;
+    let depthwise = *groups > 1 && *groups as usize == cin && ws[0] == cin;
+    pointwise || depthwise
 }
 
 fn find(parent: &mut [u32], mut v: u32) -> u32 {
@@ -149,9 +178,10 @@ pub(crate) fn plan(plan: &MethodPlan, values: &mut [Value], rewrites: &[Vec<Rewr
                         continue;
                     }
                     let is_io = |v: u32| io.iter().any(|&i| args.get(i) == Some(&v));
+                    let prefers = op == crate::fuse::CONV_DW || prefers_channels_last(values, args);
                     for &v in args {
                         if is_io(v) {
-                            if let Some(c) = conv.get_mut(v as usize) {
+                            if let (Some(c), true) = (conv.get_mut(v as usize), prefers) {
                                 *c = true;
                             }
                         } else {
