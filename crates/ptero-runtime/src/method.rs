@@ -378,6 +378,17 @@ impl Method {
         self.memory.total_bytes()
     }
 
+    /// Tensor values laid out channels-last (`dim_order` `[0, 2, 3, 1]`): the program's
+    /// own plus those the load-time layout pass chose ([`crate::LoadOptions`]).
+    pub fn channels_last_tensors(&self) -> usize {
+        self.values
+            .iter()
+            .filter(
+                |v| matches!(v, Value::Tensor(t) if t.dim() == 4 && t.dim_order() == [0, 2, 3, 1]),
+            )
+            .count()
+    }
+
     /// How many times `execute` has completed.
     pub fn executions(&self) -> u64 {
         self.executions

@@ -45,12 +45,17 @@ fn to_tensor(v: &EValue) -> Tensor {
 
 /// Runs one fixture; returns a description of every mismatch.
 fn check_fixture(name: &str) -> Vec<String> {
+    check_fixture_with(name, &ptero::ModuleOptions::new())
+}
+
+/// [`check_fixture`] with the module loaded as `options` say.
+fn check_fixture_with(name: &str, options: &ptero::ModuleOptions) -> Vec<String> {
     let dir = fixtures_dir().join(name);
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let atol = cases["atol"].as_f64().unwrap();
     let rtol = cases["rtol"].as_f64().unwrap();
-    let mut module = match Module::from_file(dir.join("model.pte")) {
+    let mut module = match Module::from_file_with(dir.join("model.pte"), options) {
         Ok(m) => m,
         Err(e) => return vec![format!("{name}: load: {e}")],
     };
@@ -146,6 +151,17 @@ macro_rules! fixture_tests {
             }
         )*
 
+        /// The same outputs with every value in the exported dim order (no layout pass).
+        #[test]
+        fn fixtures_match_in_the_exported_layout_too() {
+            let keep = ptero::ModuleOptions::new().keep_dim_order(true);
+            let mut failures = Vec::new();
+            for name in [$(stringify!($name),)*] {
+                failures.extend(check_fixture_with(name, &keep));
+            }
+            assert!(failures.is_empty(), "{}", failures.join("\n"));
+        }
+
         /// Every fixture directory has a test above.
         #[test]
         fn all_fixtures_are_tested() {
@@ -213,6 +229,42 @@ fn ops_run(fixture: &str, input: &str) -> Vec<String> {
     let mut ops = Ops(Vec::new());
     m.execute_observed(&mut ops).unwrap();
     ops.0
+}
+
+#[test]
+fn images_between_pointwise_and_depthwise_convolutions_go_channels_last() {
+    // mobilenet_v2's and inverted_residual's activations switch layout (their outputs
+    // are checked against the official runtime above, with and without the pass); cnn's
+    // 3 x 3 convolutions run as fast channels-first, so it keeps the exported layout.
+    for (fixture, switched) in [
+        ("mobilenet_v2", true),
+        ("inverted_residual", true),
+        ("cnn", false),
+    ] {
+        let dir = fixtures_dir().join(fixture);
+        let program = ptero::Program::from_file(dir.join("model.pte")).unwrap();
+        let load = |channels_last| {
+            let options = ptero::LoadOptions {
+                channels_last,
+                ..ptero::LoadOptions::default()
+            };
+            program
+                .load_method_with(
+                    "forward",
+                    &ptero::default_kernels(),
+                    &ptero::default_backends(),
+                    &options,
+                )
+                .unwrap()
+                .channels_last_tensors()
+        };
+        let (off, on) = (load(false), load(true));
+        assert_eq!(
+            on > off,
+            switched,
+            "{fixture}: {off} channels-last tensors without the pass, {on} with"
+        );
+    }
 }
 
 #[test]
