@@ -346,16 +346,25 @@ pub fn conv2d(
     }
     match w {
         ConvWeights::Packed(p) if !p.dw.is_empty() => {
-            if !nhwc::depthwise_applies(&g, x.strides, os) {
+            if p.dw.len() != g.kh * g.kw * g.cout {
                 return Err(GemmError::Shape {
-                    what: "depthwise weights packed for channels-last images (channel stride)",
-                    expected: 1,
-                    found: os[1],
+                    what: "depthwise weights packed for channels-last images (length)",
+                    expected: g.kh * g.kw * g.cout,
+                    found: p.dw.len(),
                 });
             }
-            // SAFETY: as above; the filter holds kh · kw · cout values (packed for this
-            // geometry, checked above).
-            unsafe { nhwc::depthwise(par, &g, x, &p.dw, bias, optr, os, act) };
+            if nhwc::depthwise_applies(&g, x.strides, os) {
+                // SAFETY: as above; the filter holds kh · kw · cout values.
+                unsafe { nhwc::depthwise(par, &g, x, &p.dw, bias, optr, os, act) };
+            } else {
+                // The same filter seen as `[cout, 1, kh, kw]`, for the planar kernel.
+                let wi = Image {
+                    data: &p.dw,
+                    strides: [1, 0, g.kw * g.cout, g.cout],
+                };
+                // SAFETY: as above.
+                unsafe { depthwise(par, arena, &g, x, wi, bias, optr, os, act) };
+            }
             Ok(())
         }
         ConvWeights::Packed(p) if p.is_channels_last() => {

@@ -344,6 +344,10 @@ mod conv {
             // Depthwise planes taller than one scratch band.
             geo(1, 2, 2, 2, (200, 180), (3, 3), 1, 1, 1),
             geo(1, 2, 2, 2, (150, 181), (5, 5), 2, 2, 1),
+            // Stems: few input channels, whole vectors of output channels.
+            geo(2, 3, 32, 1, (17, 15), (3, 3), 2, 1, 1),
+            geo(1, 3, 48, 1, (20, 19), (7, 7), 2, 3, 1),
+            geo(1, 4, 64, 1, (9, 9), (3, 3), 1, 2, 2),
             // Few pixels, many output channels: channel blocks split over threads.
             geo(1, 40, 80, 1, (3, 3), (3, 3), 1, 1, 1),
             geo(2, 24, 70, 1, (5, 4), (1, 1), 2, 0, 1),
@@ -409,12 +413,23 @@ mod conv {
                         };
                         // Packed for the output's layout ("nhwc-in": channels-first packing
                         // of a channels-last input; "nhwc-out": the reverse).
-                        let pc = if out_cl {
+                        let pc = if out_cl
+                            || (layout == "nhwc-in"
+                                && g.groups == g.cin
+                                && g.cout == g.cin
+                                && g.groups > 1)
+                        {
                             PackedConv::channels_last(g, wi).unwrap()
                         } else {
                             PackedConv::new(g, wi).unwrap()
                         };
-                        let weights = if packed && !(g.groups == g.cin && g.cout == g.cin) {
+                        // Depthwise filters are packed for channels-last images only; the
+                        // "nhwc-in" case runs them through the planar kernel.
+                        let weights = if packed
+                            && (out_cl
+                                || layout == "nhwc-in"
+                                || !(g.groups == g.cin && g.cout == g.cin))
+                        {
                             ConvWeights::Packed(&pc)
                         } else {
                             ConvWeights::Image(wi)

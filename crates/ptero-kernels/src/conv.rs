@@ -368,7 +368,7 @@ fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
         .and_then(|g| Some((g, cin_g.checked_mul(g)?)));
     // Channels-last input and output (the layout pass's choice) take the weights packed
     // for pixels as rows, depthwise filters included.
-    let cl = channels_last(a, o) && channels_last(a, o + 17);
+    let cl = cl_packing(a, o, o + 17);
     let packed = match cin {
         Some((g, cin)) if g > 0 && (cl || !(g == cin && cout == g && g > 1)) => {
             let geo = Conv2d::for_weights(cin, cout, g, kh, kw);
@@ -1131,6 +1131,14 @@ fn channels_last(a: &KernelArgs<'_>, i: usize) -> bool {
         .is_ok_and(|m| m.dim() == 4 && m.dim_order() == [0, 2, 3, 1])
 }
 
+/// True when a convolution (input `x`, output `out`) takes weights packed for
+/// channels-last images: its output is channels-last, and so is its input unless that has
+/// a few channels only (a first layer reading the model's input, computed directly).
+fn cl_packing(a: &KernelArgs<'_>, x: usize, out: usize) -> bool {
+    let few = a.meta(x).is_ok_and(|m| m.dim() == 4 && m.sizes()[1] <= 4);
+    channels_last(a, out) && (channels_last(a, x) || few)
+}
+
 /// Packs constant f32 weights of a forward convolution once, per group (depthwise ones
 /// only for channels-last images: channels-first ones read their few taps directly).
 fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
@@ -1155,7 +1163,7 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
         return Ok(p);
     };
     let groups = groups as usize;
-    let cl = channels_last(a, 0) && channels_last(a, 9);
+    let cl = cl_packing(a, 0, 9);
     // Depthwise convolutions of channels-first images read their few taps directly.
     if groups == 0 || cout % groups != 0 || (!cl && groups == cin && cout == cin && groups > 1) {
         return Ok(p);
