@@ -17,6 +17,10 @@ use crate::plan::{Instr, MethodPlan};
 
 const CHANNELS_LAST: [u8; 4] = [0, 2, 3, 1];
 
+/// Input channels up to which a first layer reads either layout at full speed (the
+/// convolution kernels' direct path for an image's colour planes).
+const FEW_CHANNELS: usize = 4;
+
 /// How an operator treats its 4-d operands.
 enum Role {
     /// A convolution: its input and output may each take either layout, independently
@@ -131,6 +135,9 @@ pub(crate) fn plan(plan: &MethodPlan, values: &mut [Value], rewrites: &[Vec<Rewr
     let mut parent: Vec<u32> = (0..n32).collect();
     let mut pinned = alloc::vec![false; n];
     let mut conv = alloc::vec![false; n];
+    // Each convolution's image operands (input first) and whether its input has a few
+    // channels only.
+    let mut convs: Vec<(Vec<u32>, bool)> = Vec::new();
     let pin_all = |vs: &[u32], pinned: &mut [bool]| {
         for &v in vs {
             if let Some(p) = pinned.get_mut(v as usize) {
@@ -177,6 +184,11 @@ pub(crate) fn plan(plan: &MethodPlan, values: &mut [Value], rewrites: &[Vec<Rewr
                         pin_all(args, &mut pinned);
                         continue;
                     }
+                    let io_values: Vec<u32> =
+                        io.iter().filter_map(|&i| args.get(i).copied()).collect();
+                    let few = image(io_values.first().copied().unwrap_or(u32::MAX))
+                        .is_some_and(|t| t.sizes()[1] <= FEW_CHANNELS);
+                    convs.push((io_values, few));
                     let is_io = |v: u32| io.iter().any(|&i| args.get(i) == Some(&v));
                     let prefers = op == crate::fuse::CONV_DW || prefers_channels_last(values, args);
                     for &v in args {
@@ -239,18 +251,60 @@ pub(crate) fn plan(plan: &MethodPlan, values: &mut [Value], rewrites: &[Vec<Rewr
             touched[r] = true;
         }
     }
+    let mut on: Vec<bool> = (0..n).map(|r| ok[r] && touched[r]).collect();
+    // A convolution between layouts runs its slowest kernels (channels gathered one value
+    // at a time, or tiles stored transposed). A group that borders more such convolutions
+    // than it feeds convolutions within one layout goes back to the exported layout (an
+    // isolated block between channels-first values gains nothing); then again with the
+    // new borders, until nothing changes. A first layer reading a few channels is no
+    // border (its direct kernel reads any layout). Each round turns at least one group
+    // off, so this ends.
+    loop {
+        let mut border = alloc::vec![0u32; n];
+        let mut within = alloc::vec![0u32; n];
+        for (all, few) in &convs {
+            // Images of one pixel are the same bytes in either layout.
+            let io: Vec<u32> = all
+                .iter()
+                .copied()
+                .filter(|&v| image(v).is_some_and(|t| t.sizes()[2] * t.sizes()[3] != 1))
+                .collect();
+            let roots: Vec<usize> = io.iter().map(|&v| find(&mut parent, v) as usize).collect();
+            let cl: Vec<bool> = roots.iter().map(|&r| on[r]).collect();
+            if !cl.iter().any(|&c| c) {
+                continue;
+            }
+            let mixed = cl.iter().any(|&c| !c);
+            let stem = *few && io.first() == all.first() && !cl[0] && cl[1..].iter().all(|&c| c);
+            for &r in &roots {
+                if !on[r] {
+                    continue;
+                }
+                if mixed && !stem {
+                    border[r] += 1;
+                } else {
+                    within[r] += 1;
+                }
+            }
+        }
+        let mut changed = false;
+        for r in 0..n {
+            if on[r] && within[r] < border[r] {
+                on[r] = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
     let chosen: Vec<u32> = (0..n32)
-        .filter(|&v| {
-            let r = find(&mut parent, v) as usize;
-            image(v).is_some() && ok[r] && touched[r]
-        })
+        .filter(|&v| image(v).is_some() && on[find(&mut parent, v) as usize])
         .collect();
     for v in chosen {
-        {
-            if let Some(Value::Tensor(t)) = values.get_mut(v as usize) {
-                // Cannot fail: a permutation of a 4-d tensor's dims.
-                let _ = t.set_dim_order(&CHANNELS_LAST);
-            }
+        if let Some(Value::Tensor(t)) = values.get_mut(v as usize) {
+            // Cannot fail: a permutation of a 4-d tensor's dims.
+            let _ = t.set_dim_order(&CHANNELS_LAST);
         }
     }
 }
