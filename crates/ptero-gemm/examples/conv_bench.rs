@@ -133,21 +133,37 @@ fn fused(threads: usize) {
             let mut mid = vec![0.0f32; cmid * hw * hw];
             let mut out = vec![0.0f32; cmid * g2.oh * g2.ow];
             let cst = |c: usize, h: usize, w: usize| [c * h * w, h * w, w, 1];
+            let nhwc = std::env::var("PTERO_NHWC").is_ok_and(|v| v == "1");
+            let lay = |c: usize, h: usize, w: usize| {
+                if nhwc {
+                    [c * h * w, 1, w * c, c]
+                } else {
+                    cst(c, h, w)
+                }
+            };
             let xi = Image {
                 data: &x,
-                strides: cst(cin, hw, hw),
+                strides: lay(cin, hw, hw),
             };
-            let p1 = PackedConv::new(
-                &g1,
-                Image {
-                    data: &w1,
-                    strides: cst(cin, 1, 1),
-                },
-            )
+            let w1i = Image {
+                data: &w1,
+                strides: cst(cin, 1, 1),
+            };
+            let p1 = if nhwc {
+                PackedConv::channels_last(&g1, w1i)
+            } else {
+                PackedConv::new(&g1, w1i)
+            }
             .unwrap();
             let w2i = Image {
                 data: &w2,
                 strides: cst(1, k, k),
+            };
+            let p2 = PackedConv::channels_last(&g2, w2i).unwrap();
+            let w2 = if nhwc {
+                ConvWeights::Packed(&p2)
+            } else {
+                ConvWeights::Image(w2i)
             };
             let act = Activation::Clamp(0.0, 6.0);
             let par: &dyn Parallel = &pool;
@@ -161,7 +177,7 @@ fn fused(threads: usize) {
                     Some(&b),
                     ImageMut {
                         data: &mut mid,
-                        strides: cst(cmid, hw, hw),
+                        strides: lay(cmid, hw, hw),
                     },
                     act,
                 )
@@ -172,13 +188,13 @@ fn fused(threads: usize) {
                     &g2,
                     Image {
                         data: &mid,
-                        strides: cst(cmid, hw, hw),
+                        strides: lay(cmid, hw, hw),
                     },
-                    ConvWeights::Image(w2i),
+                    w2,
                     Some(&b),
                     ImageMut {
                         data: &mut out,
-                        strides: cst(cmid, g2.oh, g2.ow),
+                        strides: lay(cmid, g2.oh, g2.ow),
                     },
                     act,
                 )
@@ -196,7 +212,7 @@ fn fused(threads: usize) {
                     },
                     DepthwiseStage {
                         geo: g2,
-                        packed: None,
+                        packed: nhwc.then_some(&p2),
                         w: w2i,
                         bias: Some(&b),
                         act,
@@ -204,7 +220,7 @@ fn fused(threads: usize) {
                     xi,
                     ImageMut {
                         data: &mut out,
-                        strides: cst(cmid, g2.oh, g2.ow),
+                        strides: lay(cmid, g2.oh, g2.ow),
                     },
                 )
                 .unwrap();

@@ -12,7 +12,7 @@ use crate::depthwise::depthwise;
 use crate::driver::{
     gemm_out, gemm_shifted, scratch_floats, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
 };
-use crate::nhwc;
+use crate::{nhwc, nhwc_dw};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
@@ -235,7 +235,7 @@ impl PackedConv {
             dw.try_reserve_exact(len)
                 .map_err(|_| GemmError::OutOfMemory { bytes: len * 4 })?;
             dw.resize(len, 0.0);
-            nhwc::pack_depthwise(geo, w, &mut dw);
+            nhwc_dw::pack_depthwise(geo, w, &mut dw);
             return Ok(PackedConv {
                 groups: Vec::new(),
                 cols: Vec::new(),
@@ -322,14 +322,14 @@ pub fn conv2d(
     let os = out.strides;
     if let (true, ConvWeights::Image(wi)) = (g.is_depthwise(), w) {
         check_extent("weight", wi.data.len(), [g.cout, 1, g.kh, g.kw], wi.strides)?;
-        if nhwc::depthwise_applies(&g, x.strides, os) {
+        if nhwc_dw::depthwise_applies(&g, x.strides, os) {
             // The filter laid out `[tap][channel]` once per call, shared by the tasks.
             let need = g.kh * g.kw * g.cout;
             let run = |buf: &mut [f32]| {
-                nhwc::pack_depthwise(&g, wi, buf);
+                nhwc_dw::pack_depthwise(&g, wi, buf);
                 // SAFETY: extents and the output's layout were checked above; `out` is
                 // borrowed mutably for the call.
-                unsafe { nhwc::depthwise(par, &g, x, buf, bias, optr, os, act) };
+                unsafe { nhwc_dw::depthwise(par, &g, x, buf, bias, optr, os, act) };
             };
             if arena.and_then(|a| a.with(need, |b| run(b))).is_none() {
                 let mut own = Vec::new();
@@ -353,9 +353,9 @@ pub fn conv2d(
                     found: p.dw.len(),
                 });
             }
-            if nhwc::depthwise_applies(&g, x.strides, os) {
+            if nhwc_dw::depthwise_applies(&g, x.strides, os) {
                 // SAFETY: as above; the filter holds kh · kw · cout values.
-                unsafe { nhwc::depthwise(par, &g, x, &p.dw, bias, optr, os, act) };
+                unsafe { nhwc_dw::depthwise(par, &g, x, &p.dw, bias, optr, os, act) };
             } else {
                 // The same filter seen as `[cout, 1, kh, kw]`, for the planar kernel.
                 let wi = Image {

@@ -87,7 +87,7 @@ pub fn pointwise_depthwise(
         if !plain || !chained || mid < MIN_MID_FLOATS || dwp.dw.len() != g2.kh * g2.kw * g2.cout {
             return Ok(false);
         }
-        return crate::nhwc::pointwise_depthwise(
+        return crate::nhwc_dw::pointwise_depthwise(
             par, arena, g1, &pw.w.cols, pw.bias, pw.act, &g2, &dwp.dw, dw.bias, dw.act, x, out,
         );
     }

@@ -43,7 +43,9 @@ mod gemv;
 mod kernel;
 mod mat;
 mod nhwc;
+mod nhwc_dw;
 mod pack;
+mod stem;
 
 pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};
 pub use conv::{conv2d, conv_scratch_floats, Conv2d, ConvWeights, Image, ImageMut, PackedConv};

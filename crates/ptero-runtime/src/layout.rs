@@ -308,37 +308,3 @@ pub(crate) fn plan(plan: &MethodPlan, values: &mut [Value], rewrites: &[Vec<Rewr
         }
     }
 }
-
-#[cfg(feature = "std")]
-pub(crate) fn debug_dump(plan: &MethodPlan, values: &[Value], rewrites: &[Vec<Rewrite>]) {
-    if std::env::var("PTERO_LAYOUT_DEBUG").is_err() {
-        return;
-    }
-    for (c, chain) in plan.chains.iter().enumerate() {
-        for (pc, instr) in chain.iter().enumerate() {
-            let rw = rewrites.get(c).and_then(|r| r.get(pc));
-            let (op, args): (&str, &[u32]) = match (instr, rw) {
-                (_, Some(Rewrite::Skip)) => continue,
-                (Instr::Kernel { .. }, Some(Rewrite::Replace { op, args })) => (op, args),
-                (Instr::Kernel { op, start, len }, _) => (
-                    plan.operators[*op as usize].as_str(),
-                    &plan.arg_pool[*start as usize..(*start + *len) as usize],
-                ),
-                _ => continue,
-            };
-            let mut s = std::string::String::new();
-            for &a in args {
-                if let Some(Value::Tensor(t)) = values.get(a as usize) {
-                    if t.dim() == 4 && !matches!(t.storage, Storage::Constant { .. }) {
-                        s += &std::format!(
-                            " v{a}{:?}{}",
-                            t.sizes(),
-                            if t.is_contiguous() { "" } else { "CL" }
-                        );
-                    }
-                }
-            }
-            std::eprintln!("{pc} {op}{s}");
-        }
-    }
-}

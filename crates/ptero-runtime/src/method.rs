@@ -177,8 +177,6 @@ impl Method {
         let rewrites = crate::fuse::plan(plan, &mut values, kernels);
         if options.channels_last {
             crate::layout::plan(plan, &mut values, &rewrites);
-            #[cfg(feature = "std")]
-            crate::layout::debug_dump(plan, &values, &rewrites);
         }
         let mut arg_pool = plan.arg_pool.clone();
         let mut instr_kernels: Vec<Vec<Option<InstrKernel>>> = Vec::new();
