@@ -10,7 +10,7 @@ use ptero_simd::{Parallel, Serial, SlotArena};
 
 use crate::depthwise::depthwise;
 use crate::driver::{
-    gemm_out, gemm_shifted, scratch_floats, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
+    gemm_out, gemm_shifted, scratch_floats, with_scratch, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
 };
 use crate::{nhwc, nhwc_dw};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
@@ -331,14 +331,7 @@ pub fn conv2d(
                 // borrowed mutably for the call.
                 unsafe { nhwc_dw::depthwise(par, &g, x, buf, bias, optr, os, act) };
             };
-            if arena.and_then(|a| a.with(need, |b| run(b))).is_none() {
-                let mut own = Vec::new();
-                own.try_reserve_exact(need)
-                    .map_err(|_| GemmError::OutOfMemory { bytes: need * 4 })?;
-                own.resize(need, 0.0);
-                run(&mut own);
-            }
-            return Ok(());
+            return with_scratch(arena, need, &run);
         }
         // SAFETY: as above.
         unsafe { depthwise(par, arena, &g, x, wi, bias, optr, os, act) };
@@ -528,14 +521,8 @@ unsafe fn grouped(
                 err.set(e);
             }
         };
-        if arena.and_then(|a| a.with(need, |b| run(b))).is_none() {
-            let mut own = Vec::new();
-            if own.try_reserve_exact(need).is_err() {
-                err.set(GemmError::OutOfMemory { bytes: need * 4 });
-                return;
-            }
-            own.resize(need, 0.0);
-            run(&mut own);
+        if let Err(e) = with_scratch(arena, need, &run) {
+            err.set(e);
         }
     };
     par.run(tasks, &task);

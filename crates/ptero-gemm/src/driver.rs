@@ -26,6 +26,27 @@ pub fn scratch_floats() -> usize {
     MR_MAX * MC_STRIPS * KC + KC * NC_MAX
 }
 
+/// Runs `f` on `need` floats of scratch: a slot of `arena` when one is free and large
+/// enough, else memory of its own (bounded by `need`, which callers size from block
+/// sizes). `Err` only when that allocation fails.
+pub(crate) fn with_scratch(
+    arena: Option<&SlotArena>,
+    need: usize,
+    f: &dyn Fn(&mut [f32]),
+) -> Result<(), GemmError> {
+    if arena.and_then(|a| a.with(need, |b| f(b))).is_some() {
+        return Ok(());
+    }
+    let mut own = alloc::vec::Vec::new();
+    own.try_reserve_exact(need)
+        .map_err(|_| GemmError::OutOfMemory {
+            bytes: need.saturating_mul(4),
+        })?;
+    own.resize(need, 0.0);
+    f(&mut own);
+    Ok(())
+}
+
 /// An output matrix as a raw pointer: entries of a batch may interleave in memory, so no
 /// `&mut` slice may span one entry while another is written.
 #[derive(Clone, Copy)]

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use ptero_simd::{dispatch_at, split_count, split_range, Parallel, Serial, SlotArena};
 
 use crate::conv::{Conv2d, Image};
-use crate::driver::{gemm_out, scratch_floats, COut, SyncPtr};
+use crate::driver::{gemm_out, scratch_floats, with_scratch, COut, SyncPtr};
 use crate::stem::{stem_vectors, Stem, StemN};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedB, PackedBRef, Rhs};
 
@@ -152,27 +152,8 @@ pub(crate) unsafe fn conv(
                     rs: xs[3],
                     cs: xs[1],
                 };
-                let c = COut {
-                    // SAFETY: channel grp * cout_g of image n is inside the checked output.
-                    ptr: SyncPtr(unsafe { out.get().add(n * os[0] + grp * cout_g * os[1]) }),
-                    rows: pixels,
-                    cols: cout_g,
-                    rs: os[3],
-                    cs: os[1],
-                };
-                // SAFETY: this image's and group's outputs lie inside the checked,
-                // non-aliasing output, exclusive to this call.
-                unsafe {
-                    gemm_out(
-                        par,
-                        arena,
-                        None,
-                        Lhs::Mat(a),
-                        Rhs::Packed(wg.view()),
-                        c,
-                        &epilogue(bias, grp, cout_g, act),
-                    )?
-                };
+                // SAFETY: forwarded from the caller.
+                unsafe { image_product(par, arena, g, a, wg, n, grp, bias, out, os, act)? };
             }
         }
         return Ok(());
@@ -211,30 +192,8 @@ pub(crate) unsafe fn conv(
                             rs: k,
                             cs: 1,
                         };
-                        let c = COut {
-                            // SAFETY: channel grp * cout_g of image n is inside the checked
-                            // output.
-                            ptr: SyncPtr(unsafe {
-                                out.get().add(n * os[0] + grp * cout_g * os[1])
-                            }),
-                            rows: pixels,
-                            cols: cout_g,
-                            rs: os[3],
-                            cs: os[1],
-                        };
-                        // SAFETY: this image's and group's outputs (pixel-linear) lie inside
-                        // the checked, non-aliasing output, exclusive to this call.
-                        unsafe {
-                            gemm_out(
-                                par,
-                                arena,
-                                None,
-                                Lhs::Mat(a),
-                                Rhs::Packed(wg.view()),
-                                c,
-                                &epilogue(bias, grp, cout_g, act),
-                            )?
-                        };
+                        // SAFETY: forwarded from the caller; the output is pixel-linear.
+                        unsafe { image_product(par, arena, g, a, wg, n, grp, bias, out, os, act)? };
                     }
                 }
                 Ok(())
@@ -360,20 +319,57 @@ pub(crate) unsafe fn conv(
                 err.set(e);
             }
         };
-        if arena.and_then(|a| a.with(need, |b| run(b))).is_none() {
-            let mut own = Vec::new();
-            if own.try_reserve_exact(need).is_err() {
-                err.set(GemmError::OutOfMemory { bytes: need * 4 });
-                return;
-            }
-            own.resize(need, 0.0);
-            run(&mut own);
+        if let Err(e) = with_scratch(arena, need, &run) {
+            err.set(e);
         }
     };
     par.run(tasks, &task);
     match err.take() {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `C = act(A · Wᵀ + bias)` for every pixel of image `n`, group `grp`: `a` holds one row
+/// per output pixel (the input itself, or its gathered patches).
+///
+/// # Safety
+/// As [`conv`]'s output, whose pixels must be `os[3]` apart (pixel-linear).
+#[allow(clippy::too_many_arguments)]
+unsafe fn image_product(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    g: &Conv2d,
+    a: MatRef<'_>,
+    w: &PackedB,
+    n: usize,
+    grp: usize,
+    bias: Option<&[f32]>,
+    out: SyncPtr,
+    os: [usize; 4],
+    act: Activation,
+) -> Result<(), GemmError> {
+    let cout_g = g.cout / g.groups;
+    let c = COut {
+        // SAFETY: channel grp * cout_g of image n is inside the checked output.
+        ptr: SyncPtr(unsafe { out.get().add(n * os[0] + grp * cout_g * os[1]) }),
+        rows: g.oh * g.ow,
+        cols: cout_g,
+        rs: os[3],
+        cs: os[1],
+    };
+    // SAFETY: this image's and group's outputs lie inside the checked, non-aliasing
+    // output, exclusive to this call (the caller's contract).
+    unsafe {
+        gemm_out(
+            par,
+            arena,
+            None,
+            Lhs::Mat(a),
+            Rhs::Packed(w.view()),
+            c,
+            &epilogue(bias, grp, cout_g, act),
+        )
     }
 }
 
