@@ -475,8 +475,24 @@ impl SimdOp for MaxPhases<'_> {
         let step = s.load(&lane);
         let mut init = [0.0f32; 64];
         let mut tmp = [0.0f32; 64];
+        // Offsets of each horizontal tap in the phases (the same for every output), and of
+        // each vertical tap's row (per output row): divisions kept out of the inner loop.
+        let kw = w.k[1].min(64);
+        let mut colk = [0usize; 64];
+        for (kx, c) in colk.iter_mut().enumerate().take(kw) {
+            let xp = kx * w.d[1];
+            *c = (xp % w.s[1]) * hq * wq + xp / w.s[1];
+        }
+        let kh = w.k[0].min(64);
+        let mut rowk = [None::<(usize, isize)>; 64];
         for oy in 0..self.oh {
             let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
+            for (ky, r) in rowk.iter_mut().enumerate().take(kh) {
+                let yp = oy * w.s[0] + ky * w.d[0];
+                let iy = yp as isize - w.p[0] as isize;
+                *r = (iy >= 0 && iy < h as isize)
+                    .then(|| ((yp % w.s[0] * w.s[1]) * hq * wq + yp / w.s[0] * wq, iy));
+            }
             // Small: the plane has fewer than 2^24 padded elements.
             let row_first = ys.first as i64 * wd as i64;
             let mut ox0 = 0;
@@ -494,16 +510,11 @@ impl SimdOp for MaxPhases<'_> {
                 }
                 let mut best = s.splat(f32::NEG_INFINITY);
                 let mut bi = s.load(&init);
-                for ky in 0..w.k[0] {
-                    let yp = oy * w.s[0] + ky * w.d[0];
-                    let iy = yp as isize - w.p[0] as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let row = (yp % w.s[0] * w.s[1]) * hq * wq + yp / w.s[0] * wq + ox0;
-                    for kx in 0..w.k[1] {
+                for &(row, iy) in rowk[..kh].iter().flatten() {
+                    let row = row + ox0;
+                    for (kx, &col) in colk[..kw].iter().enumerate() {
                         let xp = kx * w.d[1];
-                        let at = row + (xp % w.s[1]) * hq * wq + xp / w.s[1];
+                        let at = row + col;
                         let v = if n == l {
                             s.load(&self.buf[at..])
                         } else {
@@ -519,9 +530,11 @@ impl SimdOp for MaxPhases<'_> {
                 }
                 let at = oy * self.ow + ox0;
                 s.store_part(&mut self.o[at..at + n], best);
-                s.store_part(&mut tmp[..n], bi);
+                // Indices are below 2^24 (exact in f32): converted to i32 in the vector,
+                // carried through f32 lanes as bits, and widened.
+                s.store_part(&mut tmp[..n], s.cast_f(s.to_i32(bi)));
                 for (d, v) in self.idx[at..at + n].iter_mut().zip(&tmp) {
-                    *d = *v as i64;
+                    *d = v.to_bits() as i32 as i64;
                 }
                 ox0 += n;
             }
