@@ -17,7 +17,11 @@ weights (torch.manual_seed(0)), eval mode.
 runtimes `--rounds` times per block and prints medians and the median per-round ratio
 official XNNPACK / Ptero (above 1: Ptero faster). The official program converts its input
 to NHWC and its output back inside the delegate, which a whole model does once: small
-blocks flatter Ptero a little.
+blocks flatter Ptero a little. Ptero's load-time layout pass leaves a lone block in the
+exported (channels-first) layout, since its input and output are the method's: inverted
+residual blocks here measure the channels-first kernels, not the channels-last ones a
+whole MobileNetV2 runs (`PTERO_CHANNELS_LAST` and docs/layout-pass.md; compare whole
+models with python/bench_core.py for those).
 """
 
 from __future__ import annotations
