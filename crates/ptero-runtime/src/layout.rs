@@ -17,6 +17,9 @@ use crate::plan::{Instr, MethodPlan};
 
 const CHANNELS_LAST: [u8; 4] = [0, 2, 3, 1];
 
+/// Rounds of the border rule at most (real networks settle in two or three).
+const MAX_BORDER_ROUNDS: usize = 32;
+
 /// Input channels up to which a first layer reads either layout at full speed (the
 /// convolution kernels' direct path for an image's colour planes).
 const FEW_CHANNELS: usize = 4;
@@ -258,8 +261,15 @@ pub(crate) fn plan(plan: &MethodPlan, values: &mut [Value], rewrites: &[Vec<Rewr
     // isolated block between channels-first values gains nothing); then again with the
     // new borders, until nothing changes. A first layer reading a few channels is no
     // border (its direct kernel reads any layout). Each round turns at least one group
-    // off, so this ends.
+    // off, so this ends; a hostile program could make that one group per round over
+    // every convolution, so past a bound everything keeps the exported layout.
+    let mut rounds = 0;
     loop {
+        rounds += 1;
+        if rounds > MAX_BORDER_ROUNDS {
+            on.iter_mut().for_each(|o| *o = false);
+            break;
+        }
         let mut border = alloc::vec![0u32; n];
         let mut within = alloc::vec![0u32; n];
         for (all, few) in &convs {
