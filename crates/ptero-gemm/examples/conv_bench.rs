@@ -6,7 +6,8 @@
 //! (224×224 input) and prints the sum; any other text keeps the layers whose name
 //! contains it; `mobilenet_v2:dw` keeps that model's layers whose name contains `dw`.
 //! `fused` times MobileNetV2-like pointwise → depthwise pairs run apart and fused
-//! ([`pointwise_depthwise`]). `PTERO_NHWC=1` runs the layers channels-last.
+//! ([`pointwise_depthwise`]). `PTERO_NHWC=1` runs the layers channels-last;
+//! `PTERO_WINO=1` packs the layers [`PackedConv::winograd_pays`] accepts for Winograd.
 
 use std::time::Instant;
 
@@ -287,7 +288,7 @@ fn main() {
     let pools: Vec<ThreadPool> = counts.iter().map(|&t| ThreadPool::new(t)).collect();
     let arenas: Vec<SlotArena> = counts
         .iter()
-        .map(|&t| SlotArena::new(t, ptero_gemm::conv_scratch_floats()).unwrap())
+        .map(|&t| SlotArena::new(t + 1, ptero_gemm::conv_scratch_floats()).unwrap())
         .collect();
     let mut total = [0.0f64; 2];
     // PTERO_COLD=1: caches evicted before each timed call.
@@ -299,6 +300,8 @@ fn main() {
     let mut total_flops = 0.0;
     // PTERO_NHWC=1: channels-last input and output, weights packed for them.
     let nhwc = std::env::var("PTERO_NHWC").is_ok_and(|v| v == "1");
+    // PTERO_WINO=1: 3×3 stride-1 layers packed for Winograd where it pays.
+    let wino = std::env::var("PTERO_WINO").is_ok_and(|v| v == "1");
     for (name, g) in &layers {
         let cin_g = g.cin / g.groups;
         let x = vec![0.5f32; g.n * g.cin * g.ih * g.iw];
@@ -320,6 +323,8 @@ fn main() {
         };
         let packed = if nhwc {
             PackedConv::channels_last(g, wi).unwrap()
+        } else if wino && PackedConv::winograd_pays(g) {
+            PackedConv::winograd(g, wi).unwrap()
         } else {
             PackedConv::new(g, wi).unwrap()
         };

@@ -12,7 +12,7 @@ use crate::depthwise::depthwise;
 use crate::driver::{
     gemm_out, gemm_shifted, scratch_floats, with_scratch, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
 };
-use crate::{nhwc, nhwc_dw};
+use crate::{nhwc, nhwc_dw, winograd};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
@@ -176,6 +176,8 @@ pub struct PackedConv {
     pub(crate) cols: Vec<crate::PackedB>,
     /// A depthwise filter `[tap][channel]` (channels-last images), or empty.
     pub(crate) dw: Vec<f32>,
+    /// Winograd's transforms of 3×3 filters, one left operand per point, or empty.
+    pub(crate) wino: Vec<PackedA>,
     geo: Conv2d,
 }
 
@@ -215,8 +217,46 @@ impl PackedConv {
             groups,
             cols: Vec::new(),
             dw: Vec::new(),
+            wino: Vec::new(),
             geo: *geo,
         })
+    }
+
+    /// Packs 3×3 filters (`geo` of stride and dilation 1, one group) for Winograd's
+    /// F(2×2, 3×3), which [`conv2d`] then uses on any image layout: 16/9 of the
+    /// weights' size, for 4/9 of a direct convolution's multiplications. See
+    /// [`PackedConv::winograd_pays`] for when it is worth it.
+    pub fn winograd(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
+        geo.check()?;
+        if !winograd::applies(geo) {
+            return Err(GemmError::Shape {
+                what: "Winograd convolution (3x3, stride 1, one group) kernel height",
+                expected: 3,
+                found: geo.kh,
+            });
+        }
+        check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)?;
+        Ok(PackedConv {
+            groups: Vec::new(),
+            cols: Vec::new(),
+            dw: Vec::new(),
+            wino: winograd::pack(ptero_simd::level(), geo, w)?,
+            geo: *geo,
+        })
+    }
+
+    /// True when `geo` (with its image sizes) runs faster with [`PackedConv::winograd`]
+    /// weights than with [`PackedConv::new`] ones: a 3×3 filter of stride 1 over enough
+    /// channels and pixels, whose padded input fits a slot of [`conv_scratch_floats`].
+    pub fn winograd_pays(geo: &Conv2d) -> bool {
+        let tiles = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
+        let planes = (geo.ih + 2 * geo.pad[0] + 1) * (geo.iw + 2 * geo.pad[1] + 1);
+        winograd::applies(geo)
+            && geo.check().is_ok()
+            && geo.cin >= winograd::MIN_CHANNELS
+            && geo.cout >= winograd::MIN_CHANNELS
+            && tiles >= winograd::MIN_TILES
+            && geo.cin.saturating_mul(planes) <= conv_scratch_floats()
     }
 
     /// Packs `w` for channels-last images (outputs whose channels are adjacent): the
@@ -240,6 +280,7 @@ impl PackedConv {
                 groups: Vec::new(),
                 cols: Vec::new(),
                 dw,
+                wino: Vec::new(),
                 geo: *geo,
             });
         }
@@ -247,6 +288,7 @@ impl PackedConv {
             groups: Vec::new(),
             cols: nhwc::pack_weights(geo, w)?,
             dw: Vec::new(),
+            wino: Vec::new(),
             geo: *geo,
         })
     }
@@ -261,6 +303,12 @@ impl PackedConv {
         self.groups.iter().map(|g| g.bytes()).sum::<usize>()
             + self.cols.iter().map(|g| g.bytes()).sum::<usize>()
             + self.dw.len() * 4
+            + self.wino.iter().map(|g| g.bytes()).sum::<usize>()
+    }
+
+    /// True when packed by [`PackedConv::winograd`].
+    pub fn is_winograd(&self) -> bool {
+        !self.wino.is_empty()
     }
 }
 
@@ -359,6 +407,10 @@ pub fn conv2d(
                 unsafe { depthwise(par, arena, &g, x, wi, bias, optr, os, act) };
             }
             Ok(())
+        }
+        ConvWeights::Packed(p) if p.is_winograd() => {
+            // SAFETY: as above.
+            unsafe { winograd::conv(par, arena, &g, x, &p.wino, bias, optr, os, act) }
         }
         ConvWeights::Packed(p) if p.is_channels_last() => {
             // SAFETY: as above.

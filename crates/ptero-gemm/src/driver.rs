@@ -199,7 +199,43 @@ pub(crate) unsafe fn gemm_out(
         Rhs::Packed(p) => BSrc::Packed(p),
     };
     // SAFETY: forwarded from the caller.
-    unsafe { run(par, arena, buf, a, bsrc, (ka, kb, n), c, None, epi) }
+    unsafe { run(par, arena, buf, a, bsrc, (ka, kb, n), c, None, None, epi) }
+}
+
+/// `C = act(A[r0..r0 + c.rows] · B + bias)` on the calling thread: rows of a packed A
+/// from `r0`, a multiple of its strips' height.
+///
+/// # Safety
+/// As [`gemm_out`].
+pub(crate) unsafe fn gemm_packed_rows(
+    a: &crate::PackedA,
+    r0: usize,
+    b: crate::PackedBRef<'_>,
+    c: COut,
+    epi: &Epilogue<'_>,
+) -> Result<(), GemmError> {
+    if !r0.is_multiple_of(a.mr) || r0.checked_add(c.rows).is_none_or(|end| end > a.m) {
+        return Err(GemmError::Shape {
+            what: "rows of a packed left operand",
+            expected: a.m,
+            found: r0.saturating_add(c.rows),
+        });
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        run(
+            &Serial,
+            None,
+            None,
+            Lhs::Packed(a),
+            BSrc::Packed(b),
+            (a.k, b.k, b.n),
+            c,
+            None,
+            Some(r0),
+            epi,
+        )
+    }
 }
 
 /// `C = act(A · B + bias)` with B read in place from a convolution's input and the
@@ -236,6 +272,7 @@ pub(crate) unsafe fn gemm_shifted(
             (a.k, kb, b.n),
             c,
             Some(wrap),
+            None,
             epi,
         )
     }
@@ -254,12 +291,17 @@ unsafe fn run(
     (ka, kb, n): (usize, usize, usize),
     c: COut,
     wrap: Option<Wrap>,
+    row0: Option<usize>,
     epi: &Epilogue<'_>,
 ) -> Result<(), GemmError> {
+    // A packed A read from row `row0` (a multiple of its strip height) has the output's
+    // rows (`gemm_packed_rows` checked that they exist).
     let m = match a {
         Lhs::Mat(x) => x.rows,
+        Lhs::Packed(_) if row0.is_some() => c.rows,
         Lhs::Packed(p) => p.m,
     };
+    let row0 = row0.unwrap_or(0);
     let k = ka;
     if kb != ka {
         return Err(GemmError::Shape {
@@ -362,6 +404,7 @@ unsafe fn run(
     };
     let ctx = Ctx {
         a,
+        strip0: row0 / mr,
         b,
         kc,
         wrap,
@@ -420,6 +463,8 @@ fn direct_a(a: &crate::MatRef<'_>, mr: usize) -> bool {
 
 struct Ctx<'a> {
     a: Lhs<'a>,
+    /// First strip of a packed A read.
+    strip0: usize,
     b: BSrc<'a>,
     /// Depth of a K block.
     kc: usize,
@@ -577,7 +622,7 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
                 }
                 let aptr = match ctx.a {
                     Lhs::Packed(p) => {
-                        let strip = r0 / MR;
+                        let strip = ctx.strip0 + r0 / MR;
                         p.data[strip * k * MR + k0 * MR..][..kc * MR].as_ptr()
                     }
                     Lhs::Mat(_) => abuf[st * kc * MR..][..kc * MR].as_ptr(),

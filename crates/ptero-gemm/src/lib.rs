@@ -46,6 +46,7 @@ mod nhwc;
 mod nhwc_dw;
 mod pack;
 mod stem;
+mod winograd;
 
 pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};
 pub use conv::{conv2d, conv_scratch_floats, Conv2d, ConvWeights, Image, ImageMut, PackedConv};

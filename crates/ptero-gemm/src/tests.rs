@@ -474,6 +474,206 @@ mod conv {
         set_level(before).unwrap();
     }
 
+    /// Winograd's F(2×2, 3×3) against the direct convolution: odd and even sizes, tile
+    /// blocks across panels and rows, channel blocks, K blocks, both layouts.
+    #[test]
+    fn winograd_convolutions_at_every_level() {
+        let _g = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = ptero_simd::level();
+        let pool = ThreadPool::new(3);
+        let arena = SlotArena::new(4, crate::conv_scratch_floats()).unwrap();
+        let geos = [
+            geo(1, 16, 16, 1, (8, 8), (3, 3), 1, 1, 1),
+            geo(2, 5, 7, 1, (9, 11), (3, 3), 1, 1, 1),
+            geo(1, 3, 13, 1, (3, 3), (3, 3), 1, 0, 1),
+            geo(1, 8, 30, 1, (20, 37), (3, 3), 1, 2, 1),
+            geo(1, 24, 200, 1, (7, 7), (3, 3), 1, 1, 1),
+            geo(1, 300, 20, 1, (6, 5), (3, 3), 1, 1, 1),
+            geo(1, 4, 4, 1, (1, 1), (3, 3), 1, 1, 1),
+            geo(1, 12, 24, 1, (66, 40), (3, 3), 1, 1, 1),
+        ];
+        // ResNet's 56² and 28² layers pay; its 14² and 7² ones (few tiles per panel of
+        // the GEMM, weights 16/9 as large to read) and strided or 1×1 ones do not.
+        assert!(PackedConv::winograd_pays(&geo(
+            1,
+            64,
+            64,
+            1,
+            (56, 56),
+            (3, 3),
+            1,
+            1,
+            1
+        )));
+        assert!(PackedConv::winograd_pays(&geo(
+            1,
+            128,
+            128,
+            1,
+            (28, 28),
+            (3, 3),
+            1,
+            1,
+            1
+        )));
+        assert!(!PackedConv::winograd_pays(&geo(
+            1,
+            256,
+            256,
+            1,
+            (14, 14),
+            (3, 3),
+            1,
+            1,
+            1
+        )));
+        assert!(!PackedConv::winograd_pays(&geo(
+            1,
+            512,
+            512,
+            1,
+            (7, 7),
+            (3, 3),
+            1,
+            1,
+            1
+        )));
+        assert!(!PackedConv::winograd_pays(&geo(
+            1,
+            64,
+            128,
+            1,
+            (56, 56),
+            (3, 3),
+            2,
+            1,
+            1
+        )));
+        assert!(!PackedConv::winograd_pays(&geo(
+            1,
+            64,
+            64,
+            1,
+            (56, 56),
+            (1, 1),
+            1,
+            0,
+            1
+        )));
+        for l in levels() {
+            set_level(l).unwrap();
+            for g in &geos {
+                let x = data(g.n * g.cin * g.ih * g.iw, 7);
+                let w = data(g.cout * g.cin * 9, 8);
+                let b = data(g.cout, 9);
+                let cst = |c: usize, h: usize, ww: usize| [c * h * ww, h * ww, ww, 1];
+                let nhwc = |c: usize, h: usize, ww: usize| [c * h * ww, 1, ww * c, c];
+                let pc = PackedConv::winograd(
+                    g,
+                    Image {
+                        data: &w,
+                        strides: cst(g.cin, 3, 3),
+                    },
+                )
+                .unwrap();
+                assert!(pc.is_winograd());
+                for (act, bias) in [
+                    (Activation::None, None),
+                    (Activation::Clamp(-0.5, 0.5), Some(&b[..])),
+                ] {
+                    let want = reference(g, &x, &w, bias, act);
+                    for (layout, par, with_arena) in [
+                        ("nchw", &Serial as &dyn Parallel, true),
+                        ("nchw", &pool, true),
+                        ("nchw", &pool, false),
+                        ("nhwc", &pool, true),
+                    ] {
+                        let (xd, xs, os) = if layout == "nhwc" {
+                            let st = nhwc(g.cin, g.ih, g.iw);
+                            let mut t = vec![0.0f32; x.len()];
+                            for n in 0..g.n {
+                                for c in 0..g.cin {
+                                    for h in 0..g.ih {
+                                        for ww in 0..g.iw {
+                                            t[n * st[0] + c * st[1] + h * st[2] + ww * st[3]] =
+                                                x[((n * g.cin + c) * g.ih + h) * g.iw + ww];
+                                        }
+                                    }
+                                }
+                            }
+                            (t, st, nhwc(g.cout, g.oh, g.ow))
+                        } else {
+                            (x.clone(), cst(g.cin, g.ih, g.iw), cst(g.cout, g.oh, g.ow))
+                        };
+                        let mut out = vec![f32::NAN; g.n * g.cout * g.oh * g.ow];
+                        conv2d(
+                            par,
+                            with_arena.then_some(&arena),
+                            g,
+                            Image {
+                                data: &xd,
+                                strides: xs,
+                            },
+                            ConvWeights::Packed(&pc),
+                            bias,
+                            ImageMut {
+                                data: &mut out,
+                                strides: os,
+                            },
+                            act,
+                        )
+                        .unwrap();
+                        for n in 0..g.n {
+                            for c in 0..g.cout {
+                                for y in 0..g.oh {
+                                    for xx in 0..g.ow {
+                                        let got =
+                                            out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
+                                        let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
+                                        assert!(
+                                            (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
+                                            "{l} {g:?} {layout} arena {with_arena} act {act:?}: ({n},{c},{y},{xx}) {got} vs {wv}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Weights packed for Winograd refuse another stride.
+            let g = geo(1, 4, 4, 1, (6, 6), (3, 3), 1, 1, 1);
+            let w = data(4 * 4 * 9, 3);
+            let wi = Image {
+                data: &w,
+                strides: [36, 9, 3, 1],
+            };
+            let pc = PackedConv::winograd(&g, wi).unwrap();
+            let g2 = geo(1, 4, 4, 1, (6, 6), (3, 3), 2, 1, 1);
+            let x = data(4 * 36, 1);
+            let mut out = vec![0.0f32; 4 * g2.oh * g2.ow];
+            let r = conv2d(
+                &Serial,
+                None,
+                &g2,
+                Image {
+                    data: &x,
+                    strides: [144, 36, 6, 1],
+                },
+                ConvWeights::Packed(&pc),
+                None,
+                ImageMut {
+                    data: &mut out,
+                    strides: [4 * g2.oh * g2.ow, g2.oh * g2.ow, g2.ow, 1],
+                },
+                Activation::None,
+            );
+            assert!(r.is_err());
+            assert!(PackedConv::winograd(&g2, wi).is_err());
+        }
+        set_level(before).unwrap();
+    }
+
     /// The fused pointwise → depthwise path against the two convolutions run apart.
     #[test]
     fn pointwise_then_depthwise_fused() {

@@ -243,7 +243,7 @@ struct FusedPair {
 }
 
 fn prepare_conv_dw(a: &KernelArgs<'_>) -> Result<Prepared> {
-    let state = match (fold(a, 0)?, fold(a, 17)?) {
+    let state = match (fold(a, 0, false)?, fold(a, 17, false)?) {
         (Some(first), Some(second)) => {
             Some(alloc::boxed::Box::new(FusedPair { first, second }) as _)
         }
@@ -267,14 +267,15 @@ struct FusedConv {
 
 fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     Ok(Prepared {
-        state: fold(a, 0)?.map(|f| alloc::boxed::Box::new(f) as _),
+        state: fold(a, 0, true)?.map(|f| alloc::boxed::Box::new(f) as _),
         scratch_floats: ptero_gemm::conv_scratch_floats(),
     })
 }
 
 /// Folds the normalization of the `conv_bn_act` whose arguments start at `o` into its
-/// weights and bias; `None` when its parameters are not constant.
-fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
+/// weights and bias; `None` when its parameters are not constant. With `wino`, weights
+/// that pay for it are packed for Winograd.
+fn fold(a: &KernelArgs<'_>, o: usize, wino: bool) -> Result<Option<FusedConv>> {
     let p = None;
     // The normalization's four parameters are all constant, or all None (a convolution
     // fused with its activation alone).
@@ -376,9 +377,16 @@ fn fold(a: &KernelArgs<'_>, o: usize) -> Result<Option<FusedConv>> {
                 data: &weights,
                 strides: wst_c,
             };
+            let wg = if wino && !cl {
+                winograd_geo(a, o, o + 17)
+            } else {
+                None
+            };
             Some(
                 if cl {
                     PackedConv::channels_last(&geo, wi)
+                } else if let Some(wg) = wg {
+                    PackedConv::winograd(&wg, wi)
                 } else {
                     PackedConv::new(&geo, wi)
                 }
@@ -1139,6 +1147,45 @@ fn cl_packing(a: &KernelArgs<'_>, x: usize, out: usize) -> bool {
     channels_last(a, out) && (channels_last(a, x) || few)
 }
 
+/// The geometry of the convolution whose arguments start at `o` when its weights are
+/// best packed for Winograd (f32 channels-first images, 3×3, stride 1, one group, sizes
+/// where it pays: [`PackedConv::winograd_pays`]).
+fn winograd_geo(a: &KernelArgs<'_>, o: usize, out: usize) -> Option<Conv2d> {
+    let x = a.meta(o).ok()?;
+    let w = a.meta(o + 1).ok()?;
+    if x.dim() != 4 || w.dim() != 4 || x.dtype != ScalarType::Float || channels_last(a, out) {
+        return None;
+    }
+    if a.bool(o + 6).ok()? || a.int(o + 8).ok()? != 1 {
+        return None;
+    }
+    let s = spatial(a, o + 3, 2, "stride").ok()?;
+    let p = spatial(a, o + 4, 2, "padding").ok()?;
+    let d = spatial(a, o + 5, 2, "dilation").ok()?;
+    let (xs, ws) = (x.sizes(), w.sizes());
+    if s != [1, 1] || d != [1, 1] || ws[2] != 3 || ws[3] != 3 || ws[1] != xs[1] {
+        return None;
+    }
+    let pad = [usize::try_from(p[0]).ok()?, usize::try_from(p[1]).ok()?];
+    let side = |i: usize, p: usize| i.checked_add(2 * p)?.checked_sub(2).filter(|&o| o > 0);
+    let geo = Conv2d {
+        n: xs[0],
+        cin: xs[1],
+        cout: ws[0],
+        groups: 1,
+        ih: xs[2],
+        iw: xs[3],
+        oh: side(xs[2], pad[0])?,
+        ow: side(xs[3], pad[1])?,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        pad,
+        dilation: [1, 1],
+    };
+    PackedConv::winograd_pays(&geo).then_some(geo)
+}
+
 /// Packs constant f32 weights of a forward convolution once, per group (depthwise ones
 /// only for channels-last images: channels-first ones read their few taps directly).
 fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
@@ -1176,6 +1223,8 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
     };
     let packed = if cl {
         PackedConv::channels_last(&geo, wi)
+    } else if let Some(wg) = winograd_geo(a, 0, 9) {
+        PackedConv::winograd(&wg, wi)
     } else {
         PackedConv::new(&geo, wi)
     }
@@ -1511,6 +1560,64 @@ mod tests {
             Float,
             None,
         );
+    }
+
+    /// Constant 3×3 weights over an image large enough for Winograd are packed for it at
+    /// prepare; the result still matches the direct reference, in either input layout.
+    #[test]
+    fn constant_3x3_weights_over_a_large_image() {
+        let c = case(
+            &[1, 16, 22, 21],
+            &[20, 16, 3, 3],
+            &[1],
+            &[1],
+            &[1],
+            false,
+            &[0],
+            1,
+        );
+        let geo = ptero_gemm::Conv2d {
+            n: 1,
+            cin: 16,
+            cout: 20,
+            groups: 1,
+            ih: 22,
+            iw: 21,
+            oh: 22,
+            ow: 21,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+            dilation: [1, 1],
+        };
+        assert!(ptero_gemm::PackedConv::winograd_pays(&geo));
+        let (xn, wn) = (16 * 22 * 21, 20 * 16 * 9);
+        let (xv, wv, bv) = (seq(xn, 5), seq(wn, 3), seq(20, 7));
+        let (shape, want) = reference(&c, &xv, &wv, &bv);
+        for order in [None, Some(&[0u8, 2, 3, 1][..])] {
+            let mut xt = OwnedTensor::from_f64(Float, &c.x, &xv);
+            if let Some(o) = order {
+                xt = xt.with_dim_order(o);
+            }
+            let out = run_op(
+                "aten::convolution.out",
+                vec![
+                    Arg::T(xt),
+                    Arg::Const(OwnedTensor::from_f64(Float, &c.w, &wv)),
+                    Arg::Const(OwnedTensor::from_f64(Float, &[20], &bv)),
+                    Arg::Ints(vec![1]),
+                    Arg::Ints(vec![1]),
+                    Arg::Ints(vec![1]),
+                    Arg::Bool(false),
+                    Arg::Ints(vec![0]),
+                    Arg::Int(1),
+                    Arg::Out(Float, shape.clone()),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_close(&out.tensors[0].to_f64(), &want, 1e-4, 1e-4);
+        }
     }
 
     #[test]

@@ -333,6 +333,51 @@ fn even_odd_splits_pairs() {
     }
 }
 
+struct Interleave<'a>(&'a mut Vec<f32>);
+
+impl SimdOp for Interleave<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let x: Vec<f32> = (0..2 * S::LANES).map(|i| i as f32 * 1.5 - 3.0).collect();
+        let (lo, hi) = s.interleave(s.load(&x), s.load(&x[S::LANES..]));
+        self.0.resize(2 * S::LANES, 0.0);
+        s.store(self.0, lo);
+        s.store(&mut self.0[S::LANES..], hi);
+        // Lanes 3.. of `lo` only.
+        let mut part = vec![-1.0f32; S::LANES];
+        s.store_from(&mut part[..S::LANES - 1], 3, lo);
+        for (i, &v) in part.iter().enumerate() {
+            let want = if (3..S::LANES - 1).contains(&i) {
+                self.0[i]
+            } else {
+                -1.0
+            };
+            assert_eq!(v, want, "store_from lane {i}");
+        }
+        // And back.
+        let (e, o) = s.even_odd(lo, hi);
+        let mut back = vec![0.0; 2 * S::LANES];
+        s.store(&mut back, e);
+        s.store(&mut back[S::LANES..], o);
+        assert_eq!(back, x);
+    }
+}
+
+#[test]
+fn interleave_zips_two_vectors() {
+    for l in levels() {
+        let mut z = Vec::new();
+        crate::dispatch_at(l, Interleave(&mut z));
+        let lanes = z.len() / 2;
+        assert!(lanes > 0, "{l}");
+        for (i, &v) in z.iter().enumerate() {
+            let src = if i % 2 == 0 { i / 2 } else { lanes + i / 2 };
+            assert_eq!(v, src as f32 * 1.5 - 3.0, "{l} lane {i}");
+        }
+    }
+}
+
 struct Strided<'a>(&'a mut Vec<f32>, &'a mut Vec<f32>);
 
 impl SimdOp for Strided<'_> {

@@ -42,6 +42,9 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn load_part(self, s: &[f32]) -> Self::F;
     /// Stores the first `min(len, LANES)` lanes of `v` into `s`.
     fn store_part(self, s: &mut [f32], v: Self::F);
+    /// Stores lanes `lo..min(len, LANES)` of `v` into the same places of `s`, leaving
+    /// `s[..lo]` untouched (the tail of a vector split across two destinations).
+    fn store_from(self, s: &mut [f32], lo: usize, v: Self::F);
 
     fn add(self, a: Self::F, b: Self::F) -> Self::F;
     fn sub(self, a: Self::F, b: Self::F) -> Self::F;
@@ -124,6 +127,10 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// Splits the `2 * LANES` values `a ++ b` into their even- and odd-indexed halves
     /// (a stride-2 gather, for strided convolutions and pooling).
     fn even_odd(self, a: Self::F, b: Self::F) -> (Self::F, Self::F);
+
+    /// The inverse of [`Simd::even_odd`]: `[a0, b0, a1, b1, …]` over `2 * LANES` values,
+    /// as its first and second halves (columns of a stride-2 output).
+    fn interleave(self, a: Self::F, b: Self::F) -> (Self::F, Self::F);
 
     /// Loads `LANES` values from the front of `s`.
     ///

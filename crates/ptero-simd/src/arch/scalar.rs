@@ -118,6 +118,12 @@ impl Simd for Scalar {
         s[..n].copy_from_slice(&v[..n]);
     }
     #[inline(always)]
+    fn store_from(self, s: &mut [f32], lo: usize, v: Self::F) {
+        let n = s.len().min(N);
+        let lo = lo.min(n);
+        s[lo..n].copy_from_slice(&v[lo..n]);
+    }
+    #[inline(always)]
     fn add(self, a: Self::F, b: Self::F) -> Self::F {
         zip(a, b, |x, y| x + y)
     }
@@ -303,5 +309,17 @@ impl Simd for Scalar {
             o[i] = y;
         }
         (e, o)
+    }
+    #[inline(always)]
+    fn interleave(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
+        let mut lo = [0.0; N];
+        let mut hi = [0.0; N];
+        for i in 0..N {
+            let dst = if 2 * i < N { &mut lo } else { &mut hi };
+            let at = 2 * i % N;
+            dst[at] = a[i];
+            dst[at + 1] = b[i];
+        }
+        (lo, hi)
     }
 }

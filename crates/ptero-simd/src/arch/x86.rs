@@ -87,6 +87,18 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    fn store_from(self, s: &mut [f32], lo: usize, v: Self::F) {
+        let n = s.len().min(8) as i32;
+        let lo = lo.min(8) as i32;
+        // SAFETY: only lanes in [lo, n), inside `s`, are written.
+        unsafe {
+            let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let below = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+            let from = _mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx);
+            _mm256_maskstore_ps(s.as_mut_ptr(), _mm256_andnot_si256(from, below), v)
+        }
+    }
+    #[inline(always)]
     fn add(self, a: Self::F, b: Self::F) -> Self::F {
         // SAFETY: see `zero`.
         unsafe { _mm256_add_ps(a, b) }
@@ -300,6 +312,20 @@ impl Simd for Avx2 {
             (e, o)
         }
     }
+    #[inline(always)]
+    fn interleave(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
+        // SAFETY: see `zero`.
+        unsafe {
+            // Per 128-bit half: [a0 b0 a1 b1 | a4 b4 a5 b5] and [a2 b2 a3 b3 | a6 b6 a7 b7];
+            // the halves then regrouped.
+            let l = _mm256_unpacklo_ps(a, b);
+            let h = _mm256_unpackhi_ps(a, b);
+            (
+                _mm256_permute2f128_ps::<0x20>(l, h),
+                _mm256_permute2f128_ps::<0x31>(l, h),
+            )
+        }
+    }
 }
 
 impl Simd for Avx512 {
@@ -340,6 +366,14 @@ impl Simd for Avx512 {
     fn store_part(self, s: &mut [f32], v: Self::F) {
         let n = s.len().min(16);
         let m: __mmask16 = ((1u32 << n) - 1) as u16;
+        // SAFETY: only enabled lanes, inside `s`, are written.
+        unsafe { _mm512_mask_storeu_ps(s.as_mut_ptr(), m, v) }
+    }
+    #[inline(always)]
+    fn store_from(self, s: &mut [f32], lo: usize, v: Self::F) {
+        let n = s.len().min(16);
+        let lo = lo.min(n);
+        let m: __mmask16 = (((1u32 << n) - 1) & !((1u32 << lo) - 1)) as u16;
         // SAFETY: only enabled lanes, inside `s`, are written.
         unsafe { _mm512_mask_storeu_ps(s.as_mut_ptr(), m, v) }
     }
@@ -558,6 +592,20 @@ impl Simd for Avx512 {
             (
                 _mm512_permutex2var_ps(a, ei, b),
                 _mm512_permutex2var_ps(a, oi, b),
+            )
+        }
+    }
+    #[inline(always)]
+    fn interleave(self, a: Self::F, b: Self::F) -> (Self::F, Self::F) {
+        // SAFETY: see `zero`.
+        unsafe {
+            // Index bit 4 picks `b`.
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi =
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (
+                _mm512_permutex2var_ps(a, lo, b),
+                _mm512_permutex2var_ps(a, hi, b),
             )
         }
     }
