@@ -549,11 +549,36 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
         Lhs::Mat(_) if !direct => buf.split_at_mut(ctx.mc * ctx.kc.min(k)),
         Lhs::Mat(_) | Lhs::Packed(_) => buf.split_at_mut(0),
     };
+    let blk = Blk { i1, j0, j1 };
+    // A packed A with a B that needs no packing per K block and stays in L2 (read in place
+    // from an image, or packed and at most 256 KiB): strip by strip over the whole depth,
+    // so each strip of A (a convolution's weights, often read from memory once) streams
+    // sequentially while B is read again per strip from the cache.
+    let b_cached = match ctx.b {
+        BSrc::Shifted(_) => true,
+        BSrc::Packed(_) => k.saturating_mul(j1 - j0) <= 1 << 16,
+        BSrc::Mat(_) => false,
+    };
+    if matches!(ctx.a, Lhs::Packed(_)) && b_cached {
+        for st in 0..strips {
+            // At least once: an empty K still writes the epilogue.
+            let mut k0 = 0;
+            loop {
+                let kc = ctx.kc.min(k - k0);
+                for q in 0..panels {
+                    tile::<S, MR, SHIFTED>(s, ctx, &blk, i0 + st * MR, q, k0, kc, &[], &[], false);
+                }
+                k0 += kc;
+                if k0 >= k {
+                    break;
+                }
+            }
+        }
+        return;
+    }
     let mut k0 = 0;
     loop {
         let kc = ctx.kc.min(k - k0);
-        let first = k0 == 0;
-        let last = k0 + kc >= k;
         if let (Lhs::Mat(am), false) = (ctx.a, direct) {
             for st in 0..strips {
                 let r0 = i0 + st * MR;
@@ -583,95 +608,142 @@ fn block<S: Simd, const MR: usize, const SHIFTED: bool>(
             }
         }
         for q in 0..panels {
-            let c0 = j0 + q * nr;
-            let n_eff = nr.min(j1 - c0);
-            let bptr = match ctx.b {
-                BSrc::Packed(p) => {
-                    let panel = c0 / nr;
-                    // `PackedBRef::new` / `PackedB::new` guaranteed panels * nr * k values.
-                    p.data[panel * k * nr + k0 * nr..][..kc * nr].as_ptr()
-                }
-                BSrc::Mat(_) => bbuf[q * kc * nr..][..kc * nr].as_ptr(),
-                BSrc::Shifted(_) => core::ptr::null(),
-            };
             for st in 0..strips {
-                let r0 = i0 + st * MR;
-                if let (Lhs::Mat(am), true) = (ctx.a, direct) {
-                    let m_eff = MR.min(i1 - r0);
-                    let rows: [*const f32; MR] = core::array::from_fn(|i| {
-                        let r = r0 + if i < m_eff { i } else { 0 };
-                        // In bounds: `MatRef::new` checked the whole matrix's extent.
-                        am.data[r * am.rs + k0..][..kc].as_ptr()
-                    });
-                    // SAFETY: each row pointer comes from a slice of exactly `kc` values,
-                    // `bptr` from one of `kc * nr`.
-                    let acc = unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) };
-                    let tile = TileOut {
-                        // SAFETY: as below.
-                        c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
-                        rs: ctx.crs,
-                        cs: ctx.ccs,
-                        i0: r0,
-                        j0: c0,
-                        m_eff,
-                        n_eff,
-                    };
-                    // SAFETY: the tile lies inside the output and inside this task's block.
-                    unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
-                    continue;
-                }
-                let aptr = match ctx.a {
-                    Lhs::Packed(p) => {
-                        let strip = ctx.strip0 + r0 / MR;
-                        p.data[strip * k * MR + k0 * MR..][..kc * MR].as_ptr()
-                    }
-                    Lhs::Mat(_) => abuf[st * kc * MR..][..kc * MR].as_ptr(),
+                let abuf_st = match ctx.a {
+                    Lhs::Mat(_) if !direct => &abuf[st * kc * MR..][..kc * MR],
+                    _ => &[][..],
                 };
-                let acc = match ctx.b {
-                    // SAFETY: `gemm_shifted` checked that the last channel's widest tap
-                    // plus n columns is inside `data`, and k0 + kc <= k rows exist.
-                    BSrc::Shifted(sh) if SHIFTED => unsafe {
-                        micro_shifted::<S, MR>(s, aptr, &sh, k0, kc, c0, n_eff)
-                    },
-                    BSrc::Shifted(_) => unreachable!("shifted operand in the packed instance"),
-                    // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and
-                    // `kc * nr` elements (indexing above checked them).
-                    _ if MR == 1 => {
-                        let row = unsafe { micro_row::<S>(s, kc, aptr, bptr) };
-                        core::array::from_fn(|_| row[0])
-                    }
-                    // SAFETY: as above.
-                    _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
+                let bbuf_q = match ctx.b {
+                    BSrc::Mat(_) => &bbuf[q * kc * nr..][..kc * nr],
+                    _ => &[][..],
                 };
-                // Wrapped columns start at pixel 0 of row r0 (`store_wrapped` finds c0's
-                // place); plain ones at (r0, c0).
-                let col = if ctx.wrap.is_some() { 0 } else { c0 * ctx.ccs };
-                let tile = TileOut {
-                    // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose extent
-                    // was checked by `MatMut::new` (or is the caller's contract).
-                    c: unsafe { ctx.c.get().add(r0 * ctx.crs + col) },
-                    rs: ctx.crs,
-                    cs: ctx.ccs,
-                    i0: r0,
-                    j0: c0,
-                    m_eff: MR.min(i1 - r0),
-                    n_eff,
-                };
-                match ctx.wrap {
-                    // SAFETY: the tile lies inside the output, and inside this task's block,
-                    // which no other task writes.
-                    None => unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) },
-                    // SAFETY: the existing pixels of the tile lie inside the output (the
-                    // caller's contract), and inside this task's block.
-                    Some(w) => unsafe {
-                        store_wrapped::<S, MR>(s, &acc, &tile, w, first, last, &ctx.epi)
-                    },
-                }
+                tile::<S, MR, SHIFTED>(
+                    s,
+                    ctx,
+                    &blk,
+                    i0 + st * MR,
+                    q,
+                    k0,
+                    kc,
+                    abuf_st,
+                    bbuf_q,
+                    direct,
+                );
             }
         }
         k0 += kc;
         if k0 >= k {
             break;
         }
+    }
+}
+
+/// The rows and columns a task covers: rows up to `i1`, columns `j0..j1`.
+struct Blk {
+    i1: usize,
+    j0: usize,
+    j1: usize,
+}
+
+/// The tile of rows `r0..r0 + MR` and panel `q` of the task's columns, over K block
+/// `k0..k0 + kc`: `abuf` holds A's strip packed for it (empty when A is packed or read
+/// in place), `bbuf` B's panel (empty unless B is a plain matrix).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<S: Simd, const MR: usize, const SHIFTED: bool>(
+    s: S,
+    ctx: &Ctx<'_>,
+    blk: &Blk,
+    r0: usize,
+    q: usize,
+    k0: usize,
+    kc: usize,
+    abuf: &[f32],
+    bbuf: &[f32],
+    direct: bool,
+) {
+    let nr = 2 * S::LANES;
+    let k = ctx.k;
+    let first = k0 == 0;
+    let last = k0 + kc >= k;
+    let c0 = blk.j0 + q * nr;
+    let n_eff = nr.min(blk.j1 - c0);
+    let m_eff = MR.min(blk.i1 - r0);
+    let bptr = match ctx.b {
+        BSrc::Packed(p) => {
+            let panel = c0 / nr;
+            // `PackedBRef::new` / `PackedB::new` guaranteed panels * nr * k values.
+            p.data[panel * k * nr + k0 * nr..][..kc * nr].as_ptr()
+        }
+        BSrc::Mat(_) => bbuf[..kc * nr].as_ptr(),
+        BSrc::Shifted(_) => core::ptr::null(),
+    };
+    if let (Lhs::Mat(am), true) = (ctx.a, direct) {
+        let rows: [*const f32; MR] = core::array::from_fn(|i| {
+            let r = r0 + if i < m_eff { i } else { 0 };
+            // In bounds: `MatRef::new` checked the whole matrix's extent.
+            am.data[r * am.rs + k0..][..kc].as_ptr()
+        });
+        // SAFETY: each row pointer comes from a slice of exactly `kc` values, `bptr` from
+        // one of `kc * nr`.
+        let acc = unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) };
+        let tile = TileOut {
+            // SAFETY: as below.
+            c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
+            rs: ctx.crs,
+            cs: ctx.ccs,
+            i0: r0,
+            j0: c0,
+            m_eff,
+            n_eff,
+        };
+        // SAFETY: the tile lies inside the output and inside this task's block.
+        unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
+        return;
+    }
+    let aptr = match ctx.a {
+        Lhs::Packed(p) => {
+            let strip = ctx.strip0 + r0 / MR;
+            p.data[strip * k * MR + k0 * MR..][..kc * MR].as_ptr()
+        }
+        Lhs::Mat(_) => abuf[..kc * MR].as_ptr(),
+    };
+    let acc = match ctx.b {
+        // SAFETY: `gemm_shifted` checked that the last channel's widest tap plus n columns
+        // is inside `data`, and k0 + kc <= k rows exist.
+        BSrc::Shifted(sh) if SHIFTED => unsafe {
+            micro_shifted::<S, MR>(s, aptr, &sh, k0, kc, c0, n_eff)
+        },
+        BSrc::Shifted(_) => unreachable!("shifted operand in the packed instance"),
+        // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and `kc * nr`
+        // elements (indexing above checked them).
+        _ if MR == 1 => {
+            let row = unsafe { micro_row::<S>(s, kc, aptr, bptr) };
+            core::array::from_fn(|_| row[0])
+        }
+        // SAFETY: as above.
+        _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
+    };
+    // Wrapped columns start at pixel 0 of row r0 (`store_wrapped` finds c0's place); plain
+    // ones at (r0, c0).
+    let col = if ctx.wrap.is_some() { 0 } else { c0 * ctx.ccs };
+    let tile = TileOut {
+        // SAFETY: (r0, c0) is inside the output (r0 < m, c0 < n), whose extent was checked
+        // by `MatMut::new` (or is the caller's contract).
+        c: unsafe { ctx.c.get().add(r0 * ctx.crs + col) },
+        rs: ctx.crs,
+        cs: ctx.ccs,
+        i0: r0,
+        j0: c0,
+        m_eff,
+        n_eff,
+    };
+    match ctx.wrap {
+        // SAFETY: the tile lies inside the output, and inside this task's block, which no
+        // other task writes.
+        None => unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) },
+        // SAFETY: the existing pixels of the tile lie inside the output (the caller's
+        // contract), and inside this task's block.
+        Some(w) => unsafe { store_wrapped::<S, MR>(s, &acc, &tile, w, first, last, &ctx.epi) },
     }
 }

@@ -53,6 +53,8 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize>(
                 s.load_ptr(b.add(p * nr + S::LANES)),
             )
         };
+        // A packed A is a layer's weights (see `micro_shifted`).
+        prefetch(a.wrapping_add((p + A_AHEAD) * MR));
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: p * MR + i < kc * MR.
             let ai = s.splat(unsafe { *a.add(p * MR + i) });
@@ -410,6 +412,9 @@ pub(crate) unsafe fn micro_shifted<S: Simd, const MR: usize>(
                 };
                 (lo, hi)
             };
+            // A convolution's weights are read once per image, often from memory: ask
+            // for them well ahead (the hardware's prefetcher stops at page borders).
+            prefetch(a.wrapping_add((p + A_AHEAD) * MR));
             for (i, row) in acc.iter_mut().enumerate() {
                 // SAFETY: p * MR + i < kc * MR.
                 let ai = s.splat(unsafe { *a.add(p * MR + i) });
@@ -420,4 +425,20 @@ pub(crate) unsafe fn micro_shifted<S: Simd, const MR: usize>(
         }
     }
     acc
+}
+
+/// Steps of K ahead of the one computed whose A values are prefetched.
+const A_AHEAD: usize = 48;
+
+/// Hints that the cache line holding `p` will be read soon. Any address is allowed.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and changes no state visible to the
+    // program, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
