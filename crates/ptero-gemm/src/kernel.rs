@@ -88,6 +88,9 @@ pub(crate) unsafe fn micro_rows<S: Simd, const MR: usize>(
                 s.load_ptr(b.add(p * nr + S::LANES)),
             )
         };
+        // B is a layer's packed weights here (`linear`, channels-last convolutions).
+        prefetch(b.wrapping_add((p + B_AHEAD) * nr));
+        prefetch(b.wrapping_add((p + B_AHEAD) * nr + S::LANES));
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: p < kc.
             let ai = s.splat(unsafe { *rows[i].add(p) });
@@ -429,6 +432,8 @@ pub(crate) unsafe fn micro_shifted<S: Simd, const MR: usize>(
 
 /// Steps of K ahead of the one computed whose A values are prefetched.
 const A_AHEAD: usize = 48;
+/// The same for B (a panel's step is `2 · LANES` values: two cache lines on AVX-512).
+const B_AHEAD: usize = 16;
 
 /// Hints that the cache line holding `p` will be read soon. Any address is allowed.
 #[inline(always)]
