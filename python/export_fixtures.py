@@ -198,6 +198,39 @@ def fx_cnn() -> Fixture:
                   description="conv2d/batchnorm2d(eval)/relu/maxpool/avgpool/adaptive_avgpool/flatten/linear, input [2,3,16,16]")
 
 
+def fx_resnet_block() -> Fixture:
+    class Block(nn.Module):
+        """A ResNet basic block over an image large enough for Ptero's Winograd path
+        (3x3, stride 1, >= 100 tiles of 2x2 outputs), odd sizes, then a plain 3x3
+        convolution with a bias."""
+
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+            self.b1 = nn.BatchNorm2d(16)
+            self.c2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+            self.b2 = nn.BatchNorm2d(16)
+            self.c3 = nn.Conv2d(16, 20, 3, padding=1)
+
+        def forward(self, x):
+            y = F.relu(self.b1(self.c1(x)))
+            y = self.b2(self.c2(y))
+            y = F.relu(y + x)
+            return self.c3(y)
+
+    torch.manual_seed(7)
+    m = Block()
+    with torch.no_grad():
+        for i, bn in enumerate([m.b1, m.b2]):
+            c = bn.num_features
+            bn.running_mean.copy_(randn(c, seed=700 + i, scale=0.3))
+            bn.running_var.copy_(torch.rand(c, generator=gen(710 + i)) + 0.5)
+            bn.weight.copy_(1.0 + randn(c, seed=720 + i, scale=0.2))
+            bn.bias.copy_(randn(c, seed=730 + i, scale=0.2))
+    return single(m, [(randn(1, 16, 23, 21, seed=701),)],
+                  description="ResNet basic block (conv-bn-relu, conv-bn, +identity, relu) then conv 16->20, input [1,16,23,21]")
+
+
 def fx_transformer_encoder() -> Fixture:
     torch.manual_seed(3)
     m = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
@@ -810,6 +843,7 @@ def fx_ops_f16() -> Fixture:
 FIXTURES_REGISTRY: Dict[str, Callable[[], Fixture]] = {
     "mlp": fx_mlp,
     "cnn": fx_cnn,
+    "resnet_block": fx_resnet_block,
     "transformer_encoder": fx_transformer_encoder,
     "lstm": fx_lstm,
     "dynamic_batch": fx_dynamic_batch,

@@ -181,6 +181,7 @@ fixture_tests!(
     passing: [
         mlp,
         cnn,
+        resnet_block,
         transformer_encoder,
         lstm,
         dynamic_batch,

@@ -86,6 +86,7 @@ fn execute_does_not_allocate() {
     for fixture in [
         "mlp",
         "cnn",
+        "resnet_block",
         "lstm",
         "transformer_encoder",
         "tiny_llama",
