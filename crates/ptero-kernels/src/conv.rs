@@ -243,7 +243,7 @@ struct FusedPair {
 }
 
 fn prepare_conv_dw(a: &KernelArgs<'_>) -> Result<Prepared> {
-    let state = match (fold(a, 0, false)?, fold(a, 17, false)?) {
+    let state = match (fold(a, 0, false, true)?, fold(a, 17, false, false)?) {
         (Some(first), Some(second)) => {
             Some(alloc::boxed::Box::new(FusedPair { first, second }) as _)
         }
@@ -258,7 +258,8 @@ fn prepare_conv_dw(a: &KernelArgs<'_>) -> Result<Prepared> {
 /// Folded weights, bias and activation of a fused convolution.
 struct FusedConv {
     packed: Option<PackedConv>,
-    /// `[cout, cin / groups, kh, kw]`, contiguous (read directly by depthwise convolutions).
+    /// `[cout, cin / groups, kh, kw]`, contiguous (read directly by depthwise convolutions);
+    /// empty when `packed` serves every call (see `fold`).
     weights: alloc::vec::Vec<f32>,
     wst: [usize; 4],
     bias: alloc::vec::Vec<f32>,
@@ -267,15 +268,17 @@ struct FusedConv {
 
 fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
     Ok(Prepared {
-        state: fold(a, 0, true)?.map(|f| alloc::boxed::Box::new(f) as _),
+        state: fold(a, 0, true, true)?.map(|f| alloc::boxed::Box::new(f) as _),
         scratch_floats: ptero_gemm::conv_scratch_floats(),
     })
 }
 
 /// Folds the normalization of the `conv_bn_act` whose arguments start at `o` into its
-/// weights and bias; `None` when its parameters are not constant. With `wino`, weights
-/// that pay for it are packed for Winograd.
-fn fold(a: &KernelArgs<'_>, o: usize, wino: bool) -> Result<Option<FusedConv>> {
+/// weights and bias; `None` when its parameters are not constant. With `wino` (a
+/// convolution alone, not half of a pair), weights that pay for it are packed for
+/// Winograd; with `drop` (not the depthwise half of a pair, which reads the folded copy),
+/// a folded copy no call reads is not kept.
+fn fold(a: &KernelArgs<'_>, o: usize, wino: bool, drop: bool) -> Result<Option<FusedConv>> {
     let p = None;
     // The normalization's four parameters are all constant, or all None (a convolution
     // fused with its activation alone).
@@ -394,6 +397,17 @@ fn fold(a: &KernelArgs<'_>, o: usize, wino: bool) -> Result<Option<FusedConv>> {
             )
         }
         _ => None,
+    };
+    // A convolution alone whose weights are packed reads the folded copy only as a
+    // matrix-vector product over 1 x 1 images (`matvec`, which falls back to the packed
+    // weights without it): not kept unless the planned image is 1 x 1.
+    let planned_unit = a
+        .meta(o)
+        .is_ok_and(|m| m.dim() >= 3 && m.sizes()[2..].iter().product::<usize>() <= 1);
+    let weights = if drop && packed.is_some() && !planned_unit {
+        alloc::vec::Vec::new()
+    } else {
+        weights
     };
     Ok(Some(FusedConv {
         packed,
@@ -677,6 +691,8 @@ fn matvec(
         return None;
     }
     let (w, wst) = match fused {
+        // Folded weights dropped at load: the packed ones serve (`fold`).
+        Some(f) if f.weights.is_empty() => return None,
         Some(f) => (&f.weights[..], f.wst),
         None => (wd, g.wst),
     };
