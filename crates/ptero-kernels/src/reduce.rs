@@ -324,10 +324,8 @@ fn image_sum_channels_last(
         let img = xd
             .get(b * c * pixels..(b + 1) * c * pixels)
             .ok_or_else(|| oob("input"))?;
-        for px in img.chunks_exact(c.max(1)) {
-            for (acc, v) in row.iter_mut().zip(px) {
-                *acc += *v;
-            }
+        if c > 0 {
+            ptero_simd::ops::add_rows(img, row);
         }
         if mean {
             row.iter_mut().for_each(|v| *v *= scale);

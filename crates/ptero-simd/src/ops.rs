@@ -282,6 +282,108 @@ pub fn binary(f: Binary, a: Lhs<'_>, b: Rhs<'_>, alpha: f32, y: &mut [f32]) {
     dispatch(BinaryOp { f, a, b, alpha, y })
 }
 
+struct BinaryRows<'a> {
+    f: Binary,
+    x: &'a [f32],
+    row: &'a [f32],
+    row_left: bool,
+    y: &'a mut [f32],
+}
+
+impl SimdOp for BinaryRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let c = self.row.len();
+        for (xr, yr) in self.x.chunks_exact(c).zip(self.y.chunks_exact_mut(c)) {
+            let mut i = 0;
+            while i < c {
+                let part = i + S::LANES > c;
+                let (a, b) = (
+                    Operand::Slice(xr).get(s, i, c, part),
+                    Operand::Slice(self.row).get(s, i, c, part),
+                );
+                let v = if self.row_left {
+                    self.f.apply(s, b, a)
+                } else {
+                    self.f.apply(s, a, b)
+                };
+                if part {
+                    s.store_part(&mut yr[i..c], v);
+                } else {
+                    s.store(&mut yr[i..], v);
+                }
+                i += S::LANES;
+            }
+        }
+    }
+}
+
+/// `y = f(x, row)` with `row` repeated along `x` (rows of `row.len()` items: a
+/// channels-last image against one value per channel), or `f(row, x)` with `row_left`.
+/// One dispatch for every row, where [`binary`] per row would cost a call each.
+///
+/// # Panics
+/// If `row` is empty, `y` is not whole rows, or `x` is shorter than `y`.
+pub fn binary_rows(f: Binary, x: &[f32], row: &[f32], row_left: bool, y: &mut [f32]) {
+    assert!(
+        !row.is_empty() && y.len().is_multiple_of(row.len()) && x.len() >= y.len(),
+        "binary_rows: operands do not form whole rows"
+    );
+    dispatch(BinaryRows {
+        f,
+        x,
+        row,
+        row_left,
+        y,
+    })
+}
+
+struct AddRows<'a> {
+    x: &'a [f32],
+    acc: &'a mut [f32],
+}
+
+impl SimdOp for AddRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let c = self.acc.len();
+        let rows = self.x.len() / c;
+        let mut r = 0;
+        while r < rows {
+            // Four rows per pass over the accumulators.
+            let take = (rows - r).min(4);
+            let block = &self.x[r * c..(r + take) * c];
+            let mut j = 0;
+            while j < c {
+                let part = j + S::LANES > c;
+                let mut v = Operand::Slice(self.acc).get(s, j, c, part);
+                for row in block.chunks_exact(c) {
+                    v = s.add(v, Operand::Slice(row).get(s, j, c, part));
+                }
+                if part {
+                    s.store_part(&mut self.acc[j..c], v);
+                } else {
+                    s.store(&mut self.acc[j..], v);
+                }
+                j += S::LANES;
+            }
+            r += take;
+        }
+    }
+}
+
+/// `acc[j] += x[r · n + j]` over every whole row `r` of `x` (`n = acc.len()`): the sum
+/// of a channels-last image's pixels, per channel.
+///
+/// # Panics
+/// If `acc` is empty.
+pub fn add_rows(x: &[f32], acc: &mut [f32]) {
+    assert!(!acc.is_empty(), "add_rows: empty rows");
+    dispatch(AddRows { x, acc })
+}
+
 struct BinaryInPlace<'a> {
     f: Binary,
     b: Rhs<'a>,

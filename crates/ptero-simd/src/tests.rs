@@ -236,6 +236,39 @@ fn slice_ops_match_scalar_loops() {
             for i in 0..n {
                 assert_eq!(y[i], 1.5 / w[i], "{l} rdiv {n}");
             }
+            // Rows of a few widths (under, at and past a vector), both operand orders.
+            for c in [1usize, 3, 16, 21].into_iter().filter(|&c| c <= n) {
+                let rows = n / c;
+                let row = &w[..c];
+                let mut y = vec![0.0; rows * c];
+                ops::binary_rows(Binary::Sub, &x, row, false, &mut y);
+                for i in 0..rows * c {
+                    let want = x[i] - row[i % c];
+                    assert!(
+                        y[i] == want || (y[i].is_nan() && want.is_nan()),
+                        "{l} rows sub {n} {c}"
+                    );
+                }
+                ops::binary_rows(Binary::Div, &x, row, true, &mut y);
+                for i in 0..rows * c {
+                    let want = row[i % c] / x[i];
+                    assert!(
+                        y[i] == want || (y[i].is_nan() && want.is_nan()),
+                        "{l} rows rdiv {n} {c}"
+                    );
+                }
+            }
+            for c in [1usize, 5, 16, 40].into_iter().filter(|&c| c <= n) {
+                let mut acc: Vec<f32> = (0..c).map(|j| j as f32).collect();
+                ops::add_rows(&x, &mut acc);
+                for (j, &v) in acc.iter().enumerate() {
+                    let want: f64 = j as f64 + (0..n / c).map(|r| x[r * c + j] as f64).sum::<f64>();
+                    assert!(
+                        (v as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()) || want.is_nan(),
+                        "{l} add_rows {n} {c}: {v} vs {want}"
+                    );
+                }
+            }
             let mut y2 = x.clone();
             ops::binary_inplace(Binary::Mul, &mut y2, Rhs::Scalar(3.0));
             for i in 0..n {

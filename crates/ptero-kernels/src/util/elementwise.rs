@@ -342,17 +342,17 @@ fn per_channel_f32(
     }
     let pixels = h * w;
     ptero_simd::for_each_chunk_by(par, o, c, &|r, o| {
-        use ptero_simd::ops::{binary, Lhs, Rhs};
-        for (i, orow) in o.chunks_exact_mut(c).enumerate() {
-            let p = r.start / c + i;
+        // The chunk's pixels, split where the image (and so the channel row) changes.
+        let mut p = r.start / c;
+        let mut o = o;
+        while !o.is_empty() {
             let img = p / pixels;
+            let count = ((img + 1) * pixels - p).min(o.len() / c);
+            let (seg, rest) = o.split_at_mut(count * c);
             let srow = &sc[if cn == 1 { 0 } else { img * cst }..][..c];
-            let xrow = &x[p * c..(p + 1) * c];
-            if left {
-                binary(op, Lhs::Slice(xrow), Rhs::Slice(srow), 1.0, orow);
-            } else {
-                binary(op, Lhs::Slice(srow), Rhs::Slice(xrow), 1.0, orow);
-            }
+            ptero_simd::ops::binary_rows(op, &x[p * c..(p + count) * c], srow, !left, seg);
+            o = rest;
+            p += count;
         }
     });
     Ok(true)
