@@ -678,7 +678,7 @@ fn tile<S: Simd, const MR: usize, const SHIFTED: bool>(
         BSrc::Mat(_) => bbuf[..kc * nr].as_ptr(),
         BSrc::Shifted(_) => core::ptr::null(),
     };
-    if let (Lhs::Mat(am), true) = (ctx.a, direct) {
+    let acc = if let (Lhs::Mat(am), true) = (ctx.a, direct) {
         let rows: [*const f32; MR] = core::array::from_fn(|i| {
             let r = r0 + if i < m_eff { i } else { 0 };
             // In bounds: `MatRef::new` checked the whole matrix's extent.
@@ -686,43 +686,31 @@ fn tile<S: Simd, const MR: usize, const SHIFTED: bool>(
         });
         // SAFETY: each row pointer comes from a slice of exactly `kc` values, `bptr` from
         // one of `kc * nr`.
-        let acc = unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) };
-        let tile = TileOut {
-            // SAFETY: as below.
-            c: unsafe { ctx.c.get().add(r0 * ctx.crs + c0 * ctx.ccs) },
-            rs: ctx.crs,
-            cs: ctx.ccs,
-            i0: r0,
-            j0: c0,
-            m_eff,
-            n_eff,
+        unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) }
+    } else {
+        let aptr = match ctx.a {
+            Lhs::Packed(p) => {
+                let strip = ctx.strip0 + r0 / MR;
+                p.data[strip * k * MR + k0 * MR..][..kc * MR].as_ptr()
+            }
+            Lhs::Mat(_) => abuf[..kc * MR].as_ptr(),
         };
-        // SAFETY: the tile lies inside the output and inside this task's block.
-        unsafe { store_tile::<S, MR>(s, &acc, &tile, first, last, &ctx.epi) };
-        return;
-    }
-    let aptr = match ctx.a {
-        Lhs::Packed(p) => {
-            let strip = ctx.strip0 + r0 / MR;
-            p.data[strip * k * MR + k0 * MR..][..kc * MR].as_ptr()
+        match ctx.b {
+            // SAFETY: `gemm_shifted` checked that the last channel's widest tap plus n
+            // columns is inside `data`, and k0 + kc <= k rows exist.
+            BSrc::Shifted(sh) if SHIFTED => unsafe {
+                micro_shifted::<S, MR>(s, aptr, &sh, k0, kc, c0, n_eff)
+            },
+            BSrc::Shifted(_) => unreachable!("shifted operand in the packed instance"),
+            // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and `kc * nr`
+            // elements (indexing above checked them).
+            _ if MR == 1 => {
+                let row = unsafe { micro_row::<S>(s, kc, aptr, bptr) };
+                core::array::from_fn(|_| row[0])
+            }
+            // SAFETY: as above.
+            _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
         }
-        Lhs::Mat(_) => abuf[..kc * MR].as_ptr(),
-    };
-    let acc = match ctx.b {
-        // SAFETY: `gemm_shifted` checked that the last channel's widest tap plus n columns
-        // is inside `data`, and k0 + kc <= k rows exist.
-        BSrc::Shifted(sh) if SHIFTED => unsafe {
-            micro_shifted::<S, MR>(s, aptr, &sh, k0, kc, c0, n_eff)
-        },
-        BSrc::Shifted(_) => unreachable!("shifted operand in the packed instance"),
-        // SAFETY: `aptr` and `bptr` come from slices of exactly `kc * MR` and `kc * nr`
-        // elements (indexing above checked them).
-        _ if MR == 1 => {
-            let row = unsafe { micro_row::<S>(s, kc, aptr, bptr) };
-            core::array::from_fn(|_| row[0])
-        }
-        // SAFETY: as above.
-        _ => unsafe { micro::<S, MR>(s, kc, aptr, bptr) },
     };
     // Wrapped columns start at pixel 0 of row r0 (`store_wrapped` finds c0's place); plain
     // ones at (r0, c0).

@@ -316,6 +316,23 @@ mod conv {
         }
     }
 
+    /// `x` (an NCHW input of `g`) copied channels-last, with its strides.
+    fn channels_last_copy(g: &Conv2d, x: &[f32]) -> (Vec<f32>, [usize; 4]) {
+        let st = [g.cin * g.ih * g.iw, 1, g.iw * g.cin, g.cin];
+        let mut t = vec![0.0f32; x.len()];
+        for n in 0..g.n {
+            for c in 0..g.cin {
+                for h in 0..g.ih {
+                    for w in 0..g.iw {
+                        t[n * st[0] + c * st[1] + h * st[2] + w * st[3]] =
+                            x[((n * g.cin + c) * g.ih + h) * g.iw + w];
+                    }
+                }
+            }
+        }
+        (t, st)
+    }
+
     #[test]
     fn convolutions_at_every_level() {
         let _g = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -386,19 +403,7 @@ mod conv {
                             || layout == "nhwc";
                         let out_cl = layout.starts_with("nhwc") && layout != "nhwc-in";
                         let (xd, xs) = if in_cl {
-                            let mut t = vec![0.0f32; x.len()];
-                            let st = nhwc(g.cin, g.ih, g.iw);
-                            for n in 0..g.n {
-                                for c in 0..g.cin {
-                                    for h in 0..g.ih {
-                                        for ww in 0..g.iw {
-                                            t[n * st[0] + c * st[1] + h * st[2] + ww * st[3]] =
-                                                x[((n * g.cin + c) * g.ih + h) * g.iw + ww];
-                                        }
-                                    }
-                                }
-                            }
-                            (t, st)
+                            channels_last_copy(g, &x)
                         } else {
                             (x.clone(), cst(g.cin, g.ih, g.iw))
                         };
@@ -589,18 +594,7 @@ mod conv {
                         ("nhwc", &pool, true),
                     ] {
                         let (xd, xs, os) = if layout == "nhwc" {
-                            let st = nhwc(g.cin, g.ih, g.iw);
-                            let mut t = vec![0.0f32; x.len()];
-                            for n in 0..g.n {
-                                for c in 0..g.cin {
-                                    for h in 0..g.ih {
-                                        for ww in 0..g.iw {
-                                            t[n * st[0] + c * st[1] + h * st[2] + ww * st[3]] =
-                                                x[((n * g.cin + c) * g.ih + h) * g.iw + ww];
-                                        }
-                                    }
-                                }
-                            }
+                            let (t, st) = channels_last_copy(g, &x);
                             (t, st, nhwc(g.cout, g.oh, g.ow))
                         } else {
                             (x.clone(), cst(g.cin, g.ih, g.iw), cst(g.cout, g.oh, g.ow))
