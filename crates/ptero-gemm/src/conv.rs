@@ -249,8 +249,10 @@ impl PackedConv {
     /// weights than with [`PackedConv::new`] ones: a 3×3 filter of stride 1 over enough
     /// channels and pixels, whose padded input fits a slot of [`conv_scratch_floats`].
     pub fn winograd_pays(geo: &Conv2d) -> bool {
-        let tiles = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
-        let planes = (geo.ih + 2 * geo.pad[0] + 1) * (geo.iw + 2 * geo.pad[1] + 1);
+        // Saturating: a hostile geometry must answer false, not overflow.
+        let tiles = geo.oh.div_ceil(2).saturating_mul(geo.ow.div_ceil(2));
+        let side = |i: usize, p: usize| i.saturating_add(p.saturating_mul(2)).saturating_add(1);
+        let planes = side(geo.ih, geo.pad[0]).saturating_mul(side(geo.iw, geo.pad[1]));
         winograd::applies(geo)
             && geo.check().is_ok()
             && geo.cin >= winograd::MIN_CHANNELS

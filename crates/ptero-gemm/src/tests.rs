@@ -565,6 +565,11 @@ mod conv {
             0,
             1
         )));
+        // Hostile sizes answer false, not an overflow.
+        let mut huge = geo(1, 64, 64, 1, (56, 56), (3, 3), 1, 1, 1);
+        (huge.ih, huge.iw, huge.oh, huge.ow) = (usize::MAX, usize::MAX, usize::MAX, usize::MAX);
+        huge.pad = [usize::MAX / 2, usize::MAX / 2];
+        assert!(!PackedConv::winograd_pays(&huge));
         for l in levels() {
             set_level(l).unwrap();
             for g in &geos {

@@ -1183,7 +1183,11 @@ fn winograd_geo(a: &KernelArgs<'_>, o: usize, out: usize) -> Option<Conv2d> {
         return None;
     }
     let pad = [usize::try_from(p[0]).ok()?, usize::try_from(p[1]).ok()?];
-    let side = |i: usize, p: usize| i.checked_add(2 * p)?.checked_sub(2).filter(|&o| o > 0);
+    let side = |i: usize, p: usize| {
+        i.checked_add(p.checked_mul(2)?)?
+            .checked_sub(2)
+            .filter(|&o| o > 0)
+    };
     let geo = Conv2d {
         n: xs[0],
         cin: xs[1],
