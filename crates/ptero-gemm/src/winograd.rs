@@ -121,8 +121,8 @@ pub(crate) unsafe fn conv(
     if hq <= th || wq <= tw {
         return Err(GemmError::Shape {
             what: "Winograd input height (padded)",
-            expected: 2 * th + 2,
-            found: g.ih + 2 * g.pad[0],
+            expected: th.saturating_mul(2).saturating_add(2),
+            found: g.ih.saturating_add(g.pad[0].saturating_mul(2)),
         });
     }
     let ch = ph.floats().ok_or(GemmError::Overflow)?;

@@ -401,9 +401,13 @@ fn fold(a: &KernelArgs<'_>, o: usize, wino: bool, drop: bool) -> Result<Option<F
     // A convolution alone whose weights are packed reads the folded copy only as a
     // matrix-vector product over 1 x 1 images (`matvec`, which falls back to the packed
     // weights without it): not kept unless the planned image is 1 x 1.
-    let planned_unit = a
-        .meta(o)
-        .is_ok_and(|m| m.dim() >= 3 && m.sizes()[2..].iter().product::<usize>() <= 1);
+    let planned_unit = a.meta(o).is_ok_and(|m| {
+        m.dim() >= 3
+            && m.sizes()[2..]
+                .iter()
+                .fold(1usize, |p, &d| p.saturating_mul(d))
+                <= 1
+    });
     let weights = if drop && packed.is_some() && !planned_unit {
         alloc::vec::Vec::new()
     } else {
