@@ -202,7 +202,8 @@ def fx_resnet_block() -> Fixture:
     class Block(nn.Module):
         """A ResNet basic block over an image large enough for Ptero's Winograd path
         (3x3, stride 1, >= 100 tiles of 2x2 outputs), odd sizes, then a plain 3x3
-        convolution with a bias."""
+        convolution with a bias and a strided one with more channels (Ptero's
+        pixel-row path)."""
 
         def __init__(self):
             super().__init__()
@@ -211,12 +212,13 @@ def fx_resnet_block() -> Fixture:
             self.c2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
             self.b2 = nn.BatchNorm2d(16)
             self.c3 = nn.Conv2d(16, 20, 3, padding=1)
+            self.c4 = nn.Conv2d(20, 40, 3, stride=2, padding=1)
 
         def forward(self, x):
             y = F.relu(self.b1(self.c1(x)))
             y = self.b2(self.c2(y))
             y = F.relu(y + x)
-            return self.c3(y)
+            return self.c4(F.relu(self.c3(y)))
 
     torch.manual_seed(7)
     m = Block()
@@ -228,7 +230,7 @@ def fx_resnet_block() -> Fixture:
             bn.weight.copy_(1.0 + randn(c, seed=720 + i, scale=0.2))
             bn.bias.copy_(randn(c, seed=730 + i, scale=0.2))
     return single(m, [(randn(1, 16, 23, 21, seed=701),)],
-                  description="ResNet basic block (conv-bn-relu, conv-bn, +identity, relu) then conv 16->20, input [1,16,23,21]")
+                  description="ResNet basic block (conv-bn-relu, conv-bn, +identity, relu) then conv 16->20, relu, conv 20->40 stride 2, input [1,16,23,21]")
 
 
 def fx_transformer_encoder() -> Fixture:

@@ -7,7 +7,8 @@
 //! contains it; `mobilenet_v2:dw` keeps that model's layers whose name contains `dw`.
 //! `fused` times MobileNetV2-like pointwise → depthwise pairs run apart and fused
 //! ([`pointwise_depthwise`]). `PTERO_NHWC=1` runs the layers channels-last;
-//! `PTERO_WINO=1` packs the layers [`PackedConv::winograd_pays`] accepts for Winograd.
+//! `PTERO_WINO=1` packs the layers [`PackedConv::winograd_pays`] accepts for Winograd;
+//! `PTERO_PIX=1` packs the others of one group with output pixels as rows.
 
 use std::time::Instant;
 
@@ -302,6 +303,8 @@ fn main() {
     let nhwc = std::env::var("PTERO_NHWC").is_ok_and(|v| v == "1");
     // PTERO_WINO=1: 3×3 stride-1 layers packed for Winograd where it pays.
     let wino = std::env::var("PTERO_WINO").is_ok_and(|v| v == "1");
+    // PTERO_PIX=1: one-group layers (not 1×1) packed with output pixels as rows.
+    let pix = std::env::var("PTERO_PIX").is_ok_and(|v| v == "1");
     for (name, g) in &layers {
         let cin_g = g.cin / g.groups;
         let x = vec![0.5f32; g.n * g.cin * g.ih * g.iw];
@@ -325,6 +328,8 @@ fn main() {
             PackedConv::channels_last(g, wi).unwrap()
         } else if wino && PackedConv::winograd_pays(g) {
             PackedConv::winograd(g, wi).unwrap()
+        } else if pix && g.groups == 1 && g.kh * g.kw > 1 {
+            PackedConv::pixel_rows(g, wi).unwrap()
         } else {
             PackedConv::new(g, wi).unwrap()
         };

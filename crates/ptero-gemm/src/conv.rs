@@ -12,7 +12,7 @@ use crate::depthwise::depthwise;
 use crate::driver::{
     gemm_out, gemm_shifted, scratch_floats, with_scratch, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
 };
-use crate::{nhwc, nhwc_dw, winograd};
+use crate::{nhwc, nhwc_dw, pixel_rows, winograd};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
@@ -178,6 +178,8 @@ pub struct PackedConv {
     pub(crate) dw: Vec<f32>,
     /// Winograd's transforms of 3×3 filters, one left operand per point, or empty.
     pub(crate) wino: Vec<PackedA>,
+    /// `Wᵀ` for output pixels as rows ([`crate::pixel_rows`]), one group.
+    pub(crate) pix: Option<crate::PackedB>,
     geo: Conv2d,
 }
 
@@ -218,6 +220,7 @@ impl PackedConv {
             cols: Vec::new(),
             dw: Vec::new(),
             wino: Vec::new(),
+            pix: None,
             geo: *geo,
         })
     }
@@ -241,6 +244,7 @@ impl PackedConv {
             cols: Vec::new(),
             dw: Vec::new(),
             wino: winograd::pack(ptero_simd::level(), geo, w)?,
+            pix: None,
             geo: *geo,
         })
     }
@@ -259,6 +263,55 @@ impl PackedConv {
             && geo.cout >= winograd::MIN_CHANNELS
             && tiles >= winograd::MIN_TILES
             && geo.cin.saturating_mul(planes) <= conv_scratch_floats()
+    }
+
+    /// Packs `w` (one group) for channels-first images with output pixels as the GEMM's
+    /// rows ([`crate::pixel_rows`]): small images with many channels.
+    pub fn pixel_rows(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
+        geo.check()?;
+        if !pixel_rows::applies(geo) {
+            return Err(GemmError::Shape {
+                what: "convolution with pixels as rows (groups)",
+                expected: 1,
+                found: geo.groups,
+            });
+        }
+        check_extent(
+            "weight",
+            w.data.len(),
+            [geo.cout, geo.cin, geo.kh, geo.kw],
+            w.strides,
+        )?;
+        Ok(PackedConv {
+            groups: Vec::new(),
+            cols: Vec::new(),
+            dw: Vec::new(),
+            wino: Vec::new(),
+            pix: Some(pixel_rows::pack(ptero_simd::level(), geo, w)?),
+            geo: *geo,
+        })
+    }
+
+    /// True when `geo` (with its image sizes) runs faster with [`PackedConv::pixel_rows`]
+    /// weights than with [`PackedConv::new`] ones (and Winograd does not pay): a filter
+    /// of several taps over enough channels, on an image whose padded input fits in L2.
+    pub fn pixel_rows_pays(geo: &Conv2d) -> bool {
+        let ph = Phases {
+            ih: geo.ih,
+            iw: geo.iw,
+            pad: geo.pad,
+            stride: geo.stride,
+        };
+        pixel_rows::applies(geo)
+            && geo.check().is_ok()
+            && geo.kh.saturating_mul(geo.kw) > 1
+            && geo.cin >= pixel_rows::MIN_CHANNELS
+            && geo.cout >= pixel_rows::MIN_CHANNELS
+            && !PackedConv::winograd_pays(geo)
+            && ph
+                .floats()
+                .and_then(|f| f.checked_mul(geo.cin))
+                .is_some_and(|f| f <= pixel_rows::MAX_PLANES)
     }
 
     /// Packs `w` for channels-last images (outputs whose channels are adjacent): the
@@ -283,6 +336,7 @@ impl PackedConv {
                 cols: Vec::new(),
                 dw,
                 wino: Vec::new(),
+                pix: None,
                 geo: *geo,
             });
         }
@@ -291,6 +345,7 @@ impl PackedConv {
             cols: nhwc::pack_weights(geo, w)?,
             dw: Vec::new(),
             wino: Vec::new(),
+            pix: None,
             geo: *geo,
         })
     }
@@ -306,6 +361,7 @@ impl PackedConv {
             + self.cols.iter().map(|g| g.bytes()).sum::<usize>()
             + self.dw.len() * 4
             + self.wino.iter().map(|g| g.bytes()).sum::<usize>()
+            + self.pix.as_ref().map_or(0, |p| p.bytes())
     }
 
     /// True when packed by [`PackedConv::winograd`].
@@ -409,6 +465,10 @@ pub fn conv2d(
                 unsafe { depthwise(par, arena, &g, x, wi, bias, optr, os, act) };
             }
             Ok(())
+        }
+        ConvWeights::Packed(PackedConv { pix: Some(b), .. }) => {
+            // SAFETY: as above.
+            unsafe { pixel_rows::conv(par, arena, &g, x, b, bias, optr, os, act) }
         }
         ConvWeights::Packed(p) if p.is_winograd() => {
             // SAFETY: as above.

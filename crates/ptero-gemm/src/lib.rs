@@ -45,6 +45,7 @@ mod mat;
 mod nhwc;
 mod nhwc_dw;
 mod pack;
+mod pixel_rows;
 mod stem;
 mod winograd;
 

@@ -333,6 +333,74 @@ mod conv {
         (t, st)
     }
 
+    /// Runs [`conv2d`] with weights `pc` (packed from `w`, `[cout, cin, kh, kw]`) against the
+    /// direct reference: channels-first and channels-last images, one thread and a pool, with
+    /// and without an arena, with and without bias and activation.
+    fn check_packed_conv(
+        l: Level,
+        g: &Conv2d,
+        pc: &PackedConv,
+        w: &[f32],
+        pool: &ThreadPool,
+        arena: &SlotArena,
+    ) {
+        let x = data(g.n * g.cin * g.ih * g.iw, 7);
+        let b = data(g.cout, 9);
+        let cst = |c: usize, h: usize, ww: usize| [c * h * ww, h * ww, ww, 1];
+        let nhwc = |c: usize, h: usize, ww: usize| [c * h * ww, 1, ww * c, c];
+        for (act, bias) in [
+            (Activation::None, None),
+            (Activation::Clamp(-0.5, 0.5), Some(&b[..])),
+        ] {
+            let want = reference(g, &x, w, bias, act);
+            for (layout, par, with_arena) in [
+                ("nchw", &Serial as &dyn Parallel, true),
+                ("nchw", pool as &dyn Parallel, true),
+                ("nchw", pool as &dyn Parallel, false),
+                ("nhwc", pool as &dyn Parallel, true),
+            ] {
+                let (xd, xs, os) = if layout == "nhwc" {
+                    let (t, st) = channels_last_copy(g, &x);
+                    (t, st, nhwc(g.cout, g.oh, g.ow))
+                } else {
+                    (x.clone(), cst(g.cin, g.ih, g.iw), cst(g.cout, g.oh, g.ow))
+                };
+                let mut out = vec![f32::NAN; g.n * g.cout * g.oh * g.ow];
+                conv2d(
+                    par,
+                    with_arena.then_some(arena),
+                    g,
+                    Image {
+                        data: &xd,
+                        strides: xs,
+                    },
+                    ConvWeights::Packed(pc),
+                    bias,
+                    ImageMut {
+                        data: &mut out,
+                        strides: os,
+                    },
+                    act,
+                )
+                .unwrap();
+                for n in 0..g.n {
+                    for c in 0..g.cout {
+                        for y in 0..g.oh {
+                            for xx in 0..g.ow {
+                                let got = out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
+                                let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
+                                assert!(
+                                    (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
+                                    "{l} {g:?} {layout} arena {with_arena} act {act:?}: ({n},{c},{y},{xx}) {got} vs {wv}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn convolutions_at_every_level() {
         let _g = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -479,6 +547,44 @@ mod conv {
         set_level(before).unwrap();
     }
 
+    /// Output pixels as the GEMM's rows: strips across image rows and past the last pixel,
+    /// panels of output channels with a tail, strides, dilation, padding, 1-wide images,
+    /// more threads than panels.
+    #[test]
+    fn pixel_row_convolutions_at_every_level() {
+        let _g = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = ptero_simd::level();
+        let pool = ThreadPool::new(3);
+        let arena = SlotArena::new(4, crate::conv_scratch_floats()).unwrap();
+        let geos = [
+            geo(1, 16, 64, 1, (7, 7), (3, 3), 1, 1, 1),
+            geo(1, 8, 40, 1, (14, 14), (3, 3), 2, 1, 1),
+            geo(2, 5, 7, 1, (9, 11), (3, 3), 1, 1, 1),
+            geo(1, 3, 33, 1, (5, 4), (3, 3), 1, 0, 1),
+            geo(1, 6, 20, 1, (8, 9), (5, 5), 1, 2, 2),
+            geo(1, 4, 16, 1, (1, 9), (1, 3), 1, 1, 1),
+            geo(1, 10, 9, 1, (12, 12), (3, 3), 2, 0, 1),
+            geo(1, 70, 100, 1, (3, 3), (3, 3), 1, 1, 1),
+            geo(1, 4, 4, 1, (1, 1), (3, 3), 1, 1, 1),
+        ];
+        for l in levels() {
+            set_level(l).unwrap();
+            for g in &geos {
+                let w = data(g.cout * g.cin * g.kh * g.kw, 8);
+                let pc = PackedConv::pixel_rows(
+                    g,
+                    Image {
+                        data: &w,
+                        strides: [g.cin * g.kh * g.kw, g.kh * g.kw, g.kw, 1],
+                    },
+                )
+                .unwrap();
+                check_packed_conv(l, g, &pc, &w, &pool, &arena);
+            }
+        }
+        set_level(before).unwrap();
+    }
+
     /// Winograd's F(2×2, 3×3) against the direct convolution: odd and even sizes, tile
     /// blocks across panels and rows, channel blocks, K blocks, both layouts.
     #[test]
@@ -573,72 +679,17 @@ mod conv {
         for l in levels() {
             set_level(l).unwrap();
             for g in &geos {
-                let x = data(g.n * g.cin * g.ih * g.iw, 7);
                 let w = data(g.cout * g.cin * 9, 8);
-                let b = data(g.cout, 9);
-                let cst = |c: usize, h: usize, ww: usize| [c * h * ww, h * ww, ww, 1];
-                let nhwc = |c: usize, h: usize, ww: usize| [c * h * ww, 1, ww * c, c];
                 let pc = PackedConv::winograd(
                     g,
                     Image {
                         data: &w,
-                        strides: cst(g.cin, 3, 3),
+                        strides: [g.cin * 9, 9, 3, 1],
                     },
                 )
                 .unwrap();
                 assert!(pc.is_winograd());
-                for (act, bias) in [
-                    (Activation::None, None),
-                    (Activation::Clamp(-0.5, 0.5), Some(&b[..])),
-                ] {
-                    let want = reference(g, &x, &w, bias, act);
-                    for (layout, par, with_arena) in [
-                        ("nchw", &Serial as &dyn Parallel, true),
-                        ("nchw", &pool, true),
-                        ("nchw", &pool, false),
-                        ("nhwc", &pool, true),
-                    ] {
-                        let (xd, xs, os) = if layout == "nhwc" {
-                            let (t, st) = channels_last_copy(g, &x);
-                            (t, st, nhwc(g.cout, g.oh, g.ow))
-                        } else {
-                            (x.clone(), cst(g.cin, g.ih, g.iw), cst(g.cout, g.oh, g.ow))
-                        };
-                        let mut out = vec![f32::NAN; g.n * g.cout * g.oh * g.ow];
-                        conv2d(
-                            par,
-                            with_arena.then_some(&arena),
-                            g,
-                            Image {
-                                data: &xd,
-                                strides: xs,
-                            },
-                            ConvWeights::Packed(&pc),
-                            bias,
-                            ImageMut {
-                                data: &mut out,
-                                strides: os,
-                            },
-                            act,
-                        )
-                        .unwrap();
-                        for n in 0..g.n {
-                            for c in 0..g.cout {
-                                for y in 0..g.oh {
-                                    for xx in 0..g.ow {
-                                        let got =
-                                            out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
-                                        let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
-                                        assert!(
-                                            (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
-                                            "{l} {g:?} {layout} arena {with_arena} act {act:?}: ({n},{c},{y},{xx}) {got} vs {wv}"
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                check_packed_conv(l, g, &pc, &w, &pool, &arena);
             }
             // Weights packed for Winograd refuse another stride.
             let g = geo(1, 4, 4, 1, (6, 6), (3, 3), 1, 1, 1);

@@ -274,11 +274,11 @@ fn prepare_conv_bn_act(a: &KernelArgs<'_>) -> Result<Prepared> {
 }
 
 /// Folds the normalization of the `conv_bn_act` whose arguments start at `o` into its
-/// weights and bias; `None` when its parameters are not constant. With `wino` (a
+/// weights and bias; `None` when its parameters are not constant. With `planar` (a
 /// convolution alone, not half of a pair), weights that pay for it are packed for
-/// Winograd; with `drop` (not the depthwise half of a pair, which reads the folded copy),
+/// Winograd or for pixels as rows ([`planar_geo`]); with `drop` (not the depthwise half of a pair, which reads the folded copy),
 /// a folded copy no call reads is not kept.
-fn fold(a: &KernelArgs<'_>, o: usize, wino: bool, drop: bool) -> Result<Option<FusedConv>> {
+fn fold(a: &KernelArgs<'_>, o: usize, planar: bool, drop: bool) -> Result<Option<FusedConv>> {
     let p = None;
     // The normalization's four parameters are all constant, or all None (a convolution
     // fused with its activation alone).
@@ -380,8 +380,8 @@ fn fold(a: &KernelArgs<'_>, o: usize, wino: bool, drop: bool) -> Result<Option<F
                 data: &weights,
                 strides: wst_c,
             };
-            let wg = if wino && !cl {
-                winograd_geo(a, o, o + 17)
+            let wg = if planar && !cl {
+                planar_geo(a, o, o + 17)
             } else {
                 None
             };
@@ -389,7 +389,7 @@ fn fold(a: &KernelArgs<'_>, o: usize, wino: bool, drop: bool) -> Result<Option<F
                 if cl {
                     PackedConv::channels_last(&geo, wi)
                 } else if let Some(wg) = wg {
-                    PackedConv::winograd(&wg, wi)
+                    pack_planar(&wg, wi)
                 } else {
                     PackedConv::new(&geo, wi)
                 }
@@ -1167,10 +1167,11 @@ fn cl_packing(a: &KernelArgs<'_>, x: usize, out: usize) -> bool {
     channels_last(a, out) && (channels_last(a, x) || few)
 }
 
-/// The geometry of the convolution whose arguments start at `o` when its weights are
-/// best packed for Winograd (f32 channels-first images, 3×3, stride 1, one group, sizes
-/// where it pays: [`PackedConv::winograd_pays`]).
-fn winograd_geo(a: &KernelArgs<'_>, o: usize, out: usize) -> Option<Conv2d> {
+/// The planned geometry of the convolution whose arguments start at `o`, when its
+/// weights are best packed for Winograd or with pixels as rows (f32 channels-first
+/// images, one group, sizes where it pays: [`PackedConv::winograd_pays`],
+/// [`PackedConv::pixel_rows_pays`]).
+fn planar_geo(a: &KernelArgs<'_>, o: usize, out: usize) -> Option<Conv2d> {
     let x = a.meta(o).ok()?;
     let w = a.meta(o + 1).ok()?;
     if x.dim() != 4 || w.dim() != 4 || x.dtype != ScalarType::Float || channels_last(a, out) {
@@ -1183,14 +1184,16 @@ fn winograd_geo(a: &KernelArgs<'_>, o: usize, out: usize) -> Option<Conv2d> {
     let p = spatial(a, o + 4, 2, "padding").ok()?;
     let d = spatial(a, o + 5, 2, "dilation").ok()?;
     let (xs, ws) = (x.sizes(), w.sizes());
-    if s != [1, 1] || d != [1, 1] || ws[2] != 3 || ws[3] != 3 || ws[1] != xs[1] {
+    if ws[1] != xs[1] {
         return None;
     }
+    let u = |v: i64| usize::try_from(v).ok().filter(|&v| v > 0);
+    let (stride, dilation) = ([u(s[0])?, u(s[1])?], [u(d[0])?, u(d[1])?]);
     let pad = [usize::try_from(p[0]).ok()?, usize::try_from(p[1]).ok()?];
-    let side = |i: usize, p: usize| {
-        i.checked_add(p.checked_mul(2)?)?
-            .checked_sub(2)
-            .filter(|&o| o > 0)
+    // (i + 2p - d(k - 1) - 1) / s + 1, checked.
+    let side = |i: usize, p: usize, k: usize, d: usize, s: usize| {
+        let span = k.checked_sub(1)?.checked_mul(d)?.checked_add(1)?;
+        Some(i.checked_add(p.checked_mul(2)?)?.checked_sub(span)? / s + 1)
     };
     let geo = Conv2d {
         n: xs[0],
@@ -1199,15 +1202,27 @@ fn winograd_geo(a: &KernelArgs<'_>, o: usize, out: usize) -> Option<Conv2d> {
         groups: 1,
         ih: xs[2],
         iw: xs[3],
-        oh: side(xs[2], pad[0])?,
-        ow: side(xs[3], pad[1])?,
-        kh: 3,
-        kw: 3,
-        stride: [1, 1],
+        oh: side(xs[2], pad[0], ws[2], dilation[0], stride[0])?,
+        ow: side(xs[3], pad[1], ws[3], dilation[1], stride[1])?,
+        kh: ws[2],
+        kw: ws[3],
+        stride,
         pad,
-        dilation: [1, 1],
+        dilation,
     };
-    PackedConv::winograd_pays(&geo).then_some(geo)
+    (PackedConv::winograd_pays(&geo) || PackedConv::pixel_rows_pays(&geo)).then_some(geo)
+}
+
+/// Packs planar weights for `geo` as [`planar_geo`] chose them.
+fn pack_planar(
+    geo: &Conv2d,
+    wi: Image<'_>,
+) -> core::result::Result<PackedConv, ptero_gemm::GemmError> {
+    if PackedConv::winograd_pays(geo) {
+        PackedConv::winograd(geo, wi)
+    } else {
+        PackedConv::pixel_rows(geo, wi)
+    }
 }
 
 /// Packs constant f32 weights of a forward convolution once, per group (depthwise ones
@@ -1247,8 +1262,8 @@ fn prepare_conv(a: &KernelArgs<'_>) -> Result<Prepared> {
     };
     let packed = if cl {
         PackedConv::channels_last(&geo, wi)
-    } else if let Some(wg) = winograd_geo(a, 0, 9) {
-        PackedConv::winograd(&wg, wi)
+    } else if let Some(wg) = planar_geo(a, 0, 9) {
+        pack_planar(&wg, wi)
     } else {
         PackedConv::new(&geo, wi)
     }
@@ -1285,6 +1300,8 @@ mod tests {
         tr: bool,
         op: Vec<i64>,
         groups: usize,
+        /// Weights and bias constant, so prepare packs them.
+        constant: bool,
     }
 
     fn seq(n: usize, k: usize) -> Vec<f64> {
@@ -1416,13 +1433,14 @@ mod tests {
         if let Some(o) = order {
             xt = xt.with_dim_order(o);
         }
+        let arg = |t: OwnedTensor| if c.constant { Arg::Const(t) } else { Arg::T(t) };
         let out = run_op(
             "aten::convolution.out",
             vec![
                 Arg::T(xt),
-                Arg::T(OwnedTensor::from_f64(dtype, &c.w, &wv)),
+                arg(OwnedTensor::from_f64(dtype, &c.w, &wv)),
                 if c.bias {
-                    Arg::T(OwnedTensor::from_f64(dtype, &[cout], &bv))
+                    arg(OwnedTensor::from_f64(dtype, &[cout], &bv))
                 } else {
                     Arg::None
                 },
@@ -1467,6 +1485,7 @@ mod tests {
             tr,
             op: op.to_vec(),
             groups,
+            constant: false,
         }
     }
 
@@ -1586,11 +1605,30 @@ mod tests {
         );
     }
 
-    /// Constant 3×3 weights over an image large enough for Winograd are packed for it at
-    /// prepare; the result still matches the direct reference, in either input layout.
+    /// Constant weights packed at prepare for Winograd (a 3×3 filter over a large image)
+    /// or with pixels as rows (small images, many channels, any stride) still match the
+    /// direct reference, in either input layout.
     #[test]
-    fn constant_3x3_weights_over_a_large_image() {
-        let c = case(
+    fn constant_weights_packed_at_prepare() {
+        let geo = |c: &Case| {
+            let side = |i: usize, k: usize| (i + 2 * c.p[0] as usize - k) / c.s[0] as usize + 1;
+            ptero_gemm::Conv2d {
+                n: c.x[0],
+                cin: c.x[1],
+                cout: c.w[0],
+                groups: 1,
+                ih: c.x[2],
+                iw: c.x[3],
+                oh: side(c.x[2], c.w[2]),
+                ow: side(c.x[3], c.w[3]),
+                kh: c.w[2],
+                kw: c.w[3],
+                stride: [c.s[0] as usize; 2],
+                pad: [c.p[0] as usize; 2],
+                dilation: [1, 1],
+            }
+        };
+        let mut wino = case(
             &[1, 16, 22, 21],
             &[20, 16, 3, 3],
             &[1],
@@ -1600,47 +1638,36 @@ mod tests {
             &[0],
             1,
         );
-        let geo = ptero_gemm::Conv2d {
-            n: 1,
-            cin: 16,
-            cout: 20,
-            groups: 1,
-            ih: 22,
-            iw: 21,
-            oh: 22,
-            ow: 21,
-            kh: 3,
-            kw: 3,
-            stride: [1, 1],
-            pad: [1, 1],
-            dilation: [1, 1],
-        };
-        assert!(ptero_gemm::PackedConv::winograd_pays(&geo));
-        let (xn, wn) = (16 * 22 * 21, 20 * 16 * 9);
-        let (xv, wv, bv) = (seq(xn, 5), seq(wn, 3), seq(20, 7));
-        let (shape, want) = reference(&c, &xv, &wv, &bv);
-        for order in [None, Some(&[0u8, 2, 3, 1][..])] {
-            let mut xt = OwnedTensor::from_f64(Float, &c.x, &xv);
-            if let Some(o) = order {
-                xt = xt.with_dim_order(o);
-            }
-            let out = run_op(
-                "aten::convolution.out",
-                vec![
-                    Arg::T(xt),
-                    Arg::Const(OwnedTensor::from_f64(Float, &c.w, &wv)),
-                    Arg::Const(OwnedTensor::from_f64(Float, &[20], &bv)),
-                    Arg::Ints(vec![1]),
-                    Arg::Ints(vec![1]),
-                    Arg::Ints(vec![1]),
-                    Arg::Bool(false),
-                    Arg::Ints(vec![0]),
-                    Arg::Int(1),
-                    Arg::Out(Float, shape.clone()),
-                ],
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-            assert_close(&out.tensors[0].to_f64(), &want, 1e-4, 1e-4);
+        let mut rows = case(
+            &[1, 32, 7, 7],
+            &[40, 32, 3, 3],
+            &[1],
+            &[1],
+            &[1],
+            false,
+            &[0],
+            1,
+        );
+        let mut strided = case(
+            &[2, 16, 13, 14],
+            &[48, 16, 3, 3],
+            &[2],
+            &[1],
+            &[1],
+            false,
+            &[0],
+            1,
+        );
+        for c in [&mut wino, &mut rows, &mut strided] {
+            c.constant = true;
+        }
+        assert!(ptero_gemm::PackedConv::winograd_pays(&geo(&wino)));
+        for c in [&rows, &strided] {
+            assert!(ptero_gemm::PackedConv::pixel_rows_pays(&geo(c)));
+        }
+        for c in [&wino, &rows, &strided] {
+            run(c, Float, None);
+            run(c, Float, Some(&[0, 2, 3, 1]));
         }
     }
 
