@@ -202,7 +202,19 @@ fn out_shape(rank: usize, n: usize, c: usize, oh: usize, ow: usize) -> ptero_cor
 }
 
 fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
-    a.expect_len(8)?;
+    max_pool(a, true)
+}
+
+/// `ptero::max_pool2d.out(self, kernel_size, stride, padding, dilation, ceil_mode, *,
+/// out)`: `max_pool2d_with_indices` without the indices, which load-time fusion
+/// substitutes when nothing reads them (a CNN's stem): half the bytes written, and no
+/// index kept per tap.
+fn max_pool_values_out(a: &mut KernelArgs<'_>) -> Result<()> {
+    max_pool(a, false)
+}
+
+fn max_pool(a: &mut KernelArgs<'_>, with_idx: bool) -> Result<()> {
+    a.expect_len(if with_idx { 8 } else { 7 })?;
     check_input(a, "max_pool2d")?;
     let w = window(a, 1, 2, 3, Some(4))?;
     let ceil = a.bool(5)?;
@@ -219,7 +231,7 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
             found: a.meta(6)?.dtype,
         });
     }
-    if a.meta(7)?.dtype != ScalarType::Long {
+    if with_idx && a.meta(7)?.dtype != ScalarType::Long {
         return Err(Error::Dtype {
             arg: 7,
             expected: "int64 indices".into(),
@@ -228,12 +240,16 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     let shape = out_shape(rank, n, c, oh, ow);
     a.resize(6, &shape)?;
-    a.resize(7, &shape)?;
     let (_, ost) = nchw(&shape, a.meta(6)?.strides());
-    let (_, ist) = nchw(&shape, a.meta(7)?.strides());
+    let ist = if with_idx {
+        a.resize(7, &shape)?;
+        nchw(&shape, a.meta(7)?.strides()).1
+    } else {
+        [c * oh * ow, oh * ow, ow, 1]
+    };
     let xt = a.tensor(0)?;
     let mut ot = a.out(6)?;
-    let mut it = a.out(7)?;
+    let mut it = if with_idx { Some(a.out(7)?) } else { None };
     let is_float = dtype.is_float();
     // Windows can be as large as the input (a huge kernel with half of it as padding), so
     // the work is charged and the deadline polled as it goes.
@@ -244,7 +260,8 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     // up front. Larger ones take the metered path below, which polls the interrupt.
     let small = w.k[0].saturating_mul(w.k[1]) <= 64;
     if dtype == ScalarType::Float && small && contiguous(&ost) && contiguous(&ist) && oh * ow > 0 {
-        let (x, o, idx): (&[f32], &mut [f32], &mut [i64]) = (xt.data()?, ot.data()?, it.data()?);
+        let x: &[f32] = xt.data()?;
+        let o: &mut [f32] = ot.data()?;
         let per_out = (w.k[0] as u64)
             .saturating_mul(w.k[1] as u64)
             .saturating_add(1);
@@ -253,61 +270,80 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
         let plane = oh * ow;
         let arena = a.arena();
         let phases = max_phases(&w, (h, wd, oh, ow));
-        let whole =
-            ptero_simd::for_each_chunk_pair(a.parallel(), o, idx, (plane, plane), &|r, o, idx| {
-                // Vector path: each plane copied into its padded phases in scratch.
-                let vector = phases.zip(arena).and_then(|(ph, ar)| {
-                    let need = ph.floats()?;
-                    ar.with(need, |buf| {
-                        for (k, p) in r.clone().enumerate() {
-                            let xb = (p / c) * xst[0] + (p % c) * xst[1];
-                            let (rs, cs) = (xst[2], xst[3]);
-                            let last = xb + (h - 1) * rs + (wd - 1) * cs;
-                            if last >= x.len() {
-                                failed.store(true, core::sync::atomic::Ordering::Relaxed);
-                                return;
-                            }
-                            let buf = &mut buf[..need];
-                            phase_planes(
-                                x,
-                                xb,
-                                (rs, cs),
-                                &ph,
-                                f32::NEG_INFINITY,
-                                &|_, _| true,
-                                buf,
-                            );
-                            ptero_simd::dispatch(MaxPhases {
-                                ph: &ph,
-                                buf,
-                                w: &w,
-                                o: &mut o[k * plane..(k + 1) * plane],
-                                idx: &mut idx[k * plane..(k + 1) * plane],
-                                oh,
-                                ow,
-                            });
+        // Planes `r` into `o` (and `idx`, empty without indices).
+        let planes = |r: core::ops::Range<usize>, o: &mut [f32], idx: &mut [i64]| {
+            let idx_of = |idx: &mut [i64], k: usize| -> core::ops::Range<usize> {
+                if idx.is_empty() {
+                    0..0
+                } else {
+                    k * plane..(k + 1) * plane
+                }
+            };
+            // Vector path: each plane copied into its padded phases in scratch.
+            let vector = phases.zip(arena).and_then(|(ph, ar)| {
+                let need = ph.floats()?;
+                ar.with(need, |buf| {
+                    for (k, p) in r.clone().enumerate() {
+                        let xb = (p / c) * xst[0] + (p % c) * xst[1];
+                        let (rs, cs) = (xst[2], xst[3]);
+                        let last = xb + (h - 1) * rs + (wd - 1) * cs;
+                        if last >= x.len() {
+                            failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                            return;
                         }
-                    })
-                });
-                if vector.is_some() {
-                    return;
-                }
-                for (k, p) in r.enumerate() {
-                    let xb = (p / c) * xst[0] + (p % c) * xst[1];
-                    let ok = max_plane_f32(
-                        x,
-                        xb,
-                        &xst,
-                        &mut o[k * plane..(k + 1) * plane],
-                        &mut idx[k * plane..(k + 1) * plane],
-                        (h, wd, oh, ow),
-                        &w,
-                    );
-                    if !ok {
-                        failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                        let buf = &mut buf[..need];
+                        phase_planes(x, xb, (rs, cs), &ph, f32::NEG_INFINITY, &|_, _| true, buf);
+                        let ir = idx_of(idx, k);
+                        ptero_simd::dispatch(MaxPhases {
+                            ph: &ph,
+                            buf,
+                            w: &w,
+                            o: &mut o[k * plane..(k + 1) * plane],
+                            idx: &mut idx[ir],
+                            oh,
+                            ow,
+                        });
                     }
-                }
+                })
             });
+            if vector.is_some() {
+                return;
+            }
+            for (k, p) in r.enumerate() {
+                let xb = (p / c) * xst[0] + (p % c) * xst[1];
+                let ir = idx_of(idx, k);
+                let ok = max_plane_f32(
+                    x,
+                    xb,
+                    &xst,
+                    &mut o[k * plane..(k + 1) * plane],
+                    &mut idx[ir],
+                    (h, wd, oh, ow),
+                    &w,
+                );
+                if !ok {
+                    failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        };
+        let whole = match it.as_mut() {
+            Some(it) => {
+                let idx: &mut [i64] = it.data()?;
+                ptero_simd::for_each_chunk_pair(
+                    a.parallel(),
+                    o,
+                    idx,
+                    (plane, plane),
+                    &|r, o, idx| planes(r, o, idx),
+                )
+            }
+            None => {
+                ptero_simd::for_each_chunk_by(a.parallel(), o, plane, &|r, o| {
+                    planes(r.start / plane..r.end / plane, o, &mut [])
+                });
+                true
+            }
+        };
         if failed.into_inner() || !whole {
             return Err(Error::OutOfBounds(
                 "max_pool2d: view exceeds its tensor".into(),
@@ -317,7 +353,12 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
     }
     if dtype == ScalarType::Float {
         // Typed slices: the generic loop below converts every element through f64.
-        let (x, o, idx): (&[f32], &mut [f32], &mut [i64]) = (xt.data()?, ot.data()?, it.data()?);
+        let x: &[f32] = xt.data()?;
+        let o: &mut [f32] = ot.data()?;
+        let mut idx: Option<&mut [i64]> = match it.as_mut() {
+            Some(t) => Some(t.data()?),
+            None => None,
+        };
         let oob = || Error::OutOfBounds("max_pool2d: view exceeds its tensor".into());
         // Column windows are the same for every row and channel: computed once per block
         // of 256 output columns, kept on the stack.
@@ -362,8 +403,10 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
                                 y += w.d[0];
                             }
                             *o.get_mut(orow + ox * ost[3]).ok_or_else(oob)? = best;
-                            *idx.get_mut(irow + ox * ist[3]).ok_or_else(oob)? =
-                                best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                            if let Some(idx) = idx.as_deref_mut() {
+                                *idx.get_mut(irow + ox * ist[3]).ok_or_else(oob)? =
+                                    best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                            }
                         }
                     }
                 }
@@ -412,9 +455,11 @@ fn max_pool_out(a: &mut KernelArgs<'_>) -> Result<()> {
                     } else {
                         store_i64(&mut *ot.bytes, dtype, oo, best_n);
                     }
-                    let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
-                    let best_i = best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
-                    store_i64(&mut *it.bytes, ScalarType::Long, io, best_i);
+                    if let Some(it) = it.as_mut() {
+                        let io = ni * ist[0] + ci * ist[1] + oy * ist[2] + ox * ist[3];
+                        let best_i = best_i.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                        store_i64(&mut *it.bytes, ScalarType::Long, io, best_i);
+                    }
                 }
             }
         }
@@ -465,6 +510,18 @@ impl SimdOp for MaxPhases<'_> {
     type Output = ();
     #[inline(always)]
     fn eval<S: Simd>(self, s: S) {
+        if self.idx.is_empty() {
+            self.go::<S, false>(s)
+        } else {
+            self.go::<S, true>(s)
+        }
+    }
+}
+
+impl MaxPhases<'_> {
+    /// With `IDX`, the indices too (`idx` as long as `o`).
+    #[inline(always)]
+    fn go<S: Simd, const IDX: bool>(self, s: S) {
         let (w, l) = (self.w, S::LANES);
         let (hq, wq) = self.ph.dims();
         let (h, wd) = (self.ph.ih, self.ph.iw);
@@ -499,7 +556,7 @@ impl SimdOp for MaxPhases<'_> {
             while ox0 < self.ow {
                 let n = l.min(self.ow - ox0);
                 // An empty window reports its (adjusted) start, as ATen does.
-                for (j, v) in init.iter_mut().enumerate().take(n) {
+                for (j, v) in init.iter_mut().enumerate().take(if IDX { n } else { 0 }) {
                     let start = ((ox0 + j) * w.s[1]) as isize - w.p[1] as isize;
                     let first = if start < 0 {
                         start + ((-start) as usize).div_ceil(w.d[1]) as isize * w.d[1] as isize
@@ -509,7 +566,7 @@ impl SimdOp for MaxPhases<'_> {
                     *v = (row_first + first as i64) as f32;
                 }
                 let mut best = s.splat(f32::NEG_INFINITY);
-                let mut bi = s.load(&init);
+                let mut bi = if IDX { s.load(&init) } else { s.zero() };
                 for &(row, iy) in rowk[..kh].iter().flatten() {
                     let row = row + ox0;
                     for (kx, &col) in colk[..kw].iter().enumerate() {
@@ -523,13 +580,19 @@ impl SimdOp for MaxPhases<'_> {
                         let take =
                             s.or_mask(s.lt(best, v), s.and_mask(s.is_nan(v), s.eq(best, best)));
                         best = s.select(take, v, best);
-                        let first =
-                            iy * wd as isize + (ox0 * w.s[1] + xp) as isize - w.p[1] as isize;
-                        bi = s.select(take, s.add(s.splat(first as f32), step), bi);
+                        if IDX {
+                            let first =
+                                iy * wd as isize + (ox0 * w.s[1] + xp) as isize - w.p[1] as isize;
+                            bi = s.select(take, s.add(s.splat(first as f32), step), bi);
+                        }
                     }
                 }
                 let at = oy * self.ow + ox0;
                 s.store_part(&mut self.o[at..at + n], best);
+                if !IDX {
+                    ox0 += n;
+                    continue;
+                }
                 // Indices are below 2^24 (exact in f32): converted to i32 in the vector,
                 // carried through f32 lanes as bits, and widened.
                 s.store_part(&mut tmp[..n], s.cast_f(s.to_i32(bi)));
@@ -543,6 +606,23 @@ impl SimdOp for MaxPhases<'_> {
 }
 
 fn max_plane_f32(
+    x: &[f32],
+    xb: usize,
+    xst: &[usize; 4],
+    o: &mut [f32],
+    idx: &mut [i64],
+    dims: (usize, usize, usize, usize),
+    w: &Win,
+) -> bool {
+    if idx.is_empty() {
+        max_plane_f32_as::<false>(x, xb, xst, o, idx, dims, w)
+    } else {
+        max_plane_f32_as::<true>(x, xb, xst, o, idx, dims, w)
+    }
+}
+
+/// [`max_plane_f32`], with the indices when `IDX` (else `idx` is empty and not written).
+fn max_plane_f32_as<const IDX: bool>(
     x: &[f32],
     xb: usize,
     xst: &[usize; 4],
@@ -567,17 +647,21 @@ fn max_plane_f32(
     for oy in 0..oh {
         let ys = dilated_span(oy, w.k[0], w.s[0], w.p[0], w.d[0], h);
         let orow = &mut o[oy * ow..(oy + 1) * ow];
-        let irow = &mut idx[oy * ow..(oy + 1) * ow];
+        let irow = if IDX {
+            &mut idx[oy * ow..(oy + 1) * ow]
+        } else {
+            &mut []
+        };
         // An empty window reports its (adjusted) start, as ATen does.
         let row_first = ys.first * wd_i;
-        for (ox, (v, i)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
+        orow.fill(f32::NEG_INFINITY);
+        for (ox, i) in irow.iter_mut().enumerate() {
             let start = (ox * s1) as isize - p1;
             let first = if start < 0 {
                 start + ((-start) as usize).div_ceil(d1) as isize * d1 as isize
             } else {
                 start
             };
-            *v = f32::NEG_INFINITY;
             *i = (row_first + first as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         }
         // Tap by tap over the whole row, in the window's order, branch-free: the first
@@ -605,7 +689,9 @@ fn max_plane_f32(
                     let b = orow[ox];
                     let take = v > b || (v.is_nan() && !b.is_nan());
                     orow[ox] = if take { v } else { b };
-                    irow[ox] = if take { (y * wd + ix) as i64 } else { irow[ox] };
+                    if IDX {
+                        irow[ox] = if take { (y * wd + ix) as i64 } else { irow[ox] };
+                    }
                 }
             }
             y += w.d[0];
@@ -880,6 +966,12 @@ pub(crate) fn register(reg: &mut KernelRegistry) {
             scratch_floats: MAX_PHASE_FLOATS,
         })
     });
+    reg.register_prepared("ptero::max_pool2d.out", max_pool_values_out, |_| {
+        Ok(Prepared {
+            state: None,
+            scratch_floats: MAX_PHASE_FLOATS,
+        })
+    });
     reg.register("aten::avg_pool2d.out", avg_pool_out);
     reg.register("aten::_adaptive_avg_pool2d.out", adaptive_avg_pool_out);
 }
@@ -943,6 +1035,29 @@ mod tests {
                 )
                 .unwrap();
                 got.push((out.tensors[0].to_f64(), out.tensors[1].to_f64()));
+                // The values-only kernel (load-time fusion's, when nothing reads the
+                // indices), in both layouts: the same values.
+                for order in [None, Some(&[0u8, 2, 3, 1][..])] {
+                    let mut xt = OwnedTensor::from_f64(dtype, &[n, c, h, w], &x);
+                    if let Some(o) = order {
+                        xt = xt.with_dim_order(o);
+                    }
+                    let vals = run_op(
+                        "ptero::max_pool2d.out",
+                        vec![
+                            Arg::T(xt),
+                            Arg::Ints(vec![k as i64]),
+                            Arg::Ints(vec![s as i64]),
+                            Arg::Ints(vec![p as i64]),
+                            Arg::Ints(vec![d as i64]),
+                            Arg::Bool(ceil),
+                            Arg::Out(dtype, vec![n, c, o(h), o(w)]),
+                        ],
+                    )
+                    .unwrap();
+                    assert_eq!(vals.tensors.len(), 1);
+                    assert_close(&vals.tensors[0].to_f64(), &got[0].0, 0.0, 0.0);
+                }
             }
             assert_close(&got[0].0, &got[1].0, 0.0, 0.0);
             assert_eq!(

@@ -14,6 +14,8 @@
 //!   inverted-residual block's expansion) becomes one `ptero::conv_dw.out`, which never
 //!   writes the wide intermediate out.
 //! - `add` → `relu` becomes `ptero::add_relu` (f32).
+//! - `max_pool2d_with_indices` whose indices nothing reads becomes `ptero::max_pool2d`,
+//!   which writes the values only.
 //! - `sigmoid(x)` → `mul(x, ·)` becomes `silu(x)`; after a batch norm it is the fused
 //!   convolution's activation.
 //!
@@ -41,6 +43,7 @@ pub(crate) enum Rewrite {
 
 pub(crate) const CONV_BN_ACT: &str = "ptero::conv_bn_act.out";
 pub(crate) const CONV_DW: &str = "ptero::conv_dw.out";
+pub(crate) const MAX_POOL_VALUES: &str = "ptero::max_pool2d.out";
 
 /// Activation codes of [`CONV_BN_ACT`]'s `act` argument.
 pub(crate) const ACT_NONE: i64 = 0;
@@ -273,6 +276,7 @@ pub(crate) fn plan(
     let has_clone = kernels.contains("aten::clone.out");
     let has_silu = kernels.contains("aten::silu.out");
     let has_add_relu = kernels.contains("ptero::add_relu.out");
+    let has_max_values = kernels.contains(MAX_POOL_VALUES);
     let mut none_value: Option<u32> = None;
     let push = |values: &mut Vec<Value>, v: Value| -> u32 {
         values.push(v);
@@ -349,6 +353,20 @@ pub(crate) fn plan(
                         };
                     }
                 }
+                continue;
+            }
+            // max_pool2d_with_indices whose indices nothing reads  ==>  values only.
+            if has_max_values
+                && op == "aten::max_pool2d_with_indices.out"
+                && args.len() >= 8
+                && g.uses(args[7]) == 1
+            {
+                out[c][pc] = Rewrite::Replace {
+                    op: MAX_POOL_VALUES.into(),
+                    args: alloc::vec![
+                        args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[6]
+                    ],
+                };
                 continue;
             }
             // permute_copy(W, [1, 0]) -> addmm / mm  ==>  linear.
