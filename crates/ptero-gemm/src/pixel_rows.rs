@@ -63,6 +63,12 @@ pub(crate) fn applies(g: &Conv2d) -> bool {
 pub(crate) fn pack(level: Level, g: &Conv2d, w: Image<'_>) -> Result<PackedB, GemmError> {
     let taps = g.kh * g.kw;
     let k = g.cin.checked_mul(taps).ok_or(GemmError::Overflow)?;
+    let [s0, s1, s2, s3] = w.strides;
+    // Filters contiguous over (cin, kh, kw), as exported: `Wᵀ` is a strided view of them,
+    // packed without a transposed copy (which would double the load's peak memory).
+    if s3 == 1 && s2 == g.kw && s1 == taps {
+        return PackedB::new_at(level, MatRef::new(w.data, k, g.cout, 1, s0)?);
+    }
     let len = k.checked_mul(g.cout).ok_or(GemmError::Overflow)?;
     let mut flat = Vec::new();
     flat.try_reserve_exact(len)
@@ -70,7 +76,6 @@ pub(crate) fn pack(level: Level, g: &Conv2d, w: Image<'_>) -> Result<PackedB, Ge
             bytes: len.saturating_mul(4),
         })?;
     flat.resize(len, 0.0);
-    let [s0, s1, s2, s3] = w.strides;
     for ic in 0..g.cin {
         for ky in 0..g.kh {
             for kx in 0..g.kw {

@@ -571,15 +571,34 @@ mod conv {
             set_level(l).unwrap();
             for g in &geos {
                 let w = data(g.cout * g.cin * g.kh * g.kw, 8);
+                let taps = g.kh * g.kw;
                 let pc = PackedConv::pixel_rows(
                     g,
                     Image {
                         data: &w,
-                        strides: [g.cin * g.kh * g.kw, g.kh * g.kw, g.kw, 1],
+                        strides: [g.cin * taps, taps, g.kw, 1],
                     },
                 )
                 .unwrap();
                 check_packed_conv(l, g, &pc, &w, &pool, &arena);
+                // Filters stored `[cin, cout, kh, kw]`: packed through a copy.
+                let mut wt = vec![0.0f32; w.len()];
+                for oc in 0..g.cout {
+                    for ic in 0..g.cin {
+                        for t in 0..taps {
+                            wt[(ic * g.cout + oc) * taps + t] = w[(oc * g.cin + ic) * taps + t];
+                        }
+                    }
+                }
+                let pt = PackedConv::pixel_rows(
+                    g,
+                    Image {
+                        data: &wt,
+                        strides: [taps, g.cout * taps, g.kw, 1],
+                    },
+                )
+                .unwrap();
+                check_packed_conv(l, g, &pt, &w, &pool, &arena);
             }
         }
         set_level(before).unwrap();
