@@ -305,6 +305,8 @@ fn main() {
     let wino = std::env::var("PTERO_WINO").is_ok_and(|v| v == "1");
     // PTERO_PIX=1: one-group layers (not 1×1) packed with output pixels as rows.
     let pix = std::env::var("PTERO_PIX").is_ok_and(|v| v == "1");
+    // PTERO_WROWS=1: 3×3 stride-1 layers packed for Winograd with tiles as rows.
+    let wrows = std::env::var("PTERO_WROWS").is_ok_and(|v| v == "1");
     for (name, g) in &layers {
         let cin_g = g.cin / g.groups;
         let x = vec![0.5f32; g.n * g.cin * g.ih * g.iw];
@@ -326,6 +328,8 @@ fn main() {
         };
         let packed = if nhwc {
             PackedConv::channels_last(g, wi).unwrap()
+        } else if wrows && g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.groups == 1 {
+            PackedConv::winograd_rows(g, wi).unwrap()
         } else if wino && PackedConv::winograd_pays(g) {
             PackedConv::winograd(g, wi).unwrap()
         } else if pix && g.groups == 1 && g.kh * g.kw > 1 {

@@ -12,8 +12,8 @@ use crate::depthwise::depthwise;
 use crate::driver::{
     gemm_out, gemm_shifted, scratch_floats, with_scratch, COut, Shifted, SyncPtr, Wrap, MAX_TAPS,
 };
-use crate::{nhwc, nhwc_dw, pixel_rows, winograd};
-use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedBRef};
+use crate::{nhwc, nhwc_dw, pixel_rows, winograd, winograd_rows};
+use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedA, PackedB, PackedBRef};
 
 /// f32 of column buffer a task fills at most (2 MiB): pixels per block are chosen so
 /// `K × pixels` fits.
@@ -167,20 +167,29 @@ pub(crate) fn check_output(out: &ImageMut<'_>, sizes: [usize; 4]) -> Result<(), 
     Ok(())
 }
 
-/// Weights `[cout, cin / groups, kh, kw]` packed once per group as the GEMM's left operand.
+/// Weights `[cout, cin / groups, kh, kw]` packed once, in the layout of the kernel that
+/// will run them.
 #[derive(Clone, Debug)]
 pub struct PackedConv {
-    /// Per group, as the left operand (channels-first images).
-    pub(crate) groups: Vec<PackedA>,
-    /// Per group, `Wᵀ` as the right operand (channels-last images), or empty.
-    pub(crate) cols: Vec<crate::PackedB>,
-    /// A depthwise filter `[tap][channel]` (channels-last images), or empty.
-    pub(crate) dw: Vec<f32>,
-    /// Winograd's transforms of 3×3 filters, one left operand per point, or empty.
-    pub(crate) wino: Vec<PackedA>,
-    /// `Wᵀ` for output pixels as rows ([`crate::pixel_rows`]), one group.
-    pub(crate) pix: Option<crate::PackedB>,
+    pub(crate) kind: Packing,
     geo: Conv2d,
+}
+
+/// The layouts of [`PackedConv`].
+#[derive(Clone, Debug)]
+pub(crate) enum Packing {
+    /// Per group, as the left operand (channels-first images).
+    Planar(Vec<PackedA>),
+    /// Per group, `Wᵀ` as the right operand (channels-last images).
+    ChannelsLast(Vec<PackedB>),
+    /// A depthwise filter `[tap][channel]` (channels-last images).
+    Depthwise(Vec<f32>),
+    /// Winograd's transforms of 3×3 filters, one left operand per point.
+    Winograd(Vec<PackedA>),
+    /// Winograd's transforms, one right operand per point ([`crate::winograd_rows`]).
+    WinogradRows(Vec<PackedB>),
+    /// `Wᵀ` for output pixels as rows ([`crate::pixel_rows`]), one group.
+    PixelRows(PackedB),
 }
 
 impl PackedConv {
@@ -216,11 +225,7 @@ impl PackedConv {
             groups.push(PackedA::new(MatRef::row_major(&flat, cout_g, k)?)?);
         }
         Ok(PackedConv {
-            groups,
-            cols: Vec::new(),
-            dw: Vec::new(),
-            wino: Vec::new(),
-            pix: None,
+            kind: Packing::Planar(groups),
             geo: *geo,
         })
     }
@@ -228,8 +233,31 @@ impl PackedConv {
     /// Packs 3×3 filters (`geo` of stride and dilation 1, one group) for Winograd's
     /// F(2×2, 3×3), which [`conv2d`] then uses on any image layout: 16/9 of the
     /// weights' size, for 4/9 of a direct convolution's multiplications. See
-    /// [`PackedConv::winograd_pays`] for when it is worth it.
+    /// [`PackedConv::winograd_pays`] for when it is worth it; images of few tiles get the
+    /// layout of [`PackedConv::winograd_rows`].
     pub fn winograd(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
+        geo.check()?;
+        if !winograd::applies(geo) {
+            return Err(GemmError::Shape {
+                what: "Winograd convolution (3x3, stride 1, one group) kernel height",
+                expected: 3,
+                found: geo.kh,
+            });
+        }
+        let tiles = geo.oh.div_ceil(2).saturating_mul(geo.ow.div_ceil(2));
+        if tiles < winograd::ROWS_BELOW {
+            return PackedConv::winograd_rows(geo, w);
+        }
+        check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)?;
+        Ok(PackedConv {
+            kind: Packing::Winograd(winograd::pack(ptero_simd::level(), geo, w)?),
+            geo: *geo,
+        })
+    }
+
+    /// Packs 3×3 filters like [`PackedConv::winograd`], with output tiles as the GEMM's
+    /// rows ([`crate::winograd_rows`]): the layout for images of few tiles.
+    pub fn winograd_rows(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
         geo.check()?;
         if !winograd::applies(geo) {
             return Err(GemmError::Shape {
@@ -240,11 +268,7 @@ impl PackedConv {
         }
         check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)?;
         Ok(PackedConv {
-            groups: Vec::new(),
-            cols: Vec::new(),
-            dw: Vec::new(),
-            wino: winograd::pack(ptero_simd::level(), geo, w)?,
-            pix: None,
+            kind: Packing::WinogradRows(winograd_rows::pack(ptero_simd::level(), geo, w)?),
             geo: *geo,
         })
     }
@@ -283,11 +307,7 @@ impl PackedConv {
             w.strides,
         )?;
         Ok(PackedConv {
-            groups: Vec::new(),
-            cols: Vec::new(),
-            dw: Vec::new(),
-            wino: Vec::new(),
-            pix: Some(pixel_rows::pack(ptero_simd::level(), geo, w)?),
+            kind: Packing::PixelRows(pixel_rows::pack(ptero_simd::level(), geo, w)?),
             geo: *geo,
         })
     }
@@ -332,41 +352,36 @@ impl PackedConv {
             dw.resize(len, 0.0);
             nhwc_dw::pack_depthwise(geo, w, &mut dw);
             return Ok(PackedConv {
-                groups: Vec::new(),
-                cols: Vec::new(),
-                dw,
-                wino: Vec::new(),
-                pix: None,
+                kind: Packing::Depthwise(dw),
                 geo: *geo,
             });
         }
         Ok(PackedConv {
-            groups: Vec::new(),
-            cols: nhwc::pack_weights(geo, w)?,
-            dw: Vec::new(),
-            wino: Vec::new(),
-            pix: None,
+            kind: Packing::ChannelsLast(nhwc::pack_weights(geo, w)?),
             geo: *geo,
         })
     }
 
     /// True when packed by [`PackedConv::channels_last`].
     pub fn is_channels_last(&self) -> bool {
-        !self.cols.is_empty() || !self.dw.is_empty()
+        matches!(self.kind, Packing::ChannelsLast(_) | Packing::Depthwise(_))
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.groups.iter().map(|g| g.bytes()).sum::<usize>()
-            + self.cols.iter().map(|g| g.bytes()).sum::<usize>()
-            + self.dw.len() * 4
-            + self.wino.iter().map(|g| g.bytes()).sum::<usize>()
-            + self.pix.as_ref().map_or(0, |p| p.bytes())
+        match &self.kind {
+            Packing::Planar(a) | Packing::Winograd(a) => a.iter().map(|g| g.bytes()).sum(),
+            Packing::ChannelsLast(b) | Packing::WinogradRows(b) => {
+                b.iter().map(|g| g.bytes()).sum()
+            }
+            Packing::Depthwise(d) => d.len() * 4,
+            Packing::PixelRows(b) => b.bytes(),
+        }
     }
 
     /// True when packed by [`PackedConv::winograd`].
     pub fn is_winograd(&self) -> bool {
-        !self.wino.is_empty()
+        matches!(self.kind, Packing::Winograd(_) | Packing::WinogradRows(_))
     }
 }
 
@@ -444,21 +459,24 @@ pub fn conv2d(
         return Ok(());
     }
     match w {
-        ConvWeights::Packed(p) if !p.dw.is_empty() => {
-            if p.dw.len() != g.kh * g.kw * g.cout {
+        ConvWeights::Packed(PackedConv {
+            kind: Packing::Depthwise(dw),
+            ..
+        }) => {
+            if dw.len() != g.kh * g.kw * g.cout {
                 return Err(GemmError::Shape {
                     what: "depthwise weights packed for channels-last images (length)",
                     expected: g.kh * g.kw * g.cout,
-                    found: p.dw.len(),
+                    found: dw.len(),
                 });
             }
             if nhwc_dw::depthwise_applies(&g, x.strides, os) {
                 // SAFETY: as above; the filter holds kh · kw · cout values.
-                unsafe { nhwc_dw::depthwise(par, &g, x, &p.dw, bias, optr, os, act) };
+                unsafe { nhwc_dw::depthwise(par, &g, x, dw, bias, optr, os, act) };
             } else {
                 // The same filter seen as `[cout, 1, kh, kw]`, for the planar kernel.
                 let wi = Image {
-                    data: &p.dw,
+                    data: dw,
                     strides: [1, 0, g.kw * g.cout, g.cout],
                 };
                 // SAFETY: as above.
@@ -466,22 +484,25 @@ pub fn conv2d(
             }
             Ok(())
         }
-        ConvWeights::Packed(PackedConv { pix: Some(b), .. }) => {
-            // SAFETY: as above.
-            unsafe { pixel_rows::conv(par, arena, &g, x, b, bias, optr, os, act) }
-        }
-        ConvWeights::Packed(p) if p.is_winograd() => {
-            // SAFETY: as above.
-            unsafe { winograd::conv(par, arena, &g, x, &p.wino, bias, optr, os, act) }
-        }
-        ConvWeights::Packed(p) if p.is_channels_last() => {
-            // SAFETY: as above.
-            unsafe { nhwc::conv(par, arena, &g, x, &p.cols, bias, optr, os, act) }
-        }
-        ConvWeights::Packed(p) => {
-            // SAFETY: as above.
-            unsafe { grouped(par, arena, &g, x, p, bias, optr, os, act) }
-        }
+        ConvWeights::Packed(p) => match &p.kind {
+            // SAFETY (every arm): as above.
+            Packing::PixelRows(b) => unsafe {
+                pixel_rows::conv(par, arena, &g, x, b, bias, optr, os, act)
+            },
+            Packing::Winograd(u) => unsafe {
+                winograd::conv(par, arena, &g, x, u, bias, optr, os, act)
+            },
+            Packing::WinogradRows(u) => unsafe {
+                winograd_rows::conv(par, arena, &g, x, u, bias, optr, os, act)
+            },
+            Packing::ChannelsLast(cols) => unsafe {
+                nhwc::conv(par, arena, &g, x, cols, bias, optr, os, act)
+            },
+            Packing::Planar(groups) => unsafe {
+                grouped(par, arena, &g, x, groups, bias, optr, os, act)
+            },
+            Packing::Depthwise(_) => unreachable!("matched above"),
+        },
         ConvWeights::Image(wi) if nhwc::channels_last(&g, os) => {
             let cols = nhwc::pack_weights(&g, wi)?;
             // SAFETY: as above.
@@ -489,8 +510,11 @@ pub fn conv2d(
         }
         ConvWeights::Image(wi) => {
             let packed = PackedConv::new(&g, wi)?;
+            let Packing::Planar(groups) = &packed.kind else {
+                unreachable!("PackedConv::new packs planar weights")
+            };
             // SAFETY: as above.
-            unsafe { grouped(par, arena, &g, x, &packed, bias, optr, os, act) }
+            unsafe { grouped(par, arena, &g, x, groups, bias, optr, os, act) }
         }
     }
 }
@@ -519,7 +543,7 @@ unsafe fn grouped(
     arena: Option<&SlotArena>,
     g: &Conv2d,
     x: Image<'_>,
-    w: &PackedConv,
+    w: &[PackedA],
     bias: Option<&[f32]>,
     out: SyncPtr,
     os: [usize; 4],
@@ -565,7 +589,7 @@ unsafe fn grouped(
                         par,
                         arena,
                         None,
-                        Lhs::Packed(&w.groups[grp]),
+                        Lhs::Packed(&w[grp]),
                         crate::Rhs::Mat(b),
                         c,
                         &epi_for(grp),
@@ -577,7 +601,7 @@ unsafe fn grouped(
     }
     // Blocks of output pixels (within one row unless the output is pixel-linear), gathered
     // straight into the GEMM's packed layout for the right operand.
-    let level = w.groups[0].level();
+    let level = w[0].level();
     let nr = PackedBRef::panel_width(level);
     let span = if out_linear { pixels } else { g.ow };
     let cols = (COL_FLOATS / k.max(1)).max(MIN_COLS) / MIN_COLS * MIN_COLS;
@@ -624,7 +648,7 @@ unsafe fn grouped(
                         &Serial,
                         None,
                         None,
-                        Lhs::Packed(&w.groups[grp]),
+                        Lhs::Packed(&w[grp]),
                         crate::Rhs::Packed(b),
                         c,
                         &epi_for(grp),
@@ -772,7 +796,7 @@ unsafe fn shifted(
     arena: Option<&SlotArena>,
     g: &Conv2d,
     x: Image<'_>,
-    w: &PackedConv,
+    w: &[PackedA],
     bias: Option<&[f32]>,
     out: SyncPtr,
     os: [usize; 4],
@@ -814,7 +838,7 @@ unsafe fn shifted(
             };
             // SAFETY: pixel (y, x) < (oh, ow) of every channel of this group is inside the
             // checked, non-aliasing output, exclusive to this call.
-            unsafe { gemm_shifted(par, &w.groups[grp], b, c, wrap, &epi(grp))? };
+            unsafe { gemm_shifted(par, &w[grp], b, c, wrap, &epi(grp))? };
         }
         Ok(())
     };

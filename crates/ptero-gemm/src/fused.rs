@@ -8,7 +8,7 @@
 use ptero_simd::{dispatch_at, Parallel, Serial, SlotArena};
 
 use crate::batch::FirstError;
-use crate::conv::{check_extent, check_output, Conv2d, Image, ImageMut, PackedConv};
+use crate::conv::{check_extent, check_output, Conv2d, Image, ImageMut, PackedConv, Packing};
 use crate::depthwise::{DwPlanes, DW_FLOATS, MAX_TAPS};
 use crate::driver::{gemm_shifted, COut, Shifted, SyncPtr, Wrap};
 use crate::{Activation, Bias, Epilogue, GemmError};
@@ -78,32 +78,35 @@ pub fn pointwise_depthwise(
         return Ok(false);
     };
     let mid = g1.cout.saturating_mul(g1.oh).saturating_mul(g1.ow);
-    if pw.w.is_channels_last() {
+    if let Packing::ChannelsLast(cols) = &pw.w.kind {
         g1.check()?;
         g2.check()?;
-        let Some(dwp) = dw.packed.filter(|p| !p.dw.is_empty()) else {
+        let Some(Packing::Depthwise(filt)) = dw.packed.map(|p| &p.kind) else {
             return Ok(false);
         };
-        if !plain || !chained || mid < MIN_MID_FLOATS || dwp.dw.len() != g2.kh * g2.kw * g2.cout {
+        if !plain || !chained || mid < MIN_MID_FLOATS || filt.len() != g2.kh * g2.kw * g2.cout {
             return Ok(false);
         }
         return crate::nhwc_dw::pointwise_depthwise(
-            par, arena, g1, &pw.w.cols, pw.bias, pw.act, &g2, &dwp.dw, dw.bias, dw.act, x, out,
+            par, arena, g1, cols, pw.bias, pw.act, &g2, filt, dw.bias, dw.act, x, out,
         );
     }
+    let Packing::Planar(groups) = &pw.w.kind else {
+        return Ok(false);
+    };
     if !plain
         || !chained
         || x.strides[3] != 1
         || (g1.ih > 1 && x.strides[2] != g1.iw)
         || mid < MIN_MID_FLOATS
         || arena.slot_len() < fused_scratch_floats()
-        || pw.w.groups.len() != 1
+        || groups.len() != 1
     {
         return Ok(false);
     }
     g1.check()?;
     g2.check()?;
-    let packed = &pw.w.groups[0];
+    let packed = &groups[0];
     if packed.m != g1.cout || packed.k != g1.cin || packed.level() != ptero_simd::level() {
         return Ok(false);
     }

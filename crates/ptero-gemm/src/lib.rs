@@ -48,6 +48,7 @@ mod pack;
 mod pixel_rows;
 mod stem;
 mod winograd;
+mod winograd_rows;
 
 pub use batch::{gemm_batched, Batch, MAX_BATCH_DIMS};
 pub use conv::{conv2d, conv_scratch_floats, Conv2d, ConvWeights, Image, ImageMut, PackedConv};

@@ -25,7 +25,7 @@ use crate::{Activation, Bias, GemmError, MatRef, PackedB};
 /// Rows (pixels) of a strip for a vector width: with two vectors of columns, 14
 /// accumulators of AVX-512's 32 registers (the broadcast is a memory operand); 12 of
 /// AVX2's 16, which keeps a register for the broadcast.
-const fn mr_for_lanes(lanes: usize) -> usize {
+pub(crate) const fn mr_for_lanes(lanes: usize) -> usize {
     match lanes {
         16 => 7,
         8 => 6,
@@ -34,9 +34,9 @@ const fn mr_for_lanes(lanes: usize) -> usize {
 }
 
 /// Widest strip, for the transposing store's buffer.
-const MR_MAX: usize = 7;
+pub(crate) const MR_MAX: usize = 7;
 /// Widest panel (`2 · LANES` on AVX-512).
-const NR_MAX: usize = 32;
+pub(crate) const NR_MAX: usize = 32;
 
 /// Fewest channels, in and out, for which it pays ([`crate::PackedConv::pixel_rows_pays`]):
 /// a first layer's few input channels are the stem kernel's.
@@ -48,7 +48,7 @@ pub(crate) const MAX_PLANES: usize = 1 << 18;
 
 /// Steps of the depth per block (whole channels): the block's panel of weights (16 KiB
 /// on AVX-512) and its rows of input stay in L1 while every strip of a group reads them.
-const KC_STEPS: usize = 128;
+pub(crate) const KC_STEPS: usize = 128;
 /// Strips whose partial sums are kept between channel blocks.
 const GROUP: usize = 16;
 
@@ -257,7 +257,7 @@ impl Job<'_> {
         }
         let kc = (KC_STEPS / taps).max(1);
         // Partial sums of a group of strips between channel blocks.
-        let mut part = [s.zero(); 2 * MR_MAX * GROUP];
+        let mut part = [0.0f32; MR_MAX * NR_MAX * GROUP];
         let mut tile = [0.0f32; MR_MAX * NR_MAX];
         let mut rows = [[self.planes.as_ptr(); MR]; GROUP];
         let mut offs = [[0usize; MR]; GROUP];
@@ -292,9 +292,9 @@ impl Job<'_> {
                 while c < self.cin {
                     let ce = (c + kc).min(self.cin);
                     for gi in 0..g1 - g0 {
-                        let acc = &mut part[gi * 2 * MR..][..2 * MR];
+                        let acc = &mut part[gi * MR * nr..][..MR * nr];
                         if c == 0 {
-                            acc.fill(s.zero());
+                            acc.fill(0.0);
                         }
                         let pf = Prefetch {
                             base: next,
@@ -321,12 +321,12 @@ impl Job<'_> {
                     c = ce;
                 }
                 for (gi, strip) in (g0..g1).enumerate() {
-                    let acc = &part[gi * 2 * MR..][..2 * MR];
+                    let acc = &part[gi * MR * nr..][..MR * nr];
                     for i in 0..MR {
                         for v in 0..2 {
                             let j = v * S::LANES;
                             let n = nc.saturating_sub(j).min(S::LANES);
-                            let a = acc[2 * i + v];
+                            let a = s.load(&acc[i * nr + j..]);
                             let a = if n > 0 {
                                 self.epi.apply(s, a, 0, c0 + j, n)
                             } else {
@@ -354,24 +354,24 @@ impl Job<'_> {
 
 /// Where a strip's steps prefetch: `base + (pos + step · inc) / 2¹⁶`.
 #[derive(Clone, Copy)]
-struct Prefetch {
-    base: *const f32,
-    pos: usize,
-    inc: usize,
+pub(crate) struct Prefetch {
+    pub base: *const f32,
+    pub pos: usize,
+    pub inc: usize,
 }
 
-/// Adds to `acc` (row `i`'s two vectors at `2i`, `2i + 1`) a strip's product over
-/// channels `cs`: row `i` reads channel `c`, tap `t` at `rows[i] + c · ch + tapoff[t]`;
-/// `b` holds those channels' `taps · 2 · LANES` steps of a panel.
+/// Adds to `out` (row `i` of the strip at `i · 2 · LANES`, one panel wide) a strip's
+/// product over channels `cs`: row `i` reads channel `c`, tap `t` at `rows[i] + c · ch +
+/// tapoff[t]`; `b` holds those channels' `taps · 2 · LANES` steps of a panel.
 ///
 /// # Safety
 /// Every `rows[i]` must be readable up to `(cs.end - 1) · ch + max(tapoff)`, and `b` for
 /// `cs.len() · taps · 2 · LANES` f32.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<S: Simd, const MR: usize>(
+pub(crate) unsafe fn micro<S: Simd, const MR: usize>(
     s: S,
-    out: &mut [S::F],
+    out: &mut [f32],
     rows: &[*const f32; MR],
     ch: usize,
     tapoff: &[usize],
@@ -380,9 +380,11 @@ unsafe fn micro<S: Simd, const MR: usize>(
     pf: Prefetch,
 ) {
     let nr = 2 * S::LANES;
+    let l = S::LANES;
+    let out = &mut out[..MR * nr];
     let mut acc = [[s.zero(); 2]; MR];
     for (i, a) in acc.iter_mut().enumerate() {
-        *a = [out[2 * i], out[2 * i + 1]];
+        *a = [s.load(&out[i * nr..]), s.load(&out[i * nr + l..])];
     }
     let mut bp = b;
     let mut pos = pf.pos;
@@ -406,7 +408,7 @@ unsafe fn micro<S: Simd, const MR: usize>(
         base += ch;
     }
     for (i, a) in acc.iter().enumerate() {
-        out[2 * i] = a[0];
-        out[2 * i + 1] = a[1];
+        s.store(&mut out[i * nr..], a[0]);
+        s.store(&mut out[i * nr + l..], a[1]);
     }
 }

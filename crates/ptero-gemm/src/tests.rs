@@ -622,8 +622,8 @@ mod conv {
             geo(1, 4, 4, 1, (1, 1), (3, 3), 1, 1, 1),
             geo(1, 12, 24, 1, (66, 40), (3, 3), 1, 1, 1),
         ];
-        // ResNet's 56² and 28² layers pay; its 14² and 7² ones (few tiles per panel of
-        // the GEMM, weights 16/9 as large to read) and strided or 1×1 ones do not.
+        // ResNet's 56², 28² and 14² layers pay; its 7² ones (16 tiles, weights 16/9 as
+        // large to read) and strided or 1×1 ones do not.
         assert!(PackedConv::winograd_pays(&geo(
             1,
             64,
@@ -646,7 +646,7 @@ mod conv {
             1,
             1
         )));
-        assert!(!PackedConv::winograd_pays(&geo(
+        assert!(PackedConv::winograd_pays(&geo(
             1,
             256,
             256,
@@ -709,6 +709,16 @@ mod conv {
                 .unwrap();
                 assert!(pc.is_winograd());
                 check_packed_conv(l, g, &pc, &w, &pool, &arena);
+                let pr = PackedConv::winograd_rows(
+                    g,
+                    Image {
+                        data: &w,
+                        strides: [g.cin * 9, 9, 3, 1],
+                    },
+                )
+                .unwrap();
+                assert!(pr.is_winograd());
+                check_packed_conv(l, g, &pr, &w, &pool, &arena);
             }
             // Weights packed for Winograd refuse another stride.
             let g = geo(1, 4, 4, 1, (6, 6), (3, 3), 1, 1, 1);

@@ -22,7 +22,7 @@ use crate::kernel::{geometry, Epi};
 use crate::{Activation, Bias, Epilogue, GemmError, MatRef, PackedA, PackedBRef};
 
 /// Points of the transform (4 × 4).
-const POINTS: usize = 16;
+pub(crate) const POINTS: usize = 16;
 /// f32 of `V` and `M` one task keeps (1 MiB, so both stay in L2).
 const TASK_FLOATS: usize = 1 << 18;
 /// Strips of output channels per task at most.
@@ -32,10 +32,15 @@ const MAX_STRIPS: usize = 8;
 /// 12)` f32) must fit a slot of [`crate::conv_scratch_floats`].
 const MAX_CIN: usize = 1024;
 /// Fewest channels, in and out, and output tiles (2×2 pixels) for which Winograd pays
-/// (measured on ResNet-18: 196 tiles gain a third, 49 lose)
-/// ([`crate::PackedConv::winograd_pays`]).
+/// ([`crate::PackedConv::winograd_pays`]; measured on ResNet-18 with `conv_bench`: 49
+/// tiles gain a third with tiles as rows, 16 lose as much).
 pub(crate) const MIN_CHANNELS: usize = 16;
-pub(crate) const MIN_TILES: usize = 100;
+pub(crate) const MIN_TILES: usize = 36;
+/// Below this many tiles the GEMMs take tiles as rows ([`crate::winograd_rows`]): a
+/// panel of 32 tiles would overhang a small image, and each thread then reads its
+/// tiles' transforms from L2 instead of a share of the weights. 784 tiles run as fast
+/// either way, 196 and 49 faster as rows.
+pub(crate) const ROWS_BELOW: usize = 400;
 
 /// True when `g` can be computed by [`conv`]: a 3×3 filter, stride and dilation 1, one
 /// group, and few enough channels for a task's scratch.
@@ -51,6 +56,17 @@ pub(crate) fn applies(g: &Conv2d) -> bool {
 /// `U = G g Gᵀ` of every filter of `w` (`[cout, cin, 3, 3]`, extent checked by the
 /// caller), packed for `level` as 16 left operands (`cout × cin`), one per point.
 pub(crate) fn pack(level: Level, g: &Conv2d, w: Image<'_>) -> Result<Vec<PackedA>, GemmError> {
+    let n = g.cout * g.cin;
+    let u = filter_transforms(g, w)?;
+    u.chunks_exact(n.max(1))
+        .take(POINTS)
+        .map(|p| PackedA::new_at(level, MatRef::row_major(&p[..n], g.cout, g.cin)?))
+        .collect()
+}
+
+/// `U = G g Gᵀ` of every filter of `w` (`[cout, cin, 3, 3]`, extent checked by the
+/// caller): per point, a row-major `cout × cin` matrix.
+pub(crate) fn filter_transforms(g: &Conv2d, w: Image<'_>) -> Result<Vec<f32>, GemmError> {
     let (cout, cin) = (g.cout, g.cin);
     let n = cout.checked_mul(cin).ok_or(GemmError::Overflow)?;
     let len = n.checked_mul(POINTS).ok_or(GemmError::Overflow)?;
@@ -75,10 +91,7 @@ pub(crate) fn pack(level: Level, g: &Conv2d, w: Image<'_>) -> Result<Vec<PackedA
             }
         }
     }
-    u.chunks_exact(n.max(1))
-        .take(POINTS)
-        .map(|p| PackedA::new_at(level, MatRef::row_major(&p[..n], cout, cin)?))
-        .collect()
+    Ok(u)
 }
 
 /// `out = act(conv(x, w) + bias)` with `u` from [`pack`].

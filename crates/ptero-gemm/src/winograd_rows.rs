@@ -1,0 +1,414 @@
+//! Winograd's F(2×2, 3×3) (see `winograd.rs`) with output tiles as the GEMM's rows and
+//! output channels as its columns, for images with few tiles (ResNet's 14 × 14 stage: 49
+//! tiles, seven strips of seven rows), the way `pixel_rows.rs` turns a direct
+//! convolution round.
+//!
+//! The filters' transforms are packed once as 16 right operands (`cin × cout`, one per
+//! point). A task takes a range of whole strips of tiles: it transforms their input
+//! patches into `V` (per point, per input channel, its tiles side by side, so row `i` of
+//! a strip reads channel `c` at `c · tiles + i`), then, per panel of output channels and
+//! group of strips, accumulates the 16 points' products channel block by channel block
+//! (the block's weights stay in L1 while every strip of the group reads them) and
+//! transforms each tile back with the bias and activation, written transposed into the
+//! channels-first output.
+
+use alloc::vec::Vec;
+
+use ptero_simd::phase::{phase_planes, Phases};
+use ptero_simd::{dispatch_at, split_count, split_range, Level, Parallel, Simd, SimdOp, SlotArena};
+
+use crate::conv::{Conv2d, Image};
+use crate::driver::{with_scratch, SyncPtr};
+use crate::kernel::{geometry, Epi};
+use crate::pixel_rows::{micro, mr_for_lanes, Prefetch, KC_STEPS, MR_MAX, NR_MAX};
+use crate::winograd::{applies, filter_transforms, POINTS};
+use crate::{Activation, Bias, GemmError, MatRef, PackedB};
+
+/// f32 of input transforms a task keeps (1 MiB: they stay in L2).
+const TASK_FLOATS: usize = 1 << 18;
+/// Strips whose 16 points' sums are kept together (`GROUP · 16 · MR · NR` f32, 112 KiB
+/// on AVX-512, in L2).
+const GROUP: usize = 8;
+
+/// `U = G g Gᵀ` of every filter of `w` (`[cout, cin, 3, 3]`, extent checked by the
+/// caller), packed for `level` as 16 right operands (`cin × cout`), one per point.
+pub(crate) fn pack(level: Level, g: &Conv2d, w: Image<'_>) -> Result<Vec<PackedB>, GemmError> {
+    let n = g.cout * g.cin;
+    let u = filter_transforms(g, w)?;
+    u.chunks_exact(n.max(1))
+        .take(POINTS)
+        .map(|p| PackedB::new_at(level, MatRef::new(&p[..n], g.cin, g.cout, 1, g.cin)?))
+        .collect()
+}
+
+/// f32 of scratch a task of `strips` strips needs, beside the input's phase planes.
+fn task_floats(cin: usize, strips: usize, mr: usize) -> usize {
+    POINTS * cin * strips * mr + GROUP * POINTS * MR_MAX * NR_MAX
+}
+
+/// `out = act(conv(x, w) + bias)` with `u` from [`pack`].
+///
+/// # Safety
+/// As [`crate::conv2d`]'s output: extents checked, valid, non-aliasing and exclusive.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn conv(
+    par: &dyn Parallel,
+    arena: Option<&SlotArena>,
+    g: &Conv2d,
+    x: Image<'_>,
+    u: &[PackedB],
+    bias: Option<&[f32]>,
+    out: SyncPtr,
+    os: [usize; 4],
+    act: Activation,
+) -> Result<(), GemmError> {
+    if u.len() != POINTS || !applies(g) || u.iter().any(|p| p.k != g.cin || p.n != g.cout) {
+        return Err(GemmError::Shape {
+            what: "Winograd weights with tiles as rows (output channels)",
+            expected: g.cout,
+            found: u.first().map_or(0, |p| p.n),
+        });
+    }
+    let level = u[0].level;
+    let (_, nr) = geometry(level);
+    let mr = mr_for_lanes(nr / 2);
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let tiles = th.checked_mul(tw).ok_or(GemmError::Overflow)?;
+    let ph = Phases {
+        ih: g.ih,
+        iw: g.iw,
+        pad: g.pad,
+        stride: [2, 2],
+    };
+    // Tile (ty, tx) reads rows and columns of phase planes up to ty + 1 and tx + 1.
+    let (hq, wq) = ph.dims();
+    if hq <= th || wq <= tw {
+        return Err(GemmError::Shape {
+            what: "Winograd input height (padded)",
+            expected: th.saturating_mul(2).saturating_add(2),
+            found: g.ih.saturating_add(g.pad[0].saturating_mul(2)),
+        });
+    }
+    let ch = ph.floats().ok_or(GemmError::Overflow)?;
+    let total = g.cin.checked_mul(ch).ok_or(GemmError::Overflow)?;
+    if tiles == 0 {
+        return Ok(());
+    }
+    let strips = tiles.div_ceil(mr);
+    // Tasks: equal ranges of whole strips, one per thread at least, each transform block
+    // within TASK_FLOATS.
+    let fit = (TASK_FLOATS / (POINTS * g.cin * mr).max(1)).max(1);
+    let ntasks = split_count(strips, par.threads().max(strips.div_ceil(fit)), 1);
+    let per_task = strips.div_ceil(ntasks);
+    let need = task_floats(g.cin, per_task, mr);
+    let epi = Epi {
+        alpha: 1.0,
+        beta: if bias.is_some() { 1.0 } else { 0.0 },
+        bias: bias.map_or(Bias::None, Bias::PerCol),
+        act,
+    };
+    let err = crate::batch::FirstError::new();
+    let run = |buf: &mut [f32]| {
+        let buf = &mut buf[..total];
+        for n in 0..g.n {
+            ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
+                for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
+                    let c = r.start / ch + i;
+                    let base = n * x.strides[0] + c * x.strides[1];
+                    let every = |_: usize, _: usize| true;
+                    phase_planes(
+                        x.data,
+                        base,
+                        (x.strides[2], x.strides[3]),
+                        &ph,
+                        0.0,
+                        &every,
+                        dst,
+                    );
+                }
+            });
+            let planes: &[f32] = buf;
+            let task = |t: usize| {
+                let sr = split_range(strips, ntasks, 1, t);
+                let (t0, t1) = (sr.start * mr, (sr.end * mr).min(tiles));
+                let go = |scratch: &mut [f32]| {
+                    let job = Job {
+                        planes,
+                        ch,
+                        wq,
+                        plane: hq * wq,
+                        cin: g.cin,
+                        tw,
+                        t0,
+                        t1,
+                        u,
+                        epi: &epi,
+                        // SAFETY: image n is inside the checked output.
+                        out: SyncPtr(unsafe { out.get().add(n * os[0]) }),
+                        os,
+                        oh: g.oh,
+                        ow: g.ow,
+                        scratch,
+                    };
+                    dispatch_at(level, job);
+                };
+                if let Err(e) = with_scratch(arena, need, &go) {
+                    err.set(e);
+                }
+            };
+            if ntasks == 1 {
+                task(0);
+            } else {
+                par.run(ntasks, &task);
+            }
+        }
+    };
+    with_scratch(arena, total, &run)?;
+    match err.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// One task: tiles `t0..t1` (whole strips but the image's last) of one image, every
+/// output channel.
+struct Job<'a> {
+    /// Per input channel, `ch` floats: its four stride-2 phases of `plane` floats, rows
+    /// `wq` wide.
+    planes: &'a [f32],
+    ch: usize,
+    wq: usize,
+    plane: usize,
+    cin: usize,
+    tw: usize,
+    t0: usize,
+    t1: usize,
+    u: &'a [PackedB],
+    epi: &'a Epi<'a>,
+    out: SyncPtr,
+    os: [usize; 4],
+    oh: usize,
+    ow: usize,
+    scratch: &'a mut [f32],
+}
+
+impl SimdOp for Job<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        match S::LANES {
+            16 => self.run::<S, { mr_for_lanes(16) }>(s),
+            8 => self.run::<S, { mr_for_lanes(8) }>(s),
+            _ => self.run::<S, { mr_for_lanes(4) }>(s),
+        }
+    }
+}
+
+#[inline(always)]
+fn load_n<S: Simd>(s: S, p: &[f32], at: usize, len: usize) -> S::F {
+    if len == S::LANES {
+        s.load(&p[at..])
+    } else {
+        s.load_part(&p[at..at + len])
+    }
+}
+
+impl Job<'_> {
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize>(mut self, s: S) {
+        let (l, nr) = (S::LANES, 2 * S::LANES);
+        let (cin, nt) = (self.cin, self.t1 - self.t0);
+        let cout = self.u[0].n;
+        let panels = cout.div_ceil(nr);
+        let vlen = POINTS * cin * nt;
+        let mlen = GROUP * POINTS * MR * nr;
+        if nt == 0
+            || self.scratch.len() < vlen + mlen
+            || self.u.iter().any(|p| p.data.len() < panels * nr * cin)
+        {
+            return;
+        }
+        let scratch = core::mem::take(&mut self.scratch);
+        let (v, m) = scratch.split_at_mut(vlen);
+        self.forward(s, v);
+        let v: &[f32] = v;
+        let m = &mut m[..mlen];
+        let kc = KC_STEPS.max(1);
+        let mut tile = [0.0f32; 4 * NR_MAX];
+        let lstrips = nt.div_ceil(MR);
+        for panel in 0..panels {
+            let c0 = panel * nr;
+            let nc = nr.min(cout - c0);
+            let mut g0 = 0;
+            while g0 < lstrips {
+                let g1 = (g0 + GROUP).min(lstrips);
+                // Each point's block of weights is read from memory once per group of
+                // strips: the next one (or the next panel's first) is fetched into L2
+                // while this one is computed, spread over its steps (16.16 fixed point).
+                let inc = (nr << 16) / (g1 - g0);
+                for p in 0..POINTS {
+                    // SAFETY: the panel's cin · nr values were checked above.
+                    let b = unsafe { self.u[p].data.as_ptr().add(panel * cin * nr) };
+                    let next = if p + 1 < POINTS {
+                        self.u[p + 1].data.as_ptr().wrapping_add(panel * cin * nr)
+                    } else if panel + 1 < panels && g1 == lstrips {
+                        self.u[0].data.as_ptr().wrapping_add((panel + 1) * cin * nr)
+                    } else {
+                        b
+                    };
+                    let mut pos = 0usize;
+                    let vp = &v[p * cin * nt..][..cin * nt];
+                    let mut c = 0;
+                    while c < cin {
+                        let ce = (c + kc).min(cin);
+                        for gi in 0..g1 - g0 {
+                            let acc = &mut m[(gi * POINTS + p) * MR * nr..][..MR * nr];
+                            if c == 0 {
+                                acc.fill(0.0);
+                            }
+                            let mut rows = [vp.as_ptr(); MR];
+                            for (i, r) in rows.iter_mut().enumerate() {
+                                // Rows past the task's tiles repeat its last; not stored.
+                                let t = ((g0 + gi) * MR + i).min(nt - 1);
+                                // SAFETY: t < nt, inside this point's transforms.
+                                *r = unsafe { vp.as_ptr().add(t) };
+                            }
+                            let pf = Prefetch {
+                                base: next,
+                                pos,
+                                inc,
+                            };
+                            pos += (ce - c) * inc;
+                            // SAFETY: row i reads channels c..ce at (c' · nt + t), inside
+                            // the point's cin · nt values; steps c..ce of the panel are
+                            // inside its cin · nr values.
+                            unsafe {
+                                micro::<S, MR>(s, acc, &rows, nt, &[0], c..ce, b.add(c * nr), pf)
+                            };
+                        }
+                        c = ce;
+                    }
+                }
+                for gi in 0..g1 - g0 {
+                    let sums = &m[gi * POINTS * MR * nr..][..POINTS * MR * nr];
+                    for i in 0..MR {
+                        let t = (g0 + gi) * MR + i;
+                        if t >= nt {
+                            break;
+                        }
+                        for vi in 0..2 {
+                            let j = vi * l;
+                            let n = nc.saturating_sub(j).min(l);
+                            let mut mv = [s.zero(); POINTS];
+                            for (k, x) in mv.iter_mut().enumerate() {
+                                *x = s.load(&sums[(k * MR + i) * nr + j..]);
+                            }
+                            // Aᵀ = [1 1 1 0; 0 1 -1 -1] over the rows, then the columns.
+                            let mut r0 = [s.zero(); 4];
+                            let mut r1 = [s.zero(); 4];
+                            for q in 0..4 {
+                                r0[q] = s.add(s.add(mv[q], mv[4 + q]), mv[8 + q]);
+                                r1[q] = s.sub(s.sub(mv[4 + q], mv[8 + q]), mv[12 + q]);
+                            }
+                            for (a, r) in [r0, r1].iter().enumerate() {
+                                let y = [
+                                    s.add(s.add(r[0], r[1]), r[2]),
+                                    s.sub(s.sub(r[1], r[2]), r[3]),
+                                ];
+                                for (bx, &yv) in y.iter().enumerate() {
+                                    let yv = if n > 0 {
+                                        self.epi.apply(s, yv, 0, c0 + j, n)
+                                    } else {
+                                        yv
+                                    };
+                                    s.store(&mut tile[(a * 2 + bx) * nr + j..], yv);
+                                }
+                            }
+                        }
+                        let tg = self.t0 + t;
+                        let (ty, tx) = (tg / self.tw, tg % self.tw);
+                        for a in 0..2 {
+                            let oy = 2 * ty + a;
+                            if oy >= self.oh {
+                                break;
+                            }
+                            for bx in 0..2 {
+                                let ox = 2 * tx + bx;
+                                if ox >= self.ow {
+                                    break;
+                                }
+                                let px = oy * self.os[2] + ox * self.os[3];
+                                for cc in 0..nc {
+                                    // SAFETY: channel c0 + cc < cout and pixel (oy, ox)
+                                    // inside the image are inside the checked output,
+                                    // exclusive to this task's tiles.
+                                    unsafe {
+                                        *self.out.get().add((c0 + cc) * self.os[1] + px) =
+                                            tile[(a * 2 + bx) * nr + cc]
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+                g0 = g1;
+            }
+        }
+    }
+
+    /// `V = Bᵀ d B` of the task's tiles into `v`: point `p`, channel `c`, tile `t` at
+    /// `(p · cin + c) · nt + t - t0`.
+    #[inline(always)]
+    fn forward<S: Simd>(&self, s: S, v: &mut [f32]) {
+        let (cin, nt, plane, wq, tw) = (self.cin, self.t1 - self.t0, self.plane, self.wq, self.tw);
+        for c in 0..cin {
+            let pl = &self.planes[c * self.ch..][..4 * plane];
+            let (p00, p01, p10, p11) = (
+                &pl[..plane],
+                &pl[plane..2 * plane],
+                &pl[2 * plane..3 * plane],
+                &pl[3 * plane..],
+            );
+            let mut t = self.t0;
+            while t < self.t1 {
+                let (ty, tx) = (t / tw, t % tw);
+                let len = S::LANES.min(tw - tx).min(self.t1 - t);
+                let (r0, r1) = (ty * wq + tx, (ty + 1) * wq + tx);
+                // Patch row r, column k: phase (r % 2, k % 2) at (ty + r / 2, tx + k / 2).
+                let mut d = [[s.zero(); 4]; 4];
+                for (r, dr) in d.iter_mut().enumerate() {
+                    let (pe, po) = if r % 2 == 0 { (p00, p01) } else { (p10, p11) };
+                    let at = if r < 2 { r0 } else { r1 };
+                    dr[0] = load_n(s, pe, at, len);
+                    dr[1] = load_n(s, po, at, len);
+                    dr[2] = load_n(s, pe, at + 1, len);
+                    dr[3] = load_n(s, po, at + 1, len);
+                }
+                // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] over the rows, then over
+                // the columns.
+                let mut e = [[s.zero(); 4]; 4];
+                for k in 0..4 {
+                    e[0][k] = s.sub(d[0][k], d[2][k]);
+                    e[1][k] = s.add(d[1][k], d[2][k]);
+                    e[2][k] = s.sub(d[2][k], d[1][k]);
+                    e[3][k] = s.sub(d[1][k], d[3][k]);
+                }
+                let at = t - self.t0;
+                for (i, r) in e.iter().enumerate() {
+                    let vi = [
+                        s.sub(r[0], r[2]),
+                        s.add(r[1], r[2]),
+                        s.sub(r[2], r[1]),
+                        s.sub(r[1], r[3]),
+                    ];
+                    for (j, &x) in vi.iter().enumerate() {
+                        let dst = &mut v[((i * 4 + j) * cin + c) * nt + at..][..len];
+                        s.store_part(dst, x);
+                    }
+                }
+                t += len;
+            }
+        }
+    }
+}
