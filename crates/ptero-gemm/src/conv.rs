@@ -550,6 +550,13 @@ unsafe fn grouped(
     act: Activation,
 ) -> Result<(), GemmError> {
     let (cin_g, cout_g, k) = (g.cin_g(), g.cout_g(), g.k());
+    if w.len() != g.groups || w.iter().any(|p| p.m != cout_g || p.k != k) {
+        return Err(GemmError::Shape {
+            what: "packed convolution weights (groups)",
+            expected: g.groups,
+            found: w.len(),
+        });
+    }
     let pixels = g.oh * g.ow;
     let xs = x.strides;
     let out_linear = g.oh == 1 || os[2] == g.ow * os[3];
@@ -566,7 +573,7 @@ unsafe fn grouped(
         && (g.ih == 1 || xs[2] == g.iw * xs[3]);
     if pointwise {
         for n in 0..g.n {
-            for grp in 0..g.groups {
+            for (grp, wg) in w.iter().enumerate().take(g.groups) {
                 let xoff = n * xs[0] + grp * cin_g * xs[1];
                 let b = MatRef {
                     data: &x.data[xoff..],
@@ -589,7 +596,7 @@ unsafe fn grouped(
                         par,
                         arena,
                         None,
-                        Lhs::Packed(&w[grp]),
+                        Lhs::Packed(wg),
                         crate::Rhs::Mat(b),
                         c,
                         &epi_for(grp),
