@@ -236,6 +236,20 @@ impl PackedConv {
     /// [`PackedConv::winograd_pays`] for when it is worth it; images of few tiles get the
     /// layout of [`PackedConv::winograd_rows`].
     pub fn winograd(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
+        let tiles = geo.oh.div_ceil(2).saturating_mul(geo.ow.div_ceil(2));
+        let v = tiles
+            .saturating_mul(geo.cin)
+            .saturating_mul(winograd::POINTS);
+        if v <= winograd::ROWS_MAX_FLOATS {
+            PackedConv::winograd_rows(geo, w)
+        } else {
+            PackedConv::winograd_columns(geo, w)
+        }
+    }
+
+    /// Packs 3×3 filters like [`PackedConv::winograd`], with output tiles as the GEMM's
+    /// columns: the layout for large images.
+    pub fn winograd_columns(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
         geo.check()?;
         if !winograd::applies(geo) {
             return Err(GemmError::Shape {
@@ -243,10 +257,6 @@ impl PackedConv {
                 expected: 3,
                 found: geo.kh,
             });
-        }
-        let tiles = geo.oh.div_ceil(2).saturating_mul(geo.ow.div_ceil(2));
-        if tiles < winograd::ROWS_BELOW {
-            return PackedConv::winograd_rows(geo, w);
         }
         check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)?;
         Ok(PackedConv {
@@ -256,7 +266,7 @@ impl PackedConv {
     }
 
     /// Packs 3×3 filters like [`PackedConv::winograd`], with output tiles as the GEMM's
-    /// rows ([`crate::winograd_rows`]): the layout for images of few tiles.
+    /// rows ([`crate::winograd_rows`]): the layout for small images.
     pub fn winograd_rows(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
         geo.check()?;
         if !winograd::applies(geo) {

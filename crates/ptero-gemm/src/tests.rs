@@ -699,7 +699,7 @@ mod conv {
             set_level(l).unwrap();
             for g in &geos {
                 let w = data(g.cout * g.cin * 9, 8);
-                let pc = PackedConv::winograd(
+                let pc = PackedConv::winograd_columns(
                     g,
                     Image {
                         data: &w,
