@@ -148,6 +148,9 @@ pub(crate) unsafe fn conv(
                         os,
                         oh: g.oh,
                         ow: g.ow,
+                        scatter: os[1]
+                            .checked_mul(NR_MAX)
+                            .is_some_and(|v| v <= i32::MAX as usize),
                         scratch,
                     };
                     dispatch_at(level, job);
@@ -189,6 +192,9 @@ struct Job<'a> {
     os: [usize; 4],
     oh: usize,
     ow: usize,
+    /// Channel offsets of a vector (`(LANES - 1) · os[1]`) fit `i32`: whole vectors may
+    /// be scattered.
+    scatter: bool,
     scratch: &'a mut [f32],
 }
 
@@ -297,9 +303,23 @@ impl Job<'_> {
                         if t >= nt {
                             break;
                         }
+                        let tg = self.t0 + t;
+                        let (ty, tx) = (tg / self.tw, tg % self.tw);
+                        // Output pixel (a, b) of the tile, when inside the image.
+                        let px = |a: usize, bx: usize| {
+                            let (oy, ox) = (2 * ty + a, 2 * tx + bx);
+                            (oy < self.oh && ox < self.ow)
+                                .then(|| oy * self.os[2] + ox * self.os[3])
+                        };
+                        // Whole vectors of channels are scattered straight to the output;
+                        // the panel's tail goes through `tile`.
+                        let mut scalar_from = 0;
                         for vi in 0..2 {
                             let j = vi * l;
                             let n = nc.saturating_sub(j).min(l);
+                            if n == 0 {
+                                break;
+                            }
                             let mut mv = [s.zero(); POINTS];
                             for (k, x) in mv.iter_mut().enumerate() {
                                 *x = s.load(&sums[(k * MR + i) * nr + j..]);
@@ -311,40 +331,48 @@ impl Job<'_> {
                                 r0[q] = s.add(s.add(mv[q], mv[4 + q]), mv[8 + q]);
                                 r1[q] = s.sub(s.sub(mv[4 + q], mv[8 + q]), mv[12 + q]);
                             }
+                            let whole = n == l && self.scatter;
+                            if whole {
+                                scalar_from = j + l;
+                            }
                             for (a, r) in [r0, r1].iter().enumerate() {
                                 let y = [
                                     s.add(s.add(r[0], r[1]), r[2]),
                                     s.sub(s.sub(r[1], r[2]), r[3]),
                                 ];
                                 for (bx, &yv) in y.iter().enumerate() {
-                                    let yv = if n > 0 {
-                                        self.epi.apply(s, yv, 0, c0 + j, n)
-                                    } else {
-                                        yv
-                                    };
-                                    s.store(&mut tile[(a * 2 + bx) * nr + j..], yv);
+                                    let yv = self.epi.apply(s, yv, 0, c0 + j, n);
+                                    match px(a, bx) {
+                                        // SAFETY: channels c0 + j.. c0 + j + LANES < cout
+                                        // at pixel (oy, ox) inside the image: distinct
+                                        // elements of the checked output, exclusive to
+                                        // this task's tiles; offsets fit i32 (`scatter`).
+                                        Some(o) if whole => unsafe {
+                                            s.scatter_ptr(
+                                                self.out.get().add((c0 + j) * self.os[1] + o),
+                                                self.os[1],
+                                                yv,
+                                            )
+                                        },
+                                        _ => s.store(&mut tile[(a * 2 + bx) * nr + j..], yv),
+                                    }
                                 }
                             }
                         }
-                        let tg = self.t0 + t;
-                        let (ty, tx) = (tg / self.tw, tg % self.tw);
+                        if scalar_from >= nc {
+                            continue;
+                        }
                         for a in 0..2 {
-                            let oy = 2 * ty + a;
-                            if oy >= self.oh {
-                                break;
-                            }
                             for bx in 0..2 {
-                                let ox = 2 * tx + bx;
-                                if ox >= self.ow {
-                                    break;
-                                }
-                                let px = oy * self.os[2] + ox * self.os[3];
-                                for cc in 0..nc {
+                                let Some(o) = px(a, bx) else {
+                                    continue;
+                                };
+                                for cc in scalar_from..nc {
                                     // SAFETY: channel c0 + cc < cout and pixel (oy, ox)
                                     // inside the image are inside the checked output,
                                     // exclusive to this task's tiles.
                                     unsafe {
-                                        *self.out.get().add((c0 + cc) * self.os[1] + px) =
+                                        *self.out.get().add((c0 + cc) * self.os[1] + o) =
                                             tile[(a * 2 + bx) * nr + cc]
                                     };
                                 }
