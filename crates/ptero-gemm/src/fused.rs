@@ -20,6 +20,22 @@ pub(crate) const BAND_FLOATS: usize = 1 << 18;
 /// Fewest output rows per band (fewer would expand too many rows twice).
 pub(crate) const MIN_BAND_ROWS: usize = 8;
 
+/// Bands of output rows for `n` images of `oh` rows on `threads` threads, each at most
+/// `fit` rows (what a band's expanded input may hold): about two per thread, at least
+/// [`MIN_BAND_ROWS`] rows where possible, and as many in all as a multiple of the
+/// threads, so the last round keeps every thread busy (56 rows in bands of 11 left one
+/// thread a third idle). Band `b` is `split_range(oh, bands, 1, b)`.
+pub(crate) fn band_count(n: usize, oh: usize, fit: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let spread = n.saturating_mul(oh).div_ceil(2 * threads);
+    let rows = spread.clamp(MIN_BAND_ROWS.min(fit), fit).max(1);
+    let mut bands = oh.div_ceil(rows).max(1);
+    while bands < oh && !n.saturating_mul(bands).is_multiple_of(threads) {
+        bands += 1;
+    }
+    bands
+}
+
 /// The pointwise stage: packed `[cmid, cin]` weights, bias per channel, activation.
 #[derive(Clone, Copy, Debug)]
 pub struct PointwiseStage<'a> {
@@ -151,9 +167,7 @@ pub fn pointwise_depthwise(
     if fit == 0 {
         return Ok(false);
     }
-    let spread = (g2.n * g2.oh).div_ceil(2 * par.threads().max(1));
-    let rows = spread.clamp(MIN_BAND_ROWS.min(fit), fit);
-    let bands = g2.oh.div_ceil(rows);
+    let bands = band_count(g2.n, g2.oh, fit, par.threads());
     let optr = SyncPtr(out.data.as_mut_ptr());
     let level = ptero_simd::level();
     let epi = Epilogue {
@@ -165,8 +179,8 @@ pub fn pointwise_depthwise(
     let err = FirstError::new();
     par.run(g2.n * bands, &|t| {
         let (n, b) = (t / bands, t % bands);
-        let oy0 = b * rows;
-        let oy1 = (oy0 + rows).min(g2.oh);
+        let band = ptero_simd::split_range(g2.oh, bands, 1, b);
+        let (oy0, oy1) = (band.start, band.end);
         // Input rows of the band, clipped to the image (the rest is padding).
         let top = (oy0 * sh) as isize - ph as isize;
         let lo = top.max(0) as usize;

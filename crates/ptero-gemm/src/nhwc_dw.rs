@@ -382,9 +382,7 @@ pub(crate) fn pointwise_depthwise(
     if fit == 0 {
         return Ok(false);
     }
-    let spread = (g2.n * g2.oh).div_ceil(2 * par.threads().max(1));
-    let rows = spread.clamp(crate::fused::MIN_BAND_ROWS.min(fit), fit);
-    let bands = g2.oh.div_ceil(rows);
+    let bands = crate::fused::band_count(g2.n, g2.oh, fit, par.threads());
     let optr = SyncPtr(out.data.as_mut_ptr());
     let level = ptero_simd::level();
     let epi = Epilogue {
@@ -396,8 +394,8 @@ pub(crate) fn pointwise_depthwise(
     let err = crate::batch::FirstError::new();
     par.run(g2.n * bands, &|t| {
         let (n, b) = (t / bands, t % bands);
-        let oy0 = b * rows;
-        let oy1 = (oy0 + rows).min(g2.oh);
+        let band = split_range(g2.oh, bands, 1, b);
+        let (oy0, oy1) = (band.start, band.end);
         let top = (oy0 * sh) as isize - ph as isize;
         let lo = top.max(0) as usize;
         let hi = ((oy1 - 1) * sh + span).saturating_sub(ph).min(g1.ih);
