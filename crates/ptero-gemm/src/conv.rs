@@ -529,6 +529,35 @@ pub fn conv2d(
     }
 }
 
+/// Copies image `n` of `x` (every channel) into `buf` padded with zeros and split into
+/// the stride phases of `ph`, `ch` floats per channel, channels split over threads;
+/// phases for which `used(py, px)` is false are not filled.
+pub(crate) fn fill_phases(
+    par: &dyn Parallel,
+    x: Image<'_>,
+    n: usize,
+    ph: &Phases,
+    used: &(dyn Fn(usize, usize) -> bool + Sync),
+    buf: &mut [f32],
+    ch: usize,
+) {
+    let xs = x.strides;
+    ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
+        for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
+            let c = r.start / ch + i;
+            phase_planes(
+                x.data,
+                n * xs[0] + c * xs[1],
+                (xs[2], xs[3]),
+                ph,
+                0.0,
+                used,
+                dst,
+            );
+        }
+    });
+}
+
 /// Group `grp`'s epilogue: its slice of the bias per output channel, and the activation.
 fn group_epilogue(
     bias: Option<&[f32]>,
@@ -893,13 +922,7 @@ unsafe fn shifted(
     arena.with(total, |buf| {
         let buf = &mut buf[..total];
         for n in 0..g.n {
-            ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
-                for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
-                    let c = r.start / ch + i;
-                    let base = n * xs[0] + c * xs[1];
-                    phase_planes(x.data, base, (xs[2], xs[3]), &ph, 0.0, &used, dst);
-                }
-            });
+            fill_phases(par, x, n, &ph, &used, buf, ch);
             run(n, buf, ch, wq, &tapoff[..taps])?;
         }
         Ok(())

@@ -14,10 +14,10 @@
 
 use alloc::vec::Vec;
 
-use ptero_simd::phase::{phase_planes, Phases};
+use ptero_simd::phase::Phases;
 use ptero_simd::{dispatch_at, split_count, split_range, Level, Parallel, Simd, SimdOp, SlotArena};
 
-use crate::conv::{Conv2d, Image};
+use crate::conv::{fill_phases, Conv2d, Image};
 use crate::driver::{with_scratch, SyncPtr, MAX_TAPS};
 use crate::kernel::{geometry, prefetch_l2, Epi};
 use crate::{Activation, Bias, GemmError, MatRef, PackedB};
@@ -167,21 +167,7 @@ pub(crate) unsafe fn conv(
     let run = |buf: &mut [f32]| {
         let buf = &mut buf[..total];
         for n in 0..g.n {
-            ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
-                for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
-                    let c = r.start / ch + i;
-                    let base = n * x.strides[0] + c * x.strides[1];
-                    phase_planes(
-                        x.data,
-                        base,
-                        (x.strides[2], x.strides[3]),
-                        &ph,
-                        0.0,
-                        &used,
-                        dst,
-                    );
-                }
-            });
+            fill_phases(par, x, n, &ph, &used, buf, ch);
             let planes: &[f32] = buf;
             let task = |t: usize| {
                 let job = Job {

@@ -13,10 +13,10 @@
 
 use alloc::vec::Vec;
 
-use ptero_simd::phase::{phase_planes, Phases};
+use ptero_simd::phase::Phases;
 use ptero_simd::{dispatch_at, Level, Parallel, Simd, SimdOp, SlotArena};
 
-use crate::conv::{Conv2d, Image};
+use crate::conv::{fill_phases, Conv2d, Image};
 use crate::driver::{gemm_packed_rows, with_scratch, COut, SyncPtr};
 use crate::kernel::{geometry, Epi};
 use crate::{Activation, Bias, Epilogue, GemmError, MatRef, PackedA, PackedBRef};
@@ -182,22 +182,7 @@ pub(crate) unsafe fn conv(
     let planes_of = |buf: &mut [f32]| {
         let buf = &mut buf[..total];
         for n in 0..g.n {
-            ptero_simd::for_each_chunk_by(par, buf, ch, &|r, chunk| {
-                for (i, dst) in chunk.chunks_exact_mut(ch).enumerate() {
-                    let c = r.start / ch + i;
-                    let base = n * x.strides[0] + c * x.strides[1];
-                    let every = |_: usize, _: usize| true;
-                    phase_planes(
-                        x.data,
-                        base,
-                        (x.strides[2], x.strides[3]),
-                        &ph,
-                        0.0,
-                        &every,
-                        dst,
-                    );
-                }
-            });
+            fill_phases(par, x, n, &ph, &|_, _| true, buf, ch);
             let planes: &[f32] = buf;
             let task = |t: usize| {
                 let (bi, ci) = (t / nbc, t % nbc);
