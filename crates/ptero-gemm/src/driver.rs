@@ -3,7 +3,8 @@
 use ptero_simd::{dispatch_at, Parallel, Serial, Simd, SimdOp, SlotArena};
 
 use crate::kernel::{
-    geometry, micro, micro_row, micro_rows, micro_shifted, store_tile, store_wrapped, Epi, TileOut,
+    geometry, micro, micro_row, micro_rows, micro_rows_half, micro_shifted, store_tile,
+    store_wrapped, Epi, TileOut,
 };
 use crate::pack::{pack_a_strip, pack_b_panel};
 use crate::{gemv, Bias, Epilogue, GemmError, Lhs, MatMut, Rhs};
@@ -686,7 +687,11 @@ fn tile<S: Simd, const MR: usize, const SHIFTED: bool>(
         });
         // SAFETY: each row pointer comes from a slice of exactly `kc` values, `bptr` from
         // one of `kc * nr`.
-        unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) }
+        if n_eff <= S::LANES {
+            unsafe { micro_rows_half::<S, MR>(s, kc, &rows, bptr) }
+        } else {
+            unsafe { micro_rows::<S, MR>(s, kc, &rows, bptr) }
+        }
     } else {
         let aptr = match ctx.a {
             Lhs::Packed(p) => {

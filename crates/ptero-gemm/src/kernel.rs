@@ -101,6 +101,34 @@ pub(crate) unsafe fn micro_rows<S: Simd, const MR: usize>(
     acc
 }
 
+/// [`micro_rows`] for a panel whose columns past the first vector are padding (an
+/// output 16 channels wide, or a panel of the last 16 or fewer): half the multiply-adds.
+/// The second vector of each row is returned zero.
+///
+/// # Safety
+/// As [`micro_rows`].
+#[inline(always)]
+pub(crate) unsafe fn micro_rows_half<S: Simd, const MR: usize>(
+    s: S,
+    kc: usize,
+    rows: &[*const f32; MR],
+    b: *const f32,
+) -> [[S::F; 2]; MR] {
+    let nr = 2 * S::LANES;
+    let mut acc = [[s.zero(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc, inside the range the caller guarantees.
+        let b0 = unsafe { s.load_ptr(b.add(p * nr)) };
+        prefetch(b.wrapping_add((p + B_AHEAD) * nr));
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: p < kc.
+            let ai = s.splat(unsafe { *rows[i].add(p) });
+            row[0] = s.mul_add(ai, b0, row[0]);
+        }
+    }
+    acc
+}
+
 /// [`micro`] for a single row (decode's matrix-vector products): B streams from memory,
 /// so four independent accumulator pairs keep the loads in flight instead of waiting on
 /// one chain of multiply-adds.
