@@ -250,15 +250,7 @@ impl PackedConv {
     /// Packs 3×3 filters like [`PackedConv::winograd`], with output tiles as the GEMM's
     /// columns: the layout for large images.
     pub fn winograd_columns(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
-        geo.check()?;
-        if !winograd::applies(geo) {
-            return Err(GemmError::Shape {
-                what: "Winograd convolution (3x3, stride 1, one group) kernel height",
-                expected: 3,
-                found: geo.kh,
-            });
-        }
-        check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)?;
+        winograd_check(geo, w)?;
         Ok(PackedConv {
             kind: Packing::Winograd(winograd::pack(ptero_simd::level(), geo, w)?),
             geo: *geo,
@@ -268,15 +260,7 @@ impl PackedConv {
     /// Packs 3×3 filters like [`PackedConv::winograd`], with output tiles as the GEMM's
     /// rows ([`crate::winograd_rows`]): the layout for small images.
     pub fn winograd_rows(geo: &Conv2d, w: Image<'_>) -> Result<PackedConv, GemmError> {
-        geo.check()?;
-        if !winograd::applies(geo) {
-            return Err(GemmError::Shape {
-                what: "Winograd convolution (3x3, stride 1, one group) kernel height",
-                expected: 3,
-                found: geo.kh,
-            });
-        }
-        check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)?;
+        winograd_check(geo, w)?;
         Ok(PackedConv {
             kind: Packing::WinogradRows(winograd_rows::pack(ptero_simd::level(), geo, w)?),
             geo: *geo,
@@ -556,6 +540,19 @@ pub(crate) fn fill_phases(
             );
         }
     });
+}
+
+/// Errors unless `geo` suits Winograd's F(2×2, 3×3) and `w` holds its filters.
+fn winograd_check(geo: &Conv2d, w: Image<'_>) -> Result<(), GemmError> {
+    geo.check()?;
+    if !winograd::applies(geo) {
+        return Err(GemmError::Shape {
+            what: "Winograd convolution (3x3, stride 1, one group) kernel height",
+            expected: 3,
+            found: geo.kh,
+        });
+    }
+    check_extent("weight", w.data.len(), [geo.cout, geo.cin, 3, 3], w.strides)
 }
 
 /// Group `grp`'s epilogue: its slice of the bias per output channel, and the activation.

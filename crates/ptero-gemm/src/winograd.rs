@@ -321,12 +321,80 @@ impl Iterator for Rows {
 
 /// `len` values of `p` from `at` (a whole vector when `len` is `LANES`).
 #[inline(always)]
-fn load_n<S: Simd>(s: S, p: &[f32], at: usize, len: usize) -> S::F {
+pub(crate) fn load_n<S: Simd>(s: S, p: &[f32], at: usize, len: usize) -> S::F {
     if len == S::LANES {
         s.load(&p[at..])
     } else {
         s.load_part(&p[at..at + len])
     }
+}
+
+/// `V = Bᵀ d B` of the patches of `len` tiles of row `ty` from column `tx` (one per lane),
+/// read from one channel's stride-2 phase planes `pl` (four of `plane` floats, rows `wq`
+/// wide): point `(i, j)` at `i · 4 + j`.
+#[inline(always)]
+pub(crate) fn patch_transform<S: Simd>(
+    s: S,
+    pl: &[f32],
+    plane: usize,
+    wq: usize,
+    ty: usize,
+    tx: usize,
+    len: usize,
+) -> [S::F; POINTS] {
+    let (r0, r1) = (ty * wq + tx, (ty + 1) * wq + tx);
+    // Patch row r, column k: phase (r % 2, k % 2) at (ty + r / 2, tx + k / 2).
+    let mut d = [[s.zero(); 4]; 4];
+    for (r, dr) in d.iter_mut().enumerate() {
+        let (pe, po) = if r % 2 == 0 {
+            (&pl[..plane], &pl[plane..2 * plane])
+        } else {
+            (&pl[2 * plane..3 * plane], &pl[3 * plane..4 * plane])
+        };
+        let at = if r < 2 { r0 } else { r1 };
+        dr[0] = load_n(s, pe, at, len);
+        dr[1] = load_n(s, po, at, len);
+        dr[2] = load_n(s, pe, at + 1, len);
+        dr[3] = load_n(s, po, at + 1, len);
+    }
+    // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] over the rows, then over the columns.
+    let mut t = [[s.zero(); 4]; 4];
+    for k in 0..4 {
+        t[0][k] = s.sub(d[0][k], d[2][k]);
+        t[1][k] = s.add(d[1][k], d[2][k]);
+        t[2][k] = s.sub(d[2][k], d[1][k]);
+        t[3][k] = s.sub(d[1][k], d[3][k]);
+    }
+    let mut v = [s.zero(); POINTS];
+    for (i, r) in t.iter().enumerate() {
+        v[i * 4] = s.sub(r[0], r[2]);
+        v[i * 4 + 1] = s.add(r[1], r[2]);
+        v[i * 4 + 2] = s.sub(r[2], r[1]);
+        v[i * 4 + 3] = s.sub(r[1], r[3]);
+    }
+    v
+}
+
+/// `Y = Aᵀ m A` of a tile's 16 points: its 2 × 2 outputs, `[row][column]`.
+#[inline(always)]
+pub(crate) fn tile_transform<S: Simd>(s: S, mv: &[S::F; POINTS]) -> [[S::F; 2]; 2] {
+    // Aᵀ = [1 1 1 0; 0 1 -1 -1] over the rows, then over the columns.
+    let (mut r0, mut r1) = ([s.zero(); 4], [s.zero(); 4]);
+    for j in 0..4 {
+        r0[j] = s.add(s.add(mv[j], mv[4 + j]), mv[8 + j]);
+        r1[j] = s.sub(s.sub(mv[4 + j], mv[8 + j]), mv[12 + j]);
+    }
+    // Explicit, not `map`: a closure would lose the caller's target features.
+    [
+        [
+            s.add(s.add(r0[0], r0[1]), r0[2]),
+            s.sub(s.sub(r0[1], r0[2]), r0[3]),
+        ],
+        [
+            s.add(s.add(r1[0], r1[1]), r1[2]),
+            s.sub(s.sub(r1[1], r1[2]), r1[3]),
+        ],
+    ]
 }
 
 /// The patches' transforms of a block of tiles, into `v`: per point, `cin` rows of the
@@ -368,48 +436,14 @@ impl SimdOp for Forward<'_> {
                 }
             }
             let pl = &planes[c * ch..][..4 * plane];
-            let (p00, p01, p10, p11) = (
-                &pl[..plane],
-                &pl[plane..2 * plane],
-                &pl[2 * plane..3 * plane],
-                &pl[3 * plane..],
-            );
             for (ty, tx0, tx1, col) in blk.rows() {
                 let mut tx = tx0;
                 while tx < tx1 {
                     let len = S::LANES.min(tx1 - tx);
-                    let (r0, r1) = (ty * wq + tx, (ty + 1) * wq + tx);
-                    // Patch row r, column k: phase (r % 2, k % 2) at (ty + r / 2, tx + k / 2).
-                    let mut d = [[s.zero(); 4]; 4];
-                    for (r, dr) in d.iter_mut().enumerate() {
-                        let (pe, po) = if r % 2 == 0 { (p00, p01) } else { (p10, p11) };
-                        let at = if r < 2 { r0 } else { r1 };
-                        dr[0] = load_n(s, pe, at, len);
-                        dr[1] = load_n(s, po, at, len);
-                        dr[2] = load_n(s, pe, at + 1, len);
-                        dr[3] = load_n(s, po, at + 1, len);
-                    }
-                    // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] over the rows, then
-                    // over the columns.
-                    let mut t = [[s.zero(); 4]; 4];
-                    for k in 0..4 {
-                        t[0][k] = s.sub(d[0][k], d[2][k]);
-                        t[1][k] = s.add(d[1][k], d[2][k]);
-                        t[2][k] = s.sub(d[2][k], d[1][k]);
-                        t[3][k] = s.sub(d[1][k], d[3][k]);
-                    }
+                    let vt = patch_transform(s, pl, plane, wq, ty, tx, len);
                     let pos = place(cin, nr, c, col + tx - tx0, len);
-                    for (i, r) in t.iter().enumerate() {
-                        let vi = [
-                            s.sub(r[0], r[2]),
-                            s.add(r[1], r[2]),
-                            s.sub(r[2], r[1]),
-                            s.sub(r[1], r[3]),
-                        ];
-                        for (j, &x) in vi.iter().enumerate() {
-                            let dst = &mut v[(i * 4 + j) * per_point..][..per_point];
-                            put(s, dst, pos, len, x);
-                        }
+                    for (p, &x) in vt.iter().enumerate() {
+                        put(s, &mut v[p * per_point..][..per_point], pos, len, x);
                     }
                     tx += len;
                 }
@@ -491,22 +525,13 @@ impl SimdOp for Backward<'_> {
                     for (p, v) in mv.iter_mut().enumerate() {
                         *v = load_n(s, m, at + p * ntp, len);
                     }
-                    // Aᵀ = [1 1 1 0; 0 1 -1 -1] over the rows, then over the columns.
-                    let (mut r0, mut r1) = ([s.zero(); 4], [s.zero(); 4]);
-                    for j in 0..4 {
-                        r0[j] = s.add(s.add(mv[j], mv[4 + j]), mv[8 + j]);
-                        r1[j] = s.sub(s.sub(mv[4 + j], mv[8 + j]), mv[12 + j]);
-                    }
+                    let y = tile_transform(s, &mv);
                     let (x0, cols) = (2 * tx, (2 * len).min(g.ow - 2 * tx));
-                    for (dy, r) in [r0, r1].iter().enumerate() {
+                    for (dy, &[a, b]) in y.iter().enumerate() {
                         let oy = 2 * ty + dy;
                         if oy >= g.oh {
                             break;
                         }
-                        let (a, b) = (
-                            s.add(s.add(r[0], r[1]), r[2]),
-                            s.sub(s.sub(r[1], r[2]), r[3]),
-                        );
                         let (a, b) = (epi.apply(s, a, oc, 0, len), epi.apply(s, b, oc, 0, len));
                         let (lo, hi) = s.interleave(a, b);
                         // SAFETY: pixels (oy, x0..x0 + cols) of channel oc of image n are

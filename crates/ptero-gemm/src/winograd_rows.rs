@@ -21,7 +21,7 @@ use crate::conv::{fill_phases, Conv2d, Image};
 use crate::driver::{with_scratch, SyncPtr};
 use crate::kernel::{geometry, Epi};
 use crate::pixel_rows::{micro, mr_for_lanes, Prefetch, KC_STEPS, MR_MAX, NR_MAX};
-use crate::winograd::{applies, filter_transforms, POINTS};
+use crate::winograd::{applies, filter_transforms, patch_transform, tile_transform, POINTS};
 use crate::{Activation, Bias, GemmError, MatRef, PackedB};
 
 /// f32 of input transforms a task keeps (1 MiB: they stay in L2).
@@ -196,15 +196,6 @@ impl SimdOp for Job<'_> {
     }
 }
 
-#[inline(always)]
-fn load_n<S: Simd>(s: S, p: &[f32], at: usize, len: usize) -> S::F {
-    if len == S::LANES {
-        s.load(&p[at..])
-    } else {
-        s.load_part(&p[at..at + len])
-    }
-}
-
 impl Job<'_> {
     #[inline(always)]
     fn run<S: Simd, const MR: usize>(mut self, s: S) {
@@ -309,23 +300,13 @@ impl Job<'_> {
                             for (k, x) in mv.iter_mut().enumerate() {
                                 *x = s.load(&sums[(k * MR + i) * nr + j..]);
                             }
-                            // Aᵀ = [1 1 1 0; 0 1 -1 -1] over the rows, then the columns.
-                            let mut r0 = [s.zero(); 4];
-                            let mut r1 = [s.zero(); 4];
-                            for q in 0..4 {
-                                r0[q] = s.add(s.add(mv[q], mv[4 + q]), mv[8 + q]);
-                                r1[q] = s.sub(s.sub(mv[4 + q], mv[8 + q]), mv[12 + q]);
-                            }
+                            let y = tile_transform(s, &mv);
                             let whole = n == l && self.scatter;
                             if whole {
                                 scalar_from = j + l;
                             }
-                            for (a, r) in [r0, r1].iter().enumerate() {
-                                let y = [
-                                    s.add(s.add(r[0], r[1]), r[2]),
-                                    s.sub(s.sub(r[1], r[2]), r[3]),
-                                ];
-                                for (bx, &yv) in y.iter().enumerate() {
+                            for (a, ya) in y.iter().enumerate() {
+                                for (bx, &yv) in ya.iter().enumerate() {
                                     let yv = self.epi.apply(s, yv, 0, c0 + j, n);
                                     match px(a, bx) {
                                         // SAFETY: channels c0 + j.. c0 + j + LANES < cout
@@ -374,51 +355,17 @@ impl Job<'_> {
     /// `(p · cin + c) · nt + t - t0`.
     #[inline(always)]
     fn forward<S: Simd>(&self, s: S, v: &mut [f32]) {
-        let (cin, nt, plane, wq, tw) = (self.cin, self.t1 - self.t0, self.plane, self.wq, self.tw);
+        let (cin, nt, tw) = (self.cin, self.t1 - self.t0, self.tw);
         for c in 0..cin {
-            let pl = &self.planes[c * self.ch..][..4 * plane];
-            let (p00, p01, p10, p11) = (
-                &pl[..plane],
-                &pl[plane..2 * plane],
-                &pl[2 * plane..3 * plane],
-                &pl[3 * plane..],
-            );
+            let pl = &self.planes[c * self.ch..][..4 * self.plane];
             let mut t = self.t0;
             while t < self.t1 {
                 let (ty, tx) = (t / tw, t % tw);
                 let len = S::LANES.min(tw - tx).min(self.t1 - t);
-                let (r0, r1) = (ty * wq + tx, (ty + 1) * wq + tx);
-                // Patch row r, column k: phase (r % 2, k % 2) at (ty + r / 2, tx + k / 2).
-                let mut d = [[s.zero(); 4]; 4];
-                for (r, dr) in d.iter_mut().enumerate() {
-                    let (pe, po) = if r % 2 == 0 { (p00, p01) } else { (p10, p11) };
-                    let at = if r < 2 { r0 } else { r1 };
-                    dr[0] = load_n(s, pe, at, len);
-                    dr[1] = load_n(s, po, at, len);
-                    dr[2] = load_n(s, pe, at + 1, len);
-                    dr[3] = load_n(s, po, at + 1, len);
-                }
-                // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] over the rows, then over
-                // the columns.
-                let mut e = [[s.zero(); 4]; 4];
-                for k in 0..4 {
-                    e[0][k] = s.sub(d[0][k], d[2][k]);
-                    e[1][k] = s.add(d[1][k], d[2][k]);
-                    e[2][k] = s.sub(d[2][k], d[1][k]);
-                    e[3][k] = s.sub(d[1][k], d[3][k]);
-                }
+                let vt = patch_transform(s, pl, self.plane, self.wq, ty, tx, len);
                 let at = t - self.t0;
-                for (i, r) in e.iter().enumerate() {
-                    let vi = [
-                        s.sub(r[0], r[2]),
-                        s.add(r[1], r[2]),
-                        s.sub(r[2], r[1]),
-                        s.sub(r[1], r[3]),
-                    ];
-                    for (j, &x) in vi.iter().enumerate() {
-                        let dst = &mut v[((i * 4 + j) * cin + c) * nt + at..][..len];
-                        s.store_part(dst, x);
-                    }
+                for (p, &x) in vt.iter().enumerate() {
+                    s.store_part(&mut v[(p * cin + c) * nt + at..][..len], x);
                 }
                 t += len;
             }
