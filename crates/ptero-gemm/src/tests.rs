@@ -333,6 +333,24 @@ mod conv {
         (t, st)
     }
 
+    /// Every output of `out` (strides `os`) within 1e-4 relative of `want` (NCHW).
+    fn assert_matches(g: &Conv2d, out: &[f32], os: [usize; 4], want: &[f64], what: &str) {
+        for n in 0..g.n {
+            for c in 0..g.cout {
+                for y in 0..g.oh {
+                    for xx in 0..g.ow {
+                        let got = out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
+                        let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
+                        assert!(
+                            (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
+                            "{what}: ({n},{c},{y},{xx}) {got} vs {wv}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs [`conv2d`] with weights `pc` (packed from `w`, `[cout, cin, kh, kw]`) against the
     /// direct reference: channels-first and channels-last images, one thread and a pool, with
     /// and without an arena, with and without bias and activation.
@@ -383,20 +401,13 @@ mod conv {
                     act,
                 )
                 .unwrap();
-                for n in 0..g.n {
-                    for c in 0..g.cout {
-                        for y in 0..g.oh {
-                            for xx in 0..g.ow {
-                                let got = out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
-                                let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
-                                assert!(
-                                    (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
-                                    "{l} {g:?} {layout} arena {with_arena} act {act:?}: ({n},{c},{y},{xx}) {got} vs {wv}"
-                                );
-                            }
-                        }
-                    }
-                }
+                assert_matches(
+                    g,
+                    &out,
+                    os,
+                    &want,
+                    &format!("{l} {g:?} {layout} arena {with_arena} act {act:?}"),
+                );
             }
         }
     }
@@ -525,21 +536,13 @@ mod conv {
                             act,
                         )
                         .unwrap();
-                        for n in 0..g.n {
-                            for c in 0..g.cout {
-                                for y in 0..g.oh {
-                                    for xx in 0..g.ow {
-                                        let got =
-                                            out[n * os[0] + c * os[1] + y * os[2] + xx * os[3]];
-                                        let wv = want[((n * g.cout + c) * g.oh + y) * g.ow + xx];
-                                        assert!(
-                                            (got as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()),
-                                            "{l} {g:?} {layout} packed {packed} act {act:?}: ({n},{c},{y},{xx}) {got} vs {wv}"
-                                        );
-                                    }
-                                }
-                            }
-                        }
+                        assert_matches(
+                            g,
+                            &out,
+                            os,
+                            &want,
+                            &format!("{l} {g:?} {layout} packed {packed} act {act:?}"),
+                        );
                     }
                 }
             }
