@@ -52,10 +52,10 @@ pub(crate) const KC_STEPS: usize = 128;
 /// Strips whose partial sums are kept between channel blocks.
 const GROUP: usize = 16;
 
-/// True when `g` can be computed by [`conv`]: one group and a filter of at most
-/// [`MAX_TAPS`] taps.
+/// True when `g` can be computed by [`conv`]: one group, some input channels, and a
+/// filter of at most [`MAX_TAPS`] taps.
 pub(crate) fn applies(g: &Conv2d) -> bool {
-    g.groups == 1 && g.kh.saturating_mul(g.kw) <= MAX_TAPS && g.kh > 0 && g.kw > 0
+    g.groups == 1 && g.cin > 0 && g.kh.saturating_mul(g.kw) <= MAX_TAPS && g.kh > 0 && g.kw > 0
 }
 
 /// Packs `w` (`[cout, cin, kh, kw]`, extent checked by the caller) for `level` as `Wᵀ`:

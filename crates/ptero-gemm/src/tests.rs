@@ -605,6 +605,13 @@ mod conv {
             }
         }
         set_level(before).unwrap();
+        // No input channels: refused (the kernel's reach is computed from the last one).
+        let none = geo(1, 0, 4, 1, (5, 5), (3, 3), 1, 1, 1);
+        let wi = Image {
+            data: &[],
+            strides: [0, 9, 3, 1],
+        };
+        assert!(PackedConv::pixel_rows(&none, wi).is_err());
     }
 
     /// Winograd's F(2×2, 3×3) against the direct convolution: odd and even sizes, tile

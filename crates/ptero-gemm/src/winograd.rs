@@ -53,6 +53,52 @@ pub(crate) fn applies(g: &Conv2d) -> bool {
         && g.cin <= MAX_CIN
 }
 
+/// Tiles and stride-2 phase planes of a Winograd convolution's image.
+pub(crate) struct TileGeo {
+    pub ph: Phases,
+    /// Tile columns, and tiles in all.
+    pub tw: usize,
+    pub tiles: usize,
+    /// Rows and columns of one phase plane.
+    pub hq: usize,
+    pub wq: usize,
+    /// Floats of one channel's four phases.
+    pub ch: usize,
+}
+
+impl TileGeo {
+    /// `g`'s tiles and phases; an error when the padded input is too small for them or
+    /// the sizes overflow.
+    pub(crate) fn of(g: &Conv2d) -> Result<TileGeo, GemmError> {
+        let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+        let tiles = th.checked_mul(tw).ok_or(GemmError::Overflow)?;
+        let ph = Phases {
+            ih: g.ih,
+            iw: g.iw,
+            pad: g.pad,
+            stride: [2, 2],
+        };
+        // Tile (ty, tx) reads rows and columns of phase planes up to ty + 1 and tx + 1.
+        let (hq, wq) = ph.dims();
+        if hq <= th || wq <= tw {
+            return Err(GemmError::Shape {
+                what: "Winograd input height (padded)",
+                expected: th.saturating_mul(2).saturating_add(2),
+                found: g.ih.saturating_add(g.pad[0].saturating_mul(2)),
+            });
+        }
+        let ch = ph.floats().ok_or(GemmError::Overflow)?;
+        Ok(TileGeo {
+            ph,
+            tw,
+            tiles,
+            hq,
+            wq,
+            ch,
+        })
+    }
+}
+
 /// `U = G g Gᵀ` of every filter of `w` (`[cout, cin, 3, 3]`, extent checked by the
 /// caller), packed for `level` as 16 left operands (`cout × cin`), one per point.
 pub(crate) fn pack(level: Level, g: &Conv2d, w: Image<'_>) -> Result<Vec<PackedA>, GemmError> {
@@ -121,24 +167,15 @@ pub(crate) unsafe fn conv(
     let level = u[0].level;
     let (mr, nr) = geometry(level);
     let (cin, cout) = (g.cin, g.cout);
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let tiles = th.checked_mul(tw).ok_or(GemmError::Overflow)?;
-    let ph = Phases {
-        ih: g.ih,
-        iw: g.iw,
-        pad: g.pad,
-        stride: [2, 2],
-    };
-    // Tile (ty, tx) reads rows and columns of phase planes up to ty + 1 and tx + 1.
-    let (hq, wq) = ph.dims();
-    if hq <= th || wq <= tw {
-        return Err(GemmError::Shape {
-            what: "Winograd input height (padded)",
-            expected: th.saturating_mul(2).saturating_add(2),
-            found: g.ih.saturating_add(g.pad[0].saturating_mul(2)),
-        });
-    }
-    let ch = ph.floats().ok_or(GemmError::Overflow)?;
+    let TileGeo {
+        ph,
+        tw,
+        tiles,
+        hq,
+        wq,
+        ch,
+        ..
+    } = TileGeo::of(g)?;
     let total = cin.checked_mul(ch).ok_or(GemmError::Overflow)?;
     if tiles == 0 || cout == 0 {
         return Ok(());

@@ -14,14 +14,15 @@
 
 use alloc::vec::Vec;
 
-use ptero_simd::phase::Phases;
 use ptero_simd::{dispatch_at, split_count, split_range, Level, Parallel, Simd, SimdOp, SlotArena};
 
 use crate::conv::{fill_phases, Conv2d, Image};
 use crate::driver::{with_scratch, SyncPtr};
 use crate::kernel::{geometry, Epi};
 use crate::pixel_rows::{micro, mr_for_lanes, Prefetch, KC_STEPS, MR_MAX, NR_MAX};
-use crate::winograd::{applies, filter_transforms, patch_transform, tile_transform, POINTS};
+use crate::winograd::{
+    applies, filter_transforms, patch_transform, tile_transform, TileGeo, POINTS,
+};
 use crate::{Activation, Bias, GemmError, MatRef, PackedB};
 
 /// f32 of input transforms a task keeps (1 MiB: they stay in L2).
@@ -72,24 +73,15 @@ pub(crate) unsafe fn conv(
     let level = u[0].level;
     let (_, nr) = geometry(level);
     let mr = mr_for_lanes(nr / 2);
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let tiles = th.checked_mul(tw).ok_or(GemmError::Overflow)?;
-    let ph = Phases {
-        ih: g.ih,
-        iw: g.iw,
-        pad: g.pad,
-        stride: [2, 2],
-    };
-    // Tile (ty, tx) reads rows and columns of phase planes up to ty + 1 and tx + 1.
-    let (hq, wq) = ph.dims();
-    if hq <= th || wq <= tw {
-        return Err(GemmError::Shape {
-            what: "Winograd input height (padded)",
-            expected: th.saturating_mul(2).saturating_add(2),
-            found: g.ih.saturating_add(g.pad[0].saturating_mul(2)),
-        });
-    }
-    let ch = ph.floats().ok_or(GemmError::Overflow)?;
+    let TileGeo {
+        ph,
+        tw,
+        tiles,
+        hq,
+        wq,
+        ch,
+        ..
+    } = TileGeo::of(g)?;
     let total = g.cin.checked_mul(ch).ok_or(GemmError::Overflow)?;
     if tiles == 0 {
         return Ok(());
