@@ -373,6 +373,10 @@ unsafe fn run(
     let (mut mr, nr) = (gmr, gnr);
     if m == 1 && matches!(a, Lhs::Mat(_)) {
         mr = 1;
+    } else if let Lhs::Mat(am) = a {
+        if wrap.is_none() && direct_a(&am, mr) {
+            mr = direct_mr(gmr, nr, m);
+        }
     }
     // Row blocks of at most MC_STRIPS strips, of equal size so threads finish together.
     // With threads, enough blocks for three each: more row blocks when A is the larger
@@ -388,6 +392,11 @@ unsafe fn run(
             mb = mb.max(want.min(m.div_ceil(mr)));
         }
         nb = nb.max(want.div_ceil(mb)).min(max_nb);
+    }
+    if threads > 1 {
+        // A B packed per task is packed again by every extra row block.
+        let rows_fixed = matches!(b, BSrc::Mat(_));
+        (mb, nb) = balance(m.div_ceil(mr), max_nb, mb, nb, threads, rows_fixed);
     }
     let mc = m.div_ceil(mb).div_ceil(mr) * mr;
     let mb = m.div_ceil(mc);
@@ -453,6 +462,71 @@ unsafe fn run(
     Ok(())
 }
 
+/// Rows of a strip of an A read in place: the kernel's own unless 7-row strips (14
+/// accumulators on AVX-512) leave clearly fewer rows idle. A 7 x 7 image is 49 pixels:
+/// five strips of 12, the last with one live row, or seven full strips of 7.
+fn direct_mr(gmr: usize, nr: usize, m: usize) -> usize {
+    const SHORT: usize = 7;
+    if gmr == 12 && nr == 32 {
+        let full = m.div_ceil(gmr) * gmr;
+        let short = m.div_ceil(SHORT) * SHORT;
+        // A 7-row tile loads 9 values per 14 multiply-adds against 14 per 24: about 8%
+        // slower per row.
+        if short * 108 < full * 100 {
+            return SHORT;
+        }
+    }
+    gmr
+}
+
+/// Row and column block counts `(mb, nb)` (at least the given ones, at most `strips`
+/// and `panels`) whose tasks share out evenly over `threads`. Tasks are claimed one by
+/// one, so the slowest thread does `ceil(tasks / threads)` of them: five column panels of
+/// a 7 x 7 layer's 160 channels are three tasks against two; split by rows as well they
+/// are 18 tile-sized tasks against 17. Smaller tasks re-read their operands more often
+/// (a tenth slower per tile measured at one strip by one panel), so a split is only
+/// changed when the slowest thread's share drops by at least a tenth, and products with
+/// many tasks per thread are left alone.
+fn balance(
+    strips: usize,
+    panels: usize,
+    mb: usize,
+    nb: usize,
+    threads: usize,
+    rows_fixed: bool,
+) -> (usize, usize) {
+    const MAX_TASKS: usize = 64;
+    // (tiles the slowest thread computes, tasks).
+    let cost = |mb: usize, nb: usize| {
+        let tasks = mb * nb;
+        let tiles = strips.div_ceil(mb) * panels.div_ceil(nb);
+        (tasks.div_ceil(threads) * tiles, tasks)
+    };
+    if mb * nb >= MAX_TASKS / 2 || mb > strips || nb > panels {
+        return (mb, nb);
+    }
+    let now = cost(mb, nb);
+    let mut best = (now, mb, nb);
+    let top = if rows_fixed {
+        mb
+    } else {
+        strips.min(MAX_TASKS)
+    };
+    for m2 in mb..=top {
+        for n2 in nb..=panels.min(MAX_TASKS / m2) {
+            let c = cost(m2, n2);
+            if c < best.0 {
+                best = (c, m2, n2);
+            }
+        }
+    }
+    if best.0 .0 * 10 <= now.0 * 9 {
+        (best.1, best.2)
+    } else {
+        (mb, nb)
+    }
+}
+
 /// True when A is read in place by [`micro_rows`] instead of packed: any row-major
 /// operand (unit column stride) of more than one row. Packing such an A costs a scalar
 /// transposition as long as the product itself on short inner dimensions (channels-last
@@ -516,6 +590,7 @@ impl SimdOp for Task<'_, '_> {
         let (ctx, t, buf) = (self.ctx, self.t, self.buf);
         match (mr, S::LANES, shifted) {
             (1, _, _) => block::<S, 1, false>(s, ctx, t, buf),
+            (7, 16, false) => block::<S, 7, false>(s, ctx, t, buf),
             (_, 16, false) => block::<S, 12, false>(s, ctx, t, buf),
             (_, 16, true) => block::<S, 12, true>(s, ctx, t, buf),
             (_, 8, false) => block::<S, 6, false>(s, ctx, t, buf),
@@ -738,5 +813,45 @@ fn tile<S: Simd, const MR: usize, const SHIFTED: bool>(
         // SAFETY: the existing pixels of the tile lie inside the output (the caller's
         // contract), and inside this task's block.
         Some(w) => unsafe { store_wrapped::<S, MR>(s, &acc, &tile, w, first, last, &ctx.epi) },
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::{balance, direct_mr};
+
+    #[test]
+    fn short_strips_only_where_they_waste_less() {
+        // (kernel rows, panel width, m, rows chosen)
+        for (gmr, nr, m, want) in [
+            (12, 32, 49, 7),
+            (12, 32, 37, 7),
+            (12, 32, 196, 12),
+            (12, 32, 64, 12),
+            (12, 32, 3136, 12),
+            (6, 16, 49, 6),
+            (4, 8, 49, 4),
+        ] {
+            assert_eq!(direct_mr(gmr, nr, m), want, "mr {gmr}, m {m}");
+        }
+    }
+
+    #[test]
+    fn splits_share_out_evenly() {
+        // (strips, panels, mb, nb, threads, rows fixed) -> (mb, nb)
+        for (case, want) in [
+            // Five panels over two threads: split by rows too.
+            ((7, 5, 1, 5, 2, false), (7, 5)),
+            // ... unless that repacks B per row block.
+            ((7, 5, 1, 5, 2, true), (1, 5)),
+            // Already even, or too little to gain: unchanged.
+            ((17, 3, 6, 1, 2, false), (6, 1)),
+            ((7, 4, 1, 4, 2, false), (1, 4)),
+            ((100, 40, 9, 4, 2, false), (9, 4)),
+            ((1, 1, 1, 1, 2, false), (1, 1)),
+        ] {
+            let (s, p, mb, nb, t, fixed) = case;
+            assert_eq!(balance(s, p, mb, nb, t, fixed), want, "{case:?}");
+        }
     }
 }

@@ -165,6 +165,9 @@ fn cases() -> Vec<Case> {
         (64, 40, 1),
         (3, 0, 4),
         (145, 260, 129),
+        // 7-row strips, and tasks split by rows and columns to share out evenly.
+        (49, 40, 160),
+        (98, 70, 100),
     ];
     for (m, k, n) in shapes {
         for (at, bt, ct) in [
