@@ -11,6 +11,10 @@ use crate::depthwise::act_vec;
 use crate::driver::{gemm_out, scratch_floats, COut, SyncPtr};
 use crate::{Activation, Bias, Epilogue, GemmError, Lhs, MatRef, PackedB, Rhs};
 
+/// Pixels of a run of [`Dw::runs`]: eight sums plus a row's weights fit AVX2's sixteen
+/// registers.
+const RUN: usize = 8;
+
 /// Taps of the channels-last depthwise kernel at most (its filter is laid out per task).
 pub(crate) const DW_MAX_TAPS: usize = 64;
 
@@ -146,6 +150,13 @@ impl SimdOp for DwNhwc<'_> {
             ((reach / sx + 1) as usize).clamp(ilo, g.ow)
         };
         let mut offs = [(0usize, 0usize); DW_MAX_TAPS];
+        // Square 3 x 3 filters of horizontal stride 1 or 2 and 5 x 5 ones of stride 1,
+        // without horizontal dilation, slide along the row (see `Dw::runs`); a 5 x 5
+        // filter of stride 2 reuses too little to pay.
+        let sliding = (g.kh == g.kw
+            && matches!((g.kw, g.stride[1]), (3, 1 | 2) | (5, 1))
+            && g.dilation[1] == 1)
+            .then_some((g.kw, g.stride[1]));
         let k = Dw {
             s,
             x,
@@ -165,20 +176,49 @@ impl SimdOp for DwNhwc<'_> {
             // SAFETY (for every pointer below): pixel (oy, ox) of image n is inside the
             // checked output, and this task alone writes row r.
             let orow = unsafe { out.get().add(n * os[0] + oy * os[2]) };
-            let mut ox = 0;
-            while ox < g.ow {
-                if ox >= lo && ox + 4 <= hi {
-                    // Four interior pixels: every tap's weights loaded once for all four.
+            // Interior pixels go four at a time, channel vector by channel vector over
+            // the whole run, so the few input rows a vector reads stay in L1; the rest
+            // one pixel at a time.
+            let mut q0 = lo;
+            if let Some((kk, st)) = sliding {
+                let runs = if hi > lo { (hi - lo) / RUN } else { 0 };
+                if runs > 0 {
                     let base = n * xs[0]
                         + (iy0 as usize) * xs[2]
-                        + ((ox as isize * sx - pw) as usize) * xs[3];
-                    let step = g.stride[1] * xs[3];
-                    // SAFETY: the four pixels' taps are inside the checked input, the
-                    // outputs inside the checked output (channel stride 1).
-                    unsafe { k.quad(full, base, step, orow.add(ox * os[3]), os[3]) };
-                    ox += 4;
-                    continue;
+                        + ((lo as isize * sx - pw) as usize) * xs[3];
+                    let (rs, ps) = (g.dilation[0] * xs[2], xs[3]);
+                    // SAFETY: every pixel of the runs has all its taps inside the checked
+                    // input; its outputs are inside the checked output (channel stride 1).
+                    unsafe {
+                        let o = orow.add(lo * os[3]);
+                        match (kk, st) {
+                            (3, 1) => k.runs::<3, 1>(base, rs, ps, o, os[3], runs),
+                            (3, 2) => k.runs::<3, 2>(base, rs, ps, o, os[3], runs),
+                            _ => k.runs::<5, 1>(base, rs, ps, o, os[3], runs),
+                        }
+                    }
+                    q0 = lo + RUN * runs;
                 }
+            }
+            let quads = if hi > q0 { (hi - q0) / 4 } else { 0 };
+            let q1 = q0 + 4 * quads;
+            if quads > 0 {
+                let base =
+                    n * xs[0] + (iy0 as usize) * xs[2] + ((q0 as isize * sx - pw) as usize) * xs[3];
+                // SAFETY: every pixel of the run has all its taps inside the checked
+                // input; its outputs are inside the checked output (channel stride 1).
+                unsafe {
+                    k.quads(
+                        full,
+                        base,
+                        g.stride[1] * xs[3],
+                        orow.add(q0 * os[3]),
+                        os[3],
+                        quads,
+                    )
+                };
+            }
+            for ox in (0..g.ow).filter(|&ox| ox < lo || ox >= q1) {
                 let (kx0, kx1, ix0) = span(ox, sx, dx, pw, g.kw, g.iw);
                 let mut nt = 0;
                 for ky in ky0..ky1 {
@@ -194,7 +234,6 @@ impl SimdOp for DwNhwc<'_> {
                 }
                 // SAFETY: the listed taps are inside the checked input.
                 unsafe { k.pixel(&offs[..nt], orow.add(ox * os[3])) };
-                ox += 1;
             }
         }
     }
@@ -263,61 +302,201 @@ impl<S: Simd> Dw<'_, S> {
         }
     }
 
-    /// Four pixels `step` apart in the input and `ostep` in the output, all taps valid.
+    /// `runs` runs of [`RUN`] neighbouring pixels of a `K x K` filter with horizontal
+    /// stride `ST`, all taps valid: `base` is the first pixel's top-left tap, rows of taps
+    /// `rs` apart, pixels `ps`. Each input vector is loaded once per run and row of taps
+    /// and feeds every pixel it is a tap of (three on average for a 3 x 3 filter of
+    /// stride 1), the row's weights once per run: about two multiply-adds per load where
+    /// a pixel at a time does one, and loads are what bounds this kernel.
     ///
     /// # Safety
-    /// `base + p·step + tap + c` inside the input for every pixel and tap, the four
-    /// outputs inside the output and exclusive to the caller.
+    /// Every tap of every pixel, plus `c` channels, inside the input; the outputs inside
+    /// the output and exclusive to the caller.
     #[inline(always)]
-    unsafe fn quad(
+    unsafe fn runs<const K: usize, const ST: usize>(
         &self,
-        taps: &[(usize, usize)],
         base: usize,
-        step: usize,
+        rs: usize,
+        ps: usize,
         op: *mut f32,
         ostep: usize,
+        runs: usize,
     ) {
         let (s, c, l) = (self.s, self.c, S::LANES);
         let (xp, wp) = (self.x.data.as_ptr(), self.w.as_ptr());
         let mut ch = 0;
         while ch + l <= c {
             let b = self.init(ch);
-            let mut a = [b; 4];
-            for &(to, wo) in taps {
-                // SAFETY: per the contract.
-                unsafe {
-                    let wv = s.load_ptr(wp.add(wo + ch));
-                    let xq = xp.add(base + to + ch);
-                    for (p, acc) in a.iter_mut().enumerate() {
-                        *acc = s.mul_add(s.load_ptr(xq.add(p * step)), wv, *acc);
+            for r in 0..runs {
+                let xb = base + r * RUN * ST * ps + ch;
+                let mut acc = [b; RUN];
+                for ky in 0..K {
+                    let mut w = [s.zero(); K];
+                    for (kx, wv) in w.iter_mut().enumerate() {
+                        // SAFETY: tap (ky, kx) of channel vector ch exists.
+                        *wv = unsafe { s.load_ptr(wp.add((ky * K + kx) * c + ch)) };
+                    }
+                    let row = xb + ky * rs;
+                    // SAFETY (every load): column `col` of tap row ky is a tap of a pixel
+                    // of the run.
+                    let ld = |col: usize| unsafe { s.load_ptr(xp.add(row + col * ps)) };
+                    if ST == 2 && K == 3 {
+                        // Even columns are tap 0 of one pixel and tap 2 of the one before,
+                        // odd ones tap 1 only. Spelled out so the sums stay in registers.
+                        for p in 0..RUN {
+                            let e = ld(2 * p);
+                            acc[p] = s.mul_add(e, w[0], acc[p]);
+                            if p > 0 {
+                                acc[p - 1] = s.mul_add(e, w[2], acc[p - 1]);
+                            }
+                            acc[p] = s.mul_add(ld(2 * p + 1), w[1], acc[p]);
+                        }
+                        acc[RUN - 1] = s.mul_add(ld(2 * RUN), w[2], acc[RUN - 1]);
+                    } else {
+                        for col in 0..ST * (RUN - 1) + K {
+                            let x = ld(col);
+                            for (kx, wv) in w.iter().enumerate() {
+                                if col >= kx && (col - kx) % ST == 0 && (col - kx) / ST < RUN {
+                                    let p = (col - kx) / ST;
+                                    acc[p] = s.mul_add(x, *wv, acc[p]);
+                                }
+                            }
+                        }
                     }
                 }
-            }
-            for (p, acc) in a.iter().enumerate() {
-                // SAFETY: per the contract.
-                unsafe { s.store_ptr(op.add(p * ostep + ch), act_vec(s, self.act, *acc)) };
+                for (p, a) in acc.iter().enumerate() {
+                    // SAFETY: per the contract.
+                    unsafe {
+                        s.store_ptr(op.add((r * RUN + p) * ostep + ch), act_vec(s, self.act, *a))
+                    };
+                }
             }
             ch += l;
         }
         if ch < c {
             let m = c - ch;
             let b = self.bias.map_or(s.zero(), |b| s.load_part(&b[ch..ch + m]));
-            let mut a = [b; 4];
-            for &(to, wo) in taps {
-                let wv = s.load_part(&self.w[wo + ch..][..m]);
-                for (p, acc) in a.iter_mut().enumerate() {
-                    let xi = s.load_part(&self.x.data[base + p * step + to + ch..][..m]);
-                    *acc = s.mul_add(xi, wv, *acc);
+            for r in 0..runs {
+                let xb = base + r * RUN * ST * ps + ch;
+                let mut acc = [b; RUN];
+                for ky in 0..K {
+                    for kx in 0..K {
+                        let wv = s.load_part(&self.w[(ky * K + kx) * c + ch..][..m]);
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            let at = xb + ky * rs + (p * ST + kx) * ps;
+                            *a = s.mul_add(s.load_part(&self.x.data[at..][..m]), wv, *a);
+                        }
+                    }
+                }
+                for (p, a) in acc.iter().enumerate() {
+                    // SAFETY: per the contract.
+                    unsafe {
+                        s.store_part(
+                            core::slice::from_raw_parts_mut(op.add((r * RUN + p) * ostep + ch), m),
+                            act_vec(s, self.act, *a),
+                        )
+                    };
                 }
             }
-            for (p, acc) in a.iter().enumerate() {
-                // SAFETY: per the contract.
-                unsafe {
-                    s.store_part(
-                        core::slice::from_raw_parts_mut(op.add(p * ostep + ch), m),
-                        act_vec(s, self.act, *acc),
-                    )
-                };
+        }
+    }
+
+    /// `quads` groups of four pixels `step` apart in the input and `ostep` in the
+    /// output, all taps valid: per channel vector, every group in turn.
+    ///
+    /// # Safety
+    /// `base + p·step + tap + c` inside the input for every pixel `p < 4 · quads` and
+    /// tap, the outputs inside the output and exclusive to the caller.
+    #[inline(always)]
+    unsafe fn quads(
+        &self,
+        taps: &[(usize, usize)],
+        base: usize,
+        step: usize,
+        op: *mut f32,
+        ostep: usize,
+        quads: usize,
+    ) {
+        let (s, c, l) = (self.s, self.c, S::LANES);
+        let (xp, wp) = (self.x.data.as_ptr(), self.w.as_ptr());
+        let mut ch = 0;
+        // Two channel vectors at a time: eight independent sums hide the multiply-add
+        // latency (four chains of nine dependent steps do not).
+        while ch + 2 * l <= c {
+            let (b0, b1) = (self.init(ch), self.init(ch + l));
+            for q in 0..quads {
+                let qb = base + 4 * q * step;
+                let qo = 4 * q * ostep;
+                let (mut a, mut e) = ([b0; 4], [b1; 4]);
+                for &(to, wo) in taps {
+                    // SAFETY: per the contract.
+                    unsafe {
+                        let w0 = s.load_ptr(wp.add(wo + ch));
+                        let w1 = s.load_ptr(wp.add(wo + ch + l));
+                        let xq = xp.add(qb + to + ch);
+                        for p in 0..4 {
+                            a[p] = s.mul_add(s.load_ptr(xq.add(p * step)), w0, a[p]);
+                            e[p] = s.mul_add(s.load_ptr(xq.add(p * step + l)), w1, e[p]);
+                        }
+                    }
+                }
+                for p in 0..4 {
+                    // SAFETY: per the contract.
+                    unsafe {
+                        let o = op.add(qo + p * ostep + ch);
+                        s.store_ptr(o, act_vec(s, self.act, a[p]));
+                        s.store_ptr(o.add(l), act_vec(s, self.act, e[p]));
+                    }
+                }
+            }
+            ch += 2 * l;
+        }
+        while ch + l <= c {
+            let b = self.init(ch);
+            for q in 0..quads {
+                let qb = base + 4 * q * step;
+                let qo = 4 * q * ostep;
+                let mut a = [b; 4];
+                for &(to, wo) in taps {
+                    // SAFETY: per the contract.
+                    unsafe {
+                        let wv = s.load_ptr(wp.add(wo + ch));
+                        let xq = xp.add(qb + to + ch);
+                        for (p, acc) in a.iter_mut().enumerate() {
+                            *acc = s.mul_add(s.load_ptr(xq.add(p * step)), wv, *acc);
+                        }
+                    }
+                }
+                for (p, acc) in a.iter().enumerate() {
+                    // SAFETY: per the contract.
+                    unsafe { s.store_ptr(op.add(qo + p * ostep + ch), act_vec(s, self.act, *acc)) };
+                }
+            }
+            ch += l;
+        }
+        if ch < c {
+            let m = c - ch;
+            let b = self.bias.map_or(s.zero(), |b| s.load_part(&b[ch..ch + m]));
+            for q in 0..quads {
+                let qb = base + 4 * q * step;
+                let qo = 4 * q * ostep;
+                let mut a = [b; 4];
+                for &(to, wo) in taps {
+                    let wv = s.load_part(&self.w[wo + ch..][..m]);
+                    for (p, acc) in a.iter_mut().enumerate() {
+                        let xi = s.load_part(&self.x.data[qb + p * step + to + ch..][..m]);
+                        *acc = s.mul_add(xi, wv, *acc);
+                    }
+                }
+                for (p, acc) in a.iter().enumerate() {
+                    // SAFETY: per the contract.
+                    unsafe {
+                        s.store_part(
+                            core::slice::from_raw_parts_mut(op.add(qo + p * ostep + ch), m),
+                            act_vec(s, self.act, *acc),
+                        )
+                    };
+                }
             }
         }
     }

@@ -440,6 +440,12 @@ mod conv {
             geo(1, 21, 21, 21, (14, 13), (5, 5), 2, 2, 1),
             geo(2, 19, 19, 19, (9, 9), (3, 3), 2, 2, 2),
             geo(1, 19, 19, 19, (8, 8), (3, 3), 2, 1, 1),
+            // Rows long enough for runs of eight pixels sliding along them (3 x 3 and
+            // 5 x 5, stride 1 and 2), channels a vector and a part.
+            geo(1, 24, 24, 24, (12, 21), (3, 3), 1, 1, 1),
+            geo(1, 32, 32, 32, (9, 37), (3, 3), 2, 1, 1),
+            geo(2, 20, 20, 20, (11, 30), (5, 5), 1, 2, 1),
+            geo(1, 16, 16, 16, (13, 40), (5, 5), 2, 2, 1),
             // Depthwise planes taller than one scratch band.
             geo(1, 2, 2, 2, (200, 180), (3, 3), 1, 1, 1),
             geo(1, 2, 2, 2, (150, 181), (5, 5), 2, 2, 1),
