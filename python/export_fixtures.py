@@ -97,6 +97,8 @@ class Fixture:
     constant_methods: Optional[Dict[str, Any]] = None
     # constant methods have no eager counterpart: value returned by them
     constant_eager: Dict[str, Any] = field(default_factory=dict)
+    # "xnnpack": lowered with the official XnnpackPartitioner (fp32) instead of portable
+    partitioner: Optional[str] = None
 
 
 def gen(seed: int) -> torch.Generator:
@@ -867,6 +869,25 @@ FIXTURES_REGISTRY: Dict[str, Callable[[], Fixture]] = {
     "ops_f64": fx_ops_f64,
     "ops_f16": fx_ops_f16,
 }
+
+
+def xnnpack(make: Callable[[], Fixture], what: str) -> Callable[[], Fixture]:
+    """The same fixture lowered with the official XnnpackPartitioner (fp32)."""
+
+    def build() -> Fixture:
+        fx = make()
+        fx.partitioner = "xnnpack"
+        fx.description = f"XNNPACK-lowered (XnnpackPartitioner, fp32) {what}: {fx.description}"
+        return fx
+
+    return build
+
+
+# The fp32 programs of issue 8, lowered to the XNNPACK delegate.
+for _name in ["mlp", "cnn", "resnet_block", "transformer_encoder", "lstm", "dynamic_batch",
+              "mobilenet_v2", "inverted_residual"]:
+    FIXTURES_REGISTRY[f"xnn_{_name}"] = xnnpack(FIXTURES_REGISTRY[_name], _name)
+
 # Not committed; exported only when named explicitly.
 EXTRA_REGISTRY: Dict[str, Callable[[], Fixture]] = {
     "mobilenet_v2_full": fx_mobilenet_v2_full,
@@ -891,7 +912,11 @@ def export_pte(fx: Fixture) -> bytes:
         kwargs["compile_config"] = fx.edge_compile_config
     if fx.constant_methods:
         kwargs["constant_methods"] = fx.constant_methods
-    if fx.use_to_edge:
+    if fx.partitioner == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        edge = to_edge_transform_and_lower(eps, partitioner=[XnnpackPartitioner()], **kwargs)
+    elif fx.use_to_edge:
         edge = to_edge(eps, **kwargs)
     else:
         edge = to_edge_transform_and_lower(eps, **kwargs)  # no partitioner: portable kernels only

@@ -17,3 +17,10 @@ mkdir -p "$out"
 "$flatc" --rust --gen-all -o "$tmp/out" "$tmp/program.fbs"
 cp "$tmp/out/program_generated.rs" "$out/program_generated.rs"
 echo "wrote $out/program_generated.rs"
+# The XNNPACK delegate's graph: the runtime schema (identifier XN00) is a superset of the
+# exporter's (XN01: the same tables with the legacy buffers marked deprecated), so one set
+# of bindings reads both.
+cp "$schemas/backends_xnnpack_serialization_runtime_schema.fbs" "$tmp/runtime_schema.fbs"
+"$flatc" --rust --gen-all -o "$tmp/out" "$tmp/runtime_schema.fbs"
+cp "$tmp/out/runtime_schema_generated.rs" "$root/crates/ptero-xnnpack/src/schema_generated.rs"
+echo "wrote $root/crates/ptero-xnnpack/src/schema_generated.rs"

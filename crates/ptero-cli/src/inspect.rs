@@ -108,6 +108,49 @@ fn io_json(io: &IoMeta) -> serde_json::Value {
     }
 }
 
+/// Per delegate of a method: its backend id and what its graph holds (XNNPACK
+/// delegates), or why it cannot be read.
+fn delegate_summaries(
+    program: &ptero::Program,
+    method: &str,
+) -> Vec<(String, Result<ptero::XnnpackSummary, String>)> {
+    let named = |k: &str| program.named_data(k);
+    match program.delegate_blobs(method) {
+        Ok(blobs) => blobs
+            .into_iter()
+            .map(|(id, data)| {
+                let s = if id == "XnnpackBackend" {
+                    ptero::XnnpackSummary::of(data, &named).map_err(|e| e.to_string())
+                } else {
+                    Err(format!(
+                        "{} bytes, not a backend this build reads",
+                        data.len()
+                    ))
+                };
+                (id.to_string(), s)
+            })
+            .collect(),
+        Err(e) => vec![(String::new(), Err(e.to_string()))],
+    }
+}
+
+fn delegate_json(program: &ptero::Program, method: &str) -> serde_json::Value {
+    serde_json::Value::Array(
+        delegate_summaries(program, method)
+            .into_iter()
+            .map(|(id, s)| match s {
+                Ok(s) => serde_json::json!({
+                    "backend": id, "version": s.version, "nodes": s.nodes, "values": s.values,
+                    "inputs": s.inputs, "outputs": s.outputs, "node_types": s.node_types,
+                    "datatypes": s.datatypes, "constant_bytes": s.constant_bytes,
+                    "named_constants": s.named_constants,
+                }),
+                Err(e) => serde_json::json!({"backend": id, "error": e}),
+            })
+            .collect(),
+    )
+}
+
 pub fn inspect(model: &Path, json: bool, load: &LoadArgs) -> Result<(), Error> {
     let program = load.open(model)?;
     let pte = program.pte()?;
@@ -130,6 +173,7 @@ pub fn inspect(model: &Path, json: bool, load: &LoadArgs) -> Result<(), Error> {
                     "outputs": m.outputs.iter().map(io_json).collect::<Vec<_>>(),
                     "operators": m.operators,
                     "delegates": m.backends,
+                    "delegate_graphs": delegate_json(&program, &m.name),
                     "instructions": m.num_instructions,
                     "planned_buffers": m.planned_buffers,
                     "planned_bytes": planned_bytes(m),
@@ -193,6 +237,40 @@ pub fn inspect(model: &Path, json: bool, load: &LoadArgs) -> Result<(), Error> {
         } else {
             let names: Vec<_> = m.backends.iter().map(|b| label(b)).collect();
             outln!("  delegates: {}", names.join(", "));
+            for (i, (id, s)) in delegate_summaries(&program, &m.name).iter().enumerate() {
+                match s {
+                    Ok(s) => {
+                        outln!(
+                            "    {i}: {} graph {}: {} nodes, {} values ({} in, {} out), constants {}{}",
+                            label(id),
+                            label(&s.version),
+                            s.nodes,
+                            s.values,
+                            s.inputs,
+                            s.outputs,
+                            human(s.constant_bytes),
+                            if s.named_constants > 0 {
+                                format!(" ({} in named data)", s.named_constants)
+                            } else {
+                                String::new()
+                            }
+                        );
+                        let types: Vec<_> = s
+                            .node_types
+                            .iter()
+                            .map(|(k, n)| format!("{k} x{n}"))
+                            .collect();
+                        outln!("       nodes: {}", types.join(", "));
+                        let dts: Vec<_> = s
+                            .datatypes
+                            .iter()
+                            .map(|(k, n)| format!("{k} x{n}"))
+                            .collect();
+                        outln!("       datatypes: {}", dts.join(", "));
+                    }
+                    Err(e) => outln!("    {i}: {}: {}", label(id), label(e)),
+                }
+            }
         }
         outln!("  operators ({}):", m.operators.len());
         for op in &m.operators {

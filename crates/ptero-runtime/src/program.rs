@@ -213,6 +213,33 @@ impl Program {
         }
     }
 
+    /// The delegates of method `name` in call order: each backend id with its processed
+    /// blob (for tools such as `ptero inspect`; loading a method hands them to backends).
+    ///
+    /// ```
+    /// use ptero_runtime::Program;
+    /// use ptero_format::writer::ProgramBuilder;
+    /// let program = Program::from_bytes(&ProgramBuilder::new().method("forward", |_m| {}).finish()).unwrap();
+    /// assert!(program.delegate_blobs("forward").unwrap().is_empty());
+    /// assert!(program.delegate_blobs("nope").is_err());
+    /// ```
+    pub fn delegate_blobs(&self, name: &str) -> Result<Vec<(&str, &[u8])>, Error> {
+        let (_, plan) = self.plan(name)?;
+        plan.delegates
+            .iter()
+            .map(|d| {
+                let data =
+                    self.bytes()
+                        .get(d.processed.clone())
+                        .ok_or_else(|| Error::InvalidProgram {
+                            method: name.into(),
+                            message: alloc::format!("delegate '{}': data out of range", d.id),
+                        })?;
+                Ok((d.id.as_str(), data))
+            })
+            .collect()
+    }
+
     /// Bytes stored under `key` in the program's named data.
     pub fn named_data(&self, key: &str) -> Option<&[u8]> {
         let (_, r) = self.named.iter().find(|(k, _)| k == key)?;

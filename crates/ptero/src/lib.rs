@@ -45,7 +45,16 @@ pub fn default_kernels() -> KernelRegistry {
     ptero_kernels::portable()
 }
 
-/// A registry with every backend this build has.
+/// A registry with every backend this build has: `XnnpackBackend`.
 pub fn default_backends() -> BackendRegistry {
-    BackendRegistry::new()
+    let mut r = BackendRegistry::new();
+    r.register(alloc_backend(ptero_xnnpack::XnnpackBackend));
+    r
 }
+
+fn alloc_backend(b: impl Backend + 'static) -> std::sync::Arc<dyn Backend> {
+    std::sync::Arc::new(b)
+}
+
+/// What an `XnnpackBackend` delegate holds (node types, datatypes, constant bytes).
+pub use ptero_xnnpack::Summary as XnnpackSummary;
