@@ -26,6 +26,12 @@ pub struct BackendInitContext<'a> {
 pub trait DelegateHandle: Send {
     /// Runs the delegate; `args` are the DelegateCall's inputs followed by its outputs.
     fn execute(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()>;
+
+    /// f32 of scratch each slot of the method's arena must hold for this delegate's
+    /// kernels (packing buffers), so that `execute` allocates nothing.
+    fn scratch_floats(&self) -> usize {
+        0
+    }
 }
 
 /// A backend that turns processed delegate blobs into runnable handles.

@@ -257,15 +257,6 @@ impl Method {
                 operators: missing,
             });
         }
-        // One slot per thread, plus one: a kernel may hold a slot for its own operands
-        // (converted or padded copies) while the GEMM it calls lends the others to its
-        // tasks. Slots are zeroed lazily, so an unused one costs address space only.
-        let arena = SlotArena::new(2, scratch_floats).ok_or(Error::OutOfMemory {
-            method: name.into(),
-            what: "kernel scratch",
-            bytes: scratch_floats.saturating_mul(4),
-        })?;
-
         let mut delegates: Vec<Box<dyn DelegateHandle>> = Vec::new();
         let named = |key: &str| program.named_data(key);
         for d in &plan.delegates {
@@ -289,8 +280,18 @@ impl Method {
                     backend: d.id.clone(),
                     message,
                 })?;
+            scratch_floats = scratch_floats.max(handle.scratch_floats());
             delegates.push(handle);
         }
+
+        // One slot per thread, plus one: a kernel may hold a slot for its own operands
+        // (converted or padded copies) while the GEMM it calls lends the others to its
+        // tasks. Slots are zeroed lazily, so an unused one costs address space only.
+        let arena = SlotArena::new(2, scratch_floats).ok_or(Error::OutOfMemory {
+            method: name.into(),
+            what: "kernel scratch",
+            bytes: scratch_floats.saturating_mul(4),
+        })?;
 
         let input_set = plan
             .inputs

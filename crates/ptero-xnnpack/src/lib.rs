@@ -4,7 +4,11 @@
 //! A blob is an optional `XH00` header ([`blob`]), a flatbuffer graph (`XN00`/`XN01`,
 //! [`graph`]) and constant data, some of it kept in the program's named data (keyed by
 //! SHA-256) or in an external `.ptd` file. Loading checks every offset, id and size and
-//! names the node or value at fault.
+//! names the node or value at fault, then plans the graph once: weights packed into the
+//! compute core's layouts, intermediate buffers sized from the graph's declared shapes
+//! and shared by values whose lives do not overlap. A node type or datatype this build
+//! does not run is reported at load with its name and index. See
+//! `docs/xnnpack-delegate.md`.
 //!
 //! ```
 //! use ptero_xnnpack::XnnpackBackend;
@@ -32,6 +36,9 @@ pub(crate) mod fb {
 pub mod blob;
 mod error;
 pub mod graph;
+mod plan;
+mod run;
+mod step;
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -66,21 +73,12 @@ impl Backend for XnnpackBackend {
             let blob = blob::Blob::parse(processed)?;
             let g = Graph::parse(&blob)?;
             check_constants(&g, &blob, ctx.named_data)?;
-            Err(unsupported(&g))
+            if g.nodes.is_empty() {
+                return Err(XnnError::Flatbuffer("the graph has no nodes".into()));
+            }
+            Ok(Box::new(plan::Executor::new(&g, &blob, ctx.named_data)?))
         };
         load().map_err(|e| e.to_string())
-    }
-}
-
-/// The first node this build cannot run, as the error the delegate reports at load.
-fn unsupported(g: &Graph) -> XnnError {
-    match g.nodes.first() {
-        Some(n) => XnnError::Unsupported {
-            index: 0,
-            node: n.name,
-            what: "this build reads XNNPACK graphs but does not execute their nodes yet".into(),
-        },
-        None => XnnError::Flatbuffer("the graph has no nodes".into()),
     }
 }
 

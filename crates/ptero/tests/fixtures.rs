@@ -198,13 +198,7 @@ fixture_tests!(
         ops_matmul,
         ops_int,
         ops_f64,
-        ops_f16,
-        ops_shape,
-        ops_conv,
-    ],
-    // Lowered to the XNNPACK delegate (issue 8): the delegate reads these graphs but does
-    // not execute their nodes yet.
-    pending: [
+        // Lowered to the XNNPACK delegate (fp32).
         xnn_mlp,
         xnn_cnn,
         xnn_resnet_block,
@@ -213,7 +207,11 @@ fixture_tests!(
         xnn_dynamic_batch,
         xnn_mobilenet_v2,
         xnn_inverted_residual,
+        ops_f16,
+        ops_shape,
+        ops_conv,
     ],
+    pending: [],
 );
 
 /// Operators each instruction ran, in order, after load-time fusion.

@@ -91,6 +91,10 @@ fn execute_does_not_allocate() {
         "transformer_encoder",
         "tiny_llama",
         "mobilenet_v2",
+        "xnn_mobilenet_v2",
+        "xnn_transformer_encoder",
+        "xnn_lstm",
+        "xnn_cnn",
     ] {
         for threads in [1, 2, 3] {
             assert_eq!(

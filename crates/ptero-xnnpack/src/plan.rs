@@ -1,0 +1,678 @@
+//! Planning a graph once at load: nodes become steps with their weights packed, values
+//! get buffers shared by those whose lives do not overlap.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use ptero_gemm::{Activation, Conv2d, Image, MatRef, PackedB, PackedConv};
+use ptero_simd::ops::{Binary, Unary};
+
+use crate::error::{Result, XnnError};
+use crate::graph::{
+    BinaryOp, ConstantSource, ConvKind, Datatype, Graph, Node, Op, PoolAttrs, UnaryOp, Value,
+    MAX_DIMS, NO_VALUE,
+};
+
+/// `XNN_FLAG_TRANSPOSE_WEIGHTS`: a fully connected filter stored `[in, out]`.
+pub(crate) const FLAG_TRANSPOSE_WEIGHTS: u32 = 1;
+
+/// A shape without allocation: up to [`MAX_DIMS`] sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Shape {
+    pub(crate) dims: [usize; MAX_DIMS],
+    pub(crate) rank: usize,
+}
+
+impl Shape {
+    pub(crate) fn of(d: &[usize]) -> Option<Shape> {
+        if d.len() > MAX_DIMS {
+            return None;
+        }
+        let mut s = Shape {
+            dims: [0; MAX_DIMS],
+            rank: d.len(),
+        };
+        s.dims[..d.len()].copy_from_slice(d);
+        Some(s)
+    }
+    pub(crate) fn d(&self) -> &[usize] {
+        &self.dims[..self.rank]
+    }
+    pub(crate) fn numel(&self) -> Option<usize> {
+        self.d().iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+    }
+}
+
+/// Where a value's elements live while the graph runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The delegate call's argument.
+    Arg(usize),
+    /// One of the delegate's buffers.
+    Buf(usize),
+    /// A constant, converted to f32 at load.
+    Const(usize),
+    /// Declared but never read or written.
+    Unused,
+}
+
+/// A node ready to run: its operands as value indices and its prepared state.
+pub(crate) enum Step {
+    FullyConnected {
+        x: usize,
+        out: usize,
+        /// Input and output features.
+        k: usize,
+        n: usize,
+        w: PackedB,
+        bias: Option<usize>,
+        act: Activation,
+    },
+    Conv {
+        x: usize,
+        out: usize,
+        w: Box<PackedConv>,
+        geo: Conv2d,
+        bias: Option<usize>,
+        act: Activation,
+    },
+    Binary {
+        op: Binary,
+        a: usize,
+        b: usize,
+        out: usize,
+        clamp: Option<(f32, f32)>,
+    },
+    Unary {
+        op: Unary,
+        x: usize,
+        out: usize,
+        clamp: Option<(f32, f32)>,
+    },
+    Softmax {
+        x: usize,
+        out: usize,
+    },
+    GlobalAvgPool {
+        x: usize,
+        out: usize,
+        clamp: Option<(f32, f32)>,
+    },
+    Pool {
+        max: bool,
+        attrs: PoolAttrs,
+        x: usize,
+        out: usize,
+        clamp: Option<(f32, f32)>,
+    },
+    Transpose {
+        perm: [usize; MAX_DIMS],
+        x: usize,
+        out: usize,
+    },
+    /// Reshape and copy: the elements in order, under a new shape.
+    Reshape {
+        new_shape: Shape,
+        x: usize,
+        out: usize,
+    },
+    Slice {
+        offsets: [usize; MAX_DIMS],
+        sizes: [usize; MAX_DIMS],
+        x: usize,
+        out: usize,
+    },
+    BatchMatMul {
+        a: usize,
+        b: usize,
+        out: usize,
+    },
+    Concat {
+        axis: usize,
+        inputs: [usize; 5],
+        count: usize,
+        out: usize,
+    },
+}
+
+/// An executable delegate.
+pub(crate) struct Executor {
+    pub(crate) slots: Vec<Slot>,
+    /// Per value: the sizes it may hold at most (the graph's declaration).
+    pub(crate) bounds: Vec<usize>,
+    pub(crate) shapes: Vec<Shape>,
+    pub(crate) steps: Vec<Step>,
+    /// Node index of each step, for errors.
+    pub(crate) step_node: Vec<(usize, &'static str)>,
+    pub(crate) buffers: Vec<Vec<f32>>,
+    pub(crate) consts: Vec<Vec<f32>>,
+    /// (value, argument) of the graph's inputs.
+    pub(crate) inputs: Vec<(usize, usize)>,
+}
+
+pub(crate) fn act_of(clamp: Option<(f32, f32)>) -> Activation {
+    match clamp {
+        None => Activation::None,
+        Some((lo, hi)) if lo == f32::NEG_INFINITY && hi == f32::INFINITY => Activation::None,
+        Some((lo, hi)) if lo == 0.0 && hi == f32::INFINITY => Activation::Relu,
+        Some((lo, hi)) => Activation::Clamp(lo, hi),
+    }
+}
+
+pub(crate) fn clamp_of(c: Option<(f32, f32)>) -> Option<(f32, f32)> {
+    c.filter(|&(lo, hi)| !(lo == f32::NEG_INFINITY && hi == f32::INFINITY))
+}
+
+pub(crate) fn unsupported(index: usize, node: &Node, what: impl ToString) -> XnnError {
+    XnnError::Unsupported {
+        index,
+        node: node.name,
+        what: what.to_string(),
+    }
+}
+
+pub(crate) fn bad(index: usize, node: &Node, what: impl ToString) -> XnnError {
+    XnnError::Node {
+        index,
+        node: node.name,
+        what: what.to_string(),
+    }
+}
+
+/// The f32 elements of a constant value.
+pub(crate) fn constant_f32<'d>(
+    g: &Graph,
+    v: &Value,
+    vi: usize,
+    blob: &crate::blob::Blob<'_>,
+    named: &(dyn Fn(&str) -> Option<&'d [u8]> + 'd),
+) -> Result<Vec<f32>> {
+    let err = |what: alloc::string::String| XnnError::Constant { value: vi, what };
+    let idx = v.constant.ok_or_else(|| err("not a constant".into()))? as usize;
+    let src = g
+        .constants
+        .get(idx)
+        .ok_or_else(|| err(format!("constant {idx} does not exist")))?;
+    let bytes: &[u8] = match src {
+        ConstantSource::Blob { offset, size } => blob
+            .constants
+            .get(*offset..offset.saturating_add(*size))
+            .ok_or_else(|| err("region outside the constant data".into()))?,
+        ConstantSource::Flatbuffer { offset, size } => blob
+            .flatbuffer
+            .get(*offset..offset.saturating_add(*size))
+            .ok_or_else(|| err("region outside the flatbuffer".into()))?,
+        ConstantSource::Named { key, .. } => {
+            named(key).ok_or_else(|| err(format!("named data '{key}' is missing")))?
+        }
+    };
+    let n = v
+        .numel()
+        .ok_or_else(|| err("element count overflows".into()))?;
+    let need = n
+        .checked_mul(match v.dtype {
+            Datatype::Fp32 => 4,
+            Datatype::Fp16 | Datatype::Bf16 => 2,
+            d => {
+                return Err(err(format!(
+                    "constants of {} are not supported yet",
+                    d.name()
+                )))
+            }
+        })
+        .ok_or_else(|| err("size overflows".into()))?;
+    if bytes.len() < need {
+        return Err(err(format!(
+            "{} bytes for {n} elements of {}",
+            bytes.len(),
+            v.dtype.name()
+        )));
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(n)
+        .map_err(|_| err(format!("cannot allocate {n} elements")))?;
+    match v.dtype {
+        Datatype::Fp32 => out.extend(
+            bytes[..need]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Datatype::Fp16 => out.extend(
+            bytes[..need]
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        _ => out.extend(
+            bytes[..need]
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+    }
+    Ok(out)
+}
+
+impl Executor {
+    /// Plans `g`: every node must be one this build runs, on fp32 values.
+    pub(crate) fn new<'d>(
+        g: &Graph,
+        blob: &crate::blob::Blob<'_>,
+        named: &(dyn Fn(&str) -> Option<&'d [u8]> + 'd),
+    ) -> Result<Executor> {
+        let nv = g.values.len();
+        let mut slots = vec![Slot::Unused; nv];
+        let mut consts = Vec::new();
+        let mut bounds = Vec::with_capacity(nv);
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        for (i, v) in g.values.iter().enumerate() {
+            let n = v.numel().ok_or_else(|| XnnError::Value {
+                index: i,
+                what: "element count overflows".into(),
+            })?;
+            bounds.push(n);
+            if v.constant.is_some() {
+                slots[i] = Slot::Const(consts.len());
+                consts.push(constant_f32(g, v, i, blob, named)?);
+            } else if let Some(e) = v.external {
+                slots[i] = Slot::Arg(e as usize);
+                if v.flags & crate::graph::FLAG_EXTERNAL_INPUT != 0 {
+                    inputs.push((i, e as usize));
+                }
+                if v.flags & crate::graph::FLAG_EXTERNAL_OUTPUT != 0 {
+                    outputs.push((i, e as usize));
+                }
+            }
+        }
+        let vi = |id: u32| g.by_id[&id];
+        let mut steps = Vec::with_capacity(g.nodes.len());
+        let mut step_node = Vec::with_capacity(g.nodes.len());
+        for (index, node) in g.nodes.iter().enumerate() {
+            let (ins, outs) = node.op.value_ids();
+            for &id in ins.iter().chain(&outs) {
+                let v = &g.values[vi(id)];
+                if v.dtype != Datatype::Fp32 && v.constant.is_none() {
+                    return Err(unsupported(
+                        index,
+                        node,
+                        format!("values of {} (value id {id})", v.dtype.name()),
+                    ));
+                }
+            }
+            for &id in &outs {
+                if matches!(slots[vi(id)], Slot::Const(_)) {
+                    return Err(bad(index, node, format!("writes constant value id {id}")));
+                }
+            }
+            let konst = |id: u32| -> Option<usize> {
+                match slots[vi(id)] {
+                    Slot::Const(c) => Some(c),
+                    _ => None,
+                }
+            };
+            let clamp = clamp_of(node.clamp);
+            let step = match &node.op {
+                Op::FullyConnected {
+                    input,
+                    filter,
+                    bias,
+                    output,
+                } => {
+                    let c = konst(*filter)
+                        .ok_or_else(|| unsupported(index, node, "a filter computed at run time"))?;
+                    let fd = &g.values[vi(*filter)].dims;
+                    if fd.len() != 2 {
+                        return Err(bad(index, node, format!("filter dims {fd:?}")));
+                    }
+                    let bias = if *bias == NO_VALUE {
+                        None
+                    } else {
+                        Some(konst(*bias).ok_or_else(|| {
+                            unsupported(index, node, "a bias computed at run time")
+                        })?)
+                    };
+                    let w = &consts[c];
+                    // B is `in x out`: the filter `[out, in]` read transposed, or
+                    // `[in, out]` as it is.
+                    let view = if node.flags & FLAG_TRANSPOSE_WEIGHTS != 0 {
+                        MatRef::new(w, fd[0], fd[1], fd[1], 1)
+                    } else {
+                        MatRef::new(w, fd[1], fd[0], 1, fd[1])
+                    }
+                    .map_err(|e| bad(index, node, e))?;
+                    let (k, n) = if node.flags & FLAG_TRANSPOSE_WEIGHTS != 0 {
+                        (fd[0], fd[1])
+                    } else {
+                        (fd[1], fd[0])
+                    };
+                    if bias.is_some_and(|b| consts[b].len() < n) {
+                        return Err(bad(index, node, "bias shorter than the outputs"));
+                    }
+                    Step::FullyConnected {
+                        x: vi(*input),
+                        out: vi(*output),
+                        k,
+                        n,
+                        w: PackedB::new(view).map_err(|e| bad(index, node, e))?,
+                        bias,
+                        act: act_of(node.clamp),
+                    }
+                }
+                Op::Conv { kind, attrs } => {
+                    if *kind == ConvKind::ConvTranspose2d {
+                        return Err(unsupported(index, node, "transposed convolutions"));
+                    }
+                    let p = attrs.padding;
+                    if p[0] != p[2] || p[1] != p[3] {
+                        return Err(unsupported(
+                            index,
+                            node,
+                            format!("asymmetric padding {p:?} (top, right, bottom, left)"),
+                        ));
+                    }
+                    let c = konst(attrs.filter)
+                        .ok_or_else(|| unsupported(index, node, "a filter computed at run time"))?;
+                    let xd = &g.values[vi(attrs.input)].dims;
+                    let od = &g.values[vi(attrs.output)].dims;
+                    if xd.len() != 4 || od.len() != 4 {
+                        return Err(bad(index, node, "input and output must be 4-d (NHWC)"));
+                    }
+                    let u = |x: u32| x as usize;
+                    let groups = u(attrs.groups);
+                    let (cin_g, cout_g) = (
+                        u(attrs.group_input_channels),
+                        u(attrs.group_output_channels),
+                    );
+                    let geo = Conv2d {
+                        n: xd[0],
+                        cin: groups.saturating_mul(cin_g),
+                        cout: groups.saturating_mul(cout_g),
+                        groups,
+                        ih: xd[1],
+                        iw: xd[2],
+                        oh: od[1],
+                        ow: od[2],
+                        kh: u(attrs.kernel[0]),
+                        kw: u(attrs.kernel[1]),
+                        stride: [u(attrs.stride[0]), u(attrs.stride[1])],
+                        pad: [u(p[0]), u(p[3])],
+                        dilation: [u(attrs.dilation[0]), u(attrs.dilation[1])],
+                    };
+                    let (kh, kw, cout) = (geo.kh, geo.kw, geo.cout);
+                    // Filters indexed (o, i, y, x): `[O, KH, KW, I/g]`, or depthwise
+                    // `[1, KH, KW, C·M]`.
+                    let strides = if *kind == ConvKind::DepthwiseConv2d {
+                        [1, 0, kw * cout, cout]
+                    } else {
+                        [kh * kw * cin_g, 1, kw * cin_g, cin_g]
+                    };
+                    let w = PackedConv::channels_last(
+                        &geo,
+                        Image {
+                            data: &consts[c],
+                            strides,
+                        },
+                    )
+                    .map_err(|e| bad(index, node, e))?;
+                    let bias = if attrs.bias == NO_VALUE {
+                        None
+                    } else {
+                        Some(konst(attrs.bias).ok_or_else(|| {
+                            unsupported(index, node, "a bias computed at run time")
+                        })?)
+                    };
+                    Step::Conv {
+                        x: vi(attrs.input),
+                        out: vi(attrs.output),
+                        w: Box::new(w),
+                        geo,
+                        bias,
+                        act: act_of(node.clamp),
+                    }
+                }
+                Op::Binary { op, a, b, output } => {
+                    let f = match op {
+                        BinaryOp::Add => Binary::Add,
+                        BinaryOp::Subtract => Binary::Sub,
+                        BinaryOp::Multiply => Binary::Mul,
+                        BinaryOp::Div => Binary::Div,
+                        BinaryOp::Minimum => Binary::Minimum,
+                        BinaryOp::Maximum => Binary::Maximum,
+                        BinaryOp::BatchMatrixMultiply => {
+                            steps.push(Step::BatchMatMul {
+                                a: vi(*a),
+                                b: vi(*b),
+                                out: vi(*output),
+                            });
+                            step_node.push((index, node.name));
+                            continue;
+                        }
+                        BinaryOp::PRelu => return Err(unsupported(index, node, "PReLU")),
+                    };
+                    Step::Binary {
+                        op: f,
+                        a: vi(*a),
+                        b: vi(*b),
+                        out: vi(*output),
+                        clamp,
+                    }
+                }
+                Op::Unary { op, input, output } => {
+                    let (x, out) = (vi(*input), vi(*output));
+                    let u = match op {
+                        UnaryOp::Softmax => {
+                            steps.push(Step::Softmax { x, out });
+                            step_node.push((index, node.name));
+                            continue;
+                        }
+                        UnaryOp::GlobalAvgPooling2d => {
+                            steps.push(Step::GlobalAvgPool { x, out, clamp });
+                            step_node.push((index, node.name));
+                            continue;
+                        }
+                        UnaryOp::Copy | UnaryOp::Convert => {
+                            let s = Shape::of(&g.values[out].dims).unwrap_or_default();
+                            steps.push(Step::Reshape {
+                                new_shape: s,
+                                x,
+                                out,
+                            });
+                            step_node.push((index, node.name));
+                            continue;
+                        }
+                        UnaryOp::Sigmoid => Unary::Sigmoid,
+                        UnaryOp::Tanh => Unary::Tanh,
+                        UnaryOp::Gelu => Unary::Gelu,
+                        UnaryOp::Exp => Unary::Exp,
+                        UnaryOp::Log => Unary::Log,
+                        UnaryOp::Abs => Unary::Abs,
+                        UnaryOp::Negate => Unary::Neg,
+                        UnaryOp::SquareRoot => Unary::Sqrt,
+                        UnaryOp::ReciprocalSquareRoot => Unary::Rsqrt,
+                        UnaryOp::Hardswish => Unary::Hardswish,
+                        UnaryOp::Clamp => {
+                            let (lo, hi) = node.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                            Unary::Clamp(lo, hi)
+                        }
+                        other => {
+                            return Err(unsupported(
+                                index,
+                                node,
+                                format!("{other:?} is not implemented yet"),
+                            ))
+                        }
+                    };
+                    Step::Unary {
+                        op: u,
+                        x,
+                        out,
+                        clamp: if *op == UnaryOp::Clamp { None } else { clamp },
+                    }
+                }
+                Op::LeakyRelu {
+                    slope,
+                    input,
+                    output,
+                } => Step::Unary {
+                    op: Unary::LeakyRelu(*slope),
+                    x: vi(*input),
+                    out: vi(*output),
+                    clamp,
+                },
+                Op::AvgPooling2d(p) | Op::MaxPooling2d(p) => Step::Pool {
+                    max: matches!(node.op, Op::MaxPooling2d(_)),
+                    attrs: *p,
+                    x: vi(p.input),
+                    out: vi(p.output),
+                    clamp,
+                },
+                Op::Transpose {
+                    perm,
+                    input,
+                    output,
+                } => {
+                    let mut seen = [false; MAX_DIMS];
+                    for &p in perm {
+                        if p >= perm.len() || seen[p] {
+                            return Err(bad(index, node, format!("perm {perm:?}")));
+                        }
+                        seen[p] = true;
+                    }
+                    let mut pm = [0; MAX_DIMS];
+                    pm[..perm.len()].copy_from_slice(perm);
+                    Step::Transpose {
+                        perm: pm,
+                        x: vi(*input),
+                        out: vi(*output),
+                    }
+                }
+                Op::Reshape {
+                    new_shape,
+                    input,
+                    output,
+                } => Step::Reshape {
+                    new_shape: Shape::of(new_shape)
+                        .ok_or_else(|| bad(index, node, "too many dims"))?,
+                    x: vi(*input),
+                    out: vi(*output),
+                },
+                Op::Slice {
+                    offsets,
+                    sizes,
+                    input,
+                    output,
+                } => {
+                    let (mut o, mut s) = ([0; MAX_DIMS], [0; MAX_DIMS]);
+                    o[..offsets.len()].copy_from_slice(offsets);
+                    s[..sizes.len()].copy_from_slice(sizes);
+                    Step::Slice {
+                        offsets: o,
+                        sizes: s,
+                        x: vi(*input),
+                        out: vi(*output),
+                    }
+                }
+                Op::Concatenate {
+                    axis,
+                    inputs,
+                    output,
+                } => {
+                    let mut ins = [0usize; 5];
+                    for (d, id) in ins.iter_mut().zip(inputs) {
+                        *d = vi(*id);
+                    }
+                    Step::Concat {
+                        axis: *axis,
+                        inputs: ins,
+                        count: inputs.len().min(5),
+                        out: vi(*output),
+                    }
+                }
+                _ => return Err(unsupported(index, node, "not implemented yet")),
+            };
+            steps.push(step);
+            step_node.push((index, node.name));
+        }
+        let mut shapes = vec![Shape::default(); nv];
+        for (i, v) in g.values.iter().enumerate() {
+            if v.constant.is_some() {
+                shapes[i] = Shape::of(&v.dims).unwrap_or_default();
+            }
+        }
+        let mut ex = Executor {
+            slots,
+            bounds,
+            shapes,
+            steps,
+            step_node,
+            buffers: Vec::new(),
+            consts,
+            inputs,
+        };
+        for &(v, a) in &outputs {
+            if !ex.steps.iter().any(|s| s.out() == v) {
+                return Err(XnnError::Value {
+                    index: v,
+                    what: format!("output {a} of the delegate is written by no node"),
+                });
+            }
+        }
+        ex.plan_buffers(g)?;
+        Ok(ex)
+    }
+
+    /// Gives every internal value a buffer; values whose lives do not overlap share one
+    /// (the largest need of its users).
+    fn plan_buffers(&mut self, g: &Graph) -> Result<()> {
+        let nv = self.slots.len();
+        let mut last = vec![0usize; nv];
+        let mut first = vec![usize::MAX; nv];
+        for (s, (index, _)) in self.step_node.iter().enumerate() {
+            let (ins, outs) = g.nodes[*index].op.value_ids();
+            for id in ins.iter().chain(&outs) {
+                let v = g.by_id[id];
+                last[v] = s;
+                first[v] = first[v].min(s);
+            }
+        }
+        // (buffer, free from step)
+        let mut free: Vec<(usize, usize)> = Vec::new();
+        let mut caps: Vec<usize> = Vec::new();
+        let mut order: Vec<usize> = (0..nv)
+            .filter(|&v| self.slots[v] == Slot::Unused && first[v] != usize::MAX)
+            .collect();
+        order.sort_by_key(|&v| first[v]);
+        for v in order {
+            // A buffer whose last user ran before this value's first writer.
+            let pick = free.iter().position(|&(_, until)| until < first[v]);
+            let b = match pick {
+                Some(i) => free.swap_remove(i).0,
+                None => {
+                    caps.push(0);
+                    caps.len() - 1
+                }
+            };
+            caps[b] = caps[b].max(self.bounds[v]);
+            self.slots[v] = Slot::Buf(b);
+            // Listed with the step after which it is free again.
+            free.push((b, last[v]));
+        }
+        let total: usize = caps.iter().sum();
+        let mut buffers = Vec::new();
+        for c in caps {
+            let mut b = Vec::new();
+            b.try_reserve_exact(c).map_err(|_| {
+                XnnError::Flatbuffer(format!(
+                    "cannot allocate {} bytes of intermediate buffers",
+                    total.saturating_mul(4)
+                ))
+            })?;
+            b.resize(c, 0.0);
+            buffers.push(b);
+        }
+        self.buffers = buffers;
+        Ok(())
+    }
+}

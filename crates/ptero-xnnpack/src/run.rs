@@ -1,0 +1,135 @@
+//! Running a planned graph: shapes are inferred per call from the inputs' actual sizes,
+//! within the sizes the graph declares, and each step writes its output in place.
+
+use alloc::format;
+
+use ptero_core::{KernelArgs, ScalarType};
+use ptero_runtime::DelegateHandle;
+
+use crate::graph::MAX_DIMS;
+use crate::plan::{Executor, Shape, Slot, Step};
+use crate::step::{shape_err, Io};
+
+impl Executor {
+    fn execute_inner(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()> {
+        for &(v, a) in &self.inputs {
+            let t = args.tensor(a)?;
+            if t.dtype() != ScalarType::Float {
+                return Err(ptero_core::Error::Dtype {
+                    arg: a,
+                    expected: "Float (the delegate's fp32 input)".into(),
+                    found: t.dtype(),
+                });
+            }
+            let s = Shape::of(t.sizes()).ok_or_else(|| {
+                ptero_core::Error::Shape(format!("XNNPACK input {a}: more than {MAX_DIMS} dims"))
+            })?;
+            if s.numel().is_none_or(|n| n > self.bounds[v]) {
+                return Err(ptero_core::Error::Shape(format!(
+                    "XNNPACK input {a}: shape {:?} is larger than the delegate's bound of {} elements",
+                    s.d(),
+                    self.bounds[v]
+                )));
+            }
+            self.shapes[v] = s;
+        }
+        let Executor {
+            slots,
+            bounds,
+            shapes,
+            steps,
+            step_node,
+            buffers,
+            consts,
+            ..
+        } = self;
+        for (step, &at) in steps.iter().zip(step_node.iter()) {
+            args.check_interrupt()?;
+            // Each step views its operands afresh: an output written by one step may be
+            // read by the next.
+            args.release_views();
+            let out = step.out();
+            let shape = {
+                let io = Io {
+                    args,
+                    slots,
+                    buffers,
+                    consts,
+                    shapes,
+                };
+                step.infer(&io, at)?
+            };
+            let n = shape.numel().unwrap_or(usize::MAX);
+            if n > bounds[out] {
+                return Err(shape_err(
+                    at,
+                    format!(
+                        "output {:?} exceeds its declared {} elements",
+                        shape.d(),
+                        bounds[out]
+                    ),
+                ));
+            }
+            shapes[out] = shape;
+            match slots[out] {
+                Slot::Buf(b) => {
+                    let mut o = core::mem::take(&mut buffers[b]);
+                    let r = {
+                        let io = Io {
+                            args,
+                            slots,
+                            buffers,
+                            consts,
+                            shapes,
+                        };
+                        step.run(&io, &mut o[..n], at)
+                    };
+                    buffers[b] = o;
+                    r?;
+                }
+                Slot::Arg(a) => {
+                    args.resize(a, shape.d())?;
+                    let io = Io {
+                        args,
+                        slots,
+                        buffers,
+                        consts,
+                        shapes,
+                    };
+                    let mut t = args.out(a)?;
+                    let y = t.data::<f32>()?;
+                    let len = y.len();
+                    let y = y.get_mut(..n).ok_or_else(|| {
+                        ptero_core::Error::OutOfBounds(format!(
+                            "XNNPACK output {a}: {len} elements, {n} needed"
+                        ))
+                    })?;
+                    step.run(&io, y, at)?;
+                }
+                Slot::Const(_) | Slot::Unused => {
+                    return Err(shape_err(at, "writes a value without memory".into()))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DelegateHandle for Executor {
+    fn execute(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()> {
+        self.execute_inner(args)
+    }
+
+    fn scratch_floats(&self) -> usize {
+        let conv = self.steps.iter().any(|s| matches!(s, Step::Conv { .. }));
+        let gemm = self
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::FullyConnected { .. } | Step::BatchMatMul { .. }));
+        match (conv, gemm) {
+            (true, _) => ptero_gemm::conv_scratch_floats().max(ptero_gemm::scratch_floats()),
+            (false, true) => ptero_gemm::scratch_floats(),
+            _ => 0,
+        }
+    }
+}

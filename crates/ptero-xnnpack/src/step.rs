@@ -1,0 +1,668 @@
+//! What each step computes, and the shape it produces from its inputs' shapes.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use ptero_core::KernelArgs;
+use ptero_gemm::{
+    conv2d, gemm, Bias, Conv2d, ConvWeights, Epilogue, Image, ImageMut, Lhs, MatMut, MatRef, Rhs,
+};
+use ptero_simd::ops::{self, Binary, Unary};
+
+use crate::graph::{PoolAttrs, MAX_DIMS};
+use crate::plan::{Shape, Slot, Step};
+
+/// Read access to values while a step runs.
+pub(crate) struct Io<'x, 'a> {
+    pub(crate) args: &'x KernelArgs<'a>,
+    pub(crate) slots: &'x [Slot],
+    pub(crate) buffers: &'x [Vec<f32>],
+    pub(crate) consts: &'x [Vec<f32>],
+    pub(crate) shapes: &'x [Shape],
+}
+
+impl<'x> Io<'x, '_> {
+    pub(crate) fn read(&self, v: usize) -> ptero_core::Result<&'x [f32]> {
+        let n = self.shapes[v].numel().unwrap_or(0);
+        let data: &'x [f32] = match self.slots[v] {
+            Slot::Arg(a) => self.args.tensor(a)?.data::<f32>()?,
+            Slot::Buf(b) => &self.buffers[b],
+            Slot::Const(c) => &self.consts[c],
+            Slot::Unused => &[],
+        };
+        data.get(..n).ok_or_else(|| {
+            ptero_core::Error::OutOfBounds(format!(
+                "XNNPACK value {v}: {} elements held, {n} needed",
+                data.len()
+            ))
+        })
+    }
+    pub(crate) fn shape(&self, v: usize) -> Shape {
+        self.shapes[v]
+    }
+}
+
+pub(crate) fn shape_err(
+    step: (usize, &'static str),
+    what: alloc::string::String,
+) -> ptero_core::Error {
+    ptero_core::Error::Shape(format!("XNNPACK node {} ({}): {what}", step.0, step.1))
+}
+
+/// Numpy broadcasting of two shapes (aligned at the trailing dims).
+pub(crate) fn broadcast(a: Shape, b: Shape) -> Option<Shape> {
+    let rank = a.rank.max(b.rank);
+    let mut s = Shape {
+        dims: [0; MAX_DIMS],
+        rank,
+    };
+    for i in 0..rank {
+        let da = if i < rank - a.rank {
+            1
+        } else {
+            a.dims[i - (rank - a.rank)]
+        };
+        let db = if i < rank - b.rank {
+            1
+        } else {
+            b.dims[i - (rank - b.rank)]
+        };
+        s.dims[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(s)
+}
+
+/// Strides of `s` read as a `rank`-d operand broadcast against `out` (0 where it repeats).
+pub(crate) fn bstrides(s: Shape, out: Shape) -> [usize; MAX_DIMS] {
+    let mut st = [0usize; MAX_DIMS];
+    let off = out.rank - s.rank;
+    let mut acc = 1usize;
+    for i in (0..s.rank).rev() {
+        st[i + off] = if s.dims[i] == 1 { 0 } else { acc };
+        acc = acc.saturating_mul(s.dims[i]);
+    }
+    st
+}
+
+/// Calls `f(out_index, offsets)` for every element of `out` in order, with each operand's
+/// element offset.
+pub(crate) fn for_each_index<const K: usize>(
+    out: Shape,
+    strides: [[usize; MAX_DIMS]; K],
+    mut f: impl FnMut(usize, [usize; K]),
+) {
+    let n = out.numel().unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    let mut idx = [0usize; MAX_DIMS];
+    let mut off = [0usize; K];
+    for i in 0..n {
+        f(i, off);
+        // Increment the multi-index, innermost first.
+        let mut d = out.rank;
+        while d > 0 {
+            d -= 1;
+            idx[d] += 1;
+            for k in 0..K {
+                off[k] += strides[k][d];
+            }
+            if idx[d] < out.dims[d] {
+                break;
+            }
+            for k in 0..K {
+                off[k] -= strides[k][d] * idx[d];
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+pub(crate) fn apply_clamp(y: &mut [f32], clamp: Option<(f32, f32)>) {
+    if let Some((lo, hi)) = clamp {
+        ops::unary_inplace(Unary::Clamp(lo, hi), y);
+    }
+}
+
+pub(crate) fn binary_scalar(f: Binary, a: f32, b: f32) -> f32 {
+    match f {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Minimum => {
+            if a.is_nan() || b.is_nan() {
+                f32::NAN
+            } else {
+                a.min(b)
+            }
+        }
+        Binary::Maximum => {
+            if a.is_nan() || b.is_nan() {
+                f32::NAN
+            } else {
+                a.max(b)
+            }
+        }
+    }
+}
+
+impl Step {
+    /// The value the step writes.
+    pub(crate) fn out(&self) -> usize {
+        match self {
+            Step::FullyConnected { out, .. }
+            | Step::Conv { out, .. }
+            | Step::Binary { out, .. }
+            | Step::Unary { out, .. }
+            | Step::Softmax { out, .. }
+            | Step::GlobalAvgPool { out, .. }
+            | Step::Pool { out, .. }
+            | Step::Transpose { out, .. }
+            | Step::Reshape { out, .. }
+            | Step::Slice { out, .. }
+            | Step::BatchMatMul { out, .. }
+            | Step::Concat { out, .. } => *out,
+        }
+    }
+
+    /// The output's shape from the inputs' shapes.
+    pub(crate) fn infer(
+        &self,
+        io: &Io<'_, '_>,
+        at: (usize, &'static str),
+    ) -> ptero_core::Result<Shape> {
+        let err = |w: alloc::string::String| shape_err(at, w);
+        Ok(match self {
+            Step::FullyConnected { x, k, n, .. } => {
+                let s = io.shape(*x);
+                let kk = s.d().last().copied().unwrap_or(1);
+                if kk != *k {
+                    return Err(err(format!(
+                        "input {:?} has {kk} features, the filter {k}",
+                        s.d()
+                    )));
+                }
+                let mut o = s;
+                if o.rank == 0 {
+                    o.rank = 1;
+                }
+                o.dims[o.rank - 1] = *n;
+                o
+            }
+            Step::Conv { x, geo, .. } => {
+                let s = io.shape(*x);
+                if s.rank != 4 || s.dims[3] != geo.cin {
+                    return Err(err(format!(
+                        "input {:?}, expected [N, H, W, {}]",
+                        s.d(),
+                        geo.cin
+                    )));
+                }
+                let o = |i: usize, p: usize, k: usize, st: usize, d: usize| -> Option<usize> {
+                    let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+                    Some((i.checked_add(2 * p)?.checked_sub(span)?) / st.max(1) + 1)
+                };
+                let oh = o(
+                    s.dims[1],
+                    geo.pad[0],
+                    geo.kh,
+                    geo.stride[0],
+                    geo.dilation[0],
+                );
+                let ow = o(
+                    s.dims[2],
+                    geo.pad[1],
+                    geo.kw,
+                    geo.stride[1],
+                    geo.dilation[1],
+                );
+                match (oh, ow) {
+                    (Some(oh), Some(ow)) => {
+                        Shape::of(&[s.dims[0], oh, ow, geo.cout]).unwrap_or_default()
+                    }
+                    _ => return Err(err(format!("input {:?} smaller than the filter", s.d()))),
+                }
+            }
+            Step::Binary { a, b, .. } => {
+                broadcast(io.shape(*a), io.shape(*b)).ok_or_else(|| {
+                    err(format!(
+                        "{:?} and {:?} do not broadcast",
+                        io.shape(*a).d(),
+                        io.shape(*b).d()
+                    ))
+                })?
+            }
+            Step::Unary { x, .. } | Step::Softmax { x, .. } => io.shape(*x),
+            Step::GlobalAvgPool { x, .. } => {
+                let s = io.shape(*x);
+                if s.rank != 4 {
+                    return Err(err(format!("input {:?} is not NHWC", s.d())));
+                }
+                Shape::of(&[s.dims[0], 1, 1, s.dims[3]]).unwrap_or_default()
+            }
+            Step::Pool { attrs, x, .. } => {
+                let s = io.shape(*x);
+                if s.rank != 4 {
+                    return Err(err(format!("input {:?} is not NHWC", s.d())));
+                }
+                let o = |i: usize, p0: u32, p1: u32, k: u32, st: u32, d: u32| -> Option<usize> {
+                    let span = (d.max(1) as usize).checked_mul((k as usize).checked_sub(1)?)? + 1;
+                    let full = i.checked_add(p0 as usize + p1 as usize)?;
+                    Some(full.checked_sub(span)? / (st.max(1) as usize) + 1)
+                };
+                let p = attrs.padding;
+                let oh = o(
+                    s.dims[1],
+                    p[0],
+                    p[2],
+                    attrs.window[0],
+                    attrs.stride[0],
+                    attrs.dilation[0],
+                );
+                let ow = o(
+                    s.dims[2],
+                    p[3],
+                    p[1],
+                    attrs.window[1],
+                    attrs.stride[1],
+                    attrs.dilation[1],
+                );
+                match (oh, ow) {
+                    (Some(oh), Some(ow)) => {
+                        Shape::of(&[s.dims[0], oh, ow, s.dims[3]]).unwrap_or_default()
+                    }
+                    _ => return Err(err(format!("input {:?} smaller than the window", s.d()))),
+                }
+            }
+            Step::Transpose { perm, x, .. } => {
+                let s = io.shape(*x);
+                let mut o = s;
+                for (i, &p) in perm[..s.rank].iter().enumerate() {
+                    if p >= s.rank {
+                        return Err(err(format!("perm for {} dims, input {:?}", s.rank, s.d())));
+                    }
+                    o.dims[i] = s.dims[p];
+                }
+                o
+            }
+            Step::Reshape { new_shape, x, .. } => {
+                let n = io.shape(*x).numel().unwrap_or(0);
+                let mut o = *new_shape;
+                let known: usize = o.d().iter().filter(|&&d| d != 0).product();
+                let zeros = o.d().iter().filter(|&&d| d == 0).count();
+                if zeros == 1 && known > 0 {
+                    for d in o.dims[..o.rank].iter_mut() {
+                        if *d == 0 {
+                            *d = n / known;
+                        }
+                    }
+                }
+                if o.numel() != Some(n) {
+                    return Err(err(format!(
+                        "{n} elements of {:?} cannot take shape {:?}",
+                        io.shape(*x).d(),
+                        new_shape.d()
+                    )));
+                }
+                o
+            }
+            Step::Slice {
+                offsets, sizes, x, ..
+            } => {
+                let s = io.shape(*x);
+                let mut o = s;
+                for i in 0..s.rank {
+                    let end = offsets[i].saturating_add(sizes[i]).min(s.dims[i]);
+                    o.dims[i] = end.saturating_sub(offsets[i]);
+                }
+                o
+            }
+            Step::Concat {
+                axis,
+                inputs,
+                count,
+                ..
+            } => {
+                let first = io.shape(inputs[0]);
+                if *axis >= first.rank {
+                    return Err(err(format!("axis {axis} of {:?}", first.d())));
+                }
+                let mut o = first;
+                o.dims[*axis] = 0;
+                for &v in &inputs[..*count] {
+                    let s = io.shape(v);
+                    let same = s.rank == first.rank
+                        && (0..s.rank).all(|i| i == *axis || s.dims[i] == first.dims[i]);
+                    if !same {
+                        return Err(err(format!(
+                            "{:?} and {:?} along axis {axis}",
+                            first.d(),
+                            s.d()
+                        )));
+                    }
+                    o.dims[*axis] += s.dims[*axis];
+                }
+                o
+            }
+            Step::BatchMatMul { a, b, .. } => {
+                let (sa, sb) = (io.shape(*a), io.shape(*b));
+                if sa.rank < 2 || sb.rank < 2 || sa.dims[sa.rank - 1] != sb.dims[sb.rank - 2] {
+                    return Err(err(format!("{:?} x {:?}", sa.d(), sb.d())));
+                }
+                let ba = Shape::of(&sa.d()[..sa.rank - 2]).unwrap_or_default();
+                let bb = Shape::of(&sb.d()[..sb.rank - 2]).unwrap_or_default();
+                let mut o = broadcast(ba, bb)
+                    .ok_or_else(|| err(format!("batches of {:?} x {:?}", sa.d(), sb.d())))?;
+                o.dims[o.rank] = sa.dims[sa.rank - 2];
+                o.dims[o.rank + 1] = sb.dims[sb.rank - 1];
+                o.rank += 2;
+                o
+            }
+        })
+    }
+
+    /// Computes the step into `y` (exactly the output's elements).
+    pub(crate) fn run(
+        &self,
+        io: &Io<'_, '_>,
+        y: &mut [f32],
+        at: (usize, &'static str),
+    ) -> ptero_core::Result<()> {
+        let gemm_err = |e: ptero_gemm::GemmError| {
+            ptero_core::Error::InvalidArgument(format!("XNNPACK node {} ({}): {e}", at.0, at.1))
+        };
+        let par = io.args.parallel();
+        let arena = io.args.arena();
+        match self {
+            Step::FullyConnected {
+                x,
+                k,
+                n,
+                w,
+                bias,
+                act,
+                ..
+            } => {
+                let xs = io.read(*x)?;
+                let m = if *k == 0 { 0 } else { xs.len() / k };
+                let bias = bias.map(|b| &io.consts[b][..*n]);
+                let epi = Epilogue {
+                    alpha: 1.0,
+                    beta: if bias.is_some() { 1.0 } else { 0.0 },
+                    bias: bias.map_or(Bias::None, Bias::PerCol),
+                    act: *act,
+                };
+                let a = MatRef::new(xs, m, *k, *k, 1).map_err(gemm_err)?;
+                let c = MatMut::new(y, m, *n, *n, 1).map_err(gemm_err)?;
+                gemm(par, arena, Lhs::Mat(a), Rhs::Packed(w.view()), c, &epi).map_err(gemm_err)
+            }
+            Step::Conv {
+                x,
+                out,
+                w,
+                geo,
+                bias,
+                act,
+            } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let g = Conv2d {
+                    n: sx.dims[0],
+                    ih: sx.dims[1],
+                    iw: sx.dims[2],
+                    oh: so.dims[1],
+                    ow: so.dims[2],
+                    ..*geo
+                };
+                let nhwc = |h: usize, w: usize, c: usize| [h * w * c, 1, w * c, c];
+                let xi = Image {
+                    data: io.read(*x)?,
+                    strides: nhwc(g.ih, g.iw, g.cin),
+                };
+                let bias = bias.map(|b| &io.consts[b][..]);
+                conv2d(
+                    par,
+                    arena,
+                    &g,
+                    xi,
+                    ConvWeights::Packed(w),
+                    bias,
+                    ImageMut {
+                        data: y,
+                        strides: nhwc(g.oh, g.ow, g.cout),
+                    },
+                    *act,
+                )
+                .map_err(gemm_err)
+            }
+            Step::Binary {
+                op,
+                a,
+                b,
+                out,
+                clamp,
+            } => {
+                let (sa, sb, so) = (io.shape(*a), io.shape(*b), io.shape(*out));
+                let (xa, xb) = (io.read(*a)?, io.read(*b)?);
+                if sa == so && sb == so {
+                    ops::binary(*op, ops::Lhs::Slice(xa), ops::Rhs::Slice(xb), 1.0, y);
+                } else if sa == so && xb.len() == 1 {
+                    ops::binary(*op, ops::Lhs::Slice(xa), ops::Rhs::Scalar(xb[0]), 1.0, y);
+                } else if sb == so && xa.len() == 1 {
+                    ops::binary(*op, ops::Lhs::Scalar(xa[0]), ops::Rhs::Slice(xb), 1.0, y);
+                } else {
+                    let st = [bstrides(sa, so), bstrides(sb, so)];
+                    for_each_index(so, st, |i, [oa, ob]| {
+                        y[i] = binary_scalar(*op, xa[oa], xb[ob]);
+                    });
+                }
+                apply_clamp(y, *clamp);
+                Ok(())
+            }
+            Step::Unary { op, x, clamp, .. } => {
+                ops::unary(*op, io.read(*x)?, y);
+                apply_clamp(y, *clamp);
+                Ok(())
+            }
+            Step::Softmax { x, .. } => {
+                let s = io.shape(*x);
+                let c = s.d().last().copied().unwrap_or(1).max(1);
+                for (xr, yr) in io.read(*x)?.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
+                    ops::softmax(xr, yr);
+                }
+                Ok(())
+            }
+            Step::GlobalAvgPool { x, clamp, .. } => {
+                let s = io.shape(*x);
+                let (n, hw, c) = (s.dims[0], s.dims[1] * s.dims[2], s.dims[3]);
+                let xs = io.read(*x)?;
+                for b in 0..n {
+                    let acc = &mut y[b * c..(b + 1) * c];
+                    acc.fill(0.0);
+                    for p in 0..hw {
+                        let at = (b * hw + p) * c;
+                        ops::add_rows(&xs[at..at + c], acc);
+                    }
+                    let inv = if hw == 0 { f32::NAN } else { 1.0 / hw as f32 };
+                    ops::unary_inplace(Unary::Affine(inv, 0.0), acc);
+                }
+                apply_clamp(y, *clamp);
+                Ok(())
+            }
+            Step::Pool {
+                max,
+                attrs,
+                x,
+                out,
+                clamp,
+            } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                pool_nhwc(*max, attrs, io.read(*x)?, sx, so, y);
+                apply_clamp(y, *clamp);
+                Ok(())
+            }
+            Step::Transpose { perm, x, out } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let xs = io.read(*x)?;
+                // Output dim i walks input dim perm[i].
+                let full = bstrides(sx, sx);
+                let mut st = [0usize; MAX_DIMS];
+                for i in 0..so.rank {
+                    st[i] = if sx.dims[perm[i]] == 1 {
+                        0
+                    } else {
+                        full[perm[i]]
+                    };
+                }
+                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
+                Ok(())
+            }
+            Step::Reshape { x, .. } => {
+                y.copy_from_slice(io.read(*x)?);
+                Ok(())
+            }
+            Step::Slice {
+                offsets, x, out, ..
+            } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let xs = io.read(*x)?;
+                let full = bstrides(sx, sx);
+                let base: usize = (0..sx.rank).map(|i| offsets[i] * full[i]).sum();
+                let xs = &xs[base.min(xs.len())..];
+                let mut st = full;
+                for (sti, &d) in st.iter_mut().zip(&so.dims[..so.rank]) {
+                    if d == 1 {
+                        *sti = 0;
+                    }
+                }
+                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
+                Ok(())
+            }
+            Step::Concat {
+                axis,
+                inputs,
+                count,
+                out,
+            } => {
+                let so = io.shape(*out);
+                let outer: usize = so.d()[..*axis].iter().product();
+                let inner: usize = so.d()[*axis + 1..].iter().product();
+                let row = so.dims[*axis] * inner;
+                let mut at = 0;
+                for &v in &inputs[..*count] {
+                    let xs = io.read(v)?;
+                    let w = io.shape(v).dims[*axis] * inner;
+                    for o in 0..outer {
+                        y[o * row + at..o * row + at + w].copy_from_slice(&xs[o * w..(o + 1) * w]);
+                    }
+                    at += w;
+                }
+                Ok(())
+            }
+            Step::BatchMatMul { a, b, out } => {
+                let (sa, sb, so) = (io.shape(*a), io.shape(*b), io.shape(*out));
+                let (xa, xb) = (io.read(*a)?, io.read(*b)?);
+                let (m, k, n) = (
+                    sa.dims[sa.rank - 2],
+                    sa.dims[sa.rank - 1],
+                    sb.dims[sb.rank - 1],
+                );
+                let batch = Shape::of(&so.d()[..so.rank - 2]).unwrap_or_default();
+                let ba = Shape::of(&sa.d()[..sa.rank - 2]).unwrap_or_default();
+                let bb = Shape::of(&sb.d()[..sb.rank - 2]).unwrap_or_default();
+                let st = [bstrides(ba, batch), bstrides(bb, batch)];
+                let mut failed = None;
+                for_each_index(batch, st, |i, [oa, ob]| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let r = (|| {
+                        let am = MatRef::new(&xa[oa * m * k..], m, k, k, 1)?;
+                        let bm = MatRef::new(&xb[ob * k * n..], k, n, n, 1)?;
+                        let cm = MatMut::new(&mut y[i * m * n..(i + 1) * m * n], m, n, n, 1)?;
+                        gemm(
+                            par,
+                            arena,
+                            Lhs::Mat(am),
+                            Rhs::Mat(bm),
+                            cm,
+                            &Epilogue::default(),
+                        )
+                    })();
+                    if let Err(e) = r {
+                        failed = Some(e);
+                    }
+                });
+                if batch.rank == 0 {
+                    let am = MatRef::new(xa, m, k, k, 1).map_err(gemm_err)?;
+                    let bm = MatRef::new(xb, k, n, n, 1).map_err(gemm_err)?;
+                    let cm = MatMut::new(y, m, n, n, 1).map_err(gemm_err)?;
+                    gemm(
+                        par,
+                        arena,
+                        Lhs::Mat(am),
+                        Rhs::Mat(bm),
+                        cm,
+                        &Epilogue::default(),
+                    )
+                    .map_err(gemm_err)?;
+                }
+                failed.map_or(Ok(()), |e| Err(gemm_err(e)))
+            }
+        }
+    }
+}
+
+/// Max or average pooling over NHWC images; averages count the pixels inside the image
+/// only (XNNPACK's padding is excluded from the divisor).
+pub(crate) fn pool_nhwc(max: bool, a: &PoolAttrs, x: &[f32], sx: Shape, so: Shape, y: &mut [f32]) {
+    let (n, ih, iw, c) = (sx.dims[0], sx.dims[1], sx.dims[2], sx.dims[3]);
+    let (oh, ow) = (so.dims[1], so.dims[2]);
+    let (pt, pl) = (a.padding[0] as isize, a.padding[3] as isize);
+    let (kh, kw) = (a.window[0] as isize, a.window[1] as isize);
+    let (sh, sw) = (a.stride[0].max(1) as isize, a.stride[1].max(1) as isize);
+    let (dh, dw) = (a.dilation[0].max(1) as isize, a.dilation[1].max(1) as isize);
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let o = ((b * oh + oy) * ow + ox) * c;
+                let row = &mut y[o..o + c];
+                row.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+                let mut count = 0usize;
+                for ky in 0..kh {
+                    let iy = oy as isize * sh - pt + ky * dh;
+                    if iy < 0 || iy >= ih as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = ox as isize * sw - pl + kx * dw;
+                        if ix < 0 || ix >= iw as isize {
+                            continue;
+                        }
+                        count += 1;
+                        let at = ((b * ih + iy as usize) * iw + ix as usize) * c;
+                        let src = &x[at..at + c];
+                        if max {
+                            for (r, &v) in row.iter_mut().zip(src) {
+                                if v > *r || v.is_nan() {
+                                    *r = v;
+                                }
+                            }
+                        } else {
+                            ops::add_rows(src, row);
+                        }
+                    }
+                }
+                if !max {
+                    let inv = if count == 0 { 0.0 } else { 1.0 / count as f32 };
+                    ops::unary_inplace(Unary::Affine(inv, 0.0), row);
+                }
+            }
+        }
+    }
+}
