@@ -20,6 +20,9 @@ pub struct BackendInitContext<'a> {
     pub method_name: &'a str,
     /// Looks up the program's named data (e.g. XNNPACK weights keyed by hash).
     pub named_data: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+    /// Bytes the delegate may allocate for its state (converted and packed weights,
+    /// intermediate buffers): the method's memory limit less what the method planned.
+    pub max_memory: usize,
 }
 
 /// An initialized delegate, ready to run.

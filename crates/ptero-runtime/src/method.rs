@@ -272,6 +272,9 @@ impl Method {
             let ctx = BackendInitContext {
                 method_name: name,
                 named_data: &named,
+                max_memory: limits
+                    .max_memory
+                    .saturating_sub(usize::try_from(total).unwrap_or(usize::MAX)),
             };
             let handle = backend
                 .init(&ctx, processed, &d.compile_specs)

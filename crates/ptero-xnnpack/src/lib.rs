@@ -76,7 +76,12 @@ impl Backend for XnnpackBackend {
             if g.nodes.is_empty() {
                 return Err(XnnError::Flatbuffer("the graph has no nodes".into()));
             }
-            Ok(Box::new(plan::Executor::new(&g, &blob, ctx.named_data)?))
+            Ok(Box::new(plan::Executor::new(
+                &g,
+                &blob,
+                ctx.named_data,
+                ctx.max_memory,
+            )?))
         };
         load().map_err(|e| e.to_string())
     }

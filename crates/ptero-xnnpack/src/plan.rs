@@ -109,6 +109,7 @@ pub(crate) enum Step {
         clamp: Option<(f32, f32)>,
     },
     Transpose {
+        rank: usize,
         perm: [usize; MAX_DIMS],
         x: usize,
         out: usize,
@@ -179,6 +180,26 @@ pub(crate) fn bad(index: usize, node: &Node, what: impl ToString) -> XnnError {
         index,
         node: node.name,
         what: what.to_string(),
+    }
+}
+
+/// What the delegate may still allocate at load.
+pub(crate) struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    fn take(&mut self, bytes: usize, what: &str) -> Result<()> {
+        if bytes > self.left {
+            return Err(XnnError::Flatbuffer(format!(
+                "{what} need {bytes} more bytes, over the method's memory limit of {} \
+                 ({} left)",
+                self.limit, self.left
+            )));
+        }
+        self.left -= bytes;
+        Ok(())
     }
 }
 
@@ -260,7 +281,12 @@ impl Executor {
         g: &Graph,
         blob: &crate::blob::Blob<'_>,
         named: &(dyn Fn(&str) -> Option<&'d [u8]> + 'd),
+        max_memory: usize,
     ) -> Result<Executor> {
+        let mut budget = Budget {
+            left: max_memory,
+            limit: max_memory,
+        };
         let nv = g.values.len();
         let mut slots = vec![Slot::Unused; nv];
         let mut consts = Vec::new();
@@ -275,6 +301,8 @@ impl Executor {
             bounds.push(n);
             if v.constant.is_some() {
                 slots[i] = Slot::Const(consts.len());
+                // The f32 copy, and about as much again once packed.
+                budget.take(n.saturating_mul(8), "constants")?;
                 consts.push(constant_f32(g, v, i, blob, named)?);
             } else if let Some(e) = v.external {
                 slots[i] = Slot::Arg(e as usize);
@@ -404,9 +432,14 @@ impl Executor {
                     // Filters indexed (o, i, y, x): `[O, KH, KW, I/g]`, or depthwise
                     // `[1, KH, KW, C·M]`.
                     let strides = if *kind == ConvKind::DepthwiseConv2d {
-                        [1, 0, kw * cout, cout]
+                        [1, 0, kw.saturating_mul(cout), cout]
                     } else {
-                        [kh * kw * cin_g, 1, kw * cin_g, cin_g]
+                        [
+                            kh.saturating_mul(kw).saturating_mul(cin_g),
+                            1,
+                            kw.saturating_mul(cin_g),
+                            cin_g,
+                        ]
                     };
                     let w = PackedConv::channels_last(
                         &geo,
@@ -543,6 +576,7 @@ impl Executor {
                     let mut pm = [0; MAX_DIMS];
                     pm[..perm.len()].copy_from_slice(perm);
                     Step::Transpose {
+                        rank: perm.len(),
                         perm: pm,
                         x: vi(*input),
                         out: vi(*output),
@@ -619,13 +653,13 @@ impl Executor {
                 });
             }
         }
-        ex.plan_buffers(g)?;
+        ex.plan_buffers(g, &mut budget)?;
         Ok(ex)
     }
 
     /// Gives every internal value a buffer; values whose lives do not overlap share one
     /// (the largest need of its users).
-    fn plan_buffers(&mut self, g: &Graph) -> Result<()> {
+    fn plan_buffers(&mut self, g: &Graph, budget: &mut Budget) -> Result<()> {
         let nv = self.slots.len();
         let mut last = vec![0usize; nv];
         let mut first = vec![usize::MAX; nv];
@@ -659,7 +693,8 @@ impl Executor {
             // Listed with the step after which it is free again.
             free.push((b, last[v]));
         }
-        let total: usize = caps.iter().sum();
+        let total = caps.iter().fold(0usize, |a, &c| a.saturating_add(c));
+        budget.take(total.saturating_mul(4), "intermediate buffers")?;
         let mut buffers = Vec::new();
         for c in caps {
             let mut b = Vec::new();

@@ -280,8 +280,11 @@ impl Step {
                     _ => return Err(err(format!("input {:?} smaller than the window", s.d()))),
                 }
             }
-            Step::Transpose { perm, x, .. } => {
+            Step::Transpose { rank, perm, x, .. } => {
                 let s = io.shape(*x);
+                if s.rank != *rank {
+                    return Err(err(format!("perm of {rank} dims for input {:?}", s.d())));
+                }
                 let mut o = s;
                 for (i, &p) in perm[..s.rank].iter().enumerate() {
                     if p >= s.rank {
@@ -506,7 +509,7 @@ impl Step {
                 apply_clamp(y, *clamp);
                 Ok(())
             }
-            Step::Transpose { perm, x, out } => {
+            Step::Transpose { perm, x, out, .. } => {
                 let (sx, so) = (io.shape(*x), io.shape(*out));
                 let xs = io.read(*x)?;
                 // Output dim i walks input dim perm[i].
@@ -532,7 +535,9 @@ impl Step {
                 let (sx, so) = (io.shape(*x), io.shape(*out));
                 let xs = io.read(*x)?;
                 let full = bstrides(sx, sx);
-                let base: usize = (0..sx.rank).map(|i| offsets[i] * full[i]).sum();
+                let base = (0..sx.rank).fold(0usize, |a, i| {
+                    a.saturating_add(offsets[i].saturating_mul(full[i]))
+                });
                 let xs = &xs[base.min(xs.len())..];
                 let mut st = full;
                 for (sti, &d) in st.iter_mut().zip(&so.dims[..so.rank]) {
