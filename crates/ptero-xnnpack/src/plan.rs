@@ -71,13 +71,13 @@ pub(crate) enum Step {
         bias: Option<usize>,
         act: Activation,
     },
-    Conv {
-        x: usize,
-        out: usize,
-        w: Box<PackedConv>,
-        geo: Conv2d,
-        bias: Option<usize>,
-        act: Activation,
+    Conv(Box<ConvStep>),
+    /// A 1 x 1 convolution whose result only feeds the depthwise one after it, run as
+    /// one banded step (`ptero_gemm::pointwise_depthwise`) when it fits, else through the
+    /// intermediate value's buffer.
+    PwDw {
+        pw: Box<ConvStep>,
+        dw: Box<ConvStep>,
     },
     Binary {
         op: Binary,
@@ -139,6 +139,19 @@ pub(crate) enum Step {
     },
 }
 
+/// A convolution with its weights packed once.
+pub(crate) struct ConvStep {
+    pub(crate) x: usize,
+    pub(crate) out: usize,
+    pub(crate) w: PackedConv,
+    pub(crate) geo: Conv2d,
+    pub(crate) bias: Option<usize>,
+    pub(crate) act: Activation,
+    /// The exported filter (constant index) and its strides as `(o, i, y, x)`.
+    pub(crate) filter: usize,
+    pub(crate) fstrides: [usize; 4],
+}
+
 /// An executable delegate.
 pub(crate) struct Executor {
     pub(crate) slots: Vec<Slot>,
@@ -148,6 +161,8 @@ pub(crate) struct Executor {
     pub(crate) steps: Vec<Step>,
     /// Node index of each step, for errors.
     pub(crate) step_node: Vec<(usize, &'static str)>,
+    /// A second node folded into the step (the depthwise half of a fused pair).
+    pub(crate) step_extra: Vec<Option<usize>>,
     pub(crate) buffers: Vec<Vec<f32>>,
     pub(crate) consts: Vec<Vec<f32>>,
     /// (value, argument) of the graph's inputs.
@@ -456,14 +471,16 @@ impl Executor {
                             unsupported(index, node, "a bias computed at run time")
                         })?)
                     };
-                    Step::Conv {
+                    Step::Conv(Box::new(ConvStep {
                         x: vi(attrs.input),
                         out: vi(attrs.output),
-                        w: Box::new(w),
+                        w,
                         geo,
                         bias,
                         act: act_of(node.clamp),
-                    }
+                        filter: c,
+                        fstrides: strides,
+                    }))
                 }
                 Op::Binary { op, a, b, output } => {
                     let f = match op {
@@ -635,12 +652,14 @@ impl Executor {
                 shapes[i] = Shape::of(&v.dims).unwrap_or_default();
             }
         }
+        let (steps, step_node, step_extra) = fuse_pairs(g, steps, step_node, &slots);
         let mut ex = Executor {
             slots,
             bounds,
             shapes,
             steps,
             step_node,
+            step_extra,
             buffers: Vec::new(),
             consts,
             inputs,
@@ -663,12 +682,14 @@ impl Executor {
         let nv = self.slots.len();
         let mut last = vec![0usize; nv];
         let mut first = vec![usize::MAX; nv];
-        for (s, (index, _)) in self.step_node.iter().enumerate() {
-            let (ins, outs) = g.nodes[*index].op.value_ids();
-            for id in ins.iter().chain(&outs) {
-                let v = g.by_id[id];
-                last[v] = s;
-                first[v] = first[v].min(s);
+        for (s, ((index, _), extra)) in self.step_node.iter().zip(&self.step_extra).enumerate() {
+            for n in core::iter::once(*index).chain(*extra) {
+                let (ins, outs) = g.nodes[n].op.value_ids();
+                for id in ins.iter().chain(&outs) {
+                    let v = g.by_id[id];
+                    last[v] = s;
+                    first[v] = first[v].min(s);
+                }
             }
         }
         // (buffer, free from step)
@@ -710,4 +731,59 @@ impl Executor {
         self.buffers = buffers;
         Ok(())
     }
+}
+
+/// Steps, the node of each, and the second node a fused step holds.
+type Fused = (Vec<Step>, Vec<(usize, &'static str)>, Vec<Option<usize>>);
+
+/// Folds each plain 1 x 1 convolution whose result is read by the depthwise convolution
+/// right after it, and by nothing else, into one [`Step::PwDw`].
+fn fuse_pairs(
+    g: &Graph,
+    steps: Vec<Step>,
+    step_node: Vec<(usize, &'static str)>,
+    slots: &[Slot],
+) -> Fused {
+    let mut readers = vec![0usize; slots.len()];
+    for n in &g.nodes {
+        for id in n.op.value_ids().0 {
+            readers[g.by_id[&id]] += 1;
+        }
+    }
+    let mut out_steps = Vec::with_capacity(steps.len());
+    let mut out_nodes = Vec::with_capacity(steps.len());
+    let mut extra = Vec::with_capacity(steps.len());
+    let mut it = steps.into_iter().zip(step_node).peekable();
+    while let Some((step, at)) = it.next() {
+        let fusable = |pw: &ConvStep, dw: &ConvStep| {
+            let g1 = &pw.geo;
+            g1.kh == 1
+                && g1.kw == 1
+                && g1.stride == [1, 1]
+                && g1.pad == [0, 0]
+                && g1.groups == 1
+                && dw.geo.groups == dw.geo.cin
+                && dw.geo.cin == g1.cout
+                && dw.geo.cout == dw.geo.cin
+                && dw.x == pw.out
+                && readers[pw.out] == 1
+                && matches!(slots[pw.out], Slot::Unused)
+        };
+        let pair = match (&step, it.peek()) {
+            (Step::Conv(pw), Some((Step::Conv(dw), _))) => fusable(pw, dw),
+            _ => false,
+        };
+        if pair {
+            if let (Step::Conv(pw), Some((Step::Conv(dw), at2))) = (step, it.next()) {
+                out_steps.push(Step::PwDw { pw, dw });
+                out_nodes.push(at);
+                extra.push(Some(at2.0));
+            }
+            continue;
+        }
+        out_steps.push(step);
+        out_nodes.push(at);
+        extra.push(None);
+    }
+    (out_steps, out_nodes, extra)
 }

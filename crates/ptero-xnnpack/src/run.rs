@@ -74,6 +74,7 @@ impl Executor {
             match slots[out] {
                 Slot::Buf(b) => {
                     let mut o = core::mem::take(&mut buffers[b]);
+                    let mut m = mid_buffer(step, slots, buffers);
                     let r = {
                         let io = Io {
                             args,
@@ -82,13 +83,17 @@ impl Executor {
                             consts,
                             shapes,
                         };
-                        step.run(&io, &mut o[..n], at)
+                        step.run(&io, &mut o[..n], m.as_mut().map(|(_, v)| &mut v[..]), at)
                     };
                     buffers[b] = o;
+                    if let Some((mb, v)) = m {
+                        buffers[mb] = v;
+                    }
                     r?;
                 }
                 Slot::Arg(a) => {
                     args.resize(a, shape.d())?;
+                    let mut m = mid_buffer(step, slots, buffers);
                     let io = Io {
                         args,
                         slots,
@@ -104,7 +109,11 @@ impl Executor {
                             "XNNPACK output {a}: {len} elements, {n} needed"
                         ))
                     })?;
-                    step.run(&io, y, at)?;
+                    let r = step.run(&io, y, m.as_mut().map(|(_, v)| &mut v[..]), at);
+                    if let Some((mb, v)) = m {
+                        buffers[mb] = v;
+                    }
+                    r?;
                 }
                 Slot::Const(_) | Slot::Unused => {
                     return Err(shape_err(at, "writes a value without memory".into()))
@@ -115,21 +124,39 @@ impl Executor {
     }
 }
 
+/// The intermediate buffer of a fused pair, taken out of `buffers` while the step runs
+/// (put back by the caller).
+fn mid_buffer(step: &Step, slots: &[Slot], buffers: &mut [Vec<f32>]) -> Option<(usize, Vec<f32>)> {
+    match step {
+        Step::PwDw { pw, .. } => match slots[pw.out] {
+            Slot::Buf(b) => Some((b, core::mem::take(&mut buffers[b]))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl DelegateHandle for Executor {
     fn execute(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()> {
         self.execute_inner(args)
     }
 
     fn scratch_floats(&self) -> usize {
-        let conv = self.steps.iter().any(|s| matches!(s, Step::Conv { .. }));
+        let fused = self.steps.iter().any(|s| matches!(s, Step::PwDw { .. }));
+        let conv = fused || self.steps.iter().any(|s| matches!(s, Step::Conv(_)));
         let gemm = self
             .steps
             .iter()
             .any(|s| matches!(s, Step::FullyConnected { .. } | Step::BatchMatMul { .. }));
-        match (conv, gemm) {
+        let base = match (conv, gemm) {
             (true, _) => ptero_gemm::conv_scratch_floats().max(ptero_gemm::scratch_floats()),
             (false, true) => ptero_gemm::scratch_floats(),
             _ => 0,
+        };
+        if fused {
+            base.max(ptero_gemm::fused_scratch_floats())
+        } else {
+            base
         }
     }
 }

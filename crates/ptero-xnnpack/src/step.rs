@@ -10,7 +10,7 @@ use ptero_gemm::{
 use ptero_simd::ops::{self, Binary, Unary};
 
 use crate::graph::{PoolAttrs, MAX_DIMS};
-use crate::plan::{Shape, Slot, Step};
+use crate::plan::{ConvStep, Shape, Slot, Step};
 
 /// Read access to values while a step runs.
 pub(crate) struct Io<'x, 'a> {
@@ -156,8 +156,9 @@ impl Step {
     /// The value the step writes.
     pub(crate) fn out(&self) -> usize {
         match self {
+            Step::Conv(c) => c.out,
+            Step::PwDw { dw, .. } => dw.out,
             Step::FullyConnected { out, .. }
-            | Step::Conv { out, .. }
             | Step::Binary { out, .. }
             | Step::Unary { out, .. }
             | Step::Softmax { out, .. }
@@ -195,39 +196,10 @@ impl Step {
                 o.dims[o.rank - 1] = *n;
                 o
             }
-            Step::Conv { x, geo, .. } => {
-                let s = io.shape(*x);
-                if s.rank != 4 || s.dims[3] != geo.cin {
-                    return Err(err(format!(
-                        "input {:?}, expected [N, H, W, {}]",
-                        s.d(),
-                        geo.cin
-                    )));
-                }
-                let o = |i: usize, p: usize, k: usize, st: usize, d: usize| -> Option<usize> {
-                    let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
-                    Some((i.checked_add(2 * p)?.checked_sub(span)?) / st.max(1) + 1)
-                };
-                let oh = o(
-                    s.dims[1],
-                    geo.pad[0],
-                    geo.kh,
-                    geo.stride[0],
-                    geo.dilation[0],
-                );
-                let ow = o(
-                    s.dims[2],
-                    geo.pad[1],
-                    geo.kw,
-                    geo.stride[1],
-                    geo.dilation[1],
-                );
-                match (oh, ow) {
-                    (Some(oh), Some(ow)) => {
-                        Shape::of(&[s.dims[0], oh, ow, geo.cout]).unwrap_or_default()
-                    }
-                    _ => return Err(err(format!("input {:?} smaller than the filter", s.d()))),
-                }
+            Step::Conv(c) => conv_shape(io.shape(c.x), &c.geo).map_err(err)?,
+            Step::PwDw { pw, dw } => {
+                let mid = conv_shape(io.shape(pw.x), &pw.geo).map_err(err)?;
+                conv_shape(mid, &dw.geo).map_err(err)?
             }
             Step::Binary { a, b, .. } => {
                 broadcast(io.shape(*a), io.shape(*b)).ok_or_else(|| {
@@ -375,6 +347,7 @@ impl Step {
         &self,
         io: &Io<'_, '_>,
         y: &mut [f32],
+        mid: Option<&mut [f32]>,
         at: (usize, &'static str),
     ) -> ptero_core::Result<()> {
         let gemm_err = |e: ptero_gemm::GemmError| {
@@ -405,43 +378,55 @@ impl Step {
                 let c = MatMut::new(y, m, *n, *n, 1).map_err(gemm_err)?;
                 gemm(par, arena, Lhs::Mat(a), Rhs::Packed(w.view()), c, &epi).map_err(gemm_err)
             }
-            Step::Conv {
-                x,
-                out,
-                w,
-                geo,
-                bias,
-                act,
-            } => {
-                let (sx, so) = (io.shape(*x), io.shape(*out));
-                let g = Conv2d {
-                    n: sx.dims[0],
-                    ih: sx.dims[1],
-                    iw: sx.dims[2],
-                    oh: so.dims[1],
-                    ow: so.dims[2],
-                    ..*geo
-                };
-                let nhwc = |h: usize, w: usize, c: usize| [h * w * c, 1, w * c, c];
-                let xi = Image {
-                    data: io.read(*x)?,
-                    strides: nhwc(g.ih, g.iw, g.cin),
-                };
-                let bias = bias.map(|b| &io.consts[b][..]);
-                conv2d(
+            Step::Conv(c) => {
+                let (sx, so) = (io.shape(c.x), io.shape(c.out));
+                conv(io, c, io.read(c.x)?, sx, y, so).map_err(gemm_err)
+            }
+            Step::PwDw { pw, dw } => {
+                let (sx, so) = (io.shape(pw.x), io.shape(dw.out));
+                let sm = conv_shape(sx, &pw.geo).map_err(|w| shape_err(at, w))?;
+                let x = io.read(pw.x)?;
+                let g1 = conv_geo(&pw.geo, sx, sm);
+                let g2 = conv_geo(&dw.geo, sm, so);
+                let fused = ptero_gemm::pointwise_depthwise(
                     par,
                     arena,
-                    &g,
-                    xi,
-                    ConvWeights::Packed(w),
-                    bias,
+                    &g1,
+                    ptero_gemm::PointwiseStage {
+                        w: &pw.w,
+                        bias: pw.bias.map(|b| &io.consts[b][..]),
+                        act: pw.act,
+                    },
+                    ptero_gemm::DepthwiseStage {
+                        geo: g2,
+                        w: Image {
+                            data: &io.consts[dw.filter],
+                            strides: dw.fstrides,
+                        },
+                        packed: Some(&dw.w),
+                        bias: dw.bias.map(|b| &io.consts[b][..]),
+                        act: dw.act,
+                    },
+                    Image {
+                        data: x,
+                        strides: nhwc(g1.ih, g1.iw, g1.cin),
+                    },
                     ImageMut {
                         data: y,
-                        strides: nhwc(g.oh, g.ow, g.cout),
+                        strides: nhwc(g2.oh, g2.ow, g2.cout),
                     },
-                    *act,
                 )
-                .map_err(gemm_err)
+                .map_err(gemm_err)?;
+                if fused {
+                    return Ok(());
+                }
+                // The pair does not fit the banded path: through the intermediate.
+                let n = sm.numel().unwrap_or(usize::MAX);
+                let mid = mid.and_then(|m| m.get_mut(..n)).ok_or_else(|| {
+                    shape_err(at, format!("intermediate {:?} has no room", sm.d()))
+                })?;
+                conv(io, pw, x, sx, mid, sm).map_err(gemm_err)?;
+                conv(io, dw, mid, sm, y, so).map_err(gemm_err)
             }
             Step::Binary {
                 op,
@@ -512,6 +497,10 @@ impl Step {
             Step::Transpose { perm, x, out, .. } => {
                 let (sx, so) = (io.shape(*x), io.shape(*out));
                 let xs = io.read(*x)?;
+                if let Some((outer, rows, cols)) = swap_of(sx, perm) {
+                    transpose_blocks(xs, y, outer, rows, cols);
+                    return Ok(());
+                }
                 // Output dim i walks input dim perm[i].
                 let full = bstrides(sx, sx);
                 let mut st = [0usize; MAX_DIMS];
@@ -666,6 +655,172 @@ pub(crate) fn pool_nhwc(max: bool, a: &PoolAttrs, x: &[f32], sx: Shape, so: Shap
                 if !max {
                     let inv = if count == 0 { 0.0 } else { 1.0 / count as f32 };
                     ops::unary_inplace(Unary::Affine(inv, 0.0), row);
+                }
+            }
+        }
+    }
+}
+
+/// Strides of an NHWC image indexed `(n, c, h, w)`.
+fn nhwc(h: usize, w: usize, c: usize) -> [usize; 4] {
+    [h * w * c, 1, w * c, c]
+}
+
+/// A convolution's output shape from its NHWC input's.
+fn conv_shape(s: Shape, geo: &Conv2d) -> Result<Shape, alloc::string::String> {
+    if s.rank != 4 || s.dims[3] != geo.cin {
+        return Err(format!(
+            "input {:?}, expected [N, H, W, {}]",
+            s.d(),
+            geo.cin
+        ));
+    }
+    let o = |i: usize, p: usize, k: usize, st: usize, d: usize| -> Option<usize> {
+        let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+        Some((i.checked_add(p.checked_mul(2)?)?.checked_sub(span)?) / st.max(1) + 1)
+    };
+    let oh = o(
+        s.dims[1],
+        geo.pad[0],
+        geo.kh,
+        geo.stride[0],
+        geo.dilation[0],
+    );
+    let ow = o(
+        s.dims[2],
+        geo.pad[1],
+        geo.kw,
+        geo.stride[1],
+        geo.dilation[1],
+    );
+    match (oh, ow) {
+        (Some(oh), Some(ow)) => Ok(Shape::of(&[s.dims[0], oh, ow, geo.cout]).unwrap_or_default()),
+        _ => Err(format!("input {:?} smaller than the filter", s.d())),
+    }
+}
+
+/// The packed geometry with this call's image sizes.
+fn conv_geo(geo: &Conv2d, sx: Shape, so: Shape) -> Conv2d {
+    Conv2d {
+        n: sx.dims[0],
+        ih: sx.dims[1],
+        iw: sx.dims[2],
+        oh: so.dims[1],
+        ow: so.dims[2],
+        ..*geo
+    }
+}
+
+/// One NHWC convolution.
+fn conv(
+    io: &Io<'_, '_>,
+    c: &ConvStep,
+    x: &[f32],
+    sx: Shape,
+    y: &mut [f32],
+    so: Shape,
+) -> Result<(), ptero_gemm::GemmError> {
+    let g = conv_geo(&c.geo, sx, so);
+    conv2d(
+        io.args.parallel(),
+        io.args.arena(),
+        &g,
+        Image {
+            data: x,
+            strides: nhwc(g.ih, g.iw, g.cin),
+        },
+        ConvWeights::Packed(&c.w),
+        c.bias.map(|b| &io.consts[b][..]),
+        ImageMut {
+            data: y,
+            strides: nhwc(g.oh, g.ow, g.cout),
+        },
+        c.act,
+    )
+}
+
+/// When `perm` moves one run of adjacent input dims behind the run after it (NCHW <->
+/// NHWC: `[N, C, H·W] -> [N, H·W, C]`), the transpose is `outer` matrices of
+/// `rows x cols` turned round: `(outer, rows, cols)`.
+fn swap_of(s: Shape, perm: &[usize; MAX_DIMS]) -> Option<(usize, usize, usize)> {
+    let r = s.rank;
+    let p = &perm[..r];
+    // Leading dims kept in place.
+    let lead = p.iter().enumerate().take_while(|&(i, &d)| i == d).count();
+    if lead == r {
+        return None;
+    }
+    // The rest must be [k..r) followed by [lead..k) for some k.
+    let k = p[lead];
+    let second = (lead..r).map(|i| p[i]).eq((k..r).chain(lead..k));
+    if !second || k <= lead {
+        return None;
+    }
+    let prod = |a: usize, b: usize| s.dims[a..b].iter().product::<usize>();
+    Some((prod(0, lead), prod(lead, k), prod(k, r)))
+}
+
+/// `y[o][c][r] = x[o][r][c]` for `outer` matrices, in 8 x 8 blocks so both sides stream.
+fn transpose_blocks(x: &[f32], y: &mut [f32], outer: usize, rows: usize, cols: usize) {
+    const B: usize = 8;
+    let m = rows * cols;
+    for o in 0..outer {
+        let (xs, ys) = (&x[o * m..(o + 1) * m], &mut y[o * m..(o + 1) * m]);
+        for r0 in (0..rows).step_by(B) {
+            let r1 = (r0 + B).min(rows);
+            for c0 in (0..cols).step_by(B) {
+                let c1 = (c0 + B).min(cols);
+                for r in r0..r1 {
+                    for c in c0..c1 {
+                        ys[c * rows + r] = xs[r * cols + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_of_adjacent_runs() {
+        let sh = |d: &[usize]| Shape::of(d).unwrap();
+        let pm = |p: &[usize]| {
+            let mut a = [0; MAX_DIMS];
+            a[..p.len()].copy_from_slice(p);
+            a
+        };
+        // (shape, perm, (outer, rows, cols) or None)
+        type Case = (
+            &'static [usize],
+            &'static [usize],
+            Option<(usize, usize, usize)>,
+        );
+        let cases: &[Case] = &[
+            (&[2, 3, 4, 5], &[0, 2, 3, 1], Some((2, 3, 20))),
+            (&[2, 3, 4, 5], &[0, 3, 1, 2], Some((2, 12, 5))),
+            (&[3, 4], &[1, 0], Some((1, 3, 4))),
+            (&[3, 4, 5], &[0, 1, 2], None),
+            (&[2, 3, 4, 5], &[0, 2, 1, 3], None),
+            (&[2, 3, 4, 5], &[3, 2, 1, 0], None),
+        ];
+        for &(s, p, want) in cases {
+            assert_eq!(swap_of(sh(s), &pm(p)), want, "{s:?} {p:?}");
+        }
+        // The blocked transpose against the definition, over uneven block edges.
+        let (outer, rows, cols) = (2, 11, 19);
+        let x: Vec<f32> = (0..outer * rows * cols).map(|i| i as f32).collect();
+        let mut y = vec![0.0; x.len()];
+        transpose_blocks(&x, &mut y, outer, rows, cols);
+        for o in 0..outer {
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        y[o * rows * cols + c * rows + r],
+                        x[o * rows * cols + r * cols + c]
+                    );
                 }
             }
         }
