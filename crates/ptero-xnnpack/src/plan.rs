@@ -161,8 +161,9 @@ pub(crate) struct Executor {
     pub(crate) steps: Vec<Step>,
     /// Node index of each step, for errors.
     pub(crate) step_node: Vec<(usize, &'static str)>,
-    /// A second node folded into the step (the depthwise half of a fused pair).
-    pub(crate) step_extra: Vec<Option<usize>>,
+    /// Further nodes folded into the step (a fused activation, the depthwise half of a
+    /// fused pair).
+    pub(crate) step_extra: Vec<Vec<usize>>,
     pub(crate) buffers: Vec<Vec<f32>>,
     pub(crate) consts: Vec<Vec<f32>>,
     /// (value, argument) of the graph's inputs.
@@ -652,7 +653,12 @@ impl Executor {
                 shapes[i] = Shape::of(&v.dims).unwrap_or_default();
             }
         }
-        let (steps, step_node, step_extra) = fuse_pairs(g, steps, step_node, &slots);
+        let readers = readers(g);
+        let step_extra = vec![Vec::new(); steps.len()];
+        let (steps, step_node, step_extra) =
+            fuse_silu(steps, step_node, step_extra, &slots, &readers);
+        let (steps, step_node, step_extra) =
+            fuse_pairs(steps, step_node, step_extra, &slots, &readers);
         let mut ex = Executor {
             slots,
             bounds,
@@ -683,7 +689,7 @@ impl Executor {
         let mut last = vec![0usize; nv];
         let mut first = vec![usize::MAX; nv];
         for (s, ((index, _), extra)) in self.step_node.iter().zip(&self.step_extra).enumerate() {
-            for n in core::iter::once(*index).chain(*extra) {
+            for &n in core::iter::once(index).chain(extra) {
                 let (ins, outs) = g.nodes[n].op.value_ids();
                 for id in ins.iter().chain(&outs) {
                     let v = g.by_id[id];
@@ -733,28 +739,118 @@ impl Executor {
     }
 }
 
-/// Steps, the node of each, and the second node a fused step holds.
-type Fused = (Vec<Step>, Vec<(usize, &'static str)>, Vec<Option<usize>>);
+/// Steps, the node of each, and the further nodes a fused step holds.
+type Fused = (Vec<Step>, Vec<(usize, &'static str)>, Vec<Vec<usize>>);
 
-/// Folds each plain 1 x 1 convolution whose result is read by the depthwise convolution
-/// right after it, and by nothing else, into one [`Step::PwDw`].
-fn fuse_pairs(
-    g: &Graph,
-    steps: Vec<Step>,
-    step_node: Vec<(usize, &'static str)>,
-    slots: &[Slot],
-) -> Fused {
-    let mut readers = vec![0usize; slots.len()];
+/// How many nodes read each value.
+fn readers(g: &Graph) -> Vec<usize> {
+    let mut readers = vec![0usize; g.values.len()];
     for n in &g.nodes {
         for id in n.op.value_ids().0 {
             readers[g.by_id[&id]] += 1;
         }
     }
-    let mut out_steps = Vec::with_capacity(steps.len());
-    let mut out_nodes = Vec::with_capacity(steps.len());
-    let mut extra = Vec::with_capacity(steps.len());
-    let mut it = steps.into_iter().zip(step_node).peekable();
-    while let Some((step, at)) = it.next() {
+    readers
+}
+
+/// Folds `y = c · sigmoid(c)` after a convolution without an activation (SiLU, as the
+/// exporter lowers it: Sigmoid then Multiply) into the convolution's epilogue, when the
+/// convolution's result and the sigmoid have no other readers.
+fn fuse_silu(
+    steps: Vec<Step>,
+    nodes: Vec<(usize, &'static str)>,
+    extra: Vec<Vec<usize>>,
+    slots: &[Slot],
+    readers: &[usize],
+) -> Fused {
+    let mut out: Fused = (Vec::new(), Vec::new(), Vec::new());
+    let mut it = steps.into_iter().zip(nodes).zip(extra).peekable();
+    while let Some(((step, at), mut ex)) = it.next() {
+        let mut step = step;
+        if let Step::Conv(c) = &mut step {
+            let internal = |v: usize| matches!(slots[v], Slot::Unused);
+            let sig = match it.peek() {
+                Some((
+                    (
+                        Step::Unary {
+                            op: Unary::Sigmoid,
+                            x,
+                            out: s,
+                            clamp: None,
+                        },
+                        _,
+                    ),
+                    _,
+                )) if *x == c.out && c.act == Activation::None => Some(*s),
+                _ => None,
+            };
+            if let Some(s) = sig {
+                let sig_step = it.next();
+                let mul = match it.peek() {
+                    Some((
+                        (
+                            Step::Binary {
+                                op: Binary::Mul,
+                                a,
+                                b,
+                                out: m,
+                                clamp: None,
+                            },
+                            _,
+                        ),
+                        _,
+                    )) if ((*a == c.out && *b == s) || (*a == s && *b == c.out))
+                        && readers[c.out] == 2
+                        && readers[s] == 1
+                        && internal(c.out)
+                        && internal(s) =>
+                    {
+                        Some(*m)
+                    }
+                    _ => None,
+                };
+                match (mul, sig_step) {
+                    (Some(m), Some(((_, sig_at), _))) => {
+                        if let Some(((_, mul_at), _)) = it.next() {
+                            c.act = Activation::Silu;
+                            c.out = m;
+                            ex.push(sig_at.0);
+                            ex.push(mul_at.0);
+                        }
+                    }
+                    (None, Some(sig_step)) => {
+                        out.0.push(step);
+                        out.1.push(at);
+                        out.2.push(ex);
+                        let ((s2, a2), e2) = sig_step;
+                        out.0.push(s2);
+                        out.1.push(a2);
+                        out.2.push(e2);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.0.push(step);
+        out.1.push(at);
+        out.2.push(ex);
+    }
+    out
+}
+
+/// Folds each plain 1 x 1 convolution whose result is read by the depthwise convolution
+/// right after it, and by nothing else, into one [`Step::PwDw`].
+fn fuse_pairs(
+    steps: Vec<Step>,
+    step_node: Vec<(usize, &'static str)>,
+    extra: Vec<Vec<usize>>,
+    slots: &[Slot],
+    readers: &[usize],
+) -> Fused {
+    let mut out: Fused = (Vec::new(), Vec::new(), Vec::new());
+    let mut it = steps.into_iter().zip(step_node).zip(extra).peekable();
+    while let Some(((step, at), mut ex)) = it.next() {
         let fusable = |pw: &ConvStep, dw: &ConvStep| {
             let g1 = &pw.geo;
             g1.kh == 1
@@ -770,20 +866,22 @@ fn fuse_pairs(
                 && matches!(slots[pw.out], Slot::Unused)
         };
         let pair = match (&step, it.peek()) {
-            (Step::Conv(pw), Some((Step::Conv(dw), _))) => fusable(pw, dw),
+            (Step::Conv(pw), Some(((Step::Conv(dw), _), _))) => fusable(pw, dw),
             _ => false,
         };
         if pair {
-            if let (Step::Conv(pw), Some((Step::Conv(dw), at2))) = (step, it.next()) {
-                out_steps.push(Step::PwDw { pw, dw });
-                out_nodes.push(at);
-                extra.push(Some(at2.0));
+            if let (Step::Conv(pw), Some(((Step::Conv(dw), at2), ex2))) = (step, it.next()) {
+                ex.push(at2.0);
+                ex.extend(ex2);
+                out.0.push(Step::PwDw { pw, dw });
+                out.1.push(at);
+                out.2.push(ex);
             }
             continue;
         }
-        out_steps.push(step);
-        out_nodes.push(at);
-        extra.push(None);
+        out.0.push(step);
+        out.1.push(at);
+        out.2.push(ex);
     }
-    (out_steps, out_nodes, extra)
+    out
 }

@@ -443,6 +443,15 @@ impl Step {
                     ops::binary(*op, ops::Lhs::Slice(xa), ops::Rhs::Scalar(xb[0]), 1.0, y);
                 } else if sb == so && xa.len() == 1 {
                     ops::binary(*op, ops::Lhs::Scalar(xa[0]), ops::Rhs::Slice(xb), 1.0, y);
+                } else if let Some((rows, c, per_batch)) = channel_rows(so, sb, sa) {
+                    // A per-channel operand (squeeze-excitation scale, bias): row by row.
+                    for_rows(rows, c, per_batch, so, xa, xb, y, |x, r, yy| {
+                        ops::binary_rows(*op, x, r, false, yy)
+                    });
+                } else if let Some((rows, c, per_batch)) = channel_rows(so, sa, sb) {
+                    for_rows(rows, c, per_batch, so, xb, xa, y, |x, r, yy| {
+                        ops::binary_rows(*op, x, r, true, yy)
+                    });
                 } else {
                     let st = [bstrides(sa, so), bstrides(sb, so)];
                     for_each_index(so, st, |i, [oa, ob]| {
@@ -661,6 +670,54 @@ pub(crate) fn pool_nhwc(max: bool, a: &PoolAttrs, x: &[f32], sx: Shape, so: Shap
     }
 }
 
+/// When `small` holds one row of the output's last dim (per batch entry, or one for
+/// all) and `big` is the output's shape: `(rows per batch entry, row length, whether
+/// `small` has a row per batch entry)`.
+fn channel_rows(so: Shape, small: Shape, big: Shape) -> Option<(usize, usize, bool)> {
+    let r = so.rank;
+    if big != so || small.rank != r || r < 2 {
+        return None;
+    }
+    let c = so.dims[r - 1];
+    let middle_ones = small.dims[1..r - 1].iter().all(|&d| d == 1);
+    let batch = small.dims[0] == so.dims[0];
+    if small.dims[r - 1] != c || !middle_ones || !(batch || small.dims[0] == 1) {
+        return None;
+    }
+    let rows: usize = so.dims[1..r - 1].iter().product();
+    Some((rows, c, batch && so.dims[0] > 1))
+}
+
+/// Runs `f(x block, row, y block)` per batch entry of a row-broadcast binary op.
+#[allow(clippy::too_many_arguments)]
+fn for_rows(
+    rows: usize,
+    c: usize,
+    per_batch: bool,
+    so: Shape,
+    x: &[f32],
+    row: &[f32],
+    y: &mut [f32],
+    f: impl Fn(&[f32], &[f32], &mut [f32]),
+) {
+    let block = rows * c;
+    if block == 0 {
+        return;
+    }
+    for b in 0..so.dims[0] {
+        let r = if per_batch {
+            &row[b * c..(b + 1) * c]
+        } else {
+            &row[..c]
+        };
+        f(
+            &x[b * block..(b + 1) * block],
+            r,
+            &mut y[b * block..(b + 1) * block],
+        );
+    }
+}
+
 /// Strides of an NHWC image indexed `(n, c, h, w)`.
 fn nhwc(h: usize, w: usize, c: usize) -> [usize; 4] {
     [h * w * c, 1, w * c, c]
@@ -808,6 +865,42 @@ mod tests {
         ];
         for &(s, p, want) in cases {
             assert_eq!(swap_of(sh(s), &pm(p)), want, "{s:?} {p:?}");
+        }
+        // Row-broadcast operands: per batch entry, shared, or not rows at all.
+        assert_eq!(
+            channel_rows(sh(&[2, 3, 4, 5]), sh(&[2, 1, 1, 5]), sh(&[2, 3, 4, 5])),
+            Some((12, 5, true))
+        );
+        assert_eq!(
+            channel_rows(sh(&[2, 3, 4, 5]), sh(&[1, 1, 1, 5]), sh(&[2, 3, 4, 5])),
+            Some((12, 5, false))
+        );
+        assert_eq!(
+            channel_rows(sh(&[2, 3, 4, 5]), sh(&[2, 3, 1, 5]), sh(&[2, 3, 4, 5])),
+            None
+        );
+        assert_eq!(
+            channel_rows(sh(&[2, 3, 4, 5]), sh(&[5]), sh(&[2, 3, 4, 5])),
+            None
+        );
+        let (x, row): (Vec<f32>, Vec<f32>) = (
+            (0..2 * 12 * 5).map(|i| i as f32).collect(),
+            (0..10).map(|i| 100.0 * i as f32).collect(),
+        );
+        let mut y = vec![0.0; x.len()];
+        for_rows(
+            12,
+            5,
+            true,
+            sh(&[2, 3, 4, 5]),
+            &x,
+            &row,
+            &mut y,
+            |a, r, yy| ops::binary_rows(Binary::Sub, a, r, true, yy),
+        );
+        for (i, v) in y.iter().enumerate() {
+            let (b, c) = (i / 60, i % 5);
+            assert_eq!(*v, row[b * 5 + c] - x[i], "{i}");
         }
         // The blocked transpose against the definition, over uneven block edges.
         let (outer, rows, cols) = (2, 11, 19);
