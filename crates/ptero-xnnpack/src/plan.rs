@@ -457,13 +457,21 @@ impl Executor {
                             cin_g,
                         ]
                     };
-                    let w = PackedConv::channels_last(
-                        &geo,
-                        Image {
-                            data: &consts[c],
-                            strides,
-                        },
-                    )
+                    let wi = Image {
+                        data: &consts[c],
+                        strides,
+                    };
+                    // K x K filters over images where the channels-first kernels pay
+                    // (Winograd, pixels as rows) read and write NHWC through strides;
+                    // the rest take the channels-last packing.
+                    let dense = *kind == ConvKind::Conv2d && geo.kh * geo.kw > 1;
+                    let w = if dense && PackedConv::winograd_pays(&geo) {
+                        PackedConv::winograd(&geo, wi)
+                    } else if dense && PackedConv::pixel_rows_pays(&geo) {
+                        PackedConv::pixel_rows(&geo, wi)
+                    } else {
+                        PackedConv::channels_last(&geo, wi)
+                    }
                     .map_err(|e| bad(index, node, e))?;
                     let bias = if attrs.bias == NO_VALUE {
                         None

@@ -95,6 +95,8 @@ fn execute_does_not_allocate() {
         "xnn_transformer_encoder",
         "xnn_lstm",
         "xnn_cnn",
+        "xnn_resnet_block",
+        "xnn_inverted_residual",
     ] {
         for threads in [1, 2, 3] {
             assert_eq!(
