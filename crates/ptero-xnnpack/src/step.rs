@@ -651,11 +651,7 @@ pub(crate) fn pool_nhwc(max: bool, a: &PoolAttrs, x: &[f32], sx: Shape, so: Shap
                         let at = ((b * ih + iy as usize) * iw + ix as usize) * c;
                         let src = &x[at..at + c];
                         if max {
-                            for (r, &v) in row.iter_mut().zip(src) {
-                                if v > *r || v.is_nan() {
-                                    *r = v;
-                                }
-                            }
+                            ops::binary_inplace(Binary::Maximum, row, ops::Rhs::Slice(src));
                         } else {
                             ops::add_rows(src, row);
                         }
