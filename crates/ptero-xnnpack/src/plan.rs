@@ -147,8 +147,7 @@ pub(crate) struct ConvStep {
     pub(crate) geo: Conv2d,
     pub(crate) bias: Option<usize>,
     pub(crate) act: Activation,
-    /// The exported filter (constant index) and its strides as `(o, i, y, x)`.
-    pub(crate) filter: usize,
+    /// The exported filter's strides as `(o, i, y, x)`.
     pub(crate) fstrides: [usize; 4],
 }
 
@@ -487,7 +486,6 @@ impl Executor {
                         geo,
                         bias,
                         act: act_of(node.clamp),
-                        filter: c,
                         fstrides: strides,
                     }))
                 }
@@ -686,8 +684,29 @@ impl Executor {
                 });
             }
         }
+        ex.release_packed_constants();
         ex.plan_buffers(g, &mut budget)?;
         Ok(ex)
+    }
+
+    /// Frees the f32 copies of constants no step reads while running: filters live on
+    /// in their packed forms only.
+    fn release_packed_constants(&mut self) {
+        let mut keep = vec![false; self.consts.len()];
+        for st in &self.steps {
+            st.reads(|i, is_const| {
+                if is_const {
+                    keep[i] = true;
+                } else if let Slot::Const(c) = self.slots[i] {
+                    keep[c] = true;
+                }
+            });
+        }
+        for (c, k) in self.consts.iter_mut().zip(keep) {
+            if !k {
+                *c = Vec::new();
+            }
+        }
     }
 
     /// Gives every internal value a buffer; values whose lives do not overlap share one

@@ -172,6 +172,47 @@ impl Step {
         }
     }
 
+    /// What the step reads while running: `f(value, false)` for operand values,
+    /// `f(constant, true)` for biases (packed weights are the step's own).
+    pub(crate) fn reads(&self, mut f: impl FnMut(usize, bool)) {
+        match self {
+            Step::Conv(c) => {
+                f(c.x, false);
+                if let Some(b) = c.bias {
+                    f(b, true);
+                }
+            }
+            Step::PwDw { pw, dw } => {
+                f(pw.x, false);
+                for b in [pw.bias, dw.bias].into_iter().flatten() {
+                    f(b, true);
+                }
+            }
+            Step::FullyConnected { x, bias, .. } => {
+                f(*x, false);
+                if let Some(b) = bias {
+                    f(*b, true);
+                }
+            }
+            Step::Binary { a, b, .. } | Step::BatchMatMul { a, b, .. } => {
+                f(*a, false);
+                f(*b, false);
+            }
+            Step::Unary { x, .. }
+            | Step::Softmax { x, .. }
+            | Step::GlobalAvgPool { x, .. }
+            | Step::Pool { x, .. }
+            | Step::Transpose { x, .. }
+            | Step::Reshape { x, .. }
+            | Step::Slice { x, .. } => f(*x, false),
+            Step::Concat { inputs, count, .. } => {
+                for &v in &inputs[..*count] {
+                    f(v, false);
+                }
+            }
+        }
+    }
+
     /// The output's shape from the inputs' shapes.
     pub(crate) fn infer(
         &self,
@@ -399,8 +440,10 @@ impl Step {
                     },
                     ptero_gemm::DepthwiseStage {
                         geo: g2,
+                        // Channels-last pairs read the packed filter only (the f32 copy
+                        // is released at load).
                         w: Image {
-                            data: &io.consts[dw.filter],
+                            data: &[],
                             strides: dw.fstrides,
                         },
                         packed: Some(&dw.w),
@@ -438,7 +481,20 @@ impl Step {
                 let (sa, sb, so) = (io.shape(*a), io.shape(*b), io.shape(*out));
                 let (xa, xb) = (io.read(*a)?, io.read(*b)?);
                 if sa == so && sb == so {
-                    ops::binary(*op, ops::Lhs::Slice(xa), ops::Rhs::Slice(xb), 1.0, y);
+                    // Chunks over the threads, each clamped while it is in cache.
+                    let f = *op;
+                    let cl = *clamp;
+                    ptero_simd::for_each_chunk(par, y, &|r, o| {
+                        ops::binary(
+                            f,
+                            ops::Lhs::Slice(&xa[r.clone()]),
+                            ops::Rhs::Slice(&xb[r]),
+                            1.0,
+                            o,
+                        );
+                        apply_clamp(o, cl);
+                    });
+                    return Ok(());
                 } else if sa == so && xb.len() == 1 {
                     ops::binary(*op, ops::Lhs::Slice(xa), ops::Rhs::Scalar(xb[0]), 1.0, y);
                 } else if sb == so && xa.len() == 1 {
@@ -462,8 +518,11 @@ impl Step {
                 Ok(())
             }
             Step::Unary { op, x, clamp, .. } => {
-                ops::unary(*op, io.read(*x)?, y);
-                apply_clamp(y, *clamp);
+                let (f, cl, xs) = (*op, *clamp, io.read(*x)?);
+                ptero_simd::for_each_chunk(par, y, &|r, o| {
+                    ops::unary(f, &xs[r], o);
+                    apply_clamp(o, cl);
+                });
                 Ok(())
             }
             Step::Softmax { x, .. } => {
