@@ -2,6 +2,7 @@
 //! within the sizes the graph declares, and each step writes its output in place.
 
 use alloc::format;
+use alloc::vec::Vec;
 
 use ptero_core::{KernelArgs, ScalarType};
 use ptero_runtime::DelegateHandle;
