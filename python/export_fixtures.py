@@ -883,6 +883,38 @@ def xnnpack(make: Callable[[], Fixture], what: str) -> Callable[[], Fixture]:
     return build
 
 
+def fx_xnn_ops() -> Fixture:
+    """Operators the XNNPACK partitioner delegates beyond the model fixtures' (exported
+    lowered only)."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.prelu = nn.PReLU(4)
+            with torch.no_grad():
+                self.prelu.weight.copy_(torch.tensor([0.1, -0.2, 0.3, 0.5]))
+
+        def forward(self, x, y):
+            a = torch.floor(x) + torch.ceil(y)
+            b = torch.sqrt(torch.abs(x)) - torch.rsqrt(torch.abs(y) + 0.5)
+            c = torch.square(x) * torch.neg(y)
+            d = torch.maximum(x, y) / (torch.minimum(x, y).abs() + 1.0)
+            e = self.prelu(x) + F.elu(y) + F.leaky_relu(x, 0.2) + F.hardswish(y)
+            f = F.pad(x, (1, 2, 0, 1), value=0.5)
+            g = torch.exp(x * 0.3) + torch.log(torch.abs(y) + 1.0) + torch.sin(x) + torch.cos(y)
+            h = torch.cat([x[:, 1:3], y[:, :2]], dim=1)
+            i = F.max_pool2d(x, 3, stride=2, padding=1) + F.avg_pool2d(y, 2)[:, :, :3, :3]
+            return a, b, c, d, e, f, g, h, i
+
+    return single(M(), [(randn(1, 4, 6, 6, seed=1500, scale=2.0), randn(1, 4, 6, 6, seed=1501, scale=2.0))],
+                  partitioner="xnnpack",
+                  description="XNNPACK-lowered (XnnpackPartitioner, fp32) floor, ceil, sqrt, rsqrt, square, "
+                              "neg, maximum, minimum, div, prelu, elu, leaky_relu, hardswish, constant pad, "
+                              "exp, log, sin, cos, cat of slices, max/avg pooling, inputs [1,4,6,6] x 2")
+
+
+FIXTURES_REGISTRY["xnn_ops"] = fx_xnn_ops
+
 # The fp32 programs of issue 8, lowered to the XNNPACK delegate.
 for _name in ["mlp", "cnn", "resnet_block", "transformer_encoder", "lstm", "dynamic_batch",
               "mobilenet_v2", "inverted_residual"]:

@@ -137,6 +137,38 @@ pub(crate) enum Step {
         count: usize,
         out: usize,
     },
+    /// Elementwise functions without a vector form here (scalar, through `libm`).
+    Scalar {
+        f: ScalarFn,
+        x: usize,
+        out: usize,
+        clamp: Option<(f32, f32)>,
+    },
+    /// `x >= 0 ? x : slope · x`, the slope broadcast against `x`.
+    PRelu {
+        x: usize,
+        slope: usize,
+        out: usize,
+    },
+    /// Constant padding: `pre[i]` and `post[i]` elements around dim `i`.
+    Pad {
+        rank: usize,
+        pre: [usize; MAX_DIMS],
+        post: [usize; MAX_DIMS],
+        value: f32,
+        x: usize,
+        out: usize,
+    },
+}
+
+/// The functions of [`Step::Scalar`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScalarFn {
+    Floor,
+    Ceil,
+    Sin,
+    Cos,
+    Square,
 }
 
 /// A convolution with its weights packed once.
@@ -506,7 +538,15 @@ impl Executor {
                             step_node.push((index, node.name));
                             continue;
                         }
-                        BinaryOp::PRelu => return Err(unsupported(index, node, "PReLU")),
+                        BinaryOp::PRelu => {
+                            steps.push(Step::PRelu {
+                                x: vi(*a),
+                                slope: vi(*b),
+                                out: vi(*output),
+                            });
+                            step_node.push((index, node.name));
+                            continue;
+                        }
                     };
                     Step::Binary {
                         op: f,
@@ -553,12 +593,21 @@ impl Executor {
                             let (lo, hi) = node.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
                             Unary::Clamp(lo, hi)
                         }
-                        other => {
-                            return Err(unsupported(
-                                index,
-                                node,
-                                format!("{other:?} is not implemented yet"),
-                            ))
+                        UnaryOp::Floor
+                        | UnaryOp::Ceiling
+                        | UnaryOp::Sin
+                        | UnaryOp::Cos
+                        | UnaryOp::Square => {
+                            let f = match op {
+                                UnaryOp::Floor => ScalarFn::Floor,
+                                UnaryOp::Ceiling => ScalarFn::Ceil,
+                                UnaryOp::Sin => ScalarFn::Sin,
+                                UnaryOp::Cos => ScalarFn::Cos,
+                                _ => ScalarFn::Square,
+                            };
+                            steps.push(Step::Scalar { f, x, out, clamp });
+                            step_node.push((index, node.name));
+                            continue;
                         }
                     };
                     Step::Unary {
@@ -645,6 +694,25 @@ impl Executor {
                         axis: *axis,
                         inputs: ins,
                         count: inputs.len().min(5),
+                        out: vi(*output),
+                    }
+                }
+                Op::ConstantPad {
+                    pre,
+                    post,
+                    value,
+                    input,
+                    output,
+                } => {
+                    let (mut p0, mut p1) = ([0; MAX_DIMS], [0; MAX_DIMS]);
+                    p0[..pre.len()].copy_from_slice(pre);
+                    p1[..post.len()].copy_from_slice(post);
+                    Step::Pad {
+                        rank: pre.len(),
+                        pre: p0,
+                        post: p1,
+                        value: *value,
+                        x: vi(*input),
                         out: vi(*output),
                     }
                 }

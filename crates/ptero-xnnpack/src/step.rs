@@ -10,7 +10,7 @@ use ptero_gemm::{
 use ptero_simd::ops::{self, Binary, Unary};
 
 use crate::graph::{PoolAttrs, MAX_DIMS};
-use crate::plan::{ConvStep, Shape, Slot, Step};
+use crate::plan::{ConvStep, ScalarFn, Shape, Slot, Step};
 
 /// Read access to values while a step runs.
 pub(crate) struct Io<'x, 'a> {
@@ -168,7 +168,10 @@ impl Step {
             | Step::Reshape { out, .. }
             | Step::Slice { out, .. }
             | Step::BatchMatMul { out, .. }
-            | Step::Concat { out, .. } => *out,
+            | Step::Concat { out, .. }
+            | Step::Scalar { out, .. }
+            | Step::PRelu { out, .. }
+            | Step::Pad { out, .. } => *out,
         }
     }
 
@@ -198,6 +201,11 @@ impl Step {
                 f(*a, false);
                 f(*b, false);
             }
+            Step::PRelu { x, slope, .. } => {
+                f(*x, false);
+                f(*slope, false);
+            }
+            Step::Scalar { x, .. } | Step::Pad { x, .. } => f(*x, false),
             Step::Unary { x, .. }
             | Step::Softmax { x, .. }
             | Step::GlobalAvgPool { x, .. }
@@ -251,7 +259,32 @@ impl Step {
                     ))
                 })?
             }
-            Step::Unary { x, .. } | Step::Softmax { x, .. } => io.shape(*x),
+            Step::Unary { x, .. } | Step::Softmax { x, .. } | Step::Scalar { x, .. } => {
+                io.shape(*x)
+            }
+            Step::PRelu { x, slope, .. } => {
+                let (sx, ss) = (io.shape(*x), io.shape(*slope));
+                if broadcast(sx, ss) != Some(sx) {
+                    return Err(err(format!("slope {:?} against {:?}", ss.d(), sx.d())));
+                }
+                sx
+            }
+            Step::Pad {
+                rank, pre, post, x, ..
+            } => {
+                let s = io.shape(*x);
+                if s.rank != *rank {
+                    return Err(err(format!("{rank} paddings for input {:?}", s.d())));
+                }
+                let mut o = s;
+                for i in 0..s.rank {
+                    o.dims[i] = s.dims[i]
+                        .checked_add(pre[i])
+                        .and_then(|d| d.checked_add(post[i]))
+                        .ok_or_else(|| err(format!("padding {:?} overflows", s.d())))?;
+                }
+                o
+            }
             Step::GlobalAvgPool { x, .. } => {
                 let s = io.shape(*x);
                 if s.rank != 4 {
@@ -523,6 +556,49 @@ impl Step {
                     ops::unary(f, &xs[r], o);
                     apply_clamp(o, cl);
                 });
+                Ok(())
+            }
+            Step::Scalar { f, x, clamp, .. } => {
+                let xs = io.read(*x)?;
+                for (o, &v) in y.iter_mut().zip(xs) {
+                    *o = match f {
+                        ScalarFn::Floor => libm::floorf(v),
+                        ScalarFn::Ceil => libm::ceilf(v),
+                        ScalarFn::Sin => libm::sinf(v),
+                        ScalarFn::Cos => libm::cosf(v),
+                        ScalarFn::Square => v * v,
+                    };
+                }
+                apply_clamp(y, *clamp);
+                Ok(())
+            }
+            Step::PRelu { x, slope, out } => {
+                let (sx, ss, so) = (io.shape(*x), io.shape(*slope), io.shape(*out));
+                let (xs, sl) = (io.read(*x)?, io.read(*slope)?);
+                let st = [bstrides(sx, so), bstrides(ss, so)];
+                for_each_index(so, st, |i, [ox, os]| {
+                    let v = xs[ox];
+                    y[i] = if v >= 0.0 { v } else { v * sl[os] };
+                });
+                Ok(())
+            }
+            Step::Pad {
+                pre, value, x, out, ..
+            } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let xs = io.read(*x)?;
+                y.fill(*value);
+                // Input element -> output offset: the output's strides, shifted by `pre`.
+                let ost = bstrides(so, so);
+                let base = (0..so.rank).fold(0usize, |a, i| a + pre[i] * ost[i]);
+                let mut st = [0usize; MAX_DIMS];
+                st[..sx.rank].copy_from_slice(&ost[..sx.rank]);
+                for (sti, &d) in st.iter_mut().zip(&sx.dims[..sx.rank]) {
+                    if d == 1 {
+                        *sti = 0;
+                    }
+                }
+                for_each_index(sx, [st], |i, [o]| y[base + o] = xs[i]);
                 Ok(())
             }
             Step::Softmax { x, .. } => {

@@ -207,6 +207,7 @@ fixture_tests!(
         xnn_dynamic_batch,
         xnn_mobilenet_v2,
         xnn_inverted_residual,
+        xnn_ops,
         ops_f16,
         ops_shape,
         ops_conv,
