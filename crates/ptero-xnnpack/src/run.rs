@@ -44,22 +44,25 @@ impl Executor {
             consts,
             ..
         } = self;
+        // Read access to everything but the buffers a step writes.
+        macro_rules! io {
+            () => {
+                Io {
+                    args,
+                    slots,
+                    buffers,
+                    consts,
+                    shapes,
+                }
+            };
+        }
         for (step, &at) in steps.iter().zip(step_node.iter()) {
             args.check_interrupt()?;
             // Each step views its operands afresh: an output written by one step may be
             // read by the next.
             args.release_views();
             let out = step.out();
-            let shape = {
-                let io = Io {
-                    args,
-                    slots,
-                    buffers,
-                    consts,
-                    shapes,
-                };
-                step.infer(&io, at)?
-            };
+            let shape = step.infer(&io!(), at)?;
             let n = shape.numel().unwrap_or(usize::MAX);
             if n > bounds[out] {
                 return Err(shape_err(
@@ -76,16 +79,7 @@ impl Executor {
                 Slot::Buf(b) => {
                     let mut o = core::mem::take(&mut buffers[b]);
                     let mut m = mid_buffer(step, slots, buffers);
-                    let r = {
-                        let io = Io {
-                            args,
-                            slots,
-                            buffers,
-                            consts,
-                            shapes,
-                        };
-                        step.run(&io, &mut o[..n], m.as_mut().map(|(_, v)| &mut v[..]), at)
-                    };
+                    let r = step.run(&io!(), &mut o[..n], m.as_mut().map(|(_, v)| &mut v[..]), at);
                     buffers[b] = o;
                     if let Some((mb, v)) = m {
                         buffers[mb] = v;
@@ -95,13 +89,7 @@ impl Executor {
                 Slot::Arg(a) => {
                     args.resize(a, shape.d())?;
                     let mut m = mid_buffer(step, slots, buffers);
-                    let io = Io {
-                        args,
-                        slots,
-                        buffers,
-                        consts,
-                        shapes,
-                    };
+                    let io = io!();
                     let mut t = args.out(a)?;
                     let y = t.data::<f32>()?;
                     let len = y.len();

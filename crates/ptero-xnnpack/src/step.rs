@@ -532,14 +532,14 @@ impl Step {
                     ops::binary(*op, ops::Lhs::Slice(xa), ops::Rhs::Scalar(xb[0]), 1.0, y);
                 } else if sb == so && xa.len() == 1 {
                     ops::binary(*op, ops::Lhs::Scalar(xa[0]), ops::Rhs::Slice(xb), 1.0, y);
-                } else if let Some((rows, c, per_batch)) = channel_rows(so, sb, sa) {
+                } else if let Some(((rows, c, per_batch), big, row, left)) =
+                    channel_rows(so, sb, sa)
+                        .map(|g| (g, xa, xb, false))
+                        .or_else(|| channel_rows(so, sa, sb).map(|g| (g, xb, xa, true)))
+                {
                     // A per-channel operand (squeeze-excitation scale, bias): row by row.
-                    for_rows(rows, c, per_batch, so, xa, xb, y, |x, r, yy| {
-                        ops::binary_rows(*op, x, r, false, yy)
-                    });
-                } else if let Some((rows, c, per_batch)) = channel_rows(so, sa, sb) {
-                    for_rows(rows, c, per_batch, so, xb, xa, y, |x, r, yy| {
-                        ops::binary_rows(*op, x, r, true, yy)
+                    for_rows(rows, c, per_batch, so, big, row, y, |x, r, yy| {
+                        ops::binary_rows(*op, x, r, left, yy)
                     });
                 } else {
                     let st = [bstrides(sa, so), bstrides(sb, so)];
