@@ -99,6 +99,12 @@ class Fixture:
     constant_eager: Dict[str, Any] = field(default_factory=dict)
     # "xnnpack": lowered with the official XnnpackPartitioner (fp32) instead of portable
     partitioner: Optional[str] = None
+    # Quantization applied before lowering (see `quantize_methods`): "qs8" (PT2E static,
+    # per-channel), "qs8_tensor" (PT2E static, per-tensor), "dq8" (PT2E dynamic int8
+    # activations, per-channel int8 weights), "8da4w_g32" / "8da4w_qc4w" (torchao
+    # Int8DynamicActivationIntxWeightConfig, group 32 / per-channel), "fp16" (module and
+    # inputs in half precision).
+    quant: Optional[str] = None
 
 
 def gen(seed: int) -> torch.Generator:
@@ -915,6 +921,100 @@ def fx_xnn_ops() -> Fixture:
 
 FIXTURES_REGISTRY["xnn_ops"] = fx_xnn_ops
 
+def fx_q_cnn() -> nn.Module:
+    class QCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.pw = nn.Conv2d(8, 8, 1)
+            self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.c3 = nn.Conv2d(16, 16, 1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = F.relu(self.c1(x))
+            y = F.hardtanh(self.dw(x), 0.0, 6.0)
+            x = x + self.pw(y)
+            x = F.max_pool2d(x, 2)  # 16 -> 8
+            x = F.relu(self.c2(x))  # 8 -> 4
+            x = self.c3(x) * x
+            x = torch.mean(x, dim=(2, 3), keepdim=True)
+            x = torch.flatten(x, 1)
+            return self.fc(x)
+
+    torch.manual_seed(31)
+    return QCNN()
+
+
+def fx_xnn_qs8_cnn(per_tensor: bool = False) -> Fixture:
+    inputs = [(randn(1, 3, 16, 16, seed=1600 + i),) for i in range(3)]
+    fx = single(fx_q_cnn(), inputs, partitioner="xnnpack", quant="qs8_tensor" if per_tensor else "qs8",
+                atol=1e-6, rtol=0.0,  # integer arithmetic: exact
+                description="XNNPACK-lowered static int8 CNN (PT2E XNNPACKQuantizer, per-"
+                            + ("tensor" if per_tensor else "channel")
+                            + " weights): conv+relu, depthwise+hardtanh, 1x1, residual add, max pool, "
+                            "strided conv, mul, mean, linear; input [1,3,16,16]")
+    return fx
+
+
+def fx_xnn_dq8_mlp() -> Fixture:
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(32, 64)
+            self.l2 = nn.Linear(64, 48, bias=False)
+            self.l3 = nn.Linear(48, 16)
+
+        def forward(self, x):
+            x = F.relu(self.l1(x))
+            x = self.l2(x)
+            return self.l3(torch.tanh(x))
+
+    torch.manual_seed(32)
+    return single(M(), [(randn(2, 5, 32, seed=1610),), (randn(2, 5, 32, seed=1611, scale=4.0),)],
+                  partitioner="xnnpack", quant="dq8", atol=1e-5, rtol=1e-5,
+                  description="XNNPACK-lowered dynamic int8 MLP (qd8 activations x qc8w weights, "
+                              "PT2E dynamic XNNPACKQuantizer), input [2,5,32]")
+
+
+def fx_xnn_8da4w(quant: str) -> Fixture:
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(64, 96)
+            self.l2 = nn.Linear(96, 128, bias=False)
+            self.l3 = nn.Linear(128, 40)
+
+        def forward(self, x):
+            return self.l3(F.silu(self.l2(F.relu(self.l1(x)))))
+
+    torch.manual_seed(33)
+    what = "group-wise int4 weights, group 32 (qb4w)" if quant == "8da4w_g32" else "per-channel int4 weights (qc4w)"
+    return single(M(), [(randn(3, 64, seed=1620),), (randn(3, 64, seed=1621, scale=3.0),)],
+                  example=(randn(3, 64, seed=1620),),
+                  dynamic_shapes=None,
+                  partitioner="xnnpack", quant=quant, atol=1e-5, rtol=1e-5,
+                  description=f"XNNPACK-lowered 8da4w linears (torchao Int8DynamicActivationIntxWeightConfig, "
+                              f"{what}): Linear-ReLU-Linear-SiLU-Linear, inputs [3,64]")
+
+
+def fx_xnn_fp16_cnn() -> Fixture:
+    fx = FIXTURES_REGISTRY["cnn"]()
+    fx.partitioner = "xnnpack"
+    fx.quant = "fp16"
+    fx.atol, fx.rtol = 1e-3, 4e-3  # one fp16 step of the outputs
+    fx.description = "XNNPACK-lowered fp16 CNN (module and input in half precision): " + fx.description
+    return fx
+
+
+FIXTURES_REGISTRY["xnn_qs8_cnn"] = fx_xnn_qs8_cnn
+FIXTURES_REGISTRY["xnn_qs8_tensor_cnn"] = lambda: fx_xnn_qs8_cnn(per_tensor=True)
+FIXTURES_REGISTRY["xnn_dq8_mlp"] = fx_xnn_dq8_mlp
+FIXTURES_REGISTRY["xnn_8da4w_g32"] = lambda: fx_xnn_8da4w("8da4w_g32")
+FIXTURES_REGISTRY["xnn_8da4w_qc4w"] = lambda: fx_xnn_8da4w("8da4w_qc4w")
+FIXTURES_REGISTRY["xnn_fp16_cnn"] = fx_xnn_fp16_cnn
+
 # The fp32 programs of issue 8, lowered to the XNNPACK delegate.
 for _name in ["mlp", "cnn", "resnet_block", "transformer_encoder", "lstm", "dynamic_batch",
               "mobilenet_v2", "inverted_residual"]:
@@ -931,9 +1031,51 @@ EXTRA_REGISTRY: Dict[str, Callable[[], Fixture]] = {
 # --------------------------------------------------------------------------
 
 
+def quantize_methods(fx: Fixture) -> None:
+    """Applies `fx.quant` to each method's module in place; the eager callables become the
+    quantized modules, so the eager comparison measures the delegate, not the quantization."""
+    if fx.quant is None:
+        return
+    for name, spec in fx.methods.items():
+        if fx.quant in ("qs8", "qs8_tensor", "dq8"):
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            cfg = get_symmetric_quantization_config(is_per_channel=fx.quant != "qs8_tensor",
+                                                    is_dynamic=fx.quant == "dq8")
+            gm = torch.export.export(spec.module, spec.example_args,
+                                     dynamic_shapes=spec.dynamic_shapes).module()
+            gm = prepare_pt2e(gm, XNNPACKQuantizer().set_global(cfg))
+            for method, inputs in fx.runs:  # calibration on the fixture's own inputs
+                if method == name:
+                    gm(*inputs)
+            gm(*spec.example_args)
+            gm = convert_pt2e(gm)
+            spec.module = gm
+            fx.eager[name] = gm
+        elif fx.quant.startswith("8da4w"):
+            from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+            from torchao.quantization.granularity import PerAxis, PerGroup
+
+            gran = PerAxis(0) if fx.quant == "8da4w_qc4w" else PerGroup(int(fx.quant.split("_g")[1]))
+            quantize_(spec.module, Int8DynamicActivationIntxWeightConfig(
+                weight_dtype=torch.int4, weight_granularity=gran))
+            fx.eager[name] = spec.module
+        elif fx.quant == "fp16":
+            spec.module = spec.module.half()
+            spec.example_args = tuple(a.half() if isinstance(a, torch.Tensor) else a for a in spec.example_args)
+            fx.eager[name] = spec.module
+            fx.runs = [(m, tuple(a.half() if isinstance(a, torch.Tensor) else a for a in ins))
+                       for m, ins in fx.runs]
+        else:
+            raise ValueError(f"unknown quantization {fx.quant}")
+
+
 def export_pte(fx: Fixture) -> bytes:
     from executorch.exir import ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
 
+    quantize_methods(fx)
     eps = {}
     for name, spec in fx.methods.items():
         eps[name] = torch.export.export(

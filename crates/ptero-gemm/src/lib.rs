@@ -46,6 +46,7 @@ mod nhwc;
 mod nhwc_dw;
 mod pack;
 mod pixel_rows;
+mod quant;
 mod stem;
 mod winograd;
 mod winograd_rows;
@@ -56,6 +57,9 @@ pub use driver::{gemm, scratch_floats};
 pub use fused::{fused_scratch_floats, pointwise_depthwise, DepthwiseStage, PointwiseStage};
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB, PackedBRef};
+pub use quant::{
+    qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QPackError, QPacked, Q4_BLOCK,
+};
 
 /// The left operand: `M × K`.
 #[derive(Clone, Copy, Debug)]

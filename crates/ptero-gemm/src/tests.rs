@@ -8,9 +8,9 @@ use ptero_simd::{set_level, Level, Parallel, Serial, SlotArena};
 
 use crate::{gemm, Activation, Bias, Epilogue, Lhs, MatMut, MatRef, PackedA, PackedB, Rhs};
 
-static LEVEL_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static LEVEL_LOCK: Mutex<()> = Mutex::new(());
 
-fn levels() -> Vec<Level> {
+pub(crate) fn levels() -> Vec<Level> {
     [Level::Scalar, Level::Avx2, Level::Avx512]
         .into_iter()
         .filter(|l| l.is_supported())

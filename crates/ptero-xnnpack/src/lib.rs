@@ -37,6 +37,7 @@ pub mod blob;
 mod error;
 pub mod graph;
 mod plan;
+mod quant;
 mod run;
 mod step;
 

@@ -10,11 +10,14 @@ use alloc::vec::Vec;
 use ptero_gemm::{Activation, Conv2d, Image, MatRef, PackedB, PackedConv};
 use ptero_simd::ops::{Binary, Unary};
 
+use ptero_core::ScalarType;
+
 use crate::error::{Result, XnnError};
 use crate::graph::{
     BinaryOp, ConstantSource, ConvKind, Datatype, Graph, Node, Op, PoolAttrs, UnaryOp, Value,
     MAX_DIMS, NO_VALUE,
 };
+use crate::quant::{self, Kind};
 
 /// `XNN_FLAG_TRANSPOSE_WEIGHTS`: a fully connected filter stored `[in, out]`.
 pub(crate) const FLAG_TRANSPOSE_WEIGHTS: u32 = 1;
@@ -61,6 +64,8 @@ pub(crate) enum Slot {
 
 /// A node ready to run: its operands as value indices and its prepared state.
 pub(crate) enum Step {
+    /// A step on quantized values (or converting to and from them).
+    Q(Box<crate::quant::QStep>),
     FullyConnected {
         x: usize,
         out: usize,
@@ -199,6 +204,12 @@ pub(crate) struct Executor {
     pub(crate) consts: Vec<Vec<f32>>,
     /// (value, argument) of the graph's inputs.
     pub(crate) inputs: Vec<(usize, usize)>,
+    /// How each value is stored.
+    pub(crate) kinds: Vec<Kind>,
+    /// Half-precision inputs and outputs: (value, argument, dtype), widened into the
+    /// value's buffer before the steps run, narrowed from it after.
+    pub(crate) casts_in: Vec<(usize, usize, ScalarType)>,
+    pub(crate) casts_out: Vec<(usize, usize, ScalarType)>,
 }
 
 pub(crate) fn act_of(clamp: Option<(f32, f32)>) -> Activation {
@@ -322,6 +333,107 @@ pub(crate) fn constant_f32<'d>(
     Ok(out)
 }
 
+/// The bytes of constant `idx` (blob region, flatbuffer buffer or named data).
+fn raw_constant<'p, 'b: 'p, 'd: 'p>(
+    g: &Graph,
+    idx: usize,
+    blob: &'p crate::blob::Blob<'b>,
+    named: &'p (dyn Fn(&str) -> Option<&'d [u8]> + 'd),
+) -> Result<&'p [u8]> {
+    let err = |what: alloc::string::String| XnnError::Constant { value: idx, what };
+    match g
+        .constants
+        .get(idx)
+        .ok_or_else(|| err(format!("constant {idx} does not exist")))?
+    {
+        ConstantSource::Blob { offset, size } => blob
+            .constants
+            .get(*offset..offset.saturating_add(*size))
+            .ok_or_else(|| err("region outside the constant data".into())),
+        ConstantSource::Flatbuffer { offset, size } => blob
+            .flatbuffer
+            .get(*offset..offset.saturating_add(*size))
+            .ok_or_else(|| err("region outside the flatbuffer".into())),
+        ConstantSource::Named { key, .. } => {
+            named(key).ok_or_else(|| err(format!("named data '{key}' is missing")))
+        }
+    }
+}
+
+/// Float-only steps must not be handed quantized filters or biases.
+fn float_weights(g: &Graph, index: usize, node: &Node, ids: &[u32]) -> Result<()> {
+    for &id in ids {
+        if id == NO_VALUE {
+            continue;
+        }
+        let v = &g.values[g.by_id[&id]];
+        if !matches!(v.dtype, Datatype::Fp32 | Datatype::Fp16 | Datatype::Bf16) {
+            return Err(unsupported(
+                index,
+                node,
+                format!(
+                    "float inputs with {} weights (value id {id})",
+                    v.dtype.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Steps built for f32 run on f32 values; the data-movement ones also on int8 values
+/// whose quantization they keep.
+fn check_kinds(step: &Step, kinds: &[Kind], g: &Graph, index: usize, node: &Node) -> Result<()> {
+    if matches!(step, Step::Q(_)) {
+        return Ok(());
+    }
+    let moves = matches!(
+        step,
+        Step::Transpose { .. }
+            | Step::Reshape { .. }
+            | Step::Slice { .. }
+            | Step::Concat { .. }
+            | Step::Pad { .. }
+            | Step::Pool { max: true, .. }
+    );
+    let out = kinds[step.out()];
+    let mut bad_kind = None;
+    step.reads(|v, is_const| {
+        if is_const {
+            return;
+        }
+        let k = kinds[v];
+        let ok = if moves {
+            k == out && !matches!(k, Kind::Qd8 { .. })
+        } else {
+            k == Kind::F32
+        };
+        if !ok && bad_kind.is_none() {
+            bad_kind = Some(v);
+        }
+    });
+    if out != Kind::F32 && !moves {
+        bad_kind = bad_kind.or(Some(step.out()));
+    }
+    if let Some(v) = bad_kind {
+        let what = if moves {
+            "operands quantized differently (or not at all) from the output"
+        } else {
+            "this operation on quantized values"
+        };
+        return Err(unsupported(
+            index,
+            node,
+            format!(
+                "{what} (value id {}, {})",
+                g.values[v].id,
+                g.values[v].dtype.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Executor {
     /// Plans `g`: every node must be one this build runs, on fp32 values.
     pub(crate) fn new<'d>(
@@ -340,6 +452,11 @@ impl Executor {
         let mut bounds = Vec::with_capacity(nv);
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
+        let (mut casts_in, mut casts_out) = (Vec::new(), Vec::new());
+        let mut kinds = vec![Kind::F32; nv];
+        // Why a value cannot be stored, reported by the first node that uses it.
+        let mut no_kind: Vec<Option<&'static str>> = vec![None; nv];
+        let raw = |idx: usize| raw_constant(g, idx, blob, named);
         for (i, v) in g.values.iter().enumerate() {
             let n = v.numel().ok_or_else(|| XnnError::Value {
                 index: i,
@@ -350,14 +467,72 @@ impl Executor {
                 slots[i] = Slot::Const(consts.len());
                 // The f32 copy, and about as much again once packed.
                 budget.take(n.saturating_mul(8), "constants")?;
-                consts.push(constant_f32(g, v, i, blob, named)?);
-            } else if let Some(e) = v.external {
-                slots[i] = Slot::Arg(e as usize);
-                if v.flags & crate::graph::FLAG_EXTERNAL_INPUT != 0 {
-                    inputs.push((i, e as usize));
+                consts.push(match v.dtype {
+                    Datatype::Fp32 | Datatype::Fp16 | Datatype::Bf16 => {
+                        constant_f32(g, v, i, blob, named)?
+                    }
+                    Datatype::QInt8 => {
+                        // Read by the int8 steps as bytes, four to a slot.
+                        let kind = Kind::of(v).map_err(|w| XnnError::Constant {
+                            value: i,
+                            what: w.into(),
+                        })?;
+                        kinds[i] = kind;
+                        let b = raw(v.constant.unwrap_or(0) as usize)?;
+                        let b = b.get(..n).ok_or_else(|| XnnError::Constant {
+                            value: i,
+                            what: format!("{} bytes for {n} int8 elements", b.len()),
+                        })?;
+                        let mut f = vec![0f32; n.div_ceil(4)];
+                        bytemuck::cast_slice_mut::<f32, u8>(&mut f)[..n].copy_from_slice(b);
+                        f
+                    }
+                    // Quantized filters and biases: packed from their bytes by the steps
+                    // that read them.
+                    _ => {
+                        no_kind[i] = Some("a quantized constant where floats are read");
+                        Vec::new()
+                    }
+                });
+                continue;
+            }
+            match Kind::of(v) {
+                Ok(k) => kinds[i] = k,
+                Err(w) => no_kind[i] = Some(w),
+            }
+            if let Some(e) = v.external {
+                let cast = match (kinds[i], v.dtype) {
+                    (Kind::F32, Datatype::Fp16) => Some(ScalarType::Half),
+                    (Kind::F32, Datatype::Bf16) => Some(ScalarType::BFloat16),
+                    (Kind::F32, _) => None,
+                    _ => {
+                        return Err(XnnError::Value {
+                            index: i,
+                            what: format!(
+                                "delegate inputs and outputs of {} are not supported",
+                                v.dtype.name()
+                            ),
+                        })
+                    }
+                };
+                let (e, is_in) = (e as usize, v.flags & crate::graph::FLAG_EXTERNAL_INPUT != 0);
+                let is_out = v.flags & crate::graph::FLAG_EXTERNAL_OUTPUT != 0;
+                if let Some(t) = cast {
+                    // In a buffer of its own planning; copied at the edges.
+                    if is_in {
+                        casts_in.push((i, e, t));
+                    }
+                    if is_out {
+                        casts_out.push((i, e, t));
+                    }
+                } else {
+                    slots[i] = Slot::Arg(e);
                 }
-                if v.flags & crate::graph::FLAG_EXTERNAL_OUTPUT != 0 {
-                    outputs.push((i, e as usize));
+                if is_in {
+                    inputs.push((i, e));
+                }
+                if is_out {
+                    outputs.push((i, e));
                 }
             }
         }
@@ -368,11 +543,11 @@ impl Executor {
             let (ins, outs) = node.op.value_ids();
             for &id in ins.iter().chain(&outs) {
                 let v = &g.values[vi(id)];
-                if v.dtype != Datatype::Fp32 && v.constant.is_none() {
+                if let (Some(w), None) = (no_kind[vi(id)], v.constant) {
                     return Err(unsupported(
                         index,
                         node,
-                        format!("values of {} (value id {id})", v.dtype.name()),
+                        format!("{w} ({}, value id {id})", v.dtype.name()),
                     ));
                 }
             }
@@ -394,7 +569,31 @@ impl Executor {
                     filter,
                     bias,
                     output,
+                } if kinds[vi(*input)] != Kind::F32 => {
+                    let f32_const = |v: usize| match (slots[v], g.values[v].dtype) {
+                        (Slot::Const(c), Datatype::Fp32 | Datatype::Fp16 | Datatype::Bf16) => {
+                            Some(c)
+                        }
+                        _ => None,
+                    };
+                    let q = quant::plan_fc(
+                        g,
+                        index,
+                        node,
+                        (*input, *filter, *bias, *output),
+                        &f32_const,
+                        &raw,
+                    )?
+                    .ok_or_else(|| unsupported(index, node, "this input datatype"))?;
+                    Step::Q(Box::new(q))
+                }
+                Op::FullyConnected {
+                    input,
+                    filter,
+                    bias,
+                    output,
                 } => {
+                    float_weights(g, index, node, &[*filter, *bias])?;
                     let c = konst(*filter)
                         .ok_or_else(|| unsupported(index, node, "a filter computed at run time"))?;
                     let fd = &g.values[vi(*filter)].dims;
@@ -435,7 +634,13 @@ impl Executor {
                         act: act_of(node.clamp),
                     }
                 }
+                Op::Conv { kind, attrs } if kinds[vi(attrs.input)] != Kind::F32 => {
+                    let q = quant::plan_conv(g, index, node, *kind, attrs, &raw)?
+                        .ok_or_else(|| unsupported(index, node, "this input datatype"))?;
+                    Step::Q(Box::new(q))
+                }
                 Op::Conv { kind, attrs } => {
+                    float_weights(g, index, node, &[attrs.filter, attrs.bias])?;
                     if *kind == ConvKind::ConvTranspose2d {
                         return Err(unsupported(index, node, "transposed convolutions"));
                     }
@@ -521,6 +726,15 @@ impl Executor {
                         fstrides: strides,
                     }))
                 }
+                Op::Binary { op, a, b, output }
+                    if [*a, *b, *output]
+                        .iter()
+                        .any(|&id| kinds[vi(id)] != Kind::F32) =>
+                {
+                    let q = quant::plan_binary(g, index, node, *op, (*a, *b, *output))?
+                        .ok_or_else(|| unsupported(index, node, "these datatypes"))?;
+                    Step::Q(Box::new(q))
+                }
                 Op::Binary { op, a, b, output } => {
                     let f = match op {
                         BinaryOp::Add => Binary::Add,
@@ -557,6 +771,11 @@ impl Executor {
                     }
                 }
                 Op::Unary { op, input, output } => {
+                    if let Some(q) = quant::plan_unary(g, index, node, *op, (*input, *output))? {
+                        steps.push(Step::Q(Box::new(q)));
+                        step_node.push((index, node.name));
+                        continue;
+                    }
                     let (x, out) = (vi(*input), vi(*output));
                     let u = match op {
                         UnaryOp::Softmax => {
@@ -718,6 +937,7 @@ impl Executor {
                 }
                 _ => return Err(unsupported(index, node, "not implemented yet")),
             };
+            check_kinds(&step, &kinds, g, index, node)?;
             steps.push(step);
             step_node.push((index, node.name));
         }
@@ -743,6 +963,9 @@ impl Executor {
             buffers: Vec::new(),
             consts,
             inputs,
+            kinds,
+            casts_in,
+            casts_out,
         };
         for &(v, a) in &outputs {
             if !ex.steps.iter().any(|s| s.out() == v) {
@@ -793,6 +1016,15 @@ impl Executor {
                 }
             }
         }
+        // Half-precision edges are widened before the first step and narrowed after the
+        // last.
+        for &(v, _, _) in &self.casts_in {
+            first[v] = 0;
+        }
+        for &(v, _, _) in &self.casts_out {
+            last[v] = self.steps.len();
+            first[v] = first[v].min(self.steps.len());
+        }
         // (buffer, free from step)
         let mut free: Vec<(usize, usize)> = Vec::new();
         let mut caps: Vec<usize> = Vec::new();
@@ -810,7 +1042,7 @@ impl Executor {
                     caps.len() - 1
                 }
             };
-            caps[b] = caps[b].max(self.bounds[v]);
+            caps[b] = caps[b].max(self.kinds[v].floats(self.bounds[v], &g.values[v].dims));
             self.slots[v] = Slot::Buf(b);
             // Listed with the step after which it is free again.
             free.push((b, last[v]));

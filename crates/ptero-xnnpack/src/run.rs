@@ -9,16 +9,22 @@ use ptero_runtime::DelegateHandle;
 
 use crate::graph::MAX_DIMS;
 use crate::plan::{Executor, Shape, Slot, Step};
+use crate::quant::Kind;
 use crate::step::{shape_err, Io};
 
 impl Executor {
     fn execute_inner(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()> {
         for &(v, a) in &self.inputs {
             let t = args.tensor(a)?;
-            if t.dtype() != ScalarType::Float {
+            let want = self
+                .casts_in
+                .iter()
+                .find(|c| c.0 == v)
+                .map_or(ScalarType::Float, |c| c.2);
+            if t.dtype() != want {
                 return Err(ptero_core::Error::Dtype {
                     arg: a,
-                    expected: "Float (the delegate's fp32 input)".into(),
+                    expected: format!("{want:?} (the delegate's input)"),
                     found: t.dtype(),
                 });
             }
@@ -42,8 +48,27 @@ impl Executor {
             step_node,
             buffers,
             consts,
+            kinds,
+            casts_in,
+            casts_out,
             ..
         } = self;
+        args.release_views();
+        for &(v, a, t) in casts_in.iter() {
+            let n = shapes[v].numel().unwrap_or(0);
+            let Slot::Buf(b) = slots[v] else { continue };
+            let dst = buffers[b].get_mut(..n).ok_or_else(|| no_room(v))?;
+            let src = args.tensor(a)?;
+            if t == ScalarType::Half {
+                for (d, h) in dst.iter_mut().zip(src.data::<half::f16>()?) {
+                    *d = h.to_f32();
+                }
+            } else {
+                for (d, h) in dst.iter_mut().zip(src.data::<half::bf16>()?) {
+                    *d = h.to_f32();
+                }
+            }
+        }
         // Read access to everything but the buffers a step writes.
         macro_rules! io {
             () => {
@@ -53,6 +78,8 @@ impl Executor {
                     buffers,
                     consts,
                     shapes,
+                    kinds,
+                    bounds,
                 }
             };
         }
@@ -79,7 +106,11 @@ impl Executor {
                 Slot::Buf(b) => {
                     let mut o = core::mem::take(&mut buffers[b]);
                     let mut m = mid_buffer(step, slots, buffers);
-                    let r = step.run(&io!(), &mut o[..n], m.as_mut().map(|(_, v)| &mut v[..]), at);
+                    // Quantized values are packed; their steps find their own extent.
+                    let whole = o.len();
+                    let len = if kinds[out] == Kind::F32 { n } else { whole };
+                    let y = o.get_mut(..len).ok_or_else(|| no_room(out))?;
+                    let r = step.run(&io!(), y, m.as_mut().map(|(_, v)| &mut v[..]), at);
                     buffers[b] = o;
                     if let Some((mb, v)) = m {
                         buffers[mb] = v;
@@ -109,8 +140,30 @@ impl Executor {
                 }
             }
         }
+        args.release_views();
+        for &(v, a, t) in casts_out.iter() {
+            let s = shapes[v];
+            let n = s.numel().unwrap_or(0);
+            let Slot::Buf(b) = slots[v] else { continue };
+            let src = buffers[b].get(..n).ok_or_else(|| no_room(v))?;
+            args.resize(a, s.d())?;
+            let mut o = args.out(a)?;
+            if t == ScalarType::Half {
+                for (d, x) in o.data::<half::f16>()?.iter_mut().zip(src) {
+                    *d = half::f16::from_f32(*x);
+                }
+            } else {
+                for (d, x) in o.data::<half::bf16>()?.iter_mut().zip(src) {
+                    *d = half::bf16::from_f32(*x);
+                }
+            }
+        }
         Ok(())
     }
+}
+
+fn no_room(v: usize) -> ptero_core::Error {
+    ptero_core::Error::OutOfBounds(format!("XNNPACK value {v}: its buffer is too small"))
 }
 
 /// The intermediate buffer of a fused pair, taken out of `buffers` while the step runs

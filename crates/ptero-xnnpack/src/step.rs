@@ -11,6 +11,7 @@ use ptero_simd::ops::{self, Binary, Unary};
 
 use crate::graph::{PoolAttrs, MAX_DIMS};
 use crate::plan::{ConvStep, ScalarFn, Shape, Slot, Step};
+use crate::quant::{i8s_mut, quantize_scalar, Kind};
 
 /// Read access to values while a step runs.
 pub(crate) struct Io<'x, 'a> {
@@ -19,6 +20,8 @@ pub(crate) struct Io<'x, 'a> {
     pub(crate) buffers: &'x [Vec<f32>],
     pub(crate) consts: &'x [Vec<f32>],
     pub(crate) shapes: &'x [Shape],
+    pub(crate) kinds: &'x [Kind],
+    pub(crate) bounds: &'x [usize],
 }
 
 impl<'x> Io<'x, '_> {
@@ -39,6 +42,60 @@ impl<'x> Io<'x, '_> {
     }
     pub(crate) fn shape(&self, v: usize) -> Shape {
         self.shapes[v]
+    }
+    pub(crate) fn bound(&self, v: usize) -> usize {
+        self.bounds[v]
+    }
+    pub(crate) fn is_q8(&self, v: usize) -> bool {
+        matches!(self.kinds[v], Kind::Q8 { .. })
+    }
+    /// The storage of a value, whatever it holds.
+    fn storage(&self, v: usize) -> &'x [f32] {
+        match self.slots[v] {
+            Slot::Buf(b) => &self.buffers[b],
+            Slot::Const(c) => &self.consts[c],
+            Slot::Arg(_) | Slot::Unused => &[],
+        }
+    }
+    /// The elements of an int8 value.
+    pub(crate) fn read_i8(&self, v: usize) -> ptero_core::Result<&'x [i8]> {
+        let n = self.shapes[v].numel().unwrap_or(0);
+        let b: &'x [i8] = bytemuck::cast_slice(self.storage(v));
+        b.get(..n).ok_or_else(|| {
+            ptero_core::Error::OutOfBounds(format!(
+                "XNNPACK int8 value {v}: {} bytes held, {n} needed",
+                b.len()
+            ))
+        })
+    }
+    /// The elements of a dynamically quantized value and its rows' `(scale, zero point)`.
+    pub(crate) fn read_qd8(&self, v: usize) -> ptero_core::Result<(&'x [i8], &'x [f32])> {
+        let n = self.shapes[v].numel().unwrap_or(0);
+        let st = self.storage(v);
+        let at = self.bounds[v].div_ceil(4).min(st.len());
+        let (d, p) = st.split_at(at);
+        let d: &'x [i8] = bytemuck::cast_slice(d);
+        let d = d.get(..n).ok_or_else(|| {
+            ptero_core::Error::OutOfBounds(format!("XNNPACK qdint8 value {v}: too small"))
+        })?;
+        Ok((d, p))
+    }
+}
+
+/// Element types the data-movement steps copy.
+pub(crate) trait Elem: Copy + PartialOrd + bytemuck::Pod {
+    fn read<'x>(io: &Io<'x, '_>, v: usize) -> ptero_core::Result<&'x [Self]>;
+}
+
+impl Elem for f32 {
+    fn read<'x>(io: &Io<'x, '_>, v: usize) -> ptero_core::Result<&'x [f32]> {
+        io.read(v)
+    }
+}
+
+impl Elem for i8 {
+    fn read<'x>(io: &Io<'x, '_>, v: usize) -> ptero_core::Result<&'x [i8]> {
+        io.read_i8(v)
     }
 }
 
@@ -156,6 +213,7 @@ impl Step {
     /// The value the step writes.
     pub(crate) fn out(&self) -> usize {
         match self {
+            Step::Q(q) => q.out(),
             Step::Conv(c) => c.out,
             Step::PwDw { dw, .. } => dw.out,
             Step::FullyConnected { out, .. }
@@ -179,6 +237,7 @@ impl Step {
     /// `f(constant, true)` for biases (packed weights are the step's own).
     pub(crate) fn reads(&self, mut f: impl FnMut(usize, bool)) {
         match self {
+            Step::Q(q) => q.reads(&mut f),
             Step::Conv(c) => {
                 f(c.x, false);
                 if let Some(b) = c.bias {
@@ -229,6 +288,7 @@ impl Step {
     ) -> ptero_core::Result<Shape> {
         let err = |w: alloc::string::String| shape_err(at, w);
         Ok(match self {
+            Step::Q(q) => q.infer(io).map_err(err)?,
             Step::FullyConnected { x, k, n, .. } => {
                 let s = io.shape(*x);
                 let kk = s.d().last().copied().unwrap_or(1);
@@ -430,6 +490,7 @@ impl Step {
         let par = io.args.parallel();
         let arena = io.args.arena();
         match self {
+            Step::Q(q) => q.run(io, y),
             Step::FullyConnected {
                 x,
                 k,
@@ -582,25 +643,6 @@ impl Step {
                 });
                 Ok(())
             }
-            Step::Pad {
-                pre, value, x, out, ..
-            } => {
-                let (sx, so) = (io.shape(*x), io.shape(*out));
-                let xs = io.read(*x)?;
-                y.fill(*value);
-                // Input element -> output offset: the output's strides, shifted by `pre`.
-                let ost = bstrides(so, so);
-                let base = (0..so.rank).fold(0usize, |a, i| a + pre[i] * ost[i]);
-                let mut st = [0usize; MAX_DIMS];
-                st[..sx.rank].copy_from_slice(&ost[..sx.rank]);
-                for (sti, &d) in st.iter_mut().zip(&sx.dims[..sx.rank]) {
-                    if d == 1 {
-                        *sti = 0;
-                    }
-                }
-                for_each_index(sx, [st], |i, [o]| y[base + o] = xs[i]);
-                Ok(())
-            }
             Step::Softmax { x, .. } => {
                 let s = io.shape(*x);
                 let c = s.d().last().copied().unwrap_or(1).max(1);
@@ -634,73 +676,32 @@ impl Step {
                 clamp,
             } => {
                 let (sx, so) = (io.shape(*x), io.shape(*out));
+                if io.is_q8(*out) {
+                    let (lo, hi) = q8_range(io, *out, *clamp);
+                    let ys = i8s_mut(y, so.numel().unwrap_or(0))?;
+                    maxpool_q8(attrs, io.read_i8(*x)?, sx, so, ys, lo, hi);
+                    return Ok(());
+                }
                 pool_nhwc(*max, attrs, io.read(*x)?, sx, so, y);
                 apply_clamp(y, *clamp);
                 Ok(())
             }
-            Step::Transpose { perm, x, out, .. } => {
-                let (sx, so) = (io.shape(*x), io.shape(*out));
-                let xs = io.read(*x)?;
-                if let Some((outer, rows, cols)) = swap_of(sx, perm) {
-                    transpose_blocks(xs, y, outer, rows, cols);
-                    return Ok(());
+            Step::Transpose { out, .. }
+            | Step::Reshape { out, .. }
+            | Step::Slice { out, .. }
+            | Step::Concat { out, .. } => {
+                if io.is_q8(*out) {
+                    let ys = i8s_mut(y, io.shape(*out).numel().unwrap_or(0))?;
+                    return self.run_move::<i8>(io, ys, 0);
                 }
-                // Output dim i walks input dim perm[i].
-                let full = bstrides(sx, sx);
-                let mut st = [0usize; MAX_DIMS];
-                for i in 0..so.rank {
-                    st[i] = if sx.dims[perm[i]] == 1 {
-                        0
-                    } else {
-                        full[perm[i]]
-                    };
-                }
-                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
-                Ok(())
+                self.run_move::<f32>(io, y, 0.0)
             }
-            Step::Reshape { x, .. } => {
-                y.copy_from_slice(io.read(*x)?);
-                Ok(())
-            }
-            Step::Slice {
-                offsets, x, out, ..
-            } => {
-                let (sx, so) = (io.shape(*x), io.shape(*out));
-                let xs = io.read(*x)?;
-                let full = bstrides(sx, sx);
-                let base = (0..sx.rank).fold(0usize, |a, i| {
-                    a.saturating_add(offsets[i].saturating_mul(full[i]))
-                });
-                let xs = &xs[base.min(xs.len())..];
-                let mut st = full;
-                for (sti, &d) in st.iter_mut().zip(&so.dims[..so.rank]) {
-                    if d == 1 {
-                        *sti = 0;
-                    }
+            Step::Pad { value, out, .. } => {
+                if let Kind::Q8 { scale, zp } = io.kinds[*out] {
+                    let ys = i8s_mut(y, io.shape(*out).numel().unwrap_or(0))?;
+                    return self.run_move::<i8>(io, ys, quantize_scalar(*value, scale, zp) as i8);
                 }
-                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
-                Ok(())
-            }
-            Step::Concat {
-                axis,
-                inputs,
-                count,
-                out,
-            } => {
-                let so = io.shape(*out);
-                let outer: usize = so.d()[..*axis].iter().product();
-                let inner: usize = so.d()[*axis + 1..].iter().product();
-                let row = so.dims[*axis] * inner;
-                let mut at = 0;
-                for &v in &inputs[..*count] {
-                    let xs = io.read(v)?;
-                    let w = io.shape(v).dims[*axis] * inner;
-                    for o in 0..outer {
-                        y[o * row + at..o * row + at + w].copy_from_slice(&xs[o * w..(o + 1) * w]);
-                    }
-                    at += w;
-                }
-                Ok(())
+                self.run_move::<f32>(io, y, *value)
             }
             Step::BatchMatMul { a, b, out } => {
                 let (sa, sb, so) = (io.shape(*a), io.shape(*b), io.shape(*out));
@@ -751,6 +752,145 @@ impl Step {
                     .map_err(gemm_err)?;
                 }
                 failed.map_or(Ok(()), |e| Err(gemm_err(e)))
+            }
+        }
+    }
+}
+
+impl Step {
+    /// The data-movement steps, for any element type (`pad`: the padding value).
+    fn run_move<T: Elem>(&self, io: &Io<'_, '_>, y: &mut [T], pad: T) -> ptero_core::Result<()> {
+        match self {
+            Step::Pad { pre, x, out, .. } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let xs = T::read(io, *x)?;
+                y.fill(pad);
+                // Input element -> output offset: the output's strides, shifted by `pre`.
+                let ost = bstrides(so, so);
+                let base = (0..so.rank).fold(0usize, |a, i| a + pre[i] * ost[i]);
+                let mut st = [0usize; MAX_DIMS];
+                st[..sx.rank].copy_from_slice(&ost[..sx.rank]);
+                for (sti, &d) in st.iter_mut().zip(&sx.dims[..sx.rank]) {
+                    if d == 1 {
+                        *sti = 0;
+                    }
+                }
+                for_each_index(sx, [st], |i, [o]| y[base + o] = xs[i]);
+                Ok(())
+            }
+            Step::Transpose { perm, x, out, .. } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let xs = T::read(io, *x)?;
+                if let Some((outer, rows, cols)) = swap_of(sx, perm) {
+                    transpose_blocks(xs, y, outer, rows, cols);
+                    return Ok(());
+                }
+                // Output dim i walks input dim perm[i].
+                let full = bstrides(sx, sx);
+                let mut st = [0usize; MAX_DIMS];
+                for i in 0..so.rank {
+                    st[i] = if sx.dims[perm[i]] == 1 {
+                        0
+                    } else {
+                        full[perm[i]]
+                    };
+                }
+                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
+                Ok(())
+            }
+            Step::Reshape { x, .. } => {
+                y.copy_from_slice(T::read(io, *x)?);
+                Ok(())
+            }
+            Step::Slice {
+                offsets, x, out, ..
+            } => {
+                let (sx, so) = (io.shape(*x), io.shape(*out));
+                let xs = T::read(io, *x)?;
+                let full = bstrides(sx, sx);
+                let base = (0..sx.rank).fold(0usize, |a, i| {
+                    a.saturating_add(offsets[i].saturating_mul(full[i]))
+                });
+                let xs = &xs[base.min(xs.len())..];
+                let mut st = full;
+                for (sti, &d) in st.iter_mut().zip(&so.dims[..so.rank]) {
+                    if d == 1 {
+                        *sti = 0;
+                    }
+                }
+                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
+                Ok(())
+            }
+            Step::Concat {
+                axis,
+                inputs,
+                count,
+                out,
+            } => {
+                let so = io.shape(*out);
+                let outer: usize = so.d()[..*axis].iter().product();
+                let inner: usize = so.d()[*axis + 1..].iter().product();
+                let row = so.dims[*axis] * inner;
+                let mut at = 0;
+                for &v in &inputs[..*count] {
+                    let xs = T::read(io, v)?;
+                    let w = io.shape(v).dims[*axis] * inner;
+                    for o in 0..outer {
+                        y[o * row + at..o * row + at + w].copy_from_slice(&xs[o * w..(o + 1) * w]);
+                    }
+                    at += w;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An int8 output clamp's integer bounds.
+fn q8_range(io: &Io<'_, '_>, out: usize, clamp: Option<(f32, f32)>) -> (i8, i8) {
+    match (io.kinds[out], clamp) {
+        (Kind::Q8 { scale, zp }, Some((lo, hi))) => (
+            quantize_scalar(lo, scale, zp) as i8,
+            quantize_scalar(hi, scale, zp) as i8,
+        ),
+        _ => (i8::MIN, i8::MAX),
+    }
+}
+
+/// Max pooling of int8 NHWC images (padding never wins), clamped to `[lo, hi]`.
+fn maxpool_q8(a: &PoolAttrs, x: &[i8], sx: Shape, so: Shape, y: &mut [i8], lo: i8, hi: i8) {
+    let (n, ih, iw, c) = (sx.dims[0], sx.dims[1], sx.dims[2], sx.dims[3]);
+    let (oh, ow) = (so.dims[1], so.dims[2]);
+    let (pt, pl) = (a.padding[0] as isize, a.padding[3] as isize);
+    let (kh, kw) = (a.window[0] as isize, a.window[1] as isize);
+    let (sh, sw) = (a.stride[0].max(1) as isize, a.stride[1].max(1) as isize);
+    let (dh, dw) = (a.dilation[0].max(1) as isize, a.dilation[1].max(1) as isize);
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let o = ((b * oh + oy) * ow + ox) * c;
+                let row = &mut y[o..o + c];
+                row.fill(i8::MIN);
+                for ky in 0..kh {
+                    let iy = oy as isize * sh - pt + ky * dh;
+                    if iy < 0 || iy >= ih as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = ox as isize * sw - pl + kx * dw;
+                        if ix < 0 || ix >= iw as isize {
+                            continue;
+                        }
+                        let at = ((b * ih + iy as usize) * iw + ix as usize) * c;
+                        for (r, &v) in row.iter_mut().zip(&x[at..at + c]) {
+                            *r = (*r).max(v);
+                        }
+                    }
+                }
+                for r in row.iter_mut() {
+                    *r = (*r).clamp(lo, hi);
+                }
             }
         }
     }
@@ -949,7 +1089,7 @@ fn swap_of(s: Shape, perm: &[usize; MAX_DIMS]) -> Option<(usize, usize, usize)> 
 }
 
 /// `y[o][c][r] = x[o][r][c]` for `outer` matrices, in 8 x 8 blocks so both sides stream.
-fn transpose_blocks(x: &[f32], y: &mut [f32], outer: usize, rows: usize, cols: usize) {
+fn transpose_blocks<T: Copy>(x: &[T], y: &mut [T], outer: usize, rows: usize, cols: usize) {
     const B: usize = 8;
     let m = rows * cols;
     for o in 0..outer {

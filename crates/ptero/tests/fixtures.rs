@@ -208,6 +208,13 @@ fixture_tests!(
         xnn_mobilenet_v2,
         xnn_inverted_residual,
         xnn_ops,
+        // Quantized and half-precision programs lowered to the XNNPACK delegate.
+        xnn_qs8_cnn,
+        xnn_qs8_tensor_cnn,
+        xnn_dq8_mlp,
+        xnn_8da4w_g32,
+        xnn_8da4w_qc4w,
+        xnn_fp16_cnn,
         ops_f16,
         ops_shape,
         ops_conv,

@@ -97,6 +97,10 @@ fn execute_does_not_allocate() {
         "xnn_cnn",
         "xnn_resnet_block",
         "xnn_inverted_residual",
+        "xnn_qs8_cnn",
+        "xnn_dq8_mlp",
+        "xnn_8da4w_g32",
+        "xnn_fp16_cnn",
     ] {
         for threads in [1, 2, 3] {
             assert_eq!(

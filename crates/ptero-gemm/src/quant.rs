@@ -1,0 +1,607 @@
+//! Integer products for quantized programs: int8 activations against int8 or int4
+//! weights, accumulated exactly in i32 and scaled once per output or per weight group.
+//!
+//! Two epilogues share one packed weight ([`QPacked`]):
+//! - dynamic int8 activations (a scale and zero point per row, [`quantize_rows`]) with
+//!   f32 results ([`qd8_gemm`]), the XNNPACK `qd8-f32-qc8w/qc4w/qb4w` kernels' meaning;
+//! - static int8 activations requantized to int8 ([`qs8_gemm`]), the `qs8-qc8w` meaning:
+//!   `y = RNE(clamp(acc · scale[n], lo − zp, hi − zp)) + zp`.
+//!
+//! ```
+//! use ptero_gemm::{qd8_gemm, quantize_rows, QPacked};
+//! use ptero_simd::Serial;
+//! // One output of three inputs: weights 1, -2, 3 with scale 0.5 (int8, one group).
+//! let w = QPacked::new(1, 3, 8, 3, |_, k| [1i8, -2, 3][k], |_, _| 0.5).unwrap();
+//! let x = [1.0f32, 2.0, 3.0];
+//! let (mut q, mut p) = ([0i8; 3], [0f32; 2]);
+//! quantize_rows(&x, 3, &mut q, &mut p);
+//! let mut y = [0f32; 1];
+//! qd8_gemm(&Serial, &q, &p, 1, &w, None, (f32::NEG_INFINITY, f32::INFINITY), &mut y);
+//! assert!((y[0] - 0.5 * (1.0 - 4.0 + 9.0)).abs() < 0.05);
+//! ```
+
+use alloc::vec::Vec;
+
+use ptero_simd::{dispatch, split_count, split_range, Parallel, Simd, SimdOp};
+
+/// Weight values per block of the 4-bit layout: byte `j` of a block holds element `j` in
+/// its low nibble and element `16 + j` in its high nibble, so both halves line up with
+/// contiguous activations.
+pub const Q4_BLOCK: usize = 32;
+
+/// Quantized weights `[n, k]` (one row per output), packed once.
+#[derive(Debug, Clone)]
+pub struct QPacked {
+    n: usize,
+    k: usize,
+    /// `k` rounded up to a whole 4-bit block (= `k` for int8).
+    kp: usize,
+    bits: u8,
+    /// Elements per scale along k (`kp` when there is one scale per row).
+    group: usize,
+    groups: usize,
+    data: Vec<u8>,
+    /// Per row and group: the real scale.
+    scales: Vec<f32>,
+    /// Per row and group: the sum of the integer weights, for zero-point corrections.
+    sums: Vec<i32>,
+}
+
+/// Why weights cannot be packed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QPackError {
+    /// `bits` is neither 4 nor 8.
+    Bits(u8),
+    /// The group does not divide k, or is not a multiple of the 4-bit block.
+    Group { k: usize, group: usize },
+    /// Sizes overflow or memory ran out.
+    Size,
+}
+
+impl core::fmt::Display for QPackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            QPackError::Bits(b) => write!(f, "{b}-bit weights (4 or 8 are supported)"),
+            QPackError::Group { k, group } => {
+                write!(f, "group of {group} over {k} inputs")
+            }
+            QPackError::Size => f.write_str("weights too large"),
+        }
+    }
+}
+
+fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, QPackError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| QPackError::Size)?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+impl QPacked {
+    /// Packs `w(row, col)` (values in `-8..=7` for 4 bits) with `scale(row, group)`.
+    /// `group == k` gives one scale per row; otherwise it must divide k (and be a
+    /// multiple of [`Q4_BLOCK`] for 4 bits).
+    pub fn new(
+        n: usize,
+        k: usize,
+        bits: u8,
+        group: usize,
+        w: impl Fn(usize, usize) -> i8,
+        scale: impl Fn(usize, usize) -> f32,
+    ) -> Result<QPacked, QPackError> {
+        if bits != 4 && bits != 8 {
+            return Err(QPackError::Bits(bits));
+        }
+        let per_row = group >= k;
+        let kp = if bits == 4 {
+            k.div_ceil(Q4_BLOCK)
+                .checked_mul(Q4_BLOCK)
+                .ok_or(QPackError::Size)?
+        } else {
+            k
+        };
+        if !per_row
+            && (group == 0
+                || !k.is_multiple_of(group)
+                || (bits == 4 && !group.is_multiple_of(Q4_BLOCK)))
+        {
+            return Err(QPackError::Group { k, group });
+        }
+        let (group, groups) = if per_row { (kp, 1) } else { (group, k / group) };
+        let row_bytes = if bits == 4 { kp / 2 } else { kp };
+        let mut data: Vec<u8> = zeroed(n.checked_mul(row_bytes).ok_or(QPackError::Size)?)?;
+        let ng = n.checked_mul(groups).ok_or(QPackError::Size)?;
+        let mut scales: Vec<f32> = zeroed(ng)?;
+        let mut sums: Vec<i32> = zeroed(ng)?;
+        for r in 0..n {
+            let row = &mut data[r * row_bytes..(r + 1) * row_bytes];
+            for c in 0..kp {
+                let v = if c < k { w(r, c) } else { 0 };
+                if bits == 8 {
+                    row[c] = v as u8;
+                } else {
+                    let v = v.clamp(-8, 7);
+                    let u = (v + 8) as u8;
+                    let (blk, j) = (c / Q4_BLOCK, c % Q4_BLOCK);
+                    let byte = &mut row[blk * 16 + j % 16];
+                    *byte |= if j < 16 { u } else { u << 4 };
+                }
+                let g = if per_row { 0 } else { c / group };
+                sums[r * groups + g] += i32::from(if bits == 4 { v.clamp(-8, 7) } else { v });
+            }
+            for g in 0..groups {
+                scales[r * groups + g] = scale(r, g);
+            }
+        }
+        Ok(QPacked {
+            n,
+            k,
+            kp,
+            bits,
+            group,
+            groups,
+            data,
+            scales,
+            sums,
+        })
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 8 * self.scales.len()
+    }
+
+    /// The weights' integer sums of row `r`, one per group.
+    pub fn sums(&self, r: usize) -> &[i32] {
+        &self.sums[r * self.groups..(r + 1) * self.groups]
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let rb = if self.bits == 4 { self.kp / 2 } else { self.kp };
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Quantizes each row of `x` (rows of `k`) to int8 with its own scale and zero point, as
+/// XNNPACK's dynamic quantization does: the range is widened to hold 0, the zero point
+/// is nudged to an integer, values round half to even. `params` receives `(scale, zero
+/// point)` per row as two f32.
+pub fn quantize_rows(x: &[f32], k: usize, q: &mut [i8], params: &mut [f32]) {
+    if k == 0 {
+        return;
+    }
+    for ((xr, qr), p) in x
+        .chunks_exact(k)
+        .zip(q.chunks_exact_mut(k))
+        .zip(params.chunks_exact_mut(2))
+    {
+        let (scale, zp) = dispatch(QuantizeRow { x: xr, q: qr });
+        p[0] = scale;
+        p[1] = zp as f32;
+    }
+}
+
+/// `x + MAGIC - MAGIC` rounds half to even for |x| < 2^22 (the bias `1.5 · 2^23`).
+const MAGIC: f32 = 12_582_912.0;
+
+struct QuantizeRow<'a> {
+    x: &'a [f32],
+    q: &'a mut [i8],
+}
+
+impl SimdOp for QuantizeRow<'_> {
+    type Output = (f32, i32);
+    #[inline(always)]
+    fn eval<S: Simd>(self, _s: S) -> (f32, i32) {
+        let (mut lo, mut hi) = (0.0f32, 0.0f32);
+        for &v in self.x {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        let m = if lo == hi { 1.0 } else { 255.0 / (hi - lo) };
+        let zmin = -128.0 - lo * m;
+        let zmax = 127.0 - hi * m;
+        let z = if -128.0 + lo * m + 127.0 + hi * m > 0.0 {
+            zmin
+        } else {
+            zmax
+        };
+        let z = z.clamp(-128.0, 127.0);
+        let zp = ((z + MAGIC) - MAGIC) as i32;
+        let (qlo, qhi) = (-128.0 - zp as f32, 127.0 - zp as f32);
+        for (o, &v) in self.q.iter_mut().zip(self.x) {
+            let f = (v * m).max(qlo).min(qhi);
+            *o = (((f + MAGIC) - MAGIC) as i32 + zp) as i8;
+        }
+        (1.0 / m, zp)
+    }
+}
+
+/// Quantizes `x` to int8 with a fixed scale and zero point (XNNPACK's `f32 -> qs8`
+/// convert: multiply by `1 / scale`, saturate, round half to even).
+pub fn quantize(x: &[f32], scale: f32, zp: i32, q: &mut [i8]) {
+    let inv = 1.0 / scale;
+    let (qlo, qhi) = (-128.0 - zp as f32, 127.0 - zp as f32);
+    for (o, &v) in q.iter_mut().zip(x) {
+        let f = (v * inv).max(qlo).min(qhi);
+        *o = (((f + MAGIC) - MAGIC) as i32 + zp) as i8;
+    }
+}
+
+/// Raw output shared by tasks that write disjoint columns.
+struct Out<T>(*mut T);
+// SAFETY: tasks write disjoint elements (distinct columns) of a buffer borrowed mutably
+// for the whole call; the pointer is never used to read.
+unsafe impl<T> Send for Out<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Out<T> {}
+
+impl<T> Out<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// Splits the columns over the threads and calls `f(cols)` per part; `f` must only
+/// write its own columns.
+fn for_col_parts(
+    par: &dyn Parallel,
+    n: usize,
+    work: usize,
+    f: &(dyn Fn(core::ops::Range<usize>) + Sync),
+) {
+    let threads = par.threads();
+    if threads <= 1 || work < 1 << 15 || n < 16 {
+        f(0..n);
+        return;
+    }
+    let parts = split_count(n, 2 * threads, 8);
+    par.run(parts, &|i| f(split_range(n, parts, 8, i)));
+}
+
+/// The integer dot product of an activation row (`k` values) with packed weight row `r`,
+/// per group, passed to `f(group, dot)`.
+#[inline(always)]
+fn dots(w: &QPacked, r: usize, x: &[i8], mut f: impl FnMut(usize, i32)) {
+    let row = w.row(r);
+    let k = w.k;
+    if w.bits == 8 {
+        let row: &[i8] = bytemuck::cast_slice(row);
+        for g in 0..w.groups {
+            let (a, b) = (g * w.group, ((g + 1) * w.group).min(k));
+            f(g, dot8(&x[a..b], &row[a..b]));
+        }
+        return;
+    }
+    let blocks_per_group = w.group / Q4_BLOCK;
+    for g in 0..w.groups {
+        let mut acc = 0i32;
+        for b in g * blocks_per_group..(g + 1) * blocks_per_group {
+            let at = b * Q4_BLOCK;
+            let wb = &row[b * 16..b * 16 + 16];
+            acc += if at + Q4_BLOCK <= k {
+                dot4(&x[at..at + Q4_BLOCK], wb)
+            } else {
+                // The last, partial block: padded with zeros.
+                let mut tail = [0i8; Q4_BLOCK];
+                let have = k.saturating_sub(at);
+                tail[..have].copy_from_slice(&x[at..at + have]);
+                dot4(&tail, wb)
+            };
+        }
+        f(g, acc);
+    }
+}
+
+#[inline(always)]
+fn dot8(x: &[i8], w: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for (a, b) in x.iter().zip(w) {
+        acc += i32::from(*a) * i32::from(*b);
+    }
+    acc
+}
+
+/// One 4-bit block: 32 activations against 16 bytes of nibbles (offset by 8).
+#[inline(always)]
+fn dot4(x: &[i8], w: &[u8]) -> i32 {
+    let (lo, hi) = x.split_at(16);
+    let mut acc = 0i32;
+    for j in 0..16 {
+        let b = w[j];
+        acc +=
+            (i32::from(b & 15) - 8) * i32::from(lo[j]) + (i32::from(b >> 4) - 8) * i32::from(hi[j]);
+    }
+    acc
+}
+
+/// `y[m, n] = clamp(Σ_g scale_x · scale_w[n, g] · Σ_{k∈g} (x − zp_x) · w + bias[n])` for
+/// dynamically quantized rows `x` (`params` from [`quantize_rows`]).
+#[allow(clippy::too_many_arguments)]
+pub fn qd8_gemm(
+    par: &dyn Parallel,
+    x: &[i8],
+    params: &[f32],
+    m: usize,
+    w: &QPacked,
+    bias: Option<&[f32]>,
+    clamp: (f32, f32),
+    y: &mut [f32],
+) {
+    let (n, k) = (w.n, w.k);
+    assert!(x.len() >= m * k && params.len() >= 2 * m && y.len() >= m * n);
+    assert!(bias.is_none_or(|b| b.len() >= n));
+    let out = Out(y.as_mut_ptr());
+    let work = m.saturating_mul(n).saturating_mul(k);
+    for_col_parts(par, n, work, &|cols| {
+        dispatch(Qd8Cols {
+            x,
+            params,
+            m,
+            w,
+            bias,
+            clamp,
+            cols,
+            out: &out,
+        })
+    });
+}
+
+struct Qd8Cols<'a> {
+    x: &'a [i8],
+    params: &'a [f32],
+    m: usize,
+    w: &'a QPacked,
+    bias: Option<&'a [f32]>,
+    clamp: (f32, f32),
+    cols: core::ops::Range<usize>,
+    out: &'a Out<f32>,
+}
+
+impl SimdOp for Qd8Cols<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, _s: S) {
+        let (n, k) = (self.w.n, self.w.k);
+        for c in self.cols.clone() {
+            let sums = self.w.sums(c);
+            let scales = &self.w.scales[c * self.w.groups..(c + 1) * self.w.groups];
+            for i in 0..self.m {
+                let (sx, zx) = (self.params[2 * i], self.params[2 * i + 1] as i32);
+                let xr = &self.x[i * k..(i + 1) * k];
+                // XNNPACK's order: the row's scale first, then the weight's (per block,
+                // the weight's scale first).
+                let mut v = if self.w.groups == 1 {
+                    let mut d0 = 0;
+                    dots(self.w, c, xr, |_, d| d0 = d);
+                    (d0.wrapping_sub(zx.wrapping_mul(sums[0])) as f32 * sx) * scales[0]
+                } else {
+                    let mut acc = 0.0f32;
+                    dots(self.w, c, xr, |g, d| {
+                        acc += scales[g] * (d.wrapping_sub(zx.wrapping_mul(sums[g]))) as f32;
+                    });
+                    acc * sx
+                };
+                if let Some(b) = self.bias {
+                    v += b[c];
+                }
+                let v = v.max(self.clamp.0).min(self.clamp.1);
+                // SAFETY: `i < m`, `c < n` and `y` holds `m · n` elements (checked by
+                // `qd8_gemm`); this task is the only writer of column `c`.
+                unsafe { *self.out.get().add(i * n + c) = v };
+            }
+        }
+    }
+}
+
+/// Static int8: `y[m, n] = RNE(clamp((b[n] + Σ_k x · w) · scale[n], lo − zp, hi − zp)) + zp`,
+/// with `scale[n]` the weights' scales (already `s_x · s_w / s_y`) and `b` the bias with
+/// the input zero point folded in (`bias − zp_x · Σ_k w`).
+#[allow(clippy::too_many_arguments)]
+pub fn qs8_gemm(
+    par: &dyn Parallel,
+    x: &[i8],
+    m: usize,
+    w: &QPacked,
+    b: &[i32],
+    zp: i32,
+    range: (i32, i32),
+    y: &mut [i8],
+) {
+    let (n, k) = (w.n, w.k);
+    assert!(x.len() >= m * k && y.len() >= m * n && b.len() >= n);
+    let out = Out(y.as_mut_ptr());
+    let work = m.saturating_mul(n).saturating_mul(k);
+    for_col_parts(par, n, work, &|cols| {
+        dispatch(Qs8Cols {
+            x,
+            m,
+            w,
+            b,
+            zp,
+            range,
+            cols,
+            out: &out,
+        })
+    });
+}
+
+struct Qs8Cols<'a> {
+    x: &'a [i8],
+    m: usize,
+    w: &'a QPacked,
+    b: &'a [i32],
+    zp: i32,
+    range: (i32, i32),
+    cols: core::ops::Range<usize>,
+    out: &'a Out<i8>,
+}
+
+/// `RNE(clamp(acc · scale, lo − zp, hi − zp)) + zp`: XNNPACK's fp32 requantization.
+#[inline(always)]
+pub fn requantize(acc: i32, scale: f32, zp: i32, range: (i32, i32)) -> i8 {
+    let f = (acc as f32 * scale)
+        .max((range.0 - zp) as f32)
+        .min((range.1 - zp) as f32);
+    (((f + MAGIC) - MAGIC) as i32 + zp) as i8
+}
+
+impl SimdOp for Qs8Cols<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, _s: S) {
+        let (n, k) = (self.w.n, self.w.k);
+        for c in self.cols.clone() {
+            let scale = self.w.scales[c * self.w.groups];
+            for i in 0..self.m {
+                let mut acc = self.b[c];
+                dots(self.w, c, &self.x[i * k..(i + 1) * k], |_, d| {
+                    acc = acc.wrapping_add(d)
+                });
+                let v = requantize(acc, scale, self.zp, self.range);
+                // SAFETY: `i < m`, `c < n` and `y` holds `m · n` elements (checked by
+                // `qs8_gemm`); this task is the only writer of column `c`.
+                unsafe { *self.out.get().add(i * n + c) = v };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in f64 over dequantized values.
+    fn reference(
+        x: &[i8],
+        p: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        w: &dyn Fn(usize, usize) -> (i8, f32),
+    ) -> Vec<f64> {
+        let mut y = vec![0.0; m * n];
+        for i in 0..m {
+            for c in 0..n {
+                let mut acc = 0.0f64;
+                for j in 0..k {
+                    let (q, s) = w(c, j);
+                    acc += (f64::from(x[i * k + j]) - f64::from(p[2 * i + 1]))
+                        * f64::from(q)
+                        * f64::from(s);
+                }
+                y[i * n + c] = acc * f64::from(p[2 * i]);
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn qd8_against_the_definition() {
+        // (m, n, k, bits, group)
+        let cases: &[(usize, usize, usize, u8, usize)] = &[
+            (1, 5, 7, 8, 7),
+            (3, 17, 64, 8, 64),
+            (2, 9, 64, 4, 32),
+            (4, 33, 96, 4, 96),
+            (1, 40, 50, 4, 50),
+            (5, 24, 128, 4, 64),
+        ];
+        for &(m, n, k, bits, group) in cases {
+            let lim = if bits == 4 { 8 } else { 128 };
+            let wv = |r: usize, c: usize| {
+                (((r * 31 + c * 17 + 5) % (2 * lim)) as i32 - lim as i32) as i8
+            };
+            let sv = |r: usize, g: usize| 0.01 + 0.001 * ((r + 3 * g) % 7) as f32;
+            let w = QPacked::new(n, k, bits, group, wv, sv).unwrap();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 101) as f32 * 0.05 - 2.0)
+                .collect();
+            let (mut q, mut p) = (vec![0i8; m * k], vec![0f32; 2 * m]);
+            quantize_rows(&x, k, &mut q, &mut p);
+            let g = group.min(k);
+            let want = reference(&q, &p, m, n, k, &|c, j| (wv(c, j), sv(c, j / g)));
+            let _g = crate::tests::LEVEL_LOCK
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let before = ptero_simd::level();
+            let pool = ptero_simd::pool::ThreadPool::new(2);
+            for (l, par) in crate::tests::levels().into_iter().flat_map(|l| {
+                [
+                    (l, &ptero_simd::Serial as &dyn Parallel),
+                    (l, &pool as &dyn Parallel),
+                ]
+            }) {
+                ptero_simd::set_level(l).unwrap();
+                let mut y = vec![0f32; m * n];
+                qd8_gemm(
+                    par,
+                    &q,
+                    &p,
+                    m,
+                    &w,
+                    None,
+                    (f32::NEG_INFINITY, f32::INFINITY),
+                    &mut y,
+                );
+                for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{l:?} {m}x{n}x{k}/{bits}/{group} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+            ptero_simd::set_level(before).unwrap();
+        }
+    }
+
+    #[test]
+    fn rows_quantize_like_xnnpack() {
+        // A row that is all positive still holds 0; the zero point saturates at -128.
+        let (mut q, mut p) = ([0i8; 4], [0f32; 2]);
+        quantize_rows(&[1.0, 2.0, 3.0, 4.0], 4, &mut q, &mut p);
+        assert_eq!(p[1], -128.0);
+        assert!((p[0] - 4.0 / 255.0).abs() < 1e-7);
+        assert_eq!(q, [-64, 0, 63, 127]);
+        // Zero rows: scale 1, and the tie between the two zero points goes to the top.
+        quantize_rows(&[0.0; 4], 4, &mut q, &mut p);
+        assert_eq!((p[0], p[1], q), (1.0, 127.0, [127; 4]));
+        // Non-finite values do not panic.
+        quantize_rows(&[f32::NAN, f32::INFINITY, -1.0, 0.0], 4, &mut q, &mut p);
+    }
+
+    #[test]
+    fn qs8_requantizes_with_ties_to_even() {
+        assert_eq!(requantize(5, 0.5, 0, (-128, 127)), 2); // 2.5 -> 2
+        assert_eq!(requantize(7, 0.5, 1, (-128, 127)), 5); // 3.5 -> 4, + 1
+        assert_eq!(requantize(1000, 1.0, 3, (-128, 127)), 127);
+        assert_eq!(requantize(-9, 1.0, 0, (0, 127)), 0);
+        let w = QPacked::new(
+            2,
+            3,
+            8,
+            3,
+            |r, c| [[1i8, 2, 3], [-1, -1, -1]][r][c],
+            |_, _| 0.25,
+        )
+        .unwrap();
+        let x = [10i8, 20, 30, -5, 0, 5];
+        let mut y = [0i8; 4];
+        // Input zero point 2 folded into b: b = -2 · Σw.
+        let b = [-2 * 6, -2 * -3];
+        qs8_gemm(&ptero_simd::Serial, &x, 2, &w, &b, 1, (-128, 127), &mut y);
+        // Row 0: (8·1 + 18·2 + 28·3) = 128 -> 32 + 1; (-8 - 18 - 28) = -54 -> -13.5 -> -14 + 1.
+        // Row 1: (-7 + -4 + 3·3) = -2 -> -0.5 -> 0 + 1; (7 + 2 - 3) = 6 -> 1.5 -> 2 + 1.
+        assert_eq!(y, [33, -13, 1, 3]);
+    }
+}
