@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import sys
 import time
 import traceback
@@ -105,6 +106,11 @@ class Fixture:
     # Int8DynamicActivationIntxWeightConfig, group 32 / per-channel), "fp16" (module and
     # inputs in half precision).
     quant: Optional[str] = None
+    # Weights exported to an external data file (`model.ptd`, FlatTensor): delegate
+    # constants tagged before lowering, portable constants with `external_constants`.
+    external_data: bool = False
+    # Filled by export_pte when external_data: {file name: bytes}.
+    data_files: Dict[str, bytes] = field(default_factory=dict)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -1008,6 +1014,50 @@ def fx_xnn_fp16_cnn() -> Fixture:
     return fx
 
 
+def fx_xnn_deconv_resize() -> Fixture:
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1)
+            self.up2 = nn.ConvTranspose2d(6, 4, 2, stride=2, groups=2, bias=False)
+            self.up3 = nn.ConvTranspose2d(4, 3, (3, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1))
+
+        def forward(self, x):
+            y = F.relu(self.up(x))  # 8 -> 16
+            z = self.up2(y)  # 16 -> 32
+            a = F.interpolate(x, size=(13, 11), mode="bilinear", align_corners=False)
+            b = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+            return z, a, b, self.up3(x)
+
+    torch.manual_seed(34)
+    return single(M(), [(randn(1, 4, 8, 8, seed=1630),)], partitioner="xnnpack",
+                  description="XNNPACK-lowered transposed convolutions (stride, padding, output padding, "
+                              "groups, dilation) and bilinear resizing (half-pixel and align_corners), "
+                              "input [1,4,8,8]")
+
+
+def fx_xnn_ptd() -> Fixture:
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.l = nn.Linear(8, 4)
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, ids, y):
+            return self.l(self.emb(ids)), torch.sigmoid(self.c(y))
+
+    torch.manual_seed(35)
+    fx = single(M(), [(randint(0, 10, (2, 5), seed=1640), randn(1, 3, 6, 6, seed=1641))],
+                partitioner="xnnpack",
+                description="weights in an external data file (model.ptd): XNNPACK-lowered linear and "
+                            "conv (delegate constants tagged external) and a portable embedding table")
+    fx.external_data = True
+    return fx
+
+
+FIXTURES_REGISTRY["xnn_deconv_resize"] = fx_xnn_deconv_resize
+FIXTURES_REGISTRY["xnn_ptd"] = fx_xnn_ptd
 FIXTURES_REGISTRY["xnn_qs8_cnn"] = fx_xnn_qs8_cnn
 FIXTURES_REGISTRY["xnn_qs8_tensor_cnn"] = lambda: fx_xnn_qs8_cnn(per_tensor=True)
 FIXTURES_REGISTRY["xnn_dq8_mlp"] = fx_xnn_dq8_mlp
@@ -1081,6 +1131,17 @@ def export_pte(fx: Fixture) -> bytes:
         eps[name] = torch.export.export(
             spec.module, spec.example_args, dynamic_shapes=spec.dynamic_shapes, strict=fx.strict
         )
+        if fx.external_data:
+            from executorch.exir.passes.external_constants_pass import (
+                delegate_external_constants_pass_unlifted)
+
+            gm = eps[name].module()
+            delegate_external_constants_pass_unlifted(module=gm, gen_tag_fn=lambda _n: "model")
+            eps[name] = torch.export.export(gm, spec.example_args, dynamic_shapes=spec.dynamic_shapes,
+                                            strict=fx.strict)
+    if fx.external_data:
+        # One file for both kinds (the official loader takes a single data file).
+        fx.backend_config_kwargs["external_constants"] = lambda _n: "model"
     kwargs = {}
     if fx.edge_compile_config is not None:
         kwargs["compile_config"] = fx.edge_compile_config
@@ -1095,6 +1156,10 @@ def export_pte(fx: Fixture) -> bytes:
     else:
         edge = to_edge_transform_and_lower(eps, **kwargs)  # no partitioner: portable kernels only
     et = edge.to_executorch(ExecutorchBackendConfig(**fx.backend_config_kwargs))
+    if fx.external_data:
+        with tempfile.TemporaryDirectory() as d:
+            et.write_tensor_data_to_file(d)
+            fx.data_files = {f: (Path(d) / f).read_bytes() for f in sorted(os.listdir(d))}
     return et.buffer
 
 
@@ -1119,10 +1184,18 @@ def flatten_outputs(out) -> List[Any]:
     return leaves
 
 
-def run_runtime(pte: bytes, runs) -> List[List[np.ndarray]]:
+def run_runtime(pte: bytes, runs, data_files: Optional[Dict[str, bytes]] = None) -> List[List[np.ndarray]]:
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(pte)
+    if data_files:
+        # The official loader takes one data file, by path.
+        assert len(data_files) == 1, f"one data file expected, got {list(data_files)}"
+        tmp = tempfile.mkdtemp()
+        for f, b in data_files.items():
+            (Path(tmp) / f).write_bytes(b)
+        program = Runtime.get().load_program(pte, data_path=str(Path(tmp) / next(iter(data_files))))
+    else:
+        program = Runtime.get().load_program(pte)
     results = []
     for method, inputs in runs:
         m = program.load_method(method)
@@ -1213,7 +1286,7 @@ def build(name: str, factory: Callable[[], Fixture], out_dir: Path) -> Dict[str,
     extra: Dict[str, Any] = {}
     runtime_err = None
     try:
-        expected = run_runtime(pte, fx.runs)
+        expected = run_runtime(pte, fx.runs, fx.data_files)
     except Exception as e:  # official runtime could not run it
         runtime_err = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
         expected = eager
@@ -1224,7 +1297,11 @@ def build(name: str, factory: Callable[[], Fixture], out_dir: Path) -> Dict[str,
     if outside:
         # official runtime and eager disagree beyond the fixture tolerance
         extra["eager_mismatch"] = outside
+    if fx.data_files:
+        extra["data_files"] = list(fx.data_files)
     write_fixture(out_dir, fx, pte, expected, source, extra)
+    for f, b in fx.data_files.items():
+        (out_dir / f).write_bytes(b)
     info = {
         "name": name,
         "pte_bytes": size,

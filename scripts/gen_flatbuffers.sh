@@ -17,6 +17,11 @@ mkdir -p "$out"
 "$flatc" --rust --gen-all -o "$tmp/out" "$tmp/program.fbs"
 cp "$tmp/out/program_generated.rs" "$out/program_generated.rs"
 echo "wrote $out/program_generated.rs"
+# External data files (.ptd, identifier FT01); they include scalar_type.fbs like program.fbs.
+cp "$schemas/extension_flat_tensor_serialize_flat_tensor.fbs" "$tmp/flat_tensor.fbs"
+"$flatc" --rust --gen-all -o "$tmp/out" "$tmp/flat_tensor.fbs"
+cp "$tmp/out/flat_tensor_generated.rs" "$out/flat_tensor_generated.rs"
+echo "wrote $out/flat_tensor_generated.rs"
 # The XNNPACK delegate's graph: the runtime schema (identifier XN00) is a superset of the
 # exporter's (XN01: the same tables with the legacy buffers marked deprecated), so one set
 # of bindings reads both.

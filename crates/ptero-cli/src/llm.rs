@@ -109,7 +109,7 @@ pub fn llm(a: &LlmArgs, load: &crate::LoadArgs) -> Result<(), ptero::Error> {
     if let Some(p) = a.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(fail(format!("--top-p must be in (0, 1], got {p}")));
     }
-    let options = ptero::ModuleOptions::new()
+    let mut options = ptero::ModuleOptions::new()
         .load_mode(if load.no_mmap {
             ptero::LoadMode::Read
         } else {
@@ -117,6 +117,9 @@ pub fn llm(a: &LlmArgs, load: &crate::LoadArgs) -> Result<(), ptero::Error> {
         })
         .limits(load.limits())
         .threads(load.threads());
+    for d in &load.data {
+        options = options.data_file(d);
+    }
     let mut gen = TextGenerator::load_with(
         &a.model,
         a.tokenizer.as_ref(),

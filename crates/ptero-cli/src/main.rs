@@ -38,8 +38,12 @@ struct Cli {
 const MAX_ITERATIONS: i64 = 1_000_000;
 
 /// How the program file is loaded and what it may cost: shared by every command.
-#[derive(clap::Args, Debug, Clone, Copy, Default)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub(crate) struct LoadArgs {
+    /// An external data file (.ptd) holding weights the program was exported without
+    /// (ExecuTorch's external constants); repeat for several.
+    #[arg(long = "data", value_name = "FILE.ptd")]
+    pub data: Vec<std::path::PathBuf>,
     /// Read the program into memory instead of memory-mapping it (a mapped file that is
     /// truncated while in use kills the process with SIGBUS; pipes cannot be mapped).
     #[arg(long)]
@@ -93,11 +97,15 @@ impl LoadArgs {
 
     /// Opens `model` as the flags say.
     pub fn open(&self, model: &Path) -> Result<Program, Error> {
-        if self.no_mmap {
+        let mut program = if self.no_mmap {
             Program::read_file(model, self.limits().max_memory)
         } else {
             Program::from_file(model)
+        }?;
+        for d in &self.data {
+            program.add_data_file(d)?;
         }
+        Ok(program)
     }
 }
 

@@ -27,11 +27,17 @@ pub mod fb {
     pub use crate::program_generated::executorch_flatbuffer::*;
 }
 
+#[allow(unsafe_code, warnings, clippy::all)]
+#[rustfmt::skip]
+mod flat_tensor_generated;
+
 mod error;
+mod flat_tensor;
 mod header;
 mod pte;
 pub mod writer;
 
 pub use error::FormatError;
+pub use flat_tensor::{DataEntry, FlatTensorFile, FLAT_TENSOR_IDENTIFIER, FLAT_TENSOR_MAGIC};
 pub use header::{check_identifier, ExtendedHeader, Identifier, HEADER_MAGIC, MIN_HEAD_BYTES};
 pub use pte::PteFile;

@@ -258,10 +258,16 @@ fn default_input(dtype: ScalarType, sizes: &[usize]) -> Option<EValue> {
     Some(EValue::Tensor(t))
 }
 
+fn xnnpack_backend() -> std::sync::Arc<dyn ptero_runtime::Backend> {
+    std::sync::Arc::new(ptero_xnnpack::XnnpackBackend)
+}
+
 /// What the fuzzer runs for every case (and `--replay` for one).
 pub fn run_program(bytes: &[u8], kernels: &KernelRegistry, limits: Limits) -> Result<(), Error> {
     let program = Program::from_bytes(bytes)?;
-    let backends = ptero_runtime::BackendRegistry::new();
+    // Damaged XNNPACK blobs reach the delegate's parser and planner.
+    let mut backends = ptero_runtime::BackendRegistry::new();
+    backends.register(xnnpack_backend());
     let names: Vec<String> = program
         .method_names()
         .into_iter()

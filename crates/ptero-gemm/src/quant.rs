@@ -127,7 +127,8 @@ impl QPacked {
                     *byte |= if j < 16 { u } else { u << 4 };
                 }
                 let g = if per_row { 0 } else { c / group };
-                sums[r * groups + g] += i32::from(if bits == 4 { v.clamp(-8, 7) } else { v });
+                let s = &mut sums[r * groups + g];
+                *s = s.wrapping_add(i32::from(if bits == 4 { v.clamp(-8, 7) } else { v }));
             }
             for g in 0..groups {
                 scales[r * groups + g] = scale(r, g);
@@ -289,7 +290,7 @@ fn dots(w: &QPacked, r: usize, x: &[i8], mut f: impl FnMut(usize, i32)) {
         for b in g * blocks_per_group..(g + 1) * blocks_per_group {
             let at = b * Q4_BLOCK;
             let wb = &row[b * 16..b * 16 + 16];
-            acc += if at + Q4_BLOCK <= k {
+            acc = acc.wrapping_add(if at + Q4_BLOCK <= k {
                 dot4(&x[at..at + Q4_BLOCK], wb)
             } else {
                 // The last, partial block: padded with zeros.
@@ -297,7 +298,7 @@ fn dots(w: &QPacked, r: usize, x: &[i8], mut f: impl FnMut(usize, i32)) {
                 let have = k.saturating_sub(at);
                 tail[..have].copy_from_slice(&x[at..at + have]);
                 dot4(&tail, wb)
-            };
+            });
         }
         f(g, acc);
     }
@@ -307,7 +308,7 @@ fn dots(w: &QPacked, r: usize, x: &[i8], mut f: impl FnMut(usize, i32)) {
 fn dot8(x: &[i8], w: &[i8]) -> i32 {
     let mut acc = 0i32;
     for (a, b) in x.iter().zip(w) {
-        acc += i32::from(*a) * i32::from(*b);
+        acc = acc.wrapping_add(i32::from(*a) * i32::from(*b));
     }
     acc
 }

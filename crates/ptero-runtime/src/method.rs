@@ -156,6 +156,45 @@ impl Method {
                 .map_err(|e| invalid(name, format!("value {idx}: {e}")))?;
             dst.copy_from_slice(src);
         }
+        // Tensors kept in `.ptd` files: constants get a buffer of their own, mutable ones
+        // start from the file's contents.
+        for (idx, key, mutable) in &plan.externals {
+            let Some(Value::Tensor(t)) = values.get_mut(*idx) else {
+                continue;
+            };
+            let src = program.named_data(key).ok_or_else(|| {
+                invalid(
+                    name,
+                    format!(
+                        "value {idx}: tensor '{key}' is kept in an external data file (.ptd) \
+                         that was not given (--data FILE.ptd)"
+                    ),
+                )
+            })?;
+            let nbytes = t.nbytes();
+            let src = src.get(..nbytes).ok_or_else(|| {
+                invalid(
+                    name,
+                    format!(
+                        "value {idx}: tensor '{key}' needs {nbytes} bytes, the data file holds {}",
+                        src.len()
+                    ),
+                )
+            })?;
+            if !*mutable {
+                let buf = AlignedBuf::try_zeroed(nbytes).ok_or(Error::OutOfMemory {
+                    method: name.into(),
+                    what: "a tensor from an external data file",
+                    bytes: nbytes,
+                })?;
+                let id = memory.add_buffer(buf);
+                t.set_storage(Storage::Buffer { id, offset: 0 }, nbytes);
+            }
+            memory
+                .bytes_mut(t.storage, nbytes)
+                .map_err(|e| invalid(name, format!("value {idx}: {e}")))?
+                .copy_from_slice(src);
+        }
         // Unplanned input and output tensors get buffers of their own, sized to their bound.
         for &i in plan.inputs.iter().chain(&plan.outputs) {
             if let Some(Value::Tensor(t)) = values.get_mut(i as usize) {

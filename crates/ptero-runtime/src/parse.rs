@@ -25,6 +25,9 @@ pub(crate) struct ParsedValues {
     pub values: Vec<Value>,
     /// (value index, byte range in the file) of mutable tensors with initial state.
     pub inits: Vec<(usize, Range<usize>)>,
+    /// Tensors whose data is in an external `.ptd` file: (value index, key, whether it
+    /// is mutable, i.e. planned and only initialised from the file).
+    pub externals: Vec<(usize, String, bool)>,
 }
 
 /// Planned buffer sizes (dropping the format's reserved entry 0).
@@ -66,6 +69,7 @@ fn parse_tensor(
     method: &str,
     planned: &[usize],
     inits: &mut Vec<(usize, Range<usize>)>,
+    externals: &mut Vec<(usize, String, bool)>,
 ) -> Result<TensorMeta, Error> {
     let st = t.scalar_type().0;
     let dtype = ScalarType::from_code(st as i64).ok_or_else(|| {
@@ -113,11 +117,17 @@ fn parse_tensor(
         let name = t
             .extra_tensor_info()
             .and_then(|e| e.fully_qualified_name())
-            .unwrap_or("?");
-        return Err(invalid(
-            method,
-            format!("value {idx}: tensor '{name}' has its data in an external .ptd file, which this build does not load yet"),
-        ));
+            .ok_or_else(|| {
+                invalid(
+                    method,
+                    format!("value {idx}: external tensor without a fully qualified name"),
+                )
+            })?;
+        // Resolved when the method is loaded, from the program's data files.
+        externals.push((idx, name.to_string(), t.allocation_info().is_some()));
+        if t.allocation_info().is_none() {
+            return Ok(meta);
+        }
     }
     let buffer_idx = t.data_buffer_idx() as usize;
     match t.allocation_info() {
@@ -189,6 +199,7 @@ pub(crate) fn parse_values(
     let n = fvals.map_or(0, |v| v.len());
     let mut values = Vec::with_capacity(n);
     let mut inits = Vec::new();
+    let mut externals = Vec::new();
     for (idx, ev) in fvals.into_iter().flatten().enumerate() {
         use fb::KernelTypes as K;
         let v = match ev.val_type() {
@@ -263,7 +274,13 @@ pub(crate) fn parse_values(
                     .val_as_tensor()
                     .ok_or_else(|| invalid(method, format!("value {idx}: empty tensor")))?;
                 Value::Tensor(Box::new(parse_tensor(
-                    pte, t, idx, method, planned, &mut inits,
+                    pte,
+                    t,
+                    idx,
+                    method,
+                    planned,
+                    &mut inits,
+                    &mut externals,
                 )?))
             }
             other => {
@@ -301,7 +318,11 @@ pub(crate) fn parse_values(
             ));
         }
     }
-    Ok(ParsedValues { values, inits })
+    Ok(ParsedValues {
+        values,
+        inits,
+        externals,
+    })
 }
 
 pub(crate) fn io_indices(

@@ -35,6 +35,8 @@ pub(crate) struct MethodPlan {
     pub values: Vec<Value>,
     /// (value index, byte range in the file) of mutable tensors with initial state.
     pub inits: Vec<(usize, Range<usize>)>,
+    /// (value index, key, mutable) of tensors whose data is in a `.ptd` file.
+    pub externals: Vec<(usize, String, bool)>,
     pub planned: Vec<usize>,
     pub inputs: Vec<u32>,
     pub outputs: Vec<u32>,
@@ -219,6 +221,7 @@ pub(crate) fn parse_plan(
     Ok(MethodPlan {
         values,
         inits: parsed.inits,
+        externals: parsed.externals,
         planned,
         inputs,
         outputs,

@@ -25,6 +25,8 @@ pub struct Program {
     plans: Arc<Vec<Result<Arc<MethodPlan>, Error>>>,
     /// Named data (e.g. delegate weights): key and byte range in the file.
     named: Arc<Vec<(String, Range<usize>)>>,
+    /// External data files (`.ptd`): their bytes and entries, searched after `named`.
+    data_files: Vec<(SharedBytes, Arc<Vec<ptero_format::DataEntry>>)>,
 }
 
 impl core::fmt::Debug for Program {
@@ -75,6 +77,42 @@ impl Program {
             metas: Arc::new(metas),
             plans: Arc::new(plans),
             named: Arc::new(named),
+            data_files: Vec::new(),
+        })
+    }
+
+    /// Adds an external data file (`.ptd`, FlatTensor) whose entries the program's
+    /// methods and delegates read by key (weights exported with
+    /// `external_constants`). The bytes are used in place.
+    ///
+    /// ```
+    /// # let mut program = ptero_runtime::Program::from_bytes(
+    /// #     &ptero_format::writer::ProgramBuilder::new().method("forward", |_m| {}).finish()).unwrap();
+    /// use std::sync::Arc;
+    /// let bad: ptero_core::SharedBytes = Arc::new(vec![0u8; 64]);
+    /// assert!(program.add_data(bad).is_err());
+    /// ```
+    pub fn add_data(&mut self, data: SharedBytes) -> Result<(), Error> {
+        let file = ptero_format::FlatTensorFile::parse((*data).as_ref())?;
+        self.data_files
+            .push((data, Arc::new(file.entries().to_vec())));
+        Ok(())
+    }
+
+    /// Memory-maps a `.ptd` data file and adds it ([`Program::add_data`]).
+    #[cfg(feature = "std")]
+    pub fn add_data_file(&mut self, path: impl AsRef<std::path::Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        let io = |e: std::io::Error| io_error(path, e.to_string());
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let bytes: SharedBytes = if meta.is_file() && meta.len() > 0 {
+            Arc::new(ptero_core::MappedFile::open(path).map_err(io)?)
+        } else {
+            Arc::new(ptero_core::MappedFile::read(path, usize::MAX).map_err(io)?)
+        };
+        self.add_data(bytes).map_err(|e| match e {
+            Error::Format(f) => io_error(path, f.to_string()),
+            e => e,
         })
     }
 
@@ -242,8 +280,13 @@ impl Program {
 
     /// Bytes stored under `key` in the program's named data.
     pub fn named_data(&self, key: &str) -> Option<&[u8]> {
-        let (_, r) = self.named.iter().find(|(k, _)| k == key)?;
-        self.bytes().get(r.clone())
+        if let Some((_, r)) = self.named.iter().find(|(k, _)| k == key) {
+            return self.bytes().get(r.clone());
+        }
+        self.data_files.iter().find_map(|(bytes, entries)| {
+            let e = entries.iter().find(|e| e.key == key)?;
+            (**bytes).as_ref().get(e.range.clone())
+        })
     }
 
     pub(crate) fn shared(&self) -> SharedBytes {

@@ -372,7 +372,20 @@ impl Op {
                 alloc::vec![*output],
             ),
         };
-        (ins.into_iter().filter(|&i| i != NO_VALUE).collect(), outs)
+        // Only a bias (and an attention mask) may be absent; any other missing operand
+        // stays in the list and fails the graph's id check.
+        let optional = match self {
+            Op::FullyConnected { .. } | Op::Conv { .. } => Some(2),
+            Op::ScaledDotProductAttention { .. } => Some(4),
+            _ => None,
+        };
+        let ins = ins
+            .into_iter()
+            .enumerate()
+            .filter(|&(k, i)| !(i == NO_VALUE && optional == Some(k)))
+            .map(|(_, i)| i)
+            .collect();
+        (ins, outs)
     }
 }
 

@@ -38,6 +38,7 @@ mod error;
 pub mod graph;
 mod plan;
 mod quant;
+mod rare;
 mod run;
 mod step;
 

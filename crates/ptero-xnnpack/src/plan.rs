@@ -47,6 +47,15 @@ impl Shape {
     pub(crate) fn numel(&self) -> Option<usize> {
         self.d().iter().try_fold(1usize, |a, &b| a.checked_mul(b))
     }
+    /// Whether every product of its dims fits a `usize` (a zero dim alone does not
+    /// make huge other dims safe to multiply).
+    pub(crate) fn sane(&self) -> bool {
+        self.d()
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .is_some()
+    }
 }
 
 /// Where a value's elements live while the graph runs.
@@ -66,6 +75,8 @@ pub(crate) enum Slot {
 pub(crate) enum Step {
     /// A step on quantized values (or converting to and from them).
     Q(Box<crate::quant::QStep>),
+    /// A less common node.
+    X(Box<crate::rare::XStep>),
     FullyConnected {
         x: usize,
         out: usize,
@@ -642,7 +653,10 @@ impl Executor {
                 Op::Conv { kind, attrs } => {
                     float_weights(g, index, node, &[attrs.filter, attrs.bias])?;
                     if *kind == ConvKind::ConvTranspose2d {
-                        return Err(unsupported(index, node, "transposed convolutions"));
+                        let x = crate::rare::plan_deconv(g, index, node, attrs, &consts, &konst)?;
+                        steps.push(Step::X(Box::new(x)));
+                        step_node.push((index, node.name));
+                        continue;
                     }
                     let p = attrs.padding;
                     if p[0] != p[2] || p[1] != p[3] {
@@ -935,6 +949,25 @@ impl Executor {
                         out: vi(*output),
                     }
                 }
+                Op::ResizeBilinear2d {
+                    height,
+                    width,
+                    input,
+                    output,
+                } => Step::X(Box::new(crate::rare::plan_resize(
+                    g,
+                    node,
+                    (*height, *width, *input, *output),
+                ))),
+                Op::Elu {
+                    alpha,
+                    input,
+                    output,
+                } => Step::X(Box::new(crate::rare::XStep::Elu {
+                    alpha: *alpha,
+                    x: vi(*input),
+                    out: vi(*output),
+                })),
                 _ => return Err(unsupported(index, node, "not implemented yet")),
             };
             check_kinds(&step, &kinds, g, index, node)?;

@@ -65,9 +65,12 @@ impl Kind {
     }
 }
 
-/// Elements per row of a dynamically quantized value (its last `nonbatch` dims).
+/// Elements per row of a dynamically quantized value (its last `nonbatch` dims);
+/// saturates (a row that large holds no data anyway: some other dim is 0).
 pub(crate) fn inner(dims: &[usize], nonbatch: usize) -> usize {
-    dims[dims.len().saturating_sub(nonbatch)..].iter().product()
+    dims[dims.len().saturating_sub(nonbatch)..]
+        .iter()
+        .fold(1usize, |a, &d| a.saturating_mul(d))
 }
 
 /// XNNPACK's `xnn_qs8_quantize`: a float divide, then round half to even, saturated.
@@ -443,7 +446,7 @@ impl QStep {
                     for ch in 0..c {
                         let mut acc = 0i32;
                         for p in 0..hw {
-                            acc += i32::from(xs[(b * hw + p) * c + ch]);
+                            acc = acc.wrapping_add(i32::from(xs[(b * hw + p) * c + ch]));
                         }
                         let f = acc as f32 * inv + zp;
                         let q = if f.is_nan() {
@@ -544,7 +547,9 @@ impl Qs8Conv {
                     let w = &self.w[t * c + c0..t * c + c1];
                     for (j, a) in acc[..c1 - c0].iter_mut().enumerate() {
                         let ci = (c0 + j) / mult.max(1);
-                        *a += (i32::from(x[at + ci]) - self.zx) * i32::from(w[j]);
+                        *a = a.wrapping_add(
+                            (i32::from(x[at + ci]) - self.zx).wrapping_mul(i32::from(w[j])),
+                        );
                     }
                 }
                 for (j, o) in y[c0..c1].iter_mut().enumerate() {
@@ -565,7 +570,7 @@ impl Qs8Conv {
                 let ws = &wo[t * cin_g..(t + 1) * cin_g];
                 let mut d = 0i32;
                 for (a, b) in xs.iter().zip(ws) {
-                    d += i32::from(*a) * i32::from(*b);
+                    d = d.wrapping_add(i32::from(*a) * i32::from(*b));
                 }
                 acc = acc
                     .wrapping_add(d)
@@ -672,6 +677,9 @@ pub(crate) fn plan_fc(
     } else {
         (fv.dims[0], fv.dims[1])
     };
+    if k == 0 {
+        return Err(bad(index, node, "a filter with no inputs"));
+    }
     let raw = bytes(fc as usize)?;
     let err = |e: ptero_gemm::QPackError| bad(index, node, e);
     let short = || bad(index, node, format!("filter data too short for [{n}, {k}]"));

@@ -31,7 +31,7 @@ impl Executor {
             let s = Shape::of(t.sizes()).ok_or_else(|| {
                 ptero_core::Error::Shape(format!("XNNPACK input {a}: more than {MAX_DIMS} dims"))
             })?;
-            if s.numel().is_none_or(|n| n > self.bounds[v]) {
+            if !s.sane() || s.numel().is_none_or(|n| n > self.bounds[v]) {
                 return Err(ptero_core::Error::Shape(format!(
                     "XNNPACK input {a}: shape {:?} is larger than the delegate's bound of {} elements",
                     s.d(),
@@ -91,7 +91,7 @@ impl Executor {
             let out = step.out();
             let shape = step.infer(&io!(), at)?;
             let n = shape.numel().unwrap_or(usize::MAX);
-            if n > bounds[out] {
+            if n > bounds[out] || !shape.sane() {
                 return Err(shape_err(
                     at,
                     format!(

@@ -214,6 +214,7 @@ impl Step {
     pub(crate) fn out(&self) -> usize {
         match self {
             Step::Q(q) => q.out(),
+            Step::X(x) => x.out(),
             Step::Conv(c) => c.out,
             Step::PwDw { dw, .. } => dw.out,
             Step::FullyConnected { out, .. }
@@ -238,6 +239,7 @@ impl Step {
     pub(crate) fn reads(&self, mut f: impl FnMut(usize, bool)) {
         match self {
             Step::Q(q) => q.reads(&mut f),
+            Step::X(x) => x.reads(&mut f),
             Step::Conv(c) => {
                 f(c.x, false);
                 if let Some(b) = c.bias {
@@ -289,6 +291,7 @@ impl Step {
         let err = |w: alloc::string::String| shape_err(at, w);
         Ok(match self {
             Step::Q(q) => q.infer(io).map_err(err)?,
+            Step::X(x) => x.infer(io).map_err(err)?,
             Step::FullyConnected { x, k, n, .. } => {
                 let s = io.shape(*x);
                 let kk = s.d().last().copied().unwrap_or(1);
@@ -403,7 +406,11 @@ impl Step {
             Step::Reshape { new_shape, x, .. } => {
                 let n = io.shape(*x).numel().unwrap_or(0);
                 let mut o = *new_shape;
-                let known: usize = o.d().iter().filter(|&&d| d != 0).product();
+                let known = o
+                    .d()
+                    .iter()
+                    .filter(|&&d| d != 0)
+                    .fold(1usize, |a, &d| a.saturating_mul(d));
                 let zeros = o.d().iter().filter(|&&d| d == 0).count();
                 if zeros == 1 && known > 0 {
                     for d in o.dims[..o.rank].iter_mut() {
@@ -491,6 +498,7 @@ impl Step {
         let arena = io.args.arena();
         match self {
             Step::Q(q) => q.run(io, y),
+            Step::X(x) => x.run(io, y),
             Step::FullyConnected {
                 x,
                 k,

@@ -33,7 +33,9 @@ pub mod npy;
 pub use ndarray_conv::NdarrayExt;
 
 pub use module::{default_threads, LoadMode, Module, ModuleOptions};
-pub use ptero_core::{CancelToken, Dynamism, Interrupt, KernelRegistry, Parallel, ScalarType};
+pub use ptero_core::{
+    CancelToken, Dynamism, Interrupt, KernelRegistry, Parallel, ScalarType, SharedBytes,
+};
 pub use ptero_runtime::{
     Backend, BackendRegistry, Deadline, EValue, Error, IoMeta, Limits, LoadOptions, Method,
     MethodMeta, Observer, Program, Tag, Tensor, TensorInfo, DEFAULT_MAX_MEMORY,

@@ -41,6 +41,8 @@ pub struct ModuleOptions {
     /// Keep every value in the exported dim order: no channels-last layout of images
     /// between convolutions (see [`LoadOptions`](crate::LoadOptions)).
     pub keep_dim_order: bool,
+    /// External data files (`.ptd`) holding weights the program refers to by key.
+    pub data_files: Vec<std::path::PathBuf>,
 }
 
 impl ModuleOptions {
@@ -78,6 +80,12 @@ impl ModuleOptions {
         self.keep_dim_order = keep;
         self
     }
+
+    /// Adds an external data file (`.ptd`): weights exported apart from the program.
+    pub fn data_file(mut self, path: impl AsRef<Path>) -> ModuleOptions {
+        self.data_files.push(path.as_ref().to_path_buf());
+        self
+    }
 }
 
 /// Threads a module uses unless told otherwise: the physical cores this process may run
@@ -112,15 +120,35 @@ impl Module {
         path: impl AsRef<Path>,
         options: &ModuleOptions,
     ) -> Result<Module, Error> {
-        let program = match options.load_mode {
+        let mut program = match options.load_mode {
             LoadMode::Mmap => Program::from_file(path)?,
             LoadMode::Read => Program::read_file(path, options.limits.max_memory)?,
         };
+        for d in &options.data_files {
+            program.add_data_file(d)?;
+        }
         let mut module = Module::new(program);
         module.limits = options.limits;
         module.threads = options.threads;
         module.keep_dim_order = options.keep_dim_order;
         Ok(module)
+    }
+
+    /// Memory-maps `path` and the external data files (`.ptd`) holding its weights.
+    ///
+    /// ```no_run
+    /// let mut module = ptero::Module::from_file_with_data("model.pte", &["model.ptd"])?;
+    /// # Ok::<(), ptero::Error>(())
+    /// ```
+    pub fn from_file_with_data(
+        path: impl AsRef<Path>,
+        data_files: &[impl AsRef<Path>],
+    ) -> Result<Module, Error> {
+        let mut options = ModuleOptions::default();
+        for d in data_files {
+            options = options.data_file(d);
+        }
+        Module::from_file_with(path, &options)
     }
 
     /// A module over program bytes.

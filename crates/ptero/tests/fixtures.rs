@@ -55,7 +55,12 @@ fn check_fixture_with(name: &str, options: &ptero::ModuleOptions) -> Vec<String>
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let atol = cases["atol"].as_f64().unwrap();
     let rtol = cases["rtol"].as_f64().unwrap();
-    let mut module = match Module::from_file_with(dir.join("model.pte"), options) {
+    // Weights kept in external data files (.ptd) come with the program.
+    let mut options = options.clone();
+    for f in cases["data_files"].as_array().into_iter().flatten() {
+        options = options.data_file(dir.join(f.as_str().unwrap()));
+    }
+    let mut module = match Module::from_file_with(dir.join("model.pte"), &options) {
         Ok(m) => m,
         Err(e) => return vec![format!("{name}: load: {e}")],
     };
@@ -215,6 +220,8 @@ fixture_tests!(
         xnn_8da4w_g32,
         xnn_8da4w_qc4w,
         xnn_fp16_cnn,
+        xnn_deconv_resize,
+        xnn_ptd,
         ops_f16,
         ops_shape,
         ops_conv,
@@ -309,4 +316,29 @@ fn fused_results_move_into_free_buffers_instead_of_being_copied() {
         let clones = ops.iter().filter(|o| *o == "aten::clone.out").count();
         assert_eq!(clones, copies, "{fixture}: {ops:?}");
     }
+}
+
+/// A program whose weights are in a `.ptd` file names the missing file when run without
+/// it, and a truncated or foreign data file is refused when it is added.
+#[test]
+fn external_data_is_required_and_checked() {
+    let dir = fixtures_dir().join("xnn_ptd");
+    let mut module = Module::from_file(dir.join("model.pte")).unwrap();
+    let err = match module.load_method("forward") {
+        Ok(_) => panic!("loads without its data"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains(".ptd"), "{err}");
+    let ptd = std::fs::read(dir.join("model.ptd")).unwrap();
+    let mut program = ptero::Program::from_file(dir.join("model.pte")).unwrap();
+    for cut in [0, 8, 47, 100, ptd.len() - 1] {
+        let bytes: ptero::SharedBytes = std::sync::Arc::new(ptd[..cut].to_vec());
+        assert!(program.add_data(bytes).is_err(), "cut at {cut}");
+    }
+    let other: ptero::SharedBytes =
+        std::sync::Arc::new(std::fs::read(dir.join("model.pte")).unwrap());
+    assert!(program.add_data(other).is_err());
+    program
+        .add_data(std::sync::Arc::new(ptd.clone()))
+        .expect("the whole file");
 }
