@@ -1056,6 +1056,98 @@ def fx_xnn_ptd() -> Fixture:
     return fx
 
 
+def fx_xnn_resnet18_narrow() -> Fixture:
+    """torchvision's ResNet-18 topology (BasicBlock x [2, 2, 2, 2]) at 1/8 of the width."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class Narrow(ResNet):
+        def __init__(self):
+            super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=10)
+            # Rebuild the layers 8x narrower (the stem and heads follow).
+            self.inplanes = 8
+            self.conv1 = nn.Conv2d(3, 8, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.layer1 = self._make_layer(BasicBlock, 8, 2)
+            self.layer2 = self._make_layer(BasicBlock, 16, 2, stride=2)
+            self.layer3 = self._make_layer(BasicBlock, 32, 2, stride=2)
+            self.layer4 = self._make_layer(BasicBlock, 64, 2, stride=2)
+            self.fc = nn.Linear(64, 10)
+
+    torch.manual_seed(36)
+    m = Narrow().eval()
+    with torch.no_grad():
+        for i, bn in enumerate(x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+            c = bn.num_features
+            bn.running_mean.copy_(randn(c, seed=1700 + i, scale=0.2))
+            bn.running_var.copy_(torch.rand(c, generator=gen(1750 + i)) + 0.5)
+            bn.weight.copy_(1.0 + randn(c, seed=1800 + i, scale=0.2))
+            bn.bias.copy_(randn(c, seed=1850 + i, scale=0.2))
+    return single(m, [(randn(1, 3, 64, 64, seed=1660),)], partitioner="xnnpack",
+                  description="XNNPACK-lowered ResNet-18 topology (torchvision BasicBlock x [2,2,2,2]) at 1/8 "
+                              "width, seeded batch norm, input [1,3,64,64]")
+
+
+def fx_xnn_vit_tiny() -> Fixture:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(37)
+    m = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+                          mlp_dim=128, num_classes=10)
+    return single(m, [(randn(1, 3, 32, 32, seed=1670),)], partitioner="xnnpack",
+                  description="XNNPACK-lowered tiny torchvision VisionTransformer (2 encoder blocks, 4 heads, "
+                              "width 64, patch 8), input [1,3,32,32]")
+
+
+def fx_xnn_hf_llama() -> Fixture:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      attn_implementation="eager", use_cache=False, tie_word_embeddings=False)
+    torch.manual_seed(38)
+    model = LlamaForCausalLM(cfg).eval()
+
+    class Logits(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids):
+            return self.m(input_ids=ids, use_cache=False).logits
+
+    return single(Logits(model), [(randint(0, 128, (1, 12), seed=1680),)], partitioner="xnnpack",
+                  description="XNNPACK-lowered tiny Hugging Face LlamaForCausalLM (2 layers, GQA 4/2 heads, "
+                              "width 64, vocab 128, eager attention, no cache), logits for 12 ids")
+
+
+def fx_xnn_bert_tiny() -> Fixture:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=32, attn_implementation="eager")
+    torch.manual_seed(39)
+    model = BertModel(cfg).eval()
+
+    class Hidden(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, mask):
+            o = self.m(input_ids=ids, attention_mask=mask)
+            return o.last_hidden_state, o.pooler_output
+
+    mask = torch.ones(1, 10, dtype=torch.int64)
+    mask[0, 8:] = 0
+    return single(Hidden(model), [(randint(0, 100, (1, 10), seed=1690), mask)], partitioner="xnnpack",
+                  description="XNNPACK-lowered tiny Hugging Face BertModel (2 layers, 4 heads, width 64), "
+                              "ids [1,10] with a padding mask")
+
+
+FIXTURES_REGISTRY["xnn_resnet18_narrow"] = fx_xnn_resnet18_narrow
+FIXTURES_REGISTRY["xnn_vit_tiny"] = fx_xnn_vit_tiny
+FIXTURES_REGISTRY["xnn_hf_llama"] = fx_xnn_hf_llama
+FIXTURES_REGISTRY["xnn_bert_tiny"] = fx_xnn_bert_tiny
 FIXTURES_REGISTRY["xnn_deconv_resize"] = fx_xnn_deconv_resize
 FIXTURES_REGISTRY["xnn_ptd"] = fx_xnn_ptd
 FIXTURES_REGISTRY["xnn_qs8_cnn"] = fx_xnn_qs8_cnn
