@@ -1144,6 +1144,15 @@ def fx_xnn_bert_tiny() -> Fixture:
                               "ids [1,10] with a padding mask")
 
 
+def fx_xnn_dq8_cnn() -> Fixture:
+    fx = single(fx_q_cnn(), [(randn(1, 3, 16, 16, seed=1605),)], partitioner="xnnpack", quant="dq8",
+                atol=1e-5, rtol=1e-5,
+                description="XNNPACK-lowered CNN with dynamically quantized int8 activations (PT2E dynamic "
+                            "XNNPACKQuantizer, per-channel int8 weights), input [1,3,16,16]")
+    return fx
+
+
+FIXTURES_REGISTRY["xnn_dq8_cnn"] = fx_xnn_dq8_cnn
 FIXTURES_REGISTRY["xnn_resnet18_narrow"] = fx_xnn_resnet18_narrow
 FIXTURES_REGISTRY["xnn_vit_tiny"] = fx_xnn_vit_tiny
 FIXTURES_REGISTRY["xnn_hf_llama"] = fx_xnn_hf_llama

@@ -35,8 +35,11 @@ pub(crate) mod fb {
 
 pub mod blob;
 mod error;
+mod fuse;
 pub mod graph;
+mod moves;
 mod plan;
+mod qplan;
 mod quant;
 mod rare;
 mod run;

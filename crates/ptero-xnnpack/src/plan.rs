@@ -13,11 +13,13 @@ use ptero_simd::ops::{Binary, Unary};
 use ptero_core::ScalarType;
 
 use crate::error::{Result, XnnError};
+use crate::fuse::{fuse_pairs, fuse_silu, readers};
 use crate::graph::{
     BinaryOp, ConstantSource, ConvKind, Datatype, Graph, Node, Op, PoolAttrs, UnaryOp, Value,
     MAX_DIMS, NO_VALUE,
 };
-use crate::quant::{self, Kind};
+use crate::qplan;
+use crate::quant::Kind;
 
 /// `XNN_FLAG_TRANSPOSE_WEIGHTS`: a fully connected filter stored `[in, out]`.
 pub(crate) const FLAG_TRANSPOSE_WEIGHTS: u32 = 1;
@@ -587,7 +589,7 @@ impl Executor {
                         }
                         _ => None,
                     };
-                    let q = quant::plan_fc(
+                    let q = qplan::plan_fc(
                         g,
                         index,
                         node,
@@ -646,7 +648,11 @@ impl Executor {
                     }
                 }
                 Op::Conv { kind, attrs } if kinds[vi(attrs.input)] != Kind::F32 => {
-                    let q = quant::plan_conv(g, index, node, *kind, attrs, &raw)?
+                    let f32_const = |v: usize| match slots[v] {
+                        Slot::Const(c) => Some(c),
+                        _ => None,
+                    };
+                    let q = qplan::plan_conv(g, index, node, *kind, attrs, &f32_const, &raw)?
                         .ok_or_else(|| unsupported(index, node, "this input datatype"))?;
                     Step::Q(Box::new(q))
                 }
@@ -745,7 +751,7 @@ impl Executor {
                         .iter()
                         .any(|&id| kinds[vi(id)] != Kind::F32) =>
                 {
-                    let q = quant::plan_binary(g, index, node, *op, (*a, *b, *output))?
+                    let q = qplan::plan_binary(g, index, node, *op, (*a, *b, *output))?
                         .ok_or_else(|| unsupported(index, node, "these datatypes"))?;
                     Step::Q(Box::new(q))
                 }
@@ -785,7 +791,7 @@ impl Executor {
                     }
                 }
                 Op::Unary { op, input, output } => {
-                    if let Some(q) = quant::plan_unary(g, index, node, *op, (*input, *output))? {
+                    if let Some(q) = qplan::plan_unary(g, index, node, *op, (*input, *output))? {
                         steps.push(Step::Q(Box::new(q)));
                         step_node.push((index, node.name));
                         continue;
@@ -980,6 +986,7 @@ impl Executor {
                 shapes[i] = Shape::of(&v.dims).unwrap_or_default();
             }
         }
+        qplan::per_row_qd8(&mut steps, &mut kinds);
         let readers = readers(g);
         let step_extra = vec![Vec::new(); steps.len()];
         let (steps, step_node, step_extra) =
@@ -1097,151 +1104,4 @@ impl Executor {
         self.buffers = buffers;
         Ok(())
     }
-}
-
-/// Steps, the node of each, and the further nodes a fused step holds.
-type Fused = (Vec<Step>, Vec<(usize, &'static str)>, Vec<Vec<usize>>);
-
-/// How many nodes read each value.
-fn readers(g: &Graph) -> Vec<usize> {
-    let mut readers = vec![0usize; g.values.len()];
-    for n in &g.nodes {
-        for id in n.op.value_ids().0 {
-            readers[g.by_id[&id]] += 1;
-        }
-    }
-    readers
-}
-
-/// Folds `y = c · sigmoid(c)` after a convolution without an activation (SiLU, as the
-/// exporter lowers it: Sigmoid then Multiply) into the convolution's epilogue, when the
-/// convolution's result and the sigmoid have no other readers.
-fn fuse_silu(
-    steps: Vec<Step>,
-    nodes: Vec<(usize, &'static str)>,
-    extra: Vec<Vec<usize>>,
-    slots: &[Slot],
-    readers: &[usize],
-) -> Fused {
-    let mut out: Fused = (Vec::new(), Vec::new(), Vec::new());
-    let mut it = steps.into_iter().zip(nodes).zip(extra).peekable();
-    while let Some(((step, at), mut ex)) = it.next() {
-        let mut step = step;
-        if let Step::Conv(c) = &mut step {
-            let internal = |v: usize| matches!(slots[v], Slot::Unused);
-            let sig = match it.peek() {
-                Some((
-                    (
-                        Step::Unary {
-                            op: Unary::Sigmoid,
-                            x,
-                            out: s,
-                            clamp: None,
-                        },
-                        _,
-                    ),
-                    _,
-                )) if *x == c.out && c.act == Activation::None => Some(*s),
-                _ => None,
-            };
-            if let Some(s) = sig {
-                let sig_step = it.next();
-                let mul = match it.peek() {
-                    Some((
-                        (
-                            Step::Binary {
-                                op: Binary::Mul,
-                                a,
-                                b,
-                                out: m,
-                                clamp: None,
-                            },
-                            _,
-                        ),
-                        _,
-                    )) if ((*a == c.out && *b == s) || (*a == s && *b == c.out))
-                        && readers[c.out] == 2
-                        && readers[s] == 1
-                        && internal(c.out)
-                        && internal(s) =>
-                    {
-                        Some(*m)
-                    }
-                    _ => None,
-                };
-                match (mul, sig_step) {
-                    (Some(m), Some(((_, sig_at), _))) => {
-                        if let Some(((_, mul_at), _)) = it.next() {
-                            c.act = Activation::Silu;
-                            c.out = m;
-                            ex.push(sig_at.0);
-                            ex.push(mul_at.0);
-                        }
-                    }
-                    (None, Some(sig_step)) => {
-                        out.0.push(step);
-                        out.1.push(at);
-                        out.2.push(ex);
-                        let ((s2, a2), e2) = sig_step;
-                        out.0.push(s2);
-                        out.1.push(a2);
-                        out.2.push(e2);
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out.0.push(step);
-        out.1.push(at);
-        out.2.push(ex);
-    }
-    out
-}
-
-/// Folds each plain 1 x 1 convolution whose result is read by the depthwise convolution
-/// right after it, and by nothing else, into one [`Step::PwDw`].
-fn fuse_pairs(
-    steps: Vec<Step>,
-    step_node: Vec<(usize, &'static str)>,
-    extra: Vec<Vec<usize>>,
-    slots: &[Slot],
-    readers: &[usize],
-) -> Fused {
-    let mut out: Fused = (Vec::new(), Vec::new(), Vec::new());
-    let mut it = steps.into_iter().zip(step_node).zip(extra).peekable();
-    while let Some(((step, at), mut ex)) = it.next() {
-        let fusable = |pw: &ConvStep, dw: &ConvStep| {
-            let g1 = &pw.geo;
-            g1.kh == 1
-                && g1.kw == 1
-                && g1.stride == [1, 1]
-                && g1.pad == [0, 0]
-                && g1.groups == 1
-                && dw.geo.groups == dw.geo.cin
-                && dw.geo.cin == g1.cout
-                && dw.geo.cout == dw.geo.cin
-                && dw.x == pw.out
-                && readers[pw.out] == 1
-                && matches!(slots[pw.out], Slot::Unused)
-        };
-        let pair = match (&step, it.peek()) {
-            (Step::Conv(pw), Some(((Step::Conv(dw), _), _))) => fusable(pw, dw),
-            _ => false,
-        };
-        if pair {
-            if let (Step::Conv(pw), Some(((Step::Conv(dw), at2), ex2))) = (step, it.next()) {
-                ex.push(at2.0);
-                ex.extend(ex2);
-                out.0.push(Step::PwDw { pw, dw });
-                out.1.push(at);
-                out.2.push(ex);
-            }
-            continue;
-        }
-        out.0.push(step);
-        out.1.push(at);
-        out.2.push(ex);
-    }
-    out
 }

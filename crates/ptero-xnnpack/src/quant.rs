@@ -12,9 +12,8 @@ use alloc::vec::Vec;
 use ptero_gemm::{qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QPacked};
 use ptero_simd::Parallel;
 
-use crate::error::{Result, XnnError};
-use crate::graph::{BinaryOp, ConvAttrs, ConvKind, Datatype, Graph, Node, Quant, Value, NO_VALUE};
-use crate::plan::{bad, unsupported, Shape, FLAG_TRANSPOSE_WEIGHTS};
+use crate::graph::{Datatype, Quant, Value};
+use crate::plan::Shape;
 use crate::step::{bstrides, for_each_index, Io};
 
 /// How a value's elements are stored while the graph runs.
@@ -59,7 +58,12 @@ impl Kind {
             Kind::F32 => bound,
             Kind::Q8 { .. } => bound.div_ceil(4),
             Kind::Qd8 { nonbatch } => {
-                bound.div_ceil(4) + 2 * bound.checked_div(inner(dims, nonbatch)).unwrap_or(0)
+                // Room for the most rows any ordering of the declared dims gives: the
+                // value may reach a step in another layout than it was declared in.
+                let mut d: Vec<usize> = dims.to_vec();
+                d.sort_unstable();
+                let least = inner(&d[..nonbatch.min(d.len())], nonbatch).max(1);
+                bound.div_ceil(4) + 2 * (bound / least)
             }
         }
     }
@@ -82,7 +86,7 @@ pub(crate) fn quantize_scalar(v: f32, scale: f32, zp: i32) -> i32 {
 }
 
 /// The integer range of an output clamp.
-fn range_of(clamp: Option<(f32, f32)>, scale: f32, zp: i32) -> (i32, i32) {
+pub(crate) fn range_of(clamp: Option<(f32, f32)>, scale: f32, zp: i32) -> (i32, i32) {
     match clamp {
         None => (-128, 127),
         Some((lo, hi)) => (
@@ -106,14 +110,14 @@ pub(crate) struct Qs8Conv {
     pub(crate) cin: usize,
     pub(crate) cout: usize,
     /// `[cout][kh·kw][cin/groups]`, or `[kh·kw][cout]` for depthwise.
-    w: Vec<i8>,
+    pub(crate) w: Vec<i8>,
     /// Per output channel and tap: the filter's sum over input channels.
-    wsum: Vec<i32>,
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    zx: i32,
-    zy: i32,
-    range: (i32, i32),
+    pub(crate) wsum: Vec<i32>,
+    pub(crate) bias: Vec<i32>,
+    pub(crate) scale: Vec<f32>,
+    pub(crate) zx: i32,
+    pub(crate) zy: i32,
+    pub(crate) range: (i32, i32),
 }
 
 /// Int8 elementwise operations.
@@ -172,6 +176,12 @@ pub(crate) enum QStep {
         range: (i32, i32),
     },
     Conv(Box<Qs8Conv>),
+    /// A convolution of dynamically quantized images, with f32 results.
+    Qd8Conv {
+        conv: Box<Qs8Conv>,
+        bias: Option<usize>,
+        clamp: (f32, f32),
+    },
     Binary {
         op: QBin,
         a: usize,
@@ -210,7 +220,7 @@ impl QStep {
             | QStep::Binary { out, .. }
             | QStep::Gap { out, .. }
             | QStep::Clamp { out, .. } => *out,
-            QStep::Conv(c) => c.out,
+            QStep::Conv(c) | QStep::Qd8Conv { conv: c, .. } => c.out,
         }
     }
 
@@ -230,6 +240,12 @@ impl QStep {
                 }
             }
             QStep::Conv(c) => f(c.x, false),
+            QStep::Qd8Conv { conv, bias, .. } => {
+                f(conv.x, false);
+                if let Some(b) = bias {
+                    f(*b, true);
+                }
+            }
             QStep::Binary { a, b, .. } => {
                 f(*a, false);
                 f(*b, false);
@@ -265,7 +281,7 @@ impl QStep {
                 o.dims[o.rank - 1] = w.n();
                 Ok(o)
             }
-            QStep::Conv(c) => {
+            QStep::Conv(c) | QStep::Qd8Conv { conv: c, .. } => {
                 let s = io.shape(c.x);
                 if s.rank != 4 || s.dims[3] != c.cin {
                     return Err(format!("input {:?}, expected [N, H, W, {}]", s.d(), c.cin));
@@ -391,6 +407,18 @@ impl QStep {
                 c.run(par, xs, sx, ys, so);
                 Ok(())
             }
+            QStep::Qd8Conv { conv, bias, clamp } => {
+                let (sx, so) = (io.shape(conv.x), io.shape(conv.out));
+                let (xs, p) = io.read_qd8(conv.x)?;
+                let bias = bias.map(|b| &io.consts[b][..]);
+                if p.len() < 2 * sx.dims[0] || bias.is_some_and(|b| b.len() < conv.cout) {
+                    return Err(room(conv.x));
+                }
+                let n = so.numel().unwrap_or(0);
+                let ys = y.get_mut(..n).ok_or_else(|| room(conv.out))?;
+                conv.run_qd8(par, xs, p, sx, ys, so, bias, *clamp);
+                Ok(())
+            }
             QStep::Binary {
                 op,
                 a,
@@ -499,7 +527,53 @@ pub(crate) fn qd8_parts_mut(
 }
 
 impl Qs8Conv {
+    /// Static int8 in and out.
     fn run(&self, par: &dyn Parallel, x: &[i8], sx: Shape, y: &mut [i8], so: Shape) {
+        self.rows(par, x, sx, y, so, &|_, xb, ih, iw, oy, ox, yp| {
+            self.pixel(xb, ih, iw, oy, ox, self.zx, |oc, acc| {
+                yp[oc] = requantize(acc, self.scale[oc], self.zy, self.range)
+            })
+        });
+    }
+
+    /// Dynamically quantized images (a scale and zero point per image) to f32:
+    /// `((acc · s_x) · s_w[oc]) + bias[oc]`, clamped.
+    #[allow(clippy::too_many_arguments)]
+    fn run_qd8(
+        &self,
+        par: &dyn Parallel,
+        x: &[i8],
+        params: &[f32],
+        sx: Shape,
+        y: &mut [f32],
+        so: Shape,
+        bias: Option<&[f32]>,
+        clamp: (f32, f32),
+    ) {
+        self.rows(par, x, sx, y, so, &|b, xb, ih, iw, oy, ox, yp| {
+            let (s, z) = (params[2 * b], params[2 * b + 1] as i32);
+            self.pixel(xb, ih, iw, oy, ox, z, |oc, acc| {
+                let v = libm::fmaf(
+                    acc as f32 * s,
+                    self.scale[oc],
+                    bias.map_or(0.0, |bs| bs[oc]),
+                );
+                yp[oc] = v.max(clamp.0).min(clamp.1);
+            })
+        });
+    }
+
+    /// Output rows over the threads; `f(image, its input, ih, iw, oy, ox, pixel out)`.
+    #[allow(clippy::type_complexity)]
+    fn rows<T: Send>(
+        &self,
+        par: &dyn Parallel,
+        x: &[i8],
+        sx: Shape,
+        y: &mut [T],
+        so: Shape,
+        f: &(dyn Fn(usize, &[i8], usize, usize, usize, usize, &mut [T]) + Sync),
+    ) {
         let (ih, iw) = (sx.dims[1], sx.dims[2]);
         let (oh, ow) = (so.dims[1], so.dims[2]);
         let row = ow * self.cout;
@@ -513,7 +587,8 @@ impl Qs8Conv {
                 let (b, oy) = (orow / oh, orow % oh);
                 let xb = &x[b * img_in..(b + 1) * img_in];
                 for ox in 0..ow {
-                    self.pixel(
+                    f(
+                        b,
                         xb,
                         ih,
                         iw,
@@ -526,8 +601,18 @@ impl Qs8Conv {
         });
     }
 
-    /// One output pixel, every channel.
-    fn pixel(&self, x: &[i8], ih: usize, iw: usize, oy: usize, ox: usize, y: &mut [i8]) {
+    /// One output pixel: `out(channel, bias + Σ (x − zx) · w)` for every channel.
+    #[allow(clippy::too_many_arguments)]
+    fn pixel(
+        &self,
+        x: &[i8],
+        ih: usize,
+        iw: usize,
+        oy: usize,
+        ox: usize,
+        zx: i32,
+        mut out: impl FnMut(usize, i32),
+    ) {
         let taps = self.kh * self.kw;
         let tap_at = |t: usize| -> Option<usize> {
             let (ky, kx) = (t / self.kw, t % self.kw);
@@ -548,19 +633,19 @@ impl Qs8Conv {
                     for (j, a) in acc[..c1 - c0].iter_mut().enumerate() {
                         let ci = (c0 + j) / mult.max(1);
                         *a = a.wrapping_add(
-                            (i32::from(x[at + ci]) - self.zx).wrapping_mul(i32::from(w[j])),
+                            (i32::from(x[at + ci]) - zx).wrapping_mul(i32::from(w[j])),
                         );
                     }
                 }
-                for (j, o) in y[c0..c1].iter_mut().enumerate() {
-                    *o = requantize(acc[j], self.scale[c0 + j], self.zy, self.range);
+                for (j, &a) in acc[..c1 - c0].iter().enumerate() {
+                    out(c0 + j, a);
                 }
             }
             return;
         }
         let cin_g = self.cin / self.groups.max(1);
         let cout_g = self.cout / self.groups.max(1);
-        for (oc, o) in y.iter_mut().enumerate() {
+        for oc in 0..self.cout {
             let g = oc / cout_g.max(1);
             let wo = &self.w[oc * taps * cin_g..(oc + 1) * taps * cin_g];
             let mut acc = self.bias[oc];
@@ -574,516 +659,9 @@ impl Qs8Conv {
                 }
                 acc = acc
                     .wrapping_add(d)
-                    .wrapping_sub(self.zx.wrapping_mul(self.wsum[oc * taps + t]));
+                    .wrapping_sub(zx.wrapping_mul(self.wsum[oc * taps + t]));
             }
-            *o = requantize(acc, self.scale[oc], self.zy, self.range);
+            out(oc, acc);
         }
-    }
-}
-
-/// Reads constants' raw bytes while planning.
-pub(crate) type ConstBytes<'p> = dyn Fn(usize) -> Result<&'p [u8]> + 'p;
-
-/// Per-channel (or per-tensor) scales of a quantized constant: `count` of them.
-fn channel_scales(v: &Value, vi: usize, count: usize, bytes: &ConstBytes<'_>) -> Result<Vec<f32>> {
-    let err = |what: alloc::string::String| XnnError::Constant { value: vi, what };
-    let s: Vec<f32> = match &v.quant {
-        Quant::PerTensor { scale, .. } => alloc::vec![*scale; count],
-        Quant::PerChannel {
-            scales,
-            scale_buffer,
-            ..
-        } => match scale_buffer {
-            Some(b) => bytes(*b as usize)?
-                .chunks_exact(4)
-                .take(count)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            None => scales.iter().copied().take(count).collect(),
-        },
-        _ => return Err(err("expected per-tensor or per-channel scales".into())),
-    };
-    if s.len() < count || s.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-        return Err(err(format!(
-            "{} scales for {count} channels, each must be finite and positive",
-            s.len()
-        )));
-    }
-    Ok(s)
-}
-
-/// Int32 biases (qint32 / qcint32).
-fn int_bias(g: &Graph, id: u32, n: usize, bytes: &ConstBytes<'_>) -> Result<Vec<i32>> {
-    if id == NO_VALUE {
-        return Ok(alloc::vec![0; n]);
-    }
-    let vi = g.by_id[&id];
-    let v = &g.values[vi];
-    let err = |what: alloc::string::String| XnnError::Constant { value: vi, what };
-    if !matches!(
-        v.dtype,
-        Datatype::QInt32 | Datatype::QcInt32 | Datatype::Int32
-    ) {
-        return Err(err(format!("an int8 product's bias of {}", v.dtype.name())));
-    }
-    let c = v
-        .constant
-        .ok_or_else(|| err("a bias computed at run time".into()))?;
-    let b = bytes(c as usize)?;
-    if b.len() < n * 4 {
-        return Err(err(format!("{} bytes for {n} int32 biases", b.len())));
-    }
-    Ok(b.chunks_exact(4)
-        .take(n)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}
-
-fn q8_of(g: &Graph, id: u32) -> Option<(f32, i32)> {
-    match Kind::of(&g.values[g.by_id[&id]]) {
-        Ok(Kind::Q8 { scale, zp }) => Some((scale, zp)),
-        _ => None,
-    }
-}
-
-fn kind_of(g: &Graph, id: u32) -> Option<Kind> {
-    Kind::of(&g.values[g.by_id[&id]]).ok()
-}
-
-/// A fully connected node reading `qdint8` or `qint8`; `None` when it reads f32.
-pub(crate) fn plan_fc(
-    g: &Graph,
-    index: usize,
-    node: &Node,
-    (input, filter, bias, output): (u32, u32, u32, u32),
-    consts_f32: &dyn Fn(usize) -> Option<usize>,
-    bytes: &ConstBytes<'_>,
-) -> Result<Option<QStep>> {
-    let vi = |id: u32| g.by_id[&id];
-    let kin = kind_of(g, input);
-    if !matches!(kin, Some(Kind::Q8 { .. } | Kind::Qd8 { .. })) {
-        return Ok(None);
-    }
-    let fv = &g.values[vi(filter)];
-    let fc = fv
-        .constant
-        .ok_or_else(|| unsupported(index, node, "a quantized filter computed at run time"))?;
-    if fv.dims.len() != 2 {
-        return Err(bad(index, node, format!("filter dims {:?}", fv.dims)));
-    }
-    let transposed = node.flags & FLAG_TRANSPOSE_WEIGHTS != 0;
-    let (n, k) = if transposed {
-        (fv.dims[1], fv.dims[0])
-    } else {
-        (fv.dims[0], fv.dims[1])
-    };
-    if k == 0 {
-        return Err(bad(index, node, "a filter with no inputs"));
-    }
-    let raw = bytes(fc as usize)?;
-    let err = |e: ptero_gemm::QPackError| bad(index, node, e);
-    let short = || bad(index, node, format!("filter data too short for [{n}, {k}]"));
-    let pack8 = |scales: &dyn Fn(usize, usize) -> f32| -> Result<QPacked> {
-        if raw.len() < n * k {
-            return Err(short());
-        }
-        QPacked::new(
-            n,
-            k,
-            8,
-            k,
-            |r, c| {
-                (if transposed {
-                    raw[c * n + r]
-                } else {
-                    raw[r * k + c]
-                }) as i8
-            },
-            scales,
-        )
-        .map_err(err)
-    };
-    match kin {
-        Some(Kind::Qd8 { nonbatch }) => {
-            let w = match fv.dtype {
-                Datatype::QcInt8 | Datatype::QInt8 => {
-                    if let Quant::PerTensor { zero_point, .. } = fv.quant {
-                        if zero_point != 0 {
-                            return Err(unsupported(index, node, "int8 weights with a zero point"));
-                        }
-                    }
-                    let s = channel_scales(fv, vi(filter), n, bytes)?;
-                    pack8(&|r, _| s[r])?
-                }
-                Datatype::QcInt4 | Datatype::QbInt4 => {
-                    if transposed {
-                        return Err(unsupported(index, node, "transposed 4-bit weights"));
-                    }
-                    let rb = k.div_ceil(2);
-                    if raw.len() < n * rb {
-                        return Err(short());
-                    }
-                    let nib = |r: usize, c: usize| -> i8 {
-                        let b = raw[r * rb + c / 2];
-                        (if c.is_multiple_of(2) { b & 15 } else { b >> 4 }) as i8 - 8
-                    };
-                    if fv.dtype == Datatype::QcInt4 {
-                        let s = channel_scales(fv, vi(filter), n, bytes)?;
-                        QPacked::new(n, k, 4, k, nib, |r, _| s[r]).map_err(err)?
-                    } else {
-                        let Quant::PerChannelGroup {
-                            group_size,
-                            scale_buffer,
-                            scales,
-                            ..
-                        } = &fv.quant
-                        else {
-                            return Err(bad(index, node, "qbint4 weights without group scales"));
-                        };
-                        let gs = *group_size;
-                        if gs == 0 || k % gs != 0 {
-                            return Err(bad(
-                                index,
-                                node,
-                                format!("group size {gs} for {k} inputs"),
-                            ));
-                        }
-                        let count = n * (k / gs);
-                        let s: Vec<f32> = match scale_buffer {
-                            Some(b) => bytes(*b as usize)?
-                                .chunks_exact(2)
-                                .take(count)
-                                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                                .collect(),
-                            // Legacy inline f32 scales, narrowed to bf16 as XNNPACK's
-                            // loader does (a nudge up, then truncation).
-                            #[allow(clippy::excessive_precision)] // XNNPACK's literal
-                            None => scales
-                                .iter()
-                                .take(count)
-                                .map(|&f| {
-                                    f32::from_bits((f * 1.003_891_05).to_bits() & 0xffff_0000)
-                                })
-                                .collect(),
-                        };
-                        if s.len() < count {
-                            return Err(bad(
-                                index,
-                                node,
-                                format!("{} group scales, {count} needed", s.len()),
-                            ));
-                        }
-                        let groups = k / gs;
-                        QPacked::new(n, k, 4, gs, nib, |r, gi| s[r * groups + gi]).map_err(err)?
-                    }
-                }
-                d => {
-                    return Err(unsupported(
-                        index,
-                        node,
-                        format!("dynamically quantized inputs against {} weights", d.name()),
-                    ))
-                }
-            };
-            let bias = if bias == NO_VALUE {
-                None
-            } else {
-                let b = consts_f32(vi(bias)).ok_or_else(|| {
-                    unsupported(index, node, "a bias that is not an f32 constant")
-                })?;
-                Some(b)
-            };
-            let clamp = node.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-            Ok(Some(QStep::Qd8Fc {
-                x: vi(input),
-                out: vi(output),
-                w,
-                bias,
-                clamp,
-                nonbatch,
-            }))
-        }
-        Some(Kind::Q8 { scale: sx, zp: zx }) => {
-            let (sy, zy) = q8_of(g, output).ok_or_else(|| {
-                unsupported(index, node, "an int8 product with a non-int8 output")
-            })?;
-            if !matches!(fv.dtype, Datatype::QcInt8 | Datatype::QInt8) {
-                return Err(unsupported(
-                    index,
-                    node,
-                    format!("int8 inputs against {} weights", fv.dtype.name()),
-                ));
-            }
-            if let Quant::PerTensor { zero_point, .. } = fv.quant {
-                if zero_point != 0 {
-                    return Err(unsupported(index, node, "int8 weights with a zero point"));
-                }
-            }
-            let s = channel_scales(fv, vi(filter), n, bytes)?;
-            let w = pack8(&|r, _| (sx * s[r]) / sy)?;
-            let bias = int_bias(g, bias, n, bytes)?;
-            let b = (0..n)
-                .map(|r| bias[r].wrapping_sub(zx.wrapping_mul(w.sums(r)[0])))
-                .collect();
-            Ok(Some(QStep::Qs8Fc {
-                x: vi(input),
-                out: vi(output),
-                w,
-                b,
-                zy,
-                range: range_of(node.clamp, sy, zy),
-            }))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// A convolution reading `qint8`; `None` when it reads f32.
-pub(crate) fn plan_conv(
-    g: &Graph,
-    index: usize,
-    node: &Node,
-    kind: ConvKind,
-    a: &ConvAttrs,
-    bytes: &ConstBytes<'_>,
-) -> Result<Option<QStep>> {
-    let vi = |id: u32| g.by_id[&id];
-    let Some(kin) = kind_of(g, a.input) else {
-        return Ok(None);
-    };
-    let (sx, zx) = match kin {
-        Kind::F32 => return Ok(None),
-        Kind::Qd8 { .. } => {
-            return Err(unsupported(
-                index,
-                node,
-                "dynamically quantized convolutions",
-            ))
-        }
-        Kind::Q8 { scale, zp } => (scale, zp),
-    };
-    if kind == ConvKind::ConvTranspose2d {
-        return Err(unsupported(index, node, "int8 transposed convolutions"));
-    }
-    let (sy, zy) = q8_of(g, a.output)
-        .ok_or_else(|| unsupported(index, node, "an int8 convolution with a non-int8 output"))?;
-    let p = a.padding;
-    if p[0] != p[2] || p[1] != p[3] {
-        return Err(unsupported(
-            index,
-            node,
-            format!("asymmetric padding {p:?}"),
-        ));
-    }
-    let u = |x: u32| x as usize;
-    let (groups, cin_g, cout_g) = (
-        u(a.groups),
-        u(a.group_input_channels),
-        u(a.group_output_channels),
-    );
-    let (cin, cout) = (groups.saturating_mul(cin_g), groups.saturating_mul(cout_g));
-    let (kh, kw) = (u(a.kernel[0]), u(a.kernel[1]));
-    let taps = kh.saturating_mul(kw);
-    let depthwise = kind == ConvKind::DepthwiseConv2d;
-    if groups == 0 || taps == 0 || cin_g == 0 || cout_g == 0 || (depthwise && cin_g != 1) {
-        return Err(bad(index, node, "empty filter or groups"));
-    }
-    let fv = &g.values[vi(a.filter)];
-    let fc = fv
-        .constant
-        .ok_or_else(|| unsupported(index, node, "a quantized filter computed at run time"))?;
-    if !matches!(fv.dtype, Datatype::QcInt8 | Datatype::QInt8) {
-        return Err(unsupported(
-            index,
-            node,
-            format!("int8 inputs against {} filters", fv.dtype.name()),
-        ));
-    }
-    if let Quant::PerTensor { zero_point, .. } = fv.quant {
-        if zero_point != 0 {
-            return Err(unsupported(index, node, "int8 filters with a zero point"));
-        }
-    }
-    let need = taps
-        .saturating_mul(cout)
-        .saturating_mul(if depthwise { 1 } else { cin_g });
-    let raw = bytes(fc as usize)?;
-    if raw.len() < need || fv.numel() != Some(need) {
-        return Err(bad(
-            index,
-            node,
-            format!("filter of {} bytes, {need} needed", raw.len()),
-        ));
-    }
-    let w: Vec<i8> = raw[..need].iter().map(|&b| b as i8).collect();
-    let ws = channel_scales(fv, vi(a.filter), cout, bytes)?;
-    let wsum = if depthwise {
-        Vec::new()
-    } else {
-        w.chunks_exact(cin_g.max(1))
-            .map(|c| c.iter().map(|&v| i32::from(v)).sum())
-            .collect()
-    };
-    Ok(Some(QStep::Conv(Box::new(Qs8Conv {
-        x: vi(a.input),
-        out: vi(a.output),
-        depthwise,
-        kh,
-        kw,
-        stride: [u(a.stride[0]).max(1), u(a.stride[1]).max(1)],
-        pad: [u(p[0]), u(p[3])],
-        dilation: [u(a.dilation[0]).max(1), u(a.dilation[1]).max(1)],
-        groups,
-        cin,
-        cout,
-        w,
-        wsum,
-        bias: int_bias(g, a.bias, cout, bytes)?,
-        scale: ws.iter().map(|&s| (sx * s) / sy).collect(),
-        zx,
-        zy,
-        range: range_of(node.clamp, sy, zy),
-    }))))
-}
-
-/// Add, Subtract or Multiply on int8 values; `None` when they are f32.
-pub(crate) fn plan_binary(
-    g: &Graph,
-    index: usize,
-    node: &Node,
-    op: BinaryOp,
-    (a, b, output): (u32, u32, u32),
-) -> Result<Option<QStep>> {
-    let vi = |id: u32| g.by_id[&id];
-    let (qa, qb, qy) = (q8_of(g, a), q8_of(g, b), q8_of(g, output));
-    let ((sa, za), (sb, zb), (sy, zy)) = match (qa, qb, qy) {
-        (None, None, None) => return Ok(None),
-        (Some(x), Some(y), Some(z)) => (x, y, z),
-        _ => return Err(unsupported(index, node, "int8 mixed with other datatypes")),
-    };
-    let op = match op {
-        BinaryOp::Add | BinaryOp::Subtract => {
-            let ra = sa / sy;
-            let rb = if op == BinaryOp::Subtract {
-                -(sb / sy)
-            } else {
-                sb / sy
-            };
-            let max = ra.abs().max(rb.abs());
-            let exp = ((max.to_bits() >> 23) & 0xff) as i32 - 127;
-            let shift = 20 - exp;
-            if !(12..=30).contains(&shift) {
-                return Err(unsupported(
-                    index,
-                    node,
-                    format!("input to output scale ratio {max} (XNNPACK accepts 2^-10 to 2^8)"),
-                ));
-            }
-            let m = |r: f32| {
-                let f = r * (1u32 << shift) as f32;
-                ((f + 12_582_912.0) - 12_582_912.0) as i32
-            };
-            let (ma, mb) = (m(ra), m(rb));
-            let bias = (1i32 << (shift - 1))
-                .wrapping_sub(ma.wrapping_mul(za))
-                .wrapping_sub(mb.wrapping_mul(zb));
-            QBin::Add {
-                ma,
-                mb,
-                bias,
-                shift: shift as u32,
-            }
-        }
-        BinaryOp::Multiply => QBin::Mul {
-            za,
-            zb,
-            scale: sa * sb / sy,
-        },
-        _ => return Err(unsupported(index, node, "this operation on int8 values")),
-    };
-    Ok(Some(QStep::Binary {
-        op,
-        a: vi(a),
-        b: vi(b),
-        out: vi(output),
-        zy,
-        range: range_of(node.clamp, sy, zy),
-    }))
-}
-
-/// Convert, Clamp and GlobalAvgPooling2d when int8 is involved; `None` otherwise.
-pub(crate) fn plan_unary(
-    g: &Graph,
-    index: usize,
-    node: &Node,
-    op: crate::graph::UnaryOp,
-    (input, output): (u32, u32),
-) -> Result<Option<QStep>> {
-    use crate::graph::UnaryOp as U;
-    let vi = |id: u32| g.by_id[&id];
-    let (x, out) = (vi(input), vi(output));
-    let (ki, ko) = (kind_of(g, input), kind_of(g, output));
-    let (ki, ko) = match (ki, ko) {
-        (Some(a), Some(b)) => (a, b),
-        _ => return Ok(None),
-    };
-    if op == U::Convert {
-        return Ok(match (ki, ko) {
-            (Kind::F32, Kind::Qd8 { nonbatch }) => Some(QStep::ToQd8 { x, out, nonbatch }),
-            (Kind::F32, Kind::Q8 { scale, zp }) => Some(QStep::ToQ8 { x, out, scale, zp }),
-            (Kind::Q8 { scale, zp }, Kind::F32) => Some(QStep::FromQ8 { x, out, scale, zp }),
-            (Kind::F32, Kind::F32) => (g.values[out].dtype == Datatype::Fp16
-                && g.values[x].dtype != Datatype::Fp16)
-                .then_some(QStep::RoundF16 { x, out }),
-            _ => {
-                return Err(unsupported(
-                    index,
-                    node,
-                    format!(
-                        "converting {} to {}",
-                        g.values[x].dtype.name(),
-                        g.values[out].dtype.name()
-                    ),
-                ))
-            }
-        });
-    }
-    if ki == Kind::F32 && ko == Kind::F32 {
-        return Ok(None);
-    }
-    let (Kind::Q8 { scale: sx, zp: zx }, Kind::Q8 { scale: sy, zp: zy }) = (ki, ko) else {
-        return Err(unsupported(
-            index,
-            node,
-            "this operation on quantized values",
-        ));
-    };
-    match op {
-        U::Clamp => {
-            if (sx, zx) != (sy, zy) {
-                return Err(unsupported(
-                    index,
-                    node,
-                    "an int8 clamp that changes quantization",
-                ));
-            }
-            let (lo, hi) = range_of(node.clamp, sy, zy);
-            Ok(Some(QStep::Clamp {
-                x,
-                out,
-                lo: lo as i8,
-                hi: hi as i8,
-            }))
-        }
-        U::GlobalAvgPooling2d => Ok(Some(QStep::Gap {
-            x,
-            out,
-            zx,
-            ratio: sx / sy,
-            zy,
-            range: range_of(node.clamp, sy, zy),
-        })),
-        U::Copy => Ok(None),
-        _ => Err(unsupported(index, node, "this operation on int8 values")),
     }
 }

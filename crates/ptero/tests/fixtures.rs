@@ -217,6 +217,7 @@ fixture_tests!(
         xnn_qs8_cnn,
         xnn_qs8_tensor_cnn,
         xnn_dq8_mlp,
+        xnn_dq8_cnn,
         xnn_8da4w_g32,
         xnn_8da4w_qc4w,
         xnn_fp16_cnn,
