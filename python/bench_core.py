@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "python"
 OUT = ROOT / "models" / "big" / "core"
 NAMES = ["resnet18", "mobilenet_v2", "efficientnet_b0", "vit_b_16", "transformer_encoder"]
+# Static int8 flavours (PT2E XNNPACKQuantizer, per-channel weights), XNNPACK-lowered only.
+QS8_NAMES = ["resnet18_qs8", "mobilenet_v2_qs8"]
 RTOL = 1e-3
 
 
@@ -56,6 +58,8 @@ def build(name: str):
     """(eval module, example input) with seeded random weights and input."""
     import torch
 
+    if name.endswith("_qs8"):
+        return build(name[: -len("_qs8")])
     torch.manual_seed(0)
     if name == "transformer_encoder":
         m = torch.nn.TransformerEncoderLayer(d_model=512, nhead=8, dim_feedforward=2048, batch_first=True)
@@ -114,10 +118,23 @@ def export_one(name: str) -> bool:
     # Exported with grad enabled, as export_fixtures.py does: under no_grad the encoder
     # layer traces to the fused aten._transformer_encoder_layer_fwd (not core ATen).
     t0 = time.perf_counter()
+    flavours = (("", False), ("_xnnpack", True))
+    if name.endswith("_qs8"):
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        gm = torch.export.export(m, (x,), strict=True).module()
+        gm = prepare_pt2e(gm, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+        gm(x)  # calibration on the benchmark input
+        m = convert_pt2e(gm)
+        with torch.no_grad():
+            ref = m(x).numpy()
+        flavours = (("_xnnpack", True),)
     ep = torch.export.export(m, (x,), strict=True)
     print(f"[{name}] torch.export {time.perf_counter() - t0:.1f}s", flush=True)
     ok = True
-    for suffix, xnn in (("", False), ("_xnnpack", True)):
+    for suffix, xnn in flavours:
         t0 = time.perf_counter()
         data = lower(ep, xnn)
         path = OUT / f"{name}{suffix}.pte"
@@ -168,9 +185,14 @@ def bench(args) -> int:
     rows, errors, raw = [], [], {}
     for name in args.names:
         pte, xnn, inp = OUT / f"{name}.pte", OUT / f"{name}_xnnpack.pte", OUT / f"{name}_in0.npy"
-        if not (pte.exists() and xnn.exists() and inp.exists()):
+        if name.endswith("_qs8") or args.delegate:
+            pte = xnn
+            args.skip_portable_ref = True
+        if not (xnn.exists() and inp.exists() and (pte.exists() or pte == xnn)):
             errors.append(f"{name}: export missing (run `export {name}` first)")
             continue
+        if args.delegate or name.endswith("_qs8"):
+            pte = xnn  # the same delegated file for both runtimes
         for t in threads:
             runs = {
                 "ptero": [ptero, "bench", str(pte), "--input", str(inp), "--threads", str(t), *common],
@@ -242,16 +264,18 @@ def main(argv=None) -> int:
     be.add_argument("--save", help="also write the raw JSON results here")
     be.add_argument("--rounds", type=int, default=1,
                     help="alternate the runtimes this many times; the ratio is the median of the rounds'")
+    be.add_argument("--delegate", action="store_true",
+                    help="Ptero runs the XNNPACK-lowered file too (the same file for both runtimes)")
     be.add_argument("--skip-portable-ref", action="store_true",
                     help="do not time the official runtime on the portable program (very slow)")
     args = ap.parse_args(argv)
     if args.list or not args.cmd:
-        print("\n".join(NAMES))
+        print("\n".join(NAMES + QS8_NAMES))
         return 0
     names = args.names or NAMES
-    bad = [n for n in names if n not in NAMES]
+    bad = [n for n in names if n not in NAMES + QS8_NAMES]
     if bad:
-        ap.error(f"unknown model(s) {bad}; known: {NAMES}")
+        ap.error(f"unknown model(s) {bad}; known: {NAMES + QS8_NAMES}")
     args.names = names
     if args.cmd == "bench":
         return bench(args)

@@ -46,7 +46,9 @@ mod nhwc;
 mod nhwc_dw;
 mod pack;
 mod pixel_rows;
+mod qdepthwise;
 mod quant;
+mod qvnni;
 mod stem;
 mod winograd;
 mod winograd_rows;
@@ -57,8 +59,10 @@ pub use driver::{gemm, scratch_floats};
 pub use fused::{fused_scratch_floats, pointwise_depthwise, DepthwiseStage, PointwiseStage};
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB, PackedBRef};
+pub use qdepthwise::{q8_depthwise, QDepthwise};
 pub use quant::{
-    qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QPackError, QPacked, Q4_BLOCK,
+    q_rows, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QOut, QPackError, QPacked,
+    Q4_BLOCK,
 };
 
 /// The left operand: `M × K`.

@@ -45,6 +45,8 @@ pub struct QPacked {
     scales: Vec<f32>,
     /// Per row and group: the sum of the integer weights, for zero-point corrections.
     sums: Vec<i32>,
+    /// The VNNI panel layout, when the CPU has it (`data` is then empty).
+    vnni: Option<crate::qvnni::VnniWeights>,
 }
 
 /// Why weights cannot be packed.
@@ -134,7 +136,7 @@ impl QPacked {
                 scales[r * groups + g] = scale(r, g);
             }
         }
-        Ok(QPacked {
+        let mut p = QPacked {
             n,
             k,
             kp,
@@ -144,7 +146,49 @@ impl QPacked {
             data,
             scales,
             sums,
-        })
+            vnni: None,
+        };
+        if crate::qvnni::available() {
+            let v = crate::qvnni::VnniWeights::new(
+                n,
+                k,
+                bits,
+                group,
+                groups,
+                &|r, c| p.value(r, c),
+                &|r, g| p.scales[r * groups + g],
+                &|r, g| p.sums[r * groups + g],
+            );
+            if let Some(v) = v {
+                p.vnni = Some(v);
+                p.data = Vec::new();
+            }
+        }
+        Ok(p)
+    }
+
+    /// Weight `(r, c)` from whichever layout holds it.
+    fn value(&self, r: usize, c: usize) -> i8 {
+        if let Some(v) = &self.vnni {
+            let (p, j) = (r / crate::qvnni::PANEL, r % crate::qvnni::PANEL);
+            let base = p * v.panel_bytes;
+            return if self.bits == 8 {
+                v.data[base + (c / 4) * 64 + j * 4 + c % 4] as i8
+            } else {
+                let rem = c % 8;
+                let b = v.data[base + (c / 8) * 64 + j * 4 + rem % 4];
+                let nib = if rem >= 4 { b >> 4 } else { b & 15 };
+                ((nib << 4) as i8) >> 4
+            };
+        }
+        let row = self.row(r);
+        if self.bits == 8 {
+            row[c] as i8
+        } else {
+            let (blk, j) = (c / Q4_BLOCK, c % Q4_BLOCK);
+            let b = row[blk * 16 + j % 16];
+            (if j < 16 { b & 15 } else { b >> 4 }) as i8 - 8
+        }
     }
 
     /// Outputs.
@@ -159,7 +203,12 @@ impl QPacked {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() + 8 * self.scales.len()
+        self.data.len()
+            + 8 * self.scales.len()
+            + self
+                .vnni
+                .as_ref()
+                .map_or(0, |v| v.data.len() + 8 * v.scales.len())
     }
 
     /// The weights' integer sums of row `r`, one per group.
@@ -221,8 +270,8 @@ impl SimdOp for QuantizeRow<'_> {
         let zp = ((z + MAGIC) - MAGIC) as i32;
         let (qlo, qhi) = (-128.0 - zp as f32, 127.0 - zp as f32);
         for (o, &v) in self.q.iter_mut().zip(self.x) {
-            let f = (v * m).max(qlo).min(qhi);
-            *o = (((f + MAGIC) - MAGIC) as i32 + zp) as i8;
+            let f = clamp_f(v * m, qlo, qhi);
+            *o = (round_small(f) + zp) as i8;
         }
         (1.0 / m, zp)
     }
@@ -233,9 +282,33 @@ impl SimdOp for QuantizeRow<'_> {
 pub fn quantize(x: &[f32], scale: f32, zp: i32, q: &mut [i8]) {
     let inv = 1.0 / scale;
     let (qlo, qhi) = (-128.0 - zp as f32, 127.0 - zp as f32);
-    for (o, &v) in q.iter_mut().zip(x) {
-        let f = (v * inv).max(qlo).min(qhi);
-        *o = (((f + MAGIC) - MAGIC) as i32 + zp) as i8;
+    dispatch(Quantize {
+        x,
+        q,
+        inv,
+        qlo,
+        qhi,
+        zp,
+    })
+}
+
+struct Quantize<'a> {
+    x: &'a [f32],
+    q: &'a mut [i8],
+    inv: f32,
+    qlo: f32,
+    qhi: f32,
+    zp: i32,
+}
+
+impl SimdOp for Quantize<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, _s: S) {
+        for (o, &v) in self.q.iter_mut().zip(self.x) {
+            let f = clamp_f(v * self.inv, self.qlo, self.qhi);
+            *o = (round_small(f) + self.zp) as i8;
+        }
     }
 }
 
@@ -266,16 +339,27 @@ fn for_col_parts(
         f(0..n);
         return;
     }
-    let parts = split_count(n, 2 * threads, 8);
-    par.run(parts, &|i| f(split_range(n, parts, 8, i)));
+    let parts = split_count(n, 2 * threads, crate::qvnni::PANEL);
+    par.run(parts, &|i| f(split_range(n, parts, crate::qvnni::PANEL, i)));
 }
 
 /// The integer dot product of an activation row (`k` values) with packed weight row `r`,
 /// per group, passed to `f(group, dot)`.
 #[inline(always)]
 fn dots(w: &QPacked, r: usize, x: &[i8], mut f: impl FnMut(usize, i32)) {
-    let row = w.row(r);
     let k = w.k;
+    if w.data.is_empty() {
+        // Packed for VNNI, running below that level (a forced level in tests).
+        for g in 0..w.groups {
+            let (a, b) = (g * w.group, ((g + 1) * w.group).min(k));
+            let d = (a..b).fold(0i32, |acc, c| {
+                acc.wrapping_add(i32::from(x[c]) * i32::from(w.value(r, c)))
+            });
+            f(g, d);
+        }
+        return;
+    }
+    let row = w.row(r);
     if w.bits == 8 {
         let row: &[i8] = bytemuck::cast_slice(row);
         for g in 0..w.groups {
@@ -369,11 +453,58 @@ struct Qd8Cols<'a> {
     out: &'a Out<f32>,
 }
 
+/// Runs a column task on the VNNI kernel when the weights are packed for it and the
+/// CPU (at the selected level) has it; false otherwise.
+fn vnni_cols(
+    w: &QPacked,
+    x: &[i8],
+    m: usize,
+    cols: &core::ops::Range<usize>,
+    epi: crate::qvnni::Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = &w.vnni {
+        if crate::qvnni::available() {
+            let p = crate::qvnni::PANEL;
+            let panels = cols.start / p..cols.end.div_ceil(p);
+            // SAFETY: VNNI was detected (at the selected level); `x` holds `m · k`
+            // values and the output `m · n` (checked by the public entry points); this
+            // task's panels are its own columns (tasks split on panel boundaries).
+            unsafe {
+                crate::qvnni::columns(
+                    v, w.bits, w.group, w.groups, x, m, w.k, w.n, panels, epi, out_f, out_q,
+                )
+            };
+            return true;
+        }
+    }
+    let _ = (w, x, m, cols, epi, out_f, out_q);
+    false
+}
+
 impl SimdOp for Qd8Cols<'_> {
     type Output = ();
     #[inline(always)]
     fn eval<S: Simd>(self, _s: S) {
         let (n, k) = (self.w.n, self.w.k);
+        let epi = crate::qvnni::Epi::Qd8 {
+            params: self.params,
+            bias: self.bias,
+            clamp: self.clamp,
+        };
+        if vnni_cols(
+            self.w,
+            self.x,
+            self.m,
+            &self.cols,
+            epi,
+            self.out.get(),
+            core::ptr::null_mut(),
+        ) {
+            return;
+        }
         for c in self.cols.clone() {
             let sums = self.w.sums(c);
             let scales = &self.w.scales[c * self.w.groups..(c + 1) * self.w.groups];
@@ -401,6 +532,67 @@ impl SimdOp for Qd8Cols<'_> {
                 // `qd8_gemm`); this task is the only writer of column `c`.
                 unsafe { *self.out.get().add(i * n + c) = v };
             }
+        }
+    }
+}
+
+/// Where [`q_rows`] writes: f32 for dynamically quantized rows, int8 for static ones.
+pub enum QOut<'a> {
+    /// `params`: `(scale, zero point)` per row; see [`qd8_gemm`].
+    F32 {
+        y: &'a mut [f32],
+        params: &'a [f32],
+        bias: Option<&'a [f32]>,
+        clamp: (f32, f32),
+    },
+    /// See [`qs8_gemm`].
+    I8 {
+        y: &'a mut [i8],
+        b: &'a [i32],
+        zp: i32,
+        range: (i32, i32),
+    },
+}
+
+/// [`qd8_gemm`] or [`qs8_gemm`] of `m` rows on the calling thread (for callers that
+/// split the rows over threads themselves, such as convolutions).
+pub fn q_rows(x: &[i8], m: usize, w: &QPacked, out: QOut<'_>) {
+    let (n, k) = (w.n, w.k);
+    assert!(x.len() >= m * k);
+    match out {
+        QOut::F32 {
+            y,
+            params,
+            bias,
+            clamp,
+        } => {
+            assert!(y.len() >= m * n && params.len() >= 2 * m);
+            assert!(bias.is_none_or(|b| b.len() >= n));
+            let out = Out(y.as_mut_ptr());
+            dispatch(Qd8Cols {
+                x,
+                params,
+                m,
+                w,
+                bias,
+                clamp,
+                cols: 0..n,
+                out: &out,
+            })
+        }
+        QOut::I8 { y, b, zp, range } => {
+            assert!(y.len() >= m * n && b.len() >= n);
+            let out = Out(y.as_mut_ptr());
+            dispatch(Qs8Cols {
+                x,
+                m,
+                w,
+                b,
+                zp,
+                range,
+                cols: 0..n,
+                out: &out,
+            })
         }
     }
 }
@@ -451,10 +643,31 @@ struct Qs8Cols<'a> {
 /// `RNE(clamp(acc · scale, lo − zp, hi − zp)) + zp`: XNNPACK's fp32 requantization.
 #[inline(always)]
 pub fn requantize(acc: i32, scale: f32, zp: i32, range: (i32, i32)) -> i8 {
-    let f = (acc as f32 * scale)
-        .max((range.0 - zp) as f32)
-        .min((range.1 - zp) as f32);
-    (((f + MAGIC) - MAGIC) as i32 + zp) as i8
+    let f = clamp_f(
+        acc as f32 * scale,
+        (range.0 - zp) as f32,
+        (range.1 - zp) as f32,
+    );
+    (round_small(f) + zp) as i8
+}
+
+/// `min(max(v, lo), hi)` with NaN going to `lo` (as C's `fmaxf` then `fminf`), written
+/// as selects so that loops of it vectorise.
+#[inline(always)]
+fn clamp_f(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v >= lo { v } else { lo };
+    if v <= hi {
+        v
+    } else {
+        hi
+    }
+}
+
+/// Round half to even of `|f| < 2^22`, through the bits of `f + 1.5 · 2^23` (no float to
+/// int conversion, so loops of it vectorise).
+#[inline(always)]
+fn round_small(f: f32) -> i32 {
+    (f + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 impl SimdOp for Qs8Cols<'_> {
@@ -462,6 +675,22 @@ impl SimdOp for Qs8Cols<'_> {
     #[inline(always)]
     fn eval<S: Simd>(self, _s: S) {
         let (n, k) = (self.w.n, self.w.k);
+        let epi = crate::qvnni::Epi::Qs8 {
+            bias: self.b,
+            zy: self.zp,
+            range: self.range,
+        };
+        if vnni_cols(
+            self.w,
+            self.x,
+            self.m,
+            &self.cols,
+            epi,
+            core::ptr::null_mut(),
+            self.out.get(),
+        ) {
+            return;
+        }
         for c in self.cols.clone() {
             let scale = self.w.scales[c * self.w.groups];
             for i in 0..self.m {

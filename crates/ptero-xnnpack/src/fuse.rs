@@ -156,3 +156,50 @@ pub(crate) fn fuse_pairs(
     }
     out
 }
+
+/// Folds an int8 Clamp into the int8 convolution, product or elementwise step right
+/// before it when that step's result feeds only the clamp: the clamp's bounds narrow the
+/// step's output range (the same integers, since a clamp keeps its quantization).
+pub(crate) fn fuse_q8_clamp(
+    steps: Vec<Step>,
+    step_node: Vec<(usize, &'static str)>,
+    extra: Vec<Vec<usize>>,
+    slots: &[Slot],
+    readers: &[usize],
+) -> Fused {
+    use crate::quant::QStep;
+    let mut out: Fused = (Vec::new(), Vec::new(), Vec::new());
+    let mut it = steps.into_iter().zip(step_node).zip(extra).peekable();
+    while let Some(((mut step, at), mut ex)) = it.next() {
+        let clamp = match it.peek() {
+            Some(((Step::Q(q), _), _)) => match **q {
+                QStep::Clamp { x, out, lo, hi } => Some((x, out, lo, hi)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let (Step::Q(q), Some((x, cout, lo, hi))) = (&mut step, clamp) {
+            let internal = readers[x] == 1 && matches!(slots[x], Slot::Unused);
+            let target = match &mut **q {
+                QStep::Conv(c) if c.out == x => Some((&mut c.range, &mut c.out)),
+                QStep::Qs8Fc { out, range, .. } | QStep::Binary { out, range, .. } if *out == x => {
+                    Some((range, out))
+                }
+                _ => None,
+            };
+            if let (Some((range, o)), true) = (target, internal) {
+                range.0 = range.0.max(i32::from(lo));
+                range.1 = range.1.min(i32::from(hi));
+                *o = cout;
+                if let Some(((_, at2), ex2)) = it.next() {
+                    ex.push(at2.0);
+                    ex.extend(ex2);
+                }
+            }
+        }
+        out.0.push(step);
+        out.1.push(at);
+        out.2.push(ex);
+    }
+    out
+}

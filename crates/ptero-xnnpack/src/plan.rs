@@ -13,7 +13,7 @@ use ptero_simd::ops::{Binary, Unary};
 use ptero_core::ScalarType;
 
 use crate::error::{Result, XnnError};
-use crate::fuse::{fuse_pairs, fuse_silu, readers};
+use crate::fuse::{fuse_pairs, fuse_q8_clamp, fuse_silu, readers};
 use crate::graph::{
     BinaryOp, ConstantSource, ConvKind, Datatype, Graph, Node, Op, PoolAttrs, UnaryOp, Value,
     MAX_DIMS, NO_VALUE,
@@ -993,6 +993,8 @@ impl Executor {
             fuse_silu(steps, step_node, step_extra, &slots, &readers);
         let (steps, step_node, step_extra) =
             fuse_pairs(steps, step_node, step_extra, &slots, &readers);
+        let (steps, step_node, step_extra) =
+            fuse_q8_clamp(steps, step_node, step_extra, &slots, &readers);
         let mut ex = Executor {
             slots,
             bounds,

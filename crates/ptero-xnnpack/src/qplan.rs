@@ -440,7 +440,26 @@ pub(crate) fn plan_conv(
         zx,
         zy,
         range: range_of(node.clamp, sy, zy),
+        gemm: None,
     });
+    let mut conv = conv;
+    if !depthwise && groups == 1 {
+        // The filter `[cout, kh·kw·cin]` packed for the int8 product.
+        let kk = taps * cin;
+        let scale = conv.scale.clone();
+        let wref = &conv.w;
+        let packed = QPacked::new(cout, kk, 8, kk, |r, c| wref[r * kk + c], |r, _| scale[r])
+            .map_err(|e| bad(index, node, e))?;
+        let b = (0..cout)
+            .map(|r| conv.bias[r].wrapping_sub(zx.wrapping_mul(packed.sums(r)[0])))
+            .collect();
+        conv.gemm = Some((packed, b));
+        if kk <= crate::quant::PATCH_BYTES {
+            // Only the packed filter is read.
+            conv.w = Vec::new();
+            conv.wsum = Vec::new();
+        }
+    }
     Ok(Some(if dynamic {
         QStep::Qd8Conv {
             conv,

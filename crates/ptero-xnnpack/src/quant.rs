@@ -9,7 +9,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 
-use ptero_gemm::{qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QPacked};
+use ptero_gemm::{q_rows, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QOut, QPacked};
 use ptero_simd::Parallel;
 
 use crate::graph::{Datatype, Quant, Value};
@@ -118,7 +118,24 @@ pub(crate) struct Qs8Conv {
     pub(crate) zx: i32,
     pub(crate) zy: i32,
     pub(crate) range: (i32, i32),
+    /// Dense convolutions (one group) as a product of im2col rows with the filter
+    /// `[cout, kh·kw·cin]`, and the bias with the static zero point folded in.
+    pub(crate) gemm: Option<(QPacked, Vec<i32>)>,
 }
+
+/// Runs a closure inside [`ptero_simd::dispatch`], compiled for the selected level.
+struct Run<F: FnOnce()>(F);
+
+impl<F: FnOnce()> ptero_simd::SimdOp for Run<F> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: ptero_simd::Simd>(self, _s: S) {
+        (self.0)()
+    }
+}
+
+/// Bytes of im2col rows a convolution step gathers at once (on the stack).
+pub(crate) const PATCH_BYTES: usize = 16 * 1024;
 
 /// Int8 elementwise operations.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -430,8 +447,39 @@ impl QStep {
                 let (sa, sb, so) = (io.shape(*a), io.shape(*b), io.shape(*out));
                 let (xa, xb) = (io.read_i8(*a)?, io.read_i8(*b)?);
                 let ys = i8s_mut(y, so.numel().unwrap_or(0))?;
-                let st = [bstrides(sa, so), bstrides(sb, so)];
                 let (lo, hi) = *range;
+                let f = |va: i32, vb: i32| -> i8 {
+                    let v = match *op {
+                        QBin::Add {
+                            ma,
+                            mb,
+                            bias,
+                            shift,
+                        } => {
+                            let acc = bias
+                                .wrapping_add(va.wrapping_mul(ma))
+                                .wrapping_add(vb.wrapping_mul(mb));
+                            (acc >> shift).wrapping_add(*zy).clamp(-128, 127)
+                        }
+                        QBin::Mul { za, zb, scale } => {
+                            i32::from(requantize((va - za) * (vb - zb), scale, *zy, (-128, 127)))
+                        }
+                    };
+                    v.clamp(lo, hi) as i8
+                };
+                if sa == so && sb == so {
+                    ptero_simd::for_each_chunk(par, ys, &|r, o| {
+                        ptero_simd::dispatch(Run(|| {
+                            for ((d, &a), &b) in
+                                o.iter_mut().zip(&xa[r.clone()]).zip(&xb[r.clone()])
+                            {
+                                *d = f(i32::from(a), i32::from(b));
+                            }
+                        }))
+                    });
+                    return Ok(());
+                }
+                let st = [bstrides(sa, so), bstrides(sb, so)];
                 for_each_index(so, st, |i, [oa, ob]| {
                     let (va, vb) = (i32::from(xa[oa]), i32::from(xb[ob]));
                     let v = match *op {
@@ -529,6 +577,60 @@ pub(crate) fn qd8_parts_mut(
 impl Qs8Conv {
     /// Static int8 in and out.
     fn run(&self, par: &dyn Parallel, x: &[i8], sx: Shape, y: &mut [i8], so: Shape) {
+        if let Some((w, b)) = &self.gemm {
+            if self.kh * self.kw * self.cin <= PATCH_BYTES {
+                self.gemm_rows(
+                    par,
+                    x,
+                    sx,
+                    y,
+                    so,
+                    &|_, rows, m, yp| {
+                        q_rows(
+                            rows,
+                            m,
+                            w,
+                            QOut::I8 {
+                                y: yp,
+                                b,
+                                zp: self.zy,
+                                range: self.range,
+                            },
+                        )
+                    },
+                    &|_| self.zx,
+                );
+                return;
+            }
+        }
+        if self.depthwise && self.cin == self.cout {
+            let g = ptero_gemm::QDepthwise {
+                n: sx.dims[0],
+                ih: sx.dims[1],
+                iw: sx.dims[2],
+                oh: so.dims[1],
+                ow: so.dims[2],
+                c: self.cout,
+                kh: self.kh,
+                kw: self.kw,
+                stride: self.stride,
+                pad: self.pad,
+                dilation: self.dilation,
+            };
+            ptero_gemm::q8_depthwise(
+                par,
+                &g,
+                x,
+                &self.w,
+                &self.bias,
+                &self.scale,
+                self.zx,
+                self.zy,
+                self.range,
+                y,
+            );
+            return;
+        }
         self.rows(par, x, sx, y, so, &|_, xb, ih, iw, oy, ox, yp| {
             self.pixel(xb, ih, iw, oy, ox, self.zx, |oc, acc| {
                 yp[oc] = requantize(acc, self.scale[oc], self.zy, self.range)
@@ -550,6 +652,38 @@ impl Qs8Conv {
         bias: Option<&[f32]>,
         clamp: (f32, f32),
     ) {
+        if let Some((w, _)) = &self.gemm {
+            if self.kh * self.kw * self.cin <= PATCH_BYTES {
+                self.gemm_rows(
+                    par,
+                    x,
+                    sx,
+                    y,
+                    so,
+                    &|b, rows, m, yp| {
+                        // Every pixel of the image shares its quantization.
+                        let mut pr = [0f32; 2 * 64];
+                        for c in pr[..2 * m].chunks_exact_mut(2) {
+                            c[0] = params[2 * b];
+                            c[1] = params[2 * b + 1];
+                        }
+                        q_rows(
+                            rows,
+                            m,
+                            w,
+                            QOut::F32 {
+                                y: yp,
+                                params: &pr[..2 * m],
+                                bias,
+                                clamp,
+                            },
+                        )
+                    },
+                    &|b| params[2 * b + 1] as i32,
+                );
+                return;
+            }
+        }
         self.rows(par, x, sx, y, so, &|b, xb, ih, iw, oy, ox, yp| {
             let (s, z) = (params[2 * b], params[2 * b + 1] as i32);
             self.pixel(xb, ih, iw, oy, ox, z, |oc, acc| {
@@ -563,17 +697,99 @@ impl Qs8Conv {
         });
     }
 
-    /// Output rows over the threads; `f(image, its input, ih, iw, oy, ox, pixel out)`.
-    #[allow(clippy::type_complexity)]
-    fn rows<T: Send>(
+    /// Output rows over the threads, each gathered into im2col rows of at most 64
+    /// pixels and handed to `f(image, rows, pixels, their outputs)`; padding reads the
+    /// image's zero point `zp(image)`.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn gemm_rows<T: Send>(
         &self,
         par: &dyn Parallel,
         x: &[i8],
         sx: Shape,
         y: &mut [T],
         so: Shape,
-        f: &(dyn Fn(usize, &[i8], usize, usize, usize, usize, &mut [T]) + Sync),
+        f: &(dyn Fn(usize, &[i8], usize, &mut [T]) + Sync),
+        zp: &(dyn Fn(usize) -> i32 + Sync),
     ) {
+        let (ih, iw) = (sx.dims[1], sx.dims[2]);
+        let (oh, ow) = (so.dims[1], so.dims[2]);
+        let (cin, cout) = (self.cin, self.cout);
+        let row = ow * cout;
+        if row == 0 {
+            return;
+        }
+        let kk = self.kh * self.kw * cin;
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0];
+        let img_in = ih * iw * cin;
+        let per = (PATCH_BYTES / kk.max(1)).clamp(1, 64);
+        ptero_simd::for_each_chunk_by(par, y, row, &|r, part| {
+            let mut patch = [0i8; PATCH_BYTES];
+            for (j, yrow) in part.chunks_exact_mut(row).enumerate() {
+                let orow = r.start / row + j;
+                let (b, oy) = (orow / oh, orow % oh);
+                let xb = &x[b * img_in..(b + 1) * img_in];
+                let pad = zp(b).clamp(-128, 127) as i8;
+                let mut ox0 = 0;
+                while ox0 < ow {
+                    let m = (ow - ox0).min(per);
+                    let yp = &mut yrow[ox0 * cout..(ox0 + m) * cout];
+                    if direct {
+                        let at = (oy * iw + ox0) * cin;
+                        f(b, &xb[at..at + m * cin], m, yp);
+                    } else {
+                        for p in 0..m {
+                            let dst = &mut patch[p * kk..(p + 1) * kk];
+                            self.gather(xb, ih, iw, oy, ox0 + p, pad, dst);
+                        }
+                        f(b, &patch[..m * kk], m, yp);
+                    }
+                    ox0 += m;
+                }
+            }
+        });
+    }
+
+    /// The input patch of output pixel `(oy, ox)`, `[kh][kw][cin]`, padding as `pad`.
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        &self,
+        x: &[i8],
+        ih: usize,
+        iw: usize,
+        oy: usize,
+        ox: usize,
+        pad: i8,
+        dst: &mut [i8],
+    ) {
+        let cin = self.cin;
+        for ky in 0..self.kh {
+            let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.pad[0]);
+            for kx in 0..self.kw {
+                let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.pad[1]);
+                let d = &mut dst[(ky * self.kw + kx) * cin..][..cin];
+                match (iy, ix) {
+                    (Some(iy), Some(ix)) if iy < ih && ix < iw => {
+                        d.copy_from_slice(&x[(iy * iw + ix) * cin..][..cin])
+                    }
+                    _ => d.fill(pad),
+                }
+            }
+        }
+    }
+
+    /// Output rows over the threads; `f(image, its input, ih, iw, oy, ox, pixel out)`.
+    #[allow(clippy::type_complexity)]
+    fn rows<T: Send, F>(
+        &self,
+        par: &dyn Parallel,
+        x: &[i8],
+        sx: Shape,
+        y: &mut [T],
+        so: Shape,
+        f: &F,
+    ) where
+        F: Fn(usize, &[i8], usize, usize, usize, usize, &mut [T]) + Sync,
+    {
         let (ih, iw) = (sx.dims[1], sx.dims[2]);
         let (oh, ow) = (so.dims[1], so.dims[2]);
         let row = ow * self.cout;
@@ -582,27 +798,31 @@ impl Qs8Conv {
         }
         let img_in = ih * iw * self.cin;
         ptero_simd::for_each_chunk_by(par, y, row, &|r, part| {
-            for (j, yrow) in part.chunks_exact_mut(row).enumerate() {
-                let orow = r.start / row + j;
-                let (b, oy) = (orow / oh, orow % oh);
-                let xb = &x[b * img_in..(b + 1) * img_in];
-                for ox in 0..ow {
-                    f(
-                        b,
-                        xb,
-                        ih,
-                        iw,
-                        oy,
-                        ox,
-                        &mut yrow[ox * self.cout..(ox + 1) * self.cout],
-                    );
+            // Compiled for the selected level, so the integer loops vectorise.
+            ptero_simd::dispatch(Run(|| {
+                for (j, yrow) in part.chunks_exact_mut(row).enumerate() {
+                    let orow = r.start / row + j;
+                    let (b, oy) = (orow / oh, orow % oh);
+                    let xb = &x[b * img_in..(b + 1) * img_in];
+                    for ox in 0..ow {
+                        f(
+                            b,
+                            xb,
+                            ih,
+                            iw,
+                            oy,
+                            ox,
+                            &mut yrow[ox * self.cout..(ox + 1) * self.cout],
+                        );
+                    }
                 }
-            }
+            }))
         });
     }
 
     /// One output pixel: `out(channel, bias + Σ (x − zx) · w)` for every channel.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn pixel(
         &self,
         x: &[i8],
@@ -630,6 +850,13 @@ impl Qs8Conv {
                 for t in 0..taps {
                     let Some(at) = tap_at(t) else { continue };
                     let w = &self.w[t * c + c0..t * c + c1];
+                    if mult == 1 {
+                        let xs = &x[at + c0..at + c1];
+                        for ((a, &xv), &wv) in acc[..c1 - c0].iter_mut().zip(xs).zip(w) {
+                            *a = a.wrapping_add((i32::from(xv) - zx) * i32::from(wv));
+                        }
+                        continue;
+                    }
                     for (j, a) in acc[..c1 - c0].iter_mut().enumerate() {
                         let ci = (c0 + j) / mult.max(1);
                         *a = a.wrapping_add(

@@ -1,0 +1,464 @@
+//! AVX-512 VNNI kernels for int8 activations against int8 or int4 weights.
+//!
+//! Weights are packed in panels of 16 output columns. Within a panel, each 64-byte
+//! vector holds, for every column, 4 consecutive k (int8) or 8 (int4: byte `t` of a
+//! column holds k = `4 q + t` in its low nibble and `4 q + 4 + t` in its high nibble, two's
+//! complement). `vpdpbusd` multiplies unsigned by signed bytes, so activations are
+//! offset by 128 (`x ^ 0x80`) and the offset is taken back with the weights' sums:
+//! `Σ (x − zp) · w = Σ (x + 128) · w − (128 + zp) · Σ w`. 4-bit weights are unpacked as
+//! `16 · w` (the nibble moved to the high half), and the sum shifted back by 4, exactly.
+
+#![allow(unsafe_code)]
+
+use alloc::vec::Vec;
+
+/// Columns per panel: one zmm of i32.
+pub(crate) const PANEL: usize = 16;
+
+/// Weights in the VNNI panel layout, with per-panel scales and sums.
+#[derive(Debug, Clone)]
+pub(crate) struct VnniWeights {
+    /// k padded to whole vectors (4 k for int8, 8 for int4).
+    pub(crate) kq: usize,
+    /// Bytes per panel.
+    pub(crate) panel_bytes: usize,
+    pub(crate) data: Vec<u8>,
+    /// `[panel][group][16]`.
+    pub(crate) scales: Vec<f32>,
+    /// `[panel][group][16]`: Σ w over the group.
+    pub(crate) sums: Vec<i32>,
+}
+
+impl VnniWeights {
+    /// Packs `w(row, col)` (`n` rows of `k`; int4 values in `-8..=7`), `groups` groups
+    /// of `group` k each (the last group may be short when there is one group).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        n: usize,
+        k: usize,
+        bits: u8,
+        group: usize,
+        groups: usize,
+        w: &dyn Fn(usize, usize) -> i8,
+        scale: &dyn Fn(usize, usize) -> f32,
+        sum: &dyn Fn(usize, usize) -> i32,
+    ) -> Option<VnniWeights> {
+        let per_vec = if bits == 4 { 8 } else { 4 };
+        // Each group must hold whole vectors (true for the 4-bit groups of 32 and more);
+        // a single group is padded.
+        if groups > 1 && !group.is_multiple_of(per_vec) {
+            return None;
+        }
+        let kq = if groups > 1 {
+            group * groups
+        } else {
+            k.div_ceil(per_vec) * per_vec
+        };
+        let panels = n.div_ceil(PANEL);
+        let panel_bytes = kq / per_vec * 64;
+        let mut data = Vec::new();
+        data.try_reserve_exact(panels.checked_mul(panel_bytes)?)
+            .ok()?;
+        data.resize(panels * panel_bytes, 0u8);
+        let mut scales = Vec::new();
+        scales.try_reserve_exact(panels * groups * PANEL).ok()?;
+        scales.resize(panels * groups * PANEL, 0.0f32);
+        let mut sums = Vec::new();
+        sums.try_reserve_exact(panels * groups * PANEL).ok()?;
+        sums.resize(panels * groups * PANEL, 0i32);
+        for p in 0..panels {
+            let base = p * panel_bytes;
+            for j in 0..PANEL {
+                let r = p * PANEL + j;
+                if r >= n {
+                    continue;
+                }
+                for c in 0..k {
+                    let v = w(r, c);
+                    if bits == 8 {
+                        let (q, t) = (c / 4, c % 4);
+                        data[base + q * 64 + j * 4 + t] = v as u8;
+                    } else {
+                        let (o, rem) = (c / 8, c % 8);
+                        let (t, high) = (rem % 4, rem >= 4);
+                        let nib = (v as u8) & 0x0f;
+                        let b = &mut data[base + o * 64 + j * 4 + t];
+                        *b |= if high { nib << 4 } else { nib };
+                    }
+                }
+                for g in 0..groups {
+                    scales[(p * groups + g) * PANEL + j] = scale(r, g);
+                    sums[(p * groups + g) * PANEL + j] = sum(r, g);
+                }
+            }
+        }
+        Some(VnniWeights {
+            kq,
+            panel_bytes,
+            data,
+            scales,
+            sums,
+        })
+    }
+}
+
+/// What to do with each output: f32 with per-row dynamic quantization, or int8.
+#[derive(Clone, Copy)]
+pub(crate) enum Epi<'a> {
+    /// `(scale, zero point)` per row (pairs), bias per column, clamp.
+    Qd8 {
+        params: &'a [f32],
+        bias: Option<&'a [f32]>,
+        clamp: (f32, f32),
+    },
+    /// Static: per-column int32 bias with the input zero point folded in, output zero
+    /// point and range; the weights' scales are the requantization multipliers.
+    Qs8 {
+        bias: &'a [i32],
+        zy: i32,
+        range: (i32, i32),
+    },
+}
+
+/// Whether the running CPU (and the selected level) has AVX-512 VNNI.
+pub(crate) fn available() -> bool {
+    cfg!(target_arch = "x86_64") && ptero_simd::features().avx512vnni
+}
+
+/// Computes columns `[p0 · 16, p1 · 16)` of `m` rows of `x` (row stride `k`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW and VNNI; `x` holds `m · k` values; `out` points to
+/// `m · n` writable elements of which this call writes only its panels' columns, and
+/// `k`, `n`, `group`, `groups`, `bits` are those `w` was packed with.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn columns(
+    w: &VnniWeights,
+    bits: u8,
+    group: usize,
+    groups: usize,
+    x: &[i8],
+    m: usize,
+    k: usize,
+    n: usize,
+    panels: core::ops::Range<usize>,
+    epi: Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) {
+    // SAFETY: the caller guarantees the CPU features and the sizes of `x` and the
+    // outputs; weight reads stay inside `w`'s panels (`p < w.panels`, `v` below the
+    // panel's vectors), and the writes inside this call's panels of the outputs.
+    unsafe {
+        use core::arch::x86_64::*;
+        let per_vec = if bits == 4 { 8 } else { 4 };
+        let vecs_per_group = if groups > 1 {
+            group / per_vec
+        } else {
+            w.kq / per_vec
+        };
+        // Activation word of row `r` at quad `q` (4 k), offset to unsigned; zeros past k.
+        let word = |r: usize, q: usize| -> i32 {
+            let at = r * k + 4 * q;
+            if 4 * q + 4 <= k {
+                // `at + 4 <= r · k + k <= m · k = x.len()`.
+                let v = core::ptr::read_unaligned(x.as_ptr().add(at) as *const i32);
+                v ^ (0x8080_8080u32 as i32)
+            } else {
+                let mut b = [0x80u8; 4];
+                for (t, bb) in b.iter_mut().enumerate() {
+                    if 4 * q + t < k {
+                        *bb = (x[at + t] as u8) ^ 0x80;
+                    }
+                }
+                i32::from_le_bytes(b)
+            }
+        };
+        let nib = _mm512_set1_epi8(0xf0u8 as i8);
+        // int8 weights with one group: register tiles of up to 4 rows x 4 panels.
+        if bits == 8 && groups == 1 {
+            let mut p = panels.start;
+            while p < panels.end {
+                let np = (panels.end - p).min(4);
+                let mut r0 = 0;
+                while r0 < m {
+                    let rows = (m - r0).min(4);
+                    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+                    match (rows, np) {
+                        (4, 4) => tile8::<4, 4>(w, x, k, r0, p, &mut acc),
+                        (4, 3) => tile8::<4, 3>(w, x, k, r0, p, &mut acc),
+                        (4, 2) => tile8::<4, 2>(w, x, k, r0, p, &mut acc),
+                        (4, _) => tile8::<4, 1>(w, x, k, r0, p, &mut acc),
+                        (3, 4) => tile8::<3, 4>(w, x, k, r0, p, &mut acc),
+                        (3, 3) => tile8::<3, 3>(w, x, k, r0, p, &mut acc),
+                        (3, 2) => tile8::<3, 2>(w, x, k, r0, p, &mut acc),
+                        (3, _) => tile8::<3, 1>(w, x, k, r0, p, &mut acc),
+                        (2, 4) => tile8::<2, 4>(w, x, k, r0, p, &mut acc),
+                        (2, 3) => tile8::<2, 3>(w, x, k, r0, p, &mut acc),
+                        (2, 2) => tile8::<2, 2>(w, x, k, r0, p, &mut acc),
+                        (2, _) => tile8::<2, 1>(w, x, k, r0, p, &mut acc),
+                        (_, 4) => tile8::<1, 4>(w, x, k, r0, p, &mut acc),
+                        (_, 3) => tile8::<1, 3>(w, x, k, r0, p, &mut acc),
+                        (_, 2) => tile8::<1, 2>(w, x, k, r0, p, &mut acc),
+                        _ => tile8::<1, 1>(w, x, k, r0, p, &mut acc),
+                    }
+                    for (j, pp) in (p..p + np).enumerate() {
+                        let cols = (n - pp * PANEL).min(PANEL);
+                        let mask: __mmask16 = if cols == PANEL {
+                            0xffff
+                        } else {
+                            (1u16 << cols) - 1
+                        };
+                        let sums = _mm512_loadu_si512(w.sums.as_ptr().add(pp * PANEL) as *const _);
+                        for (i, a) in acc.iter().enumerate().take(rows) {
+                            let zx = match epi {
+                                Epi::Qd8 { params, .. } => params[2 * (r0 + i) + 1] as i32,
+                                Epi::Qs8 { .. } => 0,
+                            };
+                            let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + zx));
+                            let t = _mm512_sub_epi32(a[j], corr);
+                            store8(w, pp, r0 + i, n, mask, t, epi, out_f, out_q);
+                        }
+                    }
+                    r0 += rows;
+                }
+                p += np;
+            }
+            return;
+        }
+        for p in panels {
+            let cols = (n - p * PANEL).min(PANEL);
+            let mask: __mmask16 = if cols == PANEL {
+                0xffff
+            } else {
+                (1u16 << cols) - 1
+            };
+            let wp = w.data.as_ptr().add(p * w.panel_bytes);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(4);
+                let mut facc = [_mm512_setzero_ps(); 4];
+                let mut iacc_total = [_mm512_setzero_si512(); 4];
+                for g in 0..groups {
+                    let mut acc = [_mm512_setzero_si512(); 4];
+                    let v0 = g * vecs_per_group;
+                    for v in v0..v0 + vecs_per_group {
+                        let wv = _mm512_loadu_si512(wp.add(v * 64) as *const _);
+                        if bits == 8 {
+                            for (i, a) in acc.iter_mut().enumerate().take(rows) {
+                                let xw = _mm512_set1_epi32(word(r0 + i, v));
+                                *a = _mm512_dpbusd_epi32(*a, xw, wv);
+                            }
+                        } else {
+                            let lo = _mm512_and_si512(_mm512_slli_epi16(wv, 4), nib);
+                            let hi = _mm512_and_si512(wv, nib);
+                            for (i, a) in acc.iter_mut().enumerate().take(rows) {
+                                let x0 = _mm512_set1_epi32(word(r0 + i, 2 * v));
+                                let x1 = _mm512_set1_epi32(word(r0 + i, 2 * v + 1));
+                                *a = _mm512_dpbusd_epi32(*a, x0, lo);
+                                *a = _mm512_dpbusd_epi32(*a, x1, hi);
+                            }
+                        }
+                    }
+                    let sums = _mm512_loadu_si512(
+                        w.sums.as_ptr().add((p * groups + g) * PANEL) as *const _
+                    );
+                    let scales = _mm512_loadu_ps(w.scales.as_ptr().add((p * groups + g) * PANEL));
+                    for i in 0..rows {
+                        let zx = match epi {
+                            Epi::Qd8 { params, .. } => params[2 * (r0 + i) + 1] as i32,
+                            // Folded into the bias already.
+                            Epi::Qs8 { .. } => 0,
+                        };
+                        let mut a = acc[i];
+                        if bits == 4 {
+                            a = _mm512_srai_epi32(a, 4);
+                        }
+                        let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + zx));
+                        let t = _mm512_sub_epi32(a, corr);
+                        if groups == 1 {
+                            iacc_total[i] = t;
+                        } else {
+                            facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scales, facc[i]);
+                        }
+                    }
+                }
+                let c0 = p * PANEL;
+                for i in 0..rows {
+                    let r = r0 + i;
+                    match epi {
+                        Epi::Qd8 {
+                            params,
+                            bias,
+                            clamp,
+                        } => {
+                            let sx = _mm512_set1_ps(params[2 * r]);
+                            let mut y = if groups == 1 {
+                                let scales = _mm512_loadu_ps(w.scales.as_ptr().add(p * PANEL));
+                                _mm512_mul_ps(
+                                    _mm512_mul_ps(_mm512_cvtepi32_ps(iacc_total[i]), sx),
+                                    scales,
+                                )
+                            } else {
+                                _mm512_mul_ps(facc[i], sx)
+                            };
+                            if let Some(b) = bias {
+                                y = _mm512_add_ps(
+                                    y,
+                                    _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0)),
+                                );
+                            }
+                            y = _mm512_min_ps(
+                                _mm512_max_ps(y, _mm512_set1_ps(clamp.0)),
+                                _mm512_set1_ps(clamp.1),
+                            );
+                            _mm512_mask_storeu_ps(out_f.add(r * n + c0), mask, y);
+                        }
+                        Epi::Qs8 {
+                            bias, zy, range, ..
+                        } => {
+                            let b = _mm512_maskz_loadu_epi32(mask, bias.as_ptr().add(c0));
+                            let scales = _mm512_loadu_ps(w.scales.as_ptr().add(p * PANEL));
+                            let f = _mm512_mul_ps(
+                                _mm512_cvtepi32_ps(_mm512_add_epi32(iacc_total[i], b)),
+                                scales,
+                            );
+                            let f = _mm512_min_ps(
+                                _mm512_max_ps(f, _mm512_set1_ps((range.0 - zy) as f32)),
+                                _mm512_set1_ps((range.1 - zy) as f32),
+                            );
+                            // Round half to even (the default MXCSR mode), then the zero point.
+                            let q = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(zy));
+                            _mm512_mask_cvtsepi32_storeu_epi8(
+                                out_q.add(r * n + c0) as *mut _,
+                                mask,
+                                q,
+                            );
+                        }
+                    }
+                }
+                r0 += rows;
+            }
+        }
+    }
+}
+
+/// One register tile: `R` rows of activations against `P` panels of int8 weights, the
+/// raw sums of `(x + 128) · w` into `acc[row][panel]`.
+///
+/// # Safety
+/// As [`columns`]; `p + P` panels and `r0 + R` rows exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn tile8<const R: usize, const P: usize>(
+    w: &VnniWeights,
+    x: &[i8],
+    k: usize,
+    r0: usize,
+    p: usize,
+    acc: &mut [[core::arch::x86_64::__m512i; 4]; 4],
+) {
+    use core::arch::x86_64::*;
+    // SAFETY: weight reads stay within panels `p..p + P` (each `w.kq / 4` vectors of 64
+    // bytes); activation reads of whole quads stay within row `r0 + i` (`4 q + 4 <= k`).
+    unsafe {
+        let full = k / 4;
+        let quads = w.kq / 4;
+        let mut a = [[_mm512_setzero_si512(); P]; R];
+        let base: [*const u8; P] =
+            core::array::from_fn(|j| w.data.as_ptr().add((p + j) * w.panel_bytes));
+        let rows: [*const i8; R] = core::array::from_fn(|i| x.as_ptr().add((r0 + i) * k));
+        for q in 0..full {
+            let wv: [__m512i; P] =
+                core::array::from_fn(|j| _mm512_loadu_si512(base[j].add(q * 64) as *const _));
+            for i in 0..R {
+                let word = core::ptr::read_unaligned(rows[i].add(4 * q) as *const i32);
+                let xb = _mm512_set1_epi32(word ^ (0x8080_8080u32 as i32));
+                for j in 0..P {
+                    a[i][j] = _mm512_dpbusd_epi32(a[i][j], xb, wv[j]);
+                }
+            }
+        }
+        for q in full..quads {
+            // The last, partial quad: zeros (offset to 128) past k.
+            let wv: [__m512i; P] =
+                core::array::from_fn(|j| _mm512_loadu_si512(base[j].add(q * 64) as *const _));
+            for i in 0..R {
+                let mut b = [0x80u8; 4];
+                for (t, bb) in b.iter_mut().enumerate() {
+                    if 4 * q + t < k {
+                        *bb = (*rows[i].add(4 * q + t) as u8) ^ 0x80;
+                    }
+                }
+                let xb = _mm512_set1_epi32(i32::from_le_bytes(b));
+                for j in 0..P {
+                    a[i][j] = _mm512_dpbusd_epi32(a[i][j], xb, wv[j]);
+                }
+            }
+        }
+        for i in 0..R {
+            for j in 0..P {
+                acc[i][j] = a[i][j];
+            }
+        }
+    }
+}
+
+/// The epilogue of one row of one panel: `t` holds `Σ (x − zp) · w` per column.
+///
+/// # Safety
+/// As [`columns`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn store8(
+    w: &VnniWeights,
+    p: usize,
+    r: usize,
+    n: usize,
+    mask: core::arch::x86_64::__mmask16,
+    t: core::arch::x86_64::__m512i,
+    epi: Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) {
+    use core::arch::x86_64::*;
+    // SAFETY: column `p · 16 + j` for the set bits `j` of `mask` is below `n`, row `r`
+    // below the output's rows; the scales hold a full panel.
+    unsafe {
+        let c0 = p * PANEL;
+        let scales = _mm512_loadu_ps(w.scales.as_ptr().add(p * PANEL));
+        match epi {
+            Epi::Qd8 {
+                params,
+                bias,
+                clamp,
+            } => {
+                let sx = _mm512_set1_ps(params[2 * r]);
+                let mut y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), sx), scales);
+                if let Some(b) = bias {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0)));
+                }
+                y = _mm512_min_ps(
+                    _mm512_max_ps(y, _mm512_set1_ps(clamp.0)),
+                    _mm512_set1_ps(clamp.1),
+                );
+                _mm512_mask_storeu_ps(out_f.add(r * n + c0), mask, y);
+            }
+            Epi::Qs8 { bias, zy, range } => {
+                let b = _mm512_maskz_loadu_epi32(mask, bias.as_ptr().add(c0));
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(t, b)), scales);
+                let f = _mm512_min_ps(
+                    _mm512_max_ps(f, _mm512_set1_ps((range.0 - zy) as f32)),
+                    _mm512_set1_ps((range.1 - zy) as f32),
+                );
+                let q = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(zy));
+                _mm512_mask_cvtsepi32_storeu_epi8(out_q.add(r * n + c0) as *mut _, mask, q);
+            }
+        }
+    }
+}
