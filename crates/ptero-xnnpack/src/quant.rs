@@ -481,24 +481,7 @@ impl QStep {
                 }
                 let st = [bstrides(sa, so), bstrides(sb, so)];
                 for_each_index(so, st, |i, [oa, ob]| {
-                    let (va, vb) = (i32::from(xa[oa]), i32::from(xb[ob]));
-                    let v = match *op {
-                        QBin::Add {
-                            ma,
-                            mb,
-                            bias,
-                            shift,
-                        } => {
-                            let acc = bias
-                                .wrapping_add(va.wrapping_mul(ma))
-                                .wrapping_add(vb.wrapping_mul(mb));
-                            (acc >> shift).wrapping_add(*zy).clamp(-128, 127)
-                        }
-                        QBin::Mul { za, zb, scale } => {
-                            i32::from(requantize((va - za) * (vb - zb), scale, *zy, (-128, 127)))
-                        }
-                    };
-                    ys[i] = v.clamp(lo, hi) as i8;
+                    ys[i] = f(i32::from(xa[oa]), i32::from(xb[ob]));
                 });
                 Ok(())
             }
