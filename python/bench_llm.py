@@ -48,6 +48,7 @@ def run_ptero(exe: Path, model: Path, ids: list[int], new: int, threads: int) ->
 def run_official(model: Path, ids: list[int], new: int, threads: int) -> dict:
     import torch
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::sdpa_with_kv_cache)
+    import executorch.kernels.quantized  # noqa: F401  (embedding_4bit and friends)
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 

@@ -19,6 +19,8 @@ Steps (all outputs under models/big/, git-ignored):
 Usage:
     .venv-ref/bin/python python/export_smollm2.py [--skip-export] [--max-seq 128] [--max-ctx 512]
     .venv-ref/bin/python python/export_smollm2.py --xnnpack   # model_xnnpack.pte (fp32, delegated)
+    .venv-ref/bin/python python/export_smollm2.py --xnnpack --qmode 8da4w   # model_8da4w_xnnpack.pte
+        (int8 dynamic activations x int4 weights, group 32, 4-bit embeddings '4,32')
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--skip-export", action="store_true")
     ap.add_argument("--run-runtime", action="store_true", help="also generate with the official runtime")
+    ap.add_argument("--qmode", choices=["8da4w"], help="quantize with export_llm's quantization.qmode")
+    ap.add_argument("--group-size", type=int, default=32, help="quantization.group_size with --qmode")
+    ap.add_argument("--embedding-quantize", default="4,32", help="quantization.embedding_quantize with --qmode")
     ap.add_argument("--xnnpack", action="store_true",
                     help="lower to the XNNPACK delegate (fp32): model_xnnpack.pte, the official fast path")
     args = ap.parse_args(argv)
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
     report["bos_id"] = im_start
     report["eos_ids"] = [im_end, eot]
 
-    pte_name = "model_xnnpack.pte" if args.xnnpack else "model.pte"
+    pte_name = "model" + (f"_{args.qmode}" if args.qmode else "") + ("_xnnpack" if args.xnnpack else "") + ".pte"
     if not args.skip_export:
         metadata = json.dumps({"get_bos_id": im_start, "get_eos_ids": [im_end, eot]})
         cmd = [
@@ -216,6 +221,9 @@ def main(argv=None) -> int:
             f"export.output_name={OUT}/{pte_name}",
             f"backend.xnnpack.enabled={args.xnnpack}",
         ]
+        if args.qmode:
+            cmd += [f"quantization.qmode={args.qmode}", f"quantization.group_size={args.group_size}",
+                    f"quantization.embedding_quantize='{args.embedding_quantize}'"]
         print("+", " ".join(cmd), flush=True)
         report["export_cmd"] = " ".join(cmd)
         t0 = time.time()
@@ -232,6 +240,7 @@ def main(argv=None) -> int:
         if args.run_runtime:
             try:
                 import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+                import executorch.kernels.quantized  # noqa: F401  (embedding_4bit and friends)
                 from executorch.runtime import Runtime
                 prog = Runtime.get().load_program(pte.read_bytes())
                 fwd = prog.load_method("forward")
@@ -252,9 +261,10 @@ def main(argv=None) -> int:
                 report["runtime_error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 print("runtime error:", report["runtime_error"])
 
-    if args.xnnpack:
-        # The portable export's expected.json stays the reference.
-        (OUT / "expected_xnnpack.json").write_text(json.dumps(report, indent=1) + "\n")
+    if args.xnnpack or args.qmode:
+        # The portable fp32 export's expected.json stays the reference.
+        (OUT / ("expected_" + pte_name.removeprefix("model_").removesuffix(".pte") + ".json")).write_text(
+            json.dumps(report, indent=1) + "\n")
         return 0
     (OUT / "expected.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k not in ("prompt_ids",)}, indent=1))

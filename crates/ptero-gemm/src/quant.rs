@@ -746,13 +746,20 @@ mod tests {
             (4, 33, 96, 4, 96),
             (1, 40, 50, 4, 50),
             (5, 24, 128, 4, 64),
+            (2, 1536, 576, 4, 32),
+            (5, 576, 1536, 4, 32),
+            (8, 192, 576, 4, 32),
+            (2, 100, 576, 8, 576),
         ];
         for &(m, n, k, bits, group) in cases {
             let lim = if bits == 4 { 8 } else { 128 };
             let wv = |r: usize, c: usize| {
                 (((r * 31 + c * 17 + 5) % (2 * lim)) as i32 - lim as i32) as i8
             };
-            let sv = |r: usize, g: usize| 0.01 + 0.001 * ((r + 3 * g) % 7) as f32;
+            // bf16 values, as `qb4w` scales are (the grouped VNNI path keeps them so).
+            let sv = |r: usize, g: usize| {
+                f32::from_bits((0.01 + 0.001 * ((r + 3 * g) % 7) as f32).to_bits() & 0xffff_0000)
+            };
             let w = QPacked::new(n, k, bits, group, wv, sv).unwrap();
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 101) as f32 * 0.05 - 2.0)

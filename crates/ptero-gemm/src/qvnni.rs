@@ -27,6 +27,10 @@ pub(crate) struct VnniWeights {
     pub(crate) scales: Vec<f32>,
     /// `[panel][group][16]`: Σ w over the group.
     pub(crate) sums: Vec<i32>,
+    /// Grouped weights whose scales are bf16 values (the `qb4w` format): the scales as
+    /// bf16 bits, `[panel][group][16]`, and per column `Σ_g scale_g · Σ w_g`, so that
+    /// decode reads 2 bytes of metadata per group and column instead of 8.
+    pub(crate) grouped: Option<(Vec<u16>, Vec<f32>)>,
 }
 
 impl VnniWeights {
@@ -92,7 +96,30 @@ impl VnniWeights {
                 }
             }
         }
+        let grouped = if groups > 1 && scales.iter().all(|s| s.to_bits() & 0xffff == 0) {
+            let bits16: Vec<u16> = scales.iter().map(|s| (s.to_bits() >> 16) as u16).collect();
+            let mut csum = alloc::vec![0f32; panels * PANEL];
+            for p in 0..panels {
+                for j in 0..PANEL {
+                    let mut acc = 0f32;
+                    for g in 0..groups {
+                        let at = (p * groups + g) * PANEL + j;
+                        acc += scales[at] * sums[at] as f32;
+                    }
+                    csum[p * PANEL + j] = acc;
+                }
+            }
+            Some((bits16, csum))
+        } else {
+            None
+        };
+        if grouped.is_some() {
+            // Read through `grouped` only (grouped weights always take `tile4`).
+            scales = Vec::new();
+            sums = Vec::new();
+        }
         Some(VnniWeights {
+            grouped,
             kq,
             panel_bytes,
             data,
@@ -220,6 +247,57 @@ pub(crate) unsafe fn columns(
                             let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + zx));
                             let t = _mm512_sub_epi32(a[j], corr);
                             store8(w, pp, r0 + i, n, mask, t, epi, out_f, out_q);
+                        }
+                    }
+                    r0 += rows;
+                }
+                p += np;
+            }
+            return;
+        }
+        // int4 weights with groups: tiles of up to 2 rows x 4 panels, the groups folded
+        // into f32 as they end (independent chains hide the dot products' latency).
+        if bits == 4 && groups > 1 && k.is_multiple_of(8) && w.grouped.is_some() {
+            let mut p = panels.start;
+            while p < panels.end {
+                let np = (panels.end - p).min(4);
+                let mut r0 = 0;
+                while r0 < m {
+                    let rows = (m - r0).min(2);
+                    let mut facc = [[_mm512_setzero_ps(); 4]; 2];
+                    match (rows, np) {
+                        (2, 4) => {
+                            tile4::<2, 4>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        (2, 3) => {
+                            tile4::<2, 3>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        (2, 2) => {
+                            tile4::<2, 2>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        (2, _) => {
+                            tile4::<2, 1>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        (_, 4) => {
+                            tile4::<1, 4>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        (_, 3) => {
+                            tile4::<1, 3>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        (_, 2) => {
+                            tile4::<1, 2>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc)
+                        }
+                        _ => tile4::<1, 1>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc),
+                    }
+                    for (j, pp) in (p..p + np).enumerate() {
+                        let cols = (n - pp * PANEL).min(PANEL);
+                        let mask: __mmask16 = if cols == PANEL {
+                            0xffff
+                        } else {
+                            (1u16 << cols) - 1
+                        };
+                        for (i, fa) in facc.iter().enumerate().take(rows) {
+                            storef(pp, r0 + i, n, mask, fa[j], epi, out_f);
                         }
                     }
                     r0 += rows;
@@ -459,6 +537,130 @@ unsafe fn store8(
                 let q = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(zy));
                 _mm512_mask_cvtsepi32_storeu_epi8(out_q.add(r * n + c0) as *mut _, mask, q);
             }
+        }
+    }
+}
+
+/// One int4 tile: `R` rows against `P` panels, every group's `Σ (x − zp) · w` scaled by
+/// the group's scales into `facc[row][panel]`. Needs `k` a multiple of 8 (whole
+/// activation quads) and groups of whole vectors.
+///
+/// # Safety
+/// As [`columns`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile4<const R: usize, const P: usize>(
+    w: &VnniWeights,
+    x: &[i8],
+    k: usize,
+    groups: usize,
+    vecs_per_group: usize,
+    r0: usize,
+    p: usize,
+    epi: Epi<'_>,
+    facc: &mut [[core::arch::x86_64::__m512; 4]; 2],
+) {
+    use core::arch::x86_64::*;
+    // SAFETY: weight reads stay within panels `p..p + P` (groups · vecs_per_group vectors
+    // each); activation quads `2 v` and `2 v + 1` lie inside row `r0 + i` because
+    // `8 · vecs = k` and `k % 8 == 0`; sums and scales hold `groups · 16` per panel.
+    unsafe {
+        let nib = _mm512_set1_epi8(0xf0u8 as i8);
+        let base: [*const u8; P] =
+            core::array::from_fn(|j| w.data.as_ptr().add((p + j) * w.panel_bytes));
+        let rows: [*const i8; R] = core::array::from_fn(|i| x.as_ptr().add((r0 + i) * k));
+        let zp: [__m512i; R] = core::array::from_fn(|i| {
+            let z = match epi {
+                Epi::Qd8 { params, .. } => params[2 * (r0 + i) + 1] as i32,
+                Epi::Qs8 { .. } => 0,
+            };
+            _mm512_set1_epi32(128 + z)
+        });
+        let mut f = [[_mm512_setzero_ps(); P]; R];
+        let flip = 0x8080_8080u32 as i32;
+        let Some((scales16, csum)) = &w.grouped else {
+            return;
+        };
+        for g in 0..groups {
+            let mut a = [[_mm512_setzero_si512(); P]; R];
+            for v in g * vecs_per_group..(g + 1) * vecs_per_group {
+                let mut lo = [_mm512_setzero_si512(); P];
+                let mut hi = [_mm512_setzero_si512(); P];
+                for j in 0..P {
+                    let wv = _mm512_loadu_si512(base[j].add(v * 64) as *const _);
+                    lo[j] = _mm512_and_si512(_mm512_slli_epi16(wv, 4), nib);
+                    hi[j] = _mm512_and_si512(wv, nib);
+                }
+                for i in 0..R {
+                    let x0 = core::ptr::read_unaligned(rows[i].add(8 * v) as *const i32) ^ flip;
+                    let x1 = core::ptr::read_unaligned(rows[i].add(8 * v + 4) as *const i32) ^ flip;
+                    let (b0, b1) = (_mm512_set1_epi32(x0), _mm512_set1_epi32(x1));
+                    for j in 0..P {
+                        a[i][j] = _mm512_dpbusd_epi32(a[i][j], b0, lo[j]);
+                        a[i][j] = _mm512_dpbusd_epi32(a[i][j], b1, hi[j]);
+                    }
+                }
+            }
+            for j in 0..P {
+                let at = ((p + j) * groups + g) * PANEL;
+                // bf16 -> f32: the 16 bits moved to the top half.
+                let s16 = _mm256_loadu_si256(scales16.as_ptr().add(at) as *const _);
+                let scales = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(s16), 16));
+                for i in 0..R {
+                    let t = _mm512_cvtepi32_ps(_mm512_srai_epi32(a[i][j], 4));
+                    f[i][j] = _mm512_fmadd_ps(t, scales, f[i][j]);
+                }
+            }
+        }
+        // The offset and zero point, once per column: `− (128 + zp) · Σ_g s_g · Σ w_g`.
+        for j in 0..P {
+            let cs = _mm512_loadu_ps(csum.as_ptr().add((p + j) * PANEL));
+            for i in 0..R {
+                let z = _mm512_cvtepi32_ps(zp[i]);
+                facc[i][j] = _mm512_fnmadd_ps(z, cs, f[i][j]);
+            }
+        }
+    }
+}
+
+/// The f32 epilogue of one row of one panel from grouped sums already scaled by the
+/// weights' scales: `· s_x + bias`, clamped.
+///
+/// # Safety
+/// As [`columns`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn storef(
+    p: usize,
+    r: usize,
+    n: usize,
+    mask: core::arch::x86_64::__mmask16,
+    f: core::arch::x86_64::__m512,
+    epi: Epi<'_>,
+    out_f: *mut f32,
+) {
+    use core::arch::x86_64::*;
+    // SAFETY: the columns set in `mask` are below `n`, row `r` below the output's rows.
+    unsafe {
+        if let Epi::Qd8 {
+            params,
+            bias,
+            clamp,
+        } = epi
+        {
+            let c0 = p * PANEL;
+            let mut y = _mm512_mul_ps(f, _mm512_set1_ps(params[2 * r]));
+            if let Some(b) = bias {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0)));
+            }
+            y = _mm512_min_ps(
+                _mm512_max_ps(y, _mm512_set1_ps(clamp.0)),
+                _mm512_set1_ps(clamp.1),
+            );
+            _mm512_mask_storeu_ps(out_f.add(r * n + c0), mask, y);
         }
     }
 }
