@@ -100,7 +100,7 @@ def make_checkpoint(seed: int = SEED):
 
 
 def export_llm(ckpt: Path, params: Path, out_dir: Path, dynamic: bool, xnnpack: bool = False,
-               log: Path | None = None) -> Path:
+               log: Path | None = None, qmode: str | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps({"get_bos_id": BOS, "get_eos_ids": [EOS]})
     cmd = [
@@ -119,6 +119,9 @@ def export_llm(ckpt: Path, params: Path, out_dir: Path, dynamic: bool, xnnpack: 
         f"export.output_name={out_dir}/model.pte",
         f"backend.xnnpack.enabled={xnnpack}",
     ]
+    if qmode:
+        cmd += [f"quantization.qmode={qmode}", "quantization.group_size=32",
+                "quantization.embedding_quantize='4,32'"]
     print("+", " ".join(cmd), flush=True)
     with tempfile.TemporaryDirectory() as td:  # hydra writes outputs/ into cwd
         r = subprocess.run(cmd, cwd=td, capture_output=True, text=True)
@@ -170,6 +173,7 @@ def et_eager_generate(ckpt: Path, params: Path, dynamic: bool, prompt, max_new):
 def runtime_generate(pte: Path, dynamic: bool, prompt, max_new):
     """Official ExecuTorch Python runtime; returns (ids, metadata dict, signature) or raises."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (loads libcustom_ops_aot_lib)
+    import executorch.kernels.quantized  # noqa: F401  (embedding_4bit for quantized exports)
     from executorch.runtime import Runtime
 
     rt = Runtime.get()
@@ -270,15 +274,53 @@ def program_details(pte: Path):
     return ops, consts, fwd_io
 
 
+def export_8da4w(out: Path, tiny: Path) -> int:
+    """tiny_8da4w_xnnpack: the tiny weights quantized by export_llm (8da4w, group 32, 4-bit
+    embeddings) and lowered to XNNPACK; the greedy ids are the official runtime's (an fp32
+    eager reference differs by the quantization)."""
+    vdir = out / "tiny_8da4w_xnnpack"
+    ckpt, params = (tiny / "consolidated.00.pth").resolve(), (tiny / "params.json").resolve()
+    pte = export_llm(ckpt, params, vdir.resolve(), True, xnnpack=True, qmode="8da4w")
+    ids, consts, first = runtime_generate(pte, True, PROMPT, MAX_NEW)
+    l_ids = runtime_generate(pte, True, LONG_PROMPT, LONG_NEW)[0]
+    expected = {
+        "prompt_ids": PROMPT,
+        "max_new_tokens": MAX_NEW,
+        "greedy_ids": ids,
+        "max_seq_len": MAX_SEQ,
+        "max_context_len": MAX_CTX,
+        "bos_id": BOS,
+        "eos_ids": [EOS],
+        "enable_dynamic_shape": True,
+        "extra_cases": [{"prompt_ids": LONG_PROMPT, "max_new_tokens": LONG_NEW, "greedy_ids": l_ids}],
+        "runtime_constant_methods": consts,
+        "pte_bytes": pte.stat().st_size,
+        "weights": "../tiny/consolidated.00.pth + ../tiny/params.json (seed %d)" % SEED,
+        "notes": ("Exported with executorch 1.5.1 export_llm: quantization.qmode=8da4w, group_size=32, "
+                  "embedding_quantize='4,32', backend.xnnpack.enabled=True (qd8 x qb4w fully connected "
+                  "in the delegate, quantized_decomposed::embedding_4bit outside). Greedy ids from the "
+                  "official runtime (executorch.runtime), one forward over the prompt then one per token."),
+    }
+    (vdir / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    print(f"tiny_8da4w_xnnpack: {pte} {pte.stat().st_size} bytes, ids {ids[:8]}...")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tests/fixtures/llm"))
     ap.add_argument("--big", default=str(ROOT / "models/big"))
     ap.add_argument("--skip-xnnpack", action="store_true")
+    ap.add_argument("--8da4w", dest="q8da4w", action="store_true",
+                    help="only (re)export tiny_8da4w_xnnpack from the committed tiny weights: int8 "
+                         "dynamic activations x int4 weights (group 32), 4-bit embeddings, XNNPACK; "
+                         "expected ids from the official runtime")
     args = ap.parse_args(argv)
     out = Path(args.out)
     tiny = out / "tiny"
     tiny.mkdir(parents=True, exist_ok=True)
+    if args.q8da4w:
+        return export_8da4w(out, tiny)
 
     sd = make_checkpoint()
     ckpt = tiny / "consolidated.00.pth"

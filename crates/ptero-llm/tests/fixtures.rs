@@ -63,6 +63,13 @@ fn tiny_static_shape_matches_reference() {
     check("tiny_static");
 }
 
+/// int8 dynamic activations x int4 group-wise weights in the XNNPACK delegate, 4-bit
+/// embeddings outside it: the official runtime's ids, for all 64 tokens.
+#[test]
+fn tiny_8da4w_xnnpack_matches_the_official_runtime() {
+    check("tiny_8da4w_xnnpack");
+}
+
 #[test]
 fn stops_at_eos_and_at_the_end_of_the_context() {
     let d = dir("tiny");
