@@ -232,12 +232,7 @@ pub(crate) unsafe fn columns(
                         _ => tile8::<1, 1>(w, x, k, r0, p, &mut acc),
                     }
                     for (j, pp) in (p..p + np).enumerate() {
-                        let cols = (n - pp * PANEL).min(PANEL);
-                        let mask: __mmask16 = if cols == PANEL {
-                            0xffff
-                        } else {
-                            (1u16 << cols) - 1
-                        };
+                        let mask = panel_mask(n, pp);
                         let sums = _mm512_loadu_si512(w.sums.as_ptr().add(pp * PANEL) as *const _);
                         for (i, a) in acc.iter().enumerate().take(rows) {
                             let zx = match epi {
@@ -290,12 +285,7 @@ pub(crate) unsafe fn columns(
                         _ => tile4::<1, 1>(w, x, k, groups, vecs_per_group, r0, p, epi, &mut facc),
                     }
                     for (j, pp) in (p..p + np).enumerate() {
-                        let cols = (n - pp * PANEL).min(PANEL);
-                        let mask: __mmask16 = if cols == PANEL {
-                            0xffff
-                        } else {
-                            (1u16 << cols) - 1
-                        };
+                        let mask = panel_mask(n, pp);
                         for (i, fa) in facc.iter().enumerate().take(rows) {
                             storef(pp, r0 + i, n, mask, fa[j], epi, out_f);
                         }
@@ -307,12 +297,7 @@ pub(crate) unsafe fn columns(
             return;
         }
         for p in panels {
-            let cols = (n - p * PANEL).min(PANEL);
-            let mask: __mmask16 = if cols == PANEL {
-                0xffff
-            } else {
-                (1u16 << cols) - 1
-            };
+            let mask = panel_mask(n, p);
             let wp = w.data.as_ptr().add(p * w.panel_bytes);
             let mut r0 = 0;
             while r0 < m {
@@ -662,5 +647,16 @@ unsafe fn storef(
             );
             _mm512_mask_storeu_ps(out_f.add(r * n + c0), mask, y);
         }
+    }
+}
+
+/// The columns of panel `p` that exist among `n`, as a lane mask.
+#[inline(always)]
+fn panel_mask(n: usize, p: usize) -> u16 {
+    let cols = n.saturating_sub(p * PANEL).min(PANEL);
+    if cols == PANEL {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
     }
 }
