@@ -713,6 +713,27 @@ impl Executor {
                             cin_g,
                         ]
                     };
+                    // The filter's own data bounds what packing allocates: a damaged
+                    // geometry must not ask for more than the constant holds.
+                    let per_oc = if *kind == ConvKind::DepthwiseConv2d {
+                        1
+                    } else {
+                        cin_g
+                    };
+                    let need = kh
+                        .checked_mul(kw)
+                        .and_then(|t| t.checked_mul(cout))
+                        .and_then(|t| t.checked_mul(per_oc));
+                    if need.is_none_or(|nd| nd == 0 || consts[c].len() < nd) || geo.cin == 0 {
+                        return Err(bad(
+                            index,
+                            node,
+                            format!(
+                                "filter of {} elements for {cout} outputs of {kh} x {kw} x {per_oc}",
+                                consts[c].len()
+                            ),
+                        ));
+                    }
                     let wi = Image {
                         data: &consts[c],
                         strides,
