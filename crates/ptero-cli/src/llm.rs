@@ -74,6 +74,11 @@ fn report(g: &Generation, load_ms: f64) {
         s.decode_tokens_per_s(),
         s.generated_tokens
     );
+    eprintln!(
+        "weights read    {:>9.1} GB/s ({:.1} MB per token)",
+        s.decode_weight_gb_per_s(),
+        s.weight_bytes as f64 / 1e6
+    );
     eprintln!("peak memory     {:>9.1} MiB", peak_rss_mb());
     eprintln!(
         "stopped         {}",
@@ -190,6 +195,8 @@ pub fn llm(a: &LlmArgs, load: &crate::LoadArgs) -> Result<(), ptero::Error> {
                 "peak_rss_mb": peak_rss_mb(),
                 "prompt_tokens": g.stats.prompt_tokens,
                 "generated_tokens": g.stats.generated_tokens,
+                "weight_bytes_per_token": g.stats.weight_bytes,
+                "decode_weight_gb_per_s": g.stats.decode_weight_gb_per_s(),
             },
         });
         outln!("{o}");

@@ -54,6 +54,9 @@ pub struct Stats {
     pub prefill_ms: f64,
     /// Time for the tokens after the first.
     pub decode_ms: f64,
+    /// Bytes of weights one decode step reads: the constant tensors of `forward` and its
+    /// delegates, less embedding tables (a step reads one row of those).
+    pub weight_bytes: u64,
 }
 
 impl Stats {
@@ -71,6 +74,11 @@ impl Stats {
         } else {
             0.0
         }
+    }
+    /// The weight-read bandwidth decode reached, in GB/s (10^9 bytes): the weights'
+    /// bytes times decode tokens/s.
+    pub fn decode_weight_gb_per_s(&self) -> f64 {
+        self.weight_bytes as f64 * self.decode_tokens_per_s() / 1e9
     }
 }
 
@@ -118,6 +126,7 @@ pub struct TextGenerator {
     history: Vec<u32>,
     chat: Option<ChatState>,
     load_ms: f64,
+    weight_bytes: u64,
 }
 
 struct ChatState {
@@ -323,7 +332,13 @@ impl TextGenerator {
             history: Vec::new(),
             chat,
             load_ms: 0.0,
+            weight_bytes: weight_bytes(program),
         })
+    }
+
+    /// Bytes of weights one decode step reads (see [`Stats::weight_bytes`]).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// The limits in force.
@@ -551,6 +566,7 @@ impl TextGenerator {
         let mut stats = Stats {
             prompt_tokens: prompt.len(),
             prefill_ms,
+            weight_bytes: self.weight_bytes,
             ..Default::default()
         };
         let mut sampler = Sampler::new(config.sampler);
@@ -696,4 +712,21 @@ impl TextGenerator {
         }
         result
     }
+}
+
+/// Bytes of weights `forward` reads per step: its constant tensors except embedding
+/// tables, and the constant data of its XNNPACK delegates.
+fn weight_bytes(program: &Program) -> u64 {
+    let portable = program
+        .constant_bytes("forward", |op| op.contains("embedding"))
+        .unwrap_or(0);
+    let named = |k: &str| program.named_data(k);
+    let delegated = program
+        .delegate_blobs("forward")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(id, _)| *id == "XnnpackBackend")
+        .filter_map(|(_, blob)| ptero::XnnpackSummary::of(blob, &named).ok())
+        .fold(0u64, |a, s| a.saturating_add(s.constant_bytes));
+    portable.saturating_add(delegated)
 }

@@ -262,3 +262,20 @@ fn invalid_sampler_settings_are_errors() {
     let g = gen.generate_ids(&[1, 2], &config, |_, _| {}).unwrap();
     assert_eq!(g.stop, StopReason::Context);
 }
+
+/// Decode reads every weight once per token, but one row of the embedding table: the
+/// tiny model's linear and norm weights are 131,392 f32 (params.json), plus its rope
+/// tables; the 512 x 64 embedding table is left out.
+#[test]
+fn weight_bytes_count_the_weights_a_decode_step_reads() {
+    let gen = TextGenerator::load(dir("tiny").join("model.pte"), None::<&Path>).unwrap();
+    let weights = 131_392 * 4;
+    let got = gen.weight_bytes();
+    assert!((weights..weights + 16 * 1024).contains(&got), "{got} bytes");
+    // 8da4w: 131,072 int4 weights in the delegate and their group scales, far under the
+    // f32 model's bytes.
+    let q = TextGenerator::load(dir("tiny_8da4w_xnnpack").join("model.pte"), None::<&Path>)
+        .unwrap()
+        .weight_bytes();
+    assert!((65_536..100_000).contains(&q), "{q} bytes");
+}

@@ -198,6 +198,52 @@ impl Program {
         &self.metas
     }
 
+    /// Bytes of the constant tensors method `name` reads outside delegates (in the file or
+    /// a `.ptd`), leaving out those any operator for which `skip(operator)` holds takes as
+    /// an argument: a decoder reads one row of an embedding table per token, not the table.
+    ///
+    /// ```
+    /// use ptero_runtime::Program;
+    /// use ptero_format::writer::ProgramBuilder;
+    /// let program = Program::from_bytes(&ProgramBuilder::new().method("forward", |_m| {}).finish()).unwrap();
+    /// assert_eq!(program.constant_bytes("forward", |_| false).unwrap(), 0);
+    /// ```
+    pub fn constant_bytes(&self, name: &str, skip: impl Fn(&str) -> bool) -> Result<u64, Error> {
+        use crate::plan::Instr;
+        let (_, plan) = self.plan(name)?;
+        let mut skipped = alloc::vec![false; plan.values.len()];
+        for ins in plan.chains.iter().flatten() {
+            if let Instr::Kernel { op, start, len } = *ins {
+                if plan.operators.get(op as usize).is_some_and(|o| skip(o)) {
+                    let args = plan
+                        .arg_pool
+                        .get(start as usize..(start as usize).saturating_add(len as usize))
+                        .unwrap_or(&[]);
+                    for &a in args {
+                        if let Some(s) = skipped.get_mut(a as usize) {
+                            *s = true;
+                        }
+                    }
+                }
+            }
+        }
+        let external = |i: usize| plan.externals.iter().any(|(v, _, m)| *v == i && !m);
+        Ok(plan
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skipped[*i])
+            .filter_map(|(i, v)| match v {
+                ptero_core::Value::Tensor(t)
+                    if matches!(t.storage, ptero_core::Storage::Constant { .. }) || external(i) =>
+                {
+                    Some(t.nbytes() as u64)
+                }
+                _ => None,
+            })
+            .fold(0u64, u64::saturating_add))
+    }
+
     /// Prepares method `name` for execution.
     pub fn load_method(
         &self,
