@@ -45,6 +45,11 @@ pub struct QPacked {
     scales: Vec<f32>,
     /// Per row and group: the sum of the integer weights, for zero-point corrections.
     sums: Vec<i32>,
+    /// Group-wise weights with bf16 scales (XNNPACK's `qb4w`), per row: `−Σ t · s` over
+    /// the row's 16-wide chunks of k in order (`t` the chunk's integer sum, `s` its
+    /// group's scale), rounded as XNNPACK's packing rounds it; empty otherwise. The
+    /// products start from it, so that results match XNNPACK's bit for bit.
+    ksum: Vec<f32>,
     /// The VNNI panel layout, when the CPU has it (`data` is then empty).
     vnni: Option<crate::qvnni::VnniWeights>,
 }
@@ -110,32 +115,37 @@ impl QPacked {
             return Err(QPackError::Group { k, group });
         }
         let (group, groups) = if per_row { (kp, 1) } else { (group, k / group) };
-        let row_bytes = if bits == 4 { kp / 2 } else { kp };
-        let mut data: Vec<u8> = zeroed(n.checked_mul(row_bytes).ok_or(QPackError::Size)?)?;
+        let value = |r: usize, c: usize| {
+            let v = w(r, c);
+            if bits == 4 {
+                v.clamp(-8, 7)
+            } else {
+                v
+            }
+        };
         let ng = n.checked_mul(groups).ok_or(QPackError::Size)?;
         let mut scales: Vec<f32> = zeroed(ng)?;
         let mut sums: Vec<i32> = zeroed(ng)?;
         for r in 0..n {
-            let row = &mut data[r * row_bytes..(r + 1) * row_bytes];
-            for c in 0..kp {
-                let v = if c < k { w(r, c) } else { 0 };
-                if bits == 8 {
-                    row[c] = v as u8;
-                } else {
-                    let v = v.clamp(-8, 7);
-                    let u = (v + 8) as u8;
-                    let (blk, j) = (c / Q4_BLOCK, c % Q4_BLOCK);
-                    let byte = &mut row[blk * 16 + j % 16];
-                    *byte |= if j < 16 { u } else { u << 4 };
-                }
-                let g = if per_row { 0 } else { c / group };
-                let s = &mut sums[r * groups + g];
-                *s = s.wrapping_add(i32::from(if bits == 4 { v.clamp(-8, 7) } else { v }));
-            }
             for g in 0..groups {
+                let cols = g * group..((g + 1) * group).min(k);
+                sums[r * groups + g] =
+                    cols.fold(0i32, |a, c| a.wrapping_add(i32::from(value(r, c))));
                 scales[r * groups + g] = scale(r, g);
             }
         }
+        let ksum = if groups > 1 && scales.iter().all(|s| s.to_bits() & 0xffff == 0) {
+            let mut ksum: Vec<f32> = zeroed(n)?;
+            for (r, ks) in ksum.iter_mut().enumerate() {
+                for c0 in (0..k).step_by(16) {
+                    let t = (c0..c0 + 16).fold(0i32, |a, c| a + i32::from(value(r, c)));
+                    *ks -= t as f32 * scales[r * groups + c0 / group];
+                }
+            }
+            ksum
+        } else {
+            Vec::new()
+        };
         let mut p = QPacked {
             n,
             k,
@@ -143,27 +153,54 @@ impl QPacked {
             bits,
             group,
             groups,
-            data,
+            data: Vec::new(),
             scales,
             sums,
+            ksum,
             vnni: None,
         };
+        // Straight into the VNNI layout when the CPU has it: the row layout is then
+        // never built.
         if crate::qvnni::available() {
-            let v = crate::qvnni::VnniWeights::new(
+            p.vnni = crate::qvnni::VnniWeights::new(
                 n,
                 k,
                 bits,
                 group,
                 groups,
-                &|r, c| p.value(r, c),
+                &value,
                 &|r, g| p.scales[r * groups + g],
                 &|r, g| p.sums[r * groups + g],
+                &p.ksum,
             );
-            if let Some(v) = v {
-                p.vnni = Some(v);
-                p.data = Vec::new();
+            if p.vnni.is_some() {
+                return Ok(p);
             }
         }
+        let row_bytes = if bits == 4 { kp / 2 } else { kp };
+        let mut data: Vec<u8> = zeroed(n.checked_mul(row_bytes).ok_or(QPackError::Size)?)?;
+        for r in 0..n {
+            let row = &mut data[r * row_bytes..(r + 1) * row_bytes];
+            for c in 0..k {
+                let v = value(r, c);
+                if bits == 8 {
+                    row[c] = v as u8;
+                } else {
+                    let u = (v + 8) as u8;
+                    let (blk, j) = (c / Q4_BLOCK, c % Q4_BLOCK);
+                    let byte = &mut row[blk * 16 + j % 16];
+                    *byte |= if j < 16 { u } else { u << 4 };
+                }
+            }
+            if bits == 4 {
+                // Padding holds the value 0, stored as 8.
+                for c in k..kp {
+                    let (blk, j) = (c / Q4_BLOCK, c % Q4_BLOCK);
+                    row[blk * 16 + j % 16] |= if j < 16 { 8 } else { 8 << 4 };
+                }
+            }
+        }
+        p.data = data;
         Ok(p)
     }
 
@@ -241,6 +278,18 @@ pub fn quantize_rows(x: &[f32], k: usize, q: &mut [i8], params: &mut [f32]) {
     }
 }
 
+/// `d · s + acc` rounded once, for a bf16 scale `s`: the product is exact when `d` has
+/// at most 16 significant bits (groups of up to 32 int4 weights), so only larger sums
+/// need the software fused multiply-add.
+#[inline(always)]
+fn fma_bf16(d: i32, s: f32, acc: f32) -> f32 {
+    if d.unsigned_abs() < 1 << 16 {
+        d as f32 * s + acc
+    } else {
+        libm::fmaf(d as f32, s, acc)
+    }
+}
+
 /// `x + MAGIC - MAGIC` rounds half to even for |x| < 2^22 (the bias `1.5 · 2^23`).
 const MAGIC: f32 = 12_582_912.0;
 
@@ -261,7 +310,7 @@ impl SimdOp for QuantizeRow<'_> {
         let m = if lo == hi { 1.0 } else { 255.0 / (hi - lo) };
         let zmin = -128.0 - lo * m;
         let zmax = 127.0 - hi * m;
-        let z = if -128.0 + lo * m + 127.0 + hi * m > 0.0 {
+        let z = if (-128.0 + lo * m) + (127.0 + hi * m) > 0.0 {
             zmin
         } else {
             zmax
@@ -513,7 +562,17 @@ impl SimdOp for Qd8Cols<'_> {
                 let xr = &self.x[i * k..(i + 1) * k];
                 // XNNPACK's order: the row's scale first, then the weight's (per block,
                 // the weight's scale first).
-                let mut v = if self.w.groups == 1 {
+                let mut v = if !self.w.ksum.is_empty() {
+                    // XNNPACK's `qb4w` order: from the packed weight sum times the
+                    // unsigned zero point, one fused multiply-add per group of the
+                    // unsigned activations' dot product, then the row's scale.
+                    let mut acc = self.w.ksum[c] * (zx + 128) as f32;
+                    dots(self.w, c, xr, |g, d| {
+                        let u = d.wrapping_add(sums[g].wrapping_mul(128));
+                        acc = fma_bf16(u, scales[g], acc);
+                    });
+                    acc * sx
+                } else if self.w.groups == 1 {
                     let mut d0 = 0;
                     dots(self.w, c, xr, |_, d| d0 = d);
                     (d0.wrapping_sub(zx.wrapping_mul(sums[0])) as f32 * sx) * scales[0]

@@ -28,8 +28,9 @@ pub(crate) struct VnniWeights {
     /// `[panel][group][16]`: Σ w over the group.
     pub(crate) sums: Vec<i32>,
     /// Grouped weights whose scales are bf16 values (the `qb4w` format): the scales as
-    /// bf16 bits, `[panel][group][16]`, and per column `Σ_g scale_g · Σ w_g`, so that
-    /// decode reads 2 bytes of metadata per group and column instead of 8.
+    /// bf16 bits, `[panel][group][16]`, and per column the packed weight sum
+    /// (`QPacked::ksum`), so that decode reads 2 bytes of metadata per group and column
+    /// instead of 8.
     pub(crate) grouped: Option<(Vec<u16>, Vec<f32>)>,
 }
 
@@ -43,9 +44,10 @@ impl VnniWeights {
         bits: u8,
         group: usize,
         groups: usize,
-        w: &dyn Fn(usize, usize) -> i8,
-        scale: &dyn Fn(usize, usize) -> f32,
-        sum: &dyn Fn(usize, usize) -> i32,
+        w: &impl Fn(usize, usize) -> i8,
+        scale: &impl Fn(usize, usize) -> f32,
+        sum: &impl Fn(usize, usize) -> i32,
+        ksum: &[f32],
     ) -> Option<VnniWeights> {
         let per_vec = if bits == 4 { 8 } else { 4 };
         // Each group must hold whole vectors (true for the 4-bit groups of 32 and more);
@@ -96,19 +98,12 @@ impl VnniWeights {
                 }
             }
         }
-        let grouped = if groups > 1 && scales.iter().all(|s| s.to_bits() & 0xffff == 0) {
+        // With bf16 group scales, the products start from the packed weight sums
+        // (`QPacked::ksum`), per column of each panel.
+        let grouped = if ksum.len() == n {
             let bits16: Vec<u16> = scales.iter().map(|s| (s.to_bits() >> 16) as u16).collect();
             let mut csum = alloc::vec![0f32; panels * PANEL];
-            for p in 0..panels {
-                for j in 0..PANEL {
-                    let mut acc = 0f32;
-                    for g in 0..groups {
-                        let at = (p * groups + g) * PANEL + j;
-                        acc += scales[at] * sums[at] as f32;
-                    }
-                    csum[p * PANEL + j] = acc;
-                }
-            }
+            csum[..n].copy_from_slice(ksum);
             Some((bits16, csum))
         } else {
             None
@@ -563,11 +558,17 @@ unsafe fn tile4<const R: usize, const P: usize>(
             };
             _mm512_set1_epi32(128 + z)
         });
-        let mut f = [[_mm512_setzero_ps(); P]; R];
         let flip = 0x8080_8080u32 as i32;
         let Some((scales16, csum)) = &w.grouped else {
             return;
         };
+        // XNNPACK's order: the packed weight sums times the unsigned zero point first.
+        let cs: [__m512; P] =
+            core::array::from_fn(|j| _mm512_loadu_ps(csum.as_ptr().add((p + j) * PANEL)));
+        let mut f: [[__m512; P]; R] = core::array::from_fn(|i| {
+            let z = _mm512_cvtepi32_ps(zp[i]);
+            core::array::from_fn(|j| _mm512_mul_ps(cs[j], z))
+        });
         for g in 0..groups {
             let mut a = [[_mm512_setzero_si512(); P]; R];
             for v in g * vecs_per_group..(g + 1) * vecs_per_group {
@@ -599,13 +600,8 @@ unsafe fn tile4<const R: usize, const P: usize>(
                 }
             }
         }
-        // The offset and zero point, once per column: `− (128 + zp) · Σ_g s_g · Σ w_g`.
-        for j in 0..P {
-            let cs = _mm512_loadu_ps(csum.as_ptr().add((p + j) * PANEL));
-            for i in 0..R {
-                let z = _mm512_cvtepi32_ps(zp[i]);
-                facc[i][j] = _mm512_fnmadd_ps(z, cs, f[i][j]);
-            }
+        for (dst, src) in facc.iter_mut().zip(f) {
+            dst[..P].copy_from_slice(&src);
         }
     }
 }
