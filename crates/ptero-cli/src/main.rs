@@ -657,17 +657,27 @@ fn leading_values(t: &Tensor, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Peak resident memory of this process in MiB (Linux; 0 elsewhere).
-pub(crate) fn peak_rss_mb() -> f64 {
+/// A memory figure of this process from `/proc/self/status` in MiB (Linux; 0 elsewhere).
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Peak resident memory of this process in MiB (Linux; 0 elsewhere).
+pub(crate) fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resident memory of this process now, in MiB (Linux; 0 elsewhere).
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -682,6 +692,7 @@ fn bench(
 ) -> Result<(), Error> {
     // Load time: reading the program and preparing the method, as the official
     // `load_program` + `load_method`; inputs are read afterwards.
+    let rss0 = rss_mb();
     let t0 = Instant::now();
     let program = load_args.open(model)?;
     let mut m = load(&program, method, load_args)?;
@@ -705,6 +716,9 @@ fn bench(
     let (min, median, p90) = (times[0], pct(0.5), pct(0.9));
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let rss = peak_rss_mb();
+    // As the official runtime's scripts measure it (`time_ref.py`): resident memory
+    // after the runs less before the program was opened.
+    let growth = rss_mb() - rss0;
     let ops = if profile {
         let mut p = OpProfile::default();
         for _ in 0..iterations.max(1) {
@@ -729,6 +743,7 @@ fn bench(
             "warmup": warmup,
             "threads": threads,
             "peak_rss_mb": rss,
+            "rss_growth_mb": growth,
         });
         let mut o = o;
         if profile {
@@ -759,6 +774,7 @@ fn bench(
         outln!("     median {median:>10.3} ms");
         outln!("        p90 {p90:>10.3} ms");
         outln!("peak RSS    {rss:>10.1} MiB");
+        outln!("RSS growth  {growth:>10.1} MiB (after the runs, less before loading)");
         if profile {
             let total: f64 = ops.iter().map(|r| r.2).sum();
             outln!("");

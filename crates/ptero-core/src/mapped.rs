@@ -114,6 +114,38 @@ impl MappedFile {
         matches!(self.bytes, Bytes::Map(_))
     }
 
+    /// Tells the system that `part` (bytes of this file) will not be read again soon:
+    /// a mapped file's whole pages inside it leave the process's resident memory, and
+    /// are read back from the file if touched later. Nothing happens for a file read
+    /// into memory, or for bytes outside the map.
+    pub fn release(&self, part: &[u8]) {
+        #[cfg(unix)]
+        if let Bytes::Map(m) = &self.bytes {
+            const PAGE: usize = 4096;
+            let base = m.as_ptr() as usize;
+            let start = (part.as_ptr() as usize).wrapping_sub(base);
+            let Some(end) = start.checked_add(part.len()).filter(|&e| e <= m.len()) else {
+                return;
+            };
+            let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+            if first < last {
+                // SAFETY: the map is read-only and never written, so dropping its pages
+                // loses nothing: the next read of them faults the file's bytes back in,
+                // and every slice borrowed from the map stays valid. A failure only
+                // means the pages stay resident.
+                let _ = unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first,
+                        last - first,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = part;
+    }
+
     pub fn bytes(&self) -> &[u8] {
         match &self.bytes {
             Bytes::Map(m) => m,

@@ -23,6 +23,10 @@ pub struct BackendInitContext<'a> {
     /// Bytes the delegate may allocate for its state (converted and packed weights,
     /// intermediate buffers): the method's memory limit less what the method planned.
     pub max_memory: usize,
+    /// Called with bytes (of `processed` or of named data) the backend has copied into
+    /// its own form and will not read again: where the file is memory-mapped, their
+    /// pages leave resident memory (they stay readable).
+    pub release: &'a dyn Fn(&[u8]),
 }
 
 /// An initialized delegate, ready to run.

@@ -298,6 +298,7 @@ impl Method {
         }
         let mut delegates: Vec<Box<dyn DelegateHandle>> = Vec::new();
         let named = |key: &str| program.named_data(key);
+        let release = |part: &[u8]| program.release(part);
         for d in &plan.delegates {
             let backend = backends.get(&d.id).ok_or_else(|| Error::UnknownBackend {
                 method: name.into(),
@@ -311,6 +312,7 @@ impl Method {
             let ctx = BackendInitContext {
                 method_name: name,
                 named_data: &named,
+                release: &release,
                 max_memory: limits
                     .max_memory
                     .saturating_sub(usize::try_from(total).unwrap_or(usize::MAX)),

@@ -27,6 +27,10 @@ pub struct Program {
     named: Arc<Vec<(String, Range<usize>)>>,
     /// External data files (`.ptd`): their bytes and entries, searched after `named`.
     data_files: Vec<(SharedBytes, Arc<Vec<ptero_format::DataEntry>>)>,
+    /// The files behind `data` and `data_files`, where they are mapped: delegates that
+    /// keep packed copies of their weights let the mapped pages go.
+    #[cfg(feature = "std")]
+    mapped: Vec<Arc<ptero_core::MappedFile>>,
 }
 
 impl core::fmt::Debug for Program {
@@ -78,6 +82,8 @@ impl Program {
             plans: Arc::new(plans),
             named: Arc::new(named),
             data_files: Vec::new(),
+            #[cfg(feature = "std")]
+            mapped: Vec::new(),
         })
     }
 
@@ -105,15 +111,18 @@ impl Program {
         let path = path.as_ref();
         let io = |e: std::io::Error| io_error(path, e.to_string());
         let meta = std::fs::metadata(path).map_err(io)?;
-        let bytes: SharedBytes = if meta.is_file() && meta.len() > 0 {
-            Arc::new(ptero_core::MappedFile::open(path).map_err(io)?)
+        let file = Arc::new(if meta.is_file() && meta.len() > 0 {
+            ptero_core::MappedFile::open(path).map_err(io)?
         } else {
-            Arc::new(ptero_core::MappedFile::read(path, usize::MAX).map_err(io)?)
-        };
+            ptero_core::MappedFile::read(path, usize::MAX).map_err(io)?
+        });
+        let bytes: SharedBytes = file.clone();
         self.add_data(bytes).map_err(|e| match e {
             Error::Format(f) => io_error(path, f.to_string()),
             e => e,
-        })
+        })?;
+        self.mapped.push(file);
+        Ok(())
     }
 
     /// Memory-maps and loads a program file: constants are used in place, and pages are
@@ -143,8 +152,10 @@ impl Program {
             // Empty files cannot be mapped; report them as what they are.
             return Program::from_bytes(&[]);
         }
-        let map = ptero_core::MappedFile::open(path).map_err(io)?;
-        Program::from_shared(Arc::new(map))
+        let map = Arc::new(ptero_core::MappedFile::open(path).map_err(io)?);
+        let mut program = Program::from_shared(map.clone())?;
+        program.mapped.push(map);
+        Ok(program)
     }
 
     /// Reads a program file into memory (no mapping) and loads it: at most `max_bytes`
@@ -162,6 +173,17 @@ impl Program {
         let file = ptero_core::MappedFile::read(path, max_bytes)
             .map_err(|e| io_error(path, e.to_string()))?;
         Program::from_shared(Arc::new(file))
+    }
+
+    /// Lets the pages of `part` (bytes of this program or of its data files) leave
+    /// resident memory where the file is mapped; see [`ptero_core::MappedFile::release`].
+    pub fn release(&self, part: &[u8]) {
+        #[cfg(feature = "std")]
+        for m in &self.mapped {
+            m.release(part);
+        }
+        #[cfg(not(feature = "std"))]
+        let _ = part;
     }
 
     /// The whole file.

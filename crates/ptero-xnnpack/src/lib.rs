@@ -85,6 +85,7 @@ impl Backend for XnnpackBackend {
                 &g,
                 &blob,
                 ctx.named_data,
+                ctx.release,
                 ctx.max_memory,
             )?))
         };

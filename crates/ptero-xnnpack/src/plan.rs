@@ -274,6 +274,14 @@ impl Budget {
     }
 }
 
+/// The constant behind value `i`, if it is one.
+fn const_of_value(slots: &[Slot], i: usize) -> Option<usize> {
+    match slots.get(i) {
+        Some(Slot::Const(c)) => Some(*c),
+        _ => None,
+    }
+}
+
 /// The f32 elements of a constant value.
 pub(crate) fn constant_f32<'d>(
     g: &Graph,
@@ -453,6 +461,7 @@ impl Executor {
         g: &Graph,
         blob: &crate::blob::Blob<'_>,
         named: &(dyn Fn(&str) -> Option<&'d [u8]> + 'd),
+        release: &dyn Fn(&[u8]),
         max_memory: usize,
     ) -> Result<Executor> {
         let mut budget = Budget {
@@ -462,6 +471,9 @@ impl Executor {
         let nv = g.values.len();
         let mut slots = vec![Slot::Unused; nv];
         let mut consts = Vec::new();
+        // Per constant: its value index while its f32 copy is still to be made.
+        let mut pending: Vec<Option<usize>> = Vec::new();
+        let mut const_value = Vec::new();
         let mut bounds = Vec::with_capacity(nv);
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
@@ -480,9 +492,14 @@ impl Executor {
                 slots[i] = Slot::Const(consts.len());
                 // The f32 copy, and about as much again once packed.
                 budget.take(n.saturating_mul(8), "constants")?;
+                pending.push(None);
+                const_value.push(i);
                 consts.push(match v.dtype {
                     Datatype::Fp32 | Datatype::Fp16 | Datatype::Bf16 => {
-                        constant_f32(g, v, i, blob, named)?
+                        // Converted when the first node reading it is planned, and freed
+                        // once packed: the copies of all filters never coexist.
+                        pending[consts.len()] = Some(i);
+                        Vec::new()
                     }
                     Datatype::QInt8 => {
                         // Read by the int8 steps as bytes, four to a slot.
@@ -550,10 +567,32 @@ impl Executor {
             }
         }
         let vi = |id: u32| g.by_id[&id];
+        let const_of = |id: u32| match slots[vi(id)] {
+            Slot::Const(c) => Some(c),
+            _ => None,
+        };
+        // Nodes still to read each constant, and whether a step reads its f32 copy
+        // while running (otherwise the copy goes once its last reader is planned).
+        let mut readers_left = vec![0usize; consts.len()];
+        for node in &g.nodes {
+            for id in node.op.value_ids().0 {
+                if let Some(c) = const_of(id) {
+                    readers_left[c] += 1;
+                }
+            }
+        }
+        let mut read_raw = vec![false; consts.len()];
         let mut steps = Vec::with_capacity(g.nodes.len());
         let mut step_node = Vec::with_capacity(g.nodes.len());
         for (index, node) in g.nodes.iter().enumerate() {
             let (ins, outs) = node.op.value_ids();
+            for &id in &ins {
+                if let Some(c) = const_of(id) {
+                    if let Some(i) = pending[c].take() {
+                        consts[c] = constant_f32(g, &g.values[i], i, blob, named)?;
+                    }
+                }
+            }
             for &id in ins.iter().chain(&outs) {
                 let v = &g.values[vi(id)];
                 if let (Some(w), None) = (no_kind[vi(id)], v.constant) {
@@ -998,6 +1037,32 @@ impl Executor {
                 _ => return Err(unsupported(index, node, "not implemented yet")),
             };
             check_kinds(&step, &kinds, g, index, node)?;
+            step.reads(&mut |i, is_const| {
+                let c = if is_const {
+                    Some(i)
+                } else {
+                    const_of_value(&slots, i)
+                };
+                if let Some(c) = c {
+                    read_raw[c] = true;
+                }
+            });
+            for &id in &ins {
+                if let Some(c) = const_of(id) {
+                    readers_left[c] -= 1;
+                    if readers_left[c] == 0 {
+                        if !read_raw[c] {
+                            consts[c] = Vec::new();
+                        }
+                        // Packed or copied: the file's bytes are not read again.
+                        if let Some(k) = g.values[const_value[c]].constant {
+                            if let Ok(b) = raw(k as usize) {
+                                release(b);
+                            }
+                        }
+                    }
+                }
+            }
             steps.push(step);
             step_node.push((index, node.name));
         }
