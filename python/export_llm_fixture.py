@@ -100,7 +100,8 @@ def make_checkpoint(seed: int = SEED):
 
 
 def export_llm(ckpt: Path, params: Path, out_dir: Path, dynamic: bool, xnnpack: bool = False,
-               log: Path | None = None, qmode: str | None = None) -> Path:
+               log: Path | None = None, qmode: str | None = None, group: int = 32,
+               embedding: str = "4,32", extra: tuple = ()) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps({"get_bos_id": BOS, "get_eos_ids": [EOS]})
     cmd = [
@@ -120,8 +121,9 @@ def export_llm(ckpt: Path, params: Path, out_dir: Path, dynamic: bool, xnnpack: 
         f"backend.xnnpack.enabled={xnnpack}",
     ]
     if qmode:
-        cmd += [f"quantization.qmode={qmode}", "quantization.group_size=32",
-                "quantization.embedding_quantize='4,32'"]
+        cmd += [f"quantization.qmode={qmode}", f"quantization.group_size={group}",
+                f"quantization.embedding_quantize='{embedding}'"]
+    cmd += list(extra)
     print("+", " ".join(cmd), flush=True)
     with tempfile.TemporaryDirectory() as td:  # hydra writes outputs/ into cwd
         r = subprocess.run(cmd, cwd=td, capture_output=True, text=True)
@@ -274,13 +276,16 @@ def program_details(pte: Path):
     return ops, consts, fwd_io
 
 
-def export_8da4w(out: Path, tiny: Path) -> int:
+def export_8da4w(out: Path, tiny: Path, name: str = "tiny_8da4w_xnnpack", group: int = 32,
+                 embedding: str = "4,32", extra: tuple = ()) -> int:
     """tiny_8da4w_xnnpack: the tiny weights quantized by export_llm (8da4w, group 32, 4-bit
     embeddings) and lowered to XNNPACK; the greedy ids are the official runtime's (an fp32
-    eager reference differs by the quantization)."""
-    vdir = out / "tiny_8da4w_xnnpack"
+    eager reference differs by the quantization). tiny_8da4w_g64_kvq: group 64, 8-bit
+    per-channel embeddings and an int8 per-token KV cache (`custom_quantized_sdpa`)."""
+    vdir = out / name
     ckpt, params = (tiny / "consolidated.00.pth").resolve(), (tiny / "params.json").resolve()
-    pte = export_llm(ckpt, params, vdir.resolve(), True, xnnpack=True, qmode="8da4w")
+    pte = export_llm(ckpt, params, vdir.resolve(), True, xnnpack=True, qmode="8da4w",
+                     group=group, embedding=embedding, extra=extra)
     ids, consts, first = runtime_generate(pte, True, PROMPT, MAX_NEW)
     l_ids = runtime_generate(pte, True, LONG_PROMPT, LONG_NEW)[0]
     expected = {
@@ -296,13 +301,13 @@ def export_8da4w(out: Path, tiny: Path) -> int:
         "runtime_constant_methods": consts,
         "pte_bytes": pte.stat().st_size,
         "weights": "../tiny/consolidated.00.pth + ../tiny/params.json (seed %d)" % SEED,
-        "notes": ("Exported with executorch 1.5.1 export_llm: quantization.qmode=8da4w, group_size=32, "
-                  "embedding_quantize='4,32', backend.xnnpack.enabled=True (qd8 x qb4w fully connected "
+        "notes": (f"Exported with executorch 1.5.1 export_llm: quantization.qmode=8da4w, group_size={group}, "
+                  f"embedding_quantize='{embedding}', {' '.join(extra)} backend.xnnpack.enabled=True (qd8 x qb4w fully connected "
                   "in the delegate, quantized_decomposed::embedding_4bit outside). Greedy ids from the "
                   "official runtime (executorch.runtime), one forward over the prompt then one per token."),
     }
     (vdir / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
-    print(f"tiny_8da4w_xnnpack: {pte} {pte.stat().st_size} bytes, ids {ids[:8]}...")
+    print(f"{name}: {pte} {pte.stat().st_size} bytes, ids {ids[:8]}...")
     return 0
 
 
@@ -320,7 +325,8 @@ def main(argv=None) -> int:
     tiny = out / "tiny"
     tiny.mkdir(parents=True, exist_ok=True)
     if args.q8da4w:
-        return export_8da4w(out, tiny)
+        return export_8da4w(out, tiny) or export_8da4w(
+            out, tiny, "tiny_8da4w_g64_kvq", 64, "8,0", ("model.quantize_kv_cache=True",))
 
     sd = make_checkpoint()
     ckpt = tiny / "consolidated.00.pth"

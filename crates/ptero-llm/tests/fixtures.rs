@@ -70,6 +70,13 @@ fn tiny_8da4w_xnnpack_matches_the_official_runtime() {
     check("tiny_8da4w_xnnpack");
 }
 
+/// Group 64, 8-bit per-channel embeddings, and an int8 per-token KV cache
+/// (`llama::custom_quantized_sdpa` over `quantize_per_token` caches).
+#[test]
+fn tiny_8da4w_quantized_kv_cache_matches_the_official_runtime() {
+    check("tiny_8da4w_g64_kvq");
+}
+
 #[test]
 fn stops_at_eos_and_at_the_end_of_the_context() {
     let d = dir("tiny");
