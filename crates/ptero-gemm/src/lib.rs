@@ -46,6 +46,7 @@ mod nhwc;
 mod nhwc_dw;
 mod pack;
 mod pixel_rows;
+mod qavx2;
 mod qdepthwise;
 mod quant;
 mod qvnni;

@@ -159,9 +159,11 @@ impl QPacked {
             ksum,
             vnni: None,
         };
-        // Straight into the VNNI layout when the CPU has it: the row layout is then
-        // never built.
-        if crate::qvnni::available() {
+        // Straight into the panel layout when a kernel for it runs (VNNI for every
+        // kind, AVX2 for grouped 4-bit weights): the row layout is then never built.
+        if crate::qvnni::available()
+            || (bits == 4 && !p.ksum.is_empty() && crate::qavx2::available())
+        {
             p.vnni = crate::qvnni::VnniWeights::new(
                 n,
                 k,
@@ -515,6 +517,16 @@ fn vnni_cols(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let Some(v) = &w.vnni {
+        if !crate::qvnni::available() && w.bits == 4 && crate::qavx2::available() {
+            let p = crate::qvnni::PANEL;
+            let panels = cols.start / p..cols.end.div_ceil(p);
+            // SAFETY: AVX2 and FMA are available at the selected level; sizes as below.
+            if unsafe {
+                crate::qavx2::columns(v, w.group, w.groups, x, m, w.k, w.n, panels, epi, out_f)
+            } {
+                return true;
+            }
+        }
         if crate::qvnni::available() {
             let p = crate::qvnni::PANEL;
             let panels = cols.start / p..cols.end.div_ceil(p);
@@ -832,6 +844,10 @@ mod tests {
                 .unwrap_or_else(|e| e.into_inner());
             let before = ptero_simd::level();
             let pool = ptero_simd::pool::ThreadPool::new(2);
+            // Grouped 4-bit weights (`qb4w`) follow XNNPACK's float order at every level
+            // and on any split: the results are the same bits everywhere.
+            let exact = bits == 4 && group < k;
+            let mut first: Option<Vec<f32>> = None;
             for (l, par) in crate::tests::levels().into_iter().flat_map(|l| {
                 [
                     (l, &ptero_simd::Serial as &dyn Parallel),
@@ -855,6 +871,15 @@ mod tests {
                         (f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0),
                         "{l:?} {m}x{n}x{k}/{bits}/{group} [{i}]: {a} vs {b}"
                     );
+                }
+                if exact {
+                    match &first {
+                        None => first = Some(y),
+                        Some(f) => assert!(
+                            f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{l:?} {m}x{n}x{k}/{bits}/{group}: not the same bits as the first level"
+                        ),
+                    }
                 }
             }
             ptero_simd::set_level(before).unwrap();
