@@ -42,6 +42,7 @@ mod prim;
 mod quantized;
 mod random;
 mod reduce;
+mod sdpa_order;
 mod shape;
 mod softmax;
 mod unary;

@@ -325,7 +325,12 @@ struct Attention<'a> {
     start_pos: usize,
     causal: bool,
     scale: f32,
+    /// Threads the kernel may use (decides the official kernel's rounding of a few
+    /// outputs, see `sdpa_order`).
+    threads: usize,
 }
+
+use crate::sdpa_order::Rows;
 
 /// Stack scratch up to this head dim; larger heads fall back to a heap buffer.
 const STACK_D: usize = 512;
@@ -447,6 +452,21 @@ impl Attention<'_> {
         let mut buf = [0f32; SCORES];
         let sc = &mut buf[..nk];
         let (ko, vo) = (self.k.off(b, hk, 0), self.v.off(b, hk, 0));
+        if self.sq == 1 && mrow.is_none() && nk <= 512 && d.is_multiple_of(4) && d >= 4 {
+            // The worker index ExecuTorch's split over (batch, head) gives this head.
+            let tasks = self.batch * self.hq;
+            let t = (b * self.hq + h) / tasks.div_ceil(self.threads.max(1));
+            let keys = Rows {
+                data: &k[ko..],
+                stride: self.k.st[2],
+            };
+            let values = Rows {
+                data: &v[vo..],
+                stride: self.v.st[2],
+            };
+            crate::sdpa_order::decode_row(qrow, keys, values, nk, self.scale, t, sc, acc);
+            return Ok(());
+        }
         ptero_simd::ops::dot_rows(qrow, &k[ko..], self.k.st[2], self.scale, sc);
         if let Some(m) = mrow {
             for (s, m) in sc.iter_mut().zip(m) {
@@ -859,6 +879,7 @@ fn sdpa_run(
         start_pos,
         causal: p.causal,
         scale,
+        threads: a.parallel().threads(),
     };
     let contiguous = om.dim() == 4 && {
         let sz = om.sizes();
