@@ -29,3 +29,13 @@ cp "$schemas/backends_xnnpack_serialization_runtime_schema.fbs" "$tmp/runtime_sc
 "$flatc" --rust --gen-all -o "$tmp/out" "$tmp/runtime_schema.fbs"
 cp "$tmp/out/runtime_schema_generated.rs" "$root/crates/ptero-xnnpack/src/schema_generated.rs"
 echo "wrote $root/crates/ptero-xnnpack/src/schema_generated.rs"
+# Devtools: ETDump (ED00, written by the event tracer) and bundled programs (BP08, read).
+cp "$schemas/devtools_etdump_etdump_schema_flatcc.fbs" "$tmp/etdump_schema_flatcc.fbs"
+"$flatc" --rust --gen-all -o "$tmp/out" "$tmp/etdump_schema_flatcc.fbs"
+mkdir -p "$root/crates/ptero-devtools/src"
+cp "$tmp/out/etdump_schema_flatcc_generated.rs" "$root/crates/ptero-devtools/src/etdump_generated.rs"
+echo "wrote $root/crates/ptero-devtools/src/etdump_generated.rs"
+cp "$schemas/devtools_bundled_program_schema_bundled_program_schema.fbs" "$tmp/bundled_program_schema.fbs"
+"$flatc" --rust --gen-all -o "$tmp/out" "$tmp/bundled_program_schema.fbs"
+cp "$tmp/out/bundled_program_schema_generated.rs" "$root/crates/ptero-devtools/src/bundled_generated.rs"
+echo "wrote $root/crates/ptero-devtools/src/bundled_generated.rs"

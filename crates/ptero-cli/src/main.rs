@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use ptero::devtools::TestSuite;
 use ptero::{npy, EValue, Error, Limits, Method, MethodMeta, Program, ScalarType, Tag, Tensor};
 
 /// `println!` that exits quietly when stdout is closed (e.g. piped into `head`).
@@ -20,6 +21,8 @@ macro_rules! outln {
 
 mod inspect;
 mod llm;
+mod profile;
+mod test_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -97,15 +100,42 @@ impl LoadArgs {
 
     /// Opens `model` as the flags say.
     pub fn open(&self, model: &Path) -> Result<Program, Error> {
-        let mut program = if self.no_mmap {
-            Program::read_file(model, self.limits().max_memory)
+        Ok(self.open_bundled(model)?.0)
+    }
+
+    /// Opens `model`, a `.pte` or a bundled program (`.bpte`: its program, and its test
+    /// suites).
+    pub fn open_bundled(&self, model: &Path) -> Result<(Program, Option<Vec<TestSuite>>), Error> {
+        let mut head = [0u8; 8];
+        let is_bundled = std::fs::File::open(model)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && ptero::devtools::is_bundled_program(&head);
+        let bundled = if is_bundled {
+            let io = |e: std::io::Error| Error::Io {
+                path: model.display().to_string(),
+                message: e.to_string(),
+            };
+            let file = if self.no_mmap {
+                ptero::MappedFile::read(model, self.limits().max_memory).map_err(io)?
+            } else {
+                ptero::MappedFile::open(model).map_err(io)?
+            };
+            let b = ptero::devtools::BundledProgram::parse(file.as_ref())
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", model.display())))?;
+            Some((Program::from_bytes(b.program)?, b.suites))
         } else {
-            Program::from_file(model)
-        }?;
+            None
+        };
+        let (mut program, tests) = match bundled {
+            Some((p, t)) => (p, Some(t)),
+            None if self.no_mmap => (Program::read_file(model, self.limits().max_memory)?, None),
+            None => (Program::from_file(model)?, None),
+        };
         for d in &self.data {
             program.add_data_file(d)?;
         }
-        Ok(program)
+        Ok((program, tests))
     }
 }
 
@@ -169,6 +199,22 @@ enum Command {
     Llm {
         #[command(flatten)]
         args: llm::LlmArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Profile a method: time per operator and per delegate node (table), and optionally
+    /// an ETDump for ExecuTorch's Inspector and a Chrome trace.
+    Profile {
+        #[command(flatten)]
+        args: profile::ProfileArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Run every test case of a bundled program (.bpte) and compare the outputs; exits
+    /// non-zero if any case fails.
+    Test {
+        #[command(flatten)]
+        args: test_cmd::TestArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -264,6 +310,8 @@ fn run_command(cli: Cli) -> ExitCode {
         ),
         Command::Inspect { model, json, load } => inspect::inspect(&model, json, &load),
         Command::Llm { args, load } => llm::llm(&args, &load),
+        Command::Profile { args, load } => profile::profile(&args, &load),
+        Command::Test { args, load } => test_cmd::test(&args, &load),
         Command::Bench {
             model,
             method,
@@ -406,13 +454,24 @@ fn default_input(meta: &MethodMeta, i: usize, budget: &mut Budget) -> Result<EVa
 }
 
 /// Loads the chosen method with every kernel and backend of this build.
-fn load(program: &Program, method: Option<&str>, load: &LoadArgs) -> Result<Method, Error> {
+fn load(program: &Program, method: Option<&str>, load_args: &LoadArgs) -> Result<Method, Error> {
+    load_with(program, method, load_args, true)
+}
+
+/// [`load`], choosing whether instructions are fused.
+fn load_with(
+    program: &Program,
+    method: Option<&str>,
+    load: &LoadArgs,
+    fuse: bool,
+) -> Result<Method, Error> {
     let name = pick_method(program, method)?;
     // PTERO_CHANNELS_LAST=0 keeps every value in the exported dim order (for comparing
     // the layout pass against none).
     let options = ptero::LoadOptions {
         limits: load.limits(),
         channels_last: std::env::var("PTERO_CHANNELS_LAST").map_or(true, |v| v != "0"),
+        fuse,
     };
     let mut m = program.load_method_with(
         &name,
@@ -445,11 +504,26 @@ fn read_npy(path: &Path, budget: &mut Budget) -> Result<Tensor, Error> {
 }
 
 /// The method's inputs: from `.npy` files, or a deterministic pattern when none are given.
-fn read_inputs(m: &Method, inputs: &[PathBuf], quiet: bool) -> Result<Vec<EValue>, Error> {
+fn read_inputs(
+    m: &Method,
+    inputs: &[PathBuf],
+    bundled: Option<&[TestSuite]>,
+    quiet: bool,
+) -> Result<Vec<EValue>, Error> {
     let meta = m.meta();
     let name = m.name();
     let mut budget = Budget::for_method(m);
-    let values = if inputs.is_empty() {
+    let case = bundled
+        .and_then(|s| s.iter().find(|s| s.method_name == name))
+        .and_then(|s| s.cases.first());
+    let values = if let (true, Some(case)) = (inputs.is_empty(), case) {
+        if !quiet {
+            eprintln!(
+                "note: no --input given; using the bundled program's first test case of '{name}'"
+            );
+        }
+        case.inputs.clone()
+    } else if inputs.is_empty() {
         if !quiet && meta.num_inputs() > 0 {
             eprintln!(
                 "note: no --input given; filling {} input(s) of '{name}' with a deterministic pattern",
@@ -569,9 +643,9 @@ fn run(
             )));
         }
     }
-    let program = load_args.open(model)?;
+    let (program, tests) = load_args.open_bundled(model)?;
     let mut m = load(&program, method, load_args)?;
-    let values = read_inputs(&m, inputs, false)?;
+    let values = read_inputs(&m, inputs, tests.as_deref(), false)?;
     for _ in 0..iterations.max(1) {
         m.set_inputs(&values)?;
         m.execute()?;
@@ -694,11 +768,11 @@ fn bench(
     // `load_program` + `load_method`; inputs are read afterwards.
     let rss0 = rss_mb();
     let t0 = Instant::now();
-    let program = load_args.open(model)?;
+    let (program, tests) = load_args.open_bundled(model)?;
     let mut m = load(&program, method, load_args)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let threads = m.threads();
-    let values = read_inputs(&m, inputs, json)?;
+    let values = read_inputs(&m, inputs, tests.as_deref(), json)?;
     for _ in 0..warmup {
         m.set_inputs(&values)?;
         m.execute()?;

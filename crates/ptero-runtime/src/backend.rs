@@ -29,10 +29,28 @@ pub struct BackendInitContext<'a> {
     pub release: &'a dyn Fn(&[u8]),
 }
 
+/// Told when each node inside a delegate starts and ends ([`DelegateHandle::execute_observed`]).
+pub trait NodeObserver {
+    fn node_begin(&mut self);
+    /// `name` says what the node ran; `debug_handle` is its handle in the delegate's graph.
+    fn node_end(&mut self, name: &str, debug_handle: Option<u32>);
+}
+
 /// An initialized delegate, ready to run.
 pub trait DelegateHandle: Send {
     /// Runs the delegate; `args` are the DelegateCall's inputs followed by its outputs.
     fn execute(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()>;
+
+    /// Like [`DelegateHandle::execute`], telling `nodes` when each node of the delegate's
+    /// graph starts and ends (for profilers). The default runs unobserved.
+    fn execute_observed(
+        &mut self,
+        args: &mut KernelArgs<'_>,
+        nodes: &mut dyn NodeObserver,
+    ) -> ptero_core::Result<()> {
+        let _ = nodes;
+        self.execute(args)
+    }
 
     /// f32 of scratch each slot of the method's arena must hold for this delegate's
     /// kernels (packing buffers), so that `execute` allocates nothing.

@@ -32,7 +32,9 @@ mod parse;
 mod plan;
 mod program;
 
-pub use backend::{Backend, BackendInitContext, BackendRegistry, CompileSpec, DelegateHandle};
+pub use backend::{
+    Backend, BackendInitContext, BackendRegistry, CompileSpec, DelegateHandle, NodeObserver,
+};
 pub use error::Error;
 pub use evalue::{EValue, Tensor};
 #[cfg(feature = "std")]

@@ -58,6 +58,9 @@ pub struct LoadOptions {
     /// Lay out images flowing between convolutions channels-last (on by default; off
     /// keeps every value in the exported dim order, for comparisons).
     pub channels_last: bool,
+    /// Fuse instructions at load (on by default; off keeps one kernel per instruction,
+    /// so that a tracer sees every instruction's own output).
+    pub fuse: bool,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +68,7 @@ impl Default for LoadOptions {
         LoadOptions {
             limits: Limits::default(),
             channels_last: true,
+            fuse: true,
         }
     }
 }

@@ -49,12 +49,98 @@ pub struct Method {
     interrupt: Option<Arc<dyn Interrupt>>,
 }
 
-/// Told when each kernel or delegate call of [`Method::execute_observed`] starts and ends.
+/// Told when each kernel or delegate call of [`Method::execute_observed`] starts and ends,
+/// and, if it asks, shown what they computed: the event tracer's interface.
+///
+/// Only `begin` and `end` are required; the rest default to doing nothing, so a plain
+/// timer stays a few lines. Nothing is called when a method runs unobserved
+/// ([`Method::execute`]), so tracing costs nothing while it is off.
 pub trait Observer {
+    /// Method `method` starts running.
+    fn run_begin(&mut self, _method: &str) {}
+    /// It finished (also after an error).
+    fn run_end(&mut self, _method: &str) {}
     /// Instruction `pc` of chain `chain` is about to run.
     fn begin(&mut self, chain: usize, pc: usize);
     /// It finished; `name` is its operator (`aten::add.out`) or delegate id.
     fn end(&mut self, chain: usize, pc: usize, name: &str);
+    /// Instruction `pc` is a delegate call about to run (then `end` as for kernels). By
+    /// default the same as [`Observer::begin`].
+    fn delegate_begin(&mut self, chain: usize, pc: usize) {
+        self.begin(chain, pc);
+    }
+    /// A node inside the delegate that instruction `pc` calls is about to run.
+    fn node_begin(&mut self, _chain: usize, _pc: usize) {}
+    /// That node finished: `name` says what it ran (e.g. `Conv2d`), `debug_handle` is the
+    /// node's handle in the delegate's graph when it has one.
+    fn node_end(&mut self, _chain: usize, _pc: usize, _name: &str, _debug_handle: Option<u32>) {}
+    /// Whether to be shown the values instruction `pc` (operator or delegate `name`) wrote
+    /// ([`Observer::value`]); answering `true` costs a copy of each.
+    fn wants_values(&mut self, _chain: usize, _pc: usize, _name: &str) -> bool {
+        false
+    }
+    /// A value of instruction `pc`, in the logical (contiguous) layout: a kernel's
+    /// outputs, or a delegate call's arguments (inputs, then outputs) as ExecuTorch logs
+    /// them. Called after [`Observer::end`] of that instruction.
+    fn value(&mut self, _chain: usize, _pc: usize, _value: &EValue) {}
+    /// The method's outputs, once it has run.
+    fn method_output(&mut self, _index: usize, _value: &EValue) {}
+    /// Whether [`Observer::method_output`] is wanted.
+    fn wants_method_outputs(&mut self) -> bool {
+        false
+    }
+}
+
+/// Operators that write more than their last argument: how many trailing arguments
+/// they write (every other out variant writes one).
+const MULTI_OUTPUT_OPS: &[(&str, usize)] = &[
+    ("aten::native_layer_norm.out", 3),
+    ("aten::native_group_norm.out", 3),
+    ("aten::native_batch_norm.out", 3),
+    ("aten::_native_batch_norm_legit.out", 3),
+    ("aten::_native_batch_norm_legit.no_stats_out", 3),
+    ("aten::_native_batch_norm_legit_no_training.out", 3),
+    ("aten::max.dim_max", 2),
+    ("aten::min.dim_min", 2),
+    ("aten::topk.values", 2),
+    ("aten::sort.values", 2),
+    ("aten::sort.values_stable", 2),
+    ("aten::max_pool2d_with_indices.out", 2),
+    ("aten::max_pool2d_with_indices_backward.grad_input", 1),
+    ("aten::native_dropout.out", 2),
+    ("aten::var_mean.correction_out", 2),
+    ("aten::aminmax.out", 2),
+    ("aten::_unique2.out", 3),
+    ("aten::unique_dim.out", 3),
+    ("aten::mode.values", 2),
+    ("aten::kthvalue.values", 2),
+    ("aten::cummax.out", 2),
+    ("aten::cummin.out", 2),
+];
+
+/// How many trailing arguments of operator `name` are its outputs.
+fn outputs_of(name: &str) -> usize {
+    MULTI_OUTPUT_OPS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(1, |&(_, k)| k)
+}
+
+/// What a delegate sees of the observer: node events, tied to its instruction.
+struct NodeScope<'o> {
+    observer: &'o mut dyn Observer,
+    chain: usize,
+    pc: usize,
+}
+
+impl crate::backend::NodeObserver for NodeScope<'_> {
+    fn node_begin(&mut self) {
+        self.observer.node_begin(self.chain, self.pc);
+    }
+    fn node_end(&mut self, name: &str, debug_handle: Option<u32>) {
+        self.observer
+            .node_end(self.chain, self.pc, name, debug_handle);
+    }
 }
 
 struct InstrKernel {
@@ -213,7 +299,14 @@ impl Method {
 
         // Load-time fusion, then each instruction's kernel resolved with its own dtypes and
         // its prepare step run (constant weights are packed here, once).
-        let rewrites = crate::fuse::plan(plan, &mut values, kernels);
+        let rewrites = if options.fuse {
+            crate::fuse::plan(plan, &mut values, kernels)
+        } else {
+            plan.chains
+                .iter()
+                .map(|c| c.iter().map(|_| crate::fuse::Rewrite::Keep).collect())
+                .collect()
+        };
         if options.channels_last {
             crate::layout::plan(plan, &mut values, &rewrites);
         }
@@ -416,6 +509,12 @@ impl Method {
         self.plan.outputs.len()
     }
 
+    /// Sizes in bytes of the planned memory buffers, by memory id (the exporter's
+    /// `non_const_buffer_sizes`, the unused id 0 left out).
+    pub fn planned_buffers(&self) -> &[usize] {
+        &self.plan.planned
+    }
+
     /// Bytes of memory the method owns (planned arenas plus I/O buffers).
     pub fn memory_bytes(&self) -> usize {
         self.memory.total_bytes()
@@ -569,6 +668,23 @@ impl Method {
     }
 
     fn run(&mut self, mut observer: Option<&mut dyn Observer>) -> Result<(), Error> {
+        let Some(o) = observer.as_deref_mut() else {
+            return self.run_instructions(None);
+        };
+        o.run_begin(&self.meta.name);
+        let result = self.run_instructions(Some(&mut *o));
+        o.run_end(&self.meta.name);
+        if result.is_ok() && o.wants_method_outputs() {
+            for (i, &v) in self.plan.outputs.iter().enumerate() {
+                if let Ok(e) = self.to_evalue(&self.values[v as usize]) {
+                    o.method_output(i, &e);
+                }
+            }
+        }
+        result
+    }
+
+    fn run_instructions(&mut self, mut observer: Option<&mut dyn Observer>) -> Result<(), Error> {
         if let Some(i) = self.input_set.iter().position(|s| !s) {
             return Err(Error::Input {
                 index: i,
@@ -640,14 +756,19 @@ impl Method {
                             o.begin(c, at);
                         }
                         let result = f(&mut ka);
+                        let charged = ka.charged();
                         if let Some(o) = observer.as_deref_mut() {
                             let name = k
                                 .fused
                                 .as_deref()
                                 .unwrap_or(&self.plan.operators[op as usize]);
                             o.end(c, at, name);
+                            if result.is_ok() && o.wants_values(c, at, name) {
+                                let n = outputs_of(name).min(args.len());
+                                self.show_values(o, c, at, &args[args.len() - n..]);
+                            }
                         }
-                        work = work.saturating_add(ka.charged());
+                        work = work.saturating_add(charged);
                         if let Err(e) = result {
                             return Err(self.exec_err(pc - 1, op, e));
                         }
@@ -662,14 +783,30 @@ impl Method {
                             &mut self.borrows,
                         )
                         .with_context(ctx);
+                        let result = match observer.as_deref_mut() {
+                            Some(o) => {
+                                o.delegate_begin(c, at);
+                                let r = self.delegates[index as usize].execute_observed(
+                                    &mut ka,
+                                    &mut NodeScope {
+                                        observer: o,
+                                        chain: c,
+                                        pc: at,
+                                    },
+                                );
+                                o.end(c, at, &self.plan.delegates[index as usize].id);
+                                r
+                            }
+                            None => self.delegates[index as usize].execute(&mut ka),
+                        };
+                        let charged = ka.charged();
                         if let Some(o) = observer.as_deref_mut() {
-                            o.begin(c, at);
+                            let id = &self.plan.delegates[index as usize].id;
+                            if result.is_ok() && o.wants_values(c, at, id) {
+                                self.show_values(o, c, at, args);
+                            }
                         }
-                        let result = self.delegates[index as usize].execute(&mut ka);
-                        if let Some(o) = observer.as_deref_mut() {
-                            o.end(c, at, &self.plan.delegates[index as usize].id);
-                        }
-                        work = work.saturating_add(ka.charged());
+                        work = work.saturating_add(charged);
                         if let Err(source) = result {
                             return Err(Error::Execution {
                                 method: self.meta.name.clone(),
@@ -727,6 +864,17 @@ impl Method {
         }
         self.executions += 1;
         Ok(())
+    }
+
+    /// Shows `observer` the values `args` name (copied to the logical layout).
+    fn show_values(&self, observer: &mut dyn Observer, chain: usize, pc: usize, args: &[u32]) {
+        for &a in args {
+            if let Some(v) = self.values.get(a as usize) {
+                if let Ok(e) = self.to_evalue(v) {
+                    observer.value(chain, pc, &e);
+                }
+            }
+        }
     }
 
     fn exec_err(&self, instruction: usize, op: u32, source: ptero_core::Error) -> Error {

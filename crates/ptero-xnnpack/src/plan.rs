@@ -213,6 +213,8 @@ pub(crate) struct Executor {
     /// Further nodes folded into the step (a fused activation, the depthwise half of a
     /// fused pair).
     pub(crate) step_extra: Vec<Vec<usize>>,
+    /// Debug handle of each node of the graph, for the event tracer.
+    pub(crate) node_handles: Vec<u32>,
     pub(crate) buffers: Vec<Vec<f32>>,
     pub(crate) consts: Vec<Vec<f32>>,
     /// (value, argument) of the graph's inputs.
@@ -1088,6 +1090,7 @@ impl Executor {
             steps,
             step_node,
             step_extra,
+            node_handles: g.nodes.iter().map(|n| n.debug_handle).collect(),
             buffers: Vec::new(),
             consts,
             inputs,

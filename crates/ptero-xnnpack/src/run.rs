@@ -5,7 +5,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use ptero_core::{KernelArgs, ScalarType};
-use ptero_runtime::DelegateHandle;
+use ptero_runtime::{DelegateHandle, NodeObserver};
 
 use crate::graph::MAX_DIMS;
 use crate::plan::{Executor, Shape, Slot, Step};
@@ -13,7 +13,11 @@ use crate::quant::Kind;
 use crate::step::{shape_err, Io};
 
 impl Executor {
-    fn execute_inner(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()> {
+    fn execute_inner(
+        &mut self,
+        args: &mut KernelArgs<'_>,
+        mut nodes: Option<&mut dyn NodeObserver>,
+    ) -> ptero_core::Result<()> {
         for &(v, a) in &self.inputs {
             let t = args.tensor(a)?;
             let want = self
@@ -51,6 +55,7 @@ impl Executor {
             kinds,
             casts_in,
             casts_out,
+            node_handles,
             ..
         } = self;
         args.release_views();
@@ -88,6 +93,9 @@ impl Executor {
             // Each step views its operands afresh: an output written by one step may be
             // read by the next.
             args.release_views();
+            if let Some(o) = nodes.as_deref_mut() {
+                o.node_begin();
+            }
             let out = step.out();
             let shape = step.infer(&io!(), at)?;
             let n = shape.numel().unwrap_or(usize::MAX);
@@ -139,6 +147,11 @@ impl Executor {
                     return Err(shape_err(at, "writes a value without memory".into()))
                 }
             }
+            if let Some(o) = nodes.as_deref_mut() {
+                let (index, name) = at;
+                let name = name.strip_prefix("XNN").unwrap_or(name);
+                o.node_end(name, node_handles.get(index).copied());
+            }
         }
         args.release_views();
         for &(v, a, t) in casts_out.iter() {
@@ -180,7 +193,15 @@ fn mid_buffer(step: &Step, slots: &[Slot], buffers: &mut [Vec<f32>]) -> Option<(
 
 impl DelegateHandle for Executor {
     fn execute(&mut self, args: &mut KernelArgs<'_>) -> ptero_core::Result<()> {
-        self.execute_inner(args)
+        self.execute_inner(args, None)
+    }
+
+    fn execute_observed(
+        &mut self,
+        args: &mut KernelArgs<'_>,
+        nodes: &mut dyn NodeObserver,
+    ) -> ptero_core::Result<()> {
+        self.execute_inner(args, Some(nodes))
     }
 
     fn scratch_floats(&self) -> usize {

@@ -34,8 +34,11 @@ pub use ndarray_conv::NdarrayExt;
 
 pub use module::{default_threads, LoadMode, Module, ModuleOptions};
 pub use ptero_core::{
-    CancelToken, Dynamism, Interrupt, KernelRegistry, Parallel, ScalarType, SharedBytes,
+    CancelToken, Dynamism, Interrupt, KernelRegistry, MappedFile, Parallel, ScalarType, SharedBytes,
 };
+/// Devtools: bundled programs, the event [`Recorder`](devtools::Recorder), ETDump and
+/// Chrome trace writers.
+pub use ptero_devtools as devtools;
 pub use ptero_runtime::{
     Backend, BackendRegistry, Deadline, EValue, Error, IoMeta, Limits, LoadOptions, Method,
     MethodMeta, Observer, Program, Tag, Tensor, TensorInfo, DEFAULT_MAX_MEMORY,

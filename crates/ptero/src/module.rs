@@ -3,6 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ptero_core::{Interrupt, KernelRegistry, Parallel};
+use ptero_devtools::TestSuite;
 use ptero_runtime::{BackendRegistry, EValue, Error, Limits, Method, MethodMeta, Program};
 use ptero_simd::pool::ThreadPool;
 
@@ -30,7 +31,7 @@ pub enum LoadMode {
 /// let mut module = Module::from_file_with("model.pte", &options)?;
 /// # Ok::<(), ptero::Error>(())
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModuleOptions {
     pub load_mode: LoadMode,
     /// Limits of every method the module loads (and, in [`LoadMode::Read`], of the file).
@@ -41,8 +42,23 @@ pub struct ModuleOptions {
     /// Keep every value in the exported dim order: no channels-last layout of images
     /// between convolutions (see [`LoadOptions`](crate::LoadOptions)).
     pub keep_dim_order: bool,
+    /// Fuse instructions at load (default true).
+    pub fuse: bool,
     /// External data files (`.ptd`) holding weights the program refers to by key.
     pub data_files: Vec<std::path::PathBuf>,
+}
+
+impl Default for ModuleOptions {
+    fn default() -> ModuleOptions {
+        ModuleOptions {
+            load_mode: LoadMode::default(),
+            limits: Limits::default(),
+            threads: 0,
+            keep_dim_order: false,
+            fuse: true,
+            data_files: Vec::new(),
+        }
+    }
 }
 
 impl ModuleOptions {
@@ -72,6 +88,14 @@ impl ModuleOptions {
     /// Threads in all (0: one per physical core).
     pub fn threads(mut self, threads: usize) -> ModuleOptions {
         self.threads = threads;
+        self
+    }
+
+    /// Whether instructions are fused at load (default `true`). Off, every instruction
+    /// runs its own kernel, so a tracer asking for each instruction's output
+    /// ([`Module::execute_observed`]) sees all of them; it is slower.
+    pub fn fuse(mut self, fuse: bool) -> ModuleOptions {
+        self.fuse = fuse;
         self
     }
 
@@ -106,6 +130,37 @@ pub struct Module {
     pool: Option<Arc<dyn Parallel + Send + Sync>>,
     threads: usize,
     keep_dim_order: bool,
+    fuse: bool,
+    /// A bundled program's test cases.
+    bundled: Option<Arc<Vec<TestSuite>>>,
+}
+
+/// Whether the file at `path` carries the bundled-program identifier (`BP08`).
+fn starts_bundled(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && ptero_devtools::is_bundled_program(&head)
+}
+
+/// Reads a bundled program: its embedded program (copied out of the file) and its tests.
+fn open_bundled(path: &Path, options: &ModuleOptions) -> Result<(Program, Vec<TestSuite>), Error> {
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let file = match options.load_mode {
+        LoadMode::Mmap => ptero_core::MappedFile::open(path).map_err(io)?,
+        LoadMode::Read => {
+            ptero_core::MappedFile::read(path, options.limits.max_memory).map_err(io)?
+        }
+    };
+    let bytes: &[u8] = file.as_ref();
+    let b = ptero_devtools::BundledProgram::parse(bytes)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    Ok((Program::from_bytes(b.program)?, b.suites))
 }
 
 impl Module {
@@ -120,17 +175,27 @@ impl Module {
         path: impl AsRef<Path>,
         options: &ModuleOptions,
     ) -> Result<Module, Error> {
-        let mut program = match options.load_mode {
-            LoadMode::Mmap => Program::from_file(path)?,
-            LoadMode::Read => Program::read_file(path, options.limits.max_memory)?,
+        let path = path.as_ref();
+        let mut bundled = None;
+        let mut program = if starts_bundled(path) {
+            let (program, suites) = open_bundled(path, options)?;
+            bundled = Some(Arc::new(suites));
+            program
+        } else {
+            match options.load_mode {
+                LoadMode::Mmap => Program::from_file(path)?,
+                LoadMode::Read => Program::read_file(path, options.limits.max_memory)?,
+            }
         };
         for d in &options.data_files {
             program.add_data_file(d)?;
         }
         let mut module = Module::new(program);
+        module.bundled = bundled;
         module.limits = options.limits;
         module.threads = options.threads;
         module.keep_dim_order = options.keep_dim_order;
+        module.fuse = options.fuse;
         Ok(module)
     }
 
@@ -151,8 +216,15 @@ impl Module {
         Module::from_file_with(path, &options)
     }
 
-    /// A module over program bytes.
+    /// A module over program bytes (a `.pte`, or a bundled program's `.bpte`).
     pub fn from_bytes(bytes: &[u8]) -> Result<Module, Error> {
+        if ptero_devtools::is_bundled_program(bytes) {
+            let b = ptero_devtools::BundledProgram::parse(bytes)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let mut module = Module::new(Program::from_bytes(b.program)?);
+            module.bundled = Some(Arc::new(b.suites));
+            return Ok(module);
+        }
         Ok(Module::new(Program::from_bytes(bytes)?))
     }
 
@@ -177,7 +249,23 @@ impl Module {
             pool: None,
             threads: 0,
             keep_dim_order: false,
+            fuse: true,
+            bundled: None,
         }
+    }
+
+    /// The test suites of a bundled program (`.bpte`), one per method that has cases;
+    /// `None` for a plain `.pte`.
+    ///
+    /// ```no_run
+    /// let module = ptero::Module::from_file("model.bpte")?;
+    /// for suite in module.bundled_tests().unwrap_or_default() {
+    ///     println!("{}: {} cases", suite.method_name, suite.cases.len());
+    /// }
+    /// # Ok::<(), ptero::Error>(())
+    /// ```
+    pub fn bundled_tests(&self) -> Option<&[TestSuite]> {
+        self.bundled.as_deref().map(|v| v.as_slice())
     }
 
     /// Sets how many threads the module's methods use (0: one per physical core). Loaded
@@ -272,6 +360,7 @@ impl Module {
             let options = ptero_runtime::LoadOptions {
                 limits: self.limits,
                 channels_last: !self.keep_dim_order,
+                fuse: self.fuse,
             };
             let mut m =
                 self.program
@@ -303,6 +392,33 @@ impl Module {
         let m = self.load_method(name)?;
         m.set_inputs(inputs)?;
         m.execute()?;
+        m.outputs()
+    }
+
+    /// Runs method `name` with an event tracer: `observer` hears of every instruction and
+    /// delegate node, and sees their values if it asks (see [`crate::devtools::Recorder`]
+    /// for one that records them, and writes ETDump or Chrome trace files).
+    ///
+    /// ```no_run
+    /// use ptero::{Module, ModuleOptions};
+    /// use ptero::devtools::{Recorder, RecorderOptions};
+    /// let mut module = Module::from_file("model.pte")?;
+    /// let mut recorder = Recorder::new(RecorderOptions::default());
+    /// module.execute_observed("forward", &[], &mut recorder)?;
+    /// for op in recorder.operator_stats() {
+    ///     println!("{} x{}: {:.3} ms", op.name, op.count, op.total_ms);
+    /// }
+    /// # Ok::<(), ptero::Error>(())
+    /// ```
+    pub fn execute_observed(
+        &mut self,
+        name: &str,
+        inputs: &[EValue],
+        observer: &mut dyn ptero_runtime::Observer,
+    ) -> Result<Vec<EValue>, Error> {
+        let m = self.load_method(name)?;
+        m.set_inputs(inputs)?;
+        m.execute_observed(observer)?;
         m.outputs()
     }
 
