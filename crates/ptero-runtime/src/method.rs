@@ -667,8 +667,8 @@ impl Method {
         self.run(Some(observer))
     }
 
-    fn run(&mut self, mut observer: Option<&mut dyn Observer>) -> Result<(), Error> {
-        let Some(o) = observer.as_deref_mut() else {
+    fn run(&mut self, observer: Option<&mut dyn Observer>) -> Result<(), Error> {
+        let Some(o) = observer else {
             return self.run_instructions(None);
         };
         o.run_begin(&self.meta.name);
