@@ -82,6 +82,8 @@ pub(crate) fn profile(args: &ProfileArgs, load_args: &LoadArgs) -> Result<(), Er
             instructions: args.debug_range,
             operator: args.debug_op.clone(),
         },
+        // Kept outputs count against the memory limit like everything else.
+        max_debug_bytes: load_args.limits().max_memory,
         ..RecorderOptions::default()
     });
     let t0 = recorder.now();
@@ -103,6 +105,15 @@ pub(crate) fn profile(args: &ProfileArgs, load_args: &LoadArgs) -> Result<(), Er
     let stats = recorder.operator_stats();
     let runs = recorder.executions_ms();
     let mean_run = runs.iter().sum::<f64>() / runs.len().max(1) as f64;
+    let dropped = recorder.debug_values_dropped();
+    if dropped > 0 {
+        eprintln!(
+            "warning: {dropped} instruction output(s) were not kept: the debug buffer reached \
+             the memory limit ({} bytes); narrow it with --debug-range or --debug-op, use \
+             fewer --iterations, or raise --max-memory",
+            load_args.limits().max_memory
+        );
+    }
 
     let mut written = Vec::new();
     if let Some(path) = &args.etdump {
@@ -144,6 +155,7 @@ pub(crate) fn profile(args: &ProfileArgs, load_args: &LoadArgs) -> Result<(), Er
             "iterations": args.iterations,
             "threads": m.threads(),
             "mean_run_ms": mean_run,
+            "debug_values_dropped": dropped,
             "wall_ms": wall_ms,
             "operators": stats.iter().map(|s| serde_json::json!({
                 "name": s.name,

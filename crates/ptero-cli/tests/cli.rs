@@ -425,3 +425,250 @@ fn timeout_stops_execution_with_a_clear_error() {
     let (ok, _, err) = ptero(&["run", m, "--timeout", "3600"]);
     assert!(ok, "{err}");
 }
+
+// ---- devtools: bundled programs, profile, ETDump, Chrome trace ----
+
+#[test]
+fn test_command_passes_a_bundled_program_and_names_a_failing_case() {
+    let good = fixture("devtools/bundled/model.bpte");
+    let (ok, out, err) = ptero(&["test", good.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.matches(": pass").count(), 5, "{out}");
+    assert!(out.contains("forward case 2: pass"), "{out}");
+    assert!(out.contains("encode case 1: pass"), "{out}");
+
+    let (ok, out, err) = ptero(&["test", good.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.is_object(), "{out}");
+
+    let bad = fixture("devtools/bundled/bad.bpte");
+    let (ok, out, err) = ptero(&["test", bad.to_str().unwrap()]);
+    assert!(!ok, "a changed expected output must fail: {out}");
+    assert!(out.contains("forward case 1: FAIL"), "{out}");
+    assert!(out.contains("output 0"), "{out}");
+    assert!(out.contains("forward case 0: pass"), "{out}");
+    assert!(err.contains("1 of 5 test cases failed"), "{err}");
+
+    // A looser tolerance than the change (1.0) lets it through.
+    let (ok, out, _) = ptero(&["test", bad.to_str().unwrap(), "--atol", "2"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn run_and_bench_take_a_bundled_program_and_its_first_case() {
+    let bpte = fixture("devtools/bundled_xnnpack/model.bpte");
+    let (ok, out, err) = ptero(&["run", bpte.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("output 0: float32 ["), "{out}");
+    assert!(
+        err.contains("using the bundled program's first test case of 'forward'"),
+        "the test case is the input: {err}"
+    );
+    let (ok, out, err) = ptero(&[
+        "bench",
+        bpte.to_str().unwrap(),
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["median_ms"].as_f64().is_some(), "{out}");
+    assert!(
+        v.get("traced_median_ms").is_none(),
+        "tracer off unless asked: {out}"
+    );
+    let (ok, out, err) = ptero(&[
+        "bench",
+        bpte.to_str().unwrap(),
+        "--iterations",
+        "3",
+        "--tracer",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["traced_median_ms"].as_f64().unwrap() > 0.0, "{out}");
+    assert!(
+        v["tracer_overhead_pct"].as_f64().unwrap().is_finite(),
+        "{out}"
+    );
+    // Not a bundled program: a truncated one is an error naming the format.
+    let dir = tmpdir("bpte-trunc");
+    let bytes = std::fs::read(&bpte).unwrap();
+    let cut = dir.join("cut.bpte");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let (ok, _, err) = ptero(&["test", cut.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Complete events on one thread nest when every event either lies inside the
+/// innermost open one or starts after it ends.
+fn assert_nested(events: &[serde_json::Value]) {
+    let mut spans: Vec<(f64, f64, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            let ts = e["ts"].as_f64().unwrap();
+            (
+                ts,
+                ts + e["dur"].as_f64().unwrap(),
+                e["cat"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let mut open: Vec<(f64, f64, &str, &str)> = Vec::new();
+    for s in spans {
+        while open.last().is_some_and(|o| s.0 >= o.1) {
+            open.pop();
+        }
+        if let Some(o) = open.last() {
+            assert!(s.1 <= o.1 + 1e-3, "{s:?} overlaps {o:?} without nesting");
+        }
+        match s.2 {
+            "delegate_node" => assert_eq!(
+                open.last().map(|o| o.2),
+                Some("delegate"),
+                "node {s:?} outside its delegate call"
+            ),
+            "operator" | "delegate" => assert_eq!(
+                open.last().map(|o| o.2),
+                Some("method"),
+                "{s:?} outside its method"
+            ),
+            _ => {}
+        }
+        open.push(s);
+    }
+}
+
+#[test]
+fn profile_writes_a_nested_chrome_trace_an_etdump_and_debug_outputs() {
+    let dir = tmpdir("profile");
+    let model = fixture("devtools/etrecord_cnn_xnnpack/model.pte");
+    let input = fixture("devtools/etrecord_cnn_xnnpack/input.npy");
+    let (etdp, trace) = (dir.join("p.etdp"), dir.join("p.json"));
+    let (ok, out, err) = ptero(&[
+        "profile",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "--etdump",
+        etdp.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--debug-outputs",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ops = v["operators"].as_array().unwrap();
+    assert!(!ops.is_empty(), "{out}");
+    for o in ops {
+        for k in [
+            "name", "kind", "count", "total_ms", "mean_ms", "p50_ms", "p90_ms",
+        ] {
+            assert!(!o[k].is_null(), "operator row lacks {k}: {o}");
+        }
+    }
+    assert!(
+        ops.iter().any(|o| o["kind"] == "node"),
+        "no delegate node rows: {out}"
+    );
+    let totals: Vec<f64> = ops
+        .iter()
+        .map(|o| o["total_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        totals.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted by total: {totals:?}"
+    );
+
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    for e in events {
+        for k in ["name", "ph", "ts", "dur", "pid", "tid"] {
+            assert!(!e[k].is_null(), "trace event lacks {k}: {e}");
+        }
+        assert_eq!(e["ph"], "X");
+        assert!(e["dur"].as_f64().unwrap() >= 0.0);
+    }
+    let count = |cat: &str| events.iter().filter(|e| e["cat"] == cat).count();
+    let named = |n: &str| events.iter().filter(|e| e["name"] == n).count();
+    assert_eq!(named("Method::execute"), 3, "three traced runs: {t}");
+    assert_eq!(named("Program::load_method"), 1, "the load: {t}");
+    assert!(count("delegate") >= 3 && count("delegate_node") >= 3, "{t}");
+    assert_nested(events);
+
+    let dump = std::fs::read(&etdp).unwrap();
+    let prefix = u32::from_le_bytes(dump[..4].try_into().unwrap()) as usize;
+    assert_eq!(prefix + 4, dump.len(), "size prefix");
+    assert_eq!(&dump[8..12], b"ED00", "file identifier");
+    let debug = std::fs::metadata(dir.join("p.debug.bin")).unwrap().len();
+    assert!(debug > 0, "debug outputs were asked for");
+}
+
+#[test]
+fn official_inspector_reads_pteros_etdump() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var_os("PTERO_REF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-ref/bin/python"));
+    if !python.exists() {
+        println!(
+            "SKIPPED: official_inspector_reads_pteros_etdump needs the reference environment \
+             ({} not found; see README, 'The reference toolchain')",
+            python.display()
+        );
+        return;
+    }
+    for case in ["etrecord_cnn", "etrecord_cnn_xnnpack"] {
+        let dir = tmpdir(&format!("inspector-{case}"));
+        let etdp = dir.join("run.etdp");
+        let (ok, _, err) = ptero(&[
+            "profile",
+            fixture(&format!("devtools/{case}/model.pte"))
+                .to_str()
+                .unwrap(),
+            "--input",
+            fixture(&format!("devtools/{case}/input.npy"))
+                .to_str()
+                .unwrap(),
+            "--iterations",
+            "2",
+            "--etdump",
+            etdp.to_str().unwrap(),
+            "--debug-outputs",
+        ]);
+        assert!(ok, "{err}");
+        let out = Command::new(&python)
+            .arg(root.join("python/check_inspector.py"))
+            .args(["--quiet", "--etdump"])
+            .arg(&etdp)
+            .arg("--etrecord")
+            .arg(fixture(&format!("devtools/{case}/etrecord.bin")))
+            .arg("--debug-buffer")
+            .arg(dir.join("run.debug.bin"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{case}: the Inspector failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+        println!("{case}: {summary}");
+    }
+}

@@ -47,6 +47,9 @@ pub struct RecorderOptions {
     pub method_outputs: bool,
     /// Nanosecond clock. With `std`, a monotonic clock by default.
     pub clock: Clock,
+    /// Bytes the debug buffer may hold; values that would not fit are dropped and
+    /// counted ([`Recorder::debug_values_dropped`]). 1 GiB by default.
+    pub max_debug_bytes: usize,
 }
 
 impl Default for RecorderOptions {
@@ -58,6 +61,7 @@ impl Default for RecorderOptions {
             clock: std_clock,
             #[cfg(not(feature = "std"))]
             clock: || 0,
+            max_debug_bytes: 1 << 30,
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct Recorder {
     /// Occurrences of each node name in the current delegate call (for `#k`).
     node_counts: BTreeMap<String, usize>,
     debug_buffer: Vec<u8>,
+    /// Values not kept because the debug buffer was full.
+    dropped: usize,
     /// Current instruction's operator name, for its debug events.
     current_name: String,
     keep_values: bool,
@@ -192,6 +198,7 @@ impl Recorder {
             node_start: 0,
             node_counts: BTreeMap::new(),
             debug_buffer: Vec::new(),
+            dropped: 0,
             current_name: String::new(),
             keep_values: false,
             in_delegate: false,
@@ -239,10 +246,17 @@ impl Recorder {
         &self.debug_buffer
     }
 
+    /// How many values were not kept because the debug buffer would have grown past
+    /// [`RecorderOptions::max_debug_bytes`].
+    pub fn debug_values_dropped(&self) -> usize {
+        self.dropped
+    }
+
     /// Forgets every recorded block and value.
     pub fn clear(&mut self) {
         self.runs.clear();
         self.debug_buffer.clear();
+        self.dropped = 0;
     }
 
     /// Per operator, delegate and delegate node, over every execution: count, total,
@@ -312,10 +326,12 @@ impl Recorder {
 
     fn keep(&mut self, v: &EValue) -> Option<DebugValue> {
         Some(match v {
-            EValue::Tensor(t) => self.keep_tensor(t),
-            EValue::TensorList(ts) => {
-                DebugValue::TensorList(ts.iter().map(|t| self.keep_tensor(t)).collect())
-            }
+            EValue::Tensor(t) => self.keep_tensor(t)?,
+            EValue::TensorList(ts) => DebugValue::TensorList(
+                ts.iter()
+                    .map(|t| self.keep_tensor(t))
+                    .collect::<Option<_>>()?,
+            ),
             EValue::Int(i) => DebugValue::Int(*i),
             EValue::Double(d) => DebugValue::Double(*d),
             EValue::Bool(b) => DebugValue::Bool(*b),
@@ -323,20 +339,32 @@ impl Recorder {
         })
     }
 
-    fn keep_tensor(&mut self, t: &Tensor) -> DebugValue {
+    /// Appends `t`'s bytes to the debug buffer, or `None` (counted) when they would
+    /// pass the limit or cannot be allocated.
+    fn keep_tensor(&mut self, t: &Tensor) -> Option<DebugValue> {
         let bytes = t.bytes();
-        let pad = (DEBUG_ALIGN - self.debug_buffer.len() % DEBUG_ALIGN) % DEBUG_ALIGN;
-        if !bytes.is_empty() {
-            self.debug_buffer.resize(self.debug_buffer.len() + pad, 0);
+        let len = self.debug_buffer.len();
+        let pad = if bytes.is_empty() {
+            0
+        } else {
+            (DEBUG_ALIGN - len % DEBUG_ALIGN) % DEBUG_ALIGN
+        };
+        let grow = pad + bytes.len();
+        if len.saturating_add(grow) > self.options.max_debug_bytes
+            || self.debug_buffer.try_reserve(grow).is_err()
+        {
+            self.dropped += 1;
+            return None;
         }
+        self.debug_buffer.resize(len + pad, 0);
         let offset = self.debug_buffer.len();
         self.debug_buffer.extend_from_slice(bytes);
-        DebugValue::Tensor {
+        Some(DebugValue::Tensor {
             dtype: t.dtype(),
             sizes: t.sizes().to_vec(),
             offset,
             nbytes: bytes.len(),
-        }
+        })
     }
 }
 
@@ -484,5 +512,37 @@ impl Observer for Recorder {
                 after: run.profile.len(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_buffer_stops_at_its_limit_and_counts_what_it_drops() {
+        let mut r = Recorder::new(RecorderOptions {
+            values: ValueFilter {
+                enabled: true,
+                ..Default::default()
+            },
+            max_debug_bytes: 100,
+            ..Default::default()
+        });
+        let t = EValue::Tensor(Tensor::from_slice(&[1.0f32; 10], &[10]).unwrap());
+        r.run_begin("forward");
+        for pc in 0..3 {
+            r.begin(0, pc);
+            r.end(0, pc, "aten::add.out");
+            assert!(r.wants_values(0, pc, "aten::add.out"));
+            r.value(0, pc, &t);
+        }
+        r.run_end("forward");
+        // 40 bytes, then 24 of padding and 40 more (104) would pass 100.
+        assert_eq!(r.debug_buffer().len(), 40);
+        assert_eq!(r.debug_values_dropped(), 2);
+        assert_eq!(r.runs()[0].debug.len(), 1);
+        r.clear();
+        assert_eq!(r.debug_values_dropped(), 0);
     }
 }

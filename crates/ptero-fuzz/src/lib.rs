@@ -44,6 +44,8 @@ pub enum CaseKind {
     Tokenizer,
     /// A chat template assembled from hostile fragments.
     Template,
+    /// A committed bundled program (`.bpte`) with damaged bytes: its test cases run.
+    Bundled,
 }
 
 impl CaseKind {
@@ -54,6 +56,7 @@ impl CaseKind {
             CaseKind::Fixture => "fixture",
             CaseKind::Tokenizer => "tokenizer",
             CaseKind::Template => "template",
+            CaseKind::Bundled => "bundled",
         }
     }
 }
@@ -73,6 +76,7 @@ pub struct Fuzzer {
     kernels: KernelRegistry,
     signatures: Vec<Signature>,
     fixtures: Vec<(PathBuf, Vec<u8>)>,
+    bundled: Vec<(PathBuf, Vec<u8>)>,
     limits: Limits,
     only: Option<CaseKind>,
 }
@@ -92,7 +96,7 @@ fn find_ptes(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     for p in entries {
         if p.is_dir() && depth < 3 && p.file_name().is_some_and(|n| n != "big") {
             find_ptes(&p, out, depth + 1);
-        } else if p.extension().is_some_and(|e| e == "pte") {
+        } else if p.extension().is_some_and(|e| e == "pte" || e == "bpte") {
             out.push(p);
         }
     }
@@ -115,16 +119,17 @@ impl Fuzzer {
         for d in &dirs {
             find_ptes(d, &mut paths, 0);
         }
-        let fixtures = paths
+        let (bundled, fixtures) = paths
             .into_iter()
             .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() <= MAX_FIXTURE_BYTES))
             .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
-            .collect();
+            .partition(|(_, b)| ptero_devtools::is_bundled_program(b));
         let mut f = Fuzzer {
             seed,
             kernels,
             signatures: Vec::new(),
             fixtures,
+            bundled,
             limits,
             only: None,
         };
@@ -149,12 +154,18 @@ impl Fuzzer {
         self.fixtures.len()
     }
 
+    /// How many bundled programs (`.bpte`) the fixture cases mutate.
+    pub fn num_bundled(&self) -> usize {
+        self.bundled.len()
+    }
+
     /// Case `index`.
     pub fn case(&self, index: u64) -> Case {
         let mut rng = Rng::for_case(self.seed, index);
-        let mut roll = rng.below(20);
+        let mut roll = rng.below(21);
         let mut tokenizer = rng.one_in(2);
         match self.only {
+            Some(CaseKind::Bundled) => roll = 20,
             Some(CaseKind::Tokenizer) => (roll, tokenizer) = (0, true),
             Some(CaseKind::Template) => (roll, tokenizer) = (0, false),
             Some(CaseKind::Fixture) => roll = 19,
@@ -174,6 +185,16 @@ impl Fuzzer {
                 kind: CaseKind::Template,
                 op: None,
                 bytes: text::template_case(&mut rng).into_bytes(),
+            };
+        }
+        if roll == 20 && !self.bundled.is_empty() {
+            let (_, bytes) = rng.pick(&self.bundled);
+            let mut bytes = bytes.clone();
+            mutate_bytes(&mut rng, &mut bytes);
+            return Case {
+                kind: CaseKind::Bundled,
+                op: None,
+                bytes,
             };
         }
         if roll >= 17 && !self.fixtures.is_empty() {
@@ -234,6 +255,7 @@ impl Fuzzer {
         match case.kind {
             CaseKind::Tokenizer => text::run_tokenizer(&case.bytes, case.bytes.len() as u64),
             CaseKind::Template => run_template_bytes(&case.bytes),
+            CaseKind::Bundled => run_bundled(&case.bytes, &self.kernels, self.limits),
             _ => self.run(&case.bytes).map_err(|e| e.to_string()),
         }
     }
@@ -260,6 +282,53 @@ fn default_input(dtype: ScalarType, sizes: &[usize]) -> Option<EValue> {
 
 fn xnnpack_backend() -> std::sync::Arc<dyn ptero_runtime::Backend> {
     std::sync::Arc::new(ptero_xnnpack::XnnpackBackend)
+}
+
+/// Parses a bundled program and runs its test cases (at most four methods, four cases
+/// each) on the embedded program, comparing outputs as `ptero test` does; the embedded
+/// program also gets the plain runner's default inputs.
+pub fn run_bundled(bytes: &[u8], kernels: &KernelRegistry, limits: Limits) -> Result<(), String> {
+    use ptero_devtools::{compare_values, BundledProgram, Tolerance};
+    let b = BundledProgram::parse(bytes).map_err(|e| e.to_string())?;
+    let plain = run_program(b.program, kernels, limits);
+    let program = Program::from_bytes(b.program).map_err(|e| e.to_string())?;
+    let mut backends = ptero_runtime::BackendRegistry::new();
+    backends.register(xnnpack_backend());
+    let mut failures = 0usize;
+    for suite in b.suites.iter().take(4) {
+        let mut m =
+            match program.load_method_with_limits(&suite.method_name, kernels, &backends, limits) {
+                Ok(m) => m,
+                Err(_) => {
+                    failures += 1;
+                    continue;
+                }
+            };
+        for case in suite.cases.iter().take(4) {
+            let run = (|| {
+                for (i, v) in case.inputs.iter().enumerate() {
+                    m.set_input(i, v)?;
+                }
+                m.execute()?;
+                m.outputs()
+            })();
+            match run {
+                Ok(outs) => {
+                    for (e, a) in case.expected_outputs.iter().zip(&outs) {
+                        if !compare_values(e, a, Tolerance::default()).passed() {
+                            failures += 1;
+                        }
+                    }
+                }
+                Err(_) => failures += 1,
+            }
+        }
+    }
+    plain.map_err(|e| e.to_string())?;
+    match failures {
+        0 => Ok(()),
+        n => Err(format!("{n} test case(s) or outputs failed")),
+    }
 }
 
 /// What the fuzzer runs for every case (and `--replay` for one).

@@ -145,10 +145,13 @@ fn parse_kind(s: &str) -> Result<CaseKind, String> {
         CaseKind::Fixture,
         CaseKind::Tokenizer,
         CaseKind::Template,
+        CaseKind::Bundled,
     ]
     .into_iter()
     .find(|k| k.name() == s)
-    .ok_or_else(|| format!("'{s}' is not one of kernel, program, fixture, tokenizer, template"))
+    .ok_or_else(|| {
+        format!("'{s}' is not one of kernel, program, fixture, tokenizer, template, bundled")
+    })
 }
 
 fn main() {
@@ -180,6 +183,7 @@ fn extension(kind: CaseKind) -> &'static str {
     match kind {
         CaseKind::Tokenizer => "tokenizer",
         CaseKind::Template => "jinja",
+        CaseKind::Bundled => "bpte",
         _ => "pte",
     }
 }
@@ -213,6 +217,7 @@ fn replay(path: &Path) -> i32 {
     let kind = match path.extension().and_then(|e| e.to_str()) {
         Some("tokenizer") => CaseKind::Tokenizer,
         Some("jinja") => CaseKind::Template,
+        Some("bpte") => CaseKind::Bundled,
         _ => CaseKind::Program,
     };
     let case = Case {

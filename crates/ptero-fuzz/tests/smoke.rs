@@ -8,7 +8,11 @@ fn hostile_cases_end_in_errors_not_panics() {
     let fuzzer = Fuzzer::new(7, None);
     assert!(fuzzer.signatures().len() > 200, "kernel signatures learned");
     assert!(fuzzer.num_fixtures() > 5, "committed fixtures found");
-    let mut kinds = [0usize; 5];
+    assert!(
+        fuzzer.num_bundled() >= 3,
+        "committed bundled programs found"
+    );
+    let mut kinds = [0usize; 6];
     let mut errors = 0;
     for index in 0..3000 {
         let case = fuzzer.case(index);
@@ -32,6 +36,33 @@ fn hostile_cases_end_in_errors_not_panics() {
         "every kind of case ran: {kinds:?}"
     );
     assert!(errors > 100, "hostile cases are mostly rejected");
+}
+
+#[test]
+fn damaged_bundled_programs_end_in_errors_and_intact_ones_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let kernels = ptero_kernels::portable();
+    let limits = ptero_runtime::Limits::default();
+    let good = std::fs::read(root.join("devtools/bundled/model.bpte")).unwrap();
+    assert_eq!(ptero_fuzz::run_bundled(&good, &kernels, limits), Ok(()));
+    let bad = std::fs::read(root.join("devtools/bundled/bad.bpte")).unwrap();
+    let e = ptero_fuzz::run_bundled(&bad, &kernels, limits).unwrap_err();
+    assert!(e.contains("1 test case"), "{e}");
+
+    let fuzzer = Fuzzer::new(11, None).only(Some(ptero_fuzz::CaseKind::Bundled));
+    let mut errors = 0;
+    for index in 0..400 {
+        let case = fuzzer.case(index);
+        assert_eq!(case.kind, ptero_fuzz::CaseKind::Bundled);
+        match std::panic::catch_unwind(|| fuzzer.run_case(&case)) {
+            Ok(r) => errors += r.is_err() as usize,
+            Err(_) => panic!("bundled case {index} panicked; replay it with ptero-fuzz --replay"),
+        }
+    }
+    assert!(
+        errors > 50,
+        "damaged bundled programs are mostly rejected ({errors})"
+    );
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub mod npy;
 #[cfg(feature = "ndarray")]
 pub use ndarray_conv::NdarrayExt;
 
-pub use module::{default_threads, LoadMode, Module, ModuleOptions};
+pub use module::{default_threads, open_program_file, LoadMode, Module, ModuleOptions};
 pub use ptero_core::{
     CancelToken, Dynamism, Interrupt, KernelRegistry, MappedFile, Parallel, ScalarType, SharedBytes,
 };

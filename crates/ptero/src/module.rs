@@ -145,22 +145,40 @@ fn starts_bundled(path: &Path) -> bool {
         && ptero_devtools::is_bundled_program(&head)
 }
 
-/// Reads a bundled program: its embedded program (copied out of the file) and its tests.
-fn open_bundled(path: &Path, options: &ModuleOptions) -> Result<(Program, Vec<TestSuite>), Error> {
+/// Opens a program file: a `.pte`, or a bundled program (`.bpte`, told apart by its
+/// `BP08` identifier, not its name), whose embedded program is returned with its test
+/// suites. `LoadMode::Read` reads at most `max_memory` bytes.
+///
+/// ```no_run
+/// use ptero::{open_program_file, LoadMode};
+/// let (program, tests) = open_program_file("model.bpte".as_ref(), LoadMode::Mmap, 1 << 30)?;
+/// println!("{} methods, bundled: {}", program.method_names().len(), tests.is_some());
+/// # Ok::<(), ptero::Error>(())
+/// ```
+pub fn open_program_file(
+    path: &Path,
+    mode: LoadMode,
+    max_memory: usize,
+) -> Result<(Program, Option<Vec<TestSuite>>), Error> {
+    if !starts_bundled(path) {
+        let program = match mode {
+            LoadMode::Mmap => Program::from_file(path)?,
+            LoadMode::Read => Program::read_file(path, max_memory)?,
+        };
+        return Ok((program, None));
+    }
     let io = |e: std::io::Error| Error::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let file = match options.load_mode {
+    let file = match mode {
         LoadMode::Mmap => ptero_core::MappedFile::open(path).map_err(io)?,
-        LoadMode::Read => {
-            ptero_core::MappedFile::read(path, options.limits.max_memory).map_err(io)?
-        }
+        LoadMode::Read => ptero_core::MappedFile::read(path, max_memory).map_err(io)?,
     };
-    let bytes: &[u8] = file.as_ref();
-    let b = ptero_devtools::BundledProgram::parse(bytes)
+    let b = ptero_devtools::BundledProgram::parse(file.as_ref())
         .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-    Ok((Program::from_bytes(b.program)?, b.suites))
+    // The embedded program is copied out, so the file's mapping can go.
+    Ok((Program::from_bytes(b.program)?, Some(b.suites)))
 }
 
 impl Module {
@@ -176,22 +194,13 @@ impl Module {
         options: &ModuleOptions,
     ) -> Result<Module, Error> {
         let path = path.as_ref();
-        let mut bundled = None;
-        let mut program = if starts_bundled(path) {
-            let (program, suites) = open_bundled(path, options)?;
-            bundled = Some(Arc::new(suites));
-            program
-        } else {
-            match options.load_mode {
-                LoadMode::Mmap => Program::from_file(path)?,
-                LoadMode::Read => Program::read_file(path, options.limits.max_memory)?,
-            }
-        };
+        let (mut program, bundled) =
+            open_program_file(path, options.load_mode, options.limits.max_memory)?;
         for d in &options.data_files {
             program.add_data_file(d)?;
         }
         let mut module = Module::new(program);
-        module.bundled = bundled;
+        module.bundled = bundled.map(Arc::new);
         module.limits = options.limits;
         module.threads = options.threads;
         module.keep_dim_order = options.keep_dim_order;
