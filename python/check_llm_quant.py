@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from export_llm_fixture import runtime_generate  # noqa: E402
+from export_llm_fixture import make_checkpoint, runtime_generate  # noqa: E402
 
 # name: (params, quantization options, xnnpack)
 BASE = {"dim": 256, "n_layers": 4, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 2048,
@@ -55,30 +55,7 @@ NEW = 64
 
 
 def checkpoint(p, seed=99):
-    g = torch.Generator().manual_seed(seed)
-    dim, nh, nkv = p["dim"], p["n_heads"], p["n_kv_heads"]
-    hd = dim // nh
-    hidden = int(2 * 4 * dim / 3)
-    hidden = p["multiple_of"] * ((hidden + p["multiple_of"] - 1) // p["multiple_of"])
-
-    def lin(o, i, gain=1.0):
-        return torch.randn(o, i, generator=g) * (gain / i ** 0.5)
-
-    sd = {"tok_embeddings.weight": torch.randn(p["vocab_size"], dim, generator=g)}
-    for l in range(p["n_layers"]):
-        a = f"layers.{l}."
-        sd[a + "attention.wq.weight"] = lin(nh * hd, dim, 2.0)
-        sd[a + "attention.wk.weight"] = lin(nkv * hd, dim, 2.0)
-        sd[a + "attention.wv.weight"] = lin(nkv * hd, dim)
-        sd[a + "attention.wo.weight"] = lin(dim, nh * hd)
-        sd[a + "feed_forward.w1.weight"] = lin(hidden, dim)
-        sd[a + "feed_forward.w2.weight"] = lin(dim, hidden)
-        sd[a + "feed_forward.w3.weight"] = lin(hidden, dim)
-        sd[a + "attention_norm.weight"] = 1.0 + 0.1 * torch.randn(dim, generator=g)
-        sd[a + "ffn_norm.weight"] = 1.0 + 0.1 * torch.randn(dim, generator=g)
-    sd["norm.weight"] = 1.0 + 0.1 * torch.randn(dim, generator=g)
-    sd["output.weight"] = lin(p["vocab_size"], dim, 4.0)
-    return sd
+    return make_checkpoint(seed, p)
 
 
 def export(name, params, opts, xnn, out):

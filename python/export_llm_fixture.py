@@ -66,9 +66,10 @@ MAX_NEW = 64
 SEED = 1234
 
 
-def make_checkpoint(seed: int = SEED):
+def make_checkpoint(seed: int = SEED, params: dict | None = None):
+    """Seeded Llama weights for `params` (default PARAMS), as export_llm's checkpoint."""
     g = torch.Generator().manual_seed(seed)
-    p = PARAMS
+    p = PARAMS if params is None else params
     dim, nh, nkv = p["dim"], p["n_heads"], p["n_kv_heads"]
     hd = dim // nh
     hidden = 4 * dim
