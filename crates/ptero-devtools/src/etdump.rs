@@ -146,13 +146,17 @@ fn run_data<'a>(
     )
 }
 
-/// `aten::add.out` -> `native_call_add.out`, the official kernel wrappers' event name;
-/// other namespaces keep their full name, as registered custom kernels do.
+/// Namespaces whose official kernels are generated from YAML; their wrappers name the
+/// event `native_call_<op>` without the namespace. Kernels registered by hand with
+/// `EXECUTORCH_LIBRARY` (`llama::`, `torchao::`, ...) use their full name.
+const GENERATED_NAMESPACES: &[&str] = &["aten::", "quantized_decomposed::", "dim_order_ops::"];
+
+/// `aten::add.out` -> `native_call_add.out`, the official kernel wrappers' event name.
 fn native_call_name(op: &str) -> String {
-    match op.strip_prefix("aten::") {
-        Some(rest) => alloc::format!("native_call_{rest}"),
-        None => op.into(),
-    }
+    GENERATED_NAMESPACES
+        .iter()
+        .find_map(|ns| op.strip_prefix(ns))
+        .map_or_else(|| op.into(), |rest| alloc::format!("native_call_{rest}"))
 }
 
 fn index(i: Option<usize>, unset: i32) -> i32 {
@@ -308,6 +312,24 @@ fn value<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_events_are_named_as_the_official_wrappers_name_them() {
+        for (op, event) in [
+            ("aten::add.out", "native_call_add.out"),
+            (
+                "quantized_decomposed::quantize_per_tensor.out",
+                "native_call_quantize_per_tensor.out",
+            ),
+            (
+                "dim_order_ops::_clone_dim_order.out",
+                "native_call__clone_dim_order.out",
+            ),
+            ("llama::custom_sdpa.out", "llama::custom_sdpa.out"),
+        ] {
+            assert_eq!(native_call_name(op), event, "{op}");
+        }
+    }
     use crate::RecorderOptions;
     use ptero_runtime::{EValue, Observer, Tensor};
 

@@ -339,6 +339,22 @@ impl Recorder {
         })
     }
 
+    /// Records an instruction's output (or nothing, when `keep` dropped it).
+    fn push_value(&mut self, chain: usize, pc: usize, value: Option<DebugValue>) {
+        let Some(value) = value else { return };
+        let name = self.current_name.clone();
+        if let Some(run) = self.current.as_mut() {
+            run.debug.push(DebugEvent {
+                chain: Some(chain),
+                instruction: Some(pc),
+                name,
+                value,
+                method_output: false,
+                after: run.profile.len(),
+            });
+        }
+    }
+
     /// Appends `t`'s bytes to the debug buffer, or `None` (counted) when they would
     /// pass the limit or cannot be allocated.
     fn keep_tensor(&mut self, t: &Tensor) -> Option<DebugValue> {
@@ -481,17 +497,17 @@ impl Observer for Recorder {
         if !self.keep_values || self.current.is_none() {
             return;
         }
-        let Some(v) = self.keep(value) else { return };
-        let name = self.current_name.clone();
-        if let Some(run) = self.current.as_mut() {
-            run.debug.push(DebugEvent {
-                chain: Some(chain),
-                instruction: Some(pc),
-                name,
-                value: v,
-                method_output: false,
-                after: run.profile.len(),
-            });
+        // ExecuTorch logs a list of outputs (native_layer_norm's three, topk's two) as
+        // one debug event per tensor, and the Inspector pairs them with the ETRecord's
+        // outputs in that form.
+        if let EValue::TensorList(ts) = value {
+            for t in ts {
+                let v = self.keep_tensor(t);
+                self.push_value(chain, pc, v);
+            }
+        } else {
+            let v = self.keep(value);
+            self.push_value(chain, pc, v);
         }
     }
 
@@ -544,5 +560,34 @@ mod tests {
         assert_eq!(r.runs()[0].debug.len(), 1);
         r.clear();
         assert_eq!(r.debug_values_dropped(), 0);
+    }
+
+    #[test]
+    fn a_list_of_outputs_is_logged_one_tensor_at_a_time() {
+        let mut r = Recorder::new(RecorderOptions {
+            values: ValueFilter {
+                enabled: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let a = Tensor::from_slice(&[1.0f32; 6], &[2, 3]).unwrap();
+        let b = Tensor::from_slice(&[2.0f32; 2], &[2, 1]).unwrap();
+        r.run_begin("forward");
+        r.begin(0, 4);
+        r.end(0, 4, "aten::native_layer_norm.out");
+        assert!(r.wants_values(0, 4, "aten::native_layer_norm.out"));
+        r.value(0, 4, &EValue::TensorList(vec![a, b.clone(), b]));
+        r.run_end("forward");
+        let debug = &r.runs()[0].debug;
+        let sizes: Vec<_> = debug
+            .iter()
+            .map(|e| match &e.value {
+                DebugValue::Tensor { sizes, .. } => sizes.clone(),
+                other => panic!("expected a tensor, found {other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [vec![2, 3], vec![2, 1], vec![2, 1]]);
+        assert!(debug.iter().all(|e| e.instruction == Some(4)));
     }
 }

@@ -91,41 +91,6 @@ pub trait Observer {
     }
 }
 
-/// Operators that write more than their last argument: how many trailing arguments
-/// they write (every other out variant writes one).
-const MULTI_OUTPUT_OPS: &[(&str, usize)] = &[
-    ("aten::native_layer_norm.out", 3),
-    ("aten::native_group_norm.out", 3),
-    ("aten::native_batch_norm.out", 3),
-    ("aten::_native_batch_norm_legit.out", 3),
-    ("aten::_native_batch_norm_legit.no_stats_out", 3),
-    ("aten::_native_batch_norm_legit_no_training.out", 3),
-    ("aten::max.dim_max", 2),
-    ("aten::min.dim_min", 2),
-    ("aten::topk.values", 2),
-    ("aten::sort.values", 2),
-    ("aten::sort.values_stable", 2),
-    ("aten::max_pool2d_with_indices.out", 2),
-    ("aten::max_pool2d_with_indices_backward.grad_input", 1),
-    ("aten::native_dropout.out", 2),
-    ("aten::var_mean.correction_out", 2),
-    ("aten::aminmax.out", 2),
-    ("aten::_unique2.out", 3),
-    ("aten::unique_dim.out", 3),
-    ("aten::mode.values", 2),
-    ("aten::kthvalue.values", 2),
-    ("aten::cummax.out", 2),
-    ("aten::cummin.out", 2),
-];
-
-/// How many trailing arguments of operator `name` are its outputs.
-fn outputs_of(name: &str) -> usize {
-    MULTI_OUTPUT_OPS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(1, |&(_, k)| k)
-}
-
 /// What a delegate sees of the observer: node events, tied to its instruction.
 struct NodeScope<'o> {
     observer: &'o mut dyn Observer,
@@ -763,9 +728,12 @@ impl Method {
                                 .as_deref()
                                 .unwrap_or(&self.plan.operators[op as usize]);
                             o.end(c, at, name);
+                            // The exporter ends every kernel's arguments with what it
+                            // returns: the out tensor, or a list of them for operators
+                            // with several (ExecuTorch logs that one value too).
                             if result.is_ok() && o.wants_values(c, at, name) {
-                                let n = outputs_of(name).min(args.len());
-                                self.show_values(o, c, at, &args[args.len() - n..]);
+                                let last = args.len().saturating_sub(1);
+                                self.show_values(o, c, at, &args[last..]);
                             }
                         }
                         work = work.saturating_add(charged);
