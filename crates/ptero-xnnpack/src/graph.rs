@@ -956,6 +956,17 @@ fn read_node(index: usize, xn: &fb::XNode<'_>) -> Result<Node> {
     let clamp = xn
         .output_min_max()
         .map(|m| (m.output_min(), m.output_max()));
+    // XNNPACK refuses such a range when the node is defined; the kernels' clamps
+    // assume min <= max.
+    if let Some((lo, hi)) = clamp {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(node_err(
+                index,
+                name,
+                format!("output_min_max ({lo}, {hi}) is not a range"),
+            ));
+        }
+    }
     Ok(Node {
         name,
         op,

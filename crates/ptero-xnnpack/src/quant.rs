@@ -89,10 +89,15 @@ pub(crate) fn quantize_scalar(v: f32, scale: f32, zp: i32) -> i32 {
 pub(crate) fn range_of(clamp: Option<(f32, f32)>, scale: f32, zp: i32) -> (i32, i32) {
     match clamp {
         None => (-128, 127),
-        Some((lo, hi)) => (
-            quantize_scalar(lo, scale, zp),
-            quantize_scalar(hi, scale, zp),
-        ),
+        Some((lo, hi)) => {
+            let (lo, hi) = (
+                quantize_scalar(lo, scale, zp),
+                quantize_scalar(hi, scale, zp),
+            );
+            // A negative scale (a damaged file) turns the range over; keep it a range
+            // so that no clamp can panic.
+            (lo.min(hi), hi.max(lo))
+        }
     }
 }
 
@@ -149,6 +154,36 @@ pub(crate) enum QBin {
     },
     /// `RNE((a − za)(b − zb) · scale)`.
     Mul { za: i32, zb: i32, scale: f32 },
+}
+
+/// XNNPACK's int8 addition in fixed point, with both clamps folded into one.
+#[derive(Clone, Copy)]
+struct AddFixed {
+    ma: i32,
+    mb: i32,
+    bias: i32,
+    shift: u32,
+    zy: i32,
+    lo: i32,
+    hi: i32,
+}
+
+impl AddFixed {
+    #[inline(always)]
+    fn run(&self, out: &mut [i8], a: &[i8], b: &[i8]) {
+        // A shift past 31 is masked rather than trusted (the plan bounds it).
+        let shift = self.shift & 31;
+        for ((d, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            let acc = self
+                .bias
+                .wrapping_add(i32::from(a).wrapping_mul(self.ma))
+                .wrapping_add(i32::from(b).wrapping_mul(self.mb));
+            *d = (acc >> shift)
+                .wrapping_add(self.zy)
+                .max(self.lo)
+                .min(self.hi) as i8;
+        }
+    }
 }
 
 /// A step on quantized values.
@@ -468,6 +503,29 @@ impl QStep {
                     v.clamp(lo, hi) as i8
                 };
                 if sa == so && sb == so {
+                    if let QBin::Add {
+                        ma,
+                        mb,
+                        bias,
+                        shift,
+                    } = *op
+                    {
+                        // Its own loop, free of the Mul branch's float rounding, so that
+                        // it vectorises: this is a residual connection's whole cost.
+                        let fix = AddFixed {
+                            ma,
+                            mb,
+                            bias,
+                            shift,
+                            zy: *zy,
+                            lo: lo.max(-128),
+                            hi: hi.min(127),
+                        };
+                        ptero_simd::for_each_chunk(par, ys, &|r, o| {
+                            ptero_simd::dispatch(Run(|| fix.run(o, &xa[r.clone()], &xb[r.clone()])))
+                        });
+                        return Ok(());
+                    }
                     ptero_simd::for_each_chunk(par, ys, &|r, o| {
                         ptero_simd::dispatch(Run(|| {
                             for ((d, &a), &b) in
@@ -873,5 +931,58 @@ impl Qs8Conv {
             }
             out(oc, acc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorised addition equals the formula it replaced, clamps applied one
+    /// after the other, for every pair of int8 inputs.
+    #[test]
+    fn fixed_point_add_matches_the_reference_formula_on_every_input_pair() {
+        let cases = [
+            // (ma, mb, bias, shift, zy, lo, hi)
+            (1 << 19, 1 << 19, 1 << 19, 20, 0, -128, 127),
+            (-(3 << 17), 5 << 16, (1 << 19) - 77, 20, -7, -128, 127),
+            (123_456, -654_321, 1 << 22, 23, 12, -20, 90),
+            (1 << 29, 1 << 29, 1 << 29, 30, 3, -128, 127),
+        ];
+        let a: Vec<i8> = (0..=255u8).map(|v| v as i8).collect();
+        for (ma, mb, bias, shift, zy, lo, hi) in cases {
+            let fix = AddFixed {
+                ma,
+                mb,
+                bias,
+                shift,
+                zy,
+                lo,
+                hi,
+            };
+            for b in i8::MIN..=i8::MAX {
+                let bs = vec![b; a.len()];
+                let mut out = vec![0i8; a.len()];
+                fix.run(&mut out, &a, &bs);
+                for (&x, &got) in a.iter().zip(&out) {
+                    let acc = bias
+                        .wrapping_add(i32::from(x).wrapping_mul(ma))
+                        .wrapping_add(i32::from(b).wrapping_mul(mb));
+                    let want = (acc >> shift)
+                        .wrapping_add(zy)
+                        .clamp(-128, 127)
+                        .clamp(lo, hi);
+                    assert_eq!(i32::from(got), want, "a={x} b={b} ma={ma} mb={mb}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_output_range_stays_a_range_whatever_the_scale() {
+        assert_eq!(range_of(Some((0.0, 6.0)), 0.1, -10), (-10, 50));
+        let (lo, hi) = range_of(Some((0.0, 6.0)), -0.1, 0);
+        assert!(lo <= hi);
+        assert_eq!(range_of(None, 0.5, 3), (-128, 127));
     }
 }

@@ -123,3 +123,26 @@ fn headers_are_checked() {
     }
     assert!(Blob::parse(&header(32, 16, 48, 0, 48)[..29]).is_err());
 }
+
+#[test]
+fn an_output_range_turned_over_is_refused_at_load() {
+    // xnn_cnn's convolutions carry their ReLU as output_min_max (0, +inf); the table
+    // omits the default 0 and stores +inf. Making that max -1 gives min > max, which
+    // XNNPACK refuses too.
+    let program = fixture("xnn_cnn");
+    let mut blob = program.delegate_blobs("forward").unwrap()[0].1.to_vec();
+    let inf = f32::INFINITY.to_le_bytes();
+    let mut turned = 0;
+    for at in 0..blob.len().saturating_sub(3) {
+        if blob[at..at + 4] == inf {
+            blob[at..at + 4].copy_from_slice(&(-1.0f32).to_le_bytes());
+            turned += 1;
+        }
+    }
+    assert!(turned > 0, "no +inf output bound in xnn_cnn");
+    let err = match Graph::parse(&Blob::parse(&blob).unwrap()) {
+        Ok(_) => panic!("a turned-over output range must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("output_min_max"), "{err}");
+}
