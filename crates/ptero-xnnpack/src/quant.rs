@@ -140,7 +140,7 @@ impl<F: FnOnce()> ptero_simd::SimdOp for Run<F> {
 }
 
 /// Bytes of im2col rows a convolution step gathers at once (on the stack).
-pub(crate) const PATCH_BYTES: usize = 16 * 1024;
+pub(crate) const PATCH_BYTES: usize = 64 * 1024;
 
 /// Int8 elementwise operations.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -760,32 +760,41 @@ impl Qs8Conv {
             return;
         }
         let kk = self.kh * self.kw * cin;
-        let direct = self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0];
+        // A 1x1 convolution that keeps the image's size reads its input pixels in place.
+        let direct = self.kh == 1
+            && self.kw == 1
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && (ih, iw) == (oh, ow);
         let img_in = ih * iw * cin;
+        let img_px = oh * ow;
         let per = (PATCH_BYTES / kk.max(1)).clamp(1, 64);
         ptero_simd::for_each_chunk_by(par, y, row, &|r, part| {
             let mut patch = [0i8; PATCH_BYTES];
-            for (j, yrow) in part.chunks_exact_mut(row).enumerate() {
-                let orow = r.start / row + j;
-                let (b, oy) = (orow / oh, orow % oh);
+            // Pixels run on across output rows (within one image), so that a deep layer
+            // with narrow rows still hands the GEMM many pixels at once and reads its
+            // weights fewer times.
+            let first = r.start / row * ow;
+            let end = first + part.len() / cout;
+            let mut q = first;
+            while q < end {
+                let b = q / img_px;
+                let m = (end.min((b + 1) * img_px) - q).min(per);
+                let yp = &mut part[(q - first) * cout..(q - first + m) * cout];
                 let xb = &x[b * img_in..(b + 1) * img_in];
-                let pad = zp(b).clamp(-128, 127) as i8;
-                let mut ox0 = 0;
-                while ox0 < ow {
-                    let m = (ow - ox0).min(per);
-                    let yp = &mut yrow[ox0 * cout..(ox0 + m) * cout];
-                    if direct {
-                        let at = (oy * iw + ox0) * cin;
-                        f(b, &xb[at..at + m * cin], m, yp);
-                    } else {
-                        for p in 0..m {
-                            let dst = &mut patch[p * kk..(p + 1) * kk];
-                            self.gather(xb, ih, iw, oy, ox0 + p, pad, dst);
-                        }
-                        f(b, &patch[..m * kk], m, yp);
+                let pix = q - b * img_px;
+                if direct {
+                    f(b, &xb[pix * cin..(pix + m) * cin], m, yp);
+                } else {
+                    let pad = zp(b).clamp(-128, 127) as i8;
+                    for p in 0..m {
+                        let dst = &mut patch[p * kk..(p + 1) * kk];
+                        let (oy, ox) = ((pix + p) / ow, (pix + p) % ow);
+                        self.gather(xb, ih, iw, oy, ox, pad, dst);
                     }
-                    ox0 += m;
+                    f(b, &patch[..m * kk], m, yp);
                 }
+                q += m;
             }
         });
     }
