@@ -63,7 +63,10 @@ impl Kind {
                 let mut d: Vec<usize> = dims.to_vec();
                 d.sort_unstable();
                 let least = inner(&d[..nonbatch.min(d.len())], nonbatch).max(1);
-                bound.div_ceil(4) + 2 * (bound / least)
+                // Saturates: the memory budget then refuses an impossible size.
+                bound
+                    .div_ceil(4)
+                    .saturating_add((bound / least).saturating_mul(2))
             }
         }
     }
