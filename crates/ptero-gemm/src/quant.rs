@@ -160,9 +160,11 @@ impl QPacked {
             vnni: None,
         };
         // Straight into the panel layout when a kernel for it runs (VNNI for every
-        // kind, AVX2 for grouped 4-bit weights): the row layout is then never built.
+        // kind, AVX2 for grouped 4-bit and per-column 8-bit weights): the row layout is
+        // then never built.
         if crate::qvnni::available()
-            || (bits == 4 && !p.ksum.is_empty() && crate::qavx2::available())
+            || (crate::qavx2::available()
+                && ((bits == 4 && !p.ksum.is_empty()) || (bits == 8 && groups == 1)))
         {
             p.vnni = crate::qvnni::VnniWeights::new(
                 n,
@@ -524,6 +526,16 @@ fn vnni_cols(
             if unsafe {
                 crate::qavx2::columns(v, w.group, w.groups, x, m, w.k, w.n, panels, epi, out_f)
             } {
+                return true;
+            }
+        }
+        if !crate::qvnni::available() && w.bits == 8 && w.groups == 1 && crate::qavx2::available() {
+            let p = crate::qvnni::PANEL;
+            let panels = cols.start / p..cols.end.div_ceil(p);
+            // SAFETY: AVX2 and FMA are available at the selected level; `x` holds
+            // `m · k` values and the output `m · n` (checked by the public entry points);
+            // this task's panels are its own columns.
+            if unsafe { crate::qavx2::columns8(v, x, m, w.k, w.n, panels, epi, out_f, out_q) } {
                 return true;
             }
         }
@@ -924,5 +936,75 @@ mod tests {
         // Row 0: (8·1 + 18·2 + 28·3) = 128 -> 32 + 1; (-8 - 18 - 28) = -54 -> -13.5 -> -14 + 1.
         // Row 1: (-7 + -4 + 3·3) = -2 -> -0.5 -> 0 + 1; (7 + 2 - 3) = 6 -> 1.5 -> 2 + 1.
         assert_eq!(y, [33, -13, 1, 3]);
+    }
+
+    /// Static int8 at every level, serial and split: row tiles with tails, panels with
+    /// tails, k not a multiple of the 4-byte quads, extreme weights and activations.
+    #[test]
+    fn qs8_at_every_level() {
+        // (m, n, k)
+        let cases: &[(usize, usize, usize)] = &[
+            (1, 1, 1),
+            (1, 16, 4),
+            (2, 17, 5),
+            (3, 31, 27),
+            (4, 48, 64),
+            (5, 7, 130),
+            (7, 40, 3),
+            (64, 64, 576),
+            (9, 100, 1152),
+        ];
+        let _g = crate::tests::LEVEL_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = ptero_simd::level();
+        let pool = ptero_simd::pool::ThreadPool::new(2);
+        for &(m, n, k) in cases {
+            // Every weight value, -128 and 127 included, against activations at the ends.
+            let wv = |r: usize, c: usize| ((r * 131 + c * 37 + 11) % 256) as u8 as i8;
+            let x: Vec<i8> = (0..m * k)
+                .map(|i| match i % 11 {
+                    0 => -128,
+                    1 => 127,
+                    _ => ((i * 7919) % 256) as u8 as i8,
+                })
+                .collect();
+            let sv = |r: usize, _| 1.0 / (3000.0 + 97.0 * (r % 13) as f32);
+            let b: Vec<i32> = (0..n).map(|c| (c as i32 * 7919) % 20001 - 10000).collect();
+            let (zp, range) = (-3, (-120, 110));
+            let mut want = vec![0i8; m * n];
+            for i in 0..m {
+                for c in 0..n {
+                    let d = (0..k).fold(i64::from(b[c]), |a, j| {
+                        a + i64::from(x[i * k + j]) * i64::from(wv(c, j))
+                    });
+                    want[i * n + c] = requantize(d as i32, sv(c, 0), zp, range);
+                }
+            }
+            for l in crate::tests::levels() {
+                ptero_simd::set_level(l).unwrap();
+                // Packed at the level, as a program loaded there packs it.
+                let w = QPacked::new(n, k, 8, k, wv, sv).unwrap();
+                for par in [&ptero_simd::Serial as &dyn Parallel, &pool] {
+                    let mut y = vec![0i8; m * n];
+                    qs8_gemm(par, &x, m, &w, &b, zp, range, &mut y);
+                    assert_eq!(y, want, "{l:?} {m}x{n}x{k}");
+                    let mut y = vec![0i8; m * n];
+                    q_rows(
+                        &x,
+                        m,
+                        &w,
+                        QOut::I8 {
+                            y: &mut y,
+                            b: &b,
+                            zp,
+                            range,
+                        },
+                    );
+                    assert_eq!(y, want, "{l:?} {m}x{n}x{k} rows");
+                }
+            }
+        }
+        ptero_simd::set_level(before).unwrap();
     }
 }
