@@ -39,6 +39,13 @@ pub struct QDepthwise {
 /// Output elements one row task accumulates at once (on the stack).
 const ROW_ACC: usize = 8192;
 
+/// Kernel taps whose weights a channel block keeps at hand (7 x 7 and smaller
+/// kernels); larger ones accumulate through a row buffer.
+const MAX_TAPS: usize = 49;
+
+/// Channels of the widest block (two vectors of the widest level).
+const BLOCK: usize = 32;
+
 /// `y = RNE(clamp((bias + Σ_taps (x − zx) · w) · scale, lo − zy, hi − zy)) + zy` per
 /// channel; `w` is `[kh·kw][c]`, `bias` and `scale` are per channel.
 ///
@@ -97,8 +104,12 @@ struct DwRows<'a> {
 impl SimdOp for DwRows<'_> {
     type Output = ();
     #[inline(always)]
-    fn eval<S: Simd>(self, _s: S) {
+    fn eval<S: Simd>(self, s: S) {
         let g = self.g;
+        if g.kh * g.kw <= MAX_TAPS && i8::try_from(self.zx).is_ok() && 2 * S::LANES <= BLOCK {
+            self.blocks(s);
+            return;
+        }
         let c = g.c;
         // Pixels of one row accumulated together.
         let span = (ROW_ACC / c.max(1)).clamp(1, g.ow.max(1));
@@ -151,6 +162,172 @@ impl SimdOp for DwRows<'_> {
     }
 }
 
+impl DwRows<'_> {
+    /// Each output pixel's channels in blocks of `V` vectors held in registers over
+    /// every tap: no accumulator goes through memory, and the input zero point is
+    /// folded into the bias (`Σ (x − zx) · w = Σ x · w − zx · Σ w`, padding read as `zx`).
+    #[inline(always)]
+    fn blocks<S: Simd>(mut self, s: S) {
+        let y = core::mem::take(&mut self.y);
+        let g = self.g;
+        let c = g.c;
+        let taps = g.kh * g.kw;
+        // Offset of each tap from the window's top-left input pixel, in elements.
+        let mut tap_off = [0usize; MAX_TAPS];
+        for (t, o) in tap_off.iter_mut().enumerate().take(taps) {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            *o = (ky * g.dilation[0] * g.iw + kx * g.dilation[1]) * c;
+        }
+        let mut c0 = 0;
+        while c0 < c {
+            let cn = (c - c0).min(2 * S::LANES);
+            if cn > S::LANES {
+                self.block::<S, 2>(s, y, c0, cn, &tap_off);
+            } else {
+                self.block::<S, 1>(s, y, c0, cn, &tap_off);
+            }
+            c0 += cn;
+        }
+    }
+
+    /// Channels `c0..c0 + cn` (`cn <= V · LANES`) of every output row of `y`.
+    #[inline(always)]
+    fn block<S: Simd, const V: usize>(
+        &self,
+        s: S,
+        y: &mut [i8],
+        c0: usize,
+        cn: usize,
+        tap_off: &[usize; MAX_TAPS],
+    ) {
+        let g = self.g;
+        let c = g.c;
+        let taps = g.kh * g.kw;
+        let img = g.ih * g.iw * c;
+        let mut wb = [[0i32; BLOCK]; MAX_TAPS];
+        let mut bz = [0i32; BLOCK];
+        let mut sc = [0f32; BLOCK];
+        for j in 0..cn {
+            let mut sw = 0i32;
+            for (t, wt) in wb.iter_mut().enumerate().take(taps) {
+                let v = i32::from(self.w[t * c + c0 + j]);
+                wt[j] = v;
+                sw += v;
+            }
+            bz[j] = self.bias[c0 + j].wrapping_sub(self.zx.wrapping_mul(sw));
+            sc[j] = self.scale[c0 + j];
+        }
+        let k = Kern {
+            wb: &wb,
+            bz: &bz,
+            sc: &sc,
+            tap_off,
+            pad: [self.zx as i8; BLOCK],
+            lo: (self.range.0 - self.zy) as f32,
+            hi: (self.range.1 - self.zy) as f32,
+        };
+        let span_y = (g.kh - 1) * g.dilation[0];
+        for (j, yrow) in y.chunks_exact_mut(g.ow * c).enumerate() {
+            let orow = self.first + j;
+            let (b, oy) = (orow / g.oh, orow % g.oh);
+            let xb = &self.x[b * img..(b + 1) * img];
+            let rows_in = (oy * g.stride[0])
+                .checked_sub(g.pad[0])
+                .is_some_and(|y0| y0 + span_y < g.ih);
+            self.row::<S, V>(s, &k, xb, yrow, oy, c0, cn, rows_in);
+        }
+    }
+
+    /// Channels `c0..c0 + cn` of output row `oy`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn row<S: Simd, const V: usize>(
+        &self,
+        s: S,
+        k: &Kern<'_>,
+        xb: &[i8],
+        yrow: &mut [i8],
+        oy: usize,
+        c0: usize,
+        cn: usize,
+        rows_in: bool,
+    ) {
+        let g = self.g;
+        let c = g.c;
+        let taps = g.kh * g.kw;
+        let l = S::LANES;
+        let span_x = (g.kw - 1) * g.dilation[1];
+        let zy = s.splat_i(self.zy);
+        let (lo, hi) = (s.splat(k.lo), s.splat(k.hi));
+        // Past `cn`, a partial block reads the zero point (its outputs are dropped).
+        let mut tmp = k.pad;
+        let mut out = [0i8; BLOCK];
+        for ox in 0..g.ow {
+            let mut acc: [S::I; V] = core::array::from_fn(|v| s.load_i(&k.bz[v * l..]));
+            let x0 = (ox * g.stride[1]).checked_sub(g.pad[1]);
+            let inside = rows_in && cn == V * l && x0.is_some_and(|x0| x0 + span_x < g.iw);
+            if inside {
+                let (y0, x0) = (oy * g.stride[0] - g.pad[0], ox * g.stride[1] - g.pad[1]);
+                let at = (y0 * g.iw + x0) * c + c0;
+                for (o, wt) in k.tap_off.iter().zip(k.wb).take(taps) {
+                    let xs = &xb[at + o..at + o + V * l];
+                    for v in 0..V {
+                        let p = s.mul_i(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
+                        acc[v] = s.add_i(acc[v], p);
+                    }
+                }
+            } else {
+                for (t, wt) in k.wb.iter().enumerate().take(taps) {
+                    let (ky, kx) = (t / g.kw, t % g.kw);
+                    let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0]);
+                    let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1]);
+                    let xs: &[i8] = match (iy, ix) {
+                        (Some(iy), Some(ix)) if iy < g.ih && ix < g.iw => {
+                            let at = (iy * g.iw + ix) * c + c0;
+                            if cn == V * l {
+                                &xb[at..at + cn]
+                            } else {
+                                tmp[..cn].copy_from_slice(&xb[at..at + cn]);
+                                &tmp
+                            }
+                        }
+                        _ => &k.pad,
+                    };
+                    for v in 0..V {
+                        let p = s.mul_i(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
+                        acc[v] = s.add_i(acc[v], p);
+                    }
+                }
+            }
+            let full = cn == V * l;
+            let dst = &mut yrow[ox * c + c0..];
+            for v in 0..V {
+                let f = s.mul(s.to_f32(acc[v]), s.load(&k.sc[v * l..]));
+                let q = s.add_i(s.to_i32(s.min(s.max(f, lo), hi)), zy);
+                if full {
+                    s.store_i8(&mut dst[v * l..], q);
+                } else {
+                    s.store_i8(&mut out[v * l..], q);
+                }
+            }
+            if !full {
+                dst[..cn].copy_from_slice(&out[..cn]);
+            }
+        }
+    }
+}
+
+/// One channel block's widened weights, folded bias and scales.
+struct Kern<'a> {
+    wb: &'a [[i32; BLOCK]; MAX_TAPS],
+    bz: &'a [i32; BLOCK],
+    sc: &'a [f32; BLOCK],
+    tap_off: &'a [usize; MAX_TAPS],
+    pad: [i8; BLOCK],
+    lo: f32,
+    hi: f32,
+}
+
 #[inline(always)]
 fn mac(acc: &mut [i32], x: &[i8], w: &[i8], zx: i32) {
     for ((a, &xv), &wv) in acc.iter_mut().zip(x).zip(w) {
@@ -170,8 +347,16 @@ mod tests {
             (2, 8, 8, 33, 3, 2, 1, 1),
             (1, 6, 5, 16, 5, 1, 2, 1),
             (1, 9, 9, 7, 3, 1, 2, 2),
+            (1, 12, 11, 48, 7, 1, 3, 1),
+            (1, 10, 10, 64, 3, 2, 0, 1),
+            (2, 5, 6, 80, 5, 2, 2, 1),
+            // More taps than a block keeps: the row-buffer path.
+            (1, 9, 9, 20, 9, 1, 4, 1),
         ];
-        for (n, ih, iw, c, k, s, p, d) in cases {
+        for ((n, ih, iw, c, k, s, p, d), zx) in cases
+            .into_iter()
+            .flat_map(|cs| [(cs, 3), (cs, -128), (cs, 127)])
+        {
             let span = d * (k - 1) + 1;
             let (oh, ow) = ((ih + 2 * p - span) / s + 1, (iw + 2 * p - span) / s + 1);
             let g = QDepthwise {
@@ -193,7 +378,7 @@ mod tests {
             let w: Vec<i8> = (0..k * k * c).map(|i| ((i * 11) % 29) as i8 - 14).collect();
             let bias: Vec<i32> = (0..c).map(|i| i as i32 * 7 - 20).collect();
             let scale: Vec<f32> = (0..c).map(|i| 0.01 + 0.001 * i as f32).collect();
-            let (zx, zy, range) = (3, -2, (-100, 120));
+            let (zy, range) = (-2, (-100, 120));
             let mut y = vec![0i8; n * oh * ow * c];
             q8_depthwise(
                 &ptero_simd::Serial,
@@ -226,7 +411,7 @@ mod tests {
                             }
                             let want = requantize(acc, scale[ch], zy, range);
                             let got = y[((b * oh + oy) * ow + ox) * c + ch];
-                            assert_eq!(got, want, "{n} {ih}x{iw}x{c} k{k} s{s} p{p} d{d}");
+                            assert_eq!(got, want, "{n} {ih}x{iw}x{c} k{k} s{s} p{p} d{d} zx{zx}");
                         }
                     }
                 }

@@ -448,3 +448,41 @@ fn gather_and_scatter_step_by_their_stride() {
         }
     }
 }
+
+/// Int8 widening, int32 loads and products, and the saturating narrowing store.
+struct Int8Lanes<'a>(&'a mut Vec<i8>);
+
+impl SimdOp for Int8Lanes<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let x: Vec<i8> = (0..S::LANES).map(|i| (i as i32 * 37 - 128) as i8).collect();
+        let w: Vec<i32> = (0..S::LANES).map(|i| 5 - i as i32).collect();
+        // Products of up to ±640 saturate when narrowed; 3 · x stays exact below.
+        let p = s.mul_i(s.load_i8(&x), s.load_i(&w));
+        self.0.resize(2 * S::LANES, 0);
+        s.store_i8(self.0, p);
+        let t = s.mul_i(s.load_i8(&x), s.splat_i(-1));
+        s.store_i8(&mut self.0[S::LANES..], s.add_i(t, s.splat_i(1)));
+    }
+}
+
+#[test]
+fn int8_lanes_widen_multiply_and_saturate() {
+    for l in levels() {
+        let mut out = Vec::new();
+        crate::dispatch_at(l, Int8Lanes(&mut out));
+        let lanes = out.len() / 2;
+        assert!(lanes > 0, "{l}");
+        for i in 0..lanes {
+            let x = i32::from((i as i32 * 37 - 128) as i8);
+            let want = (x * (5 - i as i32)).clamp(-128, 127);
+            assert_eq!(i32::from(out[i]), want, "{l} product lane {i}");
+            assert_eq!(
+                i32::from(out[lanes + i]),
+                (1 - x).clamp(-128, 127),
+                "{l} lane {i}"
+            );
+        }
+    }
+}

@@ -89,6 +89,14 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn to_f32(self, a: Self::I) -> Self::F;
     fn cast_i(self, a: Self::F) -> Self::I;
     fn cast_f(self, a: Self::I) -> Self::F;
+    /// Sign-extends the first `LANES` values of `s` (panics when `s` is shorter).
+    fn load_i8(self, s: &[i8]) -> Self::I;
+    /// The first `LANES` values of `s` (panics when `s` is shorter).
+    fn load_i(self, s: &[i32]) -> Self::I;
+    /// Stores each lane, saturated to int8, into `s[..LANES]` (panics when shorter).
+    fn store_i8(self, s: &mut [i8], v: Self::I);
+    /// The low 32 bits of each product.
+    fn mul_i(self, a: Self::I, b: Self::I) -> Self::I;
 
     fn reduce_add(self, a: Self::F) -> f32;
     fn reduce_max(self, a: Self::F) -> f32;

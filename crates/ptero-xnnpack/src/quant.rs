@@ -815,8 +815,23 @@ impl Qs8Conv {
         dst: &mut [i8],
     ) {
         let cin = self.cin;
+        let row = self.kw * cin;
+        let x0 = (ox * self.stride[1]).checked_sub(self.pad[1]);
+        // Without dilation, a filter row's taps are one run of the input row when they
+        // all fall inside it: one copy instead of one per tap.
+        let whole = self.dilation[1] == 1 && x0.is_some_and(|x0| x0 + self.kw <= iw);
         for ky in 0..self.kh {
             let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.pad[0]);
+            if whole {
+                let d = &mut dst[ky * row..][..row];
+                match (iy, x0) {
+                    (Some(iy), Some(x0)) if iy < ih => {
+                        d.copy_from_slice(&x[(iy * iw + x0) * cin..][..row])
+                    }
+                    _ => d.fill(pad),
+                }
+                continue;
+            }
             for kx in 0..self.kw {
                 let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.pad[1]);
                 let d = &mut dst[(ky * self.kw + kx) * cin..][..cin];

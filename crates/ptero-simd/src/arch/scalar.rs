@@ -282,6 +282,25 @@ impl Simd for Scalar {
         ]
     }
     #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> Self::I {
+        let s = &s[..N];
+        [s[0].into(), s[1].into(), s[2].into(), s[3].into()]
+    }
+    #[inline(always)]
+    fn load_i(self, s: &[i32]) -> Self::I {
+        [s[0], s[1], s[2], s[3]]
+    }
+    #[inline(always)]
+    fn store_i8(self, s: &mut [i8], v: Self::I) {
+        for (o, x) in s[..N].iter_mut().zip(v) {
+            *o = x.clamp(-128, 127) as i8;
+        }
+    }
+    #[inline(always)]
+    fn mul_i(self, a: Self::I, b: Self::I) -> Self::I {
+        zip_i(a, b, i32::wrapping_mul)
+    }
+    #[inline(always)]
     fn reduce_add(self, a: Self::F) -> f32 {
         (a[0] + a[2]) + (a[1] + a[3])
     }

@@ -259,6 +259,32 @@ impl Simd for Avx2 {
         unsafe { _mm256_castsi256_ps(a) }
     }
     #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> Self::I {
+        let s = &s[..8];
+        // SAFETY: see `zero`; `s` holds the 8 bytes read.
+        unsafe { _mm256_cvtepi8_epi32(_mm_loadl_epi64(s.as_ptr() as *const __m128i)) }
+    }
+    #[inline(always)]
+    fn load_i(self, s: &[i32]) -> Self::I {
+        let s = &s[..8];
+        // SAFETY: see `zero`; `s` holds the 8 values read.
+        unsafe { _mm256_loadu_si256(s.as_ptr() as *const __m256i) }
+    }
+    #[inline(always)]
+    fn store_i8(self, s: &mut [i8], v: Self::I) {
+        let s = &mut s[..8];
+        // SAFETY: see `zero`; `s` holds the 8 bytes written.
+        unsafe {
+            let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            _mm_storel_epi64(s.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(w, w));
+        }
+    }
+    #[inline(always)]
+    fn mul_i(self, a: Self::I, b: Self::I) -> Self::I {
+        // SAFETY: see `zero`.
+        unsafe { _mm256_mullo_epi32(a, b) }
+    }
+    #[inline(always)]
     fn reduce_add(self, a: Self::F) -> f32 {
         // SAFETY: see `zero`.
         unsafe {
@@ -534,6 +560,29 @@ impl Simd for Avx512 {
     fn cast_f(self, a: Self::I) -> Self::F {
         // SAFETY: see `zero`.
         unsafe { _mm512_castsi512_ps(a) }
+    }
+    #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> Self::I {
+        let s = &s[..16];
+        // SAFETY: see `zero`; `s` holds the 16 bytes read.
+        unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(s.as_ptr() as *const __m128i)) }
+    }
+    #[inline(always)]
+    fn load_i(self, s: &[i32]) -> Self::I {
+        let s = &s[..16];
+        // SAFETY: see `zero`; `s` holds the 16 values read.
+        unsafe { _mm512_loadu_si512(s.as_ptr() as *const _) }
+    }
+    #[inline(always)]
+    fn store_i8(self, s: &mut [i8], v: Self::I) {
+        let s = &mut s[..16];
+        // SAFETY: see `zero`; `s` holds the 16 bytes written.
+        unsafe { _mm_storeu_si128(s.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(v)) }
+    }
+    #[inline(always)]
+    fn mul_i(self, a: Self::I, b: Self::I) -> Self::I {
+        // SAFETY: see `zero`.
+        unsafe { _mm512_mullo_epi32(a, b) }
     }
     #[inline(always)]
     fn reduce_add(self, a: Self::F) -> f32 {
