@@ -47,6 +47,7 @@ mod nhwc_dw;
 mod pack;
 mod pixel_rows;
 mod qavx2;
+mod qconv;
 mod qdepthwise;
 mod quant;
 mod qvnni;
@@ -60,6 +61,7 @@ pub use driver::{gemm, scratch_floats};
 pub use fused::{fused_scratch_floats, pointwise_depthwise, DepthwiseStage, PointwiseStage};
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB, PackedBRef};
+pub use qconv::{q_conv, QConv, QConvOut, Q_CONV_MAX_K};
 pub use qdepthwise::{q8_depthwise, QDepthwise};
 pub use quant::{
     q_rows, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QOut, QPackError, QPacked,

@@ -36,10 +36,10 @@ pub struct QPacked {
     k: usize,
     /// `k` rounded up to a whole 4-bit block (= `k` for int8).
     kp: usize,
-    bits: u8,
+    pub(crate) bits: u8,
     /// Elements per scale along k (`kp` when there is one scale per row).
     group: usize,
-    groups: usize,
+    pub(crate) groups: usize,
     data: Vec<u8>,
     /// Per row and group: the real scale.
     scales: Vec<f32>,
@@ -51,7 +51,7 @@ pub struct QPacked {
     /// products start from it, so that results match XNNPACK's bit for bit.
     ksum: Vec<f32>,
     /// The VNNI panel layout, when the CPU has it (`data` is then empty).
-    vnni: Option<crate::qvnni::VnniWeights>,
+    pub(crate) vnni: Option<crate::qvnni::VnniWeights>,
 }
 
 /// Why weights cannot be packed.
@@ -366,7 +366,7 @@ impl SimdOp for Quantize<'_> {
 }
 
 /// Raw output shared by tasks that write disjoint columns.
-struct Out<T>(*mut T);
+pub(crate) struct Out<T>(pub(crate) *mut T);
 // SAFETY: tasks write disjoint elements (distinct columns) of a buffer borrowed mutably
 // for the whole call; the pointer is never used to read.
 unsafe impl<T> Send for Out<T> {}
@@ -374,7 +374,7 @@ unsafe impl<T> Send for Out<T> {}
 unsafe impl<T> Sync for Out<T> {}
 
 impl<T> Out<T> {
-    fn get(&self) -> *mut T {
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }
@@ -495,15 +495,15 @@ pub fn qd8_gemm(
     });
 }
 
-struct Qd8Cols<'a> {
-    x: &'a [i8],
-    params: &'a [f32],
-    m: usize,
-    w: &'a QPacked,
-    bias: Option<&'a [f32]>,
-    clamp: (f32, f32),
-    cols: core::ops::Range<usize>,
-    out: &'a Out<f32>,
+pub(crate) struct Qd8Cols<'a> {
+    pub(crate) x: &'a [i8],
+    pub(crate) params: &'a [f32],
+    pub(crate) m: usize,
+    pub(crate) w: &'a QPacked,
+    pub(crate) bias: Option<&'a [f32]>,
+    pub(crate) clamp: (f32, f32),
+    pub(crate) cols: core::ops::Range<usize>,
+    pub(crate) out: &'a Out<f32>,
 }
 
 /// Runs a column task on the VNNI kernel when the weights are packed for it and the
@@ -712,15 +712,15 @@ pub fn qs8_gemm(
     });
 }
 
-struct Qs8Cols<'a> {
-    x: &'a [i8],
-    m: usize,
-    w: &'a QPacked,
-    b: &'a [i32],
-    zp: i32,
-    range: (i32, i32),
-    cols: core::ops::Range<usize>,
-    out: &'a Out<i8>,
+pub(crate) struct Qs8Cols<'a> {
+    pub(crate) x: &'a [i8],
+    pub(crate) m: usize,
+    pub(crate) w: &'a QPacked,
+    pub(crate) b: &'a [i32],
+    pub(crate) zp: i32,
+    pub(crate) range: (i32, i32),
+    pub(crate) cols: core::ops::Range<usize>,
+    pub(crate) out: &'a Out<i8>,
 }
 
 /// `RNE(clamp(acc · scale, lo − zp, hi − zp)) + zp`: XNNPACK's fp32 requantization.

@@ -201,48 +201,9 @@ pub(crate) unsafe fn columns(
         let nib = _mm512_set1_epi8(0xf0u8 as i8);
         // int8 weights with one group: register tiles of up to 4 rows x 4 panels.
         if bits == 8 && groups == 1 {
-            let mut p = panels.start;
-            while p < panels.end {
-                let np = (panels.end - p).min(4);
-                let mut r0 = 0;
-                while r0 < m {
-                    let rows = (m - r0).min(4);
-                    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
-                    match (rows, np) {
-                        (4, 4) => tile8::<4, 4>(w, x, k, r0, p, &mut acc),
-                        (4, 3) => tile8::<4, 3>(w, x, k, r0, p, &mut acc),
-                        (4, 2) => tile8::<4, 2>(w, x, k, r0, p, &mut acc),
-                        (4, _) => tile8::<4, 1>(w, x, k, r0, p, &mut acc),
-                        (3, 4) => tile8::<3, 4>(w, x, k, r0, p, &mut acc),
-                        (3, 3) => tile8::<3, 3>(w, x, k, r0, p, &mut acc),
-                        (3, 2) => tile8::<3, 2>(w, x, k, r0, p, &mut acc),
-                        (3, _) => tile8::<3, 1>(w, x, k, r0, p, &mut acc),
-                        (2, 4) => tile8::<2, 4>(w, x, k, r0, p, &mut acc),
-                        (2, 3) => tile8::<2, 3>(w, x, k, r0, p, &mut acc),
-                        (2, 2) => tile8::<2, 2>(w, x, k, r0, p, &mut acc),
-                        (2, _) => tile8::<2, 1>(w, x, k, r0, p, &mut acc),
-                        (_, 4) => tile8::<1, 4>(w, x, k, r0, p, &mut acc),
-                        (_, 3) => tile8::<1, 3>(w, x, k, r0, p, &mut acc),
-                        (_, 2) => tile8::<1, 2>(w, x, k, r0, p, &mut acc),
-                        _ => tile8::<1, 1>(w, x, k, r0, p, &mut acc),
-                    }
-                    for (j, pp) in (p..p + np).enumerate() {
-                        let mask = panel_mask(n, pp);
-                        let sums = _mm512_loadu_si512(w.sums.as_ptr().add(pp * PANEL) as *const _);
-                        for (i, a) in acc.iter().enumerate().take(rows) {
-                            let zx = match epi {
-                                Epi::Qd8 { params, .. } => params[2 * (r0 + i) + 1] as i32,
-                                Epi::Qs8 { .. } => 0,
-                            };
-                            let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + zx));
-                            let t = _mm512_sub_epi32(a[j], corr);
-                            store8(w, pp, r0 + i, n, mask, t, epi, out_f, out_q);
-                        }
-                    }
-                    r0 += rows;
-                }
-                p += np;
-            }
+            // Row `r` is one run of `k` values.
+            let at = |r: usize, _t: usize| x.as_ptr().add(r * k);
+            int8_tiles(w, m, n, 1, k, &at, panels, epi, out_f, out_q);
             return;
         }
         // int4 weights with groups: tiles of up to 2 rows x 4 panels, the groups folded
@@ -403,57 +364,158 @@ pub(crate) unsafe fn columns(
     }
 }
 
-/// One register tile: `R` rows of activations against `P` panels of int8 weights, the
-/// raw sums of `(x + 128) · w` into `acc[row][panel]`.
+/// Rows `0..m` of int8 activations against panels `panels` of int8 weights (one group),
+/// through the epilogue. Row `r` is `segs` runs of `seg` values, run `t` at `at(r, t)`;
+/// with more than one run, `seg` is a multiple of 4 (a quad never straddles two runs).
 ///
 /// # Safety
-/// As [`columns`]; `p + P` panels and `r0 + R` rows exist.
+/// As [`columns`], with every `at(r, t)` readable for `seg` values; `segs · seg` is the
+/// `k` the weights were packed with.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn int8_tiles(
+    w: &VnniWeights,
+    m: usize,
+    n: usize,
+    segs: usize,
+    seg: usize,
+    at: &impl Fn(usize, usize) -> *const i8,
+    panels: core::ops::Range<usize>,
+    epi: Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) {
+    // SAFETY: forwarded from the caller: tiles cover rows below `m` and panels inside
+    // `panels`; `store8` writes only those rows and panels.
+    unsafe {
+        use core::arch::x86_64::*;
+        let mut p = panels.start;
+        while p < panels.end {
+            let np = (panels.end - p).min(4);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(4);
+                let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+                let src = |i: usize, t: usize| at(r0 + i, t);
+                match (rows, np) {
+                    (4, 4) => tile8::<4, 4>(w, segs, seg, &src, p, &mut acc),
+                    (4, 3) => tile8::<4, 3>(w, segs, seg, &src, p, &mut acc),
+                    (4, 2) => tile8::<4, 2>(w, segs, seg, &src, p, &mut acc),
+                    (4, _) => tile8::<4, 1>(w, segs, seg, &src, p, &mut acc),
+                    (3, 4) => tile8::<3, 4>(w, segs, seg, &src, p, &mut acc),
+                    (3, 3) => tile8::<3, 3>(w, segs, seg, &src, p, &mut acc),
+                    (3, 2) => tile8::<3, 2>(w, segs, seg, &src, p, &mut acc),
+                    (3, _) => tile8::<3, 1>(w, segs, seg, &src, p, &mut acc),
+                    (2, 4) => tile8::<2, 4>(w, segs, seg, &src, p, &mut acc),
+                    (2, 3) => tile8::<2, 3>(w, segs, seg, &src, p, &mut acc),
+                    (2, 2) => tile8::<2, 2>(w, segs, seg, &src, p, &mut acc),
+                    (2, _) => tile8::<2, 1>(w, segs, seg, &src, p, &mut acc),
+                    (_, 4) => tile8::<1, 4>(w, segs, seg, &src, p, &mut acc),
+                    (_, 3) => tile8::<1, 3>(w, segs, seg, &src, p, &mut acc),
+                    (_, 2) => tile8::<1, 2>(w, segs, seg, &src, p, &mut acc),
+                    _ => tile8::<1, 1>(w, segs, seg, &src, p, &mut acc),
+                }
+                for (j, pp) in (p..p + np).enumerate() {
+                    let mask = panel_mask(n, pp);
+                    let sums = _mm512_loadu_si512(w.sums.as_ptr().add(pp * PANEL) as *const _);
+                    for (i, a) in acc.iter().enumerate().take(rows) {
+                        let zx = match epi {
+                            Epi::Qd8 { params, .. } => params[2 * (r0 + i) + 1] as i32,
+                            Epi::Qs8 { .. } => 0,
+                        };
+                        let corr = _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + zx));
+                        let t = _mm512_sub_epi32(a[j], corr);
+                        store8(w, pp, r0 + i, n, mask, t, epi, out_f, out_q);
+                    }
+                }
+                r0 += rows;
+            }
+            p += np;
+        }
+    }
+}
+
+/// Int8 rows given as runs (a convolution's input pixels read in place, one run per
+/// filter tap): see [`int8_tiles`]. Weights must be int8 with one group.
+///
+/// # Safety
+/// As [`int8_tiles`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn columns_runs(
+    w: &VnniWeights,
+    m: usize,
+    n: usize,
+    segs: usize,
+    seg: usize,
+    at: &impl Fn(usize, usize) -> *const i8,
+    panels: core::ops::Range<usize>,
+    epi: Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { int8_tiles(w, m, n, segs, seg, at, panels, epi, out_f, out_q) }
+}
+
+/// One register tile: `R` rows of activations against `P` panels of int8 weights, the
+/// raw sums of `(x + 128) · w` into `acc[row][panel]`; row `i`'s run `t` starts at
+/// `src(i, t)`.
+///
+/// # Safety
+/// As [`int8_tiles`]; `p + P` panels and `R` rows exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn tile8<const R: usize, const P: usize>(
     w: &VnniWeights,
-    x: &[i8],
-    k: usize,
-    r0: usize,
+    segs: usize,
+    seg: usize,
+    src: &impl Fn(usize, usize) -> *const i8,
     p: usize,
     acc: &mut [[core::arch::x86_64::__m512i; 4]; 4],
 ) {
     use core::arch::x86_64::*;
     // SAFETY: weight reads stay within panels `p..p + P` (each `w.kq / 4` vectors of 64
-    // bytes); activation reads of whole quads stay within row `r0 + i` (`4 q + 4 <= k`).
+    // bytes: run `t` covers quads `t · seg / 4 ..`, the last partial quad only with one
+    // run); activation reads of whole quads stay within each run (`4 q + 4 <= seg`).
     unsafe {
-        let full = k / 4;
-        let quads = w.kq / 4;
+        let full = seg / 4;
         let mut a = [[_mm512_setzero_si512(); P]; R];
         let base: [*const u8; P] =
             core::array::from_fn(|j| w.data.as_ptr().add((p + j) * w.panel_bytes));
-        let rows: [*const i8; R] = core::array::from_fn(|i| x.as_ptr().add((r0 + i) * k));
-        for q in 0..full {
-            let wv: [__m512i; P] =
-                core::array::from_fn(|j| _mm512_loadu_si512(base[j].add(q * 64) as *const _));
-            for i in 0..R {
-                let word = core::ptr::read_unaligned(rows[i].add(4 * q) as *const i32);
-                let xb = _mm512_set1_epi32(word ^ (0x8080_8080u32 as i32));
-                for j in 0..P {
-                    a[i][j] = _mm512_dpbusd_epi32(a[i][j], xb, wv[j]);
-                }
-            }
-        }
-        for q in full..quads {
-            // The last, partial quad: zeros (offset to 128) past k.
-            let wv: [__m512i; P] =
-                core::array::from_fn(|j| _mm512_loadu_si512(base[j].add(q * 64) as *const _));
-            for i in 0..R {
-                let mut b = [0x80u8; 4];
-                for (t, bb) in b.iter_mut().enumerate() {
-                    if 4 * q + t < k {
-                        *bb = (*rows[i].add(4 * q + t) as u8) ^ 0x80;
+        for t in 0..segs {
+            let rows: [*const i8; R] = core::array::from_fn(|i| src(i, t));
+            let wq: [*const u8; P] = core::array::from_fn(|j| base[j].add(t * full * 64));
+            for q in 0..full {
+                let wv: [__m512i; P] =
+                    core::array::from_fn(|j| _mm512_loadu_si512(wq[j].add(q * 64) as *const _));
+                for i in 0..R {
+                    let word = core::ptr::read_unaligned(rows[i].add(4 * q) as *const i32);
+                    let xb = _mm512_set1_epi32(word ^ (0x8080_8080u32 as i32));
+                    for j in 0..P {
+                        a[i][j] = _mm512_dpbusd_epi32(a[i][j], xb, wv[j]);
                     }
                 }
-                let xb = _mm512_set1_epi32(i32::from_le_bytes(b));
-                for j in 0..P {
-                    a[i][j] = _mm512_dpbusd_epi32(a[i][j], xb, wv[j]);
+            }
+            if !seg.is_multiple_of(4) {
+                // The last, partial quad (one run only): zeros (offset to 128) past it.
+                let wv: [__m512i; P] =
+                    core::array::from_fn(|j| _mm512_loadu_si512(wq[j].add(full * 64) as *const _));
+                for i in 0..R {
+                    let mut b = [0x80u8; 4];
+                    for (u, bb) in b.iter_mut().enumerate() {
+                        if 4 * full + u < seg {
+                            *bb = (*rows[i].add(4 * full + u) as u8) ^ 0x80;
+                        }
+                    }
+                    let xb = _mm512_set1_epi32(i32::from_le_bytes(b));
+                    for j in 0..P {
+                        a[i][j] = _mm512_dpbusd_epi32(a[i][j], xb, wv[j]);
+                    }
                 }
             }
         }

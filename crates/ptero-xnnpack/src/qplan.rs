@@ -454,7 +454,7 @@ pub(crate) fn plan_conv(
             .map(|r| conv.bias[r].wrapping_sub(zx.wrapping_mul(packed.sums(r)[0])))
             .collect();
         conv.gemm = Some((packed, b));
-        if kk <= crate::quant::PATCH_BYTES {
+        if kk <= ptero_gemm::Q_CONV_MAX_K {
             // Only the packed filter is read.
             conv.w = Vec::new();
             conv.wsum = Vec::new();

@@ -9,7 +9,10 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 
-use ptero_gemm::{q_rows, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QOut, QPacked};
+use ptero_gemm::{
+    q_conv, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QConv, QConvOut, QPacked,
+    Q_CONV_MAX_K,
+};
 use ptero_simd::Parallel;
 
 use crate::graph::{Datatype, Quant, Value};
@@ -142,8 +145,6 @@ impl<F: FnOnce()> ptero_simd::SimdOp for Run<F> {
     }
 }
 
-/// Bytes of im2col rows a convolution step gathers at once (on the stack).
-pub(crate) const PATCH_BYTES: usize = 64 * 1024;
 
 /// Int8 elementwise operations.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -622,28 +623,15 @@ impl Qs8Conv {
     /// Static int8 in and out.
     fn run(&self, par: &dyn Parallel, x: &[i8], sx: Shape, y: &mut [i8], so: Shape) {
         if let Some((w, b)) = &self.gemm {
-            if self.kh * self.kw * self.cin <= PATCH_BYTES {
-                self.gemm_rows(
-                    par,
-                    x,
-                    sx,
+            if self.kh * self.kw * self.cin <= Q_CONV_MAX_K {
+                let out = QConvOut::I8 {
                     y,
-                    so,
-                    &|_, rows, m, yp| {
-                        q_rows(
-                            rows,
-                            m,
-                            w,
-                            QOut::I8 {
-                                y: yp,
-                                b,
-                                zp: self.zy,
-                                range: self.range,
-                            },
-                        )
-                    },
-                    &|_| self.zx,
-                );
+                    b,
+                    zx: self.zx,
+                    zp: self.zy,
+                    range: self.range,
+                };
+                q_conv(par, &self.geometry(sx, so), x, w, out);
                 return;
             }
         }
@@ -697,34 +685,14 @@ impl Qs8Conv {
         clamp: (f32, f32),
     ) {
         if let Some((w, _)) = &self.gemm {
-            if self.kh * self.kw * self.cin <= PATCH_BYTES {
-                self.gemm_rows(
-                    par,
-                    x,
-                    sx,
+            if self.kh * self.kw * self.cin <= Q_CONV_MAX_K {
+                let out = QConvOut::F32 {
                     y,
-                    so,
-                    &|b, rows, m, yp| {
-                        // Every pixel of the image shares its quantization.
-                        let mut pr = [0f32; 2 * 64];
-                        for c in pr[..2 * m].chunks_exact_mut(2) {
-                            c[0] = params[2 * b];
-                            c[1] = params[2 * b + 1];
-                        }
-                        q_rows(
-                            rows,
-                            m,
-                            w,
-                            QOut::F32 {
-                                y: yp,
-                                params: &pr[..2 * m],
-                                bias,
-                                clamp,
-                            },
-                        )
-                    },
-                    &|b| params[2 * b + 1] as i32,
-                );
+                    params,
+                    bias,
+                    clamp,
+                };
+                q_conv(par, &self.geometry(sx, so), x, w, out);
                 return;
             }
         }
@@ -741,107 +709,20 @@ impl Qs8Conv {
         });
     }
 
-    /// Output rows over the threads, each gathered into im2col rows of at most 64
-    /// pixels and handed to `f(image, rows, pixels, their outputs)`; padding reads the
-    /// image's zero point `zp(image)`.
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
-    fn gemm_rows<T: Send>(
-        &self,
-        par: &dyn Parallel,
-        x: &[i8],
-        sx: Shape,
-        y: &mut [T],
-        so: Shape,
-        f: &(dyn Fn(usize, &[i8], usize, &mut [T]) + Sync),
-        zp: &(dyn Fn(usize) -> i32 + Sync),
-    ) {
-        let (ih, iw) = (sx.dims[1], sx.dims[2]);
-        let (oh, ow) = (so.dims[1], so.dims[2]);
-        let (cin, cout) = (self.cin, self.cout);
-        let row = ow * cout;
-        if row == 0 {
-            return;
-        }
-        let kk = self.kh * self.kw * cin;
-        // A 1x1 convolution that keeps the image's size reads its input pixels in place.
-        let direct = self.kh == 1
-            && self.kw == 1
-            && self.stride == [1, 1]
-            && self.pad == [0, 0]
-            && (ih, iw) == (oh, ow);
-        let img_in = ih * iw * cin;
-        let img_px = oh * ow;
-        let per = (PATCH_BYTES / kk.max(1)).clamp(1, 64);
-        ptero_simd::for_each_chunk_by(par, y, row, &|r, part| {
-            let mut patch = [0i8; PATCH_BYTES];
-            // Pixels run on across output rows (within one image), so that a deep layer
-            // with narrow rows still hands the GEMM many pixels at once and reads its
-            // weights fewer times.
-            let first = r.start / row * ow;
-            let end = first + part.len() / cout;
-            let mut q = first;
-            while q < end {
-                let b = q / img_px;
-                let m = (end.min((b + 1) * img_px) - q).min(per);
-                let yp = &mut part[(q - first) * cout..(q - first + m) * cout];
-                let xb = &x[b * img_in..(b + 1) * img_in];
-                let pix = q - b * img_px;
-                if direct {
-                    f(b, &xb[pix * cin..(pix + m) * cin], m, yp);
-                } else {
-                    let pad = zp(b).clamp(-128, 127) as i8;
-                    for p in 0..m {
-                        let dst = &mut patch[p * kk..(p + 1) * kk];
-                        let (oy, ox) = ((pix + p) / ow, (pix + p) % ow);
-                        self.gather(xb, ih, iw, oy, ox, pad, dst);
-                    }
-                    f(b, &patch[..m * kk], m, yp);
-                }
-                q += m;
-            }
-        });
-    }
-
-    /// The input patch of output pixel `(oy, ox)`, `[kh][kw][cin]`, padding as `pad`.
-    #[allow(clippy::too_many_arguments)]
-    fn gather(
-        &self,
-        x: &[i8],
-        ih: usize,
-        iw: usize,
-        oy: usize,
-        ox: usize,
-        pad: i8,
-        dst: &mut [i8],
-    ) {
-        let cin = self.cin;
-        let row = self.kw * cin;
-        let x0 = (ox * self.stride[1]).checked_sub(self.pad[1]);
-        // Without dilation, a filter row's taps are one run of the input row when they
-        // all fall inside it: one copy instead of one per tap.
-        let whole = self.dilation[1] == 1 && x0.is_some_and(|x0| x0 + self.kw <= iw);
-        for ky in 0..self.kh {
-            let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.pad[0]);
-            if whole {
-                let d = &mut dst[ky * row..][..row];
-                match (iy, x0) {
-                    (Some(iy), Some(x0)) if iy < ih => {
-                        d.copy_from_slice(&x[(iy * iw + x0) * cin..][..row])
-                    }
-                    _ => d.fill(pad),
-                }
-                continue;
-            }
-            for kx in 0..self.kw {
-                let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.pad[1]);
-                let d = &mut dst[(ky * self.kw + kx) * cin..][..cin];
-                match (iy, ix) {
-                    (Some(iy), Some(ix)) if iy < ih && ix < iw => {
-                        d.copy_from_slice(&x[(iy * iw + ix) * cin..][..cin])
-                    }
-                    _ => d.fill(pad),
-                }
-            }
+    /// The dense convolution's geometry for input and output shapes.
+    fn geometry(&self, sx: Shape, so: Shape) -> QConv {
+        QConv {
+            n: sx.dims[0],
+            ih: sx.dims[1],
+            iw: sx.dims[2],
+            oh: so.dims[1],
+            ow: so.dims[2],
+            cin: self.cin,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
         }
     }
 
