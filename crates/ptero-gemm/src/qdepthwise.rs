@@ -43,8 +43,8 @@ const ROW_ACC: usize = 8192;
 /// kernels); larger ones accumulate through a row buffer.
 const MAX_TAPS: usize = 49;
 
-/// Channels of the widest block (two vectors of the widest level).
-const BLOCK: usize = 32;
+/// Channels of the widest block (four vectors of the widest level).
+const BLOCK: usize = 64;
 
 /// `y = RNE(clamp((bias + Σ_taps (x − zx) · w) · scale, lo − zy, hi − zy)) + zy` per
 /// channel; `w` is `[kh·kw][c]`, `bias` and `scale` are per channel.
@@ -106,7 +106,7 @@ impl SimdOp for DwRows<'_> {
     #[inline(always)]
     fn eval<S: Simd>(self, s: S) {
         let g = self.g;
-        if g.kh * g.kw <= MAX_TAPS && i8::try_from(self.zx).is_ok() && 2 * S::LANES <= BLOCK {
+        if g.kh * g.kw <= MAX_TAPS && i8::try_from(self.zx).is_ok() && 4 * S::LANES <= BLOCK {
             self.blocks(s);
             return;
         }
@@ -178,14 +178,21 @@ impl DwRows<'_> {
             let (ky, kx) = (t / g.kw, t % g.kw);
             *o = (ky * g.dilation[0] * g.iw + kx * g.dilation[1]) * c;
         }
+        let l = S::LANES;
         let mut c0 = 0;
         while c0 < c {
-            let cn = (c - c0).min(2 * S::LANES);
-            if cn > S::LANES {
+            let left = c - c0;
+            let cn = if left >= 4 * l {
+                self.block::<S, 4>(s, y, c0, 4 * l, &tap_off);
+                4 * l
+            } else if left > l {
+                let cn = left.min(2 * l);
                 self.block::<S, 2>(s, y, c0, cn, &tap_off);
+                cn
             } else {
-                self.block::<S, 1>(s, y, c0, cn, &tap_off);
-            }
+                self.block::<S, 1>(s, y, c0, left, &tap_off);
+                left
+            };
             c0 += cn;
         }
     }
@@ -211,7 +218,8 @@ impl DwRows<'_> {
             let mut sw = 0i32;
             for (t, wt) in wb.iter_mut().enumerate().take(taps) {
                 let v = i32::from(self.w[t * c + c0 + j]);
-                wt[j] = v;
+                // The high half zero: `madd_i16` then multiplies exactly.
+                wt[j] = v & 0xffff;
                 sw += v;
             }
             bz[j] = self.bias[c0 + j].wrapping_sub(self.zx.wrapping_mul(sw));
@@ -272,7 +280,7 @@ impl DwRows<'_> {
                 for (o, wt) in k.tap_off.iter().zip(k.wb).take(taps) {
                     let xs = &xb[at + o..at + o + V * l];
                     for v in 0..V {
-                        let p = s.mul_i(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
+                        let p = s.madd_i16(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
                         acc[v] = s.add_i(acc[v], p);
                     }
                 }
@@ -294,7 +302,7 @@ impl DwRows<'_> {
                         _ => &k.pad,
                     };
                     for v in 0..V {
-                        let p = s.mul_i(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
+                        let p = s.madd_i16(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
                         acc[v] = s.add_i(acc[v], p);
                     }
                 }

@@ -462,6 +462,21 @@ impl SimdOp for Int8Lanes<'_> {
         let p = s.mul_i(s.load_i8(&x), s.load_i(&w));
         self.0.resize(2 * S::LANES, 0);
         s.store_i8(self.0, p);
+        // pmaddwd with zero high halves in `b`: the exact product again.
+        let wm: Vec<i32> = w.iter().map(|&v| v & 0xffff).collect();
+        assert_eq!(
+            {
+                let mut a = vec![0i8; S::LANES];
+                s.store_i8(&mut a, s.madd_i16(s.load_i8(&x), s.load_i(&wm)));
+                a
+            },
+            self.0[..S::LANES].to_vec()
+        );
+        // Both halves count: (1, 2) · (3, -4) = 3 - 8.
+        let both = s.madd_i16(s.splat_i(1 | (2 << 16)), s.splat_i(3 | (-4i32 << 16)));
+        let mut b = vec![0i8; S::LANES];
+        s.store_i8(&mut b, both);
+        assert!(b.iter().all(|&v| v == -5));
         let t = s.mul_i(s.load_i8(&x), s.splat_i(-1));
         s.store_i8(&mut self.0[S::LANES..], s.add_i(t, s.splat_i(1)));
     }

@@ -97,6 +97,10 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn store_i8(self, s: &mut [i8], v: Self::I);
     /// The low 32 bits of each product.
     fn mul_i(self, a: Self::I, b: Self::I) -> Self::I;
+    /// Per 32-bit lane, the sum of the products of its signed 16-bit halves:
+    /// `a.lo · b.lo + a.hi · b.hi` (`pmaddwd`). With `b`'s high halves zero and `a`
+    /// a sign-extended 16-bit value, this is the exact product in one instruction.
+    fn madd_i16(self, a: Self::I, b: Self::I) -> Self::I;
 
     fn reduce_add(self, a: Self::F) -> f32;
     fn reduce_max(self, a: Self::F) -> f32;

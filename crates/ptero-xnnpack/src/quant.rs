@@ -145,7 +145,6 @@ impl<F: FnOnce()> ptero_simd::SimdOp for Run<F> {
     }
 }
 
-
 /// Int8 elementwise operations.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum QBin {

@@ -301,6 +301,14 @@ impl Simd for Scalar {
         zip_i(a, b, i32::wrapping_mul)
     }
     #[inline(always)]
+    fn madd_i16(self, a: Self::I, b: Self::I) -> Self::I {
+        zip_i(a, b, |x, y| {
+            let lo = i32::from(x as i16) * i32::from(y as i16);
+            let hi = i32::from((x >> 16) as i16) * i32::from((y >> 16) as i16);
+            lo.wrapping_add(hi)
+        })
+    }
+    #[inline(always)]
     fn reduce_add(self, a: Self::F) -> f32 {
         (a[0] + a[2]) + (a[1] + a[3])
     }

@@ -285,6 +285,11 @@ impl Simd for Avx2 {
         unsafe { _mm256_mullo_epi32(a, b) }
     }
     #[inline(always)]
+    fn madd_i16(self, a: Self::I, b: Self::I) -> Self::I {
+        // SAFETY: see `zero`.
+        unsafe { _mm256_madd_epi16(a, b) }
+    }
+    #[inline(always)]
     fn reduce_add(self, a: Self::F) -> f32 {
         // SAFETY: see `zero`.
         unsafe {
@@ -583,6 +588,11 @@ impl Simd for Avx512 {
     fn mul_i(self, a: Self::I, b: Self::I) -> Self::I {
         // SAFETY: see `zero`.
         unsafe { _mm512_mullo_epi32(a, b) }
+    }
+    #[inline(always)]
+    fn madd_i16(self, a: Self::I, b: Self::I) -> Self::I {
+        // SAFETY: see `zero`.
+        unsafe { _mm512_madd_epi16(a, b) }
     }
     #[inline(always)]
     fn reduce_add(self, a: Self::F) -> f32 {
