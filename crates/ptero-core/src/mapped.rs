@@ -115,9 +115,11 @@ impl MappedFile {
     }
 
     /// Tells the system that `part` (bytes of this file) will not be read again soon:
-    /// a mapped file's whole pages inside it leave the process's resident memory, and
-    /// are read back from the file if touched later. Nothing happens for a file read
-    /// into memory, or for bytes outside the map.
+    /// a mapped file's pages holding it leave the process's resident memory, and are
+    /// read back from the file if touched later. The pages at either end go too, with
+    /// whatever else they hold (small constants share pages): the map is read-only, so
+    /// that costs at most a page fault later. Nothing happens for a file read into
+    /// memory, or for bytes outside the map.
     pub fn release(&self, part: &[u8]) {
         #[cfg(unix)]
         if let Bytes::Map(m) = &self.bytes {
@@ -127,7 +129,7 @@ impl MappedFile {
             let Some(end) = start.checked_add(part.len()).filter(|&e| e <= m.len()) else {
                 return;
             };
-            let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+            let (first, last) = (start / PAGE * PAGE, end.next_multiple_of(PAGE).min(m.len()));
             if first < last {
                 // SAFETY: the map is read-only and never written, so dropping its pages
                 // loses nothing: the next read of them faults the file's bytes back in,
