@@ -277,12 +277,13 @@ impl DwRows<'_> {
             if inside {
                 let (y0, x0) = (oy * g.stride[0] - g.pad[0], ox * g.stride[1] - g.pad[1]);
                 let at = (y0 * g.iw + x0) * c + c0;
-                for (o, wt) in k.tap_off.iter().zip(k.wb).take(taps) {
-                    let xs = &xb[at + o..at + o + V * l];
-                    for v in 0..V {
-                        let p = s.madd_i16(s.load_i8(&xs[v * l..]), s.load_i(&wt[v * l..]));
-                        acc[v] = s.add_i(acc[v], p);
-                    }
+                // The window: every tap's `V · LANES` values (the last tap is the
+                // furthest), checked once.
+                let win = &xb[at..at + k.tap_off[taps - 1] + V * l];
+                if taps == 9 {
+                    taps_in::<S, V, 9>(s, &mut acc, win, k, 9);
+                } else {
+                    taps_in::<S, V, MAX_TAPS>(s, &mut acc, win, k, taps);
                 }
             } else {
                 for (t, wt) in k.wb.iter().enumerate().take(taps) {
@@ -321,6 +322,30 @@ impl DwRows<'_> {
             if !full {
                 dst[..cn].copy_from_slice(&out[..cn]);
             }
+        }
+    }
+}
+
+/// `acc += Σ_t x(t) · w(t)` over the first `taps` (at most `T`) taps of an interior
+/// window, whose every tap lies inside `win`.
+#[inline(always)]
+fn taps_in<S: Simd, const V: usize, const T: usize>(
+    s: S,
+    acc: &mut [S::I; V],
+    win: &[i8],
+    k: &Kern<'_>,
+    taps: usize,
+) {
+    let l = S::LANES;
+    let taps = taps.min(T);
+    assert!(k.tap_off[..taps].iter().all(|&o| o + V * l <= win.len()));
+    for t in 0..taps {
+        let wt = &k.wb[t];
+        for v in 0..V {
+            // SAFETY: `tap_off[t] + V · LANES <= win.len()`, asserted above (for a
+            // fixed `T` the check folds into the unrolled taps).
+            let x = unsafe { s.load_i8_ptr(win.as_ptr().add(k.tap_off[t] + v * l)) };
+            acc[v] = s.add_i(acc[v], s.madd_i16(x, s.load_i(&wt[v * l..])));
         }
     }
 }

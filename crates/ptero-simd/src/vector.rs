@@ -91,6 +91,11 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn cast_f(self, a: Self::I) -> Self::F;
     /// Sign-extends the first `LANES` values of `s` (panics when `s` is shorter).
     fn load_i8(self, s: &[i8]) -> Self::I;
+    /// Sign-extends `LANES` int8 values from `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `LANES` bytes.
+    unsafe fn load_i8_ptr(self, p: *const i8) -> Self::I;
     /// The first `LANES` values of `s` (panics when `s` is shorter).
     fn load_i(self, s: &[i32]) -> Self::I;
     /// Stores each lane, saturated to int8, into `s[..LANES]` (panics when shorter).

@@ -282,6 +282,11 @@ impl Simd for Scalar {
         ]
     }
     #[inline(always)]
+    unsafe fn load_i8_ptr(self, p: *const i8) -> Self::I {
+        // SAFETY: the caller guarantees `N` readable bytes.
+        self.load_i8(unsafe { core::slice::from_raw_parts(p, N) })
+    }
+    #[inline(always)]
     fn load_i8(self, s: &[i8]) -> Self::I {
         let s = &s[..N];
         [s[0].into(), s[1].into(), s[2].into(), s[3].into()]

@@ -259,6 +259,11 @@ impl Simd for Avx2 {
         unsafe { _mm256_castsi256_ps(a) }
     }
     #[inline(always)]
+    unsafe fn load_i8_ptr(self, p: *const i8) -> Self::I {
+        // SAFETY: see `zero`; the caller guarantees 8 readable bytes.
+        unsafe { _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)) }
+    }
+    #[inline(always)]
     fn load_i8(self, s: &[i8]) -> Self::I {
         let s = &s[..8];
         // SAFETY: see `zero`; `s` holds the 8 bytes read.
@@ -565,6 +570,11 @@ impl Simd for Avx512 {
     fn cast_f(self, a: Self::I) -> Self::F {
         // SAFETY: see `zero`.
         unsafe { _mm512_castsi512_ps(a) }
+    }
+    #[inline(always)]
+    unsafe fn load_i8_ptr(self, p: *const i8) -> Self::I {
+        // SAFETY: see `zero`; the caller guarantees 16 readable bytes.
+        unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)) }
     }
     #[inline(always)]
     fn load_i8(self, s: &[i8]) -> Self::I {
