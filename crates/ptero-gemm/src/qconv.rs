@@ -262,6 +262,26 @@ fn in_place(w: &QPacked, cin: usize, taps: usize, image: usize) -> bool {
         && image < PAD as usize
 }
 
+/// `d.copy_from_slice(s)` for runs of a few bytes (an RGB filter row is 9) as two
+/// overlapping fixed-size moves instead of a call to `memcpy`.
+#[inline(always)]
+fn copy_short(d: &mut [i8], s: &[i8]) {
+    let n = s.len().min(d.len());
+    if (8..=16).contains(&n) {
+        d[..8].copy_from_slice(&s[..8]);
+        d[n - 8..n].copy_from_slice(&s[n - 8..n]);
+    } else if (4..8).contains(&n) {
+        d[..4].copy_from_slice(&s[..4]);
+        d[n - 4..n].copy_from_slice(&s[n - 4..n]);
+    } else if n < 4 {
+        for (a, &b) in d[..n].iter_mut().zip(s) {
+            *a = b;
+        }
+    } else {
+        d[..n].copy_from_slice(&s[..n]);
+    }
+}
+
 /// [`QConvOut`] without its output.
 #[derive(Clone, Copy)]
 enum Kind<'a> {
@@ -509,7 +529,7 @@ impl Block<'_> {
             if whole {
                 let d = &mut dst[ky * row..][..row];
                 match self.tap(p, ky, 0) {
-                    Some(o) => d.copy_from_slice(&self.x[o..o + row]),
+                    Some(o) => copy_short(d, &self.x[o..o + row]),
                     None => d.fill(pad),
                 }
                 continue;
@@ -517,7 +537,7 @@ impl Block<'_> {
             for kx in 0..g.kw {
                 let d = &mut dst[(ky * g.kw + kx) * cin..][..cin];
                 match self.tap(p, ky, kx) {
-                    Some(o) => d.copy_from_slice(&self.x[o..o + cin]),
+                    Some(o) => copy_short(d, &self.x[o..o + cin]),
                     None => d.fill(pad),
                 }
             }
