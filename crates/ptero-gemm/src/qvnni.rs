@@ -203,7 +203,7 @@ pub(crate) unsafe fn columns(
         if bits == 8 && groups == 1 {
             // Row `r` is one run of `k` values.
             let at = |r: usize, _t: usize| x.as_ptr().add(r * k);
-            int8_tiles(w, m, n, 1, k, &at, panels, epi, out_f, out_q);
+            columns_runs(w, m, n, 1, k, &at, panels, epi, out_f, out_q);
             return;
         }
         // int4 weights with groups: tiles of up to 2 rows x 4 panels, the groups folded
@@ -365,8 +365,9 @@ pub(crate) unsafe fn columns(
 }
 
 /// Rows `0..m` of int8 activations against panels `panels` of int8 weights (one group),
-/// through the epilogue. Row `r` is `segs` runs of `seg` values, run `t` at `at(r, t)`;
-/// with more than one run, `seg` is a multiple of 4 (a quad never straddles two runs).
+/// through the epilogue. Row `r` is `segs` runs of `seg` values, run `t` at `at(r, t)`
+/// (a convolution's input pixels read in place, one run per filter tap); with more than
+/// one run, `seg` is a multiple of 4 (a quad never straddles two runs).
 ///
 /// # Safety
 /// As [`columns`], with every `at(r, t)` readable for `seg` values; `segs · seg` is the
@@ -375,7 +376,7 @@ pub(crate) unsafe fn columns(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn int8_tiles(
+pub(crate) unsafe fn columns_runs(
     w: &VnniWeights,
     m: usize,
     n: usize,
@@ -462,36 +463,12 @@ unsafe fn int8_tiles(
     }
 }
 
-/// Int8 rows given as runs (a convolution's input pixels read in place, one run per
-/// filter tap): see [`int8_tiles`]. Weights must be int8 with one group.
-///
-/// # Safety
-/// As [`int8_tiles`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn columns_runs(
-    w: &VnniWeights,
-    m: usize,
-    n: usize,
-    segs: usize,
-    seg: usize,
-    at: &impl Fn(usize, usize) -> *const i8,
-    panels: core::ops::Range<usize>,
-    epi: Epi<'_>,
-    out_f: *mut f32,
-    out_q: *mut i8,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { int8_tiles(w, m, n, segs, seg, at, panels, epi, out_f, out_q) }
-}
-
 /// One register tile: `R` rows of activations against `P` panels of int8 weights, the
 /// raw sums of `(x + 128) · w` into `acc[row][panel]`; row `i`'s run `t` starts at
 /// `src(i, t)`.
 ///
 /// # Safety
-/// As [`int8_tiles`]; `p + P` panels and `R` rows exist.
+/// As [`columns_runs`]; `p + P` panels and `R` rows exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
