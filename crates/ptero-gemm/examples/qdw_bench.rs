@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use ptero_gemm::{q8_depthwise, QDepthwise};
+use ptero_gemm::{q8_depthwise_packed, QDepthwise, QDwWeights};
 use ptero_simd::Serial;
 
 fn main() {
@@ -35,20 +35,8 @@ fn main() {
         let bias = vec![5i32; c];
         let scale = vec![1e-3f32; c];
         let mut y = vec![0i8; o * o * c];
-        let mut run = || {
-            q8_depthwise(
-                &Serial,
-                &g,
-                &x,
-                &w,
-                &bias,
-                &scale,
-                3,
-                -2,
-                (-128, 127),
-                &mut y,
-            )
-        };
+        let p = QDwWeights::new(9, c, &w, &bias, &scale, 3).expect("3x3 weights");
+        let mut run = || q8_depthwise_packed(&Serial, &g, &x, &p, 3, -2, (-128, 127), &mut y);
         run();
         let t = Instant::now();
         let mut best = f64::MAX;

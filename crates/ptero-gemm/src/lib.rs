@@ -62,7 +62,7 @@ pub use fused::{fused_scratch_floats, pointwise_depthwise, DepthwiseStage, Point
 pub use mat::{MatMut, MatRef};
 pub use pack::{PackedA, PackedB, PackedBRef};
 pub use qconv::{q_conv, QConv, QConvOut, Q_CONV_MAX_K};
-pub use qdepthwise::{q8_depthwise, QDepthwise};
+pub use qdepthwise::{q8_depthwise, q8_depthwise_packed, QDepthwise, QDwWeights};
 pub use quant::{
     q_rows, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QOut, QPackError, QPacked,
     Q4_BLOCK,

@@ -73,6 +73,7 @@ pub fn q8_depthwise(
     let y = &mut y[..g.n * g.oh * row];
     for_each_chunk_by(par, y, row, &|r, part| {
         dispatch(DwRows {
+            packed: None,
             g,
             x,
             w,
@@ -88,6 +89,8 @@ pub fn q8_depthwise(
 }
 
 struct DwRows<'a> {
+    /// Weights prepared at load ([`QDwWeights`]): the register-block path.
+    packed: Option<&'a QDwWeights>,
     g: &'a QDepthwise,
     x: &'a [i8],
     w: &'a [i8],
@@ -106,8 +109,8 @@ impl SimdOp for DwRows<'_> {
     #[inline(always)]
     fn eval<S: Simd>(self, s: S) {
         let g = self.g;
-        if g.kh * g.kw <= MAX_TAPS && i8::try_from(self.zx).is_ok() && 4 * S::LANES <= BLOCK {
-            self.blocks(s);
+        if let Some(p) = self.packed.filter(|_| 4 * S::LANES <= BLOCK) {
+            self.blocks(s, p);
             return;
         }
         let c = g.c;
@@ -167,7 +170,7 @@ impl DwRows<'_> {
     /// every tap: no accumulator goes through memory, and the input zero point is
     /// folded into the bias (`Σ (x − zx) · w = Σ x · w − zx · Σ w`, padding read as `zx`).
     #[inline(always)]
-    fn blocks<S: Simd>(mut self, s: S) {
+    fn blocks<S: Simd>(mut self, s: S, p: &QDwWeights) {
         let y = core::mem::take(&mut self.y);
         let g = self.g;
         let c = g.c;
@@ -183,14 +186,14 @@ impl DwRows<'_> {
         while c0 < c {
             let left = c - c0;
             let cn = if left >= 4 * l {
-                self.block::<S, 4>(s, y, c0, 4 * l, &tap_off);
+                self.block::<S, 4>(s, p, y, c0, 4 * l, &tap_off);
                 4 * l
             } else if left > l {
                 let cn = left.min(2 * l);
-                self.block::<S, 2>(s, y, c0, cn, &tap_off);
+                self.block::<S, 2>(s, p, y, c0, cn, &tap_off);
                 cn
             } else {
-                self.block::<S, 1>(s, y, c0, left, &tap_off);
+                self.block::<S, 1>(s, p, y, c0, left, &tap_off);
                 left
             };
             c0 += cn;
@@ -202,6 +205,26 @@ impl DwRows<'_> {
     fn block<S: Simd, const V: usize>(
         &self,
         s: S,
+        p: &QDwWeights,
+        y: &mut [i8],
+        c0: usize,
+        cn: usize,
+        tap_off: &[usize; MAX_TAPS],
+    ) {
+        if self.g.kh * self.g.kw <= 9 {
+            self.block_t::<S, V, 9>(s, p, y, c0, cn, tap_off);
+        } else {
+            self.block_t::<S, V, MAX_TAPS>(s, p, y, c0, cn, tap_off);
+        }
+    }
+
+    /// [`Self::block`] with the block's weights copied to the stack, `T` taps at most:
+    /// addressed at fixed offsets in the unrolled taps.
+    #[inline(always)]
+    fn block_t<S: Simd, const V: usize, const T: usize>(
+        &self,
+        s: S,
+        p: &QDwWeights,
         y: &mut [i8],
         c0: usize,
         cn: usize,
@@ -209,26 +232,17 @@ impl DwRows<'_> {
     ) {
         let g = self.g;
         let c = g.c;
-        let taps = g.kh * g.kw;
         let img = g.ih * g.iw * c;
-        let mut wb = [[0i32; BLOCK]; MAX_TAPS];
-        let mut bz = [0i32; BLOCK];
-        let mut sc = [0f32; BLOCK];
-        for j in 0..cn {
-            let mut sw = 0i32;
-            for (t, wt) in wb.iter_mut().enumerate().take(taps) {
-                let v = i32::from(self.w[t * c + c0 + j]);
-                // The high half zero: `madd_i16` then multiplies exactly.
-                wt[j] = v & 0xffff;
-                sw += v;
-            }
-            bz[j] = self.bias[c0 + j].wrapping_sub(self.zx.wrapping_mul(sw));
-            sc[j] = self.scale[c0 + j];
+        let taps = (g.kh * g.kw).min(T);
+        let n = V * S::LANES;
+        let mut wb = [[0i32; BLOCK]; T];
+        for (t, wt) in wb.iter_mut().enumerate().take(taps) {
+            wt[..n].copy_from_slice(&p.w[t * p.cp + c0..][..n]);
         }
         let k = Kern {
             wb: &wb,
-            bz: &bz,
-            sc: &sc,
+            bz: &p.bz[c0..c0 + n],
+            sc: &p.scale[c0..c0 + n],
             tap_off,
             pad: [self.zx as i8; BLOCK],
             lo: (self.range.0 - self.zy) as f32,
@@ -242,17 +256,17 @@ impl DwRows<'_> {
             let rows_in = (oy * g.stride[0])
                 .checked_sub(g.pad[0])
                 .is_some_and(|y0| y0 + span_y < g.ih);
-            self.row::<S, V>(s, &k, xb, yrow, oy, c0, cn, rows_in);
+            self.row::<S, V, T>(s, &k, xb, yrow, oy, c0, cn, rows_in);
         }
     }
 
     /// Channels `c0..c0 + cn` of output row `oy`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn row<S: Simd, const V: usize>(
+    fn row<S: Simd, const V: usize, const T: usize>(
         &self,
         s: S,
-        k: &Kern<'_>,
+        k: &Kern<'_, T>,
         xb: &[i8],
         yrow: &mut [i8],
         oy: usize,
@@ -280,13 +294,10 @@ impl DwRows<'_> {
                 // The window: every tap's `V · LANES` values (the last tap is the
                 // furthest), checked once.
                 let win = &xb[at..at + k.tap_off[taps - 1] + V * l];
-                if taps == 9 {
-                    taps_in::<S, V, 9>(s, &mut acc, win, k, 9);
-                } else {
-                    taps_in::<S, V, MAX_TAPS>(s, &mut acc, win, k, taps);
-                }
+                taps_in::<S, V, T>(s, &mut acc, win, k, taps);
             } else {
-                for (t, wt) in k.wb.iter().enumerate().take(taps) {
+                for t in 0..taps {
+                    let wt = k.tap(t, V * l);
                     let (ky, kx) = (t / g.kw, t % g.kw);
                     let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0]);
                     let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1]);
@@ -333,14 +344,14 @@ fn taps_in<S: Simd, const V: usize, const T: usize>(
     s: S,
     acc: &mut [S::I; V],
     win: &[i8],
-    k: &Kern<'_>,
+    k: &Kern<'_, T>,
     taps: usize,
 ) {
     let l = S::LANES;
     let taps = taps.min(T);
     assert!(k.tap_off[..taps].iter().all(|&o| o + V * l <= win.len()));
     for t in 0..taps {
-        let wt = &k.wb[t];
+        let wt = k.tap(t, V * l);
         for v in 0..V {
             // SAFETY: `tap_off[t] + V · LANES <= win.len()`, asserted above (for a
             // fixed `T` the check folds into the unrolled taps).
@@ -350,15 +361,137 @@ fn taps_in<S: Simd, const V: usize, const T: usize>(
     }
 }
 
-/// One channel block's widened weights, folded bias and scales.
-struct Kern<'a> {
-    wb: &'a [[i32; BLOCK]; MAX_TAPS],
-    bz: &'a [i32; BLOCK],
-    sc: &'a [f32; BLOCK],
+/// One channel block's weights (on the stack, `T` taps at most), folded bias and scales.
+struct Kern<'a, const T: usize> {
+    wb: &'a [[i32; BLOCK]; T],
+    bz: &'a [i32],
+    sc: &'a [f32],
     tap_off: &'a [usize; MAX_TAPS],
     pad: [i8; BLOCK],
     lo: f32,
     hi: f32,
+}
+
+impl<const T: usize> Kern<'_, T> {
+    /// Tap `t`'s weights for the block's `n` channels.
+    #[inline(always)]
+    fn tap(&self, t: usize, n: usize) -> &[i32] {
+        &self.wb[t][..n]
+    }
+}
+
+/// Depthwise int8 weights prepared once (at load): every tap's weights widened to i32
+/// with zero high halves (one `pmaddwd` multiplies them exactly), the input zero point
+/// folded into the bias (`bias − zx · Σ_taps w`; padding then reads `zx`), and channels
+/// padded to whole blocks so that a partial block reads zeros.
+#[derive(Debug, Clone)]
+pub struct QDwWeights {
+    c: usize,
+    taps: usize,
+    /// Channels padded to a whole block.
+    cp: usize,
+    w: Vec<i32>,
+    bz: Vec<i32>,
+    scale: Vec<f32>,
+}
+
+impl QDwWeights {
+    /// From `w` (`[taps][c]`), bias and scale per channel and the input zero point;
+    /// `None` when the kernel has more than 49 taps, the zero point is not an int8
+    /// value, a slice is short, or memory runs out (the row-buffer path then serves).
+    pub fn new(
+        taps: usize,
+        c: usize,
+        w: &[i8],
+        bias: &[i32],
+        scale: &[f32],
+        zx: i32,
+    ) -> Option<QDwWeights> {
+        if taps == 0
+            || taps > MAX_TAPS
+            || i8::try_from(zx).is_err()
+            || w.len() < taps.checked_mul(c)?
+            || bias.len() < c
+            || scale.len() < c
+        {
+            return None;
+        }
+        let cp = c.checked_next_multiple_of(BLOCK)?;
+        let mut wp = Vec::new();
+        wp.try_reserve_exact(taps.checked_mul(cp)?).ok()?;
+        wp.resize(taps * cp, 0i32);
+        let (mut bz, mut sc) = (Vec::new(), Vec::new());
+        bz.try_reserve_exact(cp).ok()?;
+        sc.try_reserve_exact(cp).ok()?;
+        bz.resize(cp, 0i32);
+        sc.resize(cp, 0f32);
+        for ch in 0..c {
+            let mut sw = 0i32;
+            for t in 0..taps {
+                let v = i32::from(w[t * c + ch]);
+                // The high half zero: `madd_i16` then multiplies exactly.
+                wp[t * cp + ch] = v & 0xffff;
+                sw += v;
+            }
+            bz[ch] = bias[ch].wrapping_sub(zx.wrapping_mul(sw));
+            sc[ch] = scale[ch];
+        }
+        Some(QDwWeights {
+            c,
+            taps,
+            cp,
+            w: wp,
+            bz,
+            scale: sc,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.w.len() + self.bz.len() + self.scale.len())
+    }
+}
+
+/// [`q8_depthwise`] with weights prepared by [`QDwWeights::new`] (from the same
+/// `w`, bias, scale and `zx`): each pixel's channels accumulate in registers over all
+/// taps.
+///
+/// # Panics
+/// When a slice is shorter than the geometry needs, or `p` was made for other
+/// channels or taps.
+#[allow(clippy::too_many_arguments)]
+pub fn q8_depthwise_packed(
+    par: &dyn Parallel,
+    g: &QDepthwise,
+    x: &[i8],
+    p: &QDwWeights,
+    zx: i32,
+    zy: i32,
+    range: (i32, i32),
+    y: &mut [i8],
+) {
+    let row = g.ow * g.c;
+    assert!(x.len() >= g.n * g.ih * g.iw * g.c && y.len() >= g.n * g.oh * row);
+    assert!(p.c == g.c && p.taps == g.kh * g.kw);
+    if row == 0 {
+        return;
+    }
+    let y = &mut y[..g.n * g.oh * row];
+    for_each_chunk_by(par, y, row, &|r, part| {
+        dispatch(DwRows {
+            packed: Some(p),
+            g,
+            x,
+            w: &[],
+            bias: &[],
+            scale: &[],
+            zx,
+            zy,
+            range,
+            first: r.start / row,
+            y: part,
+        })
+    });
 }
 
 #[inline(always)]
@@ -425,6 +558,18 @@ mod tests {
                 range,
                 &mut y,
             );
+            // Prepared weights (where they apply), on one thread and on two: the same
+            // bytes.
+            let pool = ptero_simd::pool::ThreadPool::new(2);
+            if let Some(p) = QDwWeights::new(k * k, c, &w, &bias, &scale, zx) {
+                for par in [&ptero_simd::Serial as &dyn Parallel, &pool] {
+                    let mut yp = vec![0i8; y.len()];
+                    q8_depthwise_packed(par, &g, &x, &p, zx, zy, range, &mut yp);
+                    assert_eq!(yp, y, "{n} {ih}x{iw}x{c} k{k} s{s} zx{zx}");
+                }
+            } else {
+                assert!(k * k > 49, "prepared weights refused for {k}x{k}");
+            }
             for b in 0..n {
                 for oy in 0..oh {
                     for ox in 0..ow {

@@ -5,7 +5,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 
-use ptero_gemm::QPacked;
+use ptero_gemm::{QDwWeights, QPacked};
 
 use crate::error::{Result, XnnError};
 use crate::graph::{BinaryOp, ConvAttrs, ConvKind, Datatype, Graph, Node, Quant, Value, NO_VALUE};
@@ -441,8 +441,17 @@ pub(crate) fn plan_conv(
         zy,
         range: range_of(node.clamp, sy, zy),
         gemm: None,
+        dw: None,
     });
     let mut conv = conv;
+    if depthwise && cin == cout && !dynamic {
+        conv.dw = QDwWeights::new(taps, cout, &conv.w, &conv.bias, &conv.scale, zx);
+        if conv.dw.is_some() {
+            // Only the prepared weights are read.
+            conv.w = Vec::new();
+            conv.wsum = Vec::new();
+        }
+    }
     if !depthwise && groups == 1 {
         // The filter `[cout, kh·kw·cin]` packed for the int8 product.
         let kk = taps * cin;

@@ -10,8 +10,8 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use ptero_gemm::{
-    q_conv, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QConv, QConvOut, QPacked,
-    Q_CONV_MAX_K,
+    q8_depthwise_packed, q_conv, qd8_gemm, qs8_gemm, quantize, quantize_rows, requantize, QConv,
+    QConvOut, QPacked, Q_CONV_MAX_K,
 };
 use ptero_simd::Parallel;
 
@@ -132,6 +132,8 @@ pub(crate) struct Qs8Conv {
     /// Dense convolutions (one group) as a product of im2col rows with the filter
     /// `[cout, kh·kw·cin]`, and the bias with the static zero point folded in.
     pub(crate) gemm: Option<(QPacked, Vec<i32>)>,
+    /// Depthwise (multiplier 1, static int8) weights prepared for the register kernel.
+    pub(crate) dw: Option<ptero_gemm::QDwWeights>,
 }
 
 /// Runs a closure inside [`ptero_simd::dispatch`], compiled for the selected level.
@@ -648,18 +650,23 @@ impl Qs8Conv {
                 pad: self.pad,
                 dilation: self.dilation,
             };
-            ptero_gemm::q8_depthwise(
-                par,
-                &g,
-                x,
-                &self.w,
-                &self.bias,
-                &self.scale,
-                self.zx,
-                self.zy,
-                self.range,
-                y,
-            );
+            match &self.dw {
+                Some(p) => {
+                    q8_depthwise_packed(par, &g, x, p, self.zx, self.zy, self.range, y);
+                }
+                None => ptero_gemm::q8_depthwise(
+                    par,
+                    &g,
+                    x,
+                    &self.w,
+                    &self.bias,
+                    &self.scale,
+                    self.zx,
+                    self.zy,
+                    self.range,
+                    y,
+                ),
+            }
             return;
         }
         self.rows(par, x, sx, y, so, &|_, xb, ih, iw, oy, ox, yp| {
