@@ -262,12 +262,18 @@ fn in_place(w: &QPacked, cin: usize, taps: usize, image: usize) -> bool {
         && image < PAD as usize
 }
 
-/// `d.copy_from_slice(s)` for runs of a few bytes (an RGB filter row is 9) as two
-/// overlapping fixed-size moves instead of a call to `memcpy`.
+/// `d.copy_from_slice(s)` for runs of up to 64 bytes (an RGB filter row is 9 or 21) as
+/// two overlapping fixed-size moves instead of a call to `memcpy`.
 #[inline(always)]
 fn copy_short(d: &mut [i8], s: &[i8]) {
     let n = s.len().min(d.len());
-    if (8..=16).contains(&n) {
+    if (32..=64).contains(&n) {
+        d[..32].copy_from_slice(&s[..32]);
+        d[n - 32..n].copy_from_slice(&s[n - 32..n]);
+    } else if (16..32).contains(&n) {
+        d[..16].copy_from_slice(&s[..16]);
+        d[n - 16..n].copy_from_slice(&s[n - 16..n]);
+    } else if (8..16).contains(&n) {
         d[..8].copy_from_slice(&s[..8]);
         d[n - 8..n].copy_from_slice(&s[n - 8..n]);
     } else if (4..8).contains(&n) {
@@ -597,6 +603,8 @@ mod tests {
             (1, 3, 3, 64, 160, 3, 1, 1, 1),
             // More pixels than a block.
             (1, 20, 20, 8, 40, 3, 1, 1, 1),
+            // Filter rows of 32 to 64 bytes.
+            (1, 7, 7, 20, 24, 3, 1, 1, 1),
             // A long reduction: fewer pixels per gathered patch.
             (1, 6, 6, 1100, 20, 3, 1, 1, 1),
         ];
