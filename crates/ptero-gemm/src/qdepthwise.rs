@@ -384,6 +384,20 @@ impl<const T: usize> Kern<'_, T> {
 /// with zero high halves (one `pmaddwd` multiplies them exactly), the input zero point
 /// folded into the bias (`bias − zx · Σ_taps w`; padding then reads `zx`), and channels
 /// padded to whole blocks so that a partial block reads zeros.
+///
+/// ```
+/// use ptero_gemm::{q8_depthwise_packed, QDepthwise, QDwWeights};
+/// use ptero_simd::Serial;
+/// // Two channels of a 1 x 3 image, a 1 x 3 filter of ones, padding 1, scale 1: each
+/// // output is the sum of its pixel and neighbours (padding reads the zero point 0).
+/// let g = QDepthwise { n: 1, ih: 1, iw: 3, oh: 1, ow: 3, c: 2, kh: 1, kw: 3,
+///     stride: [1, 1], pad: [0, 1], dilation: [1, 1] };
+/// let w = QDwWeights::new(3, 2, &[1i8; 6], &[0, 0], &[1.0, 1.0], 0).unwrap();
+/// let x = [1i8, 10, 2, 20, 3, 30];
+/// let mut y = [0i8; 6];
+/// q8_depthwise_packed(&Serial, &g, &x, &w, 0, 0, (-128, 127), &mut y);
+/// assert_eq!(y, [3, 30, 6, 60, 5, 50]);
+/// ```
 #[derive(Debug, Clone)]
 pub struct QDwWeights {
     c: usize,
