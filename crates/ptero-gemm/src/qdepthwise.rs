@@ -14,6 +14,8 @@
 //! assert_eq!(y.to_vec(), x);
 //! ```
 
+use alloc::vec::Vec;
+
 use ptero_simd::{dispatch, for_each_chunk_by, Parallel, Simd, SimdOp};
 
 use crate::quant::requantize;
