@@ -219,13 +219,50 @@ pub(crate) unsafe fn columns8(
     out_f: *mut f32,
     out_q: *mut i8,
 ) -> bool {
-    if w.grouped.is_some() || w.kq != k.div_ceil(4) * 4 || w.panel_bytes != w.kq * 16 {
+    if w.kq != k.div_ceil(4) * 4 {
+        return false;
+    }
+    // Row `r` is one run of `k` values.
+    // SAFETY: `r < m`, and `x` holds `m · k` values (the caller's guarantee).
+    let at = |r: usize, _t: usize| unsafe { x.as_ptr().add(r * k) };
+    // SAFETY: forwarded from the caller.
+    unsafe { columns8_runs(w, m, n, 1, k, &at, panels, epi, out_f, out_q) }
+}
+
+/// [`columns8`] with row `r` given as `segs` runs of `seg` values, run `t` at `at(r, t)`
+/// (a convolution's input pixels read in place, one run per filter tap); with more
+/// than one run, `seg` is a multiple of 4.
+///
+/// # Safety
+/// As [`columns8`], with every `at(r, t)` readable for `seg` values and `segs · seg` the
+/// `k` the weights were packed with.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn columns8_runs<F: Fn(usize, usize) -> *const i8>(
+    w: &VnniWeights,
+    m: usize,
+    n: usize,
+    segs: usize,
+    seg: usize,
+    at: &F,
+    panels: core::ops::Range<usize>,
+    epi: Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) -> bool {
+    let k = segs * seg;
+    if w.grouped.is_some()
+        || w.kq != k.div_ceil(4) * 4
+        || w.panel_bytes != w.kq * 16
+        || (segs > 1 && !seg.is_multiple_of(4))
+    {
         return false;
     }
     let t = Tile8 {
         w,
-        x,
-        k,
+        segs,
+        seg,
+        at,
         n,
         epi,
         out_f,
@@ -249,17 +286,18 @@ pub(crate) unsafe fn columns8(
     true
 }
 
-struct Tile8<'a> {
+struct Tile8<'a, F> {
     w: &'a VnniWeights,
-    x: &'a [i8],
-    k: usize,
+    segs: usize,
+    seg: usize,
+    at: &'a F,
     n: usize,
     epi: Epi<'a>,
     out_f: *mut f32,
     out_q: *mut i8,
 }
 
-impl Tile8<'_> {
+impl<F: Fn(usize, usize) -> *const i8> Tile8<'_, F> {
     /// Rows `r0..r0 + R` of panel `p`.
     ///
     /// Each 16 weight bytes (4 columns × 4 k) widen to one vector of i16; `vpmaddwd`
@@ -267,47 +305,51 @@ impl Tile8<'_> {
     /// added pairwise at the end.
     ///
     /// # Safety
-    /// As [`columns8`], with `r0 + R <= m`.
+    /// As [`columns8_runs`], with `r0 + R <= m`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop)]
     unsafe fn run<const R: usize>(&self, p: usize, r0: usize) {
         use core::arch::x86_64::*;
-        // SAFETY: weight reads stay inside panel `p` (`kq / 4` vectors of 64 bytes);
-        // activation reads of whole quads stay inside their rows (`4 q + 4 <= k`), the
-        // partial quad is read byte by byte below `k`; sums, scales and the bias hold a
+        // SAFETY: weight reads stay inside panel `p` (`kq / 4` vectors of 64 bytes: run
+        // `t` starts at quad `t · seg / 4`, and only a single run has a partial quad);
+        // activation reads of whole quads stay inside their runs (`4 q + 4 <= seg`), the
+        // partial quad is read byte by byte below `seg`; sums, scales and the bias hold a
         // whole panel or are read masked to the columns below `n`; stores are masked
         // likewise.
         unsafe {
             let base = self.w.data.as_ptr().add(p * self.w.panel_bytes);
-            let rows: [*const i8; R] =
-                core::array::from_fn(|i| self.x.as_ptr().add((r0 + i) * self.k));
-            let quads = self.w.kq / 4;
-            let full = self.k / 4;
+            let (seg, full) = (self.seg, self.seg / 4);
+            let quads = seg.div_ceil(4);
             let mut a = [[_mm256_setzero_si256(); 4]; R];
-            for q in 0..quads {
-                let xb: [__m256i; R] = core::array::from_fn(|i| {
-                    let word = if q < full {
-                        core::ptr::read_unaligned(rows[i].add(4 * q) as *const i32)
-                    } else {
-                        // Past k the weights are zero; the activations only must not
-                        // be read.
-                        let mut b = [0u8; 4];
-                        for (t, bb) in b.iter_mut().enumerate() {
-                            if 4 * q + t < self.k {
-                                *bb = *rows[i].add(4 * q + t) as u8;
+            for t in 0..self.segs {
+                let rows: [*const i8; R] = core::array::from_fn(|i| (self.at)(r0 + i, t));
+                // Run `t` covers quads `t · full ..` (whole quads when there are runs).
+                let wq = base.add(t * full * 64);
+                for q in 0..quads {
+                    let xb: [__m256i; R] = core::array::from_fn(|i| {
+                        let word = if q < full {
+                            core::ptr::read_unaligned(rows[i].add(4 * q) as *const i32)
+                        } else {
+                            // Past k the weights are zero; the activations only must
+                            // not be read.
+                            let mut b = [0u8; 4];
+                            for (u, bb) in b.iter_mut().enumerate() {
+                                if 4 * q + u < seg {
+                                    *bb = *rows[i].add(4 * q + u) as u8;
+                                }
                             }
+                            i32::from_le_bytes(b)
+                        };
+                        _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(word)))
+                    });
+                    for v in 0..4 {
+                        let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                            wq.add(q * 64 + v * 16) as *const __m128i
+                        ));
+                        for i in 0..R {
+                            a[i][v] = _mm256_add_epi32(a[i][v], _mm256_madd_epi16(xb[i], wv));
                         }
-                        i32::from_le_bytes(b)
-                    };
-                    _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(word)))
-                });
-                for v in 0..4 {
-                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                        base.add(q * 64 + v * 16) as *const __m128i
-                    ));
-                    for i in 0..R {
-                        a[i][v] = _mm256_add_epi32(a[i][v], _mm256_madd_epi16(xb[i], wv));
                     }
                 }
             }

@@ -252,8 +252,10 @@ pub fn q_conv(par: &dyn Parallel, g: &QConv, x: &[i8], w: &QPacked, out: QConvOu
 /// packed for it (int8, one group), runs of whole quads that fit the padding buffer.
 fn in_place(w: &QPacked, cin: usize, taps: usize, image: usize) -> bool {
     cfg!(target_arch = "x86_64")
-        && w.vnni.is_some()
-        && crate::qvnni::available()
+        && w.vnni
+            .as_ref()
+            .is_some_and(|v| v.grouped.is_none() && v.panel_bytes == v.kq * 16)
+        && (crate::qvnni::available() || crate::qavx2::available())
         && w.bits == 8
         && w.groups == 1
         && cin.is_multiple_of(4)
@@ -376,6 +378,37 @@ impl QConv {
     }
 }
 
+/// Rows given as runs through the VNNI kernel, or the AVX2 one below that level.
+///
+/// # Safety
+/// As `qvnni::columns_runs`, with the packing [`in_place`] checks.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_runs<F: Fn(usize, usize) -> *const i8>(
+    v: &crate::qvnni::VnniWeights,
+    m: usize,
+    n: usize,
+    segs: usize,
+    seg: usize,
+    src: &F,
+    panels: core::ops::Range<usize>,
+    e: crate::qvnni::Epi<'_>,
+    out_f: *mut f32,
+    out_q: *mut i8,
+) {
+    if crate::qvnni::available() {
+        // SAFETY: forwarded from the caller.
+        unsafe { crate::qvnni::columns_runs(v, m, n, segs, seg, src, panels, e, out_f, out_q) };
+    } else {
+        // SAFETY: forwarded; the packing checks of `columns8_runs` hold (`in_place`), so
+        // it computes every row and column it was given.
+        let done = unsafe {
+            crate::qavx2::columns8_runs(v, m, n, segs, seg, src, panels, e, out_f, out_q)
+        };
+        debug_assert!(done);
+    }
+}
+
 /// Pixels `p0..p0 + m` of one image.
 struct Block<'a> {
     g: &'a QConv,
@@ -420,11 +453,7 @@ impl Block<'_> {
                 // SAFETY: row `r < m` lies inside `x`.
                 let src = |r: usize, _t: usize| unsafe { x.as_ptr().add(r * g.cin) };
                 // SAFETY: as below, with one run per pixel.
-                unsafe {
-                    crate::qvnni::columns_runs(
-                        v, self.m, cout, 1, g.cin, &src, panels, e, out_f, out_q,
-                    )
-                };
+                unsafe { kernel_runs(v, self.m, cout, 1, g.cin, &src, panels, e, out_f, out_q) };
                 return;
             }
             let taps = g.kh * g.kw;
@@ -457,15 +486,11 @@ impl Block<'_> {
                 // SAFETY: `tap` keeps `o + cin` inside the image.
                 o => unsafe { self.x.as_ptr().add(o as usize) },
             };
-            // SAFETY: `runs` checked VNNI at the selected level and the packing (int8,
-            // one group, `k = taps · cin`, `cin` a multiple of 4 and at most `MAX_RUN`);
-            // every run is `cin` readable values; the output holds `m` rows of `cout`
-            // from the block's first pixel, and this task owns columns `cols` of them.
-            unsafe {
-                crate::qvnni::columns_runs(
-                    v, self.m, cout, taps, g.cin, &src, panels, e, out_f, out_q,
-                )
-            };
+            // SAFETY: `runs` checked VNNI or AVX2 at the selected level and the packing
+            // (int8, one group, `k = taps · cin`, `cin` a multiple of 4 and at most
+            // `MAX_RUN`); every run is `cin` readable values; the output holds `m` rows
+            // of `cout` from the block's first pixel, and this task owns columns `cols`.
+            unsafe { kernel_runs(v, self.m, cout, taps, g.cin, &src, panels, e, out_f, out_q) };
             return;
         }
         let _ = runs;
