@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use ptero_gemm::{q_rows, QOut, QPacked};
+use ptero_gemm::{q_conv, q_rows, QConv, QConvOut, QOut, QPacked};
+use ptero_simd::Serial;
 
 fn best(mut f: impl FnMut(), budget_s: f64) -> f64 {
     f();
@@ -41,8 +42,8 @@ fn main() {
         ]
     };
     println!(
-        "{:>5} {:>5} {:>5} {:>10} {:>10}",
-        "M", "K", "N", "qs8 GMAC/s", "qd8 GMAC/s"
+        "{:>5} {:>5} {:>5} {:>10} {:>10} {:>10}",
+        "M", "K", "N", "qs8 GMAC/s", "qd8 GMAC/s", "1x1 GMAC/s"
     );
     for (m, k, n) in shapes {
         let w = QPacked::new(
@@ -92,10 +93,44 @@ fn main() {
             },
             0.3,
         );
+        // The same product as a 1 × 1 convolution over an M-pixel image (`q_conv`'s
+        // direct path, as models run pointwise layers).
+        let g = QConv {
+            n: 1,
+            ih: m,
+            iw: 1,
+            oh: m,
+            ow: 1,
+            cin: k,
+            kh: 1,
+            kw: 1,
+            stride: [1, 1],
+            pad: [0, 0],
+            dilation: [1, 1],
+        };
+        let tc = best(
+            || {
+                q_conv(
+                    &Serial,
+                    &g,
+                    &x,
+                    &w,
+                    QConvOut::I8 {
+                        y: &mut yq,
+                        b: &b,
+                        zx: 0,
+                        zp: -3,
+                        range: (-128, 127),
+                    },
+                )
+            },
+            0.3,
+        );
         println!(
-            "{m:>5} {k:>5} {n:>5} {:>10.1} {:>10.1}",
+            "{m:>5} {k:>5} {n:>5} {:>10.1} {:>10.1} {:>10.1}",
             macs / tq / 1e9,
-            macs / tf / 1e9
+            macs / tf / 1e9,
+            macs / tc / 1e9
         );
     }
 }
