@@ -291,7 +291,7 @@ unsafe fn store_tile_whole<S: Simd, const MR: usize>(
     epi: &Epi<'_>,
 ) -> bool {
     let l = S::LANES;
-    if t.cs != 1 || t.n_eff % l != 0 || epi.alpha != 1.0 {
+    if t.cs != 1 || !t.n_eff.is_multiple_of(l) || epi.alpha != 1.0 {
         return false;
     }
     let nv = t.n_eff / l;
