@@ -32,24 +32,10 @@ impl Step {
                 for_each_index(sx, [st], |i, [o]| y[base + o] = xs[i]);
                 Ok(())
             }
-            Step::Transpose { perm, x, out, .. } => {
-                let (sx, so) = (io.shape(*x), io.shape(*out));
+            Step::Transpose { perm, x, .. } => {
+                let sx = io.shape(*x);
                 let xs = T::read(io, *x)?;
-                if let Some((outer, rows, cols)) = swap_of(sx, perm) {
-                    transpose_blocks(xs, y, outer, rows, cols);
-                    return Ok(());
-                }
-                // Output dim i walks input dim perm[i].
-                let full = bstrides(sx, sx);
-                let mut st = [0usize; MAX_DIMS];
-                for i in 0..so.rank {
-                    st[i] = if sx.dims[perm[i]] == 1 {
-                        0
-                    } else {
-                        full[perm[i]]
-                    };
-                }
-                for_each_index(so, [st], |i, [o]| y[i] = xs[o]);
+                transpose(xs, sx, perm, y);
                 Ok(())
             }
             Step::Reshape { x, .. } => {
@@ -158,6 +144,104 @@ pub(crate) fn maxpool_q8(
     }
 }
 
+/// `y = x.permute(perm)`, `x` of shape `sx`.
+///
+/// The permutation is first reduced to its essentials (dims of one element dropped,
+/// input dims that stay adjacent and in order merged): attention's head split
+/// `[T, H, D] -> [H, T, D]` is then a copy of `D`-long runs, and NCHW <-> NHWC a batch
+/// of matrix transposes. Only what is left goes element by element.
+pub(crate) fn transpose<T: Copy>(x: &[T], sx: Shape, perm: &[usize; MAX_DIMS], y: &mut [T]) {
+    let (cs, cp) = collapse(sx, perm);
+    let n = cs.numel().unwrap_or(0).min(x.len()).min(y.len());
+    if cs.rank <= 1 {
+        y[..n].copy_from_slice(&x[..n]);
+        return;
+    }
+    let r = cs.rank;
+    if cp[r - 1] == r - 1 {
+        // Output rows are input runs: walk the outer output dims, copy `run` at a time.
+        let run = cs.dims[r - 1];
+        let full = crate::step::bstrides(cs, cs);
+        let mut outer = Shape {
+            dims: [1; MAX_DIMS],
+            rank: r - 1,
+        };
+        let mut st = [0usize; MAX_DIMS];
+        for i in 0..r - 1 {
+            outer.dims[i] = cs.dims[cp[i]];
+            st[i] = full[cp[i]];
+        }
+        for_each_index(outer, [st], |i, [o]| {
+            y[i * run..(i + 1) * run].copy_from_slice(&x[o..o + run]);
+        });
+        return;
+    }
+    if let Some((outer, rows, cols)) = swap_of(cs, &cp) {
+        transpose_blocks(x, y, outer, rows, cols);
+        return;
+    }
+    // Output dim i walks input dim perm[i].
+    let full = crate::step::bstrides(cs, cs);
+    let mut so = Shape {
+        dims: [1; MAX_DIMS],
+        rank: r,
+    };
+    let mut st = [0usize; MAX_DIMS];
+    for i in 0..r {
+        so.dims[i] = cs.dims[cp[i]];
+        st[i] = full[cp[i]];
+    }
+    for_each_index(so, [st], |i, [o]| y[i] = x[o]);
+}
+
+/// [`transpose`]'s reduction: the input's shape and the permutation with dims of size
+/// one removed and runs of input dims that the permutation keeps together merged.
+fn collapse(sx: Shape, perm: &[usize; MAX_DIMS]) -> (Shape, [usize; MAX_DIMS]) {
+    let r = sx.rank;
+    // Output order of the input dims that hold more than one element.
+    let mut order = [0usize; MAX_DIMS];
+    let mut k = 0;
+    for &d in &perm[..r] {
+        if sx.dims[d] != 1 {
+            order[k] = d;
+            k += 1;
+        }
+    }
+    // Groups: maximal runs of the output order whose input dims are consecutive.
+    let mut group_first = [0usize; MAX_DIMS];
+    let mut group_size = [1usize; MAX_DIMS];
+    let mut g = 0;
+    for i in 0..k {
+        let d = order[i];
+        let joins = i > 0 && {
+            // The previous non-unit input dim before `d` is the one listed just before.
+            let prev = (0..d).rev().find(|&e| sx.dims[e] != 1);
+            prev == Some(order[i - 1])
+        };
+        if joins {
+            group_size[g - 1] *= sx.dims[d];
+        } else {
+            group_first[g] = d;
+            group_size[g] = sx.dims[d];
+            g += 1;
+        }
+    }
+    // Number the groups by their place in the input.
+    let mut by_input: [usize; MAX_DIMS] = core::array::from_fn(|i| i);
+    by_input[..g].sort_by_key(|&i| group_first[i]);
+    let mut cs = Shape {
+        dims: [1; MAX_DIMS],
+        rank: g,
+    };
+    let mut cp = [0usize; MAX_DIMS];
+    for (pos, &gi) in by_input[..g].iter().enumerate() {
+        cs.dims[pos] = group_size[gi];
+        // Output dim gi reads input dim pos.
+        cp[gi] = pos;
+    }
+    (cs, cp)
+}
+
 /// When `perm` moves one run of adjacent input dims behind the run after it (NCHW <->
 /// NHWC: `[N, C, H·W] -> [N, H·W, C]`), the transpose is `outer` matrices of
 /// `rows x cols` turned round: `(outer, rows, cols)`.
@@ -199,6 +283,64 @@ pub(crate) fn transpose_blocks<T: Copy>(
                     for c in c0..c1 {
                         ys[c * rows + r] = xs[r * cols + c];
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every permutation of a few shapes (with dims of one element, and empty ones)
+    /// against the definition.
+    #[test]
+    fn transpose_matches_the_definition() {
+        fn perms(n: usize) -> Vec<Vec<usize>> {
+            if n == 0 {
+                return vec![vec![]];
+            }
+            let mut out = Vec::new();
+            for p in perms(n - 1) {
+                for at in 0..=p.len() {
+                    let mut q = p.clone();
+                    q.insert(at, n - 1);
+                    out.push(q);
+                }
+            }
+            out
+        }
+        let shapes: &[&[usize]] = &[
+            &[5],
+            &[3, 4],
+            &[1, 3, 4],
+            &[2, 3, 4],
+            &[197, 12, 8],
+            &[2, 1, 3, 4],
+            &[2, 3, 1, 4, 5],
+            &[3, 0, 2],
+            &[1, 1, 1],
+        ];
+        for &d in shapes {
+            let sx = Shape::of(d).unwrap();
+            let n: usize = d.iter().product();
+            let x: Vec<u32> = (0..n as u32).collect();
+            let strides = crate::step::bstrides(sx, sx);
+            for p in perms(d.len()) {
+                let mut pm = [0; MAX_DIMS];
+                pm[..p.len()].copy_from_slice(&p);
+                let mut y = vec![u32::MAX; n];
+                transpose(&x, sx, &pm, &mut y);
+                // Output multi-index -> input offset.
+                let od: Vec<usize> = p.iter().map(|&i| d[i]).collect();
+                for (i, &v) in y.iter().enumerate() {
+                    let (mut rem, mut off) = (i, 0);
+                    for k in (0..od.len()).rev() {
+                        off += (rem % od[k]) * strides[p[k]];
+                        rem /= od[k];
+                    }
+                    assert_eq!(v, x[off], "shape {d:?} perm {p:?} element {i}");
                 }
             }
         }
