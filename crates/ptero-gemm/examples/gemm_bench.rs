@@ -64,20 +64,31 @@ fn main() {
         let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
         let bm = MatRef::new(&w, k, n, 1, k).unwrap();
-        let packed = PackedB::new(bm).unwrap();
+        // `PTERO_COLD=n` cycles through n copies of the packed weights, so that with
+        // enough of them each product reads its weights from memory, as a model whose
+        // layers outgrow the last-level cache does.
+        let copies: usize = std::env::var("PTERO_COLD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        let packs: Vec<PackedB> = (0..copies).map(|_| PackedB::new(bm).unwrap()).collect();
+        let mut turn = 0usize;
         for t in [1, threads] {
             let pool = ThreadPool::new(t);
             let arena = SlotArena::new(t, ptero_gemm::scratch_floats()).unwrap();
             let par: &dyn Parallel = &pool;
-            for (label, rhs) in [
-                ("packed", Rhs::Packed(packed.view())),
-                ("plain", Rhs::Mat(bm)),
-            ] {
+            for label in ["packed", "plain"] {
                 if m == 1 && label == "packed" {
                     continue;
                 }
                 let secs = time(
                     || {
+                        turn = (turn + 1) % copies;
+                        let rhs = match label {
+                            "packed" => Rhs::Packed(packs[turn].view()),
+                            _ => Rhs::Mat(bm),
+                        };
                         gemm(
                             par,
                             Some(&arena),

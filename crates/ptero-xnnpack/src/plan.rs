@@ -1156,6 +1156,36 @@ impl Executor {
             last[v] = self.steps.len();
             first[v] = first[v].min(self.steps.len());
         }
+        // A reshape (or plain copy) that is its input's last reader takes the input's
+        // buffer over and does not run: the elements are already there, in order.
+        let mut alias = vec![usize::MAX; nv];
+        for (s, step) in self.steps.iter().enumerate() {
+            if let Step::Reshape { x, out, .. } = *step {
+                if x != out
+                    && self.step_extra[s].is_empty()
+                    && self.slots[x] == Slot::Unused
+                    && self.slots[out] == Slot::Unused
+                    && last[x] == s
+                    && first[out] == s
+                    && self.kinds[x] == self.kinds[out]
+                    && matches!(self.kinds[x], Kind::F32 | Kind::Q8 { .. })
+                {
+                    alias[out] = x;
+                }
+                // An f32 input of the delegate is read in place under the new shape
+                // (no step writes a delegate input).
+                if let Slot::Arg(a) = self.slots[x] {
+                    if self.step_extra[s].is_empty()
+                        && self.slots[out] == Slot::Unused
+                        && self.inputs.iter().any(|&(v, _)| v == x)
+                        && self.kinds[x] == Kind::F32
+                        && self.kinds[out] == Kind::F32
+                    {
+                        self.slots[out] = Slot::Arg(a);
+                    }
+                }
+            }
+        }
         // (buffer, free from step)
         let mut free: Vec<(usize, usize)> = Vec::new();
         let mut caps: Vec<usize> = Vec::new();
@@ -1164,8 +1194,12 @@ impl Executor {
             .collect();
         order.sort_by_key(|&v| first[v]);
         for v in order {
+            let inherited = match self.slots.get(alias[v]) {
+                Some(&Slot::Buf(b)) => free.iter().position(|&(fb, _)| fb == b),
+                _ => None,
+            };
             // A buffer whose last user ran before this value's first writer.
-            let pick = free.iter().position(|&(_, until)| until < first[v]);
+            let pick = inherited.or_else(|| free.iter().position(|&(_, until)| until < first[v]));
             let b = match pick {
                 Some(i) => free.swap_remove(i).0,
                 None => {

@@ -110,7 +110,13 @@ impl Executor {
                 ));
             }
             shapes[out] = shape;
+            let in_place = match *step {
+                Step::Reshape { x, .. } => slots[x] == slots[out],
+                _ => false,
+            };
             match slots[out] {
+                // The planner gave the output its input's storage (see `plan_buffers`).
+                Slot::Buf(_) | Slot::Arg(_) if in_place => {}
                 Slot::Buf(b) => {
                     let mut o = core::mem::take(&mut buffers[b]);
                     let mut m = mid_buffer(step, slots, buffers);
