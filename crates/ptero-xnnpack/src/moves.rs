@@ -5,6 +5,7 @@ use crate::graph::{PoolAttrs, MAX_DIMS};
 use crate::plan::{Shape, Step};
 use crate::quant::{quantize_scalar, Kind};
 use crate::step::{bstrides, for_each_index, Elem, Io};
+use ptero_simd::{for_each_chunk_by, Parallel};
 
 impl Step {
     /// The data-movement steps, for any element type (`pad`: the padding value).
@@ -35,7 +36,7 @@ impl Step {
             Step::Transpose { perm, x, .. } => {
                 let sx = io.shape(*x);
                 let xs = T::read(io, *x)?;
-                transpose(xs, sx, perm, y);
+                transpose(io.args.parallel(), xs, sx, perm, y);
                 Ok(())
             }
             Step::Reshape { x, .. } => {
@@ -150,47 +151,63 @@ pub(crate) fn maxpool_q8(
 /// input dims that stay adjacent and in order merged): attention's head split
 /// `[T, H, D] -> [H, T, D]` is then a copy of `D`-long runs, and NCHW <-> NHWC a batch
 /// of matrix transposes. Only what is left goes element by element.
-pub(crate) fn transpose<T: Copy>(x: &[T], sx: Shape, perm: &[usize; MAX_DIMS], y: &mut [T]) {
+pub(crate) fn transpose<T: Copy + Send + Sync>(
+    par: &dyn Parallel,
+    x: &[T],
+    sx: Shape,
+    perm: &[usize; MAX_DIMS],
+    y: &mut [T],
+) {
     let (cs, cp) = collapse(sx, perm);
     let n = cs.numel().unwrap_or(0).min(x.len()).min(y.len());
+    let y = &mut y[..n];
+    if n == 0 {
+        return;
+    }
     if cs.rank <= 1 {
-        y[..n].copy_from_slice(&x[..n]);
+        y.copy_from_slice(&x[..n]);
         return;
     }
     let r = cs.rank;
-    if cp[r - 1] == r - 1 {
-        // Output rows are input runs: walk the outer output dims, copy `run` at a time.
-        let run = cs.dims[r - 1];
-        let full = crate::step::bstrides(cs, cs);
-        let mut outer = Shape {
-            dims: [1; MAX_DIMS],
-            rank: r - 1,
-        };
-        let mut st = [0usize; MAX_DIMS];
-        for i in 0..r - 1 {
-            outer.dims[i] = cs.dims[cp[i]];
-            st[i] = full[cp[i]];
+    let full = bstrides(cs, cs);
+    // Output dims and the input stride each walks.
+    let mut od = [1usize; MAX_DIMS];
+    let mut st = [0usize; MAX_DIMS];
+    for i in 0..r {
+        od[i] = cs.dims[cp[i]];
+        st[i] = full[cp[i]];
+    }
+    // Input offset of the element at linear index `i` over the first `dims` output dims.
+    let offset = |mut i: usize, dims: usize| {
+        let mut o = 0;
+        for k in (0..dims).rev() {
+            o += (i % od[k]) * st[k];
+            i /= od[k];
         }
-        for_each_index(outer, [st], |i, [o]| {
-            y[i * run..(i + 1) * run].copy_from_slice(&x[o..o + run]);
+        o
+    };
+    if cp[r - 1] == r - 1 {
+        // Output rows are input runs: copy `run` at a time, chunks of whole runs.
+        let run = od[r - 1];
+        for_each_chunk_by(par, y, run, &|rg, part| {
+            for (t, dst) in part.chunks_exact_mut(run).enumerate() {
+                let o = offset(rg.start / run + t, r - 1);
+                dst.copy_from_slice(&x[o..o + run]);
+            }
         });
         return;
     }
     if let Some((outer, rows, cols)) = swap_of(cs, &cp) {
-        transpose_blocks(x, y, outer, rows, cols);
+        let m = rows * cols;
+        for (xs, ys) in x.chunks_exact(m).zip(y.chunks_exact_mut(m)).take(outer) {
+            // Output row c (input column c) is `rows` long; chunks of 8 whole rows.
+            for_each_chunk_by(par, ys, rows * 8, &|rg, part| {
+                transpose_cols(xs, part, rows, cols, rg.start / rows..rg.end / rows);
+            });
+        }
         return;
     }
-    // Output dim i walks input dim perm[i].
-    let full = crate::step::bstrides(cs, cs);
-    let mut so = Shape {
-        dims: [1; MAX_DIMS],
-        rank: r,
-    };
-    let mut st = [0usize; MAX_DIMS];
-    for i in 0..r {
-        so.dims[i] = cs.dims[cp[i]];
-        st[i] = full[cp[i]];
-    }
+    let so = Shape { dims: od, rank: r };
     for_each_index(so, [st], |i, [o]| y[i] = x[o]);
 }
 
@@ -263,26 +280,23 @@ pub(crate) fn swap_of(s: Shape, perm: &[usize; MAX_DIMS]) -> Option<(usize, usiz
     Some((prod(0, lead), prod(lead, k), prod(k, r)))
 }
 
-/// `y[o][c][r] = x[o][r][c]` for `outer` matrices, in 8 x 8 blocks so both sides stream.
-pub(crate) fn transpose_blocks<T: Copy>(
+/// Columns `cs` of the `rows x cols` matrix `x` as rows of `y` (`y[c - cs.start][r]`),
+/// in 8 x 8 blocks.
+fn transpose_cols<T: Copy>(
     x: &[T],
     y: &mut [T],
-    outer: usize,
     rows: usize,
     cols: usize,
+    cs: core::ops::Range<usize>,
 ) {
     const B: usize = 8;
-    let m = rows * cols;
-    for o in 0..outer {
-        let (xs, ys) = (&x[o * m..(o + 1) * m], &mut y[o * m..(o + 1) * m]);
+    for c0 in cs.clone().step_by(B) {
+        let c1 = (c0 + B).min(cs.end);
         for r0 in (0..rows).step_by(B) {
             let r1 = (r0 + B).min(rows);
-            for c0 in (0..cols).step_by(B) {
-                let c1 = (c0 + B).min(cols);
-                for r in r0..r1 {
-                    for c in c0..c1 {
-                        ys[c * rows + r] = xs[r * cols + c];
-                    }
+            for r in r0..r1 {
+                for c in c0..c1 {
+                    y[(c - cs.start) * rows + r] = x[r * cols + c];
                 }
             }
         }
@@ -319,9 +333,13 @@ mod tests {
             &[197, 12, 8],
             &[2, 1, 3, 4],
             &[2, 3, 1, 4, 5],
+            &[2, 11, 19],
             &[3, 0, 2],
             &[1, 1, 1],
+            // Past the size the helpers split over threads, with uneven 8-row chunks.
+            &[3, 211, 61],
         ];
+        let pool = ptero_simd::pool::ThreadPool::new(2);
         for &d in shapes {
             let sx = Shape::of(d).unwrap();
             let n: usize = d.iter().product();
@@ -331,7 +349,10 @@ mod tests {
                 let mut pm = [0; MAX_DIMS];
                 pm[..p.len()].copy_from_slice(&p);
                 let mut y = vec![u32::MAX; n];
-                transpose(&x, sx, &pm, &mut y);
+                transpose(&ptero_simd::Serial, &x, sx, &pm, &mut y);
+                let mut y2 = vec![u32::MAX; n];
+                transpose(&pool, &x, sx, &pm, &mut y2);
+                assert_eq!(y, y2, "shape {d:?} perm {p:?}: threads");
                 // Output multi-index -> input offset.
                 let od: Vec<usize> = p.iter().map(|&i| d[i]).collect();
                 for (i, &v) in y.iter().enumerate() {
