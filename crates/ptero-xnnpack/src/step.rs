@@ -724,6 +724,49 @@ impl Step {
                 let ba = Shape::of(&sa.d()[..sa.rank - 2]).unwrap_or_default();
                 let bb = Shape::of(&sb.d()[..sb.rank - 2]).unwrap_or_default();
                 let st = [bstrides(ba, batch), bstrides(bb, batch)];
+                let count = batch.numel().unwrap_or(0);
+                if batch.rank > 0 && count >= 2 * par.threads() && par.threads() > 1 && m * n > 0 {
+                    // Many small products (attention's heads): whole products per thread,
+                    // each run serially, instead of every small product split over all.
+                    let failed = core::sync::atomic::AtomicBool::new(false);
+                    let short = || shape_err(at, "batch matrix multiply: output too small".into());
+                    let ys = y.get_mut(..count * m * n).ok_or_else(short)?;
+                    ptero_simd::for_each_chunk_by(par, ys, m * n, &|r, part| {
+                        for (t, cm) in part.chunks_exact_mut(m * n).enumerate() {
+                            let (mut i, mut oa, mut ob) = (r.start / (m * n) + t, 0, 0);
+                            for d in (0..batch.rank).rev() {
+                                let at = i % batch.dims[d];
+                                (oa, ob) = (oa + at * st[0][d], ob + at * st[1][d]);
+                                i /= batch.dims[d];
+                            }
+                            let r = (|| {
+                                let am =
+                                    MatRef::new(xa.get(oa * m * k..).unwrap_or(&[]), m, k, k, 1)?;
+                                let bm =
+                                    MatRef::new(xb.get(ob * k * n..).unwrap_or(&[]), k, n, n, 1)?;
+                                let cm = MatMut::new(cm, m, n, n, 1)?;
+                                gemm(
+                                    &ptero_simd::Serial,
+                                    arena,
+                                    Lhs::Mat(am),
+                                    Rhs::Mat(bm),
+                                    cm,
+                                    &Epilogue::default(),
+                                )
+                            })();
+                            if r.is_err() {
+                                failed.store(true, core::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    });
+                    if failed.into_inner() {
+                        return Err(shape_err(
+                            at,
+                            "batch matrix multiply: an operand is shorter than its shape".into(),
+                        ));
+                    }
+                    return Ok(());
+                }
                 let mut failed = None;
                 for_each_index(batch, st, |i, [oa, ob]| {
                     if failed.is_some() {
