@@ -655,9 +655,13 @@ impl Step {
             Step::Softmax { x, .. } => {
                 let s = io.shape(*x);
                 let c = s.d().last().copied().unwrap_or(1).max(1);
-                for (xr, yr) in io.read(*x)?.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-                    ops::softmax(xr, yr);
-                }
+                let xs = io.read(*x)?;
+                let rows = (xs.len() / c).min(y.len() / c);
+                ptero_simd::for_each_chunk_by(par, &mut y[..rows * c], c, &|r, part| {
+                    for (xr, yr) in xs[r].chunks_exact(c).zip(part.chunks_exact_mut(c)) {
+                        ops::softmax(xr, yr);
+                    }
+                });
                 Ok(())
             }
             Step::GlobalAvgPool { x, clamp, .. } => {
