@@ -48,8 +48,8 @@ pub use arch::x86::{Avx2, Avx512};
 pub use arena::SlotArena;
 pub use level::{detected, features, level, set_level, Features, Level, Unsupported};
 pub use parallel::{
-    for_each_chunk, for_each_chunk_by, for_each_chunk_pair, split_count, split_range, Parallel,
-    Serial, PAR_MIN_ELEMS,
+    for_each_chunk, for_each_chunk_by, for_each_chunk_pair, for_each_chunk_work, split_count,
+    split_range, Parallel, Serial, PAR_MIN_ELEMS,
 };
 pub use vector::{Simd, SimdOp};
 

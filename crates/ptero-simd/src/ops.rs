@@ -341,6 +341,8 @@ pub fn binary_rows(f: Binary, x: &[f32], row: &[f32], row_left: bool, y: &mut [f
 
 struct AddRows<'a> {
     x: &'a [f32],
+    /// Distance between rows (at least `acc.len()`).
+    stride: usize,
     acc: &'a mut [f32],
 }
 
@@ -348,18 +350,22 @@ impl SimdOp for AddRows<'_> {
     type Output = ();
     #[inline(always)]
     fn eval<S: Simd>(self, s: S) {
-        let c = self.acc.len();
-        let rows = self.x.len() / c;
+        let (c, st) = (self.acc.len(), self.stride);
+        let rows = if self.x.len() < c {
+            0
+        } else {
+            (self.x.len() - c) / st + 1
+        };
         let mut r = 0;
         while r < rows {
-            // Four rows per pass over the accumulators.
-            let take = (rows - r).min(4);
-            let block = &self.x[r * c..(r + take) * c];
+            // Eight rows per pass over the accumulators.
+            let take = (rows - r).min(8);
             let mut j = 0;
             while j < c {
                 let part = j + S::LANES > c;
                 let mut v = Operand::Slice(self.acc).get(s, j, c, part);
-                for row in block.chunks_exact(c) {
+                for k in r..r + take {
+                    let row = &self.x[k * st..k * st + c];
                     v = s.add(v, Operand::Slice(row).get(s, j, c, part));
                 }
                 if part {
@@ -374,6 +380,19 @@ impl SimdOp for AddRows<'_> {
     }
 }
 
+/// `acc[j] += x[r · stride + j]` over every row `r` whose `acc.len()` values lie inside
+/// `x`: a channels-last image's pixels summed per channel, for a range of its channels.
+///
+/// # Panics
+/// If `acc` is empty or `stride < acc.len()`.
+pub fn add_rows_strided(x: &[f32], stride: usize, acc: &mut [f32]) {
+    assert!(
+        !acc.is_empty() && stride >= acc.len(),
+        "add_rows_strided: empty rows or overlapping stride"
+    );
+    dispatch(AddRows { x, stride, acc })
+}
+
 /// `acc[j] += x[r · n + j]` over every whole row `r` of `x` (`n = acc.len()`): the sum
 /// of a channels-last image's pixels, per channel.
 ///
@@ -381,7 +400,8 @@ impl SimdOp for AddRows<'_> {
 /// If `acc` is empty.
 pub fn add_rows(x: &[f32], acc: &mut [f32]) {
     assert!(!acc.is_empty(), "add_rows: empty rows");
-    dispatch(AddRows { x, acc })
+    let stride = acc.len();
+    dispatch(AddRows { x, stride, acc })
 }
 
 struct BinaryInPlace<'a> {

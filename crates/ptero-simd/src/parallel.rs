@@ -88,9 +88,22 @@ pub fn for_each_chunk_by<T: Send>(
     align: usize,
     f: &(dyn Fn(core::ops::Range<usize>, &mut [T]) + Sync),
 ) {
+    let work = y.len();
+    for_each_chunk_work(par, y, align, work, f)
+}
+
+/// Like [`for_each_chunk_by`] for outputs much smaller than the work behind them (a
+/// reduction): `work`, the elements read, decides whether to split.
+pub fn for_each_chunk_work<T: Send>(
+    par: &dyn Parallel,
+    y: &mut [T],
+    align: usize,
+    work: usize,
+    f: &(dyn Fn(core::ops::Range<usize>, &mut [T]) + Sync),
+) {
     let len = y.len();
     let threads = par.threads();
-    if threads <= 1 || len < PAR_MIN_ELEMS {
+    if threads <= 1 || work < PAR_MIN_ELEMS || len <= align {
         f(0..len, y);
         return;
     }

@@ -668,15 +668,18 @@ impl Step {
                 let s = io.shape(*x);
                 let (n, hw, c) = (s.dims[0], s.dims[1] * s.dims[2], s.dims[3]);
                 let xs = io.read(*x)?;
+                let inv = if hw == 0 { f32::NAN } else { 1.0 / hw as f32 };
                 for b in 0..n {
+                    let img = &xs[b * hw * c..(b + 1) * hw * c];
+                    // Channel ranges over threads, each summing every pixel's part.
                     let acc = &mut y[b * c..(b + 1) * c];
-                    acc.fill(0.0);
-                    for p in 0..hw {
-                        let at = (b * hw + p) * c;
-                        ops::add_rows(&xs[at..at + c], acc);
-                    }
-                    let inv = if hw == 0 { f32::NAN } else { 1.0 / hw as f32 };
-                    ops::unary_inplace(Unary::Affine(inv, 0.0), acc);
+                    ptero_simd::for_each_chunk_work(par, acc, 16, hw * c, &|r, part| {
+                        part.fill(0.0);
+                        if !part.is_empty() && hw > 0 {
+                            ops::add_rows_strided(&img[r.start..], c, part);
+                        }
+                        ops::unary_inplace(Unary::Affine(inv, 0.0), part);
+                    });
                 }
                 apply_clamp(y, *clamp);
                 Ok(())
