@@ -8,7 +8,8 @@
 //! `fused` times MobileNetV2-like pointwise → depthwise pairs run apart and fused
 //! ([`pointwise_depthwise`]). `PTERO_NHWC=1` runs the layers channels-last;
 //! `PTERO_WINO=1` packs the layers [`PackedConv::winograd_pays`] accepts for Winograd;
-//! `PTERO_PIX=1` packs the others of one group with output pixels as rows.
+//! `PTERO_PIX=1` packs the others of one group with output pixels as rows. `FLUSH=MB`
+//! writes that many MiB between runs, so each starts with cold caches as in a model.
 
 use std::time::Instant;
 
@@ -105,7 +106,16 @@ fn best(mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::MAX;
     let start = Instant::now();
+    let flush = std::env::var("FLUSH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut junk = vec![0u8; flush.unwrap_or(0) << 20];
     while start.elapsed().as_secs_f64() < 0.3 {
+        if flush.is_some() {
+            for (i, b) in junk.iter_mut().enumerate().step_by(64) {
+                *b = b.wrapping_add(i as u8);
+            }
+        }
         let t0 = Instant::now();
         f();
         best = best.min(t0.elapsed().as_secs_f64());
