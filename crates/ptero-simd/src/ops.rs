@@ -339,6 +339,105 @@ pub fn binary_rows(f: Binary, x: &[f32], row: &[f32], row_left: bool, y: &mut [f
     })
 }
 
+/// Where one output of [`pool_windows`] reads: `rows × cols` taps of `c` values, tap
+/// `(u, v)` at `base + u · steps.0 + v · steps.1` in the input.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Window {
+    pub base: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+struct PoolWindows<'a> {
+    max: bool,
+    x: &'a [f32],
+    c: usize,
+    steps: (usize, usize),
+    win: &'a (dyn Fn(usize) -> Window + Sync),
+    y: &'a mut [f32],
+}
+
+impl SimdOp for PoolWindows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn eval<S: Simd>(self, s: S) {
+        let c = self.c;
+        let (s0, s1) = self.steps;
+        for (j, out) in self.y.chunks_exact_mut(c).enumerate() {
+            let w = (self.win)(j);
+            let taps = w.rows * w.cols;
+            let inv = if taps == 0 { 0.0 } else { 1.0 / taps as f32 };
+            let mut ch = 0;
+            while ch < c {
+                let n = (c - ch).min(S::LANES);
+                let mut acc = if self.max {
+                    s.splat(f32::NEG_INFINITY)
+                } else {
+                    s.zero()
+                };
+                // Max: NaN wins, as `Binary::Maximum` (torch.maximum) has it.
+                let mut nan = s.is_nan(s.zero());
+                for u in 0..w.rows {
+                    for v in 0..w.cols {
+                        let at = w.base + u * s0 + v * s1 + ch;
+                        let t = if n == S::LANES {
+                            s.load(&self.x[at..at + n])
+                        } else {
+                            s.load_part(&self.x[at..at + n])
+                        };
+                        if self.max {
+                            nan = s.or_mask(nan, s.is_nan(t));
+                            acc = s.max(t, acc);
+                        } else {
+                            acc = s.add(acc, t);
+                        }
+                    }
+                }
+                let r = if self.max {
+                    s.select(nan, s.splat(f32::NAN), acc)
+                } else {
+                    s.mul(acc, s.splat(inv))
+                };
+                if n == S::LANES {
+                    s.store(&mut out[ch..ch + n], r);
+                } else {
+                    s.store_part(&mut out[ch..ch + n], r);
+                }
+                ch += n;
+            }
+        }
+    }
+}
+
+/// Max (`max`) or average pooling of channels-last pixels: output `j` (the `c` values
+/// at `y[j · c..]`) is the maximum, or the mean, of the input taps `win(j)` names.
+/// Averages divide by the taps in the window (padding is left out by the caller's
+/// windows); an empty window gives 0 (average) or -inf (max). NaN propagates through
+/// max as through [`Binary::Maximum`].
+///
+/// # Panics
+/// When a window reaches past `x`.
+pub fn pool_windows(
+    max: bool,
+    x: &[f32],
+    c: usize,
+    steps: (usize, usize),
+    win: &(dyn Fn(usize) -> Window + Sync),
+    y: &mut [f32],
+) {
+    if c == 0 {
+        return;
+    }
+    dispatch(PoolWindows {
+        max,
+        x,
+        c,
+        steps,
+        win,
+        y,
+    })
+}
+
 struct AddRows<'a> {
     x: &'a [f32],
     /// Distance between rows (at least `acc.len()`).

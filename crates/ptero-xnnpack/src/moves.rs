@@ -151,7 +151,7 @@ pub(crate) fn maxpool_q8(
 /// input dims that stay adjacent and in order merged): attention's head split
 /// `[T, H, D] -> [H, T, D]` is then a copy of `D`-long runs, and NCHW <-> NHWC a batch
 /// of matrix transposes. Only what is left goes element by element.
-pub(crate) fn transpose<T: Copy + Send + Sync>(
+pub(crate) fn transpose<T: Copy + Default + Send + Sync>(
     par: &dyn Parallel,
     x: &[T],
     sx: Shape,
@@ -282,7 +282,7 @@ pub(crate) fn swap_of(s: Shape, perm: &[usize; MAX_DIMS]) -> Option<(usize, usiz
 
 /// Columns `cs` of the `rows x cols` matrix `x` as rows of `y` (`y[c - cs.start][r]`),
 /// in 8 x 8 blocks.
-fn transpose_cols<T: Copy>(
+fn transpose_cols<T: Copy + Default>(
     x: &[T],
     y: &mut [T],
     rows: usize,
@@ -294,6 +294,21 @@ fn transpose_cols<T: Copy>(
         let c1 = (c0 + B).min(cs.end);
         for r0 in (0..rows).step_by(B) {
             let r1 = (r0 + B).min(rows);
+            if c1 - c0 == B && r1 - r0 == B {
+                // A whole block through a fixed-size tile: eight rows read and eight
+                // written as contiguous runs, which the compiler turns into vector moves.
+                let mut t = [[T::default(); B]; B];
+                for (i, row) in t.iter_mut().enumerate() {
+                    row.copy_from_slice(&x[(r0 + i) * cols + c0..][..B]);
+                }
+                for j in 0..B {
+                    let dst = &mut y[(c0 + j - cs.start) * rows + r0..][..B];
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = t[i][j];
+                    }
+                }
+                continue;
+            }
             for r in r0..r1 {
                 for c in c0..c1 {
                     y[(c - cs.start) * rows + r] = x[r * cols + c];

@@ -84,7 +84,7 @@ impl<'x> Io<'x, '_> {
 }
 
 /// Element types the data-movement steps copy.
-pub(crate) trait Elem: Copy + PartialOrd + bytemuck::Pod + Send + Sync {
+pub(crate) trait Elem: Copy + PartialOrd + bytemuck::Pod + Default + Send + Sync {
     fn read<'x>(io: &Io<'x, '_>, v: usize) -> ptero_core::Result<&'x [Self]>;
 }
 
@@ -698,7 +698,7 @@ impl Step {
                     maxpool_q8(attrs, io.read_i8(*x)?, sx, so, ys, lo, hi);
                     return Ok(());
                 }
-                pool_nhwc(*max, attrs, io.read(*x)?, sx, so, y);
+                pool_nhwc(par, *max, attrs, io.read(*x)?, sx, so, y);
                 apply_clamp(y, *clamp);
                 Ok(())
             }
@@ -818,47 +818,51 @@ impl Step {
 
 /// Max or average pooling over NHWC images; averages count the pixels inside the image
 /// only (XNNPACK's padding is excluded from the divisor).
-pub(crate) fn pool_nhwc(max: bool, a: &PoolAttrs, x: &[f32], sx: Shape, so: Shape, y: &mut [f32]) {
+pub(crate) fn pool_nhwc(
+    par: &dyn ptero_simd::Parallel,
+    max: bool,
+    a: &PoolAttrs,
+    x: &[f32],
+    sx: Shape,
+    so: Shape,
+    y: &mut [f32],
+) {
     let (n, ih, iw, c) = (sx.dims[0], sx.dims[1], sx.dims[2], sx.dims[3]);
     let (oh, ow) = (so.dims[1], so.dims[2]);
-    let (pt, pl) = (a.padding[0] as isize, a.padding[3] as isize);
-    let (kh, kw) = (a.window[0] as isize, a.window[1] as isize);
-    let (sh, sw) = (a.stride[0].max(1) as isize, a.stride[1].max(1) as isize);
-    let (dh, dw) = (a.dilation[0].max(1) as isize, a.dilation[1].max(1) as isize);
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let o = ((b * oh + oy) * ow + ox) * c;
-                let row = &mut y[o..o + c];
-                row.fill(if max { f32::NEG_INFINITY } else { 0.0 });
-                let mut count = 0usize;
-                for ky in 0..kh {
-                    let iy = oy as isize * sh - pt + ky * dh;
-                    if iy < 0 || iy >= ih as isize {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let ix = ox as isize * sw - pl + kx * dw;
-                        if ix < 0 || ix >= iw as isize {
-                            continue;
-                        }
-                        count += 1;
-                        let at = ((b * ih + iy as usize) * iw + ix as usize) * c;
-                        let src = &x[at..at + c];
-                        if max {
-                            ops::binary_inplace(Binary::Maximum, row, ops::Rhs::Slice(src));
-                        } else {
-                            ops::add_rows(src, row);
-                        }
-                    }
-                }
-                if !max {
-                    let inv = if count == 0 { 0.0 } else { 1.0 / count as f32 };
-                    ops::unary_inplace(Unary::Affine(inv, 0.0), row);
-                }
-            }
-        }
+    let u = |v: u32| v as usize;
+    let (pt, pl) = (u(a.padding[0]), u(a.padding[3]));
+    let (kh, kw) = (u(a.window[0]), u(a.window[1]));
+    let (sh, sw) = (u(a.stride[0].max(1)), u(a.stride[1].max(1)));
+    let (dh, dw) = (u(a.dilation[0].max(1)), u(a.dilation[1].max(1)));
+    if c == 0 || ow == 0 {
+        return;
     }
+    // The taps of one axis inside the image: (first input index, count).
+    let span = |o: usize, s: usize, p: usize, d: usize, k: usize, len: usize| {
+        let start = o * s;
+        // The first tap at or past the leading padding; then taps up to the far edge.
+        let first = p.saturating_sub(start).div_ceil(d);
+        let at = (start + first * d).saturating_sub(p);
+        let cnt = (first..k).take_while(|&t| start + t * d < p + len).count();
+        (at, cnt)
+    };
+    let total = (n * oh * ow * c).min(y.len());
+    // Output rows over threads.
+    ptero_simd::for_each_chunk_by(par, &mut y[..total], ow * c, &|r, part| {
+        let row0 = r.start / (ow * c);
+        let win = |j: usize| {
+            let (row, ox) = (row0 + j / ow, j % ow);
+            let (b, oy) = (row / oh, row % oh);
+            let (iy, rows) = span(oy, sh, pt, dh, kh, ih);
+            let (ix, cols) = span(ox, sw, pl, dw, kw, iw);
+            ptero_simd::ops::Window {
+                base: ((b * ih + iy) * iw + ix) * c,
+                rows,
+                cols,
+            }
+        };
+        ops::pool_windows(max, x, c, (dh * iw * c, dw * c), &win, part);
+    });
 }
 
 /// When `small` holds one row of the output's last dim (per batch entry, or one for
@@ -1052,6 +1056,116 @@ mod tests {
         for (i, v) in y.iter().enumerate() {
             let (b, c) = (i / 60, i % 5);
             assert_eq!(*v, row[b * 5 + c] - x[i], "{i}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use crate::graph::PoolAttrs;
+
+    /// Max and average pooling against the definition: padding, strides, dilation,
+    /// windows that fall wholly in the padding, NaN, and outputs split over threads.
+    #[test]
+    fn pooling_matches_the_definition() {
+        // (n, ih, iw, c, window, stride, dilation, padding t r b l)
+        type Case = (
+            usize,
+            usize,
+            usize,
+            usize,
+            [u32; 2],
+            [u32; 2],
+            [u32; 2],
+            [u32; 4],
+        );
+        let cases: &[Case] = &[
+            (1, 112, 112, 64, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            (2, 7, 9, 19, [3, 2], [1, 2], [1, 1], [1, 0, 1, 1]),
+            (1, 8, 8, 5, [3, 3], [1, 1], [2, 2], [2, 2, 2, 2]),
+            (1, 4, 4, 3, [2, 2], [3, 3], [1, 1], [3, 3, 3, 3]),
+        ];
+        let pool = ptero_simd::pool::ThreadPool::new(2);
+        for &(n, ih, iw, c, window, stride, dilation, padding) in cases {
+            let a = PoolAttrs {
+                padding,
+                window,
+                stride,
+                dilation,
+                input: 0,
+                output: 1,
+            };
+            let eff = |k: u32, d: u32| (k as usize - 1) * d as usize + 1;
+            let oh = (ih + (padding[0] + padding[2]) as usize - eff(window[0], dilation[0]))
+                / stride[0] as usize
+                + 1;
+            let ow = (iw + (padding[1] + padding[3]) as usize - eff(window[1], dilation[1]))
+                / stride[1] as usize
+                + 1;
+            let mut x: Vec<f32> = (0..n * ih * iw * c)
+                .map(|i| ((i * 37) % 101) as f32 - 50.0)
+                .collect();
+            x[7] = f32::NAN;
+            x[n * ih * iw * c - 2] = f32::INFINITY;
+            x[3] = f32::NEG_INFINITY;
+            let (sx, so) = (
+                Shape::of(&[n, ih, iw, c]).unwrap(),
+                Shape::of(&[n, oh, ow, c]).unwrap(),
+            );
+            for max in [true, false] {
+                let mut y = vec![0.0; n * oh * ow * c];
+                pool_nhwc(&pool, max, &a, &x, sx, so, &mut y);
+                for b in 0..n {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            for ch in 0..c {
+                                let (mut m, mut sum, mut cnt) = (f32::NEG_INFINITY, 0.0, 0);
+                                for ky in 0..window[0] as usize {
+                                    for kx in 0..window[1] as usize {
+                                        let iy = (oy * stride[0] as usize
+                                            + ky * dilation[0] as usize)
+                                            .checked_sub(padding[0] as usize);
+                                        let ix = (ox * stride[1] as usize
+                                            + kx * dilation[1] as usize)
+                                            .checked_sub(padding[3] as usize);
+                                        let (Some(iy), Some(ix)) = (iy, ix) else {
+                                            continue;
+                                        };
+                                        if iy >= ih || ix >= iw {
+                                            continue;
+                                        }
+                                        let v = x[((b * ih + iy) * iw + ix) * c + ch];
+                                        m = if v.is_nan() || m.is_nan() {
+                                            f32::NAN
+                                        } else {
+                                            m.max(v)
+                                        };
+                                        sum += v;
+                                        cnt += 1;
+                                    }
+                                }
+                                let want = if max {
+                                    m
+                                } else if cnt == 0 {
+                                    0.0
+                                } else {
+                                    sum / cnt as f32
+                                };
+                                let got = y[((b * oh + oy) * ow + ox) * c + ch];
+                                let ok = (want.is_nan() && got.is_nan())
+                                    || want == got
+                                    || (want - got).abs() <= 1e-4 * want.abs().max(1.0);
+                                assert!(
+                                    ok,
+                                    "max {max} case {:?} at {b},{oy},{ox},{ch}: {got} vs {want}",
+                                    (n, ih, iw, c, window, stride)
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
