@@ -99,8 +99,30 @@ pub(crate) fn q8_range(io: &Io<'_, '_>, out: usize, clamp: Option<(f32, f32)>) -
     }
 }
 
-/// Max pooling of int8 NHWC images (padding never wins), clamped to `[lo, hi]`.
+/// The taps of one axis of a pooling window that fall inside the input: the input index
+/// of the first, and how many (`d` apart). Output `o`, stride `s`, leading padding `p`,
+/// dilation `d`, window `k`, input length `len`.
+pub(crate) fn tap_span(
+    o: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    k: usize,
+    len: usize,
+) -> (usize, usize) {
+    let start = o * s;
+    // The first tap at or past the leading padding; then taps up to the far edge.
+    let first = p.saturating_sub(start).div_ceil(d);
+    let at = (start + first * d).saturating_sub(p);
+    let cnt = (first..k).take_while(|&t| start + t * d < p + len).count();
+    (at, cnt)
+}
+
+/// Max pooling of int8 NHWC images (padding never wins), clamped to `[lo, hi]`; output
+/// rows over threads.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn maxpool_q8(
+    par: &dyn Parallel,
     a: &PoolAttrs,
     x: &[i8],
     sx: Shape,
@@ -111,38 +133,39 @@ pub(crate) fn maxpool_q8(
 ) {
     let (n, ih, iw, c) = (sx.dims[0], sx.dims[1], sx.dims[2], sx.dims[3]);
     let (oh, ow) = (so.dims[1], so.dims[2]);
-    let (pt, pl) = (a.padding[0] as isize, a.padding[3] as isize);
-    let (kh, kw) = (a.window[0] as isize, a.window[1] as isize);
-    let (sh, sw) = (a.stride[0].max(1) as isize, a.stride[1].max(1) as isize);
-    let (dh, dw) = (a.dilation[0].max(1) as isize, a.dilation[1].max(1) as isize);
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let o = ((b * oh + oy) * ow + ox) * c;
-                let row = &mut y[o..o + c];
+    let u = |v: u32| v as usize;
+    let (pt, pl) = (u(a.padding[0]), u(a.padding[3]));
+    let (kh, kw) = (u(a.window[0]), u(a.window[1]));
+    let (sh, sw) = (u(a.stride[0].max(1)), u(a.stride[1].max(1)));
+    let (dh, dw) = (u(a.dilation[0].max(1)), u(a.dilation[1].max(1)));
+    if c == 0 || ow == 0 {
+        return;
+    }
+    let total = (n * oh * ow * c).min(y.len());
+    for_each_chunk_by(par, &mut y[..total], ow * c, &|r, part| {
+        let row0 = r.start / (ow * c);
+        for (k, orow) in part.chunks_exact_mut(ow * c).enumerate() {
+            let (b, oy) = ((row0 + k) / oh, (row0 + k) % oh);
+            let (iy, rows) = tap_span(oy, sh, pt, dh, kh, ih);
+            let base = (b * ih + iy) * iw;
+            for (ox, row) in orow.chunks_exact_mut(c).enumerate() {
+                let (ix, cols) = tap_span(ox, sw, pl, dw, kw, iw);
                 row.fill(i8::MIN);
-                for ky in 0..kh {
-                    let iy = oy as isize * sh - pt + ky * dh;
-                    if iy < 0 || iy >= ih as isize {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let ix = ox as isize * sw - pl + kx * dw;
-                        if ix < 0 || ix >= iw as isize {
-                            continue;
-                        }
-                        let at = ((b * ih + iy as usize) * iw + ix as usize) * c;
+                for ty in 0..rows {
+                    for tx in 0..cols {
+                        let at = (base + ty * dh * iw + ix + tx * dw) * c;
                         for (r, &v) in row.iter_mut().zip(&x[at..at + c]) {
                             *r = (*r).max(v);
                         }
                     }
                 }
+                // max then min, not `clamp`: a file's bounds may cross (lo > hi).
                 for r in row.iter_mut() {
-                    *r = (*r).clamp(lo, hi);
+                    *r = (*r).max(lo).min(hi);
                 }
             }
         }
-    }
+    });
 }
 
 /// `y = x.permute(perm)`, `x` of shape `sx`.

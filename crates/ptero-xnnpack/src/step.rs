@@ -10,7 +10,7 @@ use ptero_gemm::{
 use ptero_simd::ops::{self, Binary, Unary};
 
 use crate::graph::{PoolAttrs, MAX_DIMS};
-use crate::moves::{maxpool_q8, q8_range};
+use crate::moves::{maxpool_q8, q8_range, tap_span};
 use crate::plan::{ConvStep, ScalarFn, Shape, Slot, Step};
 use crate::quant::{i8s_mut, quantize_scalar, Kind};
 
@@ -695,7 +695,7 @@ impl Step {
                 if io.is_q8(*out) {
                     let (lo, hi) = q8_range(io, *out, *clamp);
                     let ys = i8s_mut(y, so.numel().unwrap_or(0))?;
-                    maxpool_q8(attrs, io.read_i8(*x)?, sx, so, ys, lo, hi);
+                    maxpool_q8(par, attrs, io.read_i8(*x)?, sx, so, ys, lo, hi);
                     return Ok(());
                 }
                 pool_nhwc(par, *max, attrs, io.read(*x)?, sx, so, y);
@@ -837,15 +837,6 @@ pub(crate) fn pool_nhwc(
     if c == 0 || ow == 0 {
         return;
     }
-    // The taps of one axis inside the image: (first input index, count).
-    let span = |o: usize, s: usize, p: usize, d: usize, k: usize, len: usize| {
-        let start = o * s;
-        // The first tap at or past the leading padding; then taps up to the far edge.
-        let first = p.saturating_sub(start).div_ceil(d);
-        let at = (start + first * d).saturating_sub(p);
-        let cnt = (first..k).take_while(|&t| start + t * d < p + len).count();
-        (at, cnt)
-    };
     let total = (n * oh * ow * c).min(y.len());
     // Output rows over threads.
     ptero_simd::for_each_chunk_by(par, &mut y[..total], ow * c, &|r, part| {
@@ -853,8 +844,8 @@ pub(crate) fn pool_nhwc(
         let win = |j: usize| {
             let (row, ox) = (row0 + j / ow, j % ow);
             let (b, oy) = (row / oh, row % oh);
-            let (iy, rows) = span(oy, sh, pt, dh, kh, ih);
-            let (ix, cols) = span(ox, sw, pl, dw, kw, iw);
+            let (iy, rows) = tap_span(oy, sh, pt, dh, kh, ih);
+            let (ix, cols) = tap_span(ox, sw, pl, dw, kw, iw);
             ptero_simd::ops::Window {
                 base: ((b * ih + iy) * iw + ix) * c,
                 rows,
@@ -1113,6 +1104,22 @@ mod pool_tests {
                 Shape::of(&[n, ih, iw, c]).unwrap(),
                 Shape::of(&[n, oh, ow, c]).unwrap(),
             );
+            // Int8 max pooling against the f32 one on the same (integral) values.
+            let xq: Vec<i8> = x
+                .iter()
+                .map(|&v| if v.is_finite() { v as i8 } else { 0 })
+                .collect();
+            let xf: Vec<f32> = xq.iter().map(|&v| v as f32).collect();
+            let (mut yq, mut yf) = (vec![0i8; n * oh * ow * c], vec![0.0; n * oh * ow * c]);
+            crate::moves::maxpool_q8(&pool, &a, &xq, sx, so, &mut yq, -20, 30);
+            pool_nhwc(&ptero_simd::Serial, true, &a, &xf, sx, so, &mut yf);
+            for (i, (&q, &f)) in yq.iter().zip(&yf).enumerate() {
+                assert_eq!(
+                    q as f32,
+                    f.clamp(-20.0, 30.0),
+                    "int8 max pooling, output {i}"
+                );
+            }
             for max in [true, false] {
                 let mut y = vec![0.0; n * oh * ow * c];
                 pool_nhwc(&pool, max, &a, &x, sx, so, &mut y);
