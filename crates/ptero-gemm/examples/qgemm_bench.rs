@@ -2,7 +2,8 @@
 //! `M` pixels): `cargo run --release -p ptero-gemm --example qgemm_bench [M K N]...`.
 //!
 //! Prints GMAC/s for static int8 (`QOut::I8`) and dynamically quantized rows
-//! (`QOut::F32`). `PTERO_ISA` caps the level.
+//! (`QOut::F32`), and for the same product as a convolution (`q_conv`: 1 × 1, or 3 × 3
+//! with `PTERO_3X3=1`). `PTERO_ISA` caps the level.
 
 use std::time::Instant;
 
@@ -95,18 +96,38 @@ fn main() {
         );
         // The same product as a 1 × 1 convolution over an M-pixel image (`q_conv`'s
         // direct path, as models run pointwise layers).
-        let g = QConv {
-            n: 1,
-            ih: m,
-            iw: 1,
-            oh: m,
-            ow: 1,
-            cin: k,
-            kh: 1,
-            kw: 1,
-            stride: [1, 1],
-            pad: [0, 0],
-            dilation: [1, 1],
+        // `PTERO_3X3=1`: a 3 × 3 convolution (padding 1) over a square image of M
+        // pixels and K / 9 channels instead, read through the run table.
+        let three = std::env::var("PTERO_3X3").is_ok_and(|v| v == "1") && k % 9 == 0;
+        let side = (m as f64).sqrt() as usize;
+        let g = if three {
+            QConv {
+                n: 1,
+                ih: side,
+                iw: side,
+                oh: side,
+                ow: side,
+                cin: k / 9,
+                kh: 3,
+                kw: 3,
+                stride: [1, 1],
+                pad: [1, 1],
+                dilation: [1, 1],
+            }
+        } else {
+            QConv {
+                n: 1,
+                ih: m,
+                iw: 1,
+                oh: m,
+                ow: 1,
+                cin: k,
+                kh: 1,
+                kw: 1,
+                stride: [1, 1],
+                pad: [0, 0],
+                dilation: [1, 1],
+            }
         };
         let tc = best(
             || {
