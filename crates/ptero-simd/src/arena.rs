@@ -110,8 +110,14 @@ impl SlotArena {
 
 /// `floats` zeros, or `None` when the allocation fails. Zeroed by the allocator, so the
 /// pages are only made resident as a slot's buffer is used (a slot sized for the largest
-/// kernel costs little where smaller ones run).
-fn zeroed(floats: usize) -> Option<Vec<f32>> {
+/// kernel costs little where smaller ones run), where `vec.resize(n, 0.0)` writes, and so
+/// keeps, every page.
+///
+/// ```
+/// let v = ptero_simd::zeroed(1 << 20).unwrap();
+/// assert!(v.len() == 1 << 20 && v.iter().all(|&x| x == 0.0));
+/// ```
+pub fn zeroed(floats: usize) -> Option<Vec<f32>> {
     if floats == 0 {
         return Some(Vec::new());
     }

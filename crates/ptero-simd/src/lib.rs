@@ -45,7 +45,7 @@ mod tests;
 pub use arch::scalar::Scalar;
 #[cfg(target_arch = "x86_64")]
 pub use arch::x86::{Avx2, Avx512};
-pub use arena::SlotArena;
+pub use arena::{zeroed, SlotArena};
 pub use level::{detected, features, level, set_level, Features, Level, Unsupported};
 pub use parallel::{
     for_each_chunk, for_each_chunk_by, for_each_chunk_pair, for_each_chunk_work, split_count,

@@ -1216,14 +1216,15 @@ impl Executor {
         budget.take(total.saturating_mul(4), "intermediate buffers")?;
         let mut buffers = Vec::new();
         for c in caps {
-            let mut b = Vec::new();
-            b.try_reserve_exact(c).map_err(|_| {
+            // Zeroed by the allocator: pages become resident only once written, so a
+            // buffer sized for a shape's upper bound, or the intermediate of a fused
+            // pair that runs banded (never written), costs address space only.
+            let b = ptero_simd::zeroed(c).ok_or_else(|| {
                 XnnError::Flatbuffer(format!(
                     "cannot allocate {} bytes of intermediate buffers",
                     total.saturating_mul(4)
                 ))
             })?;
-            b.resize(c, 0.0);
             buffers.push(b);
         }
         self.buffers = buffers;
