@@ -67,7 +67,8 @@ pub(crate) unsafe fn micro<S: Simd, const MR: usize>(
 
 /// [`micro`] with A read in place: row `i` of the strip starts at `rows[i]` (rows past
 /// the matrix's end repeat a valid row; their results are dropped), so a row-major left
-/// operand (channels-last activations) is never packed.
+/// operand (channels-last activations) is never packed. Every row's accumulators start
+/// at `init` (the bias, when the caller folds it in).
 ///
 /// # Safety
 /// Each `rows[i]` must be readable for `kc` f32, and `b` for `kc * 2 * LANES` f32.
@@ -77,9 +78,10 @@ pub(crate) unsafe fn micro_rows<S: Simd, const MR: usize>(
     kc: usize,
     rows: &[*const f32; MR],
     b: *const f32,
+    init: [S::F; 2],
 ) -> [[S::F; 2]; MR] {
     let nr = 2 * S::LANES;
-    let mut acc = [[s.zero(); 2]; MR];
+    let mut acc = [init; MR];
     for p in 0..kc {
         // SAFETY: p < kc, inside the ranges the caller guarantees.
         let (b0, b1) = unsafe {
@@ -113,9 +115,10 @@ pub(crate) unsafe fn micro_rows_half<S: Simd, const MR: usize>(
     kc: usize,
     rows: &[*const f32; MR],
     b: *const f32,
+    init: [S::F; 2],
 ) -> [[S::F; 2]; MR] {
     let nr = 2 * S::LANES;
-    let mut acc = [[s.zero(); 2]; MR];
+    let mut acc = [[init[0], s.zero()]; MR];
     for p in 0..kc {
         // SAFETY: p < kc, inside the range the caller guarantees.
         let b0 = unsafe { s.load_ptr(b.add(p * nr)) };
