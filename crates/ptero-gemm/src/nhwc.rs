@@ -122,9 +122,9 @@ pub(crate) unsafe fn conv(
                 act,
             };
             match nv {
-                1 => dispatch_at(level, StemN::<1, 4>(op)),
-                2 => dispatch_at(level, StemN::<2, 4>(op)),
-                3 => dispatch_at(level, StemN::<3, 4>(op)),
+                1 => dispatch_at(level, StemN::<1, 8>(op)),
+                2 => dispatch_at(level, StemN::<2, 8>(op)),
+                3 => dispatch_at(level, StemN::<3, 6>(op)),
                 4 => dispatch_at(level, StemN::<4, 4>(op)),
                 5 => dispatch_at(level, StemN::<5, 2>(op)),
                 6 => dispatch_at(level, StemN::<6, 2>(op)),
