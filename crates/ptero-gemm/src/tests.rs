@@ -423,6 +423,11 @@ mod conv {
         let arena = SlotArena::new(4, crate::conv_scratch_floats()).unwrap();
         let geos = [
             geo(1, 3, 8, 1, (9, 11), (3, 3), 1, 1, 1),
+            // First layers (the direct stem kernel): 1-3 vectors of outputs, interior
+            // runs of 6-8 pixels with ragged ends.
+            geo(1, 3, 16, 1, (19, 37), (3, 3), 2, 1, 1),
+            geo(1, 3, 32, 1, (23, 29), (3, 3), 2, 1, 1),
+            geo(1, 3, 48, 1, (17, 40), (3, 3), 1, 1, 1),
             geo(2, 4, 6, 2, (7, 7), (3, 3), 2, 1, 1),
             geo(1, 16, 16, 16, (10, 9), (3, 3), 1, 1, 1),
             geo(1, 8, 8, 8, (11, 11), (3, 3), 2, 1, 1),
