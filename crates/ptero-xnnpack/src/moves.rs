@@ -99,17 +99,76 @@ pub(crate) fn q8_range(io: &Io<'_, '_>, out: usize, clamp: Option<(f32, f32)>) -
     }
 }
 
+/// A pooling node's geometry over NHWC images, and which taps of an output's window
+/// fall inside the input.
+pub(crate) struct PoolGeo {
+    pub(crate) n: usize,
+    pub(crate) ih: usize,
+    pub(crate) iw: usize,
+    pub(crate) c: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pad: [usize; 2],
+    window: [usize; 2],
+    stride: [usize; 2],
+    pub(crate) dh: usize,
+    pub(crate) dw: usize,
+}
+
+impl PoolGeo {
+    pub(crate) fn new(a: &PoolAttrs, sx: Shape, so: Shape) -> PoolGeo {
+        let u = |v: u32| v as usize;
+        PoolGeo {
+            n: sx.dims[0],
+            ih: sx.dims[1],
+            iw: sx.dims[2],
+            c: sx.dims[3],
+            oh: so.dims[1],
+            ow: so.dims[2],
+            pad: [u(a.padding[0]), u(a.padding[3])],
+            window: [u(a.window[0]), u(a.window[1])],
+            stride: [u(a.stride[0].max(1)), u(a.stride[1].max(1))],
+            dh: u(a.dilation[0].max(1)),
+            dw: u(a.dilation[1].max(1)),
+        }
+    }
+
+    pub(crate) fn outputs(&self) -> usize {
+        self.n * self.oh * self.ow * self.c
+    }
+
+    /// Output row `r` (over all images): the input pixel index of its windows' first
+    /// valid row, column 0, and how many rows are valid.
+    pub(crate) fn rows(&self, r: usize) -> (usize, usize) {
+        let (b, oy) = (r / self.oh, r % self.oh);
+        let (iy, rows) = tap_span(
+            oy,
+            self.stride[0],
+            self.pad[0],
+            self.dh,
+            self.window[0],
+            self.ih,
+        );
+        ((b * self.ih + iy) * self.iw, rows)
+    }
+
+    /// Output column `ox`: its window's first valid input column, and how many are valid.
+    pub(crate) fn cols(&self, ox: usize) -> (usize, usize) {
+        tap_span(
+            ox,
+            self.stride[1],
+            self.pad[1],
+            self.dw,
+            self.window[1],
+            self.iw,
+        )
+    }
+}
+
 /// The taps of one axis of a pooling window that fall inside the input: the input index
 /// of the first, and how many (`d` apart). Output `o`, stride `s`, leading padding `p`,
 /// dilation `d`, window `k`, input length `len`.
-pub(crate) fn tap_span(
-    o: usize,
-    s: usize,
-    p: usize,
-    d: usize,
-    k: usize,
-    len: usize,
-) -> (usize, usize) {
+fn tap_span(o: usize, s: usize, p: usize, d: usize, k: usize, len: usize) -> (usize, usize) {
     let start = o * s;
     // The first tap at or past the leading padding; then taps up to the far edge.
     let first = p.saturating_sub(start).div_ceil(d);
@@ -131,29 +190,22 @@ pub(crate) fn maxpool_q8(
     lo: i8,
     hi: i8,
 ) {
-    let (n, ih, iw, c) = (sx.dims[0], sx.dims[1], sx.dims[2], sx.dims[3]);
-    let (oh, ow) = (so.dims[1], so.dims[2]);
-    let u = |v: u32| v as usize;
-    let (pt, pl) = (u(a.padding[0]), u(a.padding[3]));
-    let (kh, kw) = (u(a.window[0]), u(a.window[1]));
-    let (sh, sw) = (u(a.stride[0].max(1)), u(a.stride[1].max(1)));
-    let (dh, dw) = (u(a.dilation[0].max(1)), u(a.dilation[1].max(1)));
+    let p = PoolGeo::new(a, sx, so);
+    let (c, ow) = (p.c, p.ow);
     if c == 0 || ow == 0 {
         return;
     }
-    let total = (n * oh * ow * c).min(y.len());
+    let total = p.outputs().min(y.len());
     for_each_chunk_by(par, &mut y[..total], ow * c, &|r, part| {
         let row0 = r.start / (ow * c);
         for (k, orow) in part.chunks_exact_mut(ow * c).enumerate() {
-            let (b, oy) = ((row0 + k) / oh, (row0 + k) % oh);
-            let (iy, rows) = tap_span(oy, sh, pt, dh, kh, ih);
-            let base = (b * ih + iy) * iw;
+            let (base, rows) = p.rows(row0 + k);
             for (ox, row) in orow.chunks_exact_mut(c).enumerate() {
-                let (ix, cols) = tap_span(ox, sw, pl, dw, kw, iw);
+                let (ix, cols) = p.cols(ox);
                 row.fill(i8::MIN);
                 for ty in 0..rows {
                     for tx in 0..cols {
-                        let at = (base + ty * dh * iw + ix + tx * dw) * c;
+                        let at = (base + ty * p.dh * p.iw + ix + tx * p.dw) * c;
                         for (r, &v) in row.iter_mut().zip(&x[at..at + c]) {
                             *r = (*r).max(v);
                         }

@@ -10,7 +10,7 @@ use ptero_gemm::{
 use ptero_simd::ops::{self, Binary, Unary};
 
 use crate::graph::{PoolAttrs, MAX_DIMS};
-use crate::moves::{maxpool_q8, q8_range, tap_span};
+use crate::moves::{maxpool_q8, q8_range, PoolGeo};
 use crate::plan::{ConvStep, ScalarFn, Shape, Slot, Step};
 use crate::quant::{i8s_mut, quantize_scalar, Kind};
 
@@ -827,32 +827,25 @@ pub(crate) fn pool_nhwc(
     so: Shape,
     y: &mut [f32],
 ) {
-    let (n, ih, iw, c) = (sx.dims[0], sx.dims[1], sx.dims[2], sx.dims[3]);
-    let (oh, ow) = (so.dims[1], so.dims[2]);
-    let u = |v: u32| v as usize;
-    let (pt, pl) = (u(a.padding[0]), u(a.padding[3]));
-    let (kh, kw) = (u(a.window[0]), u(a.window[1]));
-    let (sh, sw) = (u(a.stride[0].max(1)), u(a.stride[1].max(1)));
-    let (dh, dw) = (u(a.dilation[0].max(1)), u(a.dilation[1].max(1)));
+    let p = PoolGeo::new(a, sx, so);
+    let (c, ow) = (p.c, p.ow);
     if c == 0 || ow == 0 {
         return;
     }
-    let total = (n * oh * ow * c).min(y.len());
+    let total = p.outputs().min(y.len());
     // Output rows over threads.
     ptero_simd::for_each_chunk_by(par, &mut y[..total], ow * c, &|r, part| {
         let row0 = r.start / (ow * c);
         let win = |j: usize| {
-            let (row, ox) = (row0 + j / ow, j % ow);
-            let (b, oy) = (row / oh, row % oh);
-            let (iy, rows) = tap_span(oy, sh, pt, dh, kh, ih);
-            let (ix, cols) = tap_span(ox, sw, pl, dw, kw, iw);
+            let (base, rows) = p.rows(row0 + j / ow);
+            let (ix, cols) = p.cols(j % ow);
             ptero_simd::ops::Window {
-                base: ((b * ih + iy) * iw + ix) * c,
+                base: (base + ix) * c,
                 rows,
                 cols,
             }
         };
-        ops::pool_windows(max, x, c, (dh * iw * c, dw * c), &win, part);
+        ops::pool_windows(max, x, c, (p.dh * p.iw * c, p.dw * c), &win, part);
     });
 }
 
