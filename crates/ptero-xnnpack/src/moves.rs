@@ -169,11 +169,15 @@ impl PoolGeo {
 /// of the first, and how many (`d` apart). Output `o`, stride `s`, leading padding `p`,
 /// dilation `d`, window `k`, input length `len`.
 fn tap_span(o: usize, s: usize, p: usize, d: usize, k: usize, len: usize) -> (usize, usize) {
-    let start = o * s;
+    // Saturating: window, stride, dilation and padding come from the file (u32 each).
+    let start = o.saturating_mul(s);
+    let tap = |t: usize| start.saturating_add(t.saturating_mul(d));
     // The first tap at or past the leading padding; then taps up to the far edge.
-    let first = p.saturating_sub(start).div_ceil(d);
-    let at = (start + first * d).saturating_sub(p);
-    let cnt = (first..k).take_while(|&t| start + t * d < p + len).count();
+    let first = p.saturating_sub(start).div_ceil(d.max(1));
+    let at = tap(first).saturating_sub(p);
+    let cnt = (first..k)
+        .take_while(|&t| tap(t) < p.saturating_add(len))
+        .count();
     (at, cnt)
 }
 
@@ -396,6 +400,18 @@ fn transpose_cols<T: Copy + Default>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pooling windows of hostile geometry (every field at u32::MAX) count no taps and
+    /// overflow nothing.
+    #[test]
+    fn tap_spans_saturate() {
+        let big = u32::MAX as usize;
+        assert_eq!(tap_span(3, big, big, big, big, 10).1, 0);
+        assert_eq!(tap_span(usize::MAX, big, 0, big, 3, 10).1, 0);
+        // The ordinary case: output 0 of a 3-tap window, padding 1, over 5 inputs.
+        assert_eq!(tap_span(0, 1, 1, 1, 3, 5), (0, 2));
+        assert_eq!(tap_span(2, 2, 1, 1, 3, 5), (3, 2));
+    }
 
     /// Every permutation of a few shapes (with dims of one element, and empty ones)
     /// against the definition.

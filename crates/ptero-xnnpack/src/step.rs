@@ -845,7 +845,11 @@ pub(crate) fn pool_nhwc(
                 cols,
             }
         };
-        ops::pool_windows(max, x, c, (p.dh * p.iw * c, p.dw * c), &win, part);
+        let steps = (
+            p.dh.saturating_mul(p.iw).saturating_mul(c),
+            p.dw.saturating_mul(c),
+        );
+        ops::pool_windows(max, x, c, steps, &win, part);
     });
 }
 
